@@ -1,0 +1,43 @@
+"""The `gpt25` command line: a thin layer over the package's importable functions.
+
+Each sub-module registers its commands with `register(subparsers)` and imports the heavy
+machinery (torch, the trainer, ...) only inside its handlers, so `gpt25 --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gpt25 import __version__
+from gpt25.cli import data, demo, evaluate, export, tokenizer, train
+
+COMMAND_MODULES = (demo, tokenizer, data, train, evaluate, export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpt25",
+        description="Train a GPT-2-class language model from scratch: "
+        "tokenizer -> data -> model -> training -> eval / sampling -> export.",
+    )
+    parser.add_argument("--version", action="version", version=f"gpt25 {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse `argv` and run the chosen command; user errors exit with one line, no traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.handler(args)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError) as error:
+        print(f"gpt25 {args.command}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"gpt25 {args.command}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(result or 0)
