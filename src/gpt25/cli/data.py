@@ -1,7 +1,155 @@
-"""CLI commands for data (filled in by its owner)."""
+"""`gpt25 data prepare | download | corpus | info`: corpora in, token shards out."""
+
+from __future__ import annotations
 
 import argparse
+import os
+
+RECIPE_REPO = "itskoma/GPT2.5"  # the recipe's published data and checkpoints (gpt25.data.hub.RECIPE_REPO)
+SOURCE_HELP = "files, folders, globs, 'python-docs' (the embedded corpus) or 'hf:NAME[:CONFIG]' (Hugging Face, streamed)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's commands to the `gpt25` parser."""
+    """Add `gpt25 data ...` to the `gpt25` parser."""
+    parser = subparsers.add_parser(
+        "data",
+        help="prepare token shards from text, download the recipe's data, write the embedded corpus",
+        description="Turn corpora into training-ready token shards (see `gpt25 data prepare --help`).",
+    )
+    commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    _register_prepare(commands)
+    _register_download(commands)
+    _register_corpus(commands)
+    _register_info(commands)
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser, default: list[str] | None) -> None:
+    parser.add_argument("--source", nargs="+", default=default, required=default is None, metavar="SRC", help=SOURCE_HELP)
+    parser.add_argument("--doc-split", choices=("blank-line", "file"), default="blank-line", help="plain-text files: a document per blank-line-separated paragraph, or per file (default: blank-line)")
+    parser.add_argument("--text-field", default="text", help="field holding the text in JSONL / Parquet / Hugging Face sources (default: text)")
+    parser.add_argument("--data-files", nargs="+", metavar="FILE", help="local files for an hf: source read with a datasets builder, e.g. --source hf:json --data-files a.jsonl")
+    parser.add_argument("--hf-split", default="train", help="split of hf: sources (default: train)")
+
+
+def _register_prepare(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "prepare",
+        help="tokenize sources into train/val token shards (resumable)",
+        description="Tokenize documents in parallel into train/val shards of uint16/uint32 tokens plus manifest.json. "
+        "Every document ends with <|endoftext|>; its split is decided by a hash of its text. "
+        "Rerunning the same command resumes an interrupted run.",
+    )
+    _add_source_arguments(parser, default=None)
+    parser.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer folder (from `gpt25 tokenizer train`)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the shards and manifest.json")
+    val = parser.add_mutually_exclusive_group()
+    val.add_argument("--val-docs", type=int, metavar="N", help="the N documents with the smallest hashes go to validation (reads the sources twice)")
+    val.add_argument("--val-fraction", type=float, metavar="F", help="documents whose hash falls in the lowest fraction F go to validation (default: 0.01)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes (default: all CPU cores)")
+    parser.add_argument("--shard-tokens", type=int, default=100_000_000, metavar="M", help="tokens per shard (default: 100,000,000)")
+    parser.add_argument("--overwrite", action="store_true", help="delete shards of a different earlier prepare in --out instead of refusing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_prepare)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from gpt25.data.prepare import PrepareConfig, prepare
+
+    config = PrepareConfig(
+        sources=args.source,
+        tokenizer_dir=args.tokenizer,
+        out_dir=args.out,
+        val_fraction=args.val_fraction,
+        val_docs=args.val_docs,
+        workers=args.workers,
+        shard_tokens=args.shard_tokens,
+        doc_split=args.doc_split,
+        text_field=args.text_field,
+        data_files=args.data_files,
+        hf_split=args.hf_split,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    manifest = prepare(config)
+    print(_summary(args.out, manifest))
+    return 0
+
+
+def _summary(data_dir: str, manifest: dict) -> str:
+    source = manifest["source"]
+    lines = [f"{data_dir}: tokenizer {manifest['tokenizer_fingerprint'][:12]}, vocab {manifest['vocab_size']}, {manifest['dtype']} tokens"]
+    if source:
+        lines.append(f"  source: {source['documents']:,} documents, {source['bytes']:,} bytes, {source['skipped_lines']} non-UTF-8 lines skipped")
+    for split, info in manifest["splits"].items():
+        lines.append(f"  {split}: {info['tokens']:,} tokens, {info['documents']:,} documents, {len(info['shards'])} shards")
+    if not manifest["complete"]:
+        lines.append("  incomplete: rerun the same `gpt25 data prepare` command to resume")
+    return "\n".join(lines)
+
+
+def _register_download(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "download",
+        help=f"download the recipe's published dataset or checkpoints ({RECIPE_REPO}) from the Hugging Face Hub",
+        description="Download a Hugging Face Hub repo with huggingface_hub (needs the internet; with HF_HUB_OFFLINE=1 a cached copy is used).",
+    )
+    parser.add_argument("--repo", default=RECIPE_REPO, help=f"Hub repo id (default: {RECIPE_REPO})")
+    parser.add_argument("--repo-type", choices=("dataset", "model"), default="dataset", help="dataset (token shards/text) or model (checkpoints) (default: dataset)")
+    parser.add_argument("--out", metavar="DIR", help="copy the files into DIR (default: the Hugging Face cache)")
+    parser.add_argument("--include", nargs="+", metavar="PATTERN", help="only files matching these globs")
+    parser.set_defaults(handler=_download)
+
+
+def _download(args: argparse.Namespace) -> int:
+    from gpt25.data.hub import download_repo
+
+    print(download_repo(args.repo, args.repo_type, args.out, args.include))
+    return 0
+
+
+def _register_corpus(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "corpus",
+        help="write documents (default: the embedded Python-docs corpus) as one text file for `gpt25 tokenizer train`",
+        description="Write the documents of --source joined by <|endoftext|> into one UTF-8 file.",
+    )
+    _add_source_arguments(parser, default=["python-docs"])
+    parser.add_argument("--out", required=True, metavar="FILE", help="text file to write")
+    parser.set_defaults(handler=_corpus)
+
+
+def _corpus(args: argparse.Namespace) -> int:
+    from gpt25.data.sources import check_sources, iter_documents, write_corpus_file
+
+    check_sources(args.source, args.data_files)
+    documents = iter_documents(args.source, doc_split=args.doc_split, text_field=args.text_field, data_files=args.data_files, hf_split=args.hf_split)
+    num_documents, num_bytes = write_corpus_file(documents, args.out)
+    if num_documents == 0:
+        os.remove(args.out)
+        raise ValueError(f"the sources {args.source} yielded no documents; check --source, --doc-split and --text-field")
+    print(f"{args.out}: {num_documents:,} documents, {num_bytes:,} bytes of text")
+    return 0
+
+
+def _register_info(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "info",
+        help="summarise a prepared data folder (and check its shards with --verify)",
+        description="Print the manifest summary of a `gpt25 data prepare` output folder.",
+    )
+    parser.add_argument("data_dir", metavar="DIR")
+    parser.add_argument("--verify", action="store_true", help="also check every shard's header, size and sha256")
+    parser.set_defaults(handler=_info)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from gpt25.data.shards import read_manifest, verify_shards
+
+    print(_summary(args.data_dir, read_manifest(args.data_dir)))
+    if not args.verify:
+        return 0
+    problems = verify_shards(args.data_dir)
+    for problem in problems:
+        print(f"  bad: {problem}")
+    print("  all shards verified" if not problems else f"  {len(problems)} bad shards")
+    return 1 if problems else 0

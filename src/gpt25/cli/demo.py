@@ -1,7 +1,36 @@
-"""CLI commands for demo (filled in by its owner)."""
+"""`gpt25 demo`: the main job, end to end on the embedded corpus (see gpt25.demo)."""
+
+from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's commands to the `gpt25` parser."""
+    """Add `gpt25 demo` to the parser."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the whole pipeline on the embedded Python-docs corpus (CPU, ~7 minutes)",
+        description="Build the embedded corpus, train a BPE tokenizer, tokenize into shards, train a small "
+        "model, evaluate it against a unigram baseline, sample, and write RUN_DIR/report.md + results.png. "
+        "A second run reuses the corpus, tokenizer and shards (and a finished training run) unless --fresh.",
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    parser.add_argument("--minutes", type=float, default=5.0,
+                        help="training budget in minutes on 2 CPU cores, as a fixed number of steps (default: 5)")
+    parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
+    parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
+    parser.add_argument("--config", type=Path, default=None, help="training config TOML (default: configs/cpu-small.toml)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from gpt25.demo import DemoConfig, run_demo
+
+    config = DemoConfig(out=args.out, minutes=args.minutes, fresh=args.fresh, vocab_size=args.vocab_size,
+                        device=args.device)
+    if args.config is not None:
+        config.config = args.config
+    results = run_demo(config)
+    print(f"\nreport: {results['report']['report']}\nplot:   {results['report']['plot']}")

@@ -1,7 +1,130 @@
-"""CLI commands for evaluate (filled in by its owner)."""
+"""`gpt25 eval` (validation loss / perplexity / bits per byte, HellaSwag) and `gpt25 generate` (sampling).
+
+    gpt25 eval --checkpoint runs/124m --tokenizer tok --data data/ --hellaswag download
+    gpt25 generate --checkpoint runs/124m --tokenizer tok --prompt "Once upon a time, " --stream
+"""
+
+from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this module's commands to the `gpt25` parser."""
+    register_eval(subparsers)
+    register_generate(subparsers)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="run dir (newest checkpoint), step dir or .safetensors file")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer folder the model was trained with")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+def register_eval(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="validation loss, perplexity, bits per byte and HellaSwag of a checkpoint",
+        description="Score a checkpoint on the whole validation split (fixed non-overlapping windows) and/or "
+        "HellaSwag; print a table and write eval.json beside the checkpoint (or --out).",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--data", default=None, help="prepared data folder; its val split gives loss/perplexity/bpb")
+    parser.add_argument(
+        "--hellaswag", default=None, metavar="FILE|download",
+        help="HellaSwag validation jsonl (ctx, endings, label per line), or 'download' to fetch it",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N HellaSwag examples")
+    parser.add_argument("--max_tokens", type=int, default=None, help="score only the first N validation tokens")
+    parser.add_argument("--out", default=None, help="where to write the JSON (default: eval.json beside the checkpoint)")
+    parser.add_argument("--batch_size", type=int, default=8, help="context windows per forward pass (default 8)")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default=None,
+        help="compute dtype (autocast); default bfloat16 on CUDA, float32 on CPU",
+    )
+    parser.set_defaults(handler=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from gpt25.eval.run import default_device, format_table, run_evaluation
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    device = args.device or default_device()
+    dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    results = run_evaluation(
+        args.checkpoint,
+        args.tokenizer,
+        data_dir=args.data,
+        hellaswag=args.hellaswag,
+        limit=args.limit,
+        max_tokens=args.max_tokens,
+        out=args.out,
+        batch_size=args.batch_size,
+        device=device,
+        autocast_dtype=None if dtype_name == "float32" else getattr(torch, dtype_name),
+    )
+    print(format_table(results))
+    return 0
+
+
+def register_generate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="sample text from a checkpoint",
+        description="Continue a prompt with temperature / top-k / nucleus sampling and a KV cache; stops at "
+        "end-of-text or --max_new_tokens. An empty prompt starts from end-of-text; a prompt too long for the "
+        "context is cut from the left with a warning.",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--prompt", default="", help="text to continue (default: empty, start from end-of-text)")
+    parser.add_argument("--max_new_tokens", type=int, default=50, help="tokens to generate per sample (default 50)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass in (0, 1] (default 0.9)")
+    parser.add_argument("--top_k", type=int, default=None, help="sample among the K most likely tokens only")
+    parser.add_argument("--num_samples", type=int, default=1, help="samples, generated together as one batch")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
+    parser.add_argument("--stream", action="store_true", help="print tokens as they are produced (one sample)")
+    parser.add_argument("--no_cache", action="store_true", help="recompute the whole prefix each step (slow)")
+    parser.set_defaults(handler=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from gpt25.eval.run import default_device, load_model_and_tokenizer
+    from gpt25.sample import generate, validate_sampling
+
+    validate_sampling(args.temperature, args.top_p, args.top_k)
+    if args.stream and args.num_samples != 1:
+        raise ValueError("--stream prints one sample as it is produced; drop --stream or use --num_samples 1")
+    model, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.tokenizer, args.device or default_device())
+
+    def print_piece(_sample_index: int, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    if args.stream:
+        print_piece(0, args.prompt)
+    samples = generate(
+        model,
+        tokenizer,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        use_cache=not args.no_cache,
+        on_token=print_piece if args.stream else None,
+    )
+    if args.stream:
+        print()
+    elif len(samples) == 1:
+        print(args.prompt + samples[0])
+    else:
+        for index, sample in enumerate(samples, 1):
+            print(f"--- sample {index} ---\n{args.prompt}{sample}")
+    return 0

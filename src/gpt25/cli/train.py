@@ -1,7 +1,86 @@
-"""CLI commands for train (filled in by its owner)."""
+"""CLI commands `gpt25 train`, `gpt25 plot` and `gpt25 checkpoint consolidate|info`.
+
+    gpt25 train --config configs/cpu-small.toml --data data/ --out runs/small
+    torchrun --nproc_per_node 4 -m gpt25 train --config configs/gpt25-124m.toml --data data/
+    gpt25 plot runs/small runs/other --out curves.png
+    gpt25 checkpoint consolidate runs/big --out big.safetensors
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from gpt25.train.config import add_train_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's commands to the `gpt25` parser."""
+    """Add `train`, `plot` and `checkpoint` to the `gpt25` parser."""
+    train_parser = subparsers.add_parser(
+        "train", help="train (or resume) a model on prepared shards",
+        description="Train a GPT 2.5 model on shards from `gpt25 data prepare`. Settings come from the "
+        "defaults, then --config FILE.toml, then flags. Under torchrun the model is sharded with FSDP2 "
+        "(or DDP); global batch = batch_size x grad_accum_steps x world size.")
+    add_train_arguments(train_parser)
+    train_parser.set_defaults(handler=run_train)
+
+    plot_parser = subparsers.add_parser("plot", help="draw training curves of one or more runs as a PNG",
+                                        description="Loss, perplexity, LR, throughput, bits per byte and "
+                                        "HellaSwag from each RUN_DIR/metrics.jsonl, runs overlaid.")
+    plot_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
+    plot_parser.add_argument("--out", default=None, help="PNG to write (default: FIRST_RUN_DIR/curves.png)")
+    plot_parser.set_defaults(handler=run_plot)
+
+    checkpoint_parser = subparsers.add_parser("checkpoint", help="inspect or consolidate checkpoints",
+                                              description="Inspect or consolidate gpt25 training checkpoints.")
+    actions = checkpoint_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    consolidate_parser = actions.add_parser(
+        "consolidate", help="write one safetensors file (+ .json sidecar) from any checkpoint",
+        description="Gather a (possibly FSDP-sharded) checkpoint into one safetensors file of full weights, "
+        "with its metadata in a <name>.json sidecar; `gpt25 eval/sample/export` accept the result.")
+    consolidate_parser.add_argument("path", help="step dir or run dir (newest checkpoint)")
+    consolidate_parser.add_argument("--out", required=True, help="output file, ending in .safetensors")
+    consolidate_parser.set_defaults(handler=run_consolidate)
+    info_parser = actions.add_parser("info", help="print a checkpoint's metadata",
+                                     description="Print the step, model config and layout of a checkpoint.")
+    info_parser.add_argument("path", help="step dir, run dir or consolidated .safetensors file")
+    info_parser.set_defaults(handler=run_info)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from gpt25.train.config import resolve_config
+    from gpt25.train.trainer import train
+
+    summary = train(resolve_config(args))
+    if summary["stopped_by"] is None and summary["final_val_loss"] is not None:
+        print(f"done: step {summary['step']}, train loss {summary['final_train_loss']:.4f}, "
+              f"val loss {summary['final_val_loss']:.4f}, checkpoint {summary['checkpoint']}")
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from gpt25.train.plot import plot_runs
+
+    out = args.out or str(Path(args.run_dirs[0]) / "curves.png")
+    print(plot_runs(args.run_dirs, out))
+    return 0
+
+
+def run_consolidate(args: argparse.Namespace) -> int:
+    from gpt25.checkpoint import consolidate
+
+    print(consolidate(args.path, args.out))
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from gpt25.checkpoint import list_checkpoints, read_meta, resolve_checkpoint
+
+    path = resolve_checkpoint(args.path)
+    meta = read_meta(path)
+    others = [found.name for found in list_checkpoints(args.path)] if Path(args.path).is_dir() else []
+    print(json.dumps({"path": str(path), **{key: meta[key] for key in
+                      ("step", "world_size", "sharded", "tokenizer_fingerprint", "model_config")},
+                      "checkpoints_in_run": others}, indent=2))
+    return 0

@@ -1,0 +1,311 @@
+"""Checkpoints that describe themselves: save, resume, consolidate and load for inference.
+
+On disk, RUN_DIR/checkpoints/step_0000100/ holds a human-readable `meta.json` (format, version,
+step, model config, train config, tokenizer fingerprint, world size, sharded flag) plus either
+`model.safetensors` + `train_state.pt` (one process, or DDP where every rank holds the full model)
+or a `dcp/` torch.distributed.checkpoint folder + `train_state.pt` (FSDP, sharded; loadable on any
+number of ranks and in one process). `train_state.pt` holds the step, the optimizer state (unless
+sharded) and every rank's data-loader position and RNG states; it contains only tensors and plain
+containers, so it loads with `weights_only=True`.
+
+Every checkpoint is written under a temporary name and renamed into place, so a kill at any moment
+leaves the previous complete checkpoint valid. torch.distributed.checkpoint and its state-dict
+helpers are imported only on the sharded paths: they take seconds to import, and single-process
+training, evaluation and sampling never need them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpt25.model import ModelConfig, TransformerLM
+
+FORMAT = "gpt25-checkpoint"
+VERSION = 1
+STEP_DIR = re.compile(r"^step_(\d{7})$")
+META_FILE = "meta.json"
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "train_state.pt"
+SHARDED_DIR = "dcp"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under RUN_DIR/checkpoints, oldest first (temporary dirs are ignored)."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [path for path in folder.iterdir() if STEP_DIR.match(path.name) and (path / META_FILE).is_file()]
+    return sorted(found, key=lambda path: path.name)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A step dir, a run dir (its newest checkpoint) or a consolidated .safetensors file, checked to exist."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        return path
+    if (path / META_FILE).is_file():
+        return path
+    found = list_checkpoints(path)
+    if found:
+        return found[-1]
+    raise FileNotFoundError(f"no checkpoint at {path}: expected a step_XXXXXXX dir, a run dir with "
+                            "checkpoints/, or a consolidated .safetensors file")
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """meta.json of a step dir, or the <name>.json sidecar of a consolidated .safetensors file."""
+    path = resolve_checkpoint(path)
+    meta_path = path.with_suffix(".json") if path.is_file() else path / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"checkpoint metadata {meta_path} is missing")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path} is not a gpt25 checkpoint (format {meta.get('format')!r})")
+    return meta
+
+
+def make_meta(step: int, model_config: ModelConfig, *, train_config: dict | None = None,
+              tokenizer_fingerprint: str | None = None, world_size: int = 1, sharded: bool = False) -> dict:
+    return {"format": FORMAT, "version": VERSION, "step": step, "model_config": model_config.to_dict(),
+            "train_config": train_config or {}, "tokenizer_fingerprint": tokenizer_fingerprint,
+            "world_size": world_size, "sharded": sharded, "torch_version": torch.__version__}
+
+
+def check_compatible(meta: dict, model_config: ModelConfig, tokenizer_fingerprint: str | None) -> None:
+    """Refuse to resume into a different model shape or tokenizer, naming every differing setting."""
+    saved = meta["model_config"]
+    differences = [f"{name} (checkpoint {saved.get(name)!r}, now {value!r})"
+                   for name, value in model_config.to_dict().items() if saved.get(name) != value]
+    saved_fingerprint = meta.get("tokenizer_fingerprint")
+    if saved_fingerprint and tokenizer_fingerprint and saved_fingerprint != tokenizer_fingerprint:
+        differences.append(f"tokenizer (checkpoint {saved_fingerprint[:12]}, now {tokenizer_fingerprint[:12]})")
+    if differences:
+        raise ValueError(f"cannot resume from step {meta['step']}: checkpoint differs in {'; '.join(differences)}; "
+                         "pass the checkpoint's settings or start a new --out")
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy, torch and CUDA generator states as tensors and plain containers."""
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    python_state = state["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _commit(temporary: Path, final: Path) -> None:
+    """Rename a finished temporary dir into place, replacing an older dir of the same name."""
+    if final.exists():
+        trash = final.with_name(f".old-{final.name}")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(final, trash)
+        os.replace(temporary, final)
+        shutil.rmtree(trash)
+    else:
+        os.replace(temporary, final)
+
+
+def _fresh_temporary(final: Path) -> Path:
+    temporary = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    return temporary
+
+
+def _write_state_and_meta(folder: Path, train_state: dict, meta: dict) -> None:
+    torch.save(train_state, folder / STATE_FILE)
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, iteration: int,
+                    path: str | Path, *, meta: dict | None = None, rank_states: list[dict] | None = None) -> Path:
+    """Write a single-process checkpoint dir at `path`: model.safetensors, train_state.pt, meta.json.
+
+    The model may be a plain TransformerLM or its DDP wrapper (every rank holds the full model, so
+    rank 0 alone calls this). The optimizer state is stored keyed by parameter name (the layout of
+    torch.distributed.checkpoint's full optimizer state dict), so FSDP runs can resume from it too.
+    """
+    final = Path(path)
+    temporary = _fresh_temporary(final)
+    model = model.module if hasattr(model, "module") else model
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary / WEIGHTS_FILE)
+    optimizer_state = named_optimizer_state(model, optimizer) if optimizer else None
+    train_state = {"step": iteration, "optimizer": optimizer_state, "ranks": rank_states or []}
+    meta = meta or make_meta(iteration, model.config)
+    _write_state_and_meta(temporary, train_state, meta)
+    _commit(temporary, final)
+    return final
+
+
+def save_sharded_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
+                            path: str | Path, *, meta: dict, rank_states: list[dict], rank: int) -> Path:
+    """Collective save of an FSDP model with torch.distributed.checkpoint; every rank calls this."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = Path(path)
+    temporary = final.with_name(f".tmp-{final.name}")
+    if rank == 0:
+        temporary = _fresh_temporary(final)
+    dist.barrier()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=temporary / SHARDED_DIR)
+    if rank == 0:
+        _write_state_and_meta(temporary, {"step": iteration, "optimizer": None, "ranks": rank_states}, meta)
+        _commit(temporary, final)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    ) -> int:
+    """Load weights (and optimizer state when given) from any training checkpoint; returns its step.
+
+    Works across layouts: a sharded (FSDP) checkpoint loads into one process or any number of FSDP
+    ranks, and a single-process checkpoint loads into an FSDP model.
+    """
+    return load_training_state(path, model, optimizer)["step"]
+
+
+def load_training_state(path: str | Path, model: torch.nn.Module,
+                        optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Restore model (+ optimizer) in place; returns train_state.pt (step, per-rank loader and RNG states)."""
+    path = resolve_checkpoint(path)
+    if path.is_file():
+        raise ValueError(f"{path} holds consolidated weights only; resume from a step_XXXXXXX checkpoint dir")
+    meta = read_meta(path)
+    train_state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    if optimizer and not meta["sharded"] and train_state["optimizer"] is None:
+        raise ValueError(f"{path} has no optimizer state (weights only); it cannot resume training")
+    if meta["sharded"] or _is_fsdp(model):
+        _load_with_state_dict_api(path, meta, train_state, model, optimizer)
+    else:
+        model = model.module if hasattr(model, "module") else model
+        model.load_state_dict(load_file(path / WEIGHTS_FILE))
+        if optimizer:
+            load_named_optimizer_state(model, optimizer, train_state["optimizer"])
+    return train_state
+
+
+def _is_fsdp(model: torch.nn.Module) -> bool:
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
+
+
+def _load_with_state_dict_api(path: Path, meta: dict, train_state: dict, model: torch.nn.Module,
+                              optimizer: torch.optim.Optimizer | None) -> None:
+    """Sharded checkpoint into any layout, or a single-process checkpoint into an FSDP model."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+    optimizers = [optimizer] if optimizer else []
+    if meta["sharded"]:
+        model_state, optimizer_state = get_state_dict(model, optimizers)
+        dcp.load({"model": model_state} | ({"optimizer": optimizer_state} if optimizer else {}),
+                 checkpoint_id=path / SHARDED_DIR)
+        set_state_dict(model, optimizers, model_state_dict=model_state, optim_state_dict=optimizer_state)
+    else:
+        set_state_dict(model, optimizers, model_state_dict=load_file(path / WEIGHTS_FILE),
+                       optim_state_dict=train_state["optimizer"] if optimizer else {},
+                       options=StateDictOptions(full_state_dict=True))
+
+
+def named_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """optimizer.state_dict() with parameter names in place of positions (portable across layouts)."""
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    position_names = [names[id(parameter)] for group in optimizer.param_groups for parameter in group["params"]]
+    state = optimizer.state_dict()
+    return {"state": {position_names[position]: values for position, values in state["state"].items()},
+            "param_groups": [group | {"params": [position_names[position] for position in group["params"]]}
+                             for group in state["param_groups"]]}
+
+
+def load_named_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Inverse of `named_optimizer_state` for the same model and parameter grouping."""
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    positions = {names[id(parameter)]: position for position, parameter in
+                 enumerate(parameter for group in optimizer.param_groups for parameter in group["params"])}
+    missing = sorted(set(positions) - {name for group in state["param_groups"] for name in group["params"]})
+    if missing:
+        raise ValueError(f"optimizer state lacks parameters {missing[:3]}...; the checkpoint is from another model")
+    optimizer.load_state_dict({
+        "state": {positions[name]: values for name, values in state["state"].items()},
+        "param_groups": [group | {"params": [positions[name] for name in group["params"]]}
+                         for group in state["param_groups"]]})
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None) -> tuple[TransformerLM, dict]:
+    """A TransformerLM in eval mode from a step dir, a run dir (newest checkpoint) or a .safetensors file."""
+    path = resolve_checkpoint(path)
+    meta = read_meta(path)
+    model = TransformerLM(ModelConfig.from_dict(meta["model_config"]))
+    if path.is_file():
+        model.load_state_dict(load_file(path))
+    elif meta["sharded"]:
+        import torch.distributed.checkpoint as dcp
+
+        state = model.state_dict()
+        dcp.load({"model": state}, checkpoint_id=path / SHARDED_DIR)
+        model.load_state_dict(state)
+    else:
+        model.load_state_dict(load_file(path / WEIGHTS_FILE))
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    return model, meta
+
+
+def consolidate(path: str | Path, out_file: str | Path) -> Path:
+    """Write one safetensors file of full weights (+ <name>.json metadata sidecar) from any checkpoint."""
+    out_file = Path(out_file)
+    if out_file.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, got {out_file}")
+    model, meta = load_model(path)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out_file.with_name(f".tmp-{out_file.name}")
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary)
+    sidecar = dict(meta, sharded=False, consolidated_from=str(resolve_checkpoint(path)))
+    sidecar_temporary = temporary.with_suffix(".json")
+    sidecar_temporary.write_text(json.dumps(sidecar, indent=2) + "\n")
+    os.replace(temporary, out_file)
+    os.replace(sidecar_temporary, out_file.with_suffix(".json"))
+    return out_file
+
+
+def remove_old_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints (and leftover temporary dirs); returns what went."""
+    removed = list_checkpoints(run_dir)[:-keep] if keep > 0 else []
+    folder = Path(run_dir) / "checkpoints"
+    leftovers = [path for path in folder.glob(".tmp-step_*")] + [path for path in folder.glob(".old-step_*")]
+    for path in removed + leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed

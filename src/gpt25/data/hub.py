@@ -1,0 +1,110 @@
+"""The Hugging Face side of the data sources: streamed datasets and `gpt25 data download`.
+
+Both need the internet unless they read local files through the libraries' own local paths
+(`datasets` packaged builders such as ``json`` / ``parquet`` with ``data_files``, or a cached
+snapshot under ``HF_HUB_OFFLINE=1``). Offline they fail at once with one line that says so and
+names the local-file alternative, instead of the libraries' minute of retries.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+RECIPE_REPO = "itskoma/GPT2.5"
+REPO_TYPES = ("dataset", "model")
+LOCAL_ALTERNATIVE = (
+    "offline, use local files instead: --source 'DIR/*.jsonl' --text-field text "
+    "(or --source python-docs, the embedded corpus)"
+)
+DOWNLOAD_ALTERNATIVE = (
+    "offline, copy the files by hand and pass local paths, e.g. gpt25 data prepare --source DIR "
+    "(or --source python-docs, the embedded corpus)"
+)
+
+
+def hub_offline() -> bool:
+    """True when the user switched the Hub off (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_DATASETS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def check_hub_reachable(repo_id: str, repo_type: str, what: str, alternative: str = LOCAL_ALTERNATIVE) -> None:
+    """Ask the Hub for the repo's info (one fast request) so an offline machine fails at once.
+
+    `datasets` retries for about half a minute before giving up; huggingface_hub's info call
+    fails within a second. A missing repo is the user's typo (ValueError); anything else from
+    that request means the Hub cannot be reached (ConnectionError).
+    """
+    if hub_offline():
+        raise ConnectionError(f"{what} needs the internet and HF_HUB_OFFLINE is set; {alternative}")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().repo_info(repo_id, repo_type=repo_type, timeout=10)
+    except GatedRepoError:
+        return  # it exists; `datasets` reports the missing token itself
+    except RepositoryNotFoundError:
+        raise ValueError(f"no {repo_type} named {repo_id!r} on the Hugging Face Hub; check the name") from None
+    except Exception as error:  # the HTTP client's own connect/timeout errors have no common base
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConnectionError(f"{what} needs the internet, and the Hugging Face Hub is unreachable ({reason}); {alternative}") from None
+
+
+def check_hf_source(name: str, data_files: list[str] | None) -> None:
+    """Fail at once when a Hub dataset cannot be reached; local builders (data_files, a folder) need no check."""
+    if not data_files and not Path(name).exists():
+        check_hub_reachable(name, "dataset", f"hf:{name}")
+
+
+def iter_hf_dataset(
+    name: str,
+    config: str | None,
+    text_field: str,
+    *,
+    data_files: list[str] | None = None,
+    split: str = "train",
+) -> Iterator[str]:
+    """Stream the `text_field` of a Hugging Face dataset (``hf:NAME[:CONFIG]``).
+
+    With `data_files` (or a local folder as NAME) the dataset is read from disk through
+    `datasets`' own builders, e.g. ``hf:json`` with ``--data-files a.jsonl``; no network is used.
+    """
+    check_hf_source(name, data_files)
+    import datasets
+
+    dataset = datasets.load_dataset(name, config, data_files=data_files, split=split, streaming=True)
+    for row_number, row in enumerate(dataset):
+        if text_field not in row:
+            raise ValueError(f"hf:{name} row {row_number}: no field {text_field!r} (found: {', '.join(row)}); pass --text-field NAME")
+        text = row[text_field]
+        if text is not None and str(text).strip():
+            yield str(text).strip("\n")
+
+
+def download_repo(repo_id: str = RECIPE_REPO, repo_type: str = "dataset", out: str | None = None, include: list[str] | None = None) -> Path:
+    """Download a Hub repo with huggingface_hub (into `out`, else the HF cache); returns its local folder.
+
+    Under HF_HUB_OFFLINE=1 a copy already in the Hugging Face cache is used (and copied to `out`).
+    """
+    if repo_type not in REPO_TYPES:
+        raise ValueError(f"--repo-type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    what = f"downloading {repo_type} {repo_id}"
+    try:
+        if hub_offline():
+            cached = Path(snapshot_download(repo_id, repo_type=repo_type, allow_patterns=include))
+            if out is None:
+                return cached
+            shutil.copytree(cached, out, dirs_exist_ok=True)
+            return Path(out)
+        check_hub_reachable(repo_id, repo_type, what, DOWNLOAD_ALTERNATIVE)
+        return Path(snapshot_download(repo_id, repo_type=repo_type, local_dir=out, allow_patterns=include))
+    except LocalEntryNotFoundError:
+        raise ConnectionError(f"{what} needs the internet and no cached copy exists (HF_HUB_OFFLINE is set); {DOWNLOAD_ALTERNATIVE}") from None

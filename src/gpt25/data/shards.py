@@ -1,0 +1,185 @@
+"""Token shards on disk: the binary format, its validating reader, and the data folder's manifest.
+
+A shard file (``train_000000.bin``) is a 24-byte little-endian header followed by the tokens:
+
+    offset  size  field
+    0       8     magic b"GPT25TOK"
+    8       4     format version (uint32, currently 1)
+    12      4     dtype code (uint32): 2 = uint16 tokens, 4 = uint32 tokens (vocab > 65,536)
+    16      8     token count (uint64)
+    24      ...   token count x dtype tokens, little-endian
+
+Shards are written to a hidden temporary name and renamed when complete, so a shard that
+exists under its final name is whole. ``manifest.json`` beside them records the tokenizer
+fingerprint, vocab size, per-split token/document counts and each shard's size and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"GPT25TOK"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sIIQ")
+DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "gpt25-token-shards"
+SPLITS = ("train", "val")
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    """uint16 while every token id fits (vocab <= 65,536), else uint32."""
+    return DTYPES[2] if vocab_size <= 2**16 else DTYPES[4]
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}_{index:06d}.bin"
+
+
+class ShardFile:
+    """A shard being written: header placeholder, tokens appended, then finished atomically."""
+
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.path = path
+        self.dtype = dtype
+        self.num_tokens = 0
+        self.temporary = path.with_name(f".{path.name}.tmp")
+        self.file = open(self.temporary, "wb")
+        self.file.write(HEADER.pack(MAGIC, FORMAT_VERSION, dtype.itemsize, 0))
+
+    def append(self, tokens: np.ndarray) -> None:
+        self.file.write(tokens.astype(self.dtype, copy=False).tobytes())
+        self.num_tokens += len(tokens)
+
+    def finish(self) -> dict[str, Any]:
+        """Write the final header, fsync, rename into place; returns the shard's manifest entry."""
+        self.file.seek(0)
+        self.file.write(HEADER.pack(MAGIC, FORMAT_VERSION, self.dtype.itemsize, self.num_tokens))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.temporary, self.path)
+        return {"file": self.path.name, "tokens": self.num_tokens, "bytes": self.path.stat().st_size, "sha256": file_sha256(self.path)}
+
+    def discard(self) -> None:
+        self.file.close()
+        self.temporary.unlink(missing_ok=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_shard(path: str | os.PathLike) -> np.ndarray:
+    """Memory-map a shard's tokens after checking its header and size (ValueError when damaged)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"shard {path} is missing; rerun `gpt25 data prepare` with the same arguments to rebuild it")
+    size = path.stat().st_size
+    if size < HEADER.size:
+        raise ValueError(f"shard {path} is truncated ({size} bytes, shorter than the header); rerun `gpt25 data prepare` to rebuild it")
+    with open(path, "rb") as file:
+        magic, version, dtype_code, num_tokens = HEADER.unpack(file.read(HEADER.size))
+    if magic != MAGIC:
+        raise ValueError(f"{path} is not a gpt25 token shard (bad magic); point at a folder made by `gpt25 data prepare`")
+    if version != FORMAT_VERSION or dtype_code not in DTYPES:
+        raise ValueError(f"shard {path} has format version {version} / dtype code {dtype_code}, this gpt25 reads version {FORMAT_VERSION}; rerun `gpt25 data prepare`")
+    dtype = DTYPES[dtype_code]
+    expected = HEADER.size + num_tokens * dtype.itemsize
+    if size != expected:
+        state = "truncated" if size < expected else "longer than its header says"
+        raise ValueError(f"shard {path} is {state}: header says {num_tokens} tokens ({expected} bytes), file has {size} bytes; rerun `gpt25 data prepare` to rebuild it")
+    if num_tokens == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER.size, shape=(num_tokens,))
+
+
+def shard_is_valid(path: Path, entry: dict[str, Any]) -> bool:
+    """True when the shard on disk matches its manifest entry exactly (size and sha256)."""
+    return path.is_file() and path.stat().st_size == entry["bytes"] and file_sha256(path) == entry["sha256"]
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a prepared data folder; errors say how to make or finish one."""
+    path = Path(data_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {data_dir}; make one with `gpt25 data prepare --out {data_dir}`")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path} is not a gpt25 token-shard manifest; point at a folder made by `gpt25 data prepare`")
+    return manifest
+
+
+def _complete_manifest(data_dir: str | os.PathLike, split: str) -> dict[str, Any]:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    manifest = read_manifest(data_dir)
+    if not manifest["complete"]:
+        raise ValueError(f"{data_dir} holds an unfinished `gpt25 data prepare`; rerun the same command to resume it")
+    return manifest
+
+
+def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, data_dir: str | os.PathLike) -> None:
+    """Refuse shards made with another tokenizer than `tokenizer` (compared by fingerprint)."""
+    fingerprint = tokenizer.fingerprint()
+    if fingerprint != manifest["tokenizer_fingerprint"]:
+        raise ValueError(
+            f"shards in {data_dir} were made with tokenizer {manifest['tokenizer_fingerprint'][:12]}, "
+            f"not the given one ({fingerprint[:12]}); use the tokenizer they were prepared with or rerun `gpt25 data prepare`"
+        )
+
+
+def iter_shards(data_dir: str | os.PathLike, split: str) -> Iterator[np.ndarray]:
+    """Yield each shard of `split` ("train" or "val") memory-mapped, in order, checked against the manifest."""
+    manifest = _complete_manifest(data_dir, split)
+    for entry in manifest["splits"][split]["shards"]:
+        tokens = read_shard(Path(data_dir) / entry["file"])
+        if len(tokens) != entry["tokens"]:
+            raise ValueError(f"shard {entry['file']} in {data_dir} holds {len(tokens)} tokens, the manifest says {entry['tokens']}; rerun `gpt25 data prepare`")
+        yield tokens
+
+
+def load_split(data_dir: str | os.PathLike, split: str, tokenizer: Any = None) -> np.ndarray:
+    """All tokens of a split as one 1-D array (a memmap when it is a single shard)."""
+    manifest = _complete_manifest(data_dir, split)
+    if tokenizer is not None:
+        check_tokenizer(manifest, tokenizer, data_dir)
+    shards = list(iter_shards(data_dir, split))
+    if not shards:
+        raise ValueError(f"split {split!r} in {data_dir} is empty; prepare more documents or a larger --val-fraction / --val-docs")
+    return shards[0] if len(shards) == 1 else np.concatenate(shards)
+
+
+def verify_shards(data_dir: str | os.PathLike) -> list[str]:
+    """Check every shard's header, size and sha256 against the manifest; returns the problems found."""
+    manifest = read_manifest(data_dir)
+    problems = []
+    for split in SPLITS:
+        for entry in manifest["splits"][split]["shards"]:
+            path = Path(data_dir) / entry["file"]
+            try:
+                read_shard(path)
+            except (ValueError, FileNotFoundError) as error:
+                problems.append(str(error))
+                continue
+            if not shard_is_valid(path, entry):
+                problems.append(f"shard {path} does not match the sha256 in the manifest; rerun `gpt25 data prepare` to rebuild it")
+    return problems

@@ -1,0 +1,280 @@
+"""Where documents come from: local files, Hugging Face datasets, and the embedded Python-docs corpus.
+
+A *source spec* is one string, as given to `gpt25 data prepare --source`:
+
+- ``python-docs``: the embedded corpus (docstrings of the standard library plus
+  ``pydoc_data.topics``), available on every Python installation, no download;
+- ``hf:NAME[:CONFIG]``: a Hugging Face dataset, streamed with the `datasets` library;
+- anything else: a file, folder (all non-hidden files below it) or glob. ``.jsonl`` / ``.json``
+  (one JSON object per line) and ``.parquet`` files yield their ``text_field``; other files are
+  plain UTF-8 text, split into documents at blank lines or one document per file.
+
+Every function here yields plain ``str`` documents in a deterministic order.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import inspect
+import json
+import os
+import sysconfig
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpt25.data.hub import check_hf_source, iter_hf_dataset
+
+EOT_TEXT = "<|endoftext|>"
+DOC_SPLITS = ("blank-line", "file")
+DEFAULT_CORPUS_SPEC = "python-docs"
+# Folders of the standard library that hold tests, demos of tests or installed third-party code.
+SKIPPED_STDLIB_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+MAX_WARNINGS_PER_FILE = 3
+
+
+class NonUtf8Warning(UserWarning):
+    """A line of a text source was not valid UTF-8 and was skipped."""
+
+
+@dataclass
+class SourceStats:
+    """Counters filled while documents are read (reported in the manifest and by the CLI)."""
+
+    skipped_lines: int = 0
+    files: int = 0
+
+
+def iter_documents(
+    specs: Iterable[str],
+    *,
+    doc_split: str = "blank-line",
+    text_field: str = "text",
+    data_files: list[str] | None = None,
+    hf_split: str = "train",
+    stats: SourceStats | None = None,
+) -> Iterator[str]:
+    """Yield the documents of every source spec in turn (see the module docstring for the specs)."""
+    if doc_split not in DOC_SPLITS:
+        raise ValueError(f"--doc-split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
+    stats = stats if stats is not None else SourceStats()
+    for spec in specs:
+        if spec == DEFAULT_CORPUS_SPEC:
+            yield from iter_default_corpus()
+        elif spec.startswith("hf:"):
+            name, _, config = spec[3:].partition(":")
+            yield from iter_hf_dataset(name, config or None, text_field, data_files=data_files, split=hf_split)
+        else:
+            for path in expand_paths(spec):
+                stats.files += 1
+                yield from iter_file_documents(path, doc_split=doc_split, text_field=text_field, stats=stats)
+
+
+def check_sources(specs: Iterable[str], data_files: list[str] | None = None) -> None:
+    """Fail before any work when a local spec matches nothing or a Hub dataset is unreachable."""
+    for spec in specs:
+        if spec.startswith("hf:"):
+            check_hf_source(spec[3:].partition(":")[0], data_files)
+        elif spec != DEFAULT_CORPUS_SPEC:
+            expand_paths(spec)
+
+
+def expand_paths(spec: str) -> list[Path]:
+    """The files a local spec names: itself, every non-hidden file below a folder, or a glob's matches."""
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(path))]
+    else:
+        files = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
+    if not files:
+        raise FileNotFoundError(
+            f"source {spec!r} matched no files; give an existing file, folder or glob, "
+            f"'{DEFAULT_CORPUS_SPEC}' or 'hf:NAME[:CONFIG]'"
+        )
+    return sorted(files)
+
+
+def _is_hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def iter_file_documents(path: Path, *, doc_split: str, text_field: str, stats: SourceStats) -> Iterator[str]:
+    """Documents of one local file, chosen by its extension (JSONL, Parquet or plain text)."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return iter_jsonl_documents(path, text_field, stats)
+    if suffix == ".parquet":
+        return iter_parquet_documents(path, text_field)
+    return iter_text_documents(path, doc_split, stats)
+
+
+def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]:
+    """(line number, line) pairs with newlines normalised to "\\n"; non-UTF-8 lines are skipped with a warning."""
+    num_bad = 0
+    first_bad = 0
+    with open(path, "rb") as file:
+        for line_number, raw in enumerate(file, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                num_bad += 1
+                first_bad = first_bad or line_number
+                if num_bad <= MAX_WARNINGS_PER_FILE:
+                    warnings.warn(f"{path}:{line_number}: skipped a line that is not UTF-8 ({error.reason})", NonUtf8Warning, stacklevel=2)
+                continue
+            if line_number == 1:
+                line = line.removeprefix("\ufeff")
+            if line.endswith("\n"):
+                line = line.rstrip("\r\n") + "\n"
+            yield line_number, line
+    stats.skipped_lines += num_bad
+    if num_bad > MAX_WARNINGS_PER_FILE:
+        warnings.warn(f"{path}: skipped {num_bad} lines that are not UTF-8 in all (first at line {first_bad})", NonUtf8Warning, stacklevel=2)
+
+
+def iter_text_documents(path: Path, doc_split: str, stats: SourceStats) -> Iterator[str]:
+    """Plain text: paragraphs separated by blank lines, or the whole file, as documents."""
+    lines: list[str] = []
+    for _, line in iter_utf8_lines(path, stats):
+        if doc_split == "blank-line" and not line.strip():
+            yield from _non_empty("".join(lines))
+            lines = []
+        else:
+            lines.append(line)
+    yield from _non_empty("".join(lines))
+
+
+def _non_empty(text: str) -> Iterator[str]:
+    text = text.strip("\n")
+    if text.strip():
+        yield text
+
+
+def iter_jsonl_documents(path: Path, text_field: str, stats: SourceStats) -> Iterator[str]:
+    """One JSON object per line; yields its `text_field` (a missing field is an error, not a skip)."""
+    for line_number, line in iter_utf8_lines(path, stats):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{line_number}: not a JSON object per line ({error.msg}); JSONL sources need one object per line") from None
+        if not isinstance(record, dict) or text_field not in record:
+            fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(f"{path}:{line_number}: no field {text_field!r} (found: {fields}); pass --text-field NAME")
+        yield from _non_empty(str(record[text_field]))
+
+
+def iter_parquet_documents(path: Path, text_field: str) -> Iterator[str]:
+    """The `text_field` column of a Parquet file, read a record batch at a time."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    columns = parquet.schema_arrow.names
+    if text_field not in columns:
+        raise ValueError(f"{path}: no column {text_field!r} (found: {', '.join(columns)}); pass --text-field NAME")
+    for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
+        for text in batch.column(0).to_pylist():
+            if text is not None:
+                yield from _non_empty(str(text))
+
+
+def iter_default_corpus() -> Iterator[str]:
+    """The embedded corpus: one document per standard-library module (its docstrings) and per pydoc topic."""
+    yield from iter_stdlib_docstrings()
+    yield from iter_pydoc_topics()
+
+
+def iter_stdlib_docstrings(stdlib: Path | None = None) -> Iterator[str]:
+    """Docstrings of each stdlib module, extracted with `ast` (never imported), in sorted path order."""
+    stdlib = stdlib or Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(stdlib.rglob("*.py")):
+        relative = path.relative_to(stdlib)
+        if _skip_stdlib_path(relative):
+            continue
+        document = module_document(path, _module_name(relative))
+        if document:
+            yield document
+
+
+def _skip_stdlib_path(relative: Path) -> bool:
+    folders = relative.parts[:-1]
+    return (
+        any(part in SKIPPED_STDLIB_DIRS or part.startswith(("config-", ".")) for part in folders)
+        or relative.parts[0] == "pydoc_data"  # its topics come in as separate documents
+    )
+
+
+def _module_name(relative: Path) -> str:
+    parts = list(relative.with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def module_document(path: Path, module_name: str) -> str:
+    """The docstrings of one module as a document, or "" when it has none or cannot be parsed."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError, OSError):
+        return ""
+    sections = [f"{heading}\n\n{docstring}" for heading, docstring in _docstrings(tree, module_name)]
+    return "\n\n".join(sections)
+
+
+def _docstrings(node: ast.AST, qualified_name: str) -> Iterator[tuple[str, str]]:
+    """(heading, cleaned docstring) for `node` and every class and function inside it, in source order."""
+    docstring = ast.get_docstring(node, clean=False)
+    if docstring and docstring.strip():
+        yield _heading(node, qualified_name), inspect.cleandoc(docstring)
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield from _docstrings(child, f"{qualified_name}.{child.name}")
+
+
+def _heading(node: ast.AST, qualified_name: str) -> str:
+    if isinstance(node, ast.ClassDef):
+        return f"class {qualified_name}"
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return f"{qualified_name}({ast.unparse(node.args)})"
+    return f"module {qualified_name}"
+
+
+def iter_pydoc_topics() -> Iterator[str]:
+    """The help topics of `pydoc_data.topics` (the language reference behind `help("if")`), sorted by name."""
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        text = topics[name].strip()
+        if text:
+            yield f"{name}\n\n{text}"
+
+
+def corpus_size(documents: Iterable[str]) -> tuple[int, int]:
+    """(number of documents, UTF-8 bytes) of a document stream."""
+    num_documents = num_bytes = 0
+    for document in documents:
+        num_documents += 1
+        num_bytes += len(document.encode("utf-8"))
+    return num_documents, num_bytes
+
+
+def write_corpus_file(documents: Iterable[str], path: str | os.PathLike) -> tuple[int, int]:
+    """Write documents joined by "<|endoftext|>" (for `gpt25 tokenizer train`) atomically; returns (docs, bytes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    num_documents = num_bytes = 0
+    with open(temporary, "w", encoding="utf-8", newline="") as file:
+        for document in documents:
+            if num_documents:
+                file.write(EOT_TEXT)
+            file.write(document)
+            num_documents += 1
+            num_bytes += len(document.encode("utf-8"))
+    os.replace(temporary, path)
+    return num_documents, num_bytes

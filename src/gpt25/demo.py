@@ -1,0 +1,265 @@
+"""`gpt25 demo`: the whole pipeline end to end on the embedded Python-docs corpus, on a CPU.
+
+corpus -> BPE tokenizer -> train/val shards -> a small model trained for a fixed token budget ->
+validation loss vs a unigram baseline -> samples -> RUN_DIR/report.md and RUN_DIR/results.png.
+Each stage calls the same functions as the ordinary commands, which the report lists, so the
+demo doubles as a tutorial. A second run reuses the corpus, tokenizer and shards unless `fresh`.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpt25.data import load_split, read_manifest
+from gpt25.data.prepare import PrepareConfig, prepare
+from gpt25.data.sources import iter_default_corpus, write_corpus_file
+from gpt25.tokenizer import Tokenizer, train_bpe
+
+EOT = "<|endoftext|>"
+CPU_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cpu-small.toml"
+# Optimizer steps per minute of the demo budget: cpu-small (batch 16 x 256 tokens) runs at about
+# 5 steps/s on 2 cores, and the rest goes to evaluation and checkpoints. A fixed number, so the same
+# --minutes always trains on the same tokens, whatever the machine's speed.
+STEPS_PER_MINUTE = 240
+PROMPT = "Return a new"
+
+
+@dataclass
+class DemoConfig:
+    """Settings of `gpt25 demo`."""
+
+    out: Path = Path("runs/demo")
+    minutes: float = 5.0  # training budget; the other stages add about a minute on 2 cores
+    fresh: bool = False
+    vocab_size: int = 4096
+    config: Path = CPU_CONFIG
+    device: str = "cpu"
+    prompt: str = PROMPT
+    num_samples: int = 3
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def train_steps(self) -> int:
+        return max(20, round(self.minutes * STEPS_PER_MINUTE))
+
+
+def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every stage (reusing completed ones) and return the final metrics and artefact paths."""
+    if config.minutes <= 0:
+        raise ValueError(f"--minutes must be positive, got {config.minutes}")
+    if not config.config.is_file():
+        raise FileNotFoundError(f"training config {config.config} not found; pass --config FILE.toml")
+    if config.fresh and config.out.exists():
+        shutil.rmtree(config.out)
+    paths = demo_paths(config.out)
+    stages = [
+        ("corpus", lambda: build_corpus(paths)),
+        ("tokenizer", lambda: build_tokenizer(paths, config.vocab_size)),
+        ("shards", lambda: build_shards(paths)),
+        ("train", lambda: train_model(paths, config)),
+        ("evaluate", lambda: evaluate_model(paths, config)),
+        ("generate", lambda: sample_model(paths, config)),
+        ("report", lambda: write_report(paths, config, results)),
+    ]
+    results: dict[str, Any] = {}
+    for number, (name, stage) in enumerate(stages, start=1):
+        log(f"[{number}/{len(stages)}] {name} ...")
+        started = time.perf_counter()
+        outcome = stage()
+        config.timings[name] = time.perf_counter() - started
+        results[name] = outcome
+        log(f"[{number}/{len(stages)}] {name} done in {config.timings[name]:.1f} s: {summarize(name, outcome)}")
+    return results
+
+
+def demo_paths(out: Path) -> dict[str, Path]:
+    return {
+        "out": out,
+        "corpus": out / "data" / "python-docs.txt",
+        "tokenizer": out / "tokenizer",
+        "shards": out / "data" / "shards",
+        "run": out / "run",
+        "report": out / "report.md",
+        "plot": out / "results.png",
+        "eval": out / "eval.json",
+    }
+
+
+def build_corpus(paths: dict[str, Path]) -> dict[str, Any]:
+    """The embedded corpus as one text file, documents joined by <|endoftext|> (tokenizer training input)."""
+    if paths["corpus"].is_file():
+        text = paths["corpus"].read_text(encoding="utf-8")
+        return {"reused": True, "documents": text.count(EOT) + 1, "bytes": len(text.encode("utf-8"))}
+    num_documents, num_bytes = write_corpus_file(iter_default_corpus(), paths["corpus"])
+    return {"reused": False, "documents": num_documents, "bytes": num_bytes}
+
+
+def build_tokenizer(paths: dict[str, Path], vocab_size: int) -> dict[str, Any]:
+    if (paths["tokenizer"] / "gpt25_tokenizer.json").is_file():
+        tokenizer = Tokenizer.load(paths["tokenizer"])
+        return {"reused": True, "vocab_size": tokenizer.vocab_size}
+    vocab, merges = train_bpe(paths["corpus"], vocab_size, [EOT], progress=True)
+    Tokenizer(vocab, merges, [EOT]).save(paths["tokenizer"])
+    return {"reused": False, "vocab_size": len(vocab)}
+
+
+def build_shards(paths: dict[str, Path]) -> dict[str, Any]:
+    """Tokenize the corpus into train/val shards (prepare itself resumes or skips finished work)."""
+    manifest = prepare(PrepareConfig(
+        sources=["python-docs"], tokenizer_dir=str(paths["tokenizer"]), out_dir=str(paths["shards"]),
+        val_fraction=0.05, workers=2,
+    ))
+    return {split: manifest["splits"][split]["tokens"] for split in ("train", "val")}
+
+
+def train_model(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
+    from gpt25.checkpoint import list_checkpoints
+    from gpt25.train import TrainConfig, train
+    from gpt25.train.config import read_toml_settings
+
+    finished = list_checkpoints(paths["run"])
+    settings = read_toml_settings(config.config) | {
+        "data": str(paths["shards"]), "tokenizer": str(paths["tokenizer"]), "out": str(paths["run"]),
+        "train_steps": config.train_steps, "device": config.device,
+        "eval_every": max(1, config.train_steps // 8), "save_every": max(1, config.train_steps // 4),
+    }
+    if finished and read_step(finished[-1]) >= config.train_steps:
+        return {"reused": True, "checkpoint": str(finished[-1]), "train_steps": config.train_steps}
+    if finished:
+        settings["checkpoint"] = "latest"
+    return train(TrainConfig(**settings))
+
+
+def read_step(checkpoint: Path) -> int:
+    from gpt25.checkpoint import read_meta
+
+    return int(read_meta(checkpoint)["step"])
+
+
+def unigram_loss(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: int) -> float:
+    """Cross-entropy (nats/token) on val of the add-one-smoothed token frequencies of train."""
+    counts = np.bincount(np.asarray(train_tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64) + 1.0
+    log_probs = np.log(counts / counts.sum())
+    return float(-log_probs[np.asarray(val_tokens, dtype=np.int64)].mean())
+
+
+def evaluate_model(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
+    from gpt25.eval.run import run_evaluation
+
+    results = run_evaluation(paths["run"], paths["tokenizer"], data_dir=paths["shards"], out=paths["eval"],
+                             device=config.device)
+    tokenizer = Tokenizer.load(paths["tokenizer"])
+    baseline = unigram_loss(load_split(paths["shards"], "train", tokenizer), load_split(paths["shards"], "val", tokenizer),
+                            tokenizer.vocab_size)
+    results["unigram_loss"] = baseline
+    results["unigram_perplexity"] = math.exp(baseline)
+    return results
+
+
+def sample_model(paths: dict[str, Path], config: DemoConfig) -> list[str]:
+    from gpt25.checkpoint import load_model
+    from gpt25.sample import generate
+
+    model, _ = load_model(paths["run"], device=config.device)
+    tokenizer = Tokenizer.load(paths["tokenizer"])
+    return generate(model, tokenizer, config.prompt, num_samples=config.num_samples, seed=1337)
+
+
+def write_report(paths: dict[str, Path], config: DemoConfig, results: dict[str, Any]) -> dict[str, str]:
+    """RUN_DIR/report.md (settings, timings, metrics, samples, commands) and RUN_DIR/results.png."""
+    from gpt25.train.plot import plot_runs
+
+    plot_runs([paths["run"]], paths["plot"])
+    text = render_report(paths, config, results)
+    temporary = paths["report"].with_name(".report.md.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(paths["report"])
+    return {"report": str(paths["report"]), "plot": str(paths["plot"])}
+
+
+def render_report(paths: dict[str, Path], config: DemoConfig, results: dict[str, Any]) -> str:
+    metrics = results["evaluate"]
+    manifest = read_manifest(paths["shards"])
+    lines = [
+        "# gpt25 demo report",
+        "",
+        "## Settings",
+        "",
+        f"- corpus: the embedded Python documentation ({results['corpus']['documents']} documents, "
+        f"{results['corpus']['bytes'] / 1e6:.2f} MB)",
+        f"- tokenizer: byte-level BPE, vocab {results['tokenizer']['vocab_size']}, special `{EOT}`",
+        f"- shards: {manifest['splits']['train']['tokens']:,} train tokens, {manifest['splits']['val']['tokens']:,} val tokens",
+        f"- model and optimizer: `{config.config.name}` with train_steps {config.train_steps} (--minutes {config.minutes:g})",
+        f"- sampling: temperature 0.8, top-p 0.9, 50 new tokens, prompt {config.prompt!r}",
+        "",
+        "## Timings",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+        *(f"| {name} | {seconds:.1f} |" for name, seconds in config.timings.items()),
+        "",
+        "## Final metrics (validation split)",
+        "",
+        "| metric | model | unigram baseline |",
+        "|---|---:|---:|",
+        f"| loss (nats/token) | {metrics['val_loss']:.4f} | {metrics['unigram_loss']:.4f} |",
+        f"| perplexity | {metrics['val_perplexity']:.2f} | {metrics['unigram_perplexity']:.2f} |",
+        f"| bits per byte | {metrics['val_bpb']:.4f} | |",
+        "",
+        f"![results]({paths['plot'].name})",
+        "",
+        "## Samples",
+        "",
+        *(f"{number}. `{config.prompt}` {sample!r}" for number, sample in enumerate(results["generate"], start=1)),
+        "",
+        "## Re-run any stage by hand",
+        "",
+        "```bash",
+        *stage_commands(paths, config),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def stage_commands(paths: dict[str, Path], config: DemoConfig) -> list[str]:
+    return [
+        f"gpt25 data corpus --out {paths['corpus']}",
+        f'gpt25 tokenizer train --input {paths["corpus"]} --vocab-size {config.vocab_size} '
+        f'--special-token "{EOT}" --out {paths["tokenizer"]} --force',
+        f"gpt25 data prepare --source python-docs --tokenizer {paths['tokenizer']} --out {paths['shards']} "
+        "--val-fraction 0.05 --workers 2",
+        f"gpt25 train --config {config.config} --data {paths['shards']} --tokenizer {paths['tokenizer']} "
+        f"--out {paths['run']} --train_steps {config.train_steps} --device {config.device}",
+        f"gpt25 eval --checkpoint {paths['run']} --tokenizer {paths['tokenizer']} --data {paths['shards']}",
+        f'gpt25 generate --checkpoint {paths["run"]} --tokenizer {paths["tokenizer"]} --prompt "{config.prompt}" '
+        f"--num_samples {config.num_samples}",
+        f"gpt25 plot {paths['run']} --out {paths['plot']}",
+    ]
+
+
+def summarize(stage: str, outcome: Any) -> str:
+    if stage == "corpus":
+        return f"{outcome['documents']} documents, {outcome['bytes'] / 1e6:.2f} MB" + (" (reused)" if outcome["reused"] else "")
+    if stage == "tokenizer":
+        return f"vocab {outcome['vocab_size']}" + (" (reused)" if outcome["reused"] else "")
+    if stage == "shards":
+        return f"{outcome['train']:,} train / {outcome['val']:,} val tokens"
+    if stage == "train":
+        if outcome.get("reused"):
+            return f"reused {outcome['checkpoint']}"
+        return f"{outcome['step']} steps, final train loss {outcome['final_train_loss']:.3f}"
+    if stage == "evaluate":
+        return (f"val loss {outcome['val_loss']:.3f} (perplexity {outcome['val_perplexity']:.1f}) vs unigram "
+                f"{outcome['unigram_loss']:.3f} (perplexity {outcome['unigram_perplexity']:.1f})")
+    if stage == "generate":
+        return f"{len(outcome)} samples"
+    return f"report {outcome['report']}, plot {outcome['plot']}"

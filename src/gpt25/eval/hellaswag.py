@@ -1,0 +1,154 @@
+"""HellaSwag: pick the most likely of four endings, scored the way lm-evaluation-harness scores it.
+
+Each ending is scored by the summed log-likelihood of the tokens of `" " + ending` given the tokens
+of `ctx`, the two encoded separately. `acc` picks the ending with the highest sum; `acc_norm`
+divides each sum by the ending's length in UTF-8 bytes first (lm-evaluation-harness divides by
+characters, the same for HellaSwag's ASCII text), which removes the bias toward short endings.
+The `ctx` and `endings` fields are used as the original jsonl gives them; lm-evaluation-harness's
+`hellaswag` task also rewrites WikiHow's `[title]`/`[header]` markers, so its numbers differ
+slightly (run it through `gpt25.eval.lm_eval_adapter` to get those).
+
+The loader reads the original jsonl format (`ctx`, `endings`, `label` on each line), from a local
+file or downloaded from the HellaSwag repository. Under torch.distributed every rank must call
+`evaluate_hellaswag`; the examples are split across ranks and the counts all-reduced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gpt25.eval.distributed import max_over_ranks, rank_and_world_size, sum_over_ranks
+from gpt25.eval.scoring import score_sequences
+
+HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+HELLASWAG_VAL_SIZE = 10042
+
+
+def cache_dir() -> Path:
+    """Where downloads are kept: $GPT25_CACHE, else ~/.cache/gpt25."""
+    return Path(os.environ.get("GPT25_CACHE", Path.home() / ".cache" / "gpt25"))
+
+
+def download_hellaswag(url: str = HELLASWAG_VAL_URL) -> Path:
+    """Download the validation jsonl once into the cache folder and return its path."""
+    path = cache_dir() / "hellaswag_val.jsonl"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            payload = response.read()
+    except (urllib.error.URLError, OSError) as error:
+        raise ConnectionError(
+            f"could not download HellaSwag from {url} ({error}); fetch hellaswag_val.jsonl elsewhere "
+            "and pass it with --hellaswag FILE"
+        ) from None
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".hellaswag_val.", suffix=".tmp")
+    with os.fdopen(handle, "wb") as file:
+        file.write(payload)
+    os.replace(temporary, path)
+    return path
+
+
+def parse_example(line: str, where: str) -> dict:
+    """One jsonl record -> {"ctx", "endings", "label"}; ValueError naming `where` when malformed."""
+    try:
+        record = json.loads(line)
+        example = {"ctx": str(record["ctx"]), "endings": [str(e) for e in record["endings"]], "label": int(record["label"])}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{where}: not a HellaSwag record with ctx, endings and label ({error!r})") from None
+    if not example["endings"] or not 0 <= example["label"] < len(example["endings"]):
+        raise ValueError(f"{where}: label {example['label']} does not index the {len(example['endings'])} endings")
+    return example
+
+
+def load_hellaswag(source: str | Path) -> list[dict]:
+    """Examples {"ctx", "endings", "label"} from a jsonl file, or from the HellaSwag repository with "download"."""
+    path = download_hellaswag() if str(source) == "download" else Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"HellaSwag file {path} not found; pass a hellaswag_val.jsonl or 'download'")
+    with open(path, encoding="utf-8") as file:
+        examples = [parse_example(line, f"{path}:{number}") for number, line in enumerate(file, 1) if line.strip()]
+    if not examples:
+        raise ValueError(f"{path} holds no HellaSwag examples")
+    return examples
+
+
+def scoring_rows(tokenizer, examples: list[dict], context_length: int) -> list[tuple[int, int, list[int], int]]:
+    """(example index, ending index, token ids, number of ending tokens) for every ending.
+
+    The ids are ctx + " " + ending, cut from the left to context_length + 1 tokens if needed.
+    """
+    rows = []
+    for example_index, example in enumerate(examples):
+        context_ids = tokenizer.encode(example["ctx"]) or [tokenizer.eot_id]
+        for ending_index, ending in enumerate(example["endings"]):
+            ending_ids = tokenizer.encode(" " + ending)
+            token_ids = (context_ids + ending_ids)[-(context_length + 1) :]
+            rows.append((example_index, ending_index, token_ids, min(len(ending_ids), len(token_ids) - 1)))
+    return rows
+
+
+def score_rows(model, rows, *, batch_size: int, device, show_progress: bool) -> list[float]:
+    """Summed log-likelihood of each row's ending tokens; every rank runs the same number of forwards."""
+    scores = []
+    num_steps = max_over_ranks((len(rows) + batch_size - 1) // batch_size, device)
+    for step in tqdm(range(num_steps), desc="hellaswag", leave=False, disable=None if show_progress else True):
+        batch = rows[step * batch_size : (step + 1) * batch_size]
+        if not batch:
+            # This rank is out of work: FSDP needs matching forwards, so run a dropped one.
+            score_sequences(model, [[0, 0]], [1], device)
+            continue
+        sums, _ = score_sequences(model, [row[2] for row in batch], [row[3] for row in batch], device)
+        scores.extend(sums)
+    return scores
+
+
+def evaluate_hellaswag(
+    model: torch.nn.Module,
+    tokenizer,
+    examples: list[dict],
+    *,
+    batch_size: int,
+    device: torch.device | str,
+    limit: int | None = None,
+) -> dict:
+    """Accuracy on the first `limit` examples (all by default): {"acc", "acc_norm", "n"}.
+
+    `batch_size` counts sequences (one per ending) per forward pass.
+    """
+    examples = examples[:limit] if limit is not None else examples
+    if not examples:
+        raise ValueError("no HellaSwag examples to score (empty file or --limit 0)")
+    rank, world_size = rank_and_world_size()
+    my_examples = examples[rank::world_size]
+    rows = scoring_rows(tokenizer, my_examples, model.config.context_length)
+    rows.sort(key=lambda row: len(row[2]), reverse=True)  # longest first: less padding, OOM shows early
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            scores = score_rows(model, rows, batch_size=batch_size, device=device, show_progress=rank == 0)
+    finally:
+        model.train(was_training)
+
+    ending_scores = [[0.0] * len(example["endings"]) for example in my_examples]
+    for (example_index, ending_index, _, _), score in zip(rows, scores, strict=True):
+        ending_scores[example_index][ending_index] = score
+    num_correct = num_correct_norm = 0
+    for example, sums in zip(my_examples, ending_scores, strict=True):
+        ending_bytes = [max(len(ending.encode("utf-8")), 1) for ending in example["endings"]]
+        num_correct += int(np.argmax(sums)) == example["label"]
+        num_correct_norm += int(np.argmax(np.array(sums) / ending_bytes)) == example["label"]
+    num_correct, num_correct_norm, count = sum_over_ranks([num_correct, num_correct_norm, len(my_examples)], device)
+    return {"acc": num_correct / count, "acc_norm": num_correct_norm / count, "n": int(count)}

@@ -1,0 +1,197 @@
+"""lm-evaluation-harness adapter: run any of its tasks on a gpt25 checkpoint.
+
+Importing this module registers the model type "gpt25" with lm-eval. From the shell, this module
+is lm-eval's own command line with gpt25 registered (`--model gpt25` is the default):
+
+    python -m gpt25.eval.lm_eval_adapter --model_args checkpoint=runs/124m,tokenizer=tok \\
+        --tasks hellaswag,lambada_openai --device cuda --batch_size 32
+
+From Python, pass a model object (or checkpoint path) to `lm_eval.simple_evaluate`:
+
+    lm = GPT25LM(model=model, tokenizer=tokenizer, batch_size=32)      # or checkpoint=..., tokenizer="tok"
+    results = lm_eval.simple_evaluate(model=lm, tasks=["hellaswag"])
+
+Scoring follows lm-eval's Hugging Face backend: contexts and continuations are encoded together
+and split (lm-eval's TemplateLM), inputs longer than the context are cut from the left, greedy
+generation stops at any of the task's `until` strings or end-of-text. Runs in one process.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tqdm import tqdm
+
+from gpt25.eval.scoring import score_sequences
+from gpt25.sample import generate_tokens, validate_sampling
+from gpt25.tokenizer import Tokenizer
+
+DEFAULT_BATCH_SIZE = 16
+
+
+def parse_batch_size(batch_size: int | str | None) -> int:
+    """lm-eval passes ints, strings or "auto"; "auto" and None pick DEFAULT_BATCH_SIZE."""
+    if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
+        return DEFAULT_BATCH_SIZE
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return int(batch_size)
+
+
+class GPT25LM(TemplateLM):
+    """A gpt25 TransformerLM behind lm-eval's LM interface (loglikelihood, rolling, generate_until)."""
+
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        tokenizer: str | Tokenizer | None = None,
+        model: torch.nn.Module | None = None,
+        device: str | None = None,
+        batch_size: int | str | None = DEFAULT_BATCH_SIZE,
+        dtype: str | None = None,
+        max_gen_toks: int = 256,
+        **_unused_lm_eval_options,
+    ) -> None:
+        super().__init__()
+        if tokenizer is None or (model is None) == (checkpoint is None):
+            raise ValueError("give tokenizer=DIR and exactly one of checkpoint=PATH or model=TransformerLM")
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = Tokenizer.load(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        if model is None:
+            from gpt25.checkpoint import load_model
+
+            model, _ = load_model(checkpoint, device=self._device, dtype=getattr(torch, dtype) if dtype else None)
+        if self.tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(
+                f"tokenizer has {self.tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}; "
+                "use the tokenizer the checkpoint was trained with"
+            )
+        self.model = model.to(self._device).eval()
+        self.batch_size = parse_batch_size(batch_size)
+        self.max_gen_toks = int(max_gen_toks)
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eot_id
+
+    @property
+    def max_length(self) -> int:
+        return self.model.config.context_length
+
+    @property
+    def tokenizer_name(self) -> str:
+        return f"gpt25-{self.tokenizer.fingerprint()[:16]}"
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        return self.tokenizer.encode(string)
+
+    def tok_decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens)
+
+    @torch.inference_mode()
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        """requests: (cache key, context ids, continuation ids) -> (log-likelihood, is greedy) each."""
+        sequences = [(context + continuation)[-(self.max_length + 1) :] for _, context, continuation in requests]
+        num_scored = [min(len(continuation), len(seq) - 1) for (_, _, continuation), seq in zip(requests, sequences)]
+        order = sorted(range(len(requests)), key=lambda index: -len(sequences[index]))  # long first, less padding
+        results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
+        batches = range(0, len(order), self.batch_size)
+        for start in tqdm(batches, desc="gpt25 loglikelihood", disable=disable_tqdm or len(batches) < 2):
+            indices = order[start : start + self.batch_size]
+            sums, greedy = score_sequences(
+                self.model, [sequences[i] for i in indices], [num_scored[i] for i in indices], self._device
+            )
+            for index, log_likelihood, is_greedy in zip(indices, sums, greedy, strict=True):
+                results[index] = (log_likelihood, is_greedy)
+                key = requests[index][0]
+                if key is not None:
+                    self.cache_hook.add_partial("loglikelihood", key, results[index])
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Log-likelihood of whole documents, in disjoint context-sized windows (lm-eval's recipe)."""
+        totals = []
+        for (text,) in tqdm([request.args for request in requests], desc="gpt25 rolling", disable=disable_tqdm):
+            windows = [
+                make_disjoint_window(window)
+                for window in get_rolling_token_windows(
+                    token_list=self.tok_encode(text),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                )
+            ]
+            scored = self._loglikelihood_tokens([(None, context, target) for context, target in windows], True)
+            total = sum(log_likelihood for log_likelihood, _ in scored)
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
+            totals.append(total)
+        return totals
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy (or sampled, with do_sample) continuation of each context, cut at the first stop string."""
+        outputs = []
+        for context, gen_kwargs in tqdm([r.args for r in requests], desc="gpt25 generate", disable=disable_tqdm):
+            text = self.generate_one(context, dict(gen_kwargs))
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            outputs.append(text)
+        return outputs
+
+    def generate_one(self, context: str, gen_kwargs: dict) -> str:
+        options = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+        stop_strings = handle_stop_sequences(options.pop("until", None), eos=self.tok_decode([self.eot_token_id]))
+        max_new_tokens = min(int(options.pop("max_gen_toks")), self.max_length - 1)
+        temperature = float(options.get("temperature", 0.0)) if options.get("do_sample") else 0.0
+        top_p = float(options.get("top_p") or 1.0)
+        top_k = options.get("top_k")
+        validate_sampling(temperature, top_p, top_k)
+        context_ids = (self.tok_encode(context) or [self.eot_token_id])[-(self.max_length - max_new_tokens) :]
+        new_ids: list[int] = []
+
+        def collect(next_token: torch.Tensor) -> bool:
+            new_ids.append(int(next_token[0]))
+            return any(stop in self.tok_decode(new_ids) for stop in stop_strings)
+
+        generate_tokens(
+            self.model,
+            torch.tensor([context_ids], dtype=torch.long, device=self._device),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_id=self.eot_token_id,
+            vocab_size=self.tokenizer.vocab_size,
+            on_step=collect,
+        )
+        text = self.tok_decode(new_ids)
+        cut = min((text.index(stop) for stop in stop_strings if stop in text), default=len(text))
+        return text[:cut]
+
+
+if __name__ != "__main__":
+    # `python -m` runs this file as __main__ and imports it again under its real name (below); only
+    # that importable copy registers, since lm-eval refuses a second class under the same name.
+    register_model("gpt25")(GPT25LM)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """lm-eval's command line with the "gpt25" model registered; `--model gpt25` is implied."""
+    from lm_eval.__main__ import cli_evaluate
+
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] == "run":
+        arguments = arguments[1:]
+    if "--model" not in arguments:
+        arguments = ["--model", "gpt25", *arguments]
+    sys.argv = ["lm-eval", "run", *arguments]
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    from gpt25.eval import lm_eval_adapter
+
+    lm_eval_adapter.main()

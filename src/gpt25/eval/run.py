@@ -1,0 +1,140 @@
+"""The body of `gpt25 eval` and the loading `gpt25 generate` shares: checkpoint + tokenizer -> scores.
+
+`run_evaluation` scores the whole validation split (or `--limit` examples / `max_tokens` tokens)
+and HellaSwag, prints a table and writes eval.json beside the checkpoint:
+
+    {"val_loss", "val_perplexity", "val_bpb", "val_tokens",
+     "hellaswag": {"acc", "acc_norm", "n"}, "checkpoint", "step"}
+
+Parts not asked for are null.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from gpt25.checkpoint import load_model, resolve_checkpoint
+from gpt25.eval.hellaswag import evaluate_hellaswag, load_hellaswag
+from gpt25.eval.loss import evaluate_loss
+from gpt25.tokenizer import Tokenizer
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model_and_tokenizer(checkpoint: str | Path, tokenizer_dir: str | Path, device: str):
+    """(model in eval mode, tokenizer, checkpoint meta); one-line errors when they are missing or do not match."""
+
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint} not found; pass a run dir, a step dir or a .safetensors file")
+    if not Path(tokenizer_dir).is_dir():
+        raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} not found; pass the folder `gpt25 tokenizer train` wrote")
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    model, meta = load_model(checkpoint, device=device)
+    check_tokenizer_matches(tokenizer, model.config.vocab_size, meta.get("tokenizer_fingerprint"))
+    return model, tokenizer, meta
+
+
+def check_tokenizer_matches(tokenizer: Tokenizer, model_vocab_size: int, fingerprint: str | None) -> None:
+    """The tokenizer must fit the model's embedding and, when the checkpoint records one, have its fingerprint."""
+    if tokenizer.vocab_size > model_vocab_size:
+        raise ValueError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the checkpoint's vocab_size is {model_vocab_size}; "
+            "pass the tokenizer the model was trained with"
+        )
+    if fingerprint and fingerprint != tokenizer.fingerprint():
+        raise ValueError(
+            f"tokenizer fingerprint {tokenizer.fingerprint()[:12]} differs from the checkpoint's {fingerprint[:12]}; "
+            "pass the tokenizer the model was trained with"
+        )
+
+
+def default_output_path(checkpoint: str | Path) -> Path:
+    """eval.json in the step folder (a run dir's newest), or <name>.eval.json beside a .safetensors file."""
+    checkpoint = resolve_checkpoint(checkpoint)
+    if checkpoint.is_file():
+        return checkpoint.with_name(f"{checkpoint.stem}.eval.json")
+    return checkpoint / "eval.json"
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        json.dump(data, file, indent=2)
+        file.write("\n")
+    os.replace(temporary, path)
+
+
+def format_table(results: dict) -> str:
+    """The results as an aligned two-column text table."""
+    rows = [("checkpoint", str(results.get("checkpoint"))), ("step", str(results.get("step")))]
+    if results["val_loss"] is not None:
+        rows += [
+            ("val_loss", f"{results['val_loss']:.4f}"),
+            ("val_perplexity", f"{results['val_perplexity']:.2f}"),
+            ("val_bpb", "n/a" if results["val_bpb"] is None else f"{results['val_bpb']:.4f}"),
+            ("val_tokens", f"{results['val_tokens']:,}"),
+        ]
+    if results["hellaswag"] is not None:
+        hellaswag = results["hellaswag"]
+        rows += [
+            ("hellaswag_acc", f"{hellaswag['acc']:.4f}"),
+            ("hellaswag_acc_norm", f"{hellaswag['acc_norm']:.4f}"),
+            ("hellaswag_n", f"{hellaswag['n']:,}"),
+        ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def run_evaluation(
+    checkpoint: str | Path,
+    tokenizer_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    hellaswag: str | None = None,
+    limit: int | None = None,
+    max_tokens: int | None = None,
+    out: str | Path | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict:
+    """Score a checkpoint on the validation split of `data_dir` and/or HellaSwag; write and return eval.json."""
+    if data_dir is None and hellaswag is None:
+        raise ValueError("nothing to evaluate: pass --data DIR (validation loss) and/or --hellaswag FILE|download")
+    if batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
+    device = device or default_device()
+    examples = load_hellaswag(hellaswag) if hellaswag is not None else None
+    model, tokenizer, meta = load_model_and_tokenizer(checkpoint, tokenizer_dir, device)
+    checkpoint = resolve_checkpoint(checkpoint)
+    autocast = (
+        torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    )
+    results = {"val_loss": None, "val_perplexity": None, "val_bpb": None, "val_tokens": None, "hellaswag": None}
+    if data_dir is not None:
+        from gpt25.data import load_split
+
+        tokens = load_split(data_dir, "val", tokenizer)
+        scores = evaluate_loss(
+            model, tokens, tokenizer, batch_size=batch_size, context_length=model.config.context_length,
+            device=device, max_tokens=max_tokens, autocast_dtype=autocast_dtype,
+        )
+        results |= {key: scores[key] for key in ("val_loss", "val_perplexity", "val_bpb")}
+        results["val_tokens"] = scores["tokens"]
+    if examples is not None:
+        with autocast:
+            results["hellaswag"] = evaluate_hellaswag(
+                model, tokenizer, examples, batch_size=batch_size * 4, device=device, limit=limit
+            )
+    results |= {"checkpoint": str(checkpoint), "step": meta.get("step")}
+    write_json_atomic(Path(out) if out else default_output_path(checkpoint), results)
+    return results

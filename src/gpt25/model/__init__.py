@@ -1,0 +1,28 @@
+"""gpt25.model: the GPT 2.5 decoder (Llama-style: RMSNorm, SwiGLU, RoPE, untied head), written by hand.
+
+`layers` holds the elementary modules, `attention` the attention and KV cache, `transformer` the
+config, block, full model, FLOP count and weight-decay groups.
+"""
+
+from gpt25.model.attention import KVCache, MultiHeadSelfAttention, causal_mask, scaled_dot_product_attention
+from gpt25.model.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SwiGLU, silu, softmax, trunc_normal_
+from gpt25.model.transformer import ModelConfig, TransformerBlock, TransformerLM, parameter_groups
+
+__all__ = [
+    "Embedding",
+    "KVCache",
+    "Linear",
+    "ModelConfig",
+    "MultiHeadSelfAttention",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "SwiGLU",
+    "TransformerBlock",
+    "TransformerLM",
+    "causal_mask",
+    "parameter_groups",
+    "scaled_dot_product_attention",
+    "silu",
+    "softmax",
+    "trunc_normal_",
+]

@@ -1,0 +1,163 @@
+"""Causal multi-head self-attention with rotary positions, and the KV cache used for fast decoding.
+
+Two attention paths give the same numbers: the hand-written `scaled_dot_product_attention`
+(explicit scores, mask and softmax; for reading and testing) and PyTorch's fused
+`torch.nn.functional.scaled_dot_product_attention(is_causal=True)` (the flash path, used by default).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.nn.functional import scaled_dot_product_attention as fused_attention
+
+from gpt25.model.layers import Linear, RotaryEmbedding, apply_rotary, softmax
+
+if TYPE_CHECKING:
+    from gpt25.model.transformer import ModelConfig
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d_k)) v for any leading batch dims; boolean `mask` True means "may attend".
+
+    q (..., queries, d_k), k (..., keys, d_k), v (..., keys, d_v), mask (..., queries, keys) -> (..., queries, d_v)
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (..., queries, keys)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(softmax(scores, dim=-1), v)
+
+
+def causal_mask(num_queries: int, num_keys: int, device: torch.device | None = None) -> torch.Tensor:
+    """(num_queries, num_keys) boolean mask: the last query sees every key, earlier ones one fewer each."""
+    offset = num_keys - num_queries
+    query_positions = torch.arange(num_queries, device=device)[:, None] + offset
+    return torch.arange(num_keys, device=device)[None, :] <= query_positions
+
+
+class KVCache:
+    """Preallocated per-layer keys and values, (batch, heads, max_seq_len, head_dim) each.
+
+    `position` counts the positions filled so far; `TransformerLM.forward(token_ids, kv_cache)`
+    writes positions [position, position + seq) and advances it. `reset()` starts a new sequence.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_seq_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if not 0 < max_seq_len <= config.context_length:
+            raise ValueError(
+                f"max_seq_len={max_seq_len} must be in 1..context_length={config.context_length}; shorten the cache"
+            )
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        head_dim = config.d_model // config.num_heads
+        shape = (batch_size, config.num_heads, max_seq_len, head_dim)
+        dtype = dtype or torch.float32
+        self.batch_size = batch_size
+        self.max_seq_len = max_seq_len
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)]
+        self.position = 0
+
+    def reset(self) -> None:
+        """Forget the cached sequence (the buffers are reused, not cleared)."""
+        self.position = 0
+
+    def update(self, layer_index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (batch, heads, seq, head_dim) at [position, position + seq); return all keys/values so far."""
+        end = self.position + k.shape[-2]
+        self.keys[layer_index][:, :, self.position : end] = k
+        self.values[layer_index][:, :, self.position : end] = v
+        return self.keys[layer_index][:, :, :end].to(k.dtype), self.values[layer_index][:, :, :end].to(v.dtype)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Causal self-attention; RoPE on q and k per head; state dict q/k/v/output_proj (d_model, d_model) each.
+
+    The three input projections are concatenated at compute time into one (3 d_model, d_model)
+    matmul (`fuse_qkv`), which keeps checkpoints stable while doing a single large GEMM.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        rope: RotaryEmbedding | None = None,
+        layer_index: int = 0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if num_heads <= 0 or d_model % num_heads != 0:
+            raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}; pick another head count")
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.layer_index = layer_index
+        self.rope = rope
+        self.use_sdpa = True
+        self.fuse_qkv = True
+        self.q_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+
+    def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, d_model) -> (batch, seq, 3, heads, head_dim) holding q, k, v."""
+        if self.fuse_qkv:
+            weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))  # (3 d_model, d_model)
+            qkv = torch.matmul(x, weight.t())
+        else:
+            qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)
+        return qkv.unflatten(-1, (3, self.num_heads, self.head_dim))
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """(batch, seq, d_model) -> (batch, seq, d_model); with a cache, x holds positions [cache.position, +seq)."""
+        batch_size, seq_len, _ = x.shape
+        start = kv_cache.position if kv_cache is not None else 0
+        qkv = self.project_qkv(x)  # (batch, seq, 3, heads, head_dim)
+        if self.rope is not None:
+            cos = self.rope.cos[start : start + seq_len, None, None, :].to(x.dtype)  # (seq, 1, 1, head_dim / 2)
+            sin = self.rope.sin[start : start + seq_len, None, None, :].to(x.dtype)
+            qk = apply_rotary(qkv[:, :, :2], cos, sin)  # (batch, seq, 2, heads, head_dim), q and k in one go
+            q, k = qk.transpose(1, 3).unbind(2)  # (batch, heads, seq, head_dim) each
+        else:
+            q, k = qkv[:, :, :2].transpose(1, 3).unbind(2)
+        v = qkv[:, :, 2].transpose(1, 2)  # (batch, heads, seq, head_dim)
+        if kv_cache is None:
+            attended = self.attend(q, k, v, is_causal=True)
+        else:
+            k, v = kv_cache.update(self.layer_index, k, v)  # keys/values (batch, heads, start + seq, head_dim)
+            if start == 0 or seq_len == 1:
+                # A fresh chunk is plainly causal; one new token may attend to everything cached.
+                attended = self.attend(q, k, v, is_causal=start == 0)
+            else:
+                attended = self.attend(q, k, v, mask=causal_mask(seq_len, start + seq_len, device=x.device))
+        attended = attended.transpose(1, 2).reshape(batch_size, seq_len, self.d_model)  # (batch, seq, d_model)
+        return self.output_proj(attended)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """Attention over (batch, heads, seq, head_dim) inputs, causal or under a boolean mask (True = may attend)."""
+        if self.use_sdpa:
+            return fused_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        if is_causal:
+            mask = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
+        return scaled_dot_product_attention(q, k, v, mask)

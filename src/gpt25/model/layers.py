@@ -1,0 +1,163 @@
+"""Hand-written building blocks: Linear, Embedding, RMSNorm, SwiGLU, rotary embedding, silu, softmax.
+
+Only tensors, autograd and `nn.Parameter` / `nn.Module` are used; every formula is written here.
+Initialisation lives in each module's `reset_parameters()` so a model built on the meta device can
+be materialised (`to_empty`) and then initialised in place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def trunc_normal_(tensor: torch.Tensor, std: float, cutoff: float = 3.0) -> torch.Tensor:
+    """Fill `tensor` in place with N(0, std^2) truncated to [-cutoff*std, cutoff*std] (inverse-CDF sampling)."""
+    with torch.no_grad():
+        # Uniform in [cdf(-cutoff), cdf(cutoff)] mapped back through the inverse normal CDF.
+        low = 0.5 * (1.0 + math.erf(-cutoff / math.sqrt(2.0)))
+        high = 0.5 * (1.0 + math.erf(cutoff / math.sqrt(2.0)))
+        tensor.uniform_(2.0 * low - 1.0, 2.0 * high - 1.0)
+        tensor.erfinv_().mul_(std * math.sqrt(2.0))
+        return tensor.clamp_(-cutoff * std, cutoff * std)
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(x)."""
+    return x * torch.sigmoid(x)
+
+
+def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax along `dim`; the max is subtracted first so large inputs (1e4) do not overflow."""
+    shifted = x - x.amax(dim=dim, keepdim=True)
+    exponentials = torch.exp(shifted)
+    return exponentials / exponentials.sum(dim=dim, keepdim=True)
+
+
+class Linear(nn.Module):
+    """y = x W^T without bias; `weight` is (out_features, in_features), std sqrt(2 / (in + out)) cut at 3 std."""
+
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        trunc_normal_(self.weight, std=math.sqrt(2.0 / (self.in_features + self.out_features)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (..., in_features) -> (..., out_features)
+        return torch.matmul(x, self.weight.t())
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Embedding(nn.Module):
+    """Lookup table `weight` (num_embeddings, embedding_dim), initialised N(0, 1) cut at +-3."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        trunc_normal_(self.weight, std=1.0)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        # (...) int -> (..., embedding_dim)
+        return self.weight[token_ids]
+
+    def extra_repr(self) -> str:
+        return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}"
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 and returned in the input dtype."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(d_model, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (..., d_model) -> (..., d_model); the .float() is free when x is already float32.
+        x_float = x.float()
+        inverse_rms = torch.rsqrt(x_float.square().mean(dim=-1, keepdim=True) + self.eps)
+        return (x_float * inverse_rms).to(x.dtype) * self.weight.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, eps={self.eps}"
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, d_model: int, d_ff: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
+        self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (..., d_model) -> (..., d_ff) -> (..., d_model)
+        return self.w2(silu(self.w1(x)) * self.w3(x))
+
+
+class RotaryEmbedding(nn.Module):
+    """RoFormer rotary position embedding: rotates each pair (x[2i], x[2i+1]) by position * theta^(-2i/d_k).
+
+    cos/sin tables of shape (max_seq_len, d_k / 2) are computed once in float32 and kept in
+    non-persistent buffers (not in the state dict); `reset_parameters()` recomputes them after a
+    meta-device build.
+    """
+
+    def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None) -> None:
+        super().__init__()
+        if d_k % 2 != 0:
+            raise ValueError(f"rotary embedding needs an even head dimension, got d_k={d_k}; change d_model or num_heads")
+        self.theta = theta
+        self.d_k = d_k
+        self.max_seq_len = max_seq_len
+        self.register_buffer("cos", torch.empty(max_seq_len, d_k // 2, device=device), persistent=False)
+        self.register_buffer("sin", torch.empty(max_seq_len, d_k // 2, device=device), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        device = self.cos.device
+        exponents = torch.arange(0, self.d_k, 2, device=device, dtype=torch.float64) / self.d_k
+        inverse_frequencies = self.theta**-exponents  # (d_k / 2,)
+        positions = torch.arange(self.max_seq_len, device=device, dtype=torch.float64)
+        angles = torch.outer(positions, inverse_frequencies)  # (max_seq_len, d_k / 2)
+        with torch.no_grad():
+            self.cos.copy_(torch.cos(angles))
+            self.sin.copy_(torch.sin(angles))
+
+    def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Rotate x (..., seq, d_k); positions (..., seq) broadcastable to x's leading dims, or None for 0..seq-1."""
+        seq_len = x.shape[-2]
+        if token_positions is None:
+            cos, sin = self.cos[:seq_len], self.sin[:seq_len]  # (seq, d_k / 2)
+        else:
+            cos, sin = self.cos[token_positions], self.sin[token_positions]  # (..., seq, d_k / 2)
+        return apply_rotary(x, cos.to(x.dtype), sin.to(x.dtype))
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of x (..., seq, d_k) by angles given as cos/sin (..., seq, d_k / 2)."""
+    pairs = x.unflatten(-1, (-1, 2))  # (..., seq, d_k / 2, 2)
+    even, odd = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return rotated.flatten(-2)

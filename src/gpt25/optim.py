@@ -1,0 +1,174 @@
+"""Loss, optimizer and schedule, written by hand: cross_entropy, AdamW, cosine_lr, clip_grad_norm.
+
+AdamW follows Loshchilov & Hutter (decoupled weight decay) with bias correction, in the same
+operation order as `torch.optim.AdamW`, so the two trajectories agree to float32 rounding. It
+updates all tensors of a group at once with `torch._foreach_*` ops (one kernel launch per op and
+group on GPU instead of one per parameter).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+import torch
+from torch.optim import Optimizer
+
+
+class _CrossEntropyFunction(torch.autograd.Function):
+    """Mean cross entropy over (rows, vocab) logits with a hand-written backward: softmax - one_hot.
+
+    Writing the gradient directly saves the full-size zero+scatter pass autograd would do for the
+    target gather, which matters when logits are (batch * seq, 50k).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        logits_float = logits.float()  # (rows, vocab); a no-op in float32
+        log_normaliser = torch.logsumexp(logits_float, dim=-1)  # (rows,)
+        target_logits = logits_float.gather(-1, targets[:, None]).squeeze(-1)  # (rows,)
+        losses = log_normaliser - target_logits
+        if valid is None:
+            count = targets.new_tensor(targets.numel(), dtype=torch.float32)
+            loss = losses.mean()
+        else:
+            count = valid.sum().float()
+            loss = (losses * valid).sum() / count
+        ctx.save_for_backward(logits, targets, log_normaliser, valid, count)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        logits, targets, log_normaliser, valid, count = ctx.saved_tensors
+        grad_logits = torch.exp(logits.float() - log_normaliser[:, None])  # softmax, (rows, vocab)
+        grad_logits.scatter_add_(-1, targets[:, None], grad_logits.new_full((targets.numel(), 1), -1.0))
+        row_scale = (grad_loss / count).expand(targets.shape)  # (rows,)
+        if valid is not None:
+            row_scale = row_scale * valid
+        grad_logits.mul_(row_scale[:, None])
+        return grad_logits.to(logits.dtype), None, None
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
+    """Mean of -log softmax(logits)[target] over all positions, stable via log-sum-exp.
+
+    logits (..., vocab) any float dtype (computed in float32), targets (...) int; positions whose
+    target equals `ignore_index` are left out of the mean.
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} plus a vocab dim")
+    flat_logits = logits.reshape(-1, logits.shape[-1])  # (rows, vocab)
+    flat_targets = targets.reshape(-1).long()  # (rows,)
+    valid = None
+    if ignore_index is not None:
+        valid = flat_targets != ignore_index
+        flat_targets = torch.where(valid, flat_targets, 0)
+        valid = valid.float()
+    return _CrossEntropyFunction.apply(flat_logits, flat_targets, valid)
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay: p -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ) -> None:
+        if lr < 0:
+            raise ValueError(f"learning rate must be >= 0, got {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        if eps < 0 or weight_decay < 0:
+            raise ValueError(f"eps and weight_decay must be >= 0, got eps={eps}, weight_decay={weight_decay}")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        """One update of every parameter that has a gradient; returns the closure's loss if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for (step, _device, _dtype), tensors in self._buckets(group).items():
+                self._update(group, step, *tensors)
+        return loss
+
+    def _buckets(self, group: dict) -> dict[tuple, tuple[list, list, list, list]]:
+        """Advance each parameter's step and bucket (param, grad, m, v) by (step, device, dtype) for foreach ops."""
+        buckets: dict[tuple, tuple[list, list, list, list]] = defaultdict(lambda: ([], [], [], []))
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                raise ValueError("AdamW does not support sparse gradients")
+            state = self.state[param]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["step"] = int(state["step"]) + 1
+            bucket = buckets[(state["step"], param.device, param.dtype)]
+            for values, item in zip(bucket, (param, param.grad, state["exp_avg"], state["exp_avg_sq"])):
+                values.append(item)
+        return buckets
+
+    @staticmethod
+    def _update(group: dict, step: int, params: list, grads: list, exp_avgs: list, exp_avg_sqs: list) -> None:
+        lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        if weight_decay != 0:
+            torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)  # m = beta1 m + (1 - beta1) g
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)  # v = beta2 v + (1 - beta2) g^2
+        step_size = lr / (1.0 - beta1**step)
+        denominators = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denominators, math.sqrt(1.0 - beta2**step))
+        torch._foreach_add_(denominators, eps)
+        torch._foreach_addcdiv_(params, exp_avgs, denominators, -step_size)
+
+
+def cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, cosine_steps: int) -> float:
+    """Linear warmup from 0 to max_lr, then a half cosine reaching min_lr at absolute step `cosine_steps`.
+
+    step < warmup_steps: max_lr * step / warmup_steps; warmup_steps <= step <= cosine_steps:
+    min_lr + (1 + cos(pi * (step - warmup) / (cosine_steps - warmup))) / 2 * (max_lr - min_lr);
+    after cosine_steps: min_lr.
+    """
+    if warmup_steps < 0 or cosine_steps < warmup_steps:
+        raise ValueError(
+            f"need 0 <= warmup_steps <= cosine_steps, got warmup_steps={warmup_steps}, cosine_steps={cosine_steps}"
+        )
+    if step < warmup_steps:
+        return max_lr * step / warmup_steps
+    if step >= cosine_steps:
+        return min_lr
+    progress = (step - warmup_steps) / (cosine_steps - warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+@torch.no_grad()
+def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale all gradients by max_norm / (norm + 1e-6) when their global L2 norm exceeds max_norm.
+
+    Returns the norm before clipping as a 0-dim float32 tensor (no device sync; `float()` it to log).
+    """
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    norms = torch._foreach_norm(grads)
+    device = norms[0].device
+    total = torch.linalg.vector_norm(torch.stack([norm.float().to(device) for norm in norms]))
+    if hasattr(total, "full_tensor"):  # FSDP DTensor gradients: combine the shards' partial norms
+        total = total.full_tensor()
+    scale = torch.where(total > max_norm, max_norm / (total + 1e-6), torch.ones_like(total))
+    if hasattr(grads[0], "full_tensor"):
+        scale = float(scale)  # a DTensor gradient takes a Python scalar, not a plain tensor
+    for grad in grads:
+        grad.mul_(scale)
+    return total

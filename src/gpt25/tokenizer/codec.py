@@ -1,0 +1,311 @@
+"""The Tokenizer: byte-level BPE encoding and decoding with GPT-2's pre-tokenizer.
+
+Encoding cuts the text at special tokens (longest first), splits each piece with GPT-2's regex,
+and turns every pre-token into ids by applying merges in rank order, as GPT-2 does. Results are
+cached per pre-token string, which is what makes pure Python fast: English text reuses a few
+hundred thousand distinct pre-tokens, so most of the work is one dict lookup per pre-token.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from array import array
+from collections.abc import Iterable, Iterator
+from itertools import chain
+from pathlib import Path
+
+from gpt25.tokenizer import io
+from gpt25.tokenizer.pretokenize import GPT2_REGEX, last_safe_cut, special_token_regex, split_on_specials
+
+END_OF_TEXT = "<|endoftext|>"
+CACHE_LIMIT = 1_000_000  # distinct pre-tokens kept; the cache is dropped when it grows past this
+STREAM_CHUNK_CHARS = 1 << 16  # encode_iterable gathers at least this much text per encode() call
+FILE_CHUNK_CHARS = 1 << 20  # one unit of work for a pool worker when encoding a file
+
+
+class _PretokenCache(dict):
+    """pre-token string -> tuple of ids, filled on first lookup (so map(cache.__getitem__) runs in C)."""
+
+    def __init__(self, encode_pretoken) -> None:
+        super().__init__()
+        self._encode_pretoken = encode_pretoken
+
+    def __missing__(self, pretoken: str) -> tuple[int, ...]:
+        ids = self._encode_pretoken(pretoken)
+        self[pretoken] = ids
+        return ids
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer: `vocab` maps ids 0..N-1 to bytes, `merges` are in rank order.
+
+    Special tokens not already in `vocab` get the next free ids, in the order given.
+    """
+
+    def __init__(
+        self,
+        vocab: dict[int, bytes],
+        merges: list[tuple[bytes, bytes]],
+        special_tokens: list[str] | None = None,
+    ) -> None:
+        self.vocab: dict[int, bytes] = {int(token_id): bytes(token) for token_id, token in vocab.items()}
+        self.merges: list[tuple[bytes, bytes]] = [(bytes(a), bytes(b)) for a, b in merges]
+        self.special_tokens: list[str] = list(dict.fromkeys(special_tokens or []))
+        self._token_to_id = self._build_token_index()
+        self._special_ids = {token: self._token_to_id[token.encode("utf-8")] for token in self.special_tokens}
+        self._byte_ids = self._build_byte_ids()
+        self._merge_ranks = self._build_merge_ranks()
+        self._special_regex = special_token_regex(self.special_tokens)
+        self._max_special_chars = max((len(token) for token in self.special_tokens), default=0)
+        self._cache = _PretokenCache(self._encode_pretoken)
+        self._fingerprint: str | None = None
+
+    def _build_token_index(self) -> dict[bytes, int]:
+        token_to_id: dict[bytes, int] = {}
+        for token_id in sorted(self.vocab):
+            token_to_id.setdefault(self.vocab[token_id], token_id)
+        for special in self.special_tokens:
+            encoded = special.encode("utf-8")
+            if encoded not in token_to_id:
+                token_to_id[encoded] = len(self.vocab)
+                self.vocab[len(self.vocab)] = encoded
+        if sorted(self.vocab) != list(range(len(self.vocab))):
+            raise ValueError(f"vocab ids must be 0..{len(self.vocab) - 1} with no gaps")
+        return token_to_id
+
+    def _build_byte_ids(self) -> list[int]:
+        missing = [byte for byte in range(256) if bytes([byte]) not in self._token_to_id]
+        if missing:
+            raise ValueError(f"vocab lacks {len(missing)} single-byte tokens (first: byte {missing[0]}); "
+                             "a byte-level BPE vocab needs all 256")
+        return [self._token_to_id[bytes([byte])] for byte in range(256)]
+
+    def _build_merge_ranks(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """(left id, right id) -> (rank, merged id)."""
+        ranks: dict[tuple[int, int], tuple[int, int]] = {}
+        for rank, (left, right) in enumerate(self.merges):
+            ids = [self._token_to_id.get(token) for token in (left, right, left + right)]
+            if None in ids:
+                raise ValueError(f"merge {rank} ({left!r}, {right!r}) uses or makes a token missing from the vocab")
+            ranks.setdefault((ids[0], ids[1]), (rank, ids[2]))
+        return ranks
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cache = _PretokenCache(self._encode_pretoken)
+
+    # ---- construction from files -------------------------------------------------------------
+
+    @classmethod
+    def from_files(
+        cls, vocab_path: str | Path, merges_path: str | Path, special_tokens: list[str] | None = None
+    ) -> Tokenizer:
+        """Build from GPT-2-style `vocab.json` + `merges.txt` (e.g. OpenAI's GPT-2 files)."""
+        return cls(io.read_vocab_json(vocab_path), io.read_merges_txt(merges_path), special_tokens)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Tokenizer:
+        """Load a folder written by `save` (see gpt25.tokenizer.io for the format)."""
+        vocab, merges, special_tokens = io.load_folder(directory)
+        return cls(vocab, merges, special_tokens)
+
+    def save(self, directory: str | Path) -> None:
+        """Write this tokenizer to `directory` (each file atomically); `load` reads it back."""
+        io.save_folder(directory, self.vocab, self.merges, self.special_tokens)
+
+    def to_tiktoken(self, name: str = "gpt25"):
+        """A `tiktoken.Encoding` giving the same ids (ranks are ids, which follow merge order)."""
+        return io.tiktoken_encoding(self.vocab, self._special_ids, name)
+
+    def save_huggingface(self, path: str | Path) -> Path:
+        """Write a Hugging Face `tokenizer.json` (to `path`, or into it when it is a folder)."""
+        import json
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        content = io.huggingface_json(self.vocab, self.merges, self._special_ids)
+        io.write_text_atomic(path, json.dumps(content, ensure_ascii=False, indent=1))
+        return path
+
+    # ---- properties --------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def token_id(self, special: str) -> int:
+        """The id of a registered special token."""
+        if special not in self._special_ids:
+            raise ValueError(f"special token {special!r} is not registered (registered: {self.special_tokens})")
+        return self._special_ids[special]
+
+    @property
+    def eot_id(self) -> int:
+        """The id of '<|endoftext|>' (ValueError if it is not a registered special token)."""
+        return self.token_id(END_OF_TEXT)
+
+    def fingerprint(self) -> str:
+        """sha256 hex of vocab + merges + special tokens: equal fingerprints mean equal encodings."""
+        if self._fingerprint is None:
+            self._fingerprint = io.compute_fingerprint(self.vocab, self.merges, self.special_tokens)
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, special_tokens={self.special_tokens})"
+
+    # ---- encoding ----------------------------------------------------------------------------
+
+    def _encode_pretoken(self, pretoken: str) -> tuple[int, ...]:
+        """Apply merges in rank order: repeatedly merge every occurrence of the lowest-ranked pair."""
+        ids = [self._byte_ids[byte] for byte in pretoken.encode("utf-8")]
+        ranks = self._merge_ranks
+        while len(ids) > 1:
+            best = min(
+                (ranks.get(pair, (len(ranks), 0)) + pair for pair in zip(ids, ids[1:])),
+            )
+            if best[0] == len(ranks):
+                break
+            _, merged, left, right = best
+            ids = _merge_pair(ids, left, right, merged)
+        return tuple(ids)
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        """Encode text that contains no special tokens."""
+        if len(self._cache) > CACHE_LIMIT:
+            self._cache.clear()
+        return list(chain.from_iterable(map(self._cache.__getitem__, GPT2_REGEX.findall(text))))
+
+    def encode(self, text: str) -> list[int]:
+        """Encode `text`; registered special tokens in it become their own ids."""
+        parts = split_on_specials(text, self._special_regex)
+        if len(parts) == 1:
+            return self._encode_ordinary(text)
+        ids: list[int] = []
+        for index, part in enumerate(parts):
+            if index % 2:
+                ids.append(self._special_ids[part])
+            elif part:
+                ids.extend(self._encode_ordinary(part))
+        return ids
+
+    def _safe_cut(self, text: str) -> int:
+        """An index where text can be cut without changing its encoding, or -1 (see last_safe_cut)."""
+        reserve = max(self._max_special_chars - 1, 0)  # a special token may be arriving in pieces
+        cut = last_safe_cut(text[: len(text) - reserve] if reserve else text)
+        if cut > 0 and self._special_regex is not None:
+            window_start = max(cut - self._max_special_chars, 0)
+            for match in self._special_regex.finditer(text, window_start, cut + self._max_special_chars):
+                if match.start() < cut < match.end():
+                    cut = match.start()
+                    break
+        return cut if cut > 0 else -1
+
+    def _safe_text_chunks(self, texts: Iterable[str], min_chars: int) -> Iterator[str]:
+        """Regroup `texts` into chunks of >= min_chars that encode independently."""
+        pending: list[str] = []
+        pending_chars = 0
+        for text in texts:
+            pending.append(text)
+            pending_chars += len(text)
+            if pending_chars < min_chars:
+                continue
+            joined = "".join(pending)
+            cut = self._safe_cut(joined)
+            if cut < 0:
+                pending = [joined]
+                continue
+            yield joined[:cut]
+            pending = [joined[cut:]]
+            pending_chars = len(pending[0])
+        if pending_chars:
+            yield "".join(pending)
+
+    def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
+        """Lazily encode a stream of strings (e.g. a file's lines) exactly as if it were one string.
+
+        Memory stays bounded: text is buffered only up to the next point where the encoding cannot
+        depend on what follows (a non-space followed by a space, outside special tokens).
+        """
+        for chunk in self._safe_text_chunks(texts, STREAM_CHUNK_CHARS):
+            yield from self.encode(chunk)
+
+    def encode_many(self, texts: list[str], num_workers: int = 1) -> list[list[int]]:
+        """Encode each text; with num_workers > 1 the texts are shared out to a process pool."""
+        if num_workers <= 1 or len(texts) < 2:
+            return [self.encode(text) for text in texts]
+        chunksize = max(1, len(texts) // (num_workers * 8))
+        with _worker_pool(self, num_workers) as pool:
+            return [ids.tolist() for ids in pool.imap(_encode_in_worker, texts, chunksize=chunksize)]
+
+    def encode_file(self, path: str | Path, num_workers: int = 1) -> Iterator[array]:
+        """Encode a UTF-8 text file of any size; yields the ids in order as arrays of uint32.
+
+        The whole file is encoded as one string would be (chunks are cut only at safe points).
+        """
+        from gpt25.tokenizer.pretokenize import iter_text_blocks
+
+        chunks = self._safe_text_chunks(iter_text_blocks(path), FILE_CHUNK_CHARS)
+        if num_workers <= 1:
+            for chunk in chunks:
+                yield array("I", self.encode(chunk))
+            return
+        with _worker_pool(self, num_workers) as pool:
+            yield from pool.imap(_encode_in_worker, chunks)
+
+    # ---- decoding ----------------------------------------------------------------------------
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The raw bytes of `ids` (ValueError for an id outside 0..vocab_size-1)."""
+        ids = list(ids)
+        try:
+            return b"".join(map(self.vocab.__getitem__, ids))
+        except (KeyError, TypeError):
+            bad = next(token_id for token_id in ids if not (isinstance(token_id, int) and token_id in self.vocab))
+            raise ValueError(
+                f"token id {bad!r} is out of range: this tokenizer has ids 0..{self.vocab_size - 1}"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text for `ids`; byte sequences that are not valid UTF-8 become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+def _merge_pair(ids: list[int], left: int, right: int, merged: int) -> list[int]:
+    """Replace each non-overlapping (left, right), scanning left to right, with `merged`."""
+    result: list[int] = []
+    index = 0
+    last = len(ids) - 1
+    while index <= last:
+        if index < last and ids[index] == left and ids[index + 1] == right:
+            result.append(merged)
+            index += 2
+        else:
+            result.append(ids[index])
+            index += 1
+    return result
+
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _set_worker_tokenizer(tokenizer: Tokenizer) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
+
+
+def _encode_in_worker(text: str) -> array:
+    assert _WORKER_TOKENIZER is not None
+    return array("I", _WORKER_TOKENIZER.encode(text))
+
+
+def _worker_pool(tokenizer: Tokenizer, num_workers: int):
+    """A process pool whose workers each hold a copy of `tokenizer` (fork where available)."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return context.Pool(num_workers, initializer=_set_worker_tokenizer, initargs=(tokenizer,))

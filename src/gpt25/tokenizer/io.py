@@ -1,0 +1,250 @@
+"""Reading and writing tokenizers: gpt25's versioned folder format, GPT-2's files, tiktoken and HF.
+
+Saved format (a folder, version 1):
+  gpt25_tokenizer.json  {"format": "gpt25-bpe-tokenizer", "version": 1, "pattern": GPT-2 regex,
+                         "vocab_size": N, "special_tokens": [...], "fingerprint": sha256 hex}
+  vocab.json            {token: id} for all N ids, each token's bytes written in GPT-2's printable
+                        byte encoding (the same file layout as GPT-2's own vocab.json)
+  merges.txt            "#version: 0.2" then one merge per line in rank order, "left right", same encoding
+Loading checks the format name, the version, that every file parses, and that the fingerprint
+recomputed from the files matches the recorded one, so a corrupt or edited folder is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from gpt25.tokenizer.pretokenize import GPT2_PATTERN
+
+FORMAT_NAME = "gpt25-bpe-tokenizer"
+FORMAT_VERSION = 1
+META_FILE = "gpt25_tokenizer.json"
+VOCAB_FILE = "vocab.json"
+MERGES_FILE = "merges.txt"
+MERGES_HEADER = "#version: 0.2"
+
+Vocab = dict[int, bytes]
+Merges = list[tuple[bytes, bytes]]
+
+
+@lru_cache(maxsize=1)
+def byte_to_printable() -> dict[int, str]:
+    """GPT-2's reversible map from each byte to a printable character (space -> 'Ġ', ...)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    codepoints = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codepoints.append(256 + extra)
+            extra += 1
+    return {byte: chr(codepoint) for byte, codepoint in zip(printable, codepoints)}
+
+
+@lru_cache(maxsize=1)
+def printable_to_byte() -> dict[str, int]:
+    return {char: byte for byte, char in byte_to_printable().items()}
+
+
+def bytes_to_printable(token: bytes) -> str:
+    table = byte_to_printable()
+    return "".join(table[byte] for byte in token)
+
+
+def printable_to_bytes(text: str, where: str) -> bytes:
+    """Inverse of bytes_to_printable; `where` names the file for the error message."""
+    table = printable_to_byte()
+    try:
+        return bytes(table[char] for char in text)
+    except KeyError as error:
+        raise ValueError(
+            f"{where}: token {text!r} has character {error.args[0]!r}, which is outside GPT-2's byte encoding"
+        ) from None
+
+
+def compute_fingerprint(vocab: Vocab, merges: Merges, special_tokens: list[str]) -> str:
+    """sha256 hex of the vocab (in id order), merges (in rank order) and special tokens."""
+    digest = hashlib.sha256(f"{FORMAT_NAME}\n".encode())
+    for token_id in range(len(vocab)):
+        digest.update(b"v%d:" % len(vocab[token_id]) + vocab[token_id])
+    for left, right in merges:
+        digest.update(b"m%d:" % len(left) + left + b"%d:" % len(right) + right)
+    for special in special_tokens:
+        encoded = special.encode("utf-8")
+        digest.update(b"s%d:" % len(encoded) + encoded)
+    return digest.hexdigest()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and os.replace."""
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes files private; use the usual mode
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def vocab_json_text(vocab: Vocab) -> str:
+    entries = {bytes_to_printable(vocab[token_id]): token_id for token_id in sorted(vocab)}
+    return json.dumps(entries, ensure_ascii=False, indent=0)
+
+
+def merges_text(merges: Merges) -> str:
+    lines = [MERGES_HEADER] + [f"{bytes_to_printable(a)} {bytes_to_printable(b)}" for a, b in merges]
+    return "\n".join(lines) + "\n"
+
+
+def save_folder(directory: str | Path, vocab: Vocab, merges: Merges, special_tokens: list[str]) -> None:
+    """Write the three files of the saved format into `directory` (created if missing)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "pattern": GPT2_PATTERN,
+        "vocab_size": len(vocab),
+        "num_merges": len(merges),
+        "special_tokens": list(special_tokens),
+        "fingerprint": compute_fingerprint(vocab, merges, special_tokens),
+    }
+    write_text_atomic(directory / VOCAB_FILE, vocab_json_text(vocab))
+    write_text_atomic(directory / MERGES_FILE, merges_text(merges))
+    write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+
+
+def _read_json(path: Path) -> object:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (invalid byte at offset {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+def read_vocab_json(path: str | Path) -> Vocab:
+    """Read a GPT-2-style vocab.json ({printable token: id}) into {id: bytes}."""
+    path = Path(path)
+    entries = _read_json(path)
+    if not isinstance(entries, dict) or not entries:
+        raise ValueError(f"{path}: expected a non-empty JSON object mapping tokens to ids")
+    vocab: Vocab = {}
+    for text, token_id in entries.items():
+        if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
+            raise ValueError(f"{path}: token {text!r} has id {token_id!r}, expected an integer >= 0")
+        if token_id in vocab:
+            raise ValueError(f"{path}: id {token_id} is used by more than one token")
+        vocab[token_id] = printable_to_bytes(text, str(path))
+    return vocab
+
+
+def read_merges_txt(path: str | Path) -> Merges:
+    """Read a GPT-2-style merges.txt (optional '#version' header, then 'left right' per line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (invalid byte at offset {error.start})") from None
+    merges: Merges = []
+    for line_number, line in enumerate(lines, start=1):
+        if line_number == 1 and line.startswith("#version"):
+            continue
+        if not line:
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not parts[0] or not parts[1]:
+            raise ValueError(f"{path}, line {line_number}: expected two tokens separated by one space, got {line!r}")
+        merges.append((printable_to_bytes(parts[0], str(path)), printable_to_bytes(parts[1], str(path))))
+    return merges
+
+
+def load_folder(directory: str | Path) -> tuple[Vocab, Merges, list[str]]:
+    """Read and validate a folder written by save_folder; returns (vocab, merges, special_tokens)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: tokenizer folder not found")
+    meta_path = directory / META_FILE
+    meta = _read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{meta_path}: not a gpt25 tokenizer (format is {found!r}, expected {FORMAT_NAME!r})")
+    if meta.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{meta_path}: unsupported format version {meta.get('version')!r} (this gpt25 reads version {FORMAT_VERSION})"
+        )
+    special_tokens = meta.get("special_tokens")
+    if not isinstance(special_tokens, list) or not all(isinstance(token, str) for token in special_tokens):
+        raise ValueError(f"{meta_path}: 'special_tokens' must be a list of strings")
+    if meta.get("pattern") != GPT2_PATTERN:
+        raise ValueError(f"{meta_path}: unknown pre-tokenizer pattern (only GPT-2's regex is supported)")
+    vocab = read_vocab_json(directory / VOCAB_FILE)
+    merges = read_merges_txt(directory / MERGES_FILE)
+    if sorted(vocab) != list(range(len(vocab))):
+        raise ValueError(f"{directory / VOCAB_FILE}: ids must be 0..{len(vocab) - 1} with no gaps")
+    if compute_fingerprint(vocab, merges, special_tokens) != meta.get("fingerprint"):
+        raise ValueError(
+            f"{meta_path}: fingerprint does not match {VOCAB_FILE} + {MERGES_FILE} (files corrupt or edited)"
+        )
+    return vocab, merges, special_tokens
+
+
+def tiktoken_encoding(vocab: Vocab, special_ids: dict[str, int], name: str):
+    """A tiktoken.Encoding with the same ids: ranks are ids, so merge order follows id order."""
+    import tiktoken
+
+    special_values = {token.encode("utf-8") for token in special_ids}
+    mergeable_ranks = {token: token_id for token_id, token in vocab.items() if token not in special_values}
+    return tiktoken.Encoding(
+        name=name, pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks, special_tokens=dict(special_ids)
+    )
+
+
+def huggingface_json(vocab: Vocab, merges: Merges, special_ids: dict[str, int]) -> dict:
+    """The content of a Hugging Face `tokenizer.json` for a byte-level BPE with GPT-2's regex."""
+    added_tokens = [
+        {"id": token_id, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
+         "normalized": False, "special": True}
+        for token, token_id in sorted(special_ids.items(), key=lambda item: item[1])
+    ]
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added_tokens,
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": True},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": {bytes_to_printable(vocab[token_id]): token_id for token_id in sorted(vocab)},
+            "merges": [[bytes_to_printable(a), bytes_to_printable(b)] for a, b in merges],
+        },
+    }

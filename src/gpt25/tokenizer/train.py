@@ -1,0 +1,263 @@
+"""Byte-level BPE training: count pre-tokens (in parallel for big inputs), then merge incrementally.
+
+Counting streams each file in chunks that end where a special token starts (or, failing that, at a
+non-space byte followed by a newline), so memory is bounded by the distinct pre-tokens, not the corpus.
+Merging keeps a count for every adjacent pair, the set of words each pair occurs in, and a lazy
+max-heap of pairs; a merge only revisits the words that contain the merged pair. Ties between
+equally frequent pairs go to the lexicographically greatest (bytes, bytes) pair.
+"""
+
+from __future__ import annotations
+
+import heapq
+import multiprocessing
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from gpt25.tokenizer.pretokenize import GPT2_REGEX, decode_utf8, open_input, special_token_regex, split_on_specials
+
+PARALLEL_MIN_BYTES = 4 << 20  # smaller inputs are counted in-process: a pool costs more than it saves
+MAX_CHUNK_BYTES = 8 << 20
+BOUNDARY_SEARCH_BYTES = 1 << 16
+
+Chunk = tuple[str, int, int]  # (path, start byte, end byte)
+
+
+def train_bpe(
+    input_path: str | Path | Iterable[str | Path],
+    vocab_size: int,
+    special_tokens: list[str] | None = None,
+    *,
+    num_workers: int | None = None,
+    progress: bool = False,
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Train a byte-level BPE on UTF-8 text file(s).
+
+    Returns (vocab, merges): vocab maps ids 0..vocab_size-1 to bytes (the 256 single bytes, then the
+    special tokens, then one token per merge); merges are the (left, right) pairs in merge order.
+    Training stops early if the corpus runs out of pairs. `num_workers` (default: up to 2) processes
+    count pre-tokens when the input is large.
+    """
+    paths = [Path(input_path)] if isinstance(input_path, (str, Path)) else [Path(p) for p in input_path]
+    special_tokens = list(dict.fromkeys(special_tokens or []))
+    _check_arguments(paths, vocab_size, special_tokens)
+    word_counts = count_pretokens(paths, special_tokens, num_workers=num_workers, progress=progress)
+    if not word_counts:
+        raise ValueError(f"empty corpus: {', '.join(map(str, paths))} has no text outside special tokens")
+    vocab = {byte: bytes([byte]) for byte in range(256)}
+    for special in special_tokens:
+        vocab[len(vocab)] = special.encode("utf-8")
+    merges = _BpeMerger(word_counts, vocab).run(vocab_size, progress=progress)
+    return vocab, merges
+
+
+def _check_arguments(paths: list[Path], vocab_size: int, special_tokens: list[str]) -> None:
+    if not paths:
+        raise ValueError("no input files given")
+    minimum = 256 + len(special_tokens)
+    if vocab_size < minimum:
+        raise ValueError(
+            f"vocab_size {vocab_size} is too small: it must be at least 256 bytes + "
+            f"{len(special_tokens)} special tokens = {minimum}"
+        )
+    if any(not token for token in special_tokens):
+        raise ValueError("special tokens must be non-empty strings")
+    for path in paths:
+        open_input(path).close()
+
+
+# ---- counting pre-tokens ---------------------------------------------------------------------
+
+
+def count_pretokens(
+    paths: list[Path], special_tokens: list[str], *, num_workers: int | None = None, progress: bool = False
+) -> dict[str, int]:
+    """{pre-token: count} over all files; text is cut at special tokens before pre-tokenizing."""
+    total_bytes = sum(path.stat().st_size for path in paths)
+    if num_workers is None:
+        num_workers = min(2, os.cpu_count() or 1)
+    parallel = num_workers > 1 and total_bytes >= PARALLEL_MIN_BYTES
+    chunk_bytes = min(MAX_CHUNK_BYTES, max(1 << 20, total_bytes // (max(num_workers, 1) * 4)))
+    specials_bytes = [token.encode("utf-8") for token in special_tokens]
+    chunks = [chunk for path in paths for chunk in plan_chunks(path, chunk_bytes, specials_bytes)]
+    tasks = [(chunk, special_tokens) for chunk in chunks]
+    counts: Counter[str] = Counter()
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pre-tokenizing", disable=not progress) as bar:
+        if not parallel:
+            for task in tasks:
+                counts.update(_count_chunk(task))
+                bar.update(task[0][2] - task[0][1])
+            return counts
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with context.Pool(num_workers) as pool:
+            for (path, start, end), chunk_counts in pool.imap_unordered(_count_chunk_tagged, tasks):
+                if counts:
+                    counts.update(chunk_counts)
+                else:
+                    counts = Counter(chunk_counts)
+                bar.update(end - start)
+    return counts
+
+
+def plan_chunks(path: Path, chunk_bytes: int, specials_bytes: list[bytes]) -> list[Chunk]:
+    """Byte ranges covering `path`, each ending where text can be cut without changing pre-tokens."""
+    size = path.stat().st_size
+    boundaries = [0]
+    with open_input(path) as handle:
+        while boundaries[-1] + chunk_bytes < size:
+            boundary = _next_boundary(handle, boundaries[-1] + chunk_bytes, specials_bytes)
+            if boundary is None:
+                break
+            boundaries.append(boundary)
+    boundaries.append(size)
+    return [(str(path), start, end) for start, end in zip(boundaries, boundaries[1:]) if end > start]
+
+
+def _next_boundary(handle, position: int, specials_bytes: list[bytes]) -> int | None:
+    """The first cut point at or after `position`: the start of a special token, or else (within the
+    first search window without one) just after an ASCII non-space byte that precedes a newline."""
+    overlap = max((len(token) for token in specials_bytes), default=1)
+    handle.seek(position)
+    window = handle.read(BOUNDARY_SEARCH_BYTES + overlap)
+    while window:
+        found = [window.find(token) for token in specials_bytes]
+        found = [index for index in found if index >= 0]
+        if found:
+            return position + min(found)
+        for index in range(1, len(window)):
+            if window[index] == 0x0A and 0x21 <= window[index - 1] <= 0x7E:
+                return position + index
+        position += len(window) - overlap
+        handle.seek(position)
+        window = handle.read(BOUNDARY_SEARCH_BYTES + overlap)
+        if len(window) <= overlap:
+            return None
+    return None
+
+
+def _count_chunk(task: tuple[Chunk, list[str]]) -> dict[str, int]:
+    (path, start, end), special_tokens = task
+    with open_input(path) as handle:
+        handle.seek(start)
+        text = decode_utf8(handle.read(end - start), path, start)
+    counts: Counter[str] = Counter()
+    pieces = split_on_specials(text, special_token_regex(special_tokens))
+    for piece in pieces[::2]:
+        counts.update(GPT2_REGEX.findall(piece))
+    return counts
+
+
+def _count_chunk_tagged(task: tuple[Chunk, list[str]]) -> tuple[Chunk, dict[str, int]]:
+    return task[0], dict(_count_chunk(task))
+
+
+# ---- merging ---------------------------------------------------------------------------------
+
+# Heap keys must put the greatest (bytes, bytes) pair first in a min-heap. Each byte x becomes the two
+# bytes (0, 255 - x) and each token ends with (1, 0), which sorts after every byte: so a token that
+# is a proper prefix of another (and thus smaller) gets the larger key, as it should.
+_INVERTED_BYTE = [bytes((0, 255 - byte)) for byte in range(256)]
+_TOKEN_END = b"\x01\x00"
+
+
+def _inverted_key(token: bytes) -> bytes:
+    return b"".join(_INVERTED_BYTE[byte] for byte in token) + _TOKEN_END
+
+
+class _BpeMerger:
+    """Incremental BPE merges over distinct words (pre-tokens) with their counts.
+
+    A word is stored as a str with one character per token (chr(token id)), so finding a pair is
+    str.find and applying a merge is str.replace, both in C; a pair is the 2-character str.
+    """
+
+    def __init__(self, word_counts: dict[str, int], vocab: dict[int, bytes]) -> None:
+        self.vocab = vocab
+        self.keys = [_inverted_key(vocab[token_id]) for token_id in range(len(vocab))]
+        self.words: list[str] = []
+        self.counts: list[int] = []
+        for word, count in word_counts.items():
+            encoded = word.encode("utf-8")
+            if len(encoded) > 1:
+                self.words.append(encoded.decode("latin-1"))  # byte b -> chr(b), i.e. token id b
+                self.counts.append(count)
+        self.pair_counts: dict[str, int] = defaultdict(int)
+        self.pair_words: dict[str, list[int]] = defaultdict(list)
+        for index, (word, count) in enumerate(zip(self.words, self.counts)):
+            for start in range(len(word) - 1):
+                pair = word[start : start + 2]
+                self.pair_counts[pair] += count
+                self.pair_words[pair].append(index)
+        self.heap = [(-count, self._pair_key(pair), pair) for pair, count in self.pair_counts.items()]
+        heapq.heapify(self.heap)
+
+    def _pair_key(self, pair: str) -> bytes:
+        return self.keys[ord(pair[0])] + self.keys[ord(pair[1])]
+
+    def run(self, vocab_size: int, progress: bool = False) -> list[tuple[bytes, bytes]]:
+        merges: list[tuple[bytes, bytes]] = []
+        with tqdm(total=max(vocab_size - len(self.vocab), 0), desc="merging", unit="merge", disable=not progress) as bar:
+            while len(self.vocab) < vocab_size:
+                pair = self._pop_best_pair()
+                if pair is None:
+                    break
+                merges.append((self.vocab[ord(pair[0])], self.vocab[ord(pair[1])]))
+                self._merge(pair)
+                bar.update(1)
+        return merges
+
+    def _pop_best_pair(self) -> str | None:
+        """The most frequent pair (greatest bytes on ties); stale heap entries are fixed lazily."""
+        heap, pair_counts = self.heap, self.pair_counts
+        while heap:
+            negative_count, key, pair = heapq.heappop(heap)
+            current = pair_counts.get(pair, 0)
+            if current == -negative_count:
+                return pair
+            if 0 < current < -negative_count:
+                heapq.heappush(heap, (-current, key, pair))
+        return None
+
+    def _merge(self, pair: str) -> None:
+        """Merge every occurrence of `pair`, updating the counts of the neighbouring pairs."""
+        new_id = len(self.vocab)
+        a, b = pair
+        merged = chr(new_id)
+        self.vocab[new_id] = self.vocab[ord(a)] + self.vocab[ord(b)]
+        self.keys.append(self.keys[ord(a)][:-2] + self.keys[ord(b)])
+        pair_counts, pair_words, words, counts = self.pair_counts, self.pair_words, self.words, self.counts
+        new_pairs: set[str] = set()
+        for index in pair_words.pop(pair):
+            word = words[index]
+            position = word.find(pair)
+            if position < 0:
+                continue  # already merged, or lost the pair to an earlier merge (lists are cleaned lazily)
+            count = counts[index]
+            last = len(word) - 1
+            previous_end = -1
+            while position >= 0:
+                next_position = word.find(pair, position + 2)
+                if position > 0:
+                    before = word[position - 1]
+                    pair_counts[before + a] -= count
+                    left_pair = (merged if position == previous_end else before) + merged
+                    pair_counts[left_pair] += count
+                    pair_words[left_pair].append(index)
+                    new_pairs.add(left_pair)
+                previous_end = position + 2
+                if position + 2 <= last and next_position != previous_end:
+                    after = word[position + 2]
+                    pair_counts[b + after] -= count
+                    right_pair = merged + after
+                    pair_counts[right_pair] += count
+                    pair_words[right_pair].append(index)
+                    new_pairs.add(right_pair)
+                position = next_position
+            words[index] = word.replace(pair, merged)
+        del pair_counts[pair]
+        for new_pair in new_pairs:
+            heapq.heappush(self.heap, (-pair_counts[new_pair], self._pair_key(new_pair), new_pair))

@@ -1,0 +1,144 @@
+"""TrainConfig: every training setting in one dataclass, and the `gpt25 train` flags made from it.
+
+Each field's help text lives beside it in `metadata`; `add_train_arguments` turns the fields into
+argparse flags of the same name. Precedence when resolving: dataclass defaults < `--config
+FILE.toml` < flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHOICES = {
+    "dtype": ("float32", "bfloat16"),
+    "tracker": ("none", "tensorboard", "wandb"),
+    "parallel": ("fsdp", "ddp", "none"),
+}
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """All settings of one training run; `gpt25 train --help` lists them with their help text."""
+
+    # Data and output.
+    data: str = _setting("", "shard directory written by `gpt25 data prepare` (required)")
+    tokenizer: str = _setting("", "tokenizer directory (default: DATA/tokenizer when it exists)")
+    out: str = _setting("runs/gpt25", "run directory: config.json, metrics.jsonl, checkpoints/")
+    checkpoint: str = _setting("", "resume from a checkpoint: a step dir, a run dir, or 'latest' (newest in --out)")
+    # Model shape (vocab size comes from the tokenizer).
+    context_length: int = _setting(256, "tokens per training sequence")
+    num_layers: int = _setting(4, "number of transformer blocks")
+    d_model: int = _setting(256, "embedding / residual width")
+    num_heads: int = _setting(4, "attention heads per block")
+    d_ff: int = _setting(704, "SwiGLU hidden width")
+    theta: float = _setting(10000.0, "RoPE base frequency")
+    # Batch: global batch = batch_size x grad_accum_steps x world size sequences per step.
+    batch_size: int = _setting(16, "sequences per micro-batch per process")
+    grad_accum_steps: int = _setting(1, "micro-batches accumulated per optimizer step")
+    # Optimisation.
+    train_steps: int = _setting(1000, "optimizer steps in the whole run (sets the LR schedule length)")
+    lr: float = _setting(1e-3, "peak learning rate after warmup")
+    min_lr: float = _setting(-1.0, "learning rate at the end of the cosine decay (negative: lr / 10)")
+    warmup_steps: int = _setting(100, "linear warmup steps")
+    beta1: float = _setting(0.9, "AdamW beta1")
+    beta2: float = _setting(0.95, "AdamW beta2")
+    eps: float = _setting(1e-8, "AdamW epsilon")
+    weight_decay: float = _setting(0.1, "AdamW decoupled weight decay (matrices only)")
+    max_grad_norm: float = _setting(1.0, "clip the global gradient norm to this (0 disables clipping)")
+    # Evaluation, logging, checkpoints.
+    eval_every: int = _setting(250, "evaluate every N steps and at the end (0: only at the end)")
+    eval_steps: int = _setting(20, "validation batches (of batch_size x context_length tokens) per evaluation")
+    hellaswag: str = _setting("", "HellaSwag jsonl file (or 'download') to score at each evaluation")
+    hellaswag_limit: int = _setting(0, "score only the first N HellaSwag examples (0: all)")
+    log_every: int = _setting(10, "write a metrics.jsonl training row every N steps")
+    save_every: int = _setting(1000, "checkpoint every N steps and at the end (0: only at the end)")
+    keep_checkpoints: int = _setting(3, "keep the newest K checkpoints")
+    tracker: str = _setting("none", "extra tracker beside metrics.jsonl: none, tensorboard or wandb")
+    # Execution.
+    seed: int = _setting(1337, "seed for initialisation, data order and every RNG")
+    dtype: str = _setting("float32", "compute dtype: float32, or bfloat16 autocast / FSDP mixed precision")
+    compile: bool = _setting(False, "torch.compile the training forward (evaluation stays uncompiled)")
+    device: str = _setting("auto", "cpu, cuda, or auto (cuda when available); under torchrun each rank takes cuda:LOCAL_RANK")
+    parallel: str = _setting("fsdp", "with several processes: fsdp (FSDP2 sharding), ddp, or none")
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("batch_size", "grad_accum_steps", "context_length", "num_layers", "d_model",
+                     "num_heads", "d_ff", "train_steps", "keep_checkpoints", "log_every", "eval_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"--d_model ({self.d_model}) must be divisible by --num_heads ({self.num_heads})")
+
+    @property
+    def resolved_min_lr(self) -> float:
+        return self.lr / 10 if self.min_lr < 0 else self.min_lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_type(config_field: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(TrainConfig)
+    return hints[config_field.name]
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one `--name` flag per TrainConfig field, plus `--config FILE.toml`.
+
+    Defaults are argparse.SUPPRESS so that only flags typed on the command line appear in the
+    namespace; `resolve_config` layers them over the TOML file and the dataclass defaults.
+    """
+    parser.add_argument("--config", metavar="FILE.toml", help="TOML file of settings; flags override it")
+    for config_field in dataclasses.fields(TrainConfig):
+        kind = _field_type(config_field)
+        help_text = f"{config_field.metadata['help']} (default: {config_field.default!r})"
+        flag = f"--{config_field.name}"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, choices=CHOICES.get(config_field.name),
+                                default=argparse.SUPPRESS, help=help_text)
+
+
+def read_toml_settings(path: str | Path) -> dict[str, Any]:
+    """The settings in a TOML config file (top-level keys, or one [train] table), checked by name."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    with path.open("rb") as handle:
+        settings = tomllib.load(handle)
+    settings = settings.get("train", settings)
+    known = {config_field.name: _field_type(config_field) for config_field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}; see `gpt25 train --help` for the names")
+    return {name: _coerce(name, value, known[name], path) for name, value in settings.items()}
+
+
+def _coerce(name: str, value: Any, kind: type, path: Path) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool) or kind is not bool and not isinstance(value, kind):
+        raise ValueError(f"{path}: setting {name} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """Dataclass defaults, then the TOML file named by --config, then the flags given."""
+    settings = read_toml_settings(args.config) if getattr(args, "config", None) else {}
+    names = {config_field.name for config_field in dataclasses.fields(TrainConfig)}
+    settings.update({name: value for name, value in vars(args).items() if name in names})
+    return TrainConfig(**settings)

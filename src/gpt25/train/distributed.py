@@ -1,0 +1,162 @@
+"""Process-group setup and model wrapping (FSDP2 or DDP) for training under torchrun.
+
+The model itself knows nothing of parallelism: this module takes a plain TransformerLM and
+applies `fully_shard` per TransformerBlock and then to the root (FSDP2), or wraps it in DDP.
+It also owns the small collective helpers the trainer needs. At world size 1 every helper is a
+no-op, so the training loop runs unchanged in one CPU process, and FSDP (whose import pulls in
+DTensor and takes seconds) is imported only when a model is sharded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from gpt25.model import ModelConfig, TransformerLM
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits: its rank among world_size processes and its device."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """'auto' picks cuda when available; a bare 'cuda' becomes cuda:LOCAL_RANK."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", local_rank)
+    return resolved
+
+
+def init_distributed(device: str) -> DistributedContext:
+    """Join the process group torchrun describes in the environment (NCCL on cuda, gloo on cpu).
+
+    Without torchrun's WORLD_SIZE (or with WORLD_SIZE=1) this is a single process and no group is made.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    resolved = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo", device_id=resolved
+                                if resolved.type == "cuda" else None)
+    return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=resolved)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def build_model(model_config: ModelConfig, context: DistributedContext, parallel: str,
+                dtype: torch.dtype) -> torch.nn.Module:
+    """The model ready to train: built, initialised, placed and (with several processes) wrapped.
+
+    On GPUs the model is built on the meta device, sharded, then materialised with `to_empty` +
+    `init_weights`, so no rank ever holds the full fp32 model. On CPU it is built for real from the
+    same seed on every rank, which keeps the weights identical to a single-process run.
+    """
+    if not context.is_distributed:
+        parallel = "none"
+    on_meta = parallel == "fsdp" and context.device.type == "cuda"
+    model = TransformerLM(model_config, device=torch.device("meta") if on_meta else context.device)
+    if parallel == "fsdp":
+        shard_model(model, dtype)
+        if on_meta:
+            model.to_empty(device=context.device)
+            model.init_weights()
+    elif parallel == "ddp":
+        model = DistributedDataParallel(model, device_ids=[context.device] if context.device.type == "cuda" else None)
+    return model
+
+
+def shard_model(model: TransformerLM, dtype: torch.dtype) -> None:
+    """FSDP2 in place: each TransformerBlock is one all-gather unit, the root holds the rest."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mixed_precision = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for block in model.layers:
+        fully_shard(block, mp_policy=mixed_precision)
+    fully_shard(model, mp_policy=mixed_precision)
+
+
+def unwrap(model: torch.nn.Module) -> TransformerLM:
+    """The TransformerLM inside a DDP wrapper (FSDP2 modifies the model in place, so it is itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def is_fsdp(model: torch.nn.Module) -> bool:
+    """Sharded by FSDP2 (which also casts parameters itself: no torch.autocast needed for bfloat16)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
+
+
+@contextlib.contextmanager
+def gradient_sync(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce / reduce-scatter on inner accumulation micro-steps."""
+    if is_fsdp(model):
+        model.set_requires_gradient_sync(enabled)
+        yield
+    elif isinstance(model, DistributedDataParallel) and not enabled:
+        with model.no_sync():
+            yield
+    else:
+        yield
+
+
+def all_reduce_mean(value: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """Mean of a tensor over ranks (identity in one process)."""
+    if context.is_distributed:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= context.world_size
+    return value
+
+
+def any_rank(flag: bool, context: DistributedContext) -> bool:
+    """True when the flag is set on any rank, so every rank takes the same branch."""
+    if not context.is_distributed:
+        return flag
+    value = torch.tensor([int(flag)], device=context.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def gather_objects(obj: object, context: DistributedContext) -> list:
+    """Every rank's object, in rank order, on every rank."""
+    if not context.is_distributed:
+        return [obj]
+    gathered: list = [None] * context.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier(context: DistributedContext) -> None:
+    if context.is_distributed:
+        dist.barrier()

@@ -1,0 +1,79 @@
+"""Training curves like the recipe's results figure, several runs overlaid, as one PNG.
+
+Panels: train and validation loss, validation perplexity, learning rate, throughput (tokens/s),
+validation bits per byte, and HellaSwag accuracy with a smoothed line (one evaluation is noisy).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gpt25.train.tracking import read_metrics
+
+PANELS = (
+    ("loss", ("train_loss", "val_loss"), "loss (nats/token)"),
+    ("perplexity", ("val_perplexity",), "validation perplexity"),
+    ("learning rate", ("lr",), "learning rate"),
+    ("throughput", ("tokens_per_second",), "tokens / s"),
+    ("bits per byte", ("val_bpb",), "validation bits per byte"),
+    ("HellaSwag", ("hellaswag_acc_norm",), "acc_norm"),
+)
+
+
+def smooth(values: list[float], weight: float = 0.8) -> list[float]:
+    """Exponential moving average with bias correction, as TensorBoard draws it."""
+    smoothed, average = [], 0.0
+    for index, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        smoothed.append(average / (1 - weight**index))
+    return smoothed
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(row["step"], row[key]) for row in rows if isinstance(row.get(key), (int, float))]
+    return [step for step, _ in points], [value for _, value in points]
+
+
+def plot_runs(run_dirs: list[str | Path], out_png: str | Path) -> Path:
+    """Draw every run's metrics.jsonl onto one figure and write it (atomically) to `out_png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not run_dirs:
+        raise ValueError("give at least one run directory to plot")
+    runs = [(Path(run_dir).name or str(run_dir), read_metrics(run_dir)) for run_dir in run_dirs]
+    figure, axes = plt.subplots(2, 3, figsize=(16, 9))
+    for axis, (title, keys, ylabel) in zip(axes.flat, PANELS):
+        for run_index, (name, rows) in enumerate(runs):
+            color = f"C{run_index}"
+            for key in keys:
+                steps, values = _series(rows, key)
+                if not steps:
+                    continue
+                style = "--" if key.startswith("val") and title == "loss" else "-"
+                if title == "HellaSwag":
+                    axis.plot(steps, values, "o", color=color, alpha=0.3, markersize=3)
+                    axis.plot(steps, smooth(values), style, color=color, label=f"{name} (smoothed)")
+                else:
+                    axis.plot(steps, values, style, color=color, label=f"{name} {key}" if len(keys) > 1 else name)
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+        if axis.has_data():
+            axis.legend(fontsize=8)
+            if title == "perplexity":
+                axis.set_yscale("log")
+        else:
+            axis.text(0.5, 0.5, "not logged", ha="center", va="center", transform=axis.transAxes, color="gray")
+    figure.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out_png.with_name(f".tmp-{out_png.name}")
+    figure.savefig(temporary, dpi=100, format="png")
+    plt.close(figure)
+    os.replace(temporary, out_png)
+    return out_png

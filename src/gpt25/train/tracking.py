@@ -1,0 +1,84 @@
+"""Metrics tracking: RUN_DIR/metrics.jsonl always, TensorBoard or Weights & Biases by flag.
+
+One `Tracker` lives on rank 0. Each `log(step, metrics)` appends one JSON row (floats written in
+full precision, so resumed runs can be compared bit for bit) and forwards the numbers to the
+optional backend. W&B runs offline unless WANDB_MODE says otherwise or WANDB_API_KEY is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every row of RUN_DIR/metrics.jsonl (a torn last line from a killed run is skipped)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; is {run_dir} a gpt25 run directory?")
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class Tracker:
+    """Append-only metrics log plus an optional TensorBoard / W&B mirror."""
+
+    def __init__(self, run_dir: str | Path, kind: str = "none", config: dict | None = None,
+                 resume_step: int | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / METRICS_FILE
+        if resume_step is not None:
+            self._drop_rows_after(resume_step)
+        self.handle = self.path.open("a")
+        self.backend = self._open_backend(kind, config or {}, resume_step)
+
+    def _drop_rows_after(self, step: int) -> None:
+        """On resume, forget rows the killed run logged past its last checkpoint: they are redone."""
+        if not self.path.is_file():
+            return
+        kept = [row for row in read_metrics(self.run_dir) if row.get("step", 0) <= step]
+        temporary = self.path.with_name(f".tmp-{self.path.name}")
+        temporary.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        os.replace(temporary, self.path)
+
+    def _open_backend(self, kind: str, config: dict, resume_step: int | None) -> Any:
+        if kind == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=resume_step)
+        if kind == "wandb":
+            import wandb
+
+            mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+            return wandb.init(project=os.environ.get("WANDB_PROJECT", "gpt25"), name=self.run_dir.name,
+                              dir=str(self.run_dir), config=config, mode=mode, resume="allow")
+        assert kind == "none", kind
+        return None
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        row = {"step": step} | {name: value for name, value in metrics.items() if value is not None}
+        self.handle.write(json.dumps(row) + "\n")
+        self.handle.flush()
+        numbers = {name: value for name, value in row.items() if isinstance(value, (int, float)) and name != "step"}
+        if self.backend is None:
+            return
+        if hasattr(self.backend, "add_scalar"):
+            for name, value in numbers.items():
+                self.backend.add_scalar(name, value, step)
+        else:
+            self.backend.log(numbers, step=step)
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.backend is not None:
+            (self.backend.close if hasattr(self.backend, "add_scalar") else self.backend.finish)()

@@ -1,0 +1,327 @@
+"""The training loop: shards in, checkpoints, metrics and a summary out; one process or many.
+
+`train(config)` runs unchanged in one CPU process and under torchrun (FSDP2 or DDP, see
+`distributed`). Each optimizer step accumulates `grad_accum_steps` micro-batches (gradients are
+synchronised on the last one only), clips the global gradient norm, sets the cosine learning
+rate and steps AdamW. Around the loop: periodic evaluation (validation loss, perplexity, bits per
+byte, optional HellaSwag), periodic checkpoints, exact resume, a NaN/inf guard, and SIGTERM /
+SIGINT handling that saves a checkpoint and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gpt25 import checkpoint as ckpt
+from gpt25.data import load_split
+from gpt25.data.loader import ShardLoader
+from gpt25.eval import evaluate_hellaswag, evaluate_loss, load_hellaswag
+from gpt25.model import ModelConfig, parameter_groups
+from gpt25.optim import AdamW, clip_grad_norm, cosine_lr, cross_entropy
+from gpt25.tokenizer import Tokenizer
+from gpt25.train import distributed
+from gpt25.train.config import TrainConfig
+from gpt25.train.throughput import peak_flops
+from gpt25.train.tracking import Tracker
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or inf; the last good checkpoint is left as it was."""
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) one training run; returns a summary of losses, speed and paths."""
+    context = distributed.init_distributed(config.device)
+    try:
+        return Trainer(config, context).run()
+    finally:
+        distributed.shutdown_distributed()
+
+
+def load_tokenizer(config: TrainConfig) -> tuple[Tokenizer, str]:
+    """The tokenizer named by --tokenizer, else DATA/tokenizer; and its resolved directory."""
+    directory = Path(config.tokenizer) if config.tokenizer else Path(config.data) / "tokenizer"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"tokenizer directory {directory} not found; pass --tokenizer DIR "
+                                "(the one the shards were prepared with)")
+    return Tokenizer.load(directory), str(directory)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class StopSignal:
+    """Remembers SIGTERM / SIGINT so the loop can save and exit at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGTERM, signal.SIGINT):
+                self.previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, frame: Any) -> None:
+        self.received = signal.Signals(number).name
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+class Trainer:
+    """Everything one run holds: model, optimizer, data, tracker; `run()` is the loop."""
+
+    def __init__(self, config: TrainConfig, context: distributed.DistributedContext) -> None:
+        self.context = context
+        if not config.data:
+            raise ValueError("--data is required: a directory made by `gpt25 data prepare`")
+        self.tokenizer, tokenizer_dir = load_tokenizer(config)
+        parallel = config.parallel if context.is_distributed else "none"
+        self.config = dataclasses.replace(config, tokenizer=tokenizer_dir, min_lr=config.resolved_min_lr,
+                                          device=str(context.device), parallel=parallel)
+        self.run_dir = Path(config.out)
+        self.dtype = DTYPES[config.dtype]
+        seed_everything(config.seed)
+        self.model_config = ModelConfig(vocab_size=self.tokenizer.vocab_size, context_length=config.context_length,
+                                        d_model=config.d_model, num_layers=config.num_layers,
+                                        num_heads=config.num_heads, d_ff=config.d_ff, rope_theta=config.theta)
+        self.model = distributed.build_model(self.model_config, context, parallel, self.dtype)
+        self.lm = distributed.unwrap(self.model)
+        self.sharded = distributed.is_fsdp(self.model)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.optimizer = AdamW(parameter_groups(self.lm, config.weight_decay), lr=config.lr,
+                               betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay)
+        self.loader = ShardLoader(config.data, "train", config.batch_size, config.context_length, rank=context.rank,
+                                  world_size=context.world_size, seed=config.seed, device=context.device,
+                                  tokenizer=self.tokenizer)
+        self.val_tokens = load_split(config.data, "val", self.tokenizer)
+        self.hellaswag = load_hellaswag(config.hellaswag) if config.hellaswag else None
+        self.tokens_per_step = config.batch_size * config.grad_accum_steps * config.context_length * context.world_size
+        self.flops_per_token = self.lm.flops_per_token()
+        self.peak_flops, self.peak_source = peak_flops(context.device, self.dtype)
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        self.last_eval: dict[str, Any] = {}
+
+    # ----- setup pieces -----
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast unless FSDP's mixed-precision policy already casts the parameters."""
+        if self.dtype == torch.float32 or self.sharded:
+            return contextlib.nullcontext()
+        return torch.autocast(self.context.device.type, dtype=self.dtype)
+
+    def resume(self) -> None:
+        """Load --checkpoint (a path, or 'latest' in --out; 'latest' with none there starts fresh)."""
+        source = self.config.checkpoint
+        if not source:
+            return
+        if source == "latest":
+            found = ckpt.list_checkpoints(self.run_dir)
+            if not found:
+                self.log_line(f"no checkpoint in {self.run_dir}; starting from scratch")
+                return
+            source = found[-1]
+        path = ckpt.resolve_checkpoint(source)
+        ckpt.check_compatible(ckpt.read_meta(path), self.model_config, self.tokenizer.fingerprint())
+        train_state = ckpt.load_training_state(path, self.model, self.optimizer)
+        rank_states = train_state["ranks"]
+        same_layout = len(rank_states) == self.context.world_size
+        mine = rank_states[self.context.rank] if same_layout else rank_states[0]
+        self.loader.load_state_dict(mine["loader"])
+        if same_layout:
+            ckpt.restore_rng_state(mine["rng"])
+        self.step = train_state["step"]
+        self.last_checkpoint = path
+        self.log_line(f"resumed from {path} at step {self.step}")
+
+    def write_run_config(self) -> Path:
+        """RUN_DIR/config.json: every resolved setting plus what was derived from them."""
+        derived = {"model": self.model_config.to_dict(), "world_size": self.context.world_size,
+                   "tokens_per_step": self.tokens_per_step,
+                   "global_batch_sequences": self.tokens_per_step // self.config.context_length,
+                   "num_params": self.lm.num_params(), "flops_per_token": self.flops_per_token,
+                   "peak_flops": self.peak_flops, "peak_flops_source": self.peak_source,
+                   "tokenizer_fingerprint": self.tokenizer.fingerprint(), "torch_version": torch.__version__}
+        path = self.run_dir / "config.json"
+        temporary = path.with_name(f".tmp-{path.name}")
+        temporary.write_text(json.dumps(self.config.to_dict() | {"derived": derived}, indent=2) + "\n")
+        os.replace(temporary, path)
+        return path
+
+    def log_line(self, message: str) -> None:
+        if self.context.is_main:
+            tqdm.write(message)
+
+    # ----- the loop -----
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimizer step over grad_accum_steps micro-batches; returns (loss, grad norm, lr)."""
+        lr = cosine_lr(self.step, self.config.lr, self.config.min_lr, self.config.warmup_steps, self.config.train_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        num_micro = self.config.grad_accum_steps
+        loss_sum = torch.zeros((), device=self.context.device)
+        for micro_step in range(num_micro):
+            inputs, targets = self.loader.next_batch()  # (batch, seq) each
+            with distributed.gradient_sync(self.model, micro_step == num_micro - 1):
+                with self.autocast():
+                    logits = self.forward(inputs)  # (batch, seq, vocab)
+                    loss = cross_entropy(logits, targets)
+                (loss / num_micro).backward()
+            loss_sum += loss.detach().float()
+        grad_norm = clip_grad_norm(self.model.parameters(), self.config.max_grad_norm or math.inf)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        mean_loss = distributed.all_reduce_mean(loss_sum / num_micro, self.context)
+        return float(mean_loss.item()), float(grad_norm), lr
+
+    def evaluate(self) -> dict[str, Any]:
+        """Validation loss / perplexity / bits per byte (and HellaSwag) on every rank, each scoring a share."""
+        autocast_dtype = None if self.dtype == torch.float32 or self.sharded else self.dtype
+        result = evaluate_loss(self.model if self.sharded else self.lm, self.val_tokens, self.tokenizer,
+                               batch_size=self.config.batch_size, context_length=self.config.context_length,
+                               device=self.context.device,
+                               max_tokens=self.config.eval_steps * self.tokens_per_step // self.config.grad_accum_steps,
+                               autocast_dtype=autocast_dtype)
+        metrics = {"val_loss": result["val_loss"], "val_perplexity": result["val_perplexity"], "val_bpb": result["val_bpb"]}
+        if self.hellaswag is not None:
+            with self.autocast():
+                scores = evaluate_hellaswag(self.model if self.sharded else self.lm, self.tokenizer, self.hellaswag,
+                                            batch_size=self.config.batch_size, device=self.context.device,
+                                            limit=self.config.hellaswag_limit or None)
+            metrics |= {"hellaswag_acc": scores["acc"], "hellaswag_acc_norm": scores["acc_norm"]}
+        return metrics
+
+    def save(self) -> Path:
+        """Checkpoint the current step (collective: every rank calls it), then drop old ones."""
+        rank_states = distributed.gather_objects(
+            {"loader": self.loader.state_dict(), "rng": ckpt.capture_rng_state()}, self.context)
+        meta = ckpt.make_meta(self.step, self.model_config, train_config=self.config.to_dict(),
+                              tokenizer_fingerprint=self.tokenizer.fingerprint(),
+                              world_size=self.context.world_size, sharded=self.sharded)
+        path = self.run_dir / "checkpoints" / ckpt.step_dir_name(self.step)
+        if self.sharded:
+            ckpt.save_sharded_checkpoint(self.model, self.optimizer, self.step, path, meta=meta,
+                                         rank_states=rank_states, rank=self.context.rank)
+        elif self.context.is_main:
+            ckpt.save_checkpoint(self.lm, self.optimizer, self.step, path, meta=meta, rank_states=rank_states)
+        distributed.barrier(self.context)
+        if self.context.is_main:
+            ckpt.remove_old_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        self.last_checkpoint = path
+        return path
+
+    def is_due(self, every: int) -> bool:
+        return self.step == self.config.train_steps or (every > 0 and self.step % every == 0)
+
+    def check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            kept = self.last_checkpoint or "none (no checkpoint was saved yet)"
+            raise TrainingDiverged(f"loss became {loss} at step {self.step}; stopped without saving. Last good "
+                                   f"checkpoint: {kept}. Lower --lr or raise --warmup_steps, then resume from it")
+
+    def run(self) -> dict[str, Any]:
+        self.resume()
+        tracker = None
+        if self.context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.write_run_config()
+            tracker = Tracker(self.run_dir, self.config.tracker, self.config.to_dict(),
+                              resume_step=self.step if self.config.checkpoint else None)
+            self.log_line(f"{self.lm.num_params():,} parameters, {self.tokens_per_step:,} tokens/step, "
+                          f"world size {self.context.world_size} ({self.config.parallel}), "
+                          f"MFU peak {self.peak_flops / 1e12:.2f} TFLOP/s ({self.peak_source})")
+        try:
+            with StopSignal() as stop:
+                summary = self.loop(tracker, stop)
+        finally:
+            if tracker is not None:
+                tracker.close()
+        return summary
+
+    def loop(self, tracker: Tracker | None, stop: StopSignal) -> dict[str, Any]:
+        start_step, started = self.step, time.perf_counter()
+        window_time, window_steps, total_step_time = 0.0, 0, 0.0
+        train_loss = float("nan")
+        progress = tqdm(total=self.config.train_steps, initial=self.step, disable=not self.context.is_main,
+                        desc="train", unit="step", dynamic_ncols=True, mininterval=0.5)
+        stopped_by = None
+        while self.step < self.config.train_steps:
+            if distributed.any_rank(stop.received is not None, self.context):
+                stopped_by = stop.received or "signal on another rank"
+                break
+            step_started = time.perf_counter()
+            train_loss, grad_norm, lr = self.train_step()
+            step_time = time.perf_counter() - step_started
+            self.check_finite(train_loss)
+            window_time += step_time
+            window_steps += 1
+            if self.step > start_step + 1:  # the first step pays for warm-up / compilation
+                total_step_time += step_time
+            tokens_per_second = self.tokens_per_step / step_time
+            mfu = self.flops_per_token * tokens_per_second / (self.peak_flops * self.context.world_size)
+            progress.update(1)
+            progress.set_postfix_str(f"loss {train_loss:.4f} lr {lr:.2e} {tokens_per_second:,.0f} tok/s MFU {mfu:.1%}",
+                                     refresh=False)
+            if tracker is not None and (self.is_due(self.config.log_every) or self.is_due(self.config.eval_every)):
+                window_rate = self.tokens_per_step * window_steps / window_time
+                tracker.log(self.step, {"train_loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+                                        "tokens_seen": self.step * self.tokens_per_step,
+                                        "tokens_per_second": window_rate,
+                                        "mfu": self.flops_per_token * window_rate / (self.peak_flops * self.context.world_size),
+                                        "memory_gb": self.memory_gb()})
+                window_time, window_steps = 0.0, 0
+            if self.is_due(self.config.eval_every):
+                self.last_eval = self.evaluate()
+                if tracker is not None:
+                    tracker.log(self.step, self.last_eval)
+                self.log_line(f"step {self.step}: " + ", ".join(
+                    f"{name} {value:.4f}" for name, value in self.last_eval.items() if value is not None))
+            if self.is_due(self.config.save_every):
+                self.save()
+        if stopped_by is not None:
+            self.log_line(f"{stopped_by} received: saving step {self.step} and exiting")
+            if self.last_checkpoint is None or self.last_checkpoint.name != ckpt.step_dir_name(self.step):
+                self.save()
+        progress.close()
+        timed_steps = self.step - start_step - 1
+        mean_rate = self.tokens_per_step * timed_steps / total_step_time if total_step_time > 0 else None
+        return {"run_dir": str(self.run_dir), "step": self.step, "start_step": start_step,
+                "train_steps": self.config.train_steps, "stopped_by": stopped_by,
+                "final_train_loss": train_loss, "final_val_loss": self.last_eval.get("val_loss"),
+                "final_val_perplexity": self.last_eval.get("val_perplexity"),
+                "final_val_bpb": self.last_eval.get("val_bpb"),
+                "hellaswag_acc_norm": self.last_eval.get("hellaswag_acc_norm"),
+                "tokens_seen": self.step * self.tokens_per_step, "tokens_per_second": mean_rate,
+                "mfu": self.flops_per_token * mean_rate / (self.peak_flops * self.context.world_size) if mean_rate else None,
+                "memory_gb": self.memory_gb(), "elapsed_s": time.perf_counter() - started,
+                "num_params": self.lm.num_params(),
+                "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+                "metrics": str(self.run_dir / "metrics.jsonl"), "config": str(self.run_dir / "config.json")}
+
+    def memory_gb(self) -> float | None:
+        if self.context.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.context.device) / 2**30

@@ -1,0 +1,111 @@
+"""Everything is hand-written: src/gpt25 may use from torch.nn / torch.optim only the allowed names.
+
+Allowed: nn.Parameter and the containers, torch.optim.Optimizer (the base class), and
+torch.nn.functional.scaled_dot_product_attention (the flash path). gpt25.model must also stay free
+of torch.distributed so it runs unchanged on one device.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "gpt25"
+ALLOWED = {
+    "torch.nn.Parameter",
+    "torch.nn.Module",
+    "torch.nn.ModuleList",
+    "torch.nn.ModuleDict",
+    "torch.nn.Sequential",
+    "torch.optim.Optimizer",
+    "torch.nn.functional.scaled_dot_product_attention",
+}
+GUARDED_PREFIXES = ("torch.nn", "torch.optim")
+
+
+def import_aliases(tree: ast.AST) -> dict[str, str]:
+    """Local name -> dotted module path for every import in the tree (e.g. F -> torch.nn.functional)."""
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    aliases[alias.asname] = alias.name
+                else:
+                    root = alias.name.split(".")[0]
+                    aliases[root] = root
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return aliases
+
+
+def dotted_name(node: ast.AST, aliases: dict[str, str]) -> str | None:
+    """Resolve `F.gelu` / `torch.nn.Linear` / `nn.Module` to its full dotted path, or None."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name) or node.id not in aliases:
+        return None
+    return ".".join([aliases[node.id], *reversed(parts)])
+
+
+def is_guarded(name: str) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in GUARDED_PREFIXES)
+
+
+def forbidden_uses(source: str) -> list[str]:
+    """Every guarded torch.nn / torch.optim name the source imports or uses that is not allowed."""
+    tree = ast.parse(source)
+    aliases = import_aliases(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Attribute):
+            resolved = dotted_name(node, aliases)
+            names = [resolved] if resolved else []
+        else:
+            continue
+        for name in names:
+            # A module prefix of an allowed name (torch.nn, torch.nn.functional) is fine on its own.
+            if is_guarded(name) and name not in ALLOWED and not any(a.startswith(name + ".") for a in ALLOWED):
+                found.append(f"line {node.lineno}: {name}")
+    return found
+
+
+def test_scanner_catches_forbidden_uses() -> None:
+    source = (
+        "import torch\nimport torch.nn.functional as F\nfrom torch import nn\nfrom torch.nn import Linear\n"
+        "from torch.optim import Optimizer\n"
+        "a = F.gelu(x)\nb = torch.nn.functional.softmax(x)\nc = nn.LayerNorm(3)\nd = torch.optim.AdamW([])\n"
+        "e = nn.Parameter(x)\nf = F.scaled_dot_product_attention(q, k, v)\nclass A(nn.Module): pass\n"
+        "class B(Optimizer): pass\n"
+    )
+    found = sorted(item.split(": ")[1] for item in forbidden_uses(source))
+    assert found == sorted(
+        ["torch.nn.Linear", "torch.nn.functional.gelu", "torch.nn.functional.softmax", "torch.nn.LayerNorm",
+         "torch.optim.AdamW"]
+    )
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_package_uses_only_allowed_torch_nn_and_optim(path: Path) -> None:
+    found = forbidden_uses(path.read_text(encoding="utf-8"))
+    assert not found, f"{path.relative_to(PACKAGE)} uses forbidden torch.nn/torch.optim names: {found}"
+
+
+def test_model_has_no_torch_distributed_import() -> None:
+    for path in sorted((PACKAGE / "model").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            assert not any(m.startswith("torch.distributed") for m in modules), f"{path.name} imports {modules}"

@@ -1,0 +1,54 @@
+"""Sampling-test fixtures: a byte-level tokenizer, a random tiny model and a hand-built bigram model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gpt25.model import ModelConfig, TransformerLM
+from gpt25.tokenizer import Tokenizer
+
+EOT = 256  # <|endoftext|> in the byte tokenizer
+
+
+@pytest.fixture
+def byte_tokenizer() -> Tokenizer:
+    """Every byte is a token (ids 0..255), <|endoftext|> is 256."""
+    return Tokenizer({index: bytes([index]) for index in range(256)}, [], ["<|endoftext|>"])
+
+
+def random_lm(vocab_size: int = 257, context_length: int = 64, seed: int = 0) -> TransformerLM:
+    torch.manual_seed(seed)
+    config = ModelConfig(vocab_size=vocab_size, context_length=context_length, d_model=32, num_layers=2,
+                         num_heads=2, d_ff=64)
+    return TransformerLM(config).eval()
+
+
+def bigram_lm(next_scores: dict[int, dict[int, float]], vocab_size: int = 264, context_length: int = 64) -> TransformerLM:
+    """A real TransformerLM whose logits depend only on the last token: logit[t | i] = next_scores[i][t] (else 0).
+
+    The blocks' output projections are zero (each block adds nothing), token i embeds as the one-hot
+    e_i (RMSNorm turns it into sqrt(d) e_i) and lm_head column i holds row i of the score table / sqrt(d).
+    """
+    d_model = vocab_size
+    config = ModelConfig(vocab_size=vocab_size, context_length=context_length, d_model=d_model, num_layers=1,
+                         num_heads=2, d_ff=8)
+    model = TransformerLM(config)
+    scores = torch.zeros(vocab_size, vocab_size)  # (current, next)
+    for current, row in next_scores.items():
+        for following, score in row.items():
+            scores[current, following] = score
+    with torch.no_grad():
+        for block in model.layers:
+            block.attn.output_proj.weight.zero_()
+            block.ffn.w2.weight.zero_()
+        model.token_embeddings.weight.copy_(torch.eye(vocab_size))
+        model.lm_head.weight.copy_(scores.t() / math.sqrt(d_model))
+    return model.eval()
+
+
+def chain(*token_ids: int, strength: float = 30.0) -> dict[int, dict[int, float]]:
+    """Scores making each token strongly predict the next one in `token_ids`."""
+    return {current: {following: strength} for current, following in zip(token_ids, token_ids[1:])}

@@ -1,0 +1,156 @@
+"""Tokenizer encode/decode: GPT-2 equality with tiktoken, rank-ordered merges, specials, streaming."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpt25.tokenizer import Tokenizer
+
+EOT = "<|endoftext|>"
+SAMPLES = [
+    "", "Hello, world!", "  leading and trailing  ", "tabs\tand\nnewlines\r\n\r\n  x", "don't we'll I'M they've",
+    "naïve café — 東京 🤖👍🏽 Привет", "1234567 3.14159 ½ ²", "a\u00a0b\u2028c\x1cd", "\n\n\n   \n",
+]
+
+
+def bytes_tokenizer(special_tokens=None) -> Tokenizer:
+    return Tokenizer({i: bytes([i]) for i in range(256)}, [], special_tokens)
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_gpt2_matches_tiktoken_on_samples(gpt2_tokenizer, tiktoken_gpt2, text):
+    assert gpt2_tokenizer.encode(text) == tiktoken_gpt2.encode(text)
+    assert gpt2_tokenizer.decode(gpt2_tokenizer.encode(text)) == text
+
+
+def test_gpt2_known_ids(gpt2_tokenizer):
+    assert gpt2_tokenizer.encode("Hello world") == [15496, 995]
+    assert gpt2_tokenizer.encode("Hello<|endoftext|>") == [15496, 50256]
+    assert gpt2_tokenizer.eot_id == 50256 and gpt2_tokenizer.vocab_size == 50257
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=60))
+def test_gpt2_matches_tiktoken_on_any_text(gpt2_tokenizer, tiktoken_gpt2, text):
+    assert gpt2_tokenizer.encode(text) == tiktoken_gpt2.encode(text, disallowed_special=())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=20), st.sampled_from([EOT, "<|pad|>", "<|endoftext|><|endoftext|>"])), max_size=8))
+def test_round_trip_with_specials(small_tokenizer_with_specials, pieces):
+    text = "".join(pieces)
+    assert small_tokenizer_with_specials.decode(small_tokenizer_with_specials.encode(text)) == text
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer_with_specials(small_tokenizer):
+    return Tokenizer(small_tokenizer.vocab, small_tokenizer.merges, [EOT, "<|pad|>", EOT + EOT])
+
+
+def test_longest_special_token_wins():
+    tokenizer = bytes_tokenizer([EOT, EOT + EOT])
+    double, single = tokenizer.token_id(EOT + EOT), tokenizer.token_id(EOT)
+    assert tokenizer.encode(EOT * 3) == [double, single]
+    assert tokenizer.encode("a" + EOT + "b") == [97, single, 98]
+    assert Tokenizer(tokenizer.vocab, [], [EOT + EOT, EOT]).encode(EOT * 2) == [double]
+
+
+def test_special_token_ids_and_errors():
+    tokenizer = bytes_tokenizer([EOT])
+    assert tokenizer.eot_id == 256 and tokenizer.vocab[256] == EOT.encode()
+    with pytest.raises(ValueError, match="not registered"):
+        bytes_tokenizer().eot_id
+    with pytest.raises(ValueError, match="'<pad>' is not registered"):
+        tokenizer.token_id("<pad>")
+    assert bytes_tokenizer().encode(EOT) == list(EOT.encode())  # unregistered: plain text
+
+
+def test_merges_apply_in_rank_order_not_left_to_right():
+    vocab = {i: bytes([i]) for i in range(256)}
+    vocab |= {256: b"bc", 257: b"ab", 258: b"abc"}
+    tokenizer = Tokenizer(vocab, [(b"b", b"c"), (b"a", b"b"), (b"a", b"bc")])
+    assert tokenizer.encode("abc") == [258]  # "bc" first (rank 0), then "a"+"bc"
+    assert tokenizer.encode("ab") == [257]
+    assert tokenizer.encode(" abc") == [32, 258]
+
+
+def test_decode_replaces_invalid_utf8(gpt2_tokenizer):
+    ids = gpt2_tokenizer.encode("é")
+    assert len(ids) == 1
+    partial = [token_id for token_id, token in gpt2_tokenizer.vocab.items() if token == b"\xc3"]
+    assert gpt2_tokenizer.decode(partial + gpt2_tokenizer.encode("x")) == "\ufffdx"
+    assert gpt2_tokenizer.decode_bytes(partial) == b"\xc3"
+
+
+@pytest.mark.parametrize("bad", [50257, -1, 10**9])
+def test_decode_rejects_out_of_range_ids(gpt2_tokenizer, bad):
+    with pytest.raises(ValueError, match=f"token id {bad} is out of range: this tokenizer has ids 0..50256"):
+        gpt2_tokenizer.decode([15496, bad])
+
+
+def test_constructor_validates_vocab():
+    with pytest.raises(ValueError, match="no gaps"):
+        Tokenizer({i: bytes([i]) for i in range(256)} | {300: b"xy"}, [])
+    with pytest.raises(ValueError, match="single-byte tokens"):
+        Tokenizer({i: bytes([i]) for i in range(200)}, [])
+    with pytest.raises(ValueError, match="missing from the vocab"):
+        Tokenizer({i: bytes([i]) for i in range(256)}, [(b"a", b"b")])
+
+
+def test_encode_iterable_over_lines_matches_tiktoken(gpt2_tokenizer, tiktoken_gpt2, english_dir):
+    path = english_dir / "tinyshakespeare.txt"
+    text = path.read_bytes().decode("utf-8")[:300_000]
+    lines = io.StringIO(text, newline="")
+    assert list(gpt2_tokenizer.encode_iterable(lines)) == tiktoken_gpt2.encode(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=12), st.sampled_from([EOT, " ", "\n", "  \n", "<|endof", "text|>"])), max_size=20))
+def test_encode_iterable_equals_encode_for_any_split(gpt2_tokenizer, monkeypatch_chunk, pieces):
+    assert list(gpt2_tokenizer.encode_iterable(pieces)) == gpt2_tokenizer.encode("".join(pieces))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_chunk():
+    """Tiny stream chunks so that hypothesis' short inputs exercise the cutting logic."""
+    from gpt25.tokenizer import codec
+
+    saved = codec.STREAM_CHUNK_CHARS
+    codec.STREAM_CHUNK_CHARS = 3
+    yield
+    codec.STREAM_CHUNK_CHARS = saved
+
+
+def test_encode_many_and_encode_file_match_encode(gpt2_tokenizer, fixtures_dir, tmp_path, monkeypatch):
+    from gpt25.tokenizer import codec
+
+    texts = (fixtures_dir / "corpus.en").read_text(encoding="utf-8").split(" .\n")[:300]
+    expected = [gpt2_tokenizer.encode(text) for text in texts]
+    assert gpt2_tokenizer.encode_many(texts) == expected
+    assert gpt2_tokenizer.encode_many(texts, num_workers=2) == expected
+    path = tmp_path / "joined.txt"
+    path.write_text(EOT.join(texts), encoding="utf-8")
+    monkeypatch.setattr(codec, "FILE_CHUNK_CHARS", 5_000)
+    whole = gpt2_tokenizer.encode(EOT.join(texts))
+    for workers in (1, 2):
+        assert [i for chunk in gpt2_tokenizer.encode_file(path, num_workers=workers) for i in chunk] == whole
+
+
+def test_encode_file_reports_invalid_utf8(gpt2_tokenizer, tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"ok " * 100 + b"\xc3(")
+    with pytest.raises(ValueError, match="invalid UTF-8 at byte offset 300"):
+        list(gpt2_tokenizer.encode_file(path))
+
+
+@pytest.mark.slow
+def test_gpt2_matches_tiktoken_on_all_english(gpt2_tokenizer, tiktoken_gpt2, english_dir):
+    paths = sorted(english_dir.glob("*.txt"))
+    assert len(paths) >= 10
+    for path in paths:
+        text = path.read_bytes().decode("utf-8")
+        assert gpt2_tokenizer.encode(text) == tiktoken_gpt2.encode(text), path.name

@@ -1,0 +1,149 @@
+"""train_bpe: the reference merges, the exact tie rule, vocab layout, chunked/parallel counting, errors."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from gpt25.tokenizer import train, train_bpe
+from gpt25.tokenizer.io import printable_to_bytes
+from gpt25.tokenizer.pretokenize import GPT2_REGEX, split_on_specials, special_token_regex
+
+EOT = "<|endoftext|>"
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "corpus.txt") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def test_reference_merges_and_vocab(fixtures_dir):
+    vocab, merges = train_bpe(fixtures_dir / "corpus.en", 500, [EOT])
+    lines = (fixtures_dir / "train-bpe-reference-merges.txt").read_text(encoding="utf-8").splitlines()
+    expected = [tuple(printable_to_bytes(token, "reference") for token in line.split(" ")) for line in lines]
+    assert merges == expected
+    reference_vocab = json.loads((fixtures_dir / "train-bpe-reference-vocab.json").read_text(encoding="utf-8"))
+    assert set(vocab.values()) == {printable_to_bytes(token, "reference") for token in reference_vocab}
+    assert sorted(vocab) == list(range(500))
+
+
+def test_vocab_layout_bytes_then_specials_then_merges(tmp_path):
+    path = write(tmp_path, "low lower lowest<|endoftext|>newer wider<pad>")
+    vocab, merges = train_bpe(path, 270, [EOT, "<pad>"])
+    assert [vocab[i] for i in range(256)] == [bytes([i]) for i in range(256)]
+    assert vocab[256] == EOT.encode() and vocab[257] == b"<pad>"
+    assert [vocab[258 + i] for i in range(len(merges))] == [a + b for a, b in merges]
+    assert len(vocab) == 270
+
+
+def test_ties_go_to_the_greatest_pair(tmp_path):
+    # every adjacent pair occurs once: ("c","d") > ("b","c") > ("a","b") as bytes, and "ab" < "abx"
+    vocab, merges = train_bpe(write(tmp_path, "abcd"), 257, [])
+    assert merges == [(b"c", b"d")]
+    vocab, merges = train_bpe(write(tmp_path, "ab abx"), 257, [])
+    # pairs with count 1: (b" ", b"a"), ("a","b") twice -> ("a","b") wins on count
+    assert merges == [(b"a", b"b")]
+    vocab, merges = train_bpe(write(tmp_path, "zz y"), 257, [])
+    assert merges == [(b"z", b"z")]  # (b"z", b"z") > (b" ", b"y")
+
+
+def test_tie_rule_compares_bytes_not_ids(tmp_path):
+    # after merging "ab" (id 256), both ("ab","c") and ("c","ab") are tied; bytes "c" > "ab"
+    path = write(tmp_path, "abc cab abab")
+    _, merges = train_bpe(path, 259, [])
+    assert merges[0] == (b"a", b"b")
+    assert merges[1] == (b"c", b"ab")
+
+
+def test_specials_split_text_and_are_never_merged(tmp_path):
+    path = write(tmp_path, "aa<|endoftext|>aa<|endoftext|>aa")
+    vocab, merges = train_bpe(path, 300, [EOT])
+    assert merges == [(b"a", b"a")]  # the corpus runs out of pairs: training stops early
+    assert all(b"<|" not in a + b for a, b in merges)
+    assert len(vocab) == 258
+
+
+def test_training_stops_at_vocab_size(fixtures_dir):
+    vocab, merges = train_bpe(fixtures_dir / "corpus.en", 300, [EOT])
+    assert len(vocab) == 300 and len(merges) == 300 - 257
+
+
+def test_multiple_files_count_as_one_corpus(tmp_path, fixtures_dir):
+    text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8")
+    middle = text.index(".\n", len(text) // 2) + 1  # after a non-space, before a space: a safe cut
+    first, second = write(tmp_path, text[:middle], "a.txt"), write(tmp_path, text[middle:], "b.txt")
+    assert train_bpe([first, second], 400, [EOT]) == train_bpe(fixtures_dir / "corpus.en", 400, [EOT])
+
+
+def test_chunked_and_parallel_counting_match_whole_text(tmp_path, fixtures_dir, monkeypatch):
+    # no special tokens in a line-heavy text, so chunks must end at "non-space byte + newline"
+    text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8").replace(EOT, "\n \n\n  x")
+    path = write(tmp_path, text * 2)
+    expected = Counter(GPT2_REGEX.findall(text * 2))
+    chunks = train.plan_chunks(path, 10_000, [])
+    assert len(chunks) > 10 and chunks[0][1] == 0 and chunks[-1][2] == path.stat().st_size
+    assert all(a[2] == b[1] for a, b in zip(chunks, chunks[1:]))
+    monkeypatch.setattr(train, "MAX_CHUNK_BYTES", 20_000)
+    monkeypatch.setattr(train, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(train, "BOUNDARY_SEARCH_BYTES", 64)
+    assert train.count_pretokens([path], [], num_workers=1) == expected
+    assert train.count_pretokens([path], [], num_workers=2) == expected
+
+
+def test_chunks_end_at_special_tokens(tmp_path, fixtures_dir):
+    lines = (fixtures_dir / "corpus.en").read_text(encoding="utf-8").splitlines(keepends=True)
+    path = write(tmp_path, EOT.join(lines))
+    data = path.read_bytes()
+    chunks = train.plan_chunks(path, 5_000, [EOT.encode()])
+    assert len(chunks) > 5
+    assert all(data[start : start + len(EOT)] == EOT.encode() for _, start, _ in chunks[1:])
+    special_regex = special_token_regex([EOT])
+    text = data.decode("utf-8")
+    expected = Counter(token for piece in split_on_specials(text, special_regex)[::2] for token in GPT2_REGEX.findall(piece))
+    assert train.count_pretokens([path], [EOT], num_workers=1) == expected
+
+
+def test_missing_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.txt: input file not found"):
+        train_bpe(tmp_path / "nope.txt", 300, [EOT])
+
+
+def test_folder_as_input(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):
+        train_bpe(tmp_path, 300, [EOT])
+
+
+@pytest.mark.parametrize("text", ["", "<|endoftext|><|endoftext|>"])
+def test_empty_corpus(tmp_path, text):
+    with pytest.raises(ValueError, match="empty corpus"):
+        train_bpe(write(tmp_path, text), 300, [EOT])
+
+
+def test_vocab_too_small(tmp_path):
+    with pytest.raises(ValueError, match="at least 256 bytes \\+ 2 special tokens = 258"):
+        train_bpe(write(tmp_path, "hello"), 257, [EOT, "<pad>"])
+
+
+def test_invalid_utf8_reports_byte_offset(tmp_path, monkeypatch):
+    path = write(tmp_path, b"hello world\n" * 1000 + b"bad \xff byte\n" + b"more text\n" * 1000)
+    with pytest.raises(ValueError, match=r"invalid UTF-8 at byte offset 12004"):
+        train_bpe(path, 300, [EOT])
+    monkeypatch.setattr(train, "MAX_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(train, "PARALLEL_MIN_BYTES", 0)
+    with pytest.raises(ValueError, match=r"invalid UTF-8 at byte offset 12004"):
+        train.count_pretokens([path], [EOT], num_workers=2)
+
+
+def test_heap_key_orders_pairs_greatest_first():
+    import random
+
+    rng = random.Random(0)
+    tokens = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4))) for _ in range(60)] + [b"a", b"ab", b"\x00"]
+    pairs = [(a, b) for a in tokens[:25] for b in tokens[25:]]
+    by_key = sorted(pairs, key=lambda pair: train._inverted_key(pair[0])[:-2] + train._inverted_key(pair[0])[-2:]
+                    + train._inverted_key(pair[1]))
+    assert by_key == sorted(pairs, reverse=True)
