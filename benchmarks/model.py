@@ -174,6 +174,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--batch-size", type=int, default=None, help="override every config's batch size")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     for name in args.configs.split(","):
@@ -187,6 +188,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype_names = args.dtypes.split(",")
     ceilings = {

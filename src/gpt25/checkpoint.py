@@ -105,8 +105,8 @@ def capture_rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's current device only
     return state
 
 
@@ -117,8 +117,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
                          numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_initialized():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _commit(temporary: Path, final: Path) -> None:
@@ -231,7 +231,7 @@ def _load_with_state_dict_api(path: Path, meta: dict, train_state: dict, model: 
     if meta["sharded"]:
         model_state, optimizer_state = get_state_dict(model, optimizers)
         dcp.load({"model": model_state} | ({"optimizer": optimizer_state} if optimizer else {}),
-                 checkpoint_id=path / SHARDED_DIR)
+                 checkpoint_id=path / SHARDED_DIR, no_dist=not torch.distributed.is_initialized())
         set_state_dict(model, optimizers, model_state_dict=model_state, optim_state_dict=optimizer_state)
     else:
         set_state_dict(model, optimizers, model_state_dict=load_file(path / WEIGHTS_FILE),
@@ -275,7 +275,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         import torch.distributed.checkpoint as dcp
 
         state = model.state_dict()
-        dcp.load({"model": state}, checkpoint_id=path / SHARDED_DIR)
+        dcp.load({"model": state}, checkpoint_id=path / SHARDED_DIR, no_dist=not torch.distributed.is_initialized())
         model.load_state_dict(state)
     else:
         model.load_state_dict(load_file(path / WEIGHTS_FILE))

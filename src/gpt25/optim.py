@@ -41,7 +41,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         logits, targets, log_normaliser, valid, count = ctx.saved_tensors
-        grad_logits = torch.exp(logits.float() - log_normaliser[:, None])  # softmax, (rows, vocab)
+        grad_logits = torch.sub(logits.float(), log_normaliser[:, None]).exp_()  # softmax, (rows, vocab)
         grad_logits.scatter_add_(-1, targets[:, None], grad_logits.new_full((targets.numel(), 1), -1.0))
         row_scale = (grad_loss / count).expand(targets.shape)  # (rows,)
         if valid is not None:

@@ -10,7 +10,26 @@ import pytest
 from gpt25.data.prepare import PrepareConfig, prepare
 from gpt25.tokenizer import Tokenizer, train_bpe
 
-WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "ran", "away", "quickly", "über", "naïve", "日本", "🙂", "data", "token", "shard"]
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "and",
+    "then",
+    "ran",
+    "away",
+    "quickly",
+    "über",
+    "naïve",
+    "日本",
+    "🙂",
+    "data",
+    "token",
+    "shard",
+]
 
 
 def make_documents(num_documents: int, seed: int = 0) -> list[str]:
@@ -60,6 +79,14 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> t
     folder = tmp_path_factory.mktemp("prepared")
     documents = make_documents(400)
     source = write_text_source(folder / "source.txt", documents)
-    config = PrepareConfig(sources=[str(source)], tokenizer_dir=str(tokenizer_dir), out_dir=str(folder / "out"), val_fraction=0.1, workers=1, shard_tokens=500, progress=False)
+    config = PrepareConfig(
+        sources=[str(source)],
+        tokenizer_dir=str(tokenizer_dir),
+        out_dir=str(folder / "out"),
+        val_fraction=0.1,
+        workers=1,
+        shard_tokens=500,
+        progress=False,
+    )
     prepare(config)
     return folder / "out", documents

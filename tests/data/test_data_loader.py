@@ -21,8 +21,8 @@ def test_get_batch_shapes_and_shift() -> None:
     inputs, targets = get_batch(tokens, 8, CONTEXT, "cpu")
     assert inputs.shape == targets.shape == (8, CONTEXT)
     assert inputs.dtype == targets.dtype == torch.int64
-    torch.testing.assert_close(targets, inputs + 1)
-    torch.testing.assert_close(inputs[:, 1:], inputs[:, :-1] + 1)
+    assert torch.equal(targets, inputs + 1)
+    assert torch.equal(inputs[:, 1:], inputs[:, :-1] + 1)
 
 
 def test_get_batch_reaches_every_start_index() -> None:
@@ -54,8 +54,17 @@ def test_windows_follow_the_split(prepared: tuple[Path, list[str]]) -> None:
     seen = []
     for _ in range(loader.batches_per_epoch):
         inputs, targets = loader.next_batch()
-        for row_inputs, row_targets in zip(inputs.numpy(), targets.numpy()):
-            start = int(np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(tokens, CONTEXT)[::CONTEXT] == row_inputs, axis=1))[0]) * CONTEXT
+        for row_inputs, row_targets in zip(inputs.numpy(), targets.numpy(), strict=True):
+            start = (
+                int(
+                    np.flatnonzero(
+                        np.all(
+                            np.lib.stride_tricks.sliding_window_view(tokens, CONTEXT)[::CONTEXT] == row_inputs, axis=1
+                        )
+                    )[0]
+                )
+                * CONTEXT
+            )
             np.testing.assert_array_equal(row_targets, tokens[start + 1 : start + CONTEXT + 1])
             seen.append(start // CONTEXT)
     assert len(seen) == len(set(seen)) == loader.batches_per_epoch * 4
@@ -69,7 +78,7 @@ def test_ranks_are_disjoint_and_cover_the_global_batch(prepared: tuple[Path, lis
         rank_inputs = [loader.next_batch()[0] for loader in ranks]
         rows = [tuple(row) for batch in rank_inputs for row in batch.tolist()]
         assert len(set(rows)) == 6
-        torch.testing.assert_close(torch.cat(rank_inputs), single.next_batch()[0])
+        assert torch.equal(torch.cat(rank_inputs), single.next_batch()[0])
 
 
 def test_resume_gives_the_uninterrupted_batches(prepared: tuple[Path, list[str]]) -> None:
@@ -82,8 +91,8 @@ def test_resume_gives_the_uninterrupted_batches(prepared: tuple[Path, list[str]]
     buffer.seek(0)
     resumed = ShardLoader(data_dir, "train", 32, CONTEXT, seed=7)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
-    for expected, actual in zip(uninterrupted[13:], collect(resumed, 27)):
-        torch.testing.assert_close(actual, expected)
+    for expected, actual in zip(uninterrupted[13:], collect(resumed, 27), strict=True):
+        assert torch.equal(actual, expected)
     assert resumed.epoch >= 1 and ShardLoader(data_dir, "train", 32, CONTEXT, seed=7).batches_per_epoch < 40
 
 
@@ -99,7 +108,7 @@ def test_resume_with_another_world_size(prepared: tuple[Path, list[str]]) -> Non
     resumed = ShardLoader(data_dir, "train", 4, CONTEXT, seed=2)
     resumed.load_state_dict(ranks[0].state_dict())
     for batch in expected:
-        torch.testing.assert_close(resumed.next_batch()[0], batch)
+        assert torch.equal(resumed.next_batch()[0], batch)
 
 
 def test_epochs_use_different_orders(prepared: tuple[Path, list[str]]) -> None:
@@ -120,6 +129,8 @@ def test_loader_bad_input(prepared: tuple[Path, list[str]], shared_data: Path) -
     loader = ShardLoader(data_dir, "train", 4, CONTEXT, seed=1)
     with pytest.raises(ValueError, match="seed saved 1 vs now 2"):
         ShardLoader(data_dir, "train", 4, CONTEXT, seed=2).load_state_dict(loader.state_dict())
-    gpt2 = Tokenizer.from_files(shared_data / "gpt2" / "gpt2_vocab.json", shared_data / "gpt2" / "gpt2_merges.txt", ["<|endoftext|>"])
+    gpt2 = Tokenizer.from_files(
+        shared_data / "gpt2" / "gpt2_vocab.json", shared_data / "gpt2" / "gpt2_merges.txt", ["<|endoftext|>"]
+    )
     with pytest.raises(ValueError, match="were made with tokenizer"):
         ShardLoader(data_dir, "train", 4, CONTEXT, tokenizer=gpt2)

@@ -30,7 +30,9 @@ def run_prepare(source: Path | list[str], tokenizer_dir: Path, out: Path, **over
 
 def shard_checksums(out: Path) -> dict[str, str]:
     manifest = read_manifest(out)
-    return {entry["file"]: entry["sha256"] for split in ("train", "val") for entry in manifest["splits"][split]["shards"]}
+    return {
+        entry["file"]: entry["sha256"] for split in ("train", "val") for entry in manifest["splits"][split]["shards"]
+    }
 
 
 def test_round_trip_documents_to_shards(prepared: tuple[Path, list[str]], tokenizer: Tokenizer) -> None:
@@ -48,13 +50,17 @@ def test_round_trip_documents_to_shards(prepared: tuple[Path, list[str]], tokeni
     assert manifest["tokenizer_fingerprint"] == tokenizer.fingerprint() and manifest["vocab_size"] == 320
 
 
-def test_two_workers_write_the_same_shards(tmp_path: Path, prepared: tuple[Path, list[str]], tokenizer_dir: Path) -> None:
+def test_two_workers_write_the_same_shards(
+    tmp_path: Path, prepared: tuple[Path, list[str]], tokenizer_dir: Path
+) -> None:
     data_dir, _ = prepared
     run_prepare(data_dir.parent / "source.txt", tokenizer_dir, tmp_path / "out", workers=2)
     assert shard_checksums(tmp_path / "out") == shard_checksums(data_dir)
 
 
-def test_split_depends_only_on_document_text(tmp_path: Path, tokenizer_dir: Path, make_documents, write_text_source) -> None:
+def test_split_depends_only_on_document_text(
+    tmp_path: Path, tokenizer_dir: Path, make_documents, write_text_source
+) -> None:
     documents = make_documents(200)
     run_prepare(write_text_source(tmp_path / "a.txt", documents), tokenizer_dir, tmp_path / "a", val_fraction=0.2)
     run_prepare(write_text_source(tmp_path / "b.txt", documents[::-1]), tokenizer_dir, tmp_path / "b", val_fraction=0.2)
@@ -64,9 +70,13 @@ def test_split_depends_only_on_document_text(tmp_path: Path, tokenizer_dir: Path
     assert val_a == val_b and 30 < len(val_a) < 60
 
 
-def test_val_docs_takes_the_smallest_hashes(tmp_path: Path, tokenizer_dir: Path, tokenizer: Tokenizer, make_documents, write_text_source) -> None:
+def test_val_docs_takes_the_smallest_hashes(
+    tmp_path: Path, tokenizer_dir: Path, tokenizer: Tokenizer, make_documents, write_text_source
+) -> None:
     documents = make_documents(150)
-    manifest = run_prepare(write_text_source(tmp_path / "s.txt", documents), tokenizer_dir, tmp_path / "out", val_fraction=None, val_docs=7)
+    manifest = run_prepare(
+        write_text_source(tmp_path / "s.txt", documents), tokenizer_dir, tmp_path / "out", val_fraction=None, val_docs=7
+    )
     expected = sorted(documents, key=document_hash)[:7]
     assert manifest["splits"]["val"]["documents"] == 7
     decoded = tokenizer.decode(load_split(tmp_path / "out", "val").tolist())
@@ -75,7 +85,9 @@ def test_val_docs_takes_the_smallest_hashes(tmp_path: Path, tokenizer_dir: Path,
         run_prepare(tmp_path / "s.txt", tokenizer_dir, tmp_path / "out2", val_fraction=None, val_docs=150)
 
 
-def test_rerun_is_a_no_op_and_damage_is_rebuilt(tmp_path: Path, prepared: tuple[Path, list[str]], tokenizer_dir: Path) -> None:
+def test_rerun_is_a_no_op_and_damage_is_rebuilt(
+    tmp_path: Path, prepared: tuple[Path, list[str]], tokenizer_dir: Path
+) -> None:
     source = prepared[0].parent / "source.txt"
     run_prepare(source, tokenizer_dir, tmp_path / "out")
     reference = shard_checksums(tmp_path / "out")
@@ -87,24 +99,62 @@ def test_rerun_is_a_no_op_and_damage_is_rebuilt(tmp_path: Path, prepared: tuple[
     assert 0 < manifest["last_run"]["documents_tokenized"] < 400
 
 
-def test_different_settings_refuse_then_overwrite(tmp_path: Path, prepared: tuple[Path, list[str]], tokenizer_dir: Path) -> None:
+def test_different_settings_refuse_then_overwrite(
+    tmp_path: Path, prepared: tuple[Path, list[str]], tokenizer_dir: Path
+) -> None:
     source = prepared[0].parent / "source.txt"
     run_prepare(source, tokenizer_dir, tmp_path / "out")
-    with pytest.raises(FileExistsError, match="different prepare .* --overwrite"):
+    with pytest.raises(
+        FileExistsError, match=r"different prepare \(shard_tokens changed\); choose another --out or pass --overwrite"
+    ):
         run_prepare(source, tokenizer_dir, tmp_path / "out", shard_tokens=700)
     manifest = run_prepare(source, tokenizer_dir, tmp_path / "out", shard_tokens=700, overwrite=True)
     assert manifest["settings"]["shard_tokens"] == 700
-    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("train"))[-1] == f"train_{len(manifest['splits']['train']['shards']) - 1:06d}.bin"
+    assert (
+        sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("train"))[-1]
+        == f"train_{len(manifest['splits']['train']['shards']) - 1:06d}.bin"
+    )
+
+
+def test_changed_source_is_not_resumed(tmp_path: Path, tokenizer_dir: Path, make_documents, write_text_source) -> None:
+    source = write_text_source(tmp_path / "s.txt", make_documents(50))
+    run_prepare(source, tokenizer_dir, tmp_path / "out")
+    write_text_source(source, make_documents(51))
+    with pytest.raises(FileExistsError, match=r"\(source_files changed\)"):
+        run_prepare(source, tokenizer_dir, tmp_path / "out")
 
 
 def test_resume_after_sigkill(tmp_path: Path, tokenizer_dir: Path, make_documents, write_text_source) -> None:
     """Kill a `gpt25 data prepare` subprocess mid-run; the rerun must finish with the uninterrupted run's shards."""
     source = write_text_source(tmp_path / "big.txt", make_documents(800, seed=5))
     run_prepare(source, tokenizer_dir, tmp_path / "reference", shard_tokens=100)
-    command = [sys.executable, "-m", "gpt25", "data", "prepare", "--source", str(source), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "out"), "--val-fraction", "0.1", "--workers", "1", "--shard-tokens", "100", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "gpt25",
+        "data",
+        "prepare",
+        "--source",
+        str(source),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--out",
+        str(tmp_path / "out"),
+        "--val-fraction",
+        "0.1",
+        "--workers",
+        "1",
+        "--shard-tokens",
+        "100",
+        "--no-progress",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while len(list((tmp_path / "out").glob("train_*.bin"))) < 30 and process.poll() is None and time.monotonic() < deadline:
+    while (
+        len(list((tmp_path / "out").glob("train_*.bin"))) < 30
+        and process.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -120,13 +170,16 @@ def test_resume_after_sigkill(tmp_path: Path, tokenizer_dir: Path, make_document
 
 def test_non_utf8_lines_are_skipped_with_a_warning(tmp_path: Path, tokenizer_dir: Path, tokenizer: Tokenizer) -> None:
     source = tmp_path / "mixed.txt"
-    source.write_bytes("good line one\n".encode() + b"bad \xff\xfe line\n" + "still good\n\nsecond doc\n".encode())
+    source.write_bytes(b"good line one\nbad \xff\xfe line\nstill good\n\nsecond doc\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         manifest = run_prepare(source, tokenizer_dir, tmp_path / "out", val_fraction=0.0)
     messages = [(w.category, str(w.message)) for w in caught]
     assert (NonUtf8Warning, f"{source}:2: skipped a line that is not UTF-8 (invalid start byte)") in messages
-    assert (UserWarning, "split 'val' got no documents; pass a larger --val-fraction / --val-docs or more data") in messages
+    assert (
+        UserWarning,
+        "split 'val' got no documents; pass a larger --val-fraction / --val-docs or more data",
+    ) in messages
     assert manifest["source"]["skipped_lines"] == 1
     decoded = tokenizer.decode(load_split(tmp_path / "out", "train").tolist())
     assert decoded == f"good line one\nstill good{EOT}second doc{EOT}"
@@ -158,4 +211,9 @@ def test_manifest_is_plain_json(prepared: tuple[Path, list[str]]) -> None:
     manifest = json.loads((prepared[0] / "manifest.json").read_text())
     entry = manifest["splits"]["train"]["shards"][0]
     assert set(entry) >= {"file", "tokens", "bytes", "sha256"} and len(entry["sha256"]) == 64
-    assert np.isclose(manifest["splits"]["val"]["tokens"] / (manifest["splits"]["train"]["tokens"] + manifest["splits"]["val"]["tokens"]), 0.1, atol=0.05)
+    assert np.isclose(
+        manifest["splits"]["val"]["tokens"]
+        / (manifest["splits"]["train"]["tokens"] + manifest["splits"]["val"]["tokens"]),
+        0.1,
+        atol=0.05,
+    )

@@ -78,7 +78,9 @@ def test_iter_shards_and_load_split(prepared: tuple[Path, list[str]], tokenizer:
 
 def test_other_tokenizer_is_refused(prepared: tuple[Path, list[str]], shared_data: Path) -> None:
     data_dir, _ = prepared
-    gpt2 = Tokenizer.from_files(shared_data / "gpt2" / "gpt2_vocab.json", shared_data / "gpt2" / "gpt2_merges.txt", ["<|endoftext|>"])
+    gpt2 = Tokenizer.from_files(
+        shared_data / "gpt2" / "gpt2_vocab.json", shared_data / "gpt2" / "gpt2_merges.txt", ["<|endoftext|>"]
+    )
     with pytest.raises(ValueError, match="were made with tokenizer .* not the given one"):
         load_split(data_dir, "val", gpt2)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
 
@@ -17,7 +16,7 @@ def byte_tokenizer() -> Tokenizer:
     return Tokenizer({index: bytes([index]) for index in range(256)}, [], ["<|endoftext|>"])
 
 
-def context_free_lm(scores: torch.Tensor, context_length: int = 64) -> TransformerLM:
+def build_context_free_lm(scores: torch.Tensor, context_length: int = 64) -> TransformerLM:
     """A real TransformerLM whose logits are `scores` (vocab,) at every position, whatever the input.
 
     The blocks' output projections are zero (each block adds nothing), every embedding is all ones
@@ -36,8 +35,29 @@ def context_free_lm(scores: torch.Tensor, context_length: int = 64) -> Transform
     return model.eval()
 
 
-def random_lm(vocab_size: int = PADDED_VOCAB, context_length: int = 64, seed: int = 0) -> TransformerLM:
+def build_random_lm(vocab_size: int = PADDED_VOCAB, context_length: int = 64, seed: int = 0) -> TransformerLM:
     torch.manual_seed(seed)
     config = ModelConfig(vocab_size=vocab_size, context_length=context_length, d_model=32, num_layers=2,
                          num_heads=2, d_ff=64)
     return TransformerLM(config).eval()
+
+
+@pytest.fixture
+def context_free_lm():
+    """Factory: scores (vocab,) -> a model predicting them everywhere (see build_context_free_lm)."""
+    return build_context_free_lm
+
+
+@pytest.fixture
+def random_lm():
+    """Factory: a seeded random 2-layer model, vocab 272 (padded past the byte tokenizer's 257) by default."""
+    return build_random_lm
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and spinning OpenMP workers crawl on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

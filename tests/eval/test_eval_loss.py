@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import context_free_lm, random_lm
-
 from gpt25.eval import evaluate_loss
 from gpt25.eval.loss import token_byte_lengths, window_batches
 from gpt25.tokenizer import Tokenizer
@@ -20,7 +18,7 @@ def bpe_tokenizer() -> Tokenizer:
     return Tokenizer(vocab, [(b"t", b"h"), (b"th", b"e")], ["<|endoftext|>"])
 
 
-def test_bits_per_byte_matches_a_hand_computed_case() -> None:
+def test_bits_per_byte_matches_a_hand_computed_case(context_free_lm) -> None:
     tokenizer = bpe_tokenizer()
     # "the cat<|endoftext|>the" -> the | ' ' c a t | <eot> | the
     tokens = np.array(tokenizer.encode("the cat<|endoftext|>the"), dtype=np.uint16)
@@ -56,7 +54,7 @@ def test_windows_cover_every_prediction_once_without_overlap() -> None:
     assert predicted == list(range(1, 23))
 
 
-def test_whole_split_is_scored_deterministically_and_batch_size_does_not_matter(byte_tokenizer) -> None:
+def test_whole_split_is_scored_deterministically_and_batch_size_does_not_matter(byte_tokenizer, random_lm) -> None:
     model = random_lm()
     tokens = np.random.default_rng(0).integers(0, 257, size=301).astype(np.uint16)
     first = evaluate_loss(model, tokens, byte_tokenizer, batch_size=3, context_length=32, device="cpu")
@@ -75,7 +73,7 @@ def test_whole_split_is_scored_deterministically_and_batch_size_does_not_matter(
     assert first["val_loss"] == pytest.approx(total / 300, rel=1e-5)
 
 
-def test_max_tokens_limits_the_scored_predictions(byte_tokenizer) -> None:
+def test_max_tokens_limits_the_scored_predictions(byte_tokenizer, random_lm) -> None:
     model = random_lm()
     tokens = np.random.default_rng(1).integers(0, 257, size=200).astype(np.uint16)
     limited = evaluate_loss(model, tokens, byte_tokenizer, batch_size=4, context_length=16, device="cpu", max_tokens=50)
@@ -83,13 +81,13 @@ def test_max_tokens_limits_the_scored_predictions(byte_tokenizer) -> None:
     assert limited == prefix and limited["tokens"] == 50
 
 
-def test_model_is_left_in_its_training_mode(byte_tokenizer) -> None:
+def test_model_is_left_in_its_training_mode(byte_tokenizer, random_lm) -> None:
     model = random_lm().train()
     evaluate_loss(model, np.arange(40, dtype=np.uint16), byte_tokenizer, batch_size=2, context_length=8, device="cpu")
     assert model.training
 
 
-def test_bad_inputs_are_one_line_errors(byte_tokenizer) -> None:
+def test_bad_inputs_are_one_line_errors(byte_tokenizer, random_lm) -> None:
     model = random_lm(context_length=16)
     with pytest.raises(ValueError, match="longer than the model"):
         evaluate_loss(model, np.arange(40), byte_tokenizer, batch_size=2, context_length=32, device="cpu")

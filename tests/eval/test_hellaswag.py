@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PADDED_VOCAB, context_free_lm, random_lm
-
 from gpt25.eval import evaluate_hellaswag, load_hellaswag
 from gpt25.eval.hellaswag import scoring_rows
 from gpt25.eval.scoring import score_sequences
 
+VOCAB_SIZE = 272  # the byte tokenizer's 257 ids, padded
 A_SCORE = 6.0  # the context-free model's logit for "a"; every other token has 0
 # Byte tokenizer: " " + ending is one token per character.
 # 1: "aaaa" wins on both measures.
@@ -38,15 +37,15 @@ def write_jsonl(path: Path, examples: list[dict]) -> Path:
 
 
 @pytest.fixture
-def a_loving_model():
-    scores = torch.zeros(PADDED_VOCAB)
+def a_loving_model(context_free_lm):
+    scores = torch.zeros(VOCAB_SIZE)
     scores[ord("a")] = A_SCORE
     return context_free_lm(scores)
 
 
 def expected_choice(example: dict, per_byte: bool) -> int:
     """Argmax computed from the known per-token log-probabilities."""
-    log_normaliser = math.log(math.exp(A_SCORE) + PADDED_VOCAB - 1)
+    log_normaliser = math.log(math.exp(A_SCORE) + VOCAB_SIZE - 1)
     def total(ending: str) -> float:
         return sum((A_SCORE if char == "a" else 0.0) - log_normaliser for char in " " + ending)
     values = [total(ending) / (len(ending) if per_byte else 1) for ending in example["endings"]]
@@ -74,7 +73,7 @@ def test_context_and_ending_are_encoded_separately(byte_tokenizer) -> None:
     assert long_rows == [(0, 0, list(b"x" * 14 + b" yz"), 3)]  # cut from the left to context + 1 tokens
 
 
-def test_padded_batches_score_like_single_sequences() -> None:
+def test_padded_batches_score_like_single_sequences(random_lm) -> None:
     model = random_lm()
     sequences = [[5, 9, 200, 3, 7], [11, 4], [1, 2, 3, 4, 5, 6, 7, 8, 9], [250, 251, 252]]
     num_scored = [2, 1, 5, 0]

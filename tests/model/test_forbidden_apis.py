@@ -1,7 +1,8 @@
 """Everything is hand-written: src/gpt25 may use from torch.nn / torch.optim only the allowed names.
 
 Allowed: nn.Parameter and the containers, torch.optim.Optimizer (the base class), and
-torch.nn.functional.scaled_dot_product_attention (the flash path). gpt25.model must also stay free
+torch.nn.functional.scaled_dot_product_attention (the flash path), and
+torch.nn.parallel.DistributedDataParallel (the trainer's DDP option). gpt25.model must also stay free
 of torch.distributed so it runs unchanged on one device.
 """
 
@@ -21,6 +22,7 @@ ALLOWED = {
     "torch.nn.Sequential",
     "torch.optim.Optimizer",
     "torch.nn.functional.scaled_dot_product_attention",
+    "torch.nn.parallel.DistributedDataParallel",  # gpt25.train's --parallel ddp (a wrapper, not a layer)
 }
 GUARDED_PREFIXES = ("torch.nn", "torch.optim")
 

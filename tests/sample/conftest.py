@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
 
@@ -19,14 +18,16 @@ def byte_tokenizer() -> Tokenizer:
     return Tokenizer({index: bytes([index]) for index in range(256)}, [], ["<|endoftext|>"])
 
 
-def random_lm(vocab_size: int = 257, context_length: int = 64, seed: int = 0) -> TransformerLM:
+def build_random_lm(vocab_size: int = 257, context_length: int = 64, seed: int = 0) -> TransformerLM:
     torch.manual_seed(seed)
     config = ModelConfig(vocab_size=vocab_size, context_length=context_length, d_model=32, num_layers=2,
                          num_heads=2, d_ff=64)
     return TransformerLM(config).eval()
 
 
-def bigram_lm(next_scores: dict[int, dict[int, float]], vocab_size: int = 264, context_length: int = 64) -> TransformerLM:
+def build_bigram_lm(
+    next_scores: dict[int, dict[int, float]], vocab_size: int = 264, context_length: int = 64
+) -> TransformerLM:
     """A real TransformerLM whose logits depend only on the last token: logit[t | i] = next_scores[i][t] (else 0).
 
     The blocks' output projections are zero (each block adds nothing), token i embeds as the one-hot
@@ -49,6 +50,33 @@ def bigram_lm(next_scores: dict[int, dict[int, float]], vocab_size: int = 264, c
     return model.eval()
 
 
-def chain(*token_ids: int, strength: float = 30.0) -> dict[int, dict[int, float]]:
+def build_chain(*token_ids: int, strength: float = 30.0) -> dict[int, dict[int, float]]:
     """Scores making each token strongly predict the next one in `token_ids`."""
     return {current: {following: strength} for current, following in zip(token_ids, token_ids[1:])}
+
+
+@pytest.fixture
+def random_lm():
+    """Factory: a seeded random 2-layer model over the byte tokenizer's 257 ids."""
+    return build_random_lm
+
+
+@pytest.fixture
+def bigram_lm():
+    """Factory: a model whose next-token scores depend only on the last token (see build_bigram_lm)."""
+    return build_bigram_lm
+
+
+@pytest.fixture
+def chain():
+    """Factory: scores that make each given token predict the next one."""
+    return build_chain
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and spinning OpenMP workers crawl on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

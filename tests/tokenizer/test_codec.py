@@ -154,3 +154,55 @@ def test_gpt2_matches_tiktoken_on_all_english(gpt2_tokenizer, tiktoken_gpt2, eng
     for path in paths:
         text = path.read_bytes().decode("utf-8")
         assert gpt2_tokenizer.encode(text) == tiktoken_gpt2.encode(text), path.name
+
+
+def test_long_texts_are_encoded_in_pieces_identically(gpt2_tokenizer, tiktoken_gpt2, fixtures_dir, monkeypatch):
+    from gpt25.tokenizer import codec
+
+    text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8")[:30_000] + "  \n\n x y  z\u00a0" * 50
+    monkeypatch.setattr(codec, "ENCODE_CHUNK_CHARS", 100)
+    assert gpt2_tokenizer.encode(text) == tiktoken_gpt2.encode(text)
+    assert gpt2_tokenizer.encode("x" * 1000) == tiktoken_gpt2.encode("x" * 1000)  # no cut point at all
+
+
+def test_decode_accepts_numpy_ids(gpt2_tokenizer):
+    np = pytest.importorskip("numpy")
+    ids = np.array(gpt2_tokenizer.encode("Hello world"), dtype=np.int64)
+    assert gpt2_tokenizer.decode(ids) == "Hello world"
+    with pytest.raises(ValueError, match="token id 60000 is out of range"):
+        gpt2_tokenizer.decode(np.array([15496, 60000]))
+
+
+def test_encode_iterable_without_whitespace_is_exact(gpt2_tokenizer, monkeypatch_chunk):
+    pieces = ["abc"] * 500 + [" end"]
+    assert list(gpt2_tokenizer.encode_iterable(pieces)) == gpt2_tokenizer.encode("".join(pieces))
+
+
+def test_batch_merger_equals_one_by_one(gpt2_tokenizer, small_tokenizer, fixtures_dir):
+    from gpt25.tokenizer.bpe import BatchMerger
+
+    text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8") + " ".join(SAMPLES) + " x" + "y" * 300
+    words = sorted(set(pretokenize_for_test(text)))
+    for tokenizer in (gpt2_tokenizer, small_tokenizer):
+        batch = BatchMerger(tokenizer._merge_ranks, tokenizer._byte_ids).merge([word.encode() for word in words])
+        assert batch == [tokenizer._encode_pretoken(word) for word in words]
+    assert BatchMerger(gpt2_tokenizer._merge_ranks, gpt2_tokenizer._byte_ids).merge([]) == []
+
+
+def pretokenize_for_test(text: str) -> list[str]:
+    from gpt25.tokenizer.pretokenize import GPT2_REGEX
+
+    return GPT2_REGEX.findall(text)
+
+
+def test_cold_and_warm_cache_paths_agree(fixtures_dir, gpt2_files, monkeypatch):
+    from gpt25.tokenizer import codec
+
+    monkeypatch.setattr(codec, "ENCODE_CHUNK_CHARS", 2_000)
+    text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8")
+    cold, warm = (Tokenizer.from_files(*gpt2_files) for _ in range(2))
+    monkeypatch.setattr(codec, "COLD_CHARS_PER_NEW_PRETOKEN", 10**9)  # always batch
+    batched = cold.encode(text)
+    monkeypatch.setattr(codec, "COLD_CHARS_PER_NEW_PRETOKEN", 0)  # never batch after the first piece
+    warm._cold = False
+    assert batched == warm.encode(text) == cold.encode(text)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,30 +38,39 @@ def corpus_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"data": root / "data", "tokenizer": root / "tokenizer"}
 
 
-def tiny_config(corpus_data: dict[str, Path], out: Path, **overrides):
-    """A TrainConfig for a 2-layer, d_model 32 model: a step takes milliseconds on one core."""
+@pytest.fixture
+def tiny_config(corpus_data: dict[str, Path]) -> Callable[..., Any]:
+    """tiny_config(out, **overrides) -> TrainConfig of a 2-layer, d_model 32 model (milliseconds a step)."""
     from gpt25.train import TrainConfig
 
-    settings = dict(data=str(corpus_data["data"]), tokenizer=str(corpus_data["tokenizer"]), out=str(out),
-                    d_model=32, num_layers=2, num_heads=2, d_ff=64, context_length=32, batch_size=8,
-                    train_steps=20, lr=3e-3, warmup_steps=2, eval_every=0, eval_steps=4, save_every=0,
-                    log_every=1, device="cpu", seed=0)
-    return TrainConfig(**(settings | overrides))
+    def make(out: Path, **overrides: Any) -> TrainConfig:
+        settings = dict(data=str(corpus_data["data"]), tokenizer=str(corpus_data["tokenizer"]), out=str(out),
+                        d_model=32, num_layers=2, num_heads=2, d_ff=64, context_length=32, batch_size=8,
+                        train_steps=20, lr=3e-3, warmup_steps=2, eval_every=0, eval_steps=4, save_every=0,
+                        log_every=1, device="cpu", seed=0)
+        return TrainConfig(**(settings | overrides))
+
+    return make
 
 
-def train_command(corpus_data: dict[str, Path], out: Path, *extra: str, nproc: int = 1) -> list[str]:
-    """`gpt25 train` (under torchrun when nproc > 1) with the tiny model and corpus."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", "0", "-m", "gpt25"] if nproc > 1 else [sys.executable, "-m", "gpt25"]
-    return launcher + ["train", "--data", str(corpus_data["data"]), "--tokenizer", str(corpus_data["tokenizer"]),
-                       "--out", str(out), "--device", "cpu", "--seed", "0", "--batch_size", "8",
-                       "--lr", "3e-3", "--warmup_steps", "2", "--eval_every", "0", "--eval_steps", "4",
-                       "--log_every", "1", *TINY_MODEL, *extra]
+@pytest.fixture
+def train_command(corpus_data: dict[str, Path]) -> Callable[..., list[str]]:
+    """train_command(out, *flags): `python -m gpt25 train` argv for the tiny model and corpus."""
+
+    def make(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "gpt25", "train", "--data", str(corpus_data["data"]),
+                "--tokenizer", str(corpus_data["tokenizer"]), "--out", str(out), "--device", "cpu", "--seed", "0",
+                "--batch_size", "8", "--lr", "3e-3", "--warmup_steps", "2", "--eval_every", "0",
+                "--eval_steps", "4", "--log_every", "1", *TINY_MODEL, *extra]
+
+    return make
 
 
-def run_command(command: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+SUBPROCESS_ENV = os.environ | {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+
+
+def run_command(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     """Run a command with one thread per process (as torchrun does), failing loudly with its output."""
-    env = os.environ | {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=SUBPROCESS_ENV)
     assert result.returncode == 0, f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     return result

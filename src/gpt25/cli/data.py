@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
+import warnings
+from collections.abc import Iterator
 
 RECIPE_REPO = "itskoma/GPT2.5"  # the recipe's published data and checkpoints (gpt25.data.hub.RECIPE_REPO)
-SOURCE_HELP = "files, folders, globs, 'python-docs' (the embedded corpus) or 'hf:NAME[:CONFIG]' (Hugging Face, streamed)"
+SOURCE_HELP = (
+    "files, folders, globs, 'python-docs' (the embedded corpus) or 'hf:NAME[:CONFIG]' (Hugging Face, streamed)"
+)
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Show warnings (non-UTF-8 lines, an empty split) as `gpt25 data: warning: ...` lines on stderr."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *_: print(f"gpt25 data: warning: {message}", file=sys.stderr)
+        yield
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,10 +39,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_source_arguments(parser: argparse.ArgumentParser, default: list[str] | None) -> None:
-    parser.add_argument("--source", nargs="+", default=default, required=default is None, metavar="SRC", help=SOURCE_HELP)
-    parser.add_argument("--doc-split", choices=("blank-line", "file"), default="blank-line", help="plain-text files: a document per blank-line-separated paragraph, or per file (default: blank-line)")
-    parser.add_argument("--text-field", default="text", help="field holding the text in JSONL / Parquet / Hugging Face sources (default: text)")
-    parser.add_argument("--data-files", nargs="+", metavar="FILE", help="local files for an hf: source read with a datasets builder, e.g. --source hf:json --data-files a.jsonl")
+    parser.add_argument(
+        "--source", nargs="+", default=default, required=default is None, metavar="SRC", help=SOURCE_HELP
+    )
+    parser.add_argument(
+        "--doc-split",
+        choices=("blank-line", "file"),
+        default="blank-line",
+        help="plain-text files: a document per blank-line-separated paragraph, or per file (default: blank-line)",
+    )
+    parser.add_argument(
+        "--text-field",
+        default="text",
+        help="field holding the text in JSONL / Parquet / Hugging Face sources (default: text)",
+    )
+    parser.add_argument(
+        "--data-files",
+        nargs="+",
+        metavar="FILE",
+        help="local files for an hf: source read with a datasets builder, e.g. --source hf:json --data-files a.jsonl",
+    )
     parser.add_argument("--hf-split", default="train", help="split of hf: sources (default: train)")
 
 
@@ -40,20 +71,40 @@ def _register_prepare(commands: argparse._SubParsersAction) -> None:
         "Rerunning the same command resumes an interrupted run.",
     )
     _add_source_arguments(parser, default=None)
-    parser.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer folder (from `gpt25 tokenizer train`)")
+    parser.add_argument(
+        "--tokenizer", required=True, metavar="DIR", help="tokenizer folder (from `gpt25 tokenizer train`)"
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the shards and manifest.json")
     val = parser.add_mutually_exclusive_group()
-    val.add_argument("--val-docs", type=int, metavar="N", help="the N documents with the smallest hashes go to validation (reads the sources twice)")
-    val.add_argument("--val-fraction", type=float, metavar="F", help="documents whose hash falls in the lowest fraction F go to validation (default: 0.01)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes (default: all CPU cores)")
-    parser.add_argument("--shard-tokens", type=int, default=100_000_000, metavar="M", help="tokens per shard (default: 100,000,000)")
-    parser.add_argument("--overwrite", action="store_true", help="delete shards of a different earlier prepare in --out instead of refusing")
+    val.add_argument(
+        "--val-docs",
+        type=int,
+        metavar="N",
+        help="the N documents with the smallest hashes go to validation (reads the sources twice)",
+    )
+    val.add_argument(
+        "--val-fraction",
+        type=float,
+        metavar="F",
+        help="documents whose hash falls in the lowest fraction F go to validation (default: 0.01)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="tokenizer processes (default: all available CPU cores)"
+    )
+    parser.add_argument(
+        "--shard-tokens", type=int, default=100_000_000, metavar="M", help="tokens per shard (default: 100,000,000)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete shards of a different earlier prepare in --out instead of refusing",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_prepare)
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from gpt25.data.prepare import PrepareConfig, prepare
+    from gpt25.data.prepare import PrepareConfig, available_cpus, prepare
 
     config = PrepareConfig(
         sources=args.source,
@@ -61,7 +112,7 @@ def _prepare(args: argparse.Namespace) -> int:
         out_dir=args.out,
         val_fraction=args.val_fraction,
         val_docs=args.val_docs,
-        workers=args.workers,
+        workers=available_cpus() if args.workers is None else args.workers,
         shard_tokens=args.shard_tokens,
         doc_split=args.doc_split,
         text_field=args.text_field,
@@ -70,18 +121,25 @@ def _prepare(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    manifest = prepare(config)
+    with _one_line_warnings():
+        manifest = prepare(config)
     print(_summary(args.out, manifest))
     return 0
 
 
 def _summary(data_dir: str, manifest: dict) -> str:
     source = manifest["source"]
-    lines = [f"{data_dir}: tokenizer {manifest['tokenizer_fingerprint'][:12]}, vocab {manifest['vocab_size']}, {manifest['dtype']} tokens"]
+    lines = [
+        f"{data_dir}: tokenizer {manifest['tokenizer_fingerprint'][:12]}, vocab {manifest['vocab_size']}, {manifest['dtype']} tokens"
+    ]
     if source:
-        lines.append(f"  source: {source['documents']:,} documents, {source['bytes']:,} bytes, {source['skipped_lines']} non-UTF-8 lines skipped")
+        lines.append(
+            f"  source: {source['documents']:,} documents, {source['bytes']:,} bytes, {source['skipped_lines']} non-UTF-8 lines skipped"
+        )
     for split, info in manifest["splits"].items():
-        lines.append(f"  {split}: {info['tokens']:,} tokens, {info['documents']:,} documents, {len(info['shards'])} shards")
+        lines.append(
+            f"  {split}: {info['tokens']:,} tokens, {info['documents']:,} documents, {len(info['shards'])} shards"
+        )
     if not manifest["complete"]:
         lines.append("  incomplete: rerun the same `gpt25 data prepare` command to resume")
     return "\n".join(lines)
@@ -94,7 +152,12 @@ def _register_download(commands: argparse._SubParsersAction) -> None:
         description="Download a Hugging Face Hub repo with huggingface_hub (needs the internet; with HF_HUB_OFFLINE=1 a cached copy is used).",
     )
     parser.add_argument("--repo", default=RECIPE_REPO, help=f"Hub repo id (default: {RECIPE_REPO})")
-    parser.add_argument("--repo-type", choices=("dataset", "model"), default="dataset", help="dataset (token shards/text) or model (checkpoints) (default: dataset)")
+    parser.add_argument(
+        "--repo-type",
+        choices=("dataset", "model"),
+        default="dataset",
+        help="dataset (token shards/text) or model (checkpoints) (default: dataset)",
+    )
     parser.add_argument("--out", metavar="DIR", help="copy the files into DIR (default: the Hugging Face cache)")
     parser.add_argument("--include", nargs="+", metavar="PATTERN", help="only files matching these globs")
     parser.set_defaults(handler=_download)
@@ -122,11 +185,20 @@ def _corpus(args: argparse.Namespace) -> int:
     from gpt25.data.sources import check_sources, iter_documents, write_corpus_file
 
     check_sources(args.source, args.data_files)
-    documents = iter_documents(args.source, doc_split=args.doc_split, text_field=args.text_field, data_files=args.data_files, hf_split=args.hf_split)
-    num_documents, num_bytes = write_corpus_file(documents, args.out)
+    documents = iter_documents(
+        args.source,
+        doc_split=args.doc_split,
+        text_field=args.text_field,
+        data_files=args.data_files,
+        hf_split=args.hf_split,
+    )
+    with _one_line_warnings():
+        num_documents, num_bytes = write_corpus_file(documents, args.out)
     if num_documents == 0:
         os.remove(args.out)
-        raise ValueError(f"the sources {args.source} yielded no documents; check --source, --doc-split and --text-field")
+        raise ValueError(
+            f"the sources {args.source} yielded no documents; check --source, --doc-split and --text-field"
+        )
     print(f"{args.out}: {num_documents:,} documents, {num_bytes:,} bytes of text")
     return 0
 

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="run dir (newest checkpoint), step dir or .safetensors file")
+    parser.add_argument(
+        "--checkpoint", required=True, help="run dir (its newest checkpoint), step dir or .safetensors file"
+    )
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder the model was trained with")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
@@ -37,8 +41,11 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--limit", type=int, default=None, help="score only the first N HellaSwag examples")
     parser.add_argument("--max_tokens", type=int, default=None, help="score only the first N validation tokens")
-    parser.add_argument("--out", default=None, help="where to write the JSON (default: eval.json beside the checkpoint)")
-    parser.add_argument("--batch_size", type=int, default=8, help="context windows per forward pass (default 8)")
+    parser.add_argument("--out", default=None, help="JSON file to write (default: eval.json beside the checkpoint)")
+    parser.add_argument(
+        "--batch_size", type=int, default=8,
+        help="context windows per forward pass (default 8); HellaSwag packs 4x as many of its short sequences",
+    )
     parser.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default=None,
         help="compute dtype (autocast); default bfloat16 on CUDA, float32 on CPU",
@@ -107,19 +114,20 @@ def run_generate(args: argparse.Namespace) -> int:
 
     if args.stream:
         print_piece(0, args.prompt)
-    samples = generate(
-        model,
-        tokenizer,
-        args.prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        use_cache=not args.no_cache,
-        on_token=print_piece if args.stream else None,
-    )
+    with one_line_warnings("generate"):
+        samples = generate(
+            model,
+            tokenizer,
+            args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            use_cache=not args.no_cache,
+            on_token=print_piece if args.stream else None,
+        )
     if args.stream:
         print()
     elif len(samples) == 1:
@@ -128,3 +136,18 @@ def run_generate(args: argparse.Namespace) -> int:
         for index, sample in enumerate(samples, 1):
             print(f"--- sample {index} ---\n{args.prompt}{sample}")
     return 0
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str):
+    """Show warnings (e.g. a prompt cut to fit the context) as `gpt25 COMMAND: warning: ...` on stderr."""
+    original = warnings.showwarning
+
+    def show(message, *_args, **_kwargs) -> None:
+        print(f"gpt25 {command}: warning: {message}", file=sys.stderr, flush=True)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original

@@ -1,7 +1,85 @@
-"""CLI commands for export (filled in by its owner)."""
+"""`gpt25 export`: to and from Hugging Face `transformers` Llama folders, and the Hub.
+
+    gpt25 export hf --checkpoint runs/124m --tokenizer runs/tokenizer --out exports/gpt25-124m
+    gpt25 export import-hf --hf exports/gpt25-124m --out models/gpt25-124m.safetensors
+    gpt25 export hub-upload --dir exports/gpt25-124m --repo your-name/gpt25-124m
+    gpt25 export hub-download --repo your-name/gpt25-124m --out downloads/gpt25-124m
+"""
+
+from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's commands to the `gpt25` parser."""
+    """Add `gpt25 export {hf,import-hf,hub-upload,hub-download}`."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export to / import from Hugging Face transformers and the Hub",
+        description="Convert between gpt25 checkpoints and transformers LlamaForCausalLM folders; move them to the Hub.",
+    )
+    commands = parser.add_subparsers(dest="export_command", metavar="SUBCOMMAND", required=True)
+
+    hf = commands.add_parser("hf", help="write a transformers LlamaForCausalLM folder from a checkpoint",
+                             description="Write config.json, model.safetensors and tokenizer.json to --out.")
+    hf.add_argument("--checkpoint", required=True, help="step dir, run dir (newest checkpoint) or consolidated .safetensors")
+    hf.add_argument("--tokenizer", default=None, help="gpt25 tokenizer folder (Tokenizer.save); omit to skip tokenizer.json")
+    hf.add_argument("--out", required=True, help="output folder")
+    hf.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weight dtype on disk")
+    hf.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    hf.set_defaults(handler=run_export_hf)
+
+    back = commands.add_parser("import-hf", help="convert a transformers Llama folder to a gpt25 .safetensors",
+                               description="Write FILE.safetensors + FILE.json, loadable by gpt25.checkpoint.load_model.")
+    back.add_argument("--hf", required=True, help="transformers model folder (config.json + safetensors)")
+    back.add_argument("--out", required=True, help="output file, ending in .safetensors")
+    back.set_defaults(handler=run_import_hf)
+
+    upload = commands.add_parser("hub-upload", help="upload an exported folder to the Hugging Face Hub",
+                                 description="Create the repo if needed and upload the folder (needs a login token).")
+    upload.add_argument("--dir", required=True, help="folder written by `gpt25 export hf`")
+    upload.add_argument("--repo", required=True, help="Hub repo id, e.g. your-name/gpt25-124m")
+    upload.add_argument("--private", action="store_true", help="create the repo as private")
+    upload.set_defaults(handler=run_hub_upload)
+
+    download = commands.add_parser("hub-download", help="download a model repo from the Hub",
+                                   description="Download a snapshot of a Hub model repo into --out.")
+    download.add_argument("--repo", required=True, help="Hub repo id")
+    download.add_argument("--out", required=True, help="local folder")
+    download.set_defaults(handler=run_hub_download)
+
+
+def run_export_hf(args: argparse.Namespace) -> int:
+    import torch
+
+    from gpt25.interop import export_hf
+
+    if args.tokenizer is None:
+        print("gpt25 export: note: no --tokenizer given, writing weights and config only", file=sys.stderr)
+    out = export_hf(args.checkpoint, args.tokenizer, args.out, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
+    print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    return 0
+
+
+def run_import_hf(args: argparse.Namespace) -> int:
+    from gpt25.interop import import_hf, save_consolidated
+
+    model, _hf_config = import_hf(args.hf)
+    out = save_consolidated(model, args.out, {"imported_from": str(args.hf)})
+    print(f"wrote {out} and {out.with_suffix('.json')} ({model.num_params():,} parameters)")
+    return 0
+
+
+def run_hub_upload(args: argparse.Namespace) -> int:
+    from gpt25.interop import upload_to_hub
+
+    print(f"uploaded to {upload_to_hub(args.dir, args.repo, private=args.private)}")
+    return 0
+
+
+def run_hub_download(args: argparse.Namespace) -> int:
+    from gpt25.interop import download_from_hub
+
+    print(f"downloaded to {download_from_hub(args.repo, args.out)}")
+    return 0

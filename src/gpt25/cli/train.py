@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from gpt25.train.config import add_train_arguments
@@ -53,7 +54,8 @@ def run_train(args: argparse.Namespace) -> int:
     from gpt25.train.trainer import train
 
     summary = train(resolve_config(args))
-    if summary["stopped_by"] is None and summary["final_val_loss"] is not None:
+    is_main_rank = os.environ.get("RANK", "0") == "0"
+    if is_main_rank and summary["stopped_by"] is None and summary["final_val_loss"] is not None:
         print(f"done: step {summary['step']}, train loss {summary['final_train_loss']:.4f}, "
               f"val loss {summary['final_val_loss']:.4f}, checkpoint {summary['checkpoint']}")
     return 0

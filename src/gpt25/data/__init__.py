@@ -1,8 +1,10 @@
 """Data pipeline: text sources -> parallel tokenization -> token shards -> resumable batches.
 
-    gpt25.data.sources   documents from files, folders, globs, JSONL/Parquet, Hugging Face, python-docs
-    gpt25.data.prepare   PrepareConfig + prepare(): streaming, multi-process tokenization into shards
-    gpt25.data.shards    the shard format, its validating reader and manifest.json
+    gpt25.data.sources   documents from files, folders, globs, JSONL/Parquet, python-docs (embedded)
+    gpt25.data.hub       Hugging Face: streamed datasets, `gpt25 data download`, offline errors
+    gpt25.data.prepare   PrepareConfig + prepare(): streaming train/val split into shards, resume
+    gpt25.data.parallel  ordered, memory-bounded multi-process tokenization
+    gpt25.data.shards    the shard format, its writers, validating reader and manifest.json
     gpt25.data.loader    get_batch (random windows) and ShardLoader (rank-aware, resumable)
 
 The loader imports torch; this package's top level does not.

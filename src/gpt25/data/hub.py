@@ -15,6 +15,7 @@ from pathlib import Path
 
 RECIPE_REPO = "itskoma/GPT2.5"
 REPO_TYPES = ("dataset", "model")
+TRUE_VALUES = ("1", "ON", "YES", "TRUE")
 LOCAL_ALTERNATIVE = (
     "offline, use local files instead: --source 'DIR/*.jsonl' --text-field text "
     "(or --source python-docs, the embedded corpus)"
@@ -26,10 +27,10 @@ DOWNLOAD_ALTERNATIVE = (
 
 
 def hub_offline() -> bool:
-    """True when the user switched the Hub off (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE)."""
+    """True when the user switched the Hub off (HF_HUB_OFFLINE, or HF_DATASETS_OFFLINE for `datasets`)."""
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_DATASETS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_DATASETS_OFFLINE", "").upper() in TRUE_VALUES
 
 
 def check_hub_reachable(repo_id: str, repo_type: str, what: str, alternative: str = LOCAL_ALTERNATIVE) -> None:
@@ -40,7 +41,7 @@ def check_hub_reachable(repo_id: str, repo_type: str, what: str, alternative: st
     that request means the Hub cannot be reached (ConnectionError).
     """
     if hub_offline():
-        raise ConnectionError(f"{what} needs the internet and HF_HUB_OFFLINE is set; {alternative}")
+        raise ConnectionError(f"{what} needs the internet and offline mode is on (HF_HUB_OFFLINE); {alternative}")
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
@@ -52,7 +53,9 @@ def check_hub_reachable(repo_id: str, repo_type: str, what: str, alternative: st
         raise ValueError(f"no {repo_type} named {repo_id!r} on the Hugging Face Hub; check the name") from None
     except Exception as error:  # the HTTP client's own connect/timeout errors have no common base
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConnectionError(f"{what} needs the internet, and the Hugging Face Hub is unreachable ({reason}); {alternative}") from None
+        raise ConnectionError(
+            f"{what} needs the internet, and the Hugging Face Hub is unreachable ({reason}); {alternative}"
+        ) from None
 
 
 def check_hf_source(name: str, data_files: list[str] | None) -> None:
@@ -80,13 +83,17 @@ def iter_hf_dataset(
     dataset = datasets.load_dataset(name, config, data_files=data_files, split=split, streaming=True)
     for row_number, row in enumerate(dataset):
         if text_field not in row:
-            raise ValueError(f"hf:{name} row {row_number}: no field {text_field!r} (found: {', '.join(row)}); pass --text-field NAME")
+            raise ValueError(
+                f"hf:{name} row {row_number}: no field {text_field!r} (found: {', '.join(row)}); pass --text-field NAME"
+            )
         text = row[text_field]
         if text is not None and str(text).strip():
             yield str(text).strip("\n")
 
 
-def download_repo(repo_id: str = RECIPE_REPO, repo_type: str = "dataset", out: str | None = None, include: list[str] | None = None) -> Path:
+def download_repo(
+    repo_id: str = RECIPE_REPO, repo_type: str = "dataset", out: str | None = None, include: list[str] | None = None
+) -> Path:
     """Download a Hub repo with huggingface_hub (into `out`, else the HF cache); returns its local folder.
 
     Under HF_HUB_OFFLINE=1 a copy already in the Hugging Face cache is used (and copied to `out`).
@@ -107,4 +114,6 @@ def download_repo(repo_id: str = RECIPE_REPO, repo_type: str = "dataset", out: s
         check_hub_reachable(repo_id, repo_type, what, DOWNLOAD_ALTERNATIVE)
         return Path(snapshot_download(repo_id, repo_type=repo_type, local_dir=out, allow_patterns=include))
     except LocalEntryNotFoundError:
-        raise ConnectionError(f"{what} needs the internet and no cached copy exists (HF_HUB_OFFLINE is set); {DOWNLOAD_ALTERNATIVE}") from None
+        raise ConnectionError(
+            f"{what} needs the internet and offline mode is on (HF_HUB_OFFLINE) with no cached copy; {DOWNLOAD_ALTERNATIVE}"
+        ) from None

@@ -24,14 +24,18 @@ from gpt25.data.shards import check_tokenizer, iter_shards, read_manifest
 STATE_VERSION = 1
 
 
-def get_batch(tokens: np.ndarray, batch_size: int, context_length: int, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def get_batch(
+    tokens: np.ndarray, batch_size: int, context_length: int, device: str | torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random (inputs, targets), each (batch_size, context_length) int64 on `device`; targets are inputs shifted by one.
 
     Every start index 0 .. len(tokens) - context_length - 1 is equally likely (numpy's global RNG).
     """
     num_tokens = len(tokens)
     if num_tokens <= context_length:
-        raise ValueError(f"context length {context_length} needs more than {num_tokens} tokens; use a shorter context or more data")
+        raise ValueError(
+            f"context length {context_length} needs more than {num_tokens} tokens; use a shorter context or more data"
+        )
     starts = np.random.randint(0, num_tokens - context_length, size=batch_size)
     windows = np.stack([np.asarray(tokens[start : start + context_length + 1], dtype=np.int64) for start in starts])
     return _to_device(windows, device)
@@ -101,7 +105,9 @@ class ShardLoader:
         first = self.position + self.rank * self.batch_size
         window_indices = self._epoch_order()[first : first + self.batch_size]
         self.position += self.global_batch_size
-        windows = np.stack([self._read(int(index) * self.context_length, self.context_length + 1) for index in window_indices])
+        windows = np.stack(
+            [self._read(int(index) * self.context_length, self.context_length + 1) for index in window_indices]
+        )
         return _to_device(windows, self.device)
 
     def _epoch_order(self) -> np.ndarray:
@@ -137,10 +143,17 @@ class ShardLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where `state` left off; the world size and batch size may differ from the saved run."""
-        expected = {"split": self.split, "seed": self.seed, "context_length": self.context_length, "num_windows": self.num_windows}
+        expected = {
+            "split": self.split,
+            "seed": self.seed,
+            "context_length": self.context_length,
+            "num_windows": self.num_windows,
+        }
         mismatched = {key: (state.get(key), value) for key, value in expected.items() if state.get(key) != value}
         if state.get("version") != STATE_VERSION or mismatched:
             details = ", ".join(f"{key} saved {saved} vs now {now}" for key, (saved, now) in mismatched.items())
-            raise ValueError(f"loader state does not fit this data/loader ({details or 'unknown state version'}); resume with the same data, seed and context length")
+            raise ValueError(
+                f"loader state does not fit this data/loader ({details or 'unknown state version'}); resume with the same data, seed and context length"
+            )
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])

@@ -22,35 +22,33 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import multiprocessing
 import os
 import time
 import warnings
-from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from gpt25.data.parallel import encode_in_order
 from gpt25.data.shards import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     SPLITS,
-    ShardFile,
+    ResumePoint,
+    SplitWriter,
     dtype_for_vocab,
     read_manifest,
     shard_is_valid,
-    shard_name,
     write_json_atomic,
 )
-from gpt25.data.sources import SourceStats, check_sources, iter_documents
+from gpt25.data.sources import SourceStats, check_sources, iter_documents, source_signature
 
 DEFAULT_VAL_FRACTION = 0.01
 BATCH_BYTES = 1 << 19  # text per worker task: large enough to amortise IPC, small enough to stay ordered
-TASKS_IN_FLIGHT_PER_WORKER = 4
 
 
 @dataclass
@@ -62,7 +60,7 @@ class PrepareConfig:
     out_dir: str
     val_fraction: float | None = None  # default DEFAULT_VAL_FRACTION when val_docs is not given either
     val_docs: int | None = None
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = field(default_factory=lambda: available_cpus())
     shard_tokens: int = 100_000_000  # tokens per shard (the last one of a split is shorter)
     doc_split: str = "blank-line"  # plain-text files: "blank-line" or "file"
     text_field: str = "text"  # JSONL / Parquet / Hugging Face field holding the text
@@ -86,9 +84,18 @@ class PrepareConfig:
             raise ValueError("no --source given; pass files, folders, globs, python-docs or hf:NAME")
 
 
+def available_cpus() -> int:
+    """CPU cores this process may use (respects affinity / container limits where the OS reports them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def document_hash(text: str) -> int:
     """The 64-bit hash that decides a document's split (stable across runs, machines and Pythons)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+    return _hash_utf8(text.encode("utf-8"))
+
+
+def _hash_utf8(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
 def val_threshold_for_fraction(val_fraction: float) -> int:
@@ -107,101 +114,16 @@ def val_threshold_for_docs(hashes: Iterable[int], val_docs: int) -> tuple[int, i
         elif val_docs and value < -largest_kept[0]:
             heapq.heapreplace(largest_kept, -value)
     if val_docs and val_docs >= num_documents:
-        raise ValueError(f"--val-docs {val_docs} leaves no training documents (the sources hold {num_documents}); pass a smaller --val-docs")
+        raise ValueError(
+            f"--val-docs {val_docs} leaves no training documents (the sources hold {num_documents}); pass a smaller --val-docs"
+        )
     return (-largest_kept[0] if largest_kept else -1), num_documents
-
-
-# ---------------------------------------------------------------- worker side
-
-_worker_tokenizer: Any = None
 
 
 def _load_tokenizer(tokenizer_dir: str) -> Any:
     from gpt25.tokenizer import Tokenizer
 
     return Tokenizer.load(tokenizer_dir)
-
-
-def _init_worker(tokenizer: Any) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tokenizer
-
-
-def encode_documents(tokenizer: Any, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(per-document lengths, all tokens concatenated) with <|endoftext|> after every document."""
-    eot_id = tokenizer.eot_id
-    lengths = np.empty(len(texts), dtype=np.int64)
-    flat: list[int] = []
-    for index, text in enumerate(texts):
-        ids = tokenizer.encode(text)
-        flat.extend(ids)
-        flat.append(eot_id)
-        lengths[index] = len(ids) + 1
-    return lengths, np.array(flat, dtype=dtype)
-
-
-def _encode_in_worker(texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    return encode_documents(_worker_tokenizer, texts, dtype)
-
-
-# ---------------------------------------------------------------- main process
-
-
-@dataclass
-class ResumePoint:
-    """Where a split's next shard starts in the source stream."""
-
-    doc_index: int = 0  # source documents before this one are already in finished shards
-    token_offset: int = 0  # tokens of that document already in finished shards
-    num_docs: int = 0  # documents of this split before `doc_index`
-
-
-class SplitWriter:
-    """Cuts one split's token stream into shards of `shard_tokens` and records each in the manifest."""
-
-    def __init__(self, split: str, out_dir: Path, shard_tokens: int, dtype: np.dtype, entries: list[dict], resume: ResumePoint, on_shard):
-        self.split = split
-        self.out_dir = out_dir
-        self.shard_tokens = shard_tokens
-        self.dtype = dtype
-        self.entries = entries
-        self.resume = resume
-        self.num_docs = resume.num_docs
-        self.current: ShardFile | None = None
-        self.on_shard = on_shard
-
-    def add_document(self, doc_index: int, tokens: np.ndarray) -> None:
-        """Append one document's tokens (already cut at the resume offset when it is the resume document)."""
-        self.num_docs += 1
-        position = 0
-        while position < len(tokens):
-            if self.current is None:
-                self.current = ShardFile(self.out_dir / shard_name(self.split, len(self.entries)), self.dtype)
-            room = self.shard_tokens - self.current.num_tokens
-            piece = tokens[position : position + room]
-            self.current.append(piece)
-            position += len(piece)
-            if self.current.num_tokens == self.shard_tokens:
-                offset = self.resume.token_offset if doc_index == self.resume.doc_index else 0
-                at_end = position == len(tokens)
-                next_point = ResumePoint(doc_index + 1, 0, self.num_docs) if at_end else ResumePoint(doc_index, offset + position, self.num_docs - 1)
-                self._finish_shard(next_point)
-
-    def close(self, num_source_docs: int) -> None:
-        if self.current is not None:
-            self._finish_shard(ResumePoint(num_source_docs, 0, self.num_docs))
-
-    def _finish_shard(self, next_point: ResumePoint) -> None:
-        assert self.current is not None
-        entry = self.current.finish()
-        entry["next"] = asdict(next_point)
-        self.entries.append(entry)
-        self.current = None
-        self.on_shard()
-
-    def discard(self) -> None:
-        if self.current is not None:
-            self.current.discard()
 
 
 def prepare(config: PrepareConfig) -> dict[str, Any]:
@@ -222,11 +144,16 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
         manifest["val_threshold"], total_bytes = _val_threshold(config)
     started = time.perf_counter()
     source, num_tokenized = _run(config, tokenizer, dtype, out_dir, manifest, total_bytes)
-    _finalize(manifest, source, {"documents_tokenized": num_tokenized, "seconds": round(time.perf_counter() - started, 3)})
+    _finalize(
+        manifest, source, {"documents_tokenized": num_tokenized, "seconds": round(time.perf_counter() - started, 3)}
+    )
     write_json_atomic(out_dir / MANIFEST_NAME, manifest)
     for split in SPLITS:
         if manifest["splits"][split]["tokens"] == 0:
-            warnings.warn(f"split {split!r} got no documents; pass a larger --val-fraction / --val-docs or more data", stacklevel=2)
+            warnings.warn(
+                f"split {split!r} got no documents; pass a larger --val-fraction / --val-docs or more data",
+                stacklevel=2,
+            )
     return manifest
 
 
@@ -234,6 +161,7 @@ def _settings(config: PrepareConfig, tokenizer: Any, dtype: np.dtype) -> dict[st
     """What must match for a rerun to resume the shards already in --out."""
     return {
         "sources": list(config.sources),
+        "source_files": source_signature(config.sources),
         "doc_split": config.doc_split,
         "text_field": config.text_field,
         "data_files": config.data_files,
@@ -255,10 +183,15 @@ def _start_or_resume(out_dir: Path, settings: dict[str, Any], overwrite: bool) -
     if (out_dir / MANIFEST_NAME).is_file() and not overwrite:
         manifest = read_manifest(out_dir)
         if manifest["settings"] == settings:
-            if not manifest["complete"] or not all(shard_is_valid(out_dir / e["file"], e) for s in SPLITS for e in manifest["splits"][s]["shards"]):
+            if not manifest["complete"] or not all(
+                shard_is_valid(out_dir / e["file"], e) for s in SPLITS for e in manifest["splits"][s]["shards"]
+            ):
                 _keep_valid_prefix(out_dir, manifest)
             return manifest
-        raise FileExistsError(f"--out {out_dir} holds shards from a different prepare (other sources, settings or tokenizer); choose another --out or pass --overwrite")
+        changed = ", ".join(key for key in settings if manifest["settings"].get(key) != settings[key])
+        raise FileExistsError(
+            f"--out {out_dir} holds shards from a different prepare ({changed} changed); choose another --out or pass --overwrite"
+        )
     for old in [*out_dir.glob("train_*.bin"), *out_dir.glob("val_*.bin"), out_dir / MANIFEST_NAME]:
         old.unlink(missing_ok=True)
     return {
@@ -278,7 +211,9 @@ def _keep_valid_prefix(out_dir: Path, manifest: dict[str, Any]) -> None:
     manifest["complete"] = False
     for split in SPLITS:
         entries = manifest["splits"][split]["shards"]
-        num_valid = next((i for i, entry in enumerate(entries) if not shard_is_valid(out_dir / entry["file"], entry)), len(entries))
+        num_valid = next(
+            (i for i, entry in enumerate(entries) if not shard_is_valid(out_dir / entry["file"], entry)), len(entries)
+        )
         del entries[num_valid:]
 
 
@@ -290,16 +225,29 @@ def _val_threshold(config: PrepareConfig) -> tuple[int, int | None]:
 
     def hashes() -> Iterator[int]:
         nonlocal total_bytes
-        for text in tqdm(_documents(config, SourceStats(), warn=False), desc="hash (val split)", unit=" docs", disable=not config.progress):
-            total_bytes += len(text.encode("utf-8"))
-            yield document_hash(text)
+        for text in tqdm(
+            _documents(config, SourceStats(), warn=False),
+            desc="hash (val split)",
+            unit=" docs",
+            disable=not config.progress,
+        ):
+            data = text.encode("utf-8")
+            total_bytes += len(data)
+            yield _hash_utf8(data)
 
     threshold, _ = val_threshold_for_docs(hashes(), config.val_docs)
     return threshold, total_bytes
 
 
 def _documents(config: PrepareConfig, stats: SourceStats, warn: bool = True) -> Iterator[str]:
-    documents = iter_documents(config.sources, doc_split=config.doc_split, text_field=config.text_field, data_files=config.data_files, hf_split=config.hf_split, stats=stats)
+    documents = iter_documents(
+        config.sources,
+        doc_split=config.doc_split,
+        text_field=config.text_field,
+        data_files=config.data_files,
+        hf_split=config.hf_split,
+        stats=stats,
+    )
     if warn:
         return documents
     return _silenced(documents)
@@ -320,21 +268,40 @@ def _resume_points(manifest: dict[str, Any]) -> dict[str, ResumePoint]:
     return points
 
 
-def _run(config: PrepareConfig, tokenizer: Any, dtype: np.dtype, out_dir: Path, manifest: dict[str, Any], total_bytes: int | None) -> tuple[dict[str, Any], int]:
+def _run(
+    config: PrepareConfig,
+    tokenizer: Any,
+    dtype: np.dtype,
+    out_dir: Path,
+    manifest: dict[str, Any],
+    total_bytes: int | None,
+) -> tuple[dict[str, Any], int]:
     """The streaming pass: read, assign, tokenize in order, write shards; returns (source counters, documents tokenized)."""
     resume = _resume_points(manifest)
     manifest_path = out_dir / MANIFEST_NAME
     writers = {
-        split: SplitWriter(split, out_dir, config.shard_tokens, dtype, manifest["splits"][split]["shards"], resume[split], lambda: write_json_atomic(manifest_path, manifest))
+        split: SplitWriter(
+            split,
+            out_dir,
+            config.shard_tokens,
+            dtype,
+            manifest["splits"][split]["shards"],
+            resume[split],
+            lambda: write_json_atomic(manifest_path, manifest),
+        )
         for split in SPLITS
     }
     stats = SourceStats()
     counters = {"documents": 0, "bytes": 0, "tokens": 0, "tokenized": 0}
     batches = _batches(_documents(config, stats), manifest["val_threshold"], resume, counters)
-    with tqdm(total=total_bytes, desc="prepare", unit="B", unit_scale=True, disable=not config.progress, mininterval=0.5) as bar:
+    with tqdm(
+        total=total_bytes, desc="prepare", unit="B", unit_scale=True, disable=not config.progress, mininterval=0.5
+    ) as bar:
         try:
-            for batch, (lengths, tokens) in _encode_in_order(batches, config.workers, tokenizer, dtype):
-                for (doc_index, split, offset), doc_tokens in zip(batch.items, np.split(tokens, np.cumsum(lengths)[:-1])):
+            for batch, (lengths, tokens) in encode_in_order(batches, config.workers, tokenizer, dtype):
+                for (doc_index, split, offset), doc_tokens in zip(
+                    batch.items, np.split(tokens, np.cumsum(lengths)[:-1]), strict=True
+                ):
                     writers[split].add_document(doc_index, doc_tokens[offset:])
                 counters["tokens"] += len(tokens)
                 bar.update(batch.num_bytes)
@@ -345,7 +312,12 @@ def _run(config: PrepareConfig, tokenizer: Any, dtype: np.dtype, out_dir: Path, 
             for writer in writers.values():
                 writer.discard()
             raise
-    source = {"documents": counters["documents"], "bytes": counters["bytes"], "skipped_lines": stats.skipped_lines, "files": stats.files}
+    source = {
+        "documents": counters["documents"],
+        "bytes": counters["bytes"],
+        "skipped_lines": stats.skipped_lines,
+        "files": stats.files,
+    }
     return source, counters["tokenized"]
 
 
@@ -358,14 +330,17 @@ class _Batch:
     num_bytes: int = 0
 
 
-def _batches(documents: Iterator[str], val_threshold: int, resume: dict[str, ResumePoint], counters: dict[str, int]) -> Iterator[_Batch]:
+def _batches(
+    documents: Iterator[str], val_threshold: int, resume: dict[str, ResumePoint], counters: dict[str, int]
+) -> Iterator[_Batch]:
     """Group documents into ~BATCH_BYTES tasks, skipping those already in finished shards."""
     batch = _Batch()
     for doc_index, text in enumerate(documents):
-        num_bytes = len(text.encode("utf-8"))
+        data = text.encode("utf-8")
+        num_bytes = len(data)
         counters["documents"] += 1
         counters["bytes"] += num_bytes
-        split = "val" if document_hash(text) <= val_threshold else "train"
+        split = "val" if _hash_utf8(data) <= val_threshold else "train"
         point = resume[split]
         if doc_index < point.doc_index:
             continue
@@ -380,33 +355,11 @@ def _batches(documents: Iterator[str], val_threshold: int, resume: dict[str, Res
         yield batch
 
 
-def _encode_in_order(batches: Iterator[_Batch], workers: int, tokenizer: Any, dtype: np.dtype) -> Iterator[tuple[_Batch, tuple[np.ndarray, np.ndarray]]]:
-    """Tokenize batches in worker processes, yielding results in input order with a bounded queue.
-
-    (`Pool.imap` would read the whole input ahead of the workers; this keeps at most
-    TASKS_IN_FLIGHT_PER_WORKER batches per worker in memory.) One worker runs in-process.
-    """
-    if workers == 1:
-        for batch in batches:
-            yield batch, encode_documents(tokenizer, batch.texts, dtype)
-        return
-    max_in_flight = TASKS_IN_FLIGHT_PER_WORKER * workers
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(tokenizer,)) as pool:
-        in_flight: deque = deque()
-        for batch in batches:
-            in_flight.append((batch, pool.apply_async(_encode_in_worker, (batch.texts, dtype))))
-            if len(in_flight) >= max_in_flight:
-                done_batch, result = in_flight.popleft()
-                yield done_batch, result.get()
-        while in_flight:
-            done_batch, result = in_flight.popleft()
-            yield done_batch, result.get()
-
-
 def _finalize(manifest: dict[str, Any], source: dict[str, Any], last_run: dict[str, Any]) -> None:
     if source["documents"] == 0:
-        raise ValueError(f"the sources {manifest['settings']['sources']} yielded no documents; check --source, --doc-split and --text-field")
+        raise ValueError(
+            f"the sources {manifest['settings']['sources']} yielded no documents; check --source, --doc-split and --text-field"
+        )
     manifest["complete"] = True
     manifest["source"] = source
     manifest["last_run"] = last_run  # a resumed run tokenizes only the documents after the finished shards

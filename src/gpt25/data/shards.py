@@ -1,4 +1,4 @@
-"""Token shards on disk: the binary format, its validating reader, and the data folder's manifest.
+"""Token shards on disk: the binary format, its writers, its validating reader, and the manifest.
 
 A shard file (``train_000000.bin``) is a 24-byte little-endian header followed by the tokens:
 
@@ -20,7 +20,8 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,12 @@ class ShardFile:
         os.fsync(self.file.fileno())
         self.file.close()
         os.replace(self.temporary, self.path)
-        return {"file": self.path.name, "tokens": self.num_tokens, "bytes": self.path.stat().st_size, "sha256": file_sha256(self.path)}
+        return {
+            "file": self.path.name,
+            "tokens": self.num_tokens,
+            "bytes": self.path.stat().st_size,
+            "sha256": file_sha256(self.path),
+        }
 
     def discard(self) -> None:
         self.file.close()
@@ -86,21 +92,31 @@ def read_shard(path: str | os.PathLike) -> np.ndarray:
     """Memory-map a shard's tokens after checking its header and size (ValueError when damaged)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"shard {path} is missing; rerun `gpt25 data prepare` with the same arguments to rebuild it")
+        raise FileNotFoundError(
+            f"shard {path} is missing; rerun `gpt25 data prepare` with the same arguments to rebuild it"
+        )
     size = path.stat().st_size
     if size < HEADER.size:
-        raise ValueError(f"shard {path} is truncated ({size} bytes, shorter than the header); rerun `gpt25 data prepare` to rebuild it")
+        raise ValueError(
+            f"shard {path} is truncated ({size} bytes, shorter than the header); rerun `gpt25 data prepare` to rebuild it"
+        )
     with open(path, "rb") as file:
         magic, version, dtype_code, num_tokens = HEADER.unpack(file.read(HEADER.size))
     if magic != MAGIC:
-        raise ValueError(f"{path} is not a gpt25 token shard (bad magic); point at a folder made by `gpt25 data prepare`")
+        raise ValueError(
+            f"{path} is not a gpt25 token shard (bad magic); point at a folder made by `gpt25 data prepare`"
+        )
     if version != FORMAT_VERSION or dtype_code not in DTYPES:
-        raise ValueError(f"shard {path} has format version {version} / dtype code {dtype_code}, this gpt25 reads version {FORMAT_VERSION}; rerun `gpt25 data prepare`")
+        raise ValueError(
+            f"shard {path} has format version {version} / dtype code {dtype_code}, this gpt25 reads version {FORMAT_VERSION}; rerun `gpt25 data prepare`"
+        )
     dtype = DTYPES[dtype_code]
     expected = HEADER.size + num_tokens * dtype.itemsize
     if size != expected:
         state = "truncated" if size < expected else "longer than its header says"
-        raise ValueError(f"shard {path} is {state}: header says {num_tokens} tokens ({expected} bytes), file has {size} bytes; rerun `gpt25 data prepare` to rebuild it")
+        raise ValueError(
+            f"shard {path} is {state}: header says {num_tokens} tokens ({expected} bytes), file has {size} bytes; rerun `gpt25 data prepare` to rebuild it"
+        )
     if num_tokens == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER.size, shape=(num_tokens,))
@@ -121,7 +137,9 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a prepared data folder; errors say how to make or finish one."""
     path = Path(data_dir) / MANIFEST_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST_NAME} in {data_dir}; make one with `gpt25 data prepare --out {data_dir}`")
+        raise FileNotFoundError(
+            f"no {MANIFEST_NAME} in {data_dir}; make one with `gpt25 data prepare --out {data_dir}`"
+        )
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path} is not a gpt25 token-shard manifest; point at a folder made by `gpt25 data prepare`")
@@ -153,7 +171,9 @@ def iter_shards(data_dir: str | os.PathLike, split: str) -> Iterator[np.ndarray]
     for entry in manifest["splits"][split]["shards"]:
         tokens = read_shard(Path(data_dir) / entry["file"])
         if len(tokens) != entry["tokens"]:
-            raise ValueError(f"shard {entry['file']} in {data_dir} holds {len(tokens)} tokens, the manifest says {entry['tokens']}; rerun `gpt25 data prepare`")
+            raise ValueError(
+                f"shard {entry['file']} in {data_dir} holds {len(tokens)} tokens, the manifest says {entry['tokens']}; rerun `gpt25 data prepare`"
+            )
         yield tokens
 
 
@@ -164,7 +184,9 @@ def load_split(data_dir: str | os.PathLike, split: str, tokenizer: Any = None) -
         check_tokenizer(manifest, tokenizer, data_dir)
     shards = list(iter_shards(data_dir, split))
     if not shards:
-        raise ValueError(f"split {split!r} in {data_dir} is empty; prepare more documents or a larger --val-fraction / --val-docs")
+        raise ValueError(
+            f"split {split!r} in {data_dir} is empty; prepare more documents or a larger --val-fraction / --val-docs"
+        )
     return shards[0] if len(shards) == 1 else np.concatenate(shards)
 
 
@@ -181,5 +203,77 @@ def verify_shards(data_dir: str | os.PathLike) -> list[str]:
                 problems.append(str(error))
                 continue
             if not shard_is_valid(path, entry):
-                problems.append(f"shard {path} does not match the sha256 in the manifest; rerun `gpt25 data prepare` to rebuild it")
+                problems.append(
+                    f"shard {path} does not match the sha256 in the manifest; rerun `gpt25 data prepare` to rebuild it"
+                )
     return problems
+
+
+@dataclass
+class ResumePoint:
+    """Where a split's next shard starts in the source stream."""
+
+    doc_index: int = 0  # source documents before this one are already in finished shards
+    token_offset: int = 0  # tokens of that document already in finished shards
+    num_docs: int = 0  # documents of this split before `doc_index`
+
+
+class SplitWriter:
+    """Cuts one split's token stream into shards of `shard_tokens` and records each in the manifest."""
+
+    def __init__(
+        self,
+        split: str,
+        out_dir: Path,
+        shard_tokens: int,
+        dtype: np.dtype,
+        entries: list[dict],
+        resume: ResumePoint,
+        on_shard: Callable[[], None],
+    ):
+        self.split = split
+        self.out_dir = out_dir
+        self.shard_tokens = shard_tokens
+        self.dtype = dtype
+        self.entries = entries
+        self.resume = resume
+        self.num_docs = resume.num_docs
+        self.current: ShardFile | None = None
+        self.on_shard = on_shard
+
+    def add_document(self, doc_index: int, tokens: np.ndarray) -> None:
+        """Append one document's tokens (already cut at the resume offset when it is the resume document)."""
+        self.num_docs += 1
+        position = 0
+        while position < len(tokens):
+            if self.current is None:
+                self.current = ShardFile(self.out_dir / shard_name(self.split, len(self.entries)), self.dtype)
+            room = self.shard_tokens - self.current.num_tokens
+            piece = tokens[position : position + room]
+            self.current.append(piece)
+            position += len(piece)
+            if self.current.num_tokens == self.shard_tokens:
+                offset = self.resume.token_offset if doc_index == self.resume.doc_index else 0
+                at_end = position == len(tokens)
+                next_point = (
+                    ResumePoint(doc_index + 1, 0, self.num_docs)
+                    if at_end
+                    else ResumePoint(doc_index, offset + position, self.num_docs - 1)
+                )
+                self._finish_shard(next_point)
+
+    def close(self, num_source_docs: int) -> None:
+        if self.current is not None:
+            self._finish_shard(ResumePoint(num_source_docs, 0, self.num_docs))
+
+    def _finish_shard(self, next_point: ResumePoint) -> None:
+        assert self.current is not None
+        entry = self.current.finish()
+        entry["next"] = asdict(next_point)
+        self.entries.append(entry)
+        self.current = None
+        self.on_shard()
+
+    def discard(self) -> None:
+        if self.current is not None:
+            self.current.discard()

@@ -19,6 +19,7 @@ import glob
 import inspect
 import json
 import os
+import sys
 import sysconfig
 import warnings
 from collections.abc import Iterable, Iterator
@@ -81,6 +82,20 @@ def check_sources(specs: Iterable[str], data_files: list[str] | None = None) -> 
             expand_paths(spec)
 
 
+def source_signature(specs: Iterable[str]) -> list[list]:
+    """[path, size, mtime_ns] of every local file (and the Python version for python-docs), so a rerun
+    can tell that the sources changed under it instead of resuming into a wrong dataset."""
+    signature: list[list] = []
+    for spec in specs:
+        if spec == DEFAULT_CORPUS_SPEC:
+            signature.append([spec, sys.version])
+        elif not spec.startswith("hf:"):
+            for path in expand_paths(spec):
+                stat = path.stat()
+                signature.append([str(path), stat.st_size, stat.st_mtime_ns])
+    return signature
+
+
 def expand_paths(spec: str) -> list[Path]:
     """The files a local spec names: itself, every non-hidden file below a folder, or a glob's matches."""
     path = Path(spec)
@@ -124,7 +139,11 @@ def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]
                 num_bad += 1
                 first_bad = first_bad or line_number
                 if num_bad <= MAX_WARNINGS_PER_FILE:
-                    warnings.warn(f"{path}:{line_number}: skipped a line that is not UTF-8 ({error.reason})", NonUtf8Warning, stacklevel=2)
+                    warnings.warn(
+                        f"{path}:{line_number}: skipped a line that is not UTF-8 ({error.reason})",
+                        NonUtf8Warning,
+                        stacklevel=2,
+                    )
                 continue
             if line_number == 1:
                 line = line.removeprefix("\ufeff")
@@ -133,7 +152,11 @@ def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]
             yield line_number, line
     stats.skipped_lines += num_bad
     if num_bad > MAX_WARNINGS_PER_FILE:
-        warnings.warn(f"{path}: skipped {num_bad} lines that are not UTF-8 in all (first at line {first_bad})", NonUtf8Warning, stacklevel=2)
+        warnings.warn(
+            f"{path}: skipped {num_bad} lines that are not UTF-8 in all (first at line {first_bad})",
+            NonUtf8Warning,
+            stacklevel=2,
+        )
 
 
 def iter_text_documents(path: Path, doc_split: str, stats: SourceStats) -> Iterator[str]:
@@ -162,7 +185,9 @@ def iter_jsonl_documents(path: Path, text_field: str, stats: SourceStats) -> Ite
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{line_number}: not a JSON object per line ({error.msg}); JSONL sources need one object per line") from None
+            raise ValueError(
+                f"{path}:{line_number}: not a JSON object per line ({error.msg}); JSONL sources need one object per line"
+            ) from None
         if not isinstance(record, dict) or text_field not in record:
             fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
             raise ValueError(f"{path}:{line_number}: no field {text_field!r} (found: {fields}); pass --text-field NAME")

@@ -63,7 +63,8 @@ def parse_example(line: str, where: str) -> dict:
     """One jsonl record -> {"ctx", "endings", "label"}; ValueError naming `where` when malformed."""
     try:
         record = json.loads(line)
-        example = {"ctx": str(record["ctx"]), "endings": [str(e) for e in record["endings"]], "label": int(record["label"])}
+        endings = [str(ending) for ending in record["endings"]]
+        example = {"ctx": str(record["ctx"]), "endings": endings, "label": int(record["label"])}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{where}: not a HellaSwag record with ctx, endings and label ({error!r})") from None
     if not example["endings"] or not 0 <= example["label"] < len(example["endings"]):

@@ -97,7 +97,7 @@ class GPT25LM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """requests: (cache key, context ids, continuation ids) -> (log-likelihood, is greedy) each."""
         sequences = [(context + continuation)[-(self.max_length + 1) :] for _, context, continuation in requests]
-        num_scored = [min(len(continuation), len(seq) - 1) for (_, _, continuation), seq in zip(requests, sequences)]
+        num_scored = [min(len(cont), len(seq) - 1) for (_, _, cont), seq in zip(requests, sequences, strict=True)]
         order = sorted(range(len(requests)), key=lambda index: -len(sequences[index]))  # long first, less padding
         results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
         batches = range(0, len(order), self.batch_size)

@@ -35,7 +35,7 @@ def load_model_and_tokenizer(checkpoint: str | Path, tokenizer_dir: str | Path, 
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"checkpoint {checkpoint} not found; pass a run dir, a step dir or a .safetensors file")
     if not Path(tokenizer_dir).is_dir():
-        raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} not found; pass the folder `gpt25 tokenizer train` wrote")
+        raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} not found; pass the model's tokenizer folder")
     tokenizer = Tokenizer.load(tokenizer_dir)
     model, meta = load_model(checkpoint, device=device)
     check_tokenizer_matches(tokenizer, model.config.vocab_size, meta.get("tokenizer_fingerprint"))

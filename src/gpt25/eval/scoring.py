@@ -16,7 +16,7 @@ from gpt25.eval.loss import per_token_loss
 def padded_batch(
     sequences: list[list[int]], num_scored: list[int], device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(inputs, targets, scored mask), each (len(sequences), longest - 1); the mask marks each last num_scored targets."""
+    """(inputs, targets, scored mask), each (len(sequences), longest - 1); mask: the last num_scored targets."""
     width = max(len(token_ids) for token_ids in sequences) - 1
     inputs = np.zeros((len(sequences), width), dtype=np.int64)
     targets = np.zeros((len(sequences), width), dtype=np.int64)

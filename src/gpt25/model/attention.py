@@ -127,14 +127,14 @@ class MultiHeadSelfAttention(nn.Module):
         batch_size, seq_len, _ = x.shape
         start = kv_cache.position if kv_cache is not None else 0
         qkv = self.project_qkv(x)  # (batch, seq, 3, heads, head_dim)
+        # split (not slicing) so the backward is one cat rather than zero-filled scatters
+        qk, v = qkv.split((2, 1), dim=2)  # (batch, seq, 2, heads, head_dim), (batch, seq, 1, heads, head_dim)
         if self.rope is not None:
-            cos = self.rope.cos[start : start + seq_len, None, None, :].to(x.dtype)  # (seq, 1, 1, head_dim / 2)
-            sin = self.rope.sin[start : start + seq_len, None, None, :].to(x.dtype)
-            qk = apply_rotary(qkv[:, :, :2], cos, sin)  # (batch, seq, 2, heads, head_dim), q and k in one go
-            q, k = qk.transpose(1, 3).unbind(2)  # (batch, heads, seq, head_dim) each
-        else:
-            q, k = qkv[:, :, :2].transpose(1, 3).unbind(2)
-        v = qkv[:, :, 2].transpose(1, 2)  # (batch, heads, seq, head_dim)
+            cos = self.rope.cos[start : start + seq_len, None, None, :]  # (seq, 1, 1, head_dim / 2)
+            sin = self.rope.sin[start : start + seq_len, None, None, :]
+            qk = apply_rotary(qk, cos, sin)  # q and k rotated in one go
+        q, k = qk.transpose(1, 3).unbind(2)  # (batch, heads, seq, head_dim) each
+        v = v.squeeze(2).transpose(1, 2)  # (batch, heads, seq, head_dim)
         if kv_cache is None:
             attended = self.attend(q, k, v, is_causal=True)
         else:

@@ -8,19 +8,32 @@ hundred thousand distinct pre-tokens, so most of the work is one dict lookup per
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 from array import array
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from itertools import chain
+from numbers import Integral
 from pathlib import Path
 
 from gpt25.tokenizer import io
-from gpt25.tokenizer.pretokenize import GPT2_REGEX, last_safe_cut, special_token_regex, split_on_specials
+from gpt25.tokenizer.bpe import ID_BITS, ID_MASK, BatchMerger, merge_word
+from gpt25.tokenizer.pretokenize import (
+    last_safe_cut,
+    pretokenize,
+    special_token_regex,
+    split_at_safe_cuts,
+    split_on_specials,
+)
 
 END_OF_TEXT = "<|endoftext|>"
 CACHE_LIMIT = 1_000_000  # distinct pre-tokens kept; the cache is dropped when it grows past this
 STREAM_CHUNK_CHARS = 1 << 16  # encode_iterable gathers at least this much text per encode() call
+ENCODE_CHUNK_CHARS = 1 << 20  # encode() pre-tokenizes longer texts in pieces of about this size
 FILE_CHUNK_CHARS = 1 << 20  # one unit of work for a pool worker when encoding a file
+BATCH_MIN_PRETOKENS = 64  # fewer new pre-tokens than this are merged one by one in Python
+COLD_CHARS_PER_NEW_PRETOKEN = 1000  # the cache counts as cold while text has a new pre-token this often
 
 
 class _PretokenCache(dict):
@@ -29,8 +42,10 @@ class _PretokenCache(dict):
     def __init__(self, encode_pretoken) -> None:
         super().__init__()
         self._encode_pretoken = encode_pretoken
+        self.misses = 0
 
     def __missing__(self, pretoken: str) -> tuple[int, ...]:
+        self.misses += 1
         ids = self._encode_pretoken(pretoken)
         self[pretoken] = ids
         return ids
@@ -58,6 +73,8 @@ class Tokenizer:
         self._special_regex = special_token_regex(self.special_tokens)
         self._max_special_chars = max((len(token) for token in self.special_tokens), default=0)
         self._cache = _PretokenCache(self._encode_pretoken)
+        self._cold = True  # most pre-tokens are new: encode them in batches (see _cache_new_pretokens)
+        self._batch_merger: BatchMerger | None = None
         self._fingerprint: str | None = None
 
     def _build_token_index(self) -> dict[bytes, int]:
@@ -80,24 +97,28 @@ class Tokenizer:
                              "a byte-level BPE vocab needs all 256")
         return [self._token_to_id[bytes([byte])] for byte in range(256)]
 
-    def _build_merge_ranks(self) -> dict[tuple[int, int], tuple[int, int]]:
-        """(left id, right id) -> (rank, merged id)."""
-        ranks: dict[tuple[int, int], tuple[int, int]] = {}
+    def _build_merge_ranks(self) -> dict[int, int]:
+        """left id << ID_BITS | right id -> rank << ID_BITS | merged id (ints: cheaper than tuples)."""
+        if len(self.vocab) > ID_MASK:
+            raise ValueError(f"vocab too large: at most {ID_MASK} tokens are supported")
+        ranks: dict[int, int] = {}
         for rank, (left, right) in enumerate(self.merges):
             ids = [self._token_to_id.get(token) for token in (left, right, left + right)]
             if None in ids:
                 raise ValueError(f"merge {rank} ({left!r}, {right!r}) uses or makes a token missing from the vocab")
-            ranks.setdefault((ids[0], ids[1]), (rank, ids[2]))
+            ranks.setdefault(ids[0] << ID_BITS | ids[1], rank << ID_BITS | ids[2])
         return ranks
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_cache"] = None
+        state["_batch_merger"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._cache = _PretokenCache(self._encode_pretoken)
+        self._cold = True
 
     # ---- construction from files -------------------------------------------------------------
 
@@ -162,24 +183,39 @@ class Tokenizer:
     # ---- encoding ----------------------------------------------------------------------------
 
     def _encode_pretoken(self, pretoken: str) -> tuple[int, ...]:
-        """Apply merges in rank order: repeatedly merge every occurrence of the lowest-ranked pair."""
-        ids = [self._byte_ids[byte] for byte in pretoken.encode("utf-8")]
-        ranks = self._merge_ranks
-        while len(ids) > 1:
-            best = min(
-                (ranks.get(pair, (len(ranks), 0)) + pair for pair in zip(ids, ids[1:])),
-            )
-            if best[0] == len(ranks):
-                break
-            _, merged, left, right = best
-            ids = _merge_pair(ids, left, right, merged)
-        return tuple(ids)
+        return merge_word([self._byte_ids[byte] for byte in pretoken.encode("utf-8")], self._merge_ranks)
+
+    def _cache_new_pretokens(self, pretokens: list[str]) -> int:
+        """Encode every pre-token not yet cached, all at once (numpy) when there are many.
+
+        Used while the cache is cold; once new pre-tokens are rare, misses are encoded one by one
+        as they come (the cache's __missing__), which saves building this set. Returns how many.
+        """
+        new = list(set(pretokens).difference(self._cache))
+        if len(new) >= BATCH_MIN_PRETOKENS:
+            if self._batch_merger is None:
+                self._batch_merger = BatchMerger(self._merge_ranks, self._byte_ids)
+            self._cache.update(zip(new, self._batch_merger.merge([pretoken.encode("utf-8") for pretoken in new])))
+        else:
+            self._cache.update(zip(new, map(self._encode_pretoken, new)))
+        return len(new)
 
     def _encode_ordinary(self, text: str) -> list[int]:
-        """Encode text that contains no special tokens."""
+        """Encode text that contains no special tokens (in pieces, so the pre-token list stays small)."""
         if len(self._cache) > CACHE_LIMIT:
             self._cache.clear()
-        return list(chain.from_iterable(map(self._cache.__getitem__, GPT2_REGEX.findall(text))))
+            self._cold = True
+        lookup = self._cache.__getitem__
+        ids: list[int] = []
+        with _garbage_collection_paused():
+            for piece in split_at_safe_cuts(text, ENCODE_CHUNK_CHARS):
+                pretokens = pretokenize(piece)
+                misses_before = self._cache.misses
+                new = self._cache_new_pretokens(pretokens) if self._cold else 0
+                ids += chain.from_iterable(map(lookup, pretokens))
+                new += self._cache.misses - misses_before
+                self._cold = new * COLD_CHARS_PER_NEW_PRETOKEN >= len(piece)
+        return ids
 
     def encode(self, text: str) -> list[int]:
         """Encode `text`; registered special tokens in it become their own ids."""
@@ -194,10 +230,10 @@ class Tokenizer:
                 ids.extend(self._encode_ordinary(part))
         return ids
 
-    def _safe_cut(self, text: str) -> int:
-        """An index where text can be cut without changing its encoding, or -1 (see last_safe_cut)."""
+    def _safe_cut(self, text: str, min_index: int = 0) -> int:
+        """The last index >= min_index where text can be cut without changing its encoding, or -1."""
         reserve = max(self._max_special_chars - 1, 0)  # a special token may be arriving in pieces
-        cut = last_safe_cut(text[: len(text) - reserve] if reserve else text)
+        cut = last_safe_cut(text[: len(text) - reserve] if reserve else text, min_index)
         if cut > 0 and self._special_regex is not None:
             window_start = max(cut - self._max_special_chars, 0)
             for match in self._special_regex.finditer(text, window_start, cut + self._max_special_chars):
@@ -210,16 +246,19 @@ class Tokenizer:
         """Regroup `texts` into chunks of >= min_chars that encode independently."""
         pending: list[str] = []
         pending_chars = 0
+        searched_chars = 0  # text without a cut in it is not searched again (whitespace-free input)
         for text in texts:
             pending.append(text)
             pending_chars += len(text)
             if pending_chars < min_chars:
                 continue
             joined = "".join(pending)
-            cut = self._safe_cut(joined)
+            cut = self._safe_cut(joined, max(searched_chars - self._max_special_chars, 0))
             if cut < 0:
                 pending = [joined]
+                searched_chars = len(joined)
                 continue
+            searched_chars = 0
             yield joined[:cut]
             pending = [joined[cut:]]
             pending_chars = len(pending[0])
@@ -266,9 +305,9 @@ class Tokenizer:
         try:
             return b"".join(map(self.vocab.__getitem__, ids))
         except (KeyError, TypeError):
-            bad = next(token_id for token_id in ids if not (isinstance(token_id, int) and token_id in self.vocab))
+            bad = next(token_id for token_id in ids if not (isinstance(token_id, Integral) and token_id in self.vocab))
             raise ValueError(
-                f"token id {bad!r} is out of range: this tokenizer has ids 0..{self.vocab_size - 1}"
+                f"token id {bad} is out of range: this tokenizer has ids 0..{self.vocab_size - 1}"
             ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -276,19 +315,17 @@ class Tokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
 
-def _merge_pair(ids: list[int], left: int, right: int, merged: int) -> list[int]:
-    """Replace each non-overlapping (left, right), scanning left to right, with `merged`."""
-    result: list[int] = []
-    index = 0
-    last = len(ids) - 1
-    while index <= last:
-        if index < last and ids[index] == left and ids[index + 1] == right:
-            result.append(merged)
-            index += 2
-        else:
-            result.append(ids[index])
-            index += 1
-    return result
+@contextmanager
+def _garbage_collection_paused() -> Iterator[None]:
+    """Pause the cyclic GC: cache misses allocate lists and tuples, and each young-generation pass
+    would walk the whole (young, huge) list of pre-tokens again; this code makes no cycles."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 _WORKER_TOKENIZER: Tokenizer | None = None

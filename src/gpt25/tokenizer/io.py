@@ -3,8 +3,10 @@
 Saved format (a folder, version 1):
   gpt25_tokenizer.json  {"format": "gpt25-bpe-tokenizer", "version": 1, "pattern": GPT-2 regex,
                          "vocab_size": N, "special_tokens": [...], "fingerprint": sha256 hex}
-  vocab.json            {token: id} for all N ids, each token's bytes written in GPT-2's printable
-                        byte encoding (the same file layout as GPT-2's own vocab.json)
+  vocab.json            {token: id}, each token's bytes written in GPT-2's printable byte encoding
+                        (the same file layout as GPT-2's own vocab.json); if two ids have the same
+                        bytes (BPE can build one string by two merges), the later ids are listed in
+                        the meta file's "duplicate_tokens" as [id, token] instead
   merges.txt            "#version: 0.2" then one merge per line in rank order, "left right", same encoding
 Loading checks the format name, the version, that every file parses, and that the fingerprint
 recomputed from the files matches the recorded one, so a corrupt or edited folder is refused.
@@ -48,23 +50,32 @@ def byte_to_printable() -> dict[int, str]:
 
 
 @lru_cache(maxsize=1)
-def printable_to_byte() -> dict[str, int]:
-    return {char: byte for byte, char in byte_to_printable().items()}
+def _encode_table() -> dict[int, int]:
+    """A str.translate table from chr(byte) to its printable character (bytes go through latin-1)."""
+    return {byte: ord(char) for byte, char in byte_to_printable().items()}
+
+
+@lru_cache(maxsize=1)
+def _decode_table() -> dict[int, int]:
+    """printable char -> byte value; latin-1 characters that are not printable-encoding characters
+    map to U+FFFF so that the final latin-1 encode rejects them."""
+    table = {ord(char): byte for byte, char in byte_to_printable().items()}
+    for code in range(256):
+        table.setdefault(code, 0xFFFF)
+    return table
 
 
 def bytes_to_printable(token: bytes) -> str:
-    table = byte_to_printable()
-    return "".join(table[byte] for byte in token)
+    return token.decode("latin-1").translate(_encode_table())
 
 
 def printable_to_bytes(text: str, where: str) -> bytes:
     """Inverse of bytes_to_printable; `where` names the file for the error message."""
-    table = printable_to_byte()
     try:
-        return bytes(table[char] for char in text)
-    except KeyError as error:
+        return text.translate(_decode_table()).encode("latin-1")
+    except UnicodeEncodeError as error:
         raise ValueError(
-            f"{where}: token {text!r} has character {error.args[0]!r}, which is outside GPT-2's byte encoding"
+            f"{where}: token {text!r} has character {text[error.start]!r}, which is outside GPT-2's byte encoding"
         ) from None
 
 
@@ -101,9 +112,18 @@ def current_umask() -> int:
     return mask
 
 
-def vocab_json_text(vocab: Vocab) -> str:
-    entries = {bytes_to_printable(vocab[token_id]): token_id for token_id in sorted(vocab)}
-    return json.dumps(entries, ensure_ascii=False, indent=0)
+def split_duplicates(vocab: Vocab) -> tuple[dict[str, int], list[list]]:
+    """({printable token: id} for each token's first id, [[id, printable token], ...] for later ids
+    with the same bytes: BPE can build one byte string by two different merges)."""
+    entries: dict[str, int] = {}
+    duplicates: list[list] = []
+    for token_id in sorted(vocab):
+        printable = bytes_to_printable(vocab[token_id])
+        if printable in entries:
+            duplicates.append([token_id, printable])
+        else:
+            entries[printable] = token_id
+    return entries, duplicates
 
 
 def merges_text(merges: Merges) -> str:
@@ -115,6 +135,7 @@ def save_folder(directory: str | Path, vocab: Vocab, merges: Merges, special_tok
     """Write the three files of the saved format into `directory` (created if missing)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    entries, duplicates = split_duplicates(vocab)
     meta = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -122,9 +143,10 @@ def save_folder(directory: str | Path, vocab: Vocab, merges: Merges, special_tok
         "vocab_size": len(vocab),
         "num_merges": len(merges),
         "special_tokens": list(special_tokens),
+        "duplicate_tokens": duplicates,
         "fingerprint": compute_fingerprint(vocab, merges, special_tokens),
     }
-    write_text_atomic(directory / VOCAB_FILE, vocab_json_text(vocab))
+    write_text_atomic(directory / VOCAB_FILE, json.dumps(entries, ensure_ascii=False, indent=0))
     write_text_atomic(directory / MERGES_FILE, merges_text(merges))
     write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
@@ -184,6 +206,25 @@ def load_folder(directory: str | Path) -> tuple[Vocab, Merges, list[str]]:
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: tokenizer folder not found")
     meta_path = directory / META_FILE
+    meta = _read_meta(meta_path)
+    special_tokens = meta["special_tokens"]
+    vocab = read_vocab_json(directory / VOCAB_FILE)
+    vocab.update(_read_duplicates(meta.get("duplicate_tokens", []), meta_path))
+    merges = read_merges_txt(directory / MERGES_FILE)
+    if len(vocab) != meta.get("vocab_size"):
+        raise ValueError(
+            f"{directory / VOCAB_FILE}: has {len(vocab)} tokens but {META_FILE} says vocab_size {meta.get('vocab_size')!r}"
+        )
+    if sorted(vocab) != list(range(len(vocab))):
+        raise ValueError(f"{directory / VOCAB_FILE}: ids must be 0..{len(vocab) - 1} with no gaps")
+    if compute_fingerprint(vocab, merges, special_tokens) != meta.get("fingerprint"):
+        raise ValueError(
+            f"{meta_path}: fingerprint does not match {VOCAB_FILE} + {MERGES_FILE} (files corrupt or edited)"
+        )
+    return vocab, merges, special_tokens
+
+
+def _read_meta(meta_path: Path) -> dict:
     meta = _read_json(meta_path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
@@ -197,15 +238,17 @@ def load_folder(directory: str | Path) -> tuple[Vocab, Merges, list[str]]:
         raise ValueError(f"{meta_path}: 'special_tokens' must be a list of strings")
     if meta.get("pattern") != GPT2_PATTERN:
         raise ValueError(f"{meta_path}: unknown pre-tokenizer pattern (only GPT-2's regex is supported)")
-    vocab = read_vocab_json(directory / VOCAB_FILE)
-    merges = read_merges_txt(directory / MERGES_FILE)
-    if sorted(vocab) != list(range(len(vocab))):
-        raise ValueError(f"{directory / VOCAB_FILE}: ids must be 0..{len(vocab) - 1} with no gaps")
-    if compute_fingerprint(vocab, merges, special_tokens) != meta.get("fingerprint"):
-        raise ValueError(
-            f"{meta_path}: fingerprint does not match {VOCAB_FILE} + {MERGES_FILE} (files corrupt or edited)"
-        )
-    return vocab, merges, special_tokens
+    return meta
+
+
+def _read_duplicates(duplicates: object, meta_path: Path) -> Vocab:
+    valid = isinstance(duplicates, list) and all(
+        isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int) and isinstance(entry[1], str)
+        for entry in duplicates
+    )
+    if not valid:
+        raise ValueError(f"{meta_path}: 'duplicate_tokens' must be a list of [id, token] pairs")
+    return {token_id: printable_to_bytes(text, str(meta_path)) for token_id, text in duplicates}
 
 
 def tiktoken_encoding(vocab: Vocab, special_ids: dict[str, int], name: str):
@@ -213,7 +256,10 @@ def tiktoken_encoding(vocab: Vocab, special_ids: dict[str, int], name: str):
     import tiktoken
 
     special_values = {token.encode("utf-8") for token in special_ids}
-    mergeable_ranks = {token: token_id for token_id, token in vocab.items() if token not in special_values}
+    mergeable_ranks: dict[bytes, int] = {}
+    for token_id in sorted(vocab):
+        if vocab[token_id] not in special_values:
+            mergeable_ranks.setdefault(vocab[token_id], token_id)
     return tiktoken.Encoding(
         name=name, pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks, special_tokens=dict(special_ids)
     )
@@ -244,7 +290,7 @@ def huggingface_json(vocab: Vocab, merges: Merges, special_ids: dict[str, int]) 
             "fuse_unk": False,
             "byte_fallback": False,
             "ignore_merges": False,
-            "vocab": {bytes_to_printable(vocab[token_id]): token_id for token_id in sorted(vocab)},
+            "vocab": split_duplicates(vocab)[0],
             "merges": [[bytes_to_printable(a), bytes_to_printable(b)] for a, b in merges],
         },
     }

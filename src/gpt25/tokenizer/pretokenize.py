@@ -8,6 +8,7 @@ cross a pre-token, so they never cross a special token or document boundary eith
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -17,9 +18,66 @@ import regex
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_REGEX = regex.compile(GPT2_PATTERN)
 
+
+# The standard `re` engine runs the same pattern about twice as fast as `regex`, but has no \p{L}.
+# For the code points below (Latin, Greek, Cyrillic, punctuation, CJK: nearly all text) we list the
+# classes explicitly, asking `regex` which of them are \s, \p{L} and \p{N}, so both engines agree by
+# construction; stretches around other characters still go to `regex`.
+_FAST_RANGES = [(0x0000, 0x052F), (0x2000, 0x20CF), (0x3000, 0x30FF), (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0xFE00, 0xFFEF)]
+
+
+def _fast_class(property_regex: str) -> str:
+    """The code points of _FAST_RANGES that `regex` matches with `property_regex`, as a class body."""
+    codes = [code for low, high in _FAST_RANGES for code in range(low, high + 1)]
+    matching = regex.findall(property_regex, "".join(map(chr, codes)))
+    spans: list[list[int]] = []
+    for code in map(ord, matching):
+        if spans and spans[-1][1] == code - 1:
+            spans[-1][1] = code
+        else:
+            spans.append([code, code])
+    return "".join(re.escape(chr(low)) + ("-" + re.escape(chr(high)) if high > low else "") for low, high in spans)
+
+
+_SPACE, _LETTER, _NUMBER = _fast_class(r"\s"), _fast_class(r"\p{L}"), _fast_class(r"\p{N}")
+FAST_GPT2_REGEX = re.compile(
+    rf"'(?:[sdmt]|ll|ve|re)| ?[{_LETTER}]+| ?[{_NUMBER}]+| ?[^{_SPACE}{_LETTER}{_NUMBER}]+"
+    rf"|[{_SPACE}]+(?![^{_SPACE}])|[{_SPACE}]+"
+)
+_OTHER_RUN = re.compile("[^" + "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in _FAST_RANGES) + "]+")
+
 # A non-space followed by a space: no pre-token spans this point (no pattern has a look-behind, and
 # none continues from a non-space into a space), so text may be cut here without changing the split.
 _LAST_SAFE_CUT = regex.compile(r"\S(?=\s)", flags=regex.REVERSE)
+_NEXT_SAFE_CUT = regex.compile(r"\S(?=\s)")
+
+
+def pretokenize(text: str) -> list[str]:
+    """GPT-2's pre-tokens of `text` (no special-token handling): GPT2_REGEX.findall(text), faster.
+
+    Text goes to FAST_GPT2_REGEX, except that each run of characters outside _FAST_RANGES is
+    widened to the nearest safe cuts on both sides (see last_safe_cut) and that stretch goes to `regex`.
+    """
+    if text.isascii() or _OTHER_RUN.search(text) is None:
+        return FAST_GPT2_REGEX.findall(text)
+    pretokens: list[str] = []
+    position = 0  # text[:position] is done, and position is a safe cut
+    for run in _OTHER_RUN.finditer(text):
+        start, end = run.span()
+        if end <= position:
+            continue
+        left = position
+        if start > position:
+            cut = _LAST_SAFE_CUT.search(text, position, start + 1)
+            if cut is not None:
+                left = cut.end()
+                pretokens += FAST_GPT2_REGEX.findall(text, position, left)
+        cut = _NEXT_SAFE_CUT.search(text, end - 1)
+        position = len(text) if cut is None else cut.end()
+        pretokens += GPT2_REGEX.findall(text, left, position)
+    if position < len(text):
+        pretokens += FAST_GPT2_REGEX.findall(text, position)
+    return pretokens
 
 
 def special_token_regex(special_tokens: list[str]) -> regex.Pattern | None:
@@ -49,6 +107,19 @@ def last_safe_cut(text: str, min_index: int = 0) -> int:
     independently (a non-space followed by a space), or -1 when there is none."""
     match = _LAST_SAFE_CUT.search(text, max(min_index - 1, 0))
     return -1 if match is None else match.end()
+
+
+def split_at_safe_cuts(text: str, chunk_chars: int) -> Iterator[str]:
+    """Cut `text` (no special tokens in it) into pieces of about chunk_chars that pre-tokenize
+    independently: each cut is the first safe cut (see last_safe_cut) after chunk_chars."""
+    start = 0
+    while len(text) - start > chunk_chars:
+        cut = _NEXT_SAFE_CUT.search(text, start + chunk_chars - 1)
+        if cut is None:
+            break
+        yield text[start : cut.end()]
+        start = cut.end()
+    yield text[start:]
 
 
 def decode_utf8(data: bytes, path: str | Path, offset: int = 0) -> str:

@@ -12,19 +12,23 @@ from __future__ import annotations
 import heapq
 import multiprocessing
 import os
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
 from tqdm import tqdm
 
-from gpt25.tokenizer.pretokenize import GPT2_REGEX, decode_utf8, open_input, special_token_regex, split_on_specials
+from gpt25.tokenizer.pretokenize import decode_utf8, open_input, pretokenize, special_token_regex, split_on_specials
 
 PARALLEL_MIN_BYTES = 4 << 20  # smaller inputs are counted in-process: a pool costs more than it saves
 MAX_CHUNK_BYTES = 8 << 20
 BOUNDARY_SEARCH_BYTES = 1 << 16
+MAX_VOCAB_SIZE = 1_000_000  # token ids are stored as str characters while merging (chr() stops at 0x10FFFF)
 
 Chunk = tuple[str, int, int]  # (path, start byte, end byte)
+# An ASCII non-space then a newline: cutting between them cannot change any pre-token (see last_safe_cut).
+_PRINTABLE_BEFORE_NEWLINE = re.compile(rb"[\x21-\x7e]\n")
 
 
 def train_bpe(
@@ -59,6 +63,8 @@ def _check_arguments(paths: list[Path], vocab_size: int, special_tokens: list[st
     if not paths:
         raise ValueError("no input files given")
     minimum = 256 + len(special_tokens)
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise ValueError(f"vocab_size {vocab_size} is too large: at most {MAX_VOCAB_SIZE} is supported")
     if vocab_size < minimum:
         raise ValueError(
             f"vocab_size {vocab_size} is too small: it must be at least 256 bytes + "
@@ -118,25 +124,21 @@ def plan_chunks(path: Path, chunk_bytes: int, specials_bytes: list[bytes]) -> li
 
 
 def _next_boundary(handle, position: int, specials_bytes: list[bytes]) -> int | None:
-    """The first cut point at or after `position`: the start of a special token, or else (within the
-    first search window without one) just after an ASCII non-space byte that precedes a newline."""
-    overlap = max((len(token) for token in specials_bytes), default=1)
-    handle.seek(position)
-    window = handle.read(BOUNDARY_SEARCH_BYTES + overlap)
-    while window:
-        found = [window.find(token) for token in specials_bytes]
-        found = [index for index in found if index >= 0]
+    """The first cut point at or after `position` in the first window that has one: where a special
+    token starts, or else between an ASCII non-space byte and a newline. None at the end of the file."""
+    overlap = max([len(token) - 1 for token in specials_bytes] + [1])  # a match may straddle windows
+    while True:
+        handle.seek(position)
+        window = handle.read(BOUNDARY_SEARCH_BYTES)
+        found = [index for index in (window.find(token) for token in specials_bytes) if index >= 0]
         if found:
             return position + min(found)
-        for index in range(1, len(window)):
-            if window[index] == 0x0A and 0x21 <= window[index - 1] <= 0x7E:
-                return position + index
-        position += len(window) - overlap
-        handle.seek(position)
-        window = handle.read(BOUNDARY_SEARCH_BYTES + overlap)
-        if len(window) <= overlap:
+        newline = _PRINTABLE_BEFORE_NEWLINE.search(window)
+        if newline is not None:
+            return position + newline.start() + 1
+        if len(window) < BOUNDARY_SEARCH_BYTES:
             return None
-    return None
+        position += len(window) - overlap
 
 
 def _count_chunk(task: tuple[Chunk, list[str]]) -> dict[str, int]:
@@ -147,7 +149,7 @@ def _count_chunk(task: tuple[Chunk, list[str]]) -> dict[str, int]:
     counts: Counter[str] = Counter()
     pieces = split_on_specials(text, special_token_regex(special_tokens))
     for piece in pieces[::2]:
-        counts.update(GPT2_REGEX.findall(piece))
+        counts.update(pretokenize(piece))
     return counts
 
 
@@ -229,9 +231,10 @@ class _BpeMerger:
         merged = chr(new_id)
         self.vocab[new_id] = self.vocab[ord(a)] + self.vocab[ord(b)]
         self.keys.append(self.keys[ord(a)][:-2] + self.keys[ord(b)])
-        pair_counts, pair_words, words, counts = self.pair_counts, self.pair_words, self.words, self.counts
-        new_pairs: set[str] = set()
-        for index in pair_words.pop(pair):
+        pair_counts, words, counts = self.pair_counts, self.words, self.counts
+        # Pairs containing the new token are all new: gather [count, word index, word index, ...] here.
+        gained: dict[str, list[int]] = {}
+        for index in self.pair_words.pop(pair):
             word = words[index]
             position = word.find(pair)
             if position < 0:
@@ -245,19 +248,32 @@ class _BpeMerger:
                     before = word[position - 1]
                     pair_counts[before + a] -= count
                     left_pair = (merged if position == previous_end else before) + merged
-                    pair_counts[left_pair] += count
-                    pair_words[left_pair].append(index)
-                    new_pairs.add(left_pair)
+                    entry = gained.get(left_pair)
+                    if entry is None:
+                        gained[left_pair] = [count, index]
+                    else:
+                        entry[0] += count
+                        entry.append(index)
                 previous_end = position + 2
                 if position + 2 <= last and next_position != previous_end:
                     after = word[position + 2]
                     pair_counts[b + after] -= count
                     right_pair = merged + after
-                    pair_counts[right_pair] += count
-                    pair_words[right_pair].append(index)
-                    new_pairs.add(right_pair)
+                    entry = gained.get(right_pair)
+                    if entry is None:
+                        gained[right_pair] = [count, index]
+                    else:
+                        entry[0] += count
+                        entry.append(index)
                 position = next_position
             words[index] = word.replace(pair, merged)
         del pair_counts[pair]
-        for new_pair in new_pairs:
-            heapq.heappush(self.heap, (-pair_counts[new_pair], self._pair_key(new_pair), new_pair))
+        keys, heap, pair_words = self.keys, self.heap, self.pair_words
+        merged_key = keys[new_id]
+        for new_pair, entry in gained.items():
+            pair_count = pair_counts[new_pair] = entry[0]
+            del entry[0]
+            pair_words[new_pair] = entry
+            first, second = new_pair
+            key = merged_key + keys[ord(second)] if first == merged else keys[ord(first)] + merged_key
+            heapq.heappush(heap, (-pair_count, key, new_pair))

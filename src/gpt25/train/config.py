@@ -22,8 +22,8 @@ CHOICES = {
 }
 
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _setting(default: Any, help: str, metavar: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "metavar": metavar})
 
 
 @dataclass
@@ -31,10 +31,11 @@ class TrainConfig:
     """All settings of one training run; `gpt25 train --help` lists them with their help text."""
 
     # Data and output.
-    data: str = _setting("", "shard directory written by `gpt25 data prepare` (required)")
-    tokenizer: str = _setting("", "tokenizer directory (default: DATA/tokenizer when it exists)")
-    out: str = _setting("runs/gpt25", "run directory: config.json, metrics.jsonl, checkpoints/")
-    checkpoint: str = _setting("", "resume from a checkpoint: a step dir, a run dir, or 'latest' (newest in --out)")
+    data: str = _setting("", "shard directory written by `gpt25 data prepare` (required)", "DIR")
+    tokenizer: str = _setting("", "tokenizer directory (default: DATA/tokenizer when it exists)", "DIR")
+    out: str = _setting("runs/gpt25", "run directory: config.json, metrics.jsonl, checkpoints/", "RUN_DIR")
+    checkpoint: str = _setting("", "resume from a checkpoint: a step dir, a run dir, or 'latest' (newest in "
+                                      "--out; starts fresh when there is none)", "PATH|latest")
     # Model shape (vocab size comes from the tokenizer).
     context_length: int = _setting(256, "tokens per training sequence")
     num_layers: int = _setting(4, "number of transformer blocks")
@@ -57,8 +58,8 @@ class TrainConfig:
     max_grad_norm: float = _setting(1.0, "clip the global gradient norm to this (0 disables clipping)")
     # Evaluation, logging, checkpoints.
     eval_every: int = _setting(250, "evaluate every N steps and at the end (0: only at the end)")
-    eval_steps: int = _setting(20, "validation batches (of batch_size x context_length tokens) per evaluation")
-    hellaswag: str = _setting("", "HellaSwag jsonl file (or 'download') to score at each evaluation")
+    eval_steps: int = _setting(20, "validation batches (batch_size x world size sequences each) per evaluation")
+    hellaswag: str = _setting("", "HellaSwag jsonl file (or 'download') to score at each evaluation", "FILE")
     hellaswag_limit: int = _setting(0, "score only the first N HellaSwag examples (0: all)")
     log_every: int = _setting(10, "write a metrics.jsonl training row every N steps")
     save_every: int = _setting(1000, "checkpoint every N steps and at the end (0: only at the end)")
@@ -79,6 +80,8 @@ class TrainConfig:
                      "num_heads", "d_ff", "train_steps", "keep_checkpoints", "log_every", "eval_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_steps <= self.train_steps:
+            raise ValueError(f"--warmup_steps ({self.warmup_steps}) must be between 0 and --train_steps ({self.train_steps})")
         if self.d_model % self.num_heads:
             raise ValueError(f"--d_model ({self.d_model}) must be divisible by --num_heads ({self.num_heads})")
 
@@ -109,8 +112,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, choices=CHOICES.get(config_field.name),
-                                default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(flag, type=kind, choices=CHOICES.get(config_field.name), default=argparse.SUPPRESS,
+                                metavar=config_field.metadata["metavar"], help=help_text)
 
 
 def read_toml_settings(path: str | Path) -> dict[str, Any]:

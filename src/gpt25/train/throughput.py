@@ -8,6 +8,7 @@ reads "fraction of what this machine's matmul reaches".
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -56,8 +57,9 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 1
     return 2 * size**3 * count / elapsed
 
 
+@functools.lru_cache(maxsize=None)
 def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
-    """(peak FLOP/s, where it came from) for MFU on this device."""
+    """(peak FLOP/s, where it came from) for MFU on this device (measured once per process)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = table_peak_flops(name, dtype)

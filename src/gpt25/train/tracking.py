@@ -43,7 +43,7 @@ class Tracker:
         self.backend = self._open_backend(kind, config or {}, resume_step)
 
     def _drop_rows_after(self, step: int) -> None:
-        """On resume, forget rows the killed run logged past its last checkpoint: they are redone."""
+        """Forget rows past the step this run starts from (all of them for a fresh run): they are redone."""
         if not self.path.is_file():
             return
         kept = [row for row in read_metrics(self.run_dir) if row.get("step", 0) <= step]

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -136,6 +137,9 @@ class Trainer:
         """Load --checkpoint (a path, or 'latest' in --out; 'latest' with none there starts fresh)."""
         source = self.config.checkpoint
         if not source:
+            if ckpt.list_checkpoints(self.run_dir):
+                raise FileExistsError(f"{self.run_dir} already holds checkpoints; pass --checkpoint latest to resume "
+                                      "them or choose a new --out")
             return
         if source == "latest":
             found = ckpt.list_checkpoints(self.run_dir)
@@ -173,11 +177,13 @@ class Trainer:
     def log_line(self, message: str) -> None:
         if self.context.is_main:
             tqdm.write(message)
+            sys.stdout.flush()  # batch-job logs show progress even if the job is killed
 
     # ----- the loop -----
     def train_step(self) -> tuple[float, float, float]:
         """One optimizer step over grad_accum_steps micro-batches; returns (loss, grad norm, lr)."""
-        lr = cosine_lr(self.step, self.config.lr, self.config.min_lr, self.config.warmup_steps, self.config.train_steps)
+        # Update number step + 1: the first update already gets a non-zero warmup lr.
+        lr = cosine_lr(self.step + 1, self.config.lr, self.config.min_lr, self.config.warmup_steps, self.config.train_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         num_micro = self.config.grad_accum_steps
@@ -238,9 +244,10 @@ class Trainer:
 
     def check_finite(self, loss: float) -> None:
         if not math.isfinite(loss):
-            kept = self.last_checkpoint or "none (no checkpoint was saved yet)"
-            raise TrainingDiverged(f"loss became {loss} at step {self.step}; stopped without saving. Last good "
-                                   f"checkpoint: {kept}. Lower --lr or raise --warmup_steps, then resume from it")
+            kept = (f"the last good checkpoint {self.last_checkpoint} is kept; lower --lr or raise --warmup_steps "
+                    f"and resume with --checkpoint {self.last_checkpoint}") if self.last_checkpoint else \
+                "no checkpoint was saved yet; lower --lr or raise --warmup_steps"
+            raise TrainingDiverged(f"loss became {loss} at step {self.step}, training stopped: {kept}")
 
     def run(self) -> dict[str, Any]:
         self.resume()
@@ -248,8 +255,7 @@ class Trainer:
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.write_run_config()
-            tracker = Tracker(self.run_dir, self.config.tracker, self.config.to_dict(),
-                              resume_step=self.step if self.config.checkpoint else None)
+            tracker = Tracker(self.run_dir, self.config.tracker, self.config.to_dict(), resume_step=self.step)
             self.log_line(f"{self.lm.num_params():,} parameters, {self.tokens_per_step:,} tokens/step, "
                           f"world size {self.context.world_size} ({self.config.parallel}), "
                           f"MFU peak {self.peak_flops / 1e12:.2f} TFLOP/s ({self.peak_source})")
@@ -291,7 +297,8 @@ class Trainer:
                                         "tokens_seen": self.step * self.tokens_per_step,
                                         "tokens_per_second": window_rate,
                                         "mfu": self.flops_per_token * window_rate / (self.peak_flops * self.context.world_size),
-                                        "memory_gb": self.memory_gb()})
+                                        "memory_gb": self.memory_gb(),
+                                        "elapsed_s": time.perf_counter() - started})
                 window_time, window_steps = 0.0, 0
             if self.is_due(self.config.eval_every):
                 self.last_eval = self.evaluate()

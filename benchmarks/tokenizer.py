@@ -1,0 +1,303 @@
+"""Tokenizer benchmark: gpt25 vs Hugging Face `tokenizers`, tiktoken and (if installed) rustbpe.
+
+    uv run python benchmarks/tokenizer.py            # everything (a few minutes; 1 GB stream included)
+    uv run python benchmarks/tokenizer.py --quick    # vocab 8192 only, no 32000, 100 MB stream
+
+Each measurement runs in a fresh subprocess, so times include no warm caches and peak memory
+(ru_maxrss of the process and of its pool workers) belongs to that measurement alone. Training
+uses 2 processes/threads for every library (RAYON_NUM_THREADS=2 for the Rust ones). Encoding
+uses GPT-2's vocab on the same corpus; "2 proc" is gpt25's pool encoder vs tiktoken's 2 threads.
+Prints one table; the ratio column is the other library's wall time divided by gpt25's
+(> 1 means gpt25 is faster). "CPU s" adds up all processes and threads (worth reading on a busy
+machine, where wall times are noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("GPT25_SHARED_DATA", REPO.parent / "shared" / "data"))
+EOT = "<|endoftext|>"
+
+
+def corpus_paths(data_dir: Path) -> list[Path]:
+    paths = sorted((data_dir / "english").glob("*.txt"))
+    if not paths:
+        raise SystemExit(f"no corpus at {data_dir / 'english'} (set GPT25_SHARED_DATA)")
+    return paths
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (pool workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def peak_rss_mb() -> tuple[float, float]:
+    """(this process, its largest finished child) peak resident memory in MB (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return own, children
+
+
+# ---- measurements (each runs in its own subprocess) -------------------------------------------
+
+
+def train_gpt25(paths: list[Path], vocab_size: int) -> None:
+    from gpt25.tokenizer import train_bpe
+
+    train_bpe(paths, vocab_size, [EOT], num_workers=2)
+
+
+def hf_trainer_and_tokenizer(vocab_size: int):
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    from gpt25.tokenizer import GPT2_PATTERN
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(GPT2_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    return tokenizer, trainer
+
+
+def iter_lines(paths: list[Path]):
+    for path in paths:
+        with open(path, encoding="utf-8", newline="") as handle:
+            yield from handle
+
+
+def train_hf_files(paths: list[Path], vocab_size: int) -> None:
+    tokenizer, trainer = hf_trainer_and_tokenizer(vocab_size)
+    tokenizer.train([str(path) for path in paths], trainer)
+
+
+def train_hf_iterator(paths: list[Path], vocab_size: int) -> None:
+    tokenizer, trainer = hf_trainer_and_tokenizer(vocab_size)
+    tokenizer.train_from_iterator(iter_lines(paths), trainer)
+
+
+def train_rustbpe(paths: list[Path], vocab_size: int) -> None:
+    import rustbpe
+
+    from gpt25.tokenizer import GPT2_PATTERN
+
+    rustbpe.Tokenizer().train_from_iterator(iter_lines(paths), vocab_size, pattern=GPT2_PATTERN)
+
+
+def gpt2_tokenizer():
+    from gpt25.tokenizer import Tokenizer
+
+    return Tokenizer.from_files(SHARED_DATA / "gpt2" / "gpt2_vocab.json", SHARED_DATA / "gpt2" / "gpt2_merges.txt", [EOT])
+
+
+def read_texts(paths: list[Path]) -> list[str]:
+    return [path.read_bytes().decode("utf-8") for path in paths]
+
+
+def encode_gpt25(paths: list[Path]) -> float:
+    tokenizer, texts = gpt2_tokenizer(), read_texts(paths)
+    started = time.perf_counter()
+    for text in texts:
+        tokenizer.encode(text)
+    return time.perf_counter() - started
+
+
+def encode_gpt25_warm(paths: list[Path]) -> float:
+    """A second pass over the corpus: every pre-token is already in the cache."""
+    tokenizer, texts = gpt2_tokenizer(), read_texts(paths)
+    for text in texts:
+        tokenizer.encode(text)
+    started = time.perf_counter()
+    for text in texts:
+        tokenizer.encode(text)
+    return time.perf_counter() - started
+
+
+def encode_gpt25_two_processes(paths: list[Path]) -> float:
+    tokenizer = gpt2_tokenizer()
+    with tempfile.TemporaryDirectory() as folder:
+        joined = Path(folder) / "corpus.txt"
+        joined.write_bytes(b"".join(path.read_bytes() for path in paths))
+        started = time.perf_counter()
+        for _ in tokenizer.encode_file(joined, num_workers=2):
+            pass
+        return time.perf_counter() - started
+
+
+def tiktoken_gpt2():
+    import tiktoken
+
+    from gpt25.tokenizer import GPT2_PATTERN
+
+    ours = gpt2_tokenizer()
+    ranks = {token: token_id for token_id, token in ours.vocab.items() if token_id != ours.eot_id}
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: ours.eot_id})
+
+
+def encode_tiktoken(paths: list[Path]) -> float:
+    encoding, texts = tiktoken_gpt2(), read_texts(paths)
+    started = time.perf_counter()
+    for text in texts:
+        encoding.encode_ordinary(text)
+    return time.perf_counter() - started
+
+
+def encode_tiktoken_two_threads(paths: list[Path]) -> float:
+    encoding, texts = tiktoken_gpt2(), read_texts(paths)
+    chunks = [text[start : start + (1 << 20)] for text in texts for start in range(0, len(text), 1 << 20)]
+    started = time.perf_counter()
+    encoding.encode_ordinary_batch(chunks, num_threads=2)
+    return time.perf_counter() - started
+
+
+def encode_hf(paths: list[Path]) -> float:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        hf = HFTokenizer.from_file(str(gpt2_tokenizer().save_huggingface(Path(folder) / "tokenizer.json")))
+    texts = read_texts(paths)
+    started = time.perf_counter()
+    for text in texts:
+        hf.encode(text)
+    return time.perf_counter() - started
+
+
+def encode_iterable_stream(paths: list[Path], megabytes: int) -> float:
+    """Lines of the corpus, repeated lazily until `megabytes` of text have been produced."""
+    tokenizer = gpt2_tokenizer()
+
+    def stream():
+        produced = 0
+        while True:
+            for line in iter_lines(paths):
+                yield line
+                produced += len(line)
+                if produced >= megabytes * 1_000_000:
+                    return
+
+    started = time.perf_counter()
+    for _ in tokenizer.encode_iterable(stream()):
+        pass
+    return time.perf_counter() - started
+
+
+def train_small(data_dir: Path) -> None:
+    from gpt25.tokenizer import train_bpe
+
+    train_bpe(data_dir / "fixtures" / "corpus.en", 500, [EOT])
+
+
+TASKS = {
+    "train-gpt25": train_gpt25, "train-hf-files": train_hf_files, "train-hf-iterator": train_hf_iterator,
+    "train-rustbpe": train_rustbpe,
+}
+ENCODERS = {
+    "encode-gpt25": encode_gpt25, "encode-gpt25-warm": encode_gpt25_warm, "encode-gpt25-2proc": encode_gpt25_two_processes,
+    "encode-tiktoken": encode_tiktoken, "encode-tiktoken-2threads": encode_tiktoken_two_threads, "encode-hf": encode_hf,
+}
+
+
+def run_task(task: str, argument: str) -> dict:
+    """Body of a measurement subprocess: run one task, return its time and peak memory."""
+    paths = corpus_paths(SHARED_DATA)
+    started, cpu_started = time.perf_counter(), cpu_seconds()
+    if task in TASKS:
+        TASKS[task](paths, int(argument))
+        seconds = time.perf_counter() - started
+    elif task in ENCODERS:
+        seconds = ENCODERS[task](paths)
+    elif task == "encode-iterable":
+        seconds = encode_iterable_stream(paths, int(argument))
+    elif task == "train-small":
+        train_small(SHARED_DATA)
+        seconds = time.perf_counter() - started
+    else:
+        raise SystemExit(f"unknown task {task}")
+    own, children = peak_rss_mb()
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu_started, "rss_mb": own, "worker_rss_mb": children}
+
+
+def measure(task: str, argument: str = "0", threads: int = 2) -> dict | None:
+    environment = dict(os.environ, RAYON_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="true")
+    result = subprocess.run([sys.executable, __file__, "--task", task, argument], capture_output=True,
+                            text=True, env=environment)
+    if result.returncode != 0:
+        last_line = (result.stderr.strip().splitlines() or ["failed"])[-1]
+        return {"error": last_line}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---- the table -------------------------------------------------------------------------------
+
+
+def format_row(measurement: str, library: str, result: dict | None, megabytes: float | None, reference: float | None) -> str:
+    if result is None or "error" in result:
+        note = "not run" if result is None else result["error"][:60]
+        return f"| {measurement} | {library} | - | - | - | - | - | {note} |"
+    seconds = result["seconds"]
+    throughput = f"{megabytes / seconds:.1f} MB/s" if megabytes else "-"
+    memory = f"{result['rss_mb']:.0f}" + (f" (+{result['worker_rss_mb']:.0f}/worker)" if result["worker_rss_mb"] > 1 else "")
+    ratio = f"{seconds / reference:.2f}" if reference and library != "gpt25" else "-"
+    return f"| {measurement} | {library} | {seconds:.2f} | {result['cpu_seconds']:.2f} | {throughput} | {memory} | {ratio} | |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="vocab 8192 only and a 100 MB stream")
+    parser.add_argument("--vocab-sizes", type=int, nargs="+", default=None, help="training vocab sizes (default 8192 32000)")
+    parser.add_argument("--stream-mb", type=int, default=None, help="size of the encode_iterable stream (default 1000)")
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-encode", action="store_true")
+    parser.add_argument("--task", nargs=2, metavar=("NAME", "ARG"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.task:
+        print(json.dumps(run_task(*args.task)))
+        return
+    megabytes = sum(path.stat().st_size for path in corpus_paths(SHARED_DATA)) / 1e6
+    vocab_sizes = args.vocab_sizes or ([8192] if args.quick else [8192, 32000])
+    stream_mb = args.stream_mb or (100 if args.quick else 1000)
+    rows = ["| measurement | library | seconds | CPU s | throughput | peak RSS MB | other time / gpt25 time | note |",
+            "|---|---|---:|---:|---:|---:|---:|---|"]
+    if not args.skip_train:
+        for vocab_size in vocab_sizes:
+            name = f"train {megabytes:.0f} MB, vocab {vocab_size}, 2 proc"
+            ours = measure("train-gpt25", str(vocab_size))
+            reference = ours.get("seconds") if ours else None
+            rows.append(format_row(name, "gpt25", ours, None, None))
+            for library, task in [("HF Tokenizer.train(files)", "train-hf-files"),
+                                  ("HF train_from_iterator", "train-hf-iterator"), ("rustbpe", "train-rustbpe")]:
+                rows.append(format_row(name, library, measure(task, str(vocab_size)), None, reference))
+            print("\n".join(rows[-4:]), file=sys.stderr)
+        rows.append(format_row("train corpus.en, vocab 500", "gpt25", measure("train-small"), None, None))
+    if not args.skip_encode:
+        name = f"encode {megabytes:.0f} MB, GPT-2 vocab"
+        ours = measure("encode-gpt25", threads=1)
+        rows.append(format_row(name + ", 1 proc", "gpt25", ours, megabytes, None))
+        rows.append(format_row(name + ", 1 proc", "gpt25, 2nd pass (warm cache)", measure("encode-gpt25-warm", threads=1),
+                               megabytes, None))
+        rows.append(format_row(name + ", 1 proc", "tiktoken", measure("encode-tiktoken", threads=1), megabytes, ours.get("seconds")))
+        rows.append(format_row(name + ", 1 proc", "HF tokenizers", measure("encode-hf", threads=1), megabytes, ours.get("seconds")))
+        ours_two = measure("encode-gpt25-2proc")
+        rows.append(format_row(name + ", 2 proc", "gpt25 (encode_file)", ours_two, megabytes, None))
+        rows.append(format_row(name + ", 2 proc", "tiktoken (2 threads)", measure("encode-tiktoken-2threads"),
+                               megabytes, ours_two.get("seconds")))
+        rows.append(format_row(f"encode_iterable, {stream_mb} MB stream", "gpt25",
+                               measure("encode-iterable", str(stream_mb), threads=1), stream_mb, None))
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Hugging Face interop: export a gpt25 model as a `transformers` LlamaForCausalLM folder, import one back,
+and move folders to and from the Hub.
+
+The architectures match one to one (RMSNorm eps 1e-5, SwiGLU, RoPE, no biases, untied head) except
+for the RoPE layout: gpt25 rotates interleaved pairs (x[2i], x[2i+1]) while transformers rotates
+halves (x[i], x[i + head_dim/2]). Permuting the rows of q_proj and k_proj within each head maps
+one onto the other exactly (`interleaved_to_halves`), since q.k is unchanged when both are permuted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpt25.model import ModelConfig, TransformerLM
+
+RMS_NORM_EPS = 1e-5
+HF_WEIGHTS_FILE = "model.safetensors"
+HF_INDEX_FILE = "model.safetensors.index.json"
+EOT_TOKEN = "<|endoftext|>"
+# gpt25 name (with {i} for the layer) -> transformers Llama name
+LAYER_NAMES = {
+    "layers.{i}.ln1.weight": "model.layers.{i}.input_layernorm.weight",
+    "layers.{i}.attn.q_proj.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "layers.{i}.attn.k_proj.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "layers.{i}.attn.v_proj.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "layers.{i}.attn.output_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "layers.{i}.ln2.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "layers.{i}.ffn.w1.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "layers.{i}.ffn.w2.weight": "model.layers.{i}.mlp.down_proj.weight",
+    "layers.{i}.ffn.w3.weight": "model.layers.{i}.mlp.up_proj.weight",
+}
+GLOBAL_NAMES = {
+    "token_embeddings.weight": "model.embed_tokens.weight",
+    "ln_final.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+
+
+def interleaved_to_halves(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Reorder q/k output rows per head from pairs (2i, 2i+1) to halves (i, i + head_dim/2)."""
+    d_out, d_in = weight.shape
+    head_dim = d_out // num_heads
+    # (heads, head_dim/2, 2, d_in) -> (heads, 2, head_dim/2, d_in)
+    return weight.reshape(num_heads, head_dim // 2, 2, d_in).transpose(1, 2).reshape(d_out, d_in)
+
+
+def halves_to_interleaved(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Inverse of `interleaved_to_halves`."""
+    d_out, d_in = weight.shape
+    head_dim = d_out // num_heads
+    return weight.reshape(num_heads, 2, head_dim // 2, d_in).transpose(1, 2).reshape(d_out, d_in)
+
+
+def name_map(num_layers: int) -> dict[str, str]:
+    """Every gpt25 state-dict name -> its transformers Llama name."""
+    names = dict(GLOBAL_NAMES)
+    for index in range(num_layers):
+        names.update({ours.format(i=index): theirs.format(i=index) for ours, theirs in LAYER_NAMES.items()})
+    return names
+
+
+def to_hf_state_dict(state_dict: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """gpt25 weights -> transformers Llama weights (renamed, q/k rows permuted, contiguous)."""
+    converted = {}
+    for ours, theirs in name_map(config.num_layers).items():
+        tensor = state_dict[ours].detach()
+        if ours.endswith(("attn.q_proj.weight", "attn.k_proj.weight")):
+            tensor = interleaved_to_halves(tensor, config.num_heads)
+        converted[theirs] = tensor.contiguous().clone()
+    return converted
+
+
+def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """transformers Llama weights -> gpt25 weights; a tied checkpoint without lm_head reuses the embedding."""
+    state = {}
+    for ours, theirs in name_map(config.num_layers).items():
+        if theirs == "lm_head.weight" and theirs not in hf_state:
+            theirs = "model.embed_tokens.weight"
+        if theirs not in hf_state:
+            raise ValueError(f"the Hugging Face weights have no {theirs}; is this a Llama checkpoint?")
+        tensor = hf_state[theirs]
+        if ours.endswith(("attn.q_proj.weight", "attn.k_proj.weight")):
+            tensor = halves_to_interleaved(tensor, config.num_heads)
+        state[ours] = tensor.contiguous()
+    return state
+
+
+def hf_config(config: ModelConfig, eot_id: int | None = None, dtype: torch.dtype = torch.float32) -> dict:
+    """config.json for LlamaForCausalLM; written for both transformers 4.x (rope_theta) and 5.x (rope_parameters)."""
+    dtype_name = str(dtype).removeprefix("torch.")
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.d_ff,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_heads,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.context_length,
+        "hidden_act": "silu",
+        "rms_norm_eps": RMS_NORM_EPS,
+        "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "torch_dtype": dtype_name,
+        "use_cache": True,
+    }
+
+
+def export_hf(
+    checkpoint: str | Path | TransformerLM,
+    tokenizer_dir: str | Path | None,
+    out_dir: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    overwrite: bool = False,
+) -> Path:
+    """Write a LlamaForCausalLM folder (config.json, model.safetensors, tokenizer files) to `out_dir`.
+
+    `checkpoint` is a gpt25 checkpoint path (step dir, run dir or consolidated .safetensors; read with
+    gpt25.checkpoint.load_model) or an in-memory TransformerLM. `tokenizer_dir` is a folder written by
+    gpt25's Tokenizer.save (None skips the tokenizer). The folder is assembled under a temporary name
+    and renamed into place.
+    """
+    model = checkpoint if isinstance(checkpoint, TransformerLM) else _load_checkpoint(checkpoint)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
+    temporary = out_dir.with_name(f".tmp-{out_dir.name}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    eot_id = _write_tokenizer(tokenizer_dir, temporary) if tokenizer_dir is not None else None
+    weights = {name: tensor.to(dtype) for name, tensor in to_hf_state_dict(model.state_dict(), model.config).items()}
+    save_file(weights, temporary / HF_WEIGHTS_FILE, metadata={"format": "pt"})
+    config = hf_config(model.config, eot_id, dtype)
+    (temporary / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    generation = {"bos_token_id": eot_id, "eos_token_id": eot_id, "do_sample": True, "temperature": 0.8, "top_p": 0.9}
+    (temporary / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(temporary, out_dir)
+    return out_dir
+
+
+def _load_checkpoint(path: str | Path) -> TransformerLM:
+    from gpt25.checkpoint import load_model
+
+    model, _meta = load_model(path)
+    return model
+
+
+def _write_tokenizer(tokenizer_dir: str | Path, out_dir: Path) -> int | None:
+    """tokenizer.json (via gpt25's Tokenizer.save_huggingface) + tokenizer_config.json; returns the EOT id."""
+    from gpt25.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    tokenizer.save_huggingface(out_dir / "tokenizer.json")
+    eot_id = tokenizer.token_id(EOT_TOKEN) if EOT_TOKEN in tokenizer.special_tokens else None
+    settings = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
+    if eot_id is not None:
+        settings.update(bos_token=EOT_TOKEN, eos_token=EOT_TOKEN, unk_token=None)
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return eot_id
+
+
+def config_from_hf(hf: dict) -> ModelConfig:
+    """ModelConfig from a Llama config.json, refusing features gpt25 does not have."""
+    if hf.get("model_type") != "llama":
+        raise ValueError(f"model_type is {hf.get('model_type')!r}; only Llama checkpoints can be imported")
+    num_heads = hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
+    rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    checks = [
+        (hf.get("num_key_value_heads", num_heads) != num_heads, "grouped-query attention"),
+        (hf.get("attention_bias", False) or hf.get("mlp_bias", False), "biases"),
+        (hf.get("hidden_act", "silu") != "silu", f"activation {hf.get('hidden_act')!r} (only silu)"),
+        (abs(hf.get("rms_norm_eps", RMS_NORM_EPS) - RMS_NORM_EPS) > 1e-12, f"rms_norm_eps {hf.get('rms_norm_eps')}"),
+        (head_dim * num_heads != hf["hidden_size"], f"head_dim {head_dim} != hidden_size / heads"),
+        (rope.get("rope_type", "default") != "default", f"rope type {rope.get('rope_type')!r}"),
+    ]
+    unsupported = [description for present, description in checks if present]
+    if unsupported:
+        raise ValueError(f"cannot import: gpt25 has no {', '.join(unsupported)}")
+    rope_theta = (hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0))
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        context_length=hf["max_position_embeddings"],
+        d_model=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=num_heads,
+        d_ff=hf["intermediate_size"],
+        rope_theta=float(rope_theta),
+    )
+
+
+def import_hf(hf_dir: str | Path) -> tuple[TransformerLM, dict]:
+    """Load a LlamaForCausalLM folder (safetensors, one file or sharded) as a TransformerLM; returns (model, hf config)."""
+    hf_dir = Path(hf_dir)
+    config_path = hf_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found; point --hf at a transformers model folder")
+    hf = json.loads(config_path.read_text())
+    config = config_from_hf(hf)
+    if (hf_dir / HF_INDEX_FILE).is_file():
+        shard_names = sorted(set(json.loads((hf_dir / HF_INDEX_FILE).read_text())["weight_map"].values()))
+    elif (hf_dir / HF_WEIGHTS_FILE).is_file():
+        shard_names = [HF_WEIGHTS_FILE]
+    else:
+        raise FileNotFoundError(f"no {HF_WEIGHTS_FILE} or {HF_INDEX_FILE} in {hf_dir} (only safetensors are read)")
+    hf_state: dict[str, torch.Tensor] = {}
+    for name in shard_names:
+        hf_state.update(load_file(hf_dir / name))
+    # Built on the CPU, not on meta: materialising meta tensors imports sympy (seconds), more than the init costs.
+    model = TransformerLM(config)
+    model.load_state_dict(from_hf_state_dict(hf_state, config), assign=True)
+    return model.eval(), hf
+
+
+def save_consolidated(model: TransformerLM, path: str | Path, extra_meta: dict | None = None) -> Path:
+    """Write `<name>.safetensors` + `<name>.json` (gpt25-checkpoint meta) that gpt25.checkpoint.load_model reads."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"output must end in .safetensors, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "gpt25-checkpoint", "version": 1, "step": 0, "model_config": model.config.to_dict(),
+            "train_config": {}, "tokenizer_fingerprint": None, "world_size": 1, "sharded": False, **(extra_meta or {})}
+    temporary = path.with_name(f".tmp-{path.name}")
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary)
+    meta_temporary = temporary.with_suffix(".json")
+    meta_temporary.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(temporary, path)
+    os.replace(meta_temporary, path.with_suffix(".json"))
+    return path
+
+
+def upload_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+    """Create `repo_id` if needed and upload `folder` to it; returns the repo URL. Offline -> ConnectionError."""
+    from huggingface_hub import HfApi
+
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; export one first with `gpt25 export hf`")
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload gpt25 model")
+    except Exception as error:  # network, auth and offline errors all end here; one line for the CLI
+        raise ConnectionError(f"could not upload to the Hub repo {repo_id}: {type(error).__name__}: {error}") from error
+    return str(url)
+
+
+def download_from_hub(repo_id: str, local_dir: str | Path, *, revision: str | None = None) -> Path:
+    """Download a model repo snapshot into `local_dir` (for import_hf). Offline -> ConnectionError."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=repo_id, local_dir=str(local_dir), revision=revision))
+    except Exception as error:
+        raise ConnectionError(f"could not download {repo_id} from the Hub: {type(error).__name__}: {error}") from error

@@ -1,0 +1,115 @@
+"""Applying BPE merges to pre-tokens: one word in pure Python, or many words at once with numpy.
+
+Both apply merges in rank order, one occurrence at a time: find the lowest-ranked adjacent pair,
+merge its leftmost occurrence, repeat. This equals GPT-2's "merge every occurrence of the best
+pair" because any pair containing the new token ranks after the merge that made it.
+
+Merges are looked up by one int per pair, `left << ID_BITS | right`, and give one int per merge,
+`rank << ID_BITS | merged_id`, so the best pair is simply the smallest value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ID_BITS = 24
+ID_MASK = (1 << ID_BITS) - 1
+NO_MERGE = 1 << 62  # value of a pair that is not a merge: greater than every real one
+
+
+def merge_word(byte_ids: list[int], merge_values: dict[int, int]) -> tuple[int, ...]:
+    """Token ids of one pre-token, given the ids of its bytes."""
+    ids = list(byte_ids)
+    get = merge_values.get
+    values = [get(left << ID_BITS | right, NO_MERGE) for left, right in zip(ids, ids[1:])]
+    while values:
+        best = min(values)
+        if best == NO_MERGE:
+            break
+        position = values.index(best)
+        ids[position] = best & ID_MASK
+        del ids[position + 1]
+        del values[position]
+        if position > 0:
+            values[position - 1] = get(ids[position - 1] << ID_BITS | ids[position], NO_MERGE)
+        if position < len(values):
+            values[position] = get(ids[position] << ID_BITS | ids[position + 1], NO_MERGE)
+    return tuple(ids)
+
+
+class BatchMerger:
+    """merge_word for many words at once: every step merges one pair in each unfinished word.
+
+    All words sit end to end in one array with a parallel array of word numbers; a word leaves
+    the arrays when it has no pair left to merge.
+    """
+
+    def __init__(self, merge_values: dict[int, int], byte_ids: list[int]) -> None:
+        keys = np.fromiter(merge_values.keys(), dtype=np.int64, count=len(merge_values))
+        values = np.fromiter(merge_values.values(), dtype=np.int64, count=len(merge_values))
+        order = np.argsort(keys)
+        # a final slot, greater than every key, that "not found" lookups are pointed at
+        self.keys = np.append(keys[order], np.int64(np.iinfo(np.int64).max))
+        self.values = np.append(values[order], np.int64(NO_MERGE))
+        self.byte_ids = np.asarray(byte_ids, dtype=np.int64)
+        # value of every pair of bytes, so the first lookup (all positions) is a plain gather
+        pairs = (self.byte_ids[:, None] << ID_BITS | self.byte_ids[None, :]).ravel()  # (65536,)
+        self.byte_pair_values = np.array([merge_values.get(key, NO_MERGE) for key in pairs.tolist()], dtype=np.int64)
+
+    def merge(self, words: list[bytes]) -> list[tuple[int, ...]]:
+        """Token ids of each word (given as its UTF-8 bytes)."""
+        lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        data = np.frombuffer(b"".join(words), dtype=np.uint8).astype(np.int64)  # (positions,)
+        ids = self.byte_ids[data]
+        word = np.repeat(np.arange(len(words), dtype=np.int64), lengths)  # (positions,)
+        values = np.full(ids.size, NO_MERGE, dtype=np.int64)  # (positions,) pair starting here
+        values[:-1] = self.byte_pair_values[data[:-1] << 8 | data[1:]]
+        values[:-1][word[:-1] != word[1:]] = NO_MERGE
+        finished_ids: list[np.ndarray] = []
+        finished_word: list[np.ndarray] = []
+        while ids.size:
+            ids, word, values = self._step(ids, word, values, finished_ids, finished_word)
+        return self._regroup(finished_ids, finished_word, len(words))
+
+    def _update_values(self, ids: np.ndarray, word: np.ndarray, values: np.ndarray, positions: np.ndarray) -> None:
+        """Recompute values[positions] (positions < ids.size - 1): NO_MERGE across words."""
+        pair_keys = ids[positions] << ID_BITS | ids[positions + 1]
+        slots = np.searchsorted(self.keys, pair_keys)  # always < len(keys): the last key is the largest
+        slots[self.keys[slots] != pair_keys] = len(self.keys) - 1
+        found = self.values[slots]
+        found[word[positions] != word[positions + 1]] = NO_MERGE
+        values[positions] = found
+
+    def _step(self, ids, word, values, finished_ids, finished_word):
+        """Set finished words aside and merge the best pair of every other word."""
+        starts_word = np.empty(ids.size, dtype=bool)  # (positions,) True where a word begins
+        starts_word[0] = True
+        np.not_equal(word[1:], word[:-1], out=starts_word[1:])
+        segment = np.cumsum(starts_word) - 1  # (positions,) index of the word among those left
+        best = np.minimum.reduceat(values, np.flatnonzero(starts_word))  # (words left,)
+        done = (best == NO_MERGE)[segment]
+        finished_ids.append(ids[done])
+        finished_word.append(word[done])
+        candidates = np.flatnonzero((values == best[segment]) & ~done)
+        if candidates.size:
+            candidates = candidates[np.r_[True, segment[candidates[1:]] != segment[candidates[:-1]]]]
+        ids[candidates] = values[candidates] & ID_MASK  # the leftmost best pair of each word
+        keep = ~done
+        keep[candidates + 1] = False
+        new_index = np.cumsum(keep) - 1
+        ids, word, values = ids[keep], word[keep], values[keep]
+        values[-1:] = NO_MERGE  # the last position may hold a merged token, whose old value is stale
+        merged = new_index[candidates]
+        changed = np.concatenate([merged[merged > 0] - 1, merged[merged < ids.size - 1]])
+        self._update_values(ids, word, values, changed)
+        return ids, word, values
+
+    @staticmethod
+    def _regroup(finished_ids, finished_word, num_words: int) -> list[tuple[int, ...]]:
+        ids = np.concatenate(finished_ids) if finished_ids else np.empty(0, dtype=np.int64)
+        word = np.concatenate(finished_word) if finished_word else np.empty(0, dtype=np.int64)
+        order = np.argsort(word, kind="stable")  # a word's positions leave together, in order
+        flat = ids[order].tolist()
+        ends = np.cumsum(np.bincount(word, minlength=num_words)).tolist()
+        starts = [0] + ends[:-1]
+        return [tuple(flat[start:end]) for start, end in zip(starts, ends)]

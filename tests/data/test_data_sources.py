@@ -1,0 +1,178 @@
+"""Document sources: plain text, JSONL, Parquet, Hugging Face (through its local-file builders), python-docs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from itertools import islice
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gpt25.data.sources import iter_default_corpus, iter_documents, iter_stdlib_docstrings, write_corpus_file
+
+
+def documents(*specs: str, **options) -> list[str]:
+    return list(iter_documents(specs, **options))
+
+
+def test_plain_text_blank_line_and_file_splits(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_bytes("\ufeffFirst para\r\nline two\r\n\r\n\r\nSecond para\r\n   \r\nThird".encode())
+    (tmp_path / "b.txt").write_text("B one\n\nB two\n")
+    assert documents(str(tmp_path / "a.txt")) == ["First para\nline two", "Second para", "Third"]
+    assert documents(str(tmp_path), doc_split="file") == [
+        "First para\nline two\n\n\nSecond para\n   \nThird",
+        "B one\n\nB two",
+    ]
+    assert documents(str(tmp_path / "*.txt")) == ["First para\nline two", "Second para", "Third", "B one", "B two"]
+
+
+def test_folders_skip_hidden_files_and_globs_recurse(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "z.txt").write_text("zed")
+    (tmp_path / "a.txt").write_text("ay")
+    (tmp_path / ".hidden.txt").write_text("secret")
+    assert documents(str(tmp_path)) == ["ay", "zed"]
+    assert documents(str(tmp_path / "**" / "z.txt")) == ["zed"]
+    with pytest.raises(FileNotFoundError, match="matched no files"):
+        documents(str(tmp_path / "*.md"))
+    with pytest.raises(ValueError, match="--doc-split must be one of"):
+        documents(str(tmp_path), doc_split="sentence")
+
+
+def test_jsonl_text_field(tmp_path: Path) -> None:
+    rows = [{"text": "one", "id": 1}, {"text": "two\n", "id": 2}, {"text": "   ", "id": 3}]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n\n")
+    assert documents(str(tmp_path / "rows.jsonl")) == ["one", "two"]
+    with pytest.raises(ValueError, match=r"rows.jsonl:1: no field 'body' \(found: text, id\); pass --text-field NAME"):
+        documents(str(tmp_path / "rows.jsonl"), text_field="body")
+    (tmp_path / "broken.jsonl").write_text('{"text": "ok"}\n{"text": \n')
+    with pytest.raises(ValueError, match="broken.jsonl:2: not a JSON object per line"):
+        documents(str(tmp_path / "broken.jsonl"))
+
+
+def test_parquet_text_field(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"content": ["alpha", None, "beta"], "n": [1, 2, 3]}), tmp_path / "t.parquet")
+    assert documents(str(tmp_path / "t.parquet"), text_field="content") == ["alpha", "beta"]
+    with pytest.raises(ValueError, match=r"no column 'text' \(found: content, n\)"):
+        documents(str(tmp_path / "t.parquet"))
+
+
+def test_hugging_face_datasets_local_builders(tmp_path: Path) -> None:
+    """hf: sources go through `datasets.load_dataset(..., streaming=True)`; its json/parquet builders read local files."""
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps({"story": f"story {i}"}) for i in range(5)))
+    pq.write_table(pa.table({"text": ["p0", "p1"]}), tmp_path / "rows.parquet")
+    assert documents("hf:json", text_field="story", data_files=[str(tmp_path / "rows.jsonl")]) == [
+        f"story {i}" for i in range(5)
+    ]
+    assert documents("hf:parquet", data_files=[str(tmp_path / "rows.parquet")]) == ["p0", "p1"]
+    with pytest.raises(ValueError, match="row 0: no field 'text' \\(found: story\\)"):
+        documents("hf:json", data_files=[str(tmp_path / "rows.jsonl")])
+
+
+RUN_COMMANDS = """
+import contextlib, io, json, sys
+from gpt25.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit as exit_info:
+            results.append([exit_info.code, stderr.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def run_cli(commands: list[list[str]], env: dict[str, str]) -> list[tuple[int, str]]:
+    """Run `gpt25` commands in one fresh interpreter (the Hub libraries read their env vars at import)."""
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_COMMANDS, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        env=os.environ | env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return [tuple(item) for item in json.loads(result.stdout.strip().splitlines()[-1])]
+
+
+def test_hub_offline_fails_at_once_or_uses_the_cache(tmp_path: Path) -> None:
+    """HF_HUB_OFFLINE=1: Hub sources fail in one line naming the local alternative; a cached snapshot still downloads."""
+    repo = tmp_path / "cache" / "datasets--itskoma--GPT2.5"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    (repo / "snapshots" / "0123abcd" / "data.txt").write_text("cached")
+    commands = [
+        ["data", "corpus", "--source", "hf:roneneldan/TinyStories", "--out", str(tmp_path / "x.txt")],
+        ["data", "download", "--repo-type", "model"],
+        ["data", "download", "--out", str(tmp_path / "out")],
+    ]
+    hf_source, model_download, cached_download = run_cli(
+        commands, {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")}
+    )
+    assert hf_source == (
+        2,
+        "gpt25 data: error: hf:roneneldan/TinyStories needs the internet and offline mode is on (HF_HUB_OFFLINE); "
+        "offline, use local files instead: --source 'DIR/*.jsonl' --text-field text (or --source python-docs, the embedded corpus)\n",
+    )
+    assert model_download[0] == 2 and len(model_download[1].strip().splitlines()) == 1
+    assert (
+        "downloading model itskoma/GPT2.5 needs the internet" in model_download[1]
+        and "--source DIR" in model_download[1]
+    )
+    assert cached_download == (0, "") and (tmp_path / "out" / "data.txt").read_text() == "cached"
+
+
+def test_unreachable_hub_is_one_line(tmp_path: Path) -> None:
+    """No offline flag, but the Hub endpoint refuses connections (port 9 on localhost): huggingface_hub's own error."""
+    commands = [
+        ["data", "corpus", "--source", "hf:roneneldan/TinyStories", "--out", str(tmp_path / "x.txt")],
+        ["data", "download"],
+    ]
+    for code, stderr in run_cli(
+        commands, {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "cache")}
+    ):
+        assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+        assert "needs the internet, and the Hugging Face Hub is unreachable (" in stderr
+
+
+def test_stdlib_extraction_skips_tests_and_bad_files(tmp_path: Path) -> None:
+    (tmp_path / "good.py").write_text(
+        '"""Module doc."""\nclass K:\n    """Class doc."""\n    def f(self, x=1):\n        """Method\n        doc."""\n'
+    )
+    (tmp_path / "latin.py").write_bytes('# -*- coding: latin-1 -*-\n"""Caf\xe9 doc."""\n'.encode("latin-1"))
+    (tmp_path / "broken.py").write_text('"""Never seen."""\ndef (:\n')
+    (tmp_path / "nodoc.py").write_text("x = 1\n")
+    for folder in ("test", "site-packages", "idlelib/idle_test"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "m.py").write_text('"""Skipped."""\n')
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text('"""Package doc."""\n')
+    assert list(iter_stdlib_docstrings(tmp_path)) == [
+        "module good\n\nModule doc.\n\nclass good.K\n\nClass doc.\n\ngood.K.f(self, x=1)\n\nMethod\ndoc.",
+        "module latin\n\nCafé doc.",
+        "module pkg\n\nPackage doc.",
+    ]
+
+
+@pytest.fixture(scope="module")
+def default_corpus() -> list[str]:
+    return list(iter_default_corpus())
+
+
+def test_embedded_corpus(default_corpus: list[str], tmp_path: Path) -> None:
+    names = [document.split("\n", 1)[0] for document in default_corpus]
+    assert len(default_corpus) > 500 and sum(map(len, default_corpus)) > 1_500_000
+    assert "module json" in names and "module email.mime.text" in names and "if" in names
+    assert not any(name.startswith(("module test.", "module idlelib.idle_test")) for name in names)
+    assert len(set(names)) == len(names) and all(document.strip() for document in default_corpus)
+    assert write_corpus_file(default_corpus[:3], tmp_path / "c.txt")[0] == 3
+    assert (tmp_path / "c.txt").read_text(encoding="utf-8").split("<|endoftext|>") == default_corpus[:3]
+    assert list(islice(iter_documents(["python-docs"]), 20)) == default_corpus[:20]

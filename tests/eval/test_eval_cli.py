@@ -1,0 +1,117 @@
+"""`gpt25 eval` and `gpt25 generate` end to end on a saved tiny checkpoint, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from gpt25.checkpoint import make_meta, save_checkpoint
+from gpt25.cli import main
+from gpt25.tokenizer import Tokenizer
+
+TEXT = "The cat sat on the mat. The dog ran far away from home, and then it came back again."
+
+
+@pytest.fixture
+def saved(tmp_path, byte_tokenizer, random_lm) -> dict[str, Path]:
+    """A tokenizer folder, a run dir with one checkpoint, prepared shards and a HellaSwag file."""
+    from gpt25.data.prepare import PrepareConfig, prepare
+
+    byte_tokenizer.save(tmp_path / "tokenizer")
+    model = random_lm(context_length=32)
+    meta = make_meta(5, model.config, tokenizer_fingerprint=byte_tokenizer.fingerprint())
+    step_dir = save_checkpoint(model, None, 5, tmp_path / "run" / "checkpoints" / "step_0000005", meta=meta)
+    (tmp_path / "corpus.txt").write_text("\n\n".join(f"{TEXT} Document {index}." for index in range(20)))
+    prepare(PrepareConfig(sources=[str(tmp_path / "corpus.txt")], tokenizer_dir=str(tmp_path / "tokenizer"),
+                          out_dir=str(tmp_path / "data"), val_docs=4, workers=1, progress=False))
+    examples = [{"ctx": "The cat sat on the", "endings": ["mat.", "dog", "away", "then"], "label": 0}] * 3
+    (tmp_path / "hellaswag.jsonl").write_text("".join(json.dumps(example) + "\n" for example in examples))
+    return {"root": tmp_path, "run": tmp_path / "run", "step": step_dir, "tokenizer": tmp_path / "tokenizer",
+            "data": tmp_path / "data", "hellaswag": tmp_path / "hellaswag.jsonl"}
+
+
+def run_cli(*argv: str) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in argv])
+    return exit_info.value.code
+
+
+def test_eval_writes_eval_json_beside_the_checkpoint_and_prints_a_table(saved, capsys) -> None:
+    code = run_cli("eval", "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], "--data", saved["data"],
+                   "--hellaswag", saved["hellaswag"], "--limit", 2, "--device", "cpu", "--batch_size", 2)
+    assert code == 0
+    results = json.loads((saved["step"] / "eval.json").read_text())
+    assert results["val_loss"] > 0 and results["val_perplexity"] > 1 and results["val_bpb"] > 0
+    assert results["val_tokens"] > 0 and results["step"] == 5
+    assert results["hellaswag"]["n"] == 2 and set(results["hellaswag"]) == {"acc", "acc_norm", "n"}
+    table = capsys.readouterr().out
+    assert "val_bpb" in table and "hellaswag_acc_norm" in table and f"{results['val_loss']:.4f}" in table
+
+
+def test_eval_out_option_and_loss_only(saved) -> None:
+    out = saved["root"] / "scores" / "result.json"
+    assert run_cli("eval", "--checkpoint", saved["step"], "--tokenizer", saved["tokenizer"], "--data", saved["data"],
+                   "--device", "cpu", "--out", out) == 0
+    results = json.loads(out.read_text())
+    assert results["hellaswag"] is None and results["val_loss"] > 0
+
+
+def test_eval_of_a_consolidated_file_writes_beside_it(saved) -> None:
+    from gpt25.checkpoint import consolidate
+
+    weights = consolidate(saved["run"], saved["root"] / "export" / "model.safetensors")
+    assert run_cli("eval", "--checkpoint", weights, "--tokenizer", saved["tokenizer"], "--hellaswag",
+                   saved["hellaswag"], "--device", "cpu") == 0
+    results = json.loads((saved["root"] / "export" / "model.eval.json").read_text())
+    assert results["hellaswag"]["n"] == 3 and results["val_loss"] is None and results["step"] == 5
+
+
+def test_generate_prints_prompt_and_continuation(saved, capsys) -> None:
+    code = run_cli("generate", "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], "--prompt", "The cat",
+                   "--max_new_tokens", 5, "--num_samples", 2, "--seed", 1, "--device", "cpu")
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.count("--- sample") == 2 and out.count("The cat") == 2
+
+
+def test_generate_streams_one_sample(saved, capsys) -> None:
+    code = run_cli("generate", "--checkpoint", saved["step"], "--tokenizer", saved["tokenizer"], "--prompt", "Hi",
+                   "--temperature", 0, "--max_new_tokens", 6, "--stream", "--device", "cpu")
+    assert code == 0
+    assert capsys.readouterr().out.startswith("Hi")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--checkpoint", "{root}/nowhere"], "checkpoint .*nowhere not found"),
+        (["--tokenizer", "{root}/small_tokenizer"], "tokenizer has 300 tokens but the checkpoint's vocab_size is 272"),
+        (["--tokenizer", "{root}/other_tokenizer"], "tokenizer fingerprint .* differs"),
+        (["--top_p", "0"], r"top_p must be in \(0, 1\]"),
+        (["--top_p", "1.2"], r"top_p must be in \(0, 1\]"),
+        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--stream", "--num_samples", "2"], "--stream prints one sample"),
+    ],
+)
+def test_generate_bad_input_is_a_one_line_error(saved, capsys, arguments, message) -> None:
+    vocab = {index: bytes([index]) for index in range(256)}
+    Tokenizer(vocab | {256 + i: bytes([97, 98 + i]) for i in range(43)}, [(b"a", bytes([98 + i])) for i in range(43)],
+              ["<|endoftext|>"]).save(saved["root"] / "small_tokenizer")
+    Tokenizer(vocab, [], ["<|endoftext|>", "<|pad|>"]).save(saved["root"] / "other_tokenizer")
+    options = {"--checkpoint": str(saved["run"]), "--tokenizer": str(saved["tokenizer"])}
+    extra = [argument.format(root=saved["root"]) for argument in arguments]
+    for flag in list(options):
+        if flag in extra:
+            options.pop(flag)
+    argv = ["generate", *[item for pair in options.items() for item in pair], *extra, "--device", "cpu"]
+    assert run_cli(*argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("gpt25 generate: error: ") and "\n" not in error
+    assert re.search(message, error)
+
+
+def test_eval_without_anything_to_score_is_an_error(saved, capsys) -> None:
+    assert run_cli("eval", "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], "--device", "cpu") == 2
+    assert "nothing to evaluate" in capsys.readouterr().err

@@ -1,0 +1,68 @@
+"""Pre-tokenization: the fast `re` path equals GPT-2's regex; special-token splitting; safe cuts; file reading."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpt25.tokenizer.pretokenize import (
+    GPT2_REGEX,
+    iter_text_blocks,
+    last_safe_cut,
+    pretokenize,
+    special_token_regex,
+    split_on_specials,
+)
+
+# characters where the engines or the classes could plausibly disagree
+TRICKY = list(" \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u1680\u2000\u2028\u202f\u3000\ufeff'sdmtlvre") + [
+    "a", "Z", "é", "ß", "Ω", "ж", "東", "한", "0", "٣", "½", "²", "Ⅻ", "🤖", "\u0301", "—", "’", ".", "'s", "'ll", " 've",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(TRICKY), st.text(max_size=4)), max_size=30))
+def test_pretokenize_equals_gpt2_regex(pieces):
+    text = "".join(pieces)
+    assert pretokenize(text) == GPT2_REGEX.findall(text)
+
+
+def test_pretokenize_examples():
+    assert pretokenize("Hello world's  end\n\n x") == ["Hello", " world", "'s", " ", " end", "\n\n", " x"]
+    assert pretokenize("naïve 🤖 café") == ["naïve", " 🤖", " café"]
+    assert pretokenize("") == []
+
+
+def test_split_on_specials_longest_first():
+    regex = special_token_regex(["<a>", "<a><a>"])
+    assert split_on_specials("x<a><a><a>y", regex) == ["x", "<a><a>", "", "<a>", "y"]
+    assert split_on_specials("plain", None) == ["plain"]
+    assert special_token_regex([]) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(TRICKY), max_size=25), st.integers(0, 30))
+def test_last_safe_cut_does_not_change_pretokens(pieces, min_index):
+    text = "".join(pieces)
+    cut = last_safe_cut(text, min_index)
+    if cut < 0:
+        return
+    assert cut >= max(min_index, 1)
+    assert GPT2_REGEX.findall(text[:cut]) + GPT2_REGEX.findall(text[cut:]) == GPT2_REGEX.findall(text)
+
+
+def test_iter_text_blocks_never_splits_a_character(tmp_path):
+    text = "aé東🤖" * 1000
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    blocks = list(iter_text_blocks(path, block_bytes=7))
+    assert "".join(blocks) == text and len(blocks) > 100
+
+
+@pytest.mark.parametrize("block_bytes", [3, 1 << 20])
+def test_iter_text_blocks_reports_offset(tmp_path, block_bytes):
+    path = tmp_path / "t.txt"
+    path.write_bytes("héllo wörld ".encode() * 10 + b"\xe2\x82")
+    with pytest.raises(ValueError, match=r"t.txt: invalid UTF-8 at byte offset 140"):
+        list(iter_text_blocks(path, block_bytes=block_bytes))

@@ -1,0 +1,76 @@
+"""TrainConfig and the `gpt25 train` flags: names, TOML + flag precedence, the shipped configs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from gpt25.cli import build_parser
+from gpt25.train.config import TrainConfig, read_toml_settings, resolve_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+RECIPE_FLAGS = ["batch_size", "grad_accum_steps", "context_length", "num_layers", "d_model", "num_heads", "d_ff",
+                "theta", "train_steps", "lr", "beta1", "beta2", "eps", "weight_decay", "checkpoint"]
+OTHER_FLAGS = ["data", "tokenizer", "out", "min_lr", "warmup_steps", "max_grad_norm", "eval_every", "eval_steps",
+               "save_every", "keep_checkpoints", "seed", "dtype", "compile", "device", "tracker", "parallel",
+               "hellaswag", "hellaswag_limit"]
+
+
+def parse(*argv: str) -> TrainConfig:
+    return resolve_config(build_parser().parse_args(["train", *argv]))
+
+
+def test_every_flag_of_the_recipe_exists_with_help() -> None:
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    options = {action.dest: action for action in train_parser._actions}
+    for name in RECIPE_FLAGS + OTHER_FLAGS + ["config"]:
+        assert name in options, name
+        assert options[name].help, name
+    assert {field.name for field in dataclasses.fields(TrainConfig)} <= set(options)
+
+
+def test_flags_override_toml_which_overrides_defaults(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text('d_model = 48\nlr = 2\nnum_heads = 4\ndtype = "bfloat16"\n')
+    config = parse("--config", str(toml), "--d_model", "64", "--batch_size", "3", "--compile")
+    assert config.d_model == 64  # flag beats file
+    assert config.lr == 2.0 and isinstance(config.lr, float)  # file beats default, int coerced
+    assert config.dtype == "bfloat16" and config.num_heads == 4
+    assert config.batch_size == 3 and config.compile is True
+    assert config.weight_decay == TrainConfig().weight_decay  # untouched default
+    assert config.resolved_min_lr == pytest.approx(0.2)
+
+
+def test_train_table_and_errors(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text("[train]\ntrain_steps = 7\nwarmup_steps = 1\n")
+    assert parse("--config", str(toml)).train_steps == 7
+    toml.write_text("learning_rate = 1.0\n")
+    with pytest.raises(ValueError, match="unknown setting.*learning_rate"):
+        parse("--config", str(toml))
+    toml.write_text('d_model = "wide"\n')
+    with pytest.raises(ValueError, match="d_model must be a int"):
+        parse("--config", str(toml))
+    with pytest.raises(ValueError, match="divisible"):
+        parse("--d_model", "30", "--num_heads", "4")
+    with pytest.raises(FileNotFoundError):
+        parse("--config", str(tmp_path / "missing.toml"))
+    with pytest.raises(SystemExit):
+        parse("--tracker", "mlflow")
+
+
+def test_recipe_config_holds_the_recipe() -> None:
+    config = TrainConfig(**read_toml_settings(CONFIGS / "gpt25-124m.toml"))
+    tokens_per_rank = config.batch_size * config.grad_accum_steps * config.context_length
+    assert (config.batch_size, config.grad_accum_steps, tokens_per_rank) == (32, 2, 65_536)
+    assert tokens_per_rank * 8 == tokens_per_rank * 4 * 2 == 524_288  # 8 ranks, or 4 GPUs with grad_accum_steps 4
+    assert (config.train_steps, config.lr, config.weight_decay, config.beta1, config.beta2, config.eps) == (
+        80_000, 18e-4, 0.1, 0.9, 0.95, 1e-8)
+    assert (config.theta, config.d_model, config.num_layers, config.num_heads, config.d_ff) == (10000.0, 768, 12, 12, 2048)
+
+
+def test_cpu_config_parses() -> None:
+    config = TrainConfig(**read_toml_settings(CONFIGS / "cpu-small.toml"))
+    assert config.device == "cpu" and config.d_model == 256 and config.context_length == 256
