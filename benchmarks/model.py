@@ -76,7 +76,7 @@ def build_transformers(config: ModelConfig, device: torch.device, compile_model:
         use_cache=False,
     )
     model = LlamaForCausalLM(hf_config).to(device)
-    model.config._attn_implementation = "sdpa"
+    assert model.config._attn_implementation == "sdpa", "compare against transformers' SDPA attention"
     # Same decay split as ours: no decay on norms and embeddings.
     decay = [p for name, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in name]
     no_decay = [p for name, p in model.named_parameters() if p.dim() != 2 or "embed_tokens" in name]
@@ -149,6 +149,7 @@ def run_row(name: str, dtype_name: str, args: argparse.Namespace, ceilings: dict
         row[contender.name] = tokens_per_second
         row[f"{contender.name}_mfu"] = flops_per_token * tokens_per_second / ceilings[dtype_name]
     row["ratio"] = row["gpt25"] / row["transformers"]
+    tqdm.write(f"{name} {dtype_name}: gpt25 {row['gpt25']:,.0f} tok/s, transformers {row['transformers']:,.0f} tok/s")
     return row
 
 

@@ -50,12 +50,13 @@ def peak_rss_mb() -> tuple[float, float]:
 
 
 # ---- measurements (each runs in its own subprocess) -------------------------------------------
+# Each task does its setup and returns the work to time, as a function of no arguments.
 
 
-def train_gpt25(paths: list[Path], vocab_size: int) -> None:
+def train_gpt25(paths: list[Path], vocab_size: int):
     from gpt25.tokenizer import train_bpe
 
-    train_bpe(paths, vocab_size, [EOT], num_workers=2)
+    return lambda: train_bpe(paths, vocab_size, [EOT], num_workers=2)
 
 
 def hf_trainer_and_tokenizer(vocab_size: int):
@@ -79,22 +80,31 @@ def iter_lines(paths: list[Path]):
             yield from handle
 
 
-def train_hf_files(paths: list[Path], vocab_size: int) -> None:
+def train_hf_files(paths: list[Path], vocab_size: int):
     tokenizer, trainer = hf_trainer_and_tokenizer(vocab_size)
-    tokenizer.train([str(path) for path in paths], trainer)
+    return lambda: tokenizer.train([str(path) for path in paths], trainer)
 
 
-def train_hf_iterator(paths: list[Path], vocab_size: int) -> None:
+def train_hf_iterator(paths: list[Path], vocab_size: int):
     tokenizer, trainer = hf_trainer_and_tokenizer(vocab_size)
-    tokenizer.train_from_iterator(iter_lines(paths), trainer)
+    return lambda: tokenizer.train_from_iterator(iter_lines(paths), trainer)
 
 
-def train_rustbpe(paths: list[Path], vocab_size: int) -> None:
-    import rustbpe
+def train_rustbpe(paths: list[Path], vocab_size: int):
+    try:
+        import rustbpe
+    except ImportError:
+        raise SystemExit("rustbpe is not installed (it is on PyPI: pip install rustbpe)") from None
 
     from gpt25.tokenizer import GPT2_PATTERN
 
-    rustbpe.Tokenizer().train_from_iterator(iter_lines(paths), vocab_size, pattern=GPT2_PATTERN)
+    return lambda: rustbpe.Tokenizer().train_from_iterator(iter_lines(paths), vocab_size, pattern=GPT2_PATTERN)
+
+
+def train_small(paths: list[Path], vocab_size: int):
+    from gpt25.tokenizer import train_bpe
+
+    return lambda: train_bpe(SHARED_DATA / "fixtures" / "corpus.en", vocab_size, [EOT])
 
 
 def gpt2_tokenizer():
@@ -107,34 +117,36 @@ def read_texts(paths: list[Path]) -> list[str]:
     return [path.read_bytes().decode("utf-8") for path in paths]
 
 
-def encode_gpt25(paths: list[Path]) -> float:
-    tokenizer, texts = gpt2_tokenizer(), read_texts(paths)
-    started = time.perf_counter()
-    for text in texts:
-        tokenizer.encode(text)
-    return time.perf_counter() - started
+def encode_all(encode, texts: list[str]):
+    def work() -> None:
+        for text in texts:
+            encode(text)
+
+    return work
 
 
-def encode_gpt25_warm(paths: list[Path]) -> float:
+def encode_gpt25(paths: list[Path], _: int):
+    return encode_all(gpt2_tokenizer().encode, read_texts(paths))
+
+
+def encode_gpt25_warm(paths: list[Path], _: int):
     """A second pass over the corpus: every pre-token is already in the cache."""
-    tokenizer, texts = gpt2_tokenizer(), read_texts(paths)
-    for text in texts:
-        tokenizer.encode(text)
-    started = time.perf_counter()
-    for text in texts:
-        tokenizer.encode(text)
-    return time.perf_counter() - started
+    work = encode_all(gpt2_tokenizer().encode, read_texts(paths))
+    work()
+    return work
 
 
-def encode_gpt25_two_processes(paths: list[Path]) -> float:
+def encode_gpt25_two_processes(paths: list[Path], _: int):
     tokenizer = gpt2_tokenizer()
-    with tempfile.TemporaryDirectory() as folder:
-        joined = Path(folder) / "corpus.txt"
-        joined.write_bytes(b"".join(path.read_bytes() for path in paths))
-        started = time.perf_counter()
+    joined = Path(tempfile.mkdtemp()) / "corpus.txt"
+    joined.write_bytes(b"".join(path.read_bytes() for path in paths))
+
+    def work() -> None:
         for _ in tokenizer.encode_file(joined, num_workers=2):
             pass
-        return time.perf_counter() - started
+        joined.unlink()
+
+    return work
 
 
 def tiktoken_gpt2():
@@ -147,35 +159,25 @@ def tiktoken_gpt2():
     return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: ours.eot_id})
 
 
-def encode_tiktoken(paths: list[Path]) -> float:
-    encoding, texts = tiktoken_gpt2(), read_texts(paths)
-    started = time.perf_counter()
-    for text in texts:
-        encoding.encode_ordinary(text)
-    return time.perf_counter() - started
+def encode_tiktoken(paths: list[Path], _: int):
+    return encode_all(tiktoken_gpt2().encode_ordinary, read_texts(paths))
 
 
-def encode_tiktoken_two_threads(paths: list[Path]) -> float:
+def encode_tiktoken_two_threads(paths: list[Path], _: int):
     encoding, texts = tiktoken_gpt2(), read_texts(paths)
     chunks = [text[start : start + (1 << 20)] for text in texts for start in range(0, len(text), 1 << 20)]
-    started = time.perf_counter()
-    encoding.encode_ordinary_batch(chunks, num_threads=2)
-    return time.perf_counter() - started
+    return lambda: encoding.encode_ordinary_batch(chunks, num_threads=2)
 
 
-def encode_hf(paths: list[Path]) -> float:
+def encode_hf(paths: list[Path], _: int):
     from tokenizers import Tokenizer as HFTokenizer
 
     with tempfile.TemporaryDirectory() as folder:
         hf = HFTokenizer.from_file(str(gpt2_tokenizer().save_huggingface(Path(folder) / "tokenizer.json")))
-    texts = read_texts(paths)
-    started = time.perf_counter()
-    for text in texts:
-        hf.encode(text)
-    return time.perf_counter() - started
+    return encode_all(hf.encode, read_texts(paths))
 
 
-def encode_iterable_stream(paths: list[Path], megabytes: int) -> float:
+def encode_iterable_stream(paths: list[Path], megabytes: int):
     """Lines of the corpus, repeated lazily until `megabytes` of text have been produced."""
     tokenizer = gpt2_tokenizer()
 
@@ -188,51 +190,37 @@ def encode_iterable_stream(paths: list[Path], megabytes: int) -> float:
                 if produced >= megabytes * 1_000_000:
                     return
 
-    started = time.perf_counter()
-    for _ in tokenizer.encode_iterable(stream()):
-        pass
-    return time.perf_counter() - started
+    def work() -> None:
+        for _ in tokenizer.encode_iterable(stream()):
+            pass
 
-
-def train_small(data_dir: Path) -> None:
-    from gpt25.tokenizer import train_bpe
-
-    train_bpe(data_dir / "fixtures" / "corpus.en", 500, [EOT])
+    return work
 
 
 TASKS = {
     "train-gpt25": train_gpt25, "train-hf-files": train_hf_files, "train-hf-iterator": train_hf_iterator,
-    "train-rustbpe": train_rustbpe,
-}
-ENCODERS = {
+    "train-rustbpe": train_rustbpe, "train-small": train_small,
     "encode-gpt25": encode_gpt25, "encode-gpt25-warm": encode_gpt25_warm, "encode-gpt25-2proc": encode_gpt25_two_processes,
     "encode-tiktoken": encode_tiktoken, "encode-tiktoken-2threads": encode_tiktoken_two_threads, "encode-hf": encode_hf,
+    "encode-iterable": encode_iterable_stream,
 }
 
 
 def run_task(task: str, argument: str) -> dict:
-    """Body of a measurement subprocess: run one task, return its time and peak memory."""
-    paths = corpus_paths(SHARED_DATA)
-    started, cpu_started = time.perf_counter(), cpu_seconds()
-    if task in TASKS:
-        TASKS[task](paths, int(argument))
-        seconds = time.perf_counter() - started
-    elif task in ENCODERS:
-        seconds = ENCODERS[task](paths)
-    elif task == "encode-iterable":
-        seconds = encode_iterable_stream(paths, int(argument))
-    elif task == "train-small":
-        train_small(SHARED_DATA)
-        seconds = time.perf_counter() - started
-    else:
+    """Body of a measurement subprocess: set up one task, then time its work."""
+    if task not in TASKS:
         raise SystemExit(f"unknown task {task}")
+    work = TASKS[task](corpus_paths(SHARED_DATA), int(argument))
+    started, cpu_started = time.perf_counter(), cpu_seconds()
+    work()
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     own, children = peak_rss_mb()
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu_started, "rss_mb": own, "worker_rss_mb": children}
+    return {"seconds": seconds, "cpu_seconds": cpu, "rss_mb": own, "worker_rss_mb": children}
 
 
 def measure(task: str, argument: str = "0", threads: int = 2) -> dict | None:
     environment = dict(os.environ, RAYON_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="true")
-    result = subprocess.run([sys.executable, __file__, "--task", task, argument], capture_output=True,
+    result = subprocess.run([sys.executable, __file__, "--task", task, argument], capture_output=True, check=False,
                             text=True, env=environment)
     if result.returncode != 0:
         last_line = (result.stderr.strip().splitlines() or ["failed"])[-1]
@@ -281,7 +269,7 @@ def main() -> None:
                                   ("HF train_from_iterator", "train-hf-iterator"), ("rustbpe", "train-rustbpe")]:
                 rows.append(format_row(name, library, measure(task, str(vocab_size)), None, reference))
             print("\n".join(rows[-4:]), file=sys.stderr)
-        rows.append(format_row("train corpus.en, vocab 500", "gpt25", measure("train-small"), None, None))
+        rows.append(format_row("train corpus.en, vocab 500", "gpt25", measure("train-small", "500"), None, None))
     if not args.skip_encode:
         name = f"encode {megabytes:.0f} MB, GPT-2 vocab"
         ours = measure("encode-gpt25", threads=1)

@@ -10,7 +10,7 @@
 3. `--device cuda --config configs/gpt25-124m.toml --steps 300`: a real GPU run of the recipe's model;
    reports tokens/s, MFU and peak memory (pass --data/--tokenizer for real shards).
 
-    uv run python benchmarks/train.py                                  # CPU overhead, small model
+    uv run python benchmarks/train.py --threads 1                      # CPU overhead, small model
     uv run python benchmarks/train.py --ranks 2                        # + FSDP / DDP on 2 CPU processes
     uv run python benchmarks/train.py --device cuda --config configs/gpt25-124m.toml --steps 300 \
         --set grad_accum_steps=1 --skip-overhead
@@ -104,7 +104,7 @@ def trainer_step_seconds(config: TrainConfig, steps: int, out: Path) -> tuple[fl
     """
     summary = train(TrainConfig(**(config.to_dict() | dict(train_steps=steps + 2, out=str(out), log_every=1))))
     elapsed = [row["elapsed_s"] for row in read_metrics(out) if "elapsed_s" in row]
-    return statistics.median(later - earlier for earlier, later in zip(elapsed[1:], elapsed[2:])), summary
+    return statistics.median(later - earlier for earlier, later in zip(elapsed[1:-1], elapsed[2:], strict=True)), summary
 
 
 def overhead(args: argparse.Namespace, data: str, tokenizer: str, workdir: Path) -> dict:
@@ -121,7 +121,8 @@ def overhead(args: argparse.Namespace, data: str, tokenizer: str, workdir: Path)
     bare_seconds, trainer_seconds = statistics.median(bare), statistics.median(trainer)
     run_config = json.loads(Path(summary["config"]).read_text())
     flops_per_token = run_config["derived"]["flops_per_token"]
-    peak, source = peak_flops(torch.device(run_config["device"]), torch.bfloat16 if config.dtype == "bfloat16" else torch.float32)
+    dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
+    peak, source = peak_flops(torch.device(run_config["device"]), dtype)
     return {"tokens_per_step": tokens_per_step, "bare_tokens_per_second": tokens_per_step / bare_seconds,
             "trainer_tokens_per_second": tokens_per_step / trainer_seconds,
             "bare_mfu": flops_per_token * tokens_per_step / bare_seconds / peak,
@@ -160,6 +161,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--config", help="TOML config (default: a small CPU model)")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="override config settings")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ranks", type=int, default=0, help="also compare FSDP / DDP on this many CPU processes")
@@ -179,6 +181,8 @@ def gpu_run(args: argparse.Namespace, data: str, tokenizer: str, workdir: Path) 
 def main() -> None:
     args = parse_args()
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as temporary:
         workdir = Path(temporary)
         data, tokenizer = (args.data, args.tokenizer) if args.data else prepare_data(workdir, args.vocab_size, 1_000_000)

@@ -22,6 +22,7 @@ import random
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -186,8 +187,7 @@ def save_sharded_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optim
     return final
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    ) -> int:
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
     """Load weights (and optimizer state when given) from any training checkpoint; returns its step.
 
     Works across layouts: a sharded (FSDP) checkpoint loads into one process or any number of FSDP
@@ -224,19 +224,27 @@ def _is_fsdp(model: torch.nn.Module) -> bool:
 def _load_with_state_dict_api(path: Path, meta: dict, train_state: dict, model: torch.nn.Module,
                               optimizer: torch.optim.Optimizer | None) -> None:
     """Sharded checkpoint into any layout, or a single-process checkpoint into an FSDP model."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
     optimizers = [optimizer] if optimizer else []
     if meta["sharded"]:
         model_state, optimizer_state = get_state_dict(model, optimizers)
-        dcp.load({"model": model_state} | ({"optimizer": optimizer_state} if optimizer else {}),
-                 checkpoint_id=path / SHARDED_DIR, no_dist=not torch.distributed.is_initialized())
+        _load_sharded({"model": model_state} | ({"optimizer": optimizer_state} if optimizer else {}), path)
         set_state_dict(model, optimizers, model_state_dict=model_state, optim_state_dict=optimizer_state)
     else:
         set_state_dict(model, optimizers, model_state_dict=load_file(path / WEIGHTS_FILE),
                        optim_state_dict=train_state["optimizer"] if optimizer else {},
                        options=StateDictOptions(full_state_dict=True))
+
+
+def _load_sharded(state: dict[str, Any], path: Path) -> None:
+    """Fill `state` in place from path/dcp/, resharding to this layout (one process: no group needed)."""
+    import torch.distributed.checkpoint as dcp
+
+    single_process = not torch.distributed.is_initialized()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # one process is intended
+        dcp.load(state, checkpoint_id=path / SHARDED_DIR, no_dist=single_process)
 
 
 def named_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -272,10 +280,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     if path.is_file():
         model.load_state_dict(load_file(path))
     elif meta["sharded"]:
-        import torch.distributed.checkpoint as dcp
-
         state = model.state_dict()
-        dcp.load({"model": state}, checkpoint_id=path / SHARDED_DIR, no_dist=not torch.distributed.is_initialized())
+        _load_sharded({"model": state}, path)
         model.load_state_dict(state)
     else:
         model.load_state_dict(load_file(path / WEIGHTS_FILE))

@@ -14,7 +14,7 @@ EOT = "<|endoftext|>"
 
 
 def run_cli(*argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gpt25", *argv], input=stdin, capture_output=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "gpt25", *argv], input=stdin, capture_output=True, timeout=120, check=False)
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str, str]:

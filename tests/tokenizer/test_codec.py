@@ -63,7 +63,7 @@ def test_special_token_ids_and_errors():
     tokenizer = bytes_tokenizer([EOT])
     assert tokenizer.eot_id == 256 and tokenizer.vocab[256] == EOT.encode()
     with pytest.raises(ValueError, match="not registered"):
-        bytes_tokenizer().eot_id
+        _ = bytes_tokenizer().eot_id
     with pytest.raises(ValueError, match="'<pad>' is not registered"):
         tokenizer.token_id("<pad>")
     assert bytes_tokenizer().encode(EOT) == list(EOT.encode())  # unregistered: plain text
@@ -184,9 +184,9 @@ def test_batch_merger_equals_one_by_one(gpt2_tokenizer, small_tokenizer, fixture
     text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8") + " ".join(SAMPLES) + " x" + "y" * 300
     words = sorted(set(pretokenize_for_test(text)))
     for tokenizer in (gpt2_tokenizer, small_tokenizer):
-        batch = BatchMerger(tokenizer._merge_ranks, tokenizer._byte_ids).merge([word.encode() for word in words])
+        batch = BatchMerger(tokenizer._merge_values, tokenizer._byte_ids).merge([word.encode() for word in words])
         assert batch == [tokenizer._encode_pretoken(word) for word in words]
-    assert BatchMerger(gpt2_tokenizer._merge_ranks, gpt2_tokenizer._byte_ids).merge([]) == []
+    assert BatchMerger(gpt2_tokenizer._merge_values, gpt2_tokenizer._byte_ids).merge([]) == []
 
 
 def pretokenize_for_test(text: str) -> list[str]:

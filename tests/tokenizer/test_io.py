@@ -7,7 +7,13 @@ import json
 import pytest
 
 from gpt25.tokenizer import Tokenizer
-from gpt25.tokenizer.io import META_FILE, MERGES_FILE, VOCAB_FILE, bytes_to_printable, printable_to_bytes
+from gpt25.tokenizer.io import (
+    MERGES_FILE,
+    META_FILE,
+    VOCAB_FILE,
+    bytes_to_printable,
+    printable_to_bytes,
+)
 
 EOT = "<|endoftext|>"
 TEXT = "The quick brown fox<|endoftext|> jumps over   the lazy dog.\n\nnaïve — 東京 🤖 it's 1234"

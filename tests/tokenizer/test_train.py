@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -10,7 +11,11 @@ import pytest
 
 from gpt25.tokenizer import train, train_bpe
 from gpt25.tokenizer.io import printable_to_bytes
-from gpt25.tokenizer.pretokenize import GPT2_REGEX, split_on_specials, special_token_regex
+from gpt25.tokenizer.pretokenize import (
+    GPT2_REGEX,
+    special_token_regex,
+    split_on_specials,
+)
 
 EOT = "<|endoftext|>"
 
@@ -41,13 +46,12 @@ def test_vocab_layout_bytes_then_specials_then_merges(tmp_path):
 
 
 def test_ties_go_to_the_greatest_pair(tmp_path):
-    # every adjacent pair occurs once: ("c","d") > ("b","c") > ("a","b") as bytes, and "ab" < "abx"
-    vocab, merges = train_bpe(write(tmp_path, "abcd"), 257, [])
+    # every adjacent pair occurs once: ("c","d") > ("b","c") > ("a","b") as bytes
+    _, merges = train_bpe(write(tmp_path, "abcd"), 257, [])
     assert merges == [(b"c", b"d")]
-    vocab, merges = train_bpe(write(tmp_path, "ab abx"), 257, [])
-    # pairs with count 1: (b" ", b"a"), ("a","b") twice -> ("a","b") wins on count
-    assert merges == [(b"a", b"b")]
-    vocab, merges = train_bpe(write(tmp_path, "zz y"), 257, [])
+    _, merges = train_bpe(write(tmp_path, "ab abx"), 257, [])
+    assert merges == [(b"a", b"b")]  # count 2 beats the greater pairs with count 1
+    _, merges = train_bpe(write(tmp_path, "zz y"), 257, [])
     assert merges == [(b"z", b"z")]  # (b"z", b"z") > (b" ", b"y")
 
 
@@ -86,7 +90,7 @@ def test_chunked_and_parallel_counting_match_whole_text(tmp_path, fixtures_dir, 
     expected = Counter(GPT2_REGEX.findall(text * 2))
     chunks = train.plan_chunks(path, 10_000, [])
     assert len(chunks) > 10 and chunks[0][1] == 0 and chunks[-1][2] == path.stat().st_size
-    assert all(a[2] == b[1] for a, b in zip(chunks, chunks[1:]))
+    assert all(a[2] == b[1] for a, b in itertools.pairwise(chunks))
     monkeypatch.setattr(train, "MAX_CHUNK_BYTES", 20_000)
     monkeypatch.setattr(train, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(train, "BOUNDARY_SEARCH_BYTES", 64)

@@ -35,13 +35,14 @@ def test_round_trip_restores_weights_optimizer_and_step(tmp_path: Path) -> None:
     assert sorted(item.name for item in path.iterdir()) == ["meta.json", "model.safetensors", "train_state.pt"]
     torch.load(path / "train_state.pt", weights_only=True)  # no pickled objects inside
     meta = json.loads((path / "meta.json").read_text())
-    assert (meta["format"], meta["step"], meta["model_config"]["d_model"], meta["sharded"]) == ("gpt25-checkpoint", 42, 32, False)
+    summary = (meta["format"], meta["step"], meta["model_config"]["d_model"], meta["sharded"])
+    assert summary == ("gpt25-checkpoint", 42, 32, False)
 
     fresh, fresh_optimizer = trained_model(seed=1)
     assert load_checkpoint(tmp_path, fresh, fresh_optimizer) == 42  # a run dir resolves to its newest checkpoint
-    for (name, expected), actual in zip(model.state_dict().items(), fresh.state_dict().values()):
+    for (name, expected), actual in zip(model.state_dict().items(), fresh.state_dict().values(), strict=True):
         assert torch.equal(expected, actual), name
-    for expected, actual in zip(optimizer.state.values(), fresh_optimizer.state.values()):
+    for expected, actual in zip(optimizer.state.values(), fresh_optimizer.state.values(), strict=True):
         assert expected["step"] == actual["step"] == 2
         assert torch.equal(expected["exp_avg_sq"], actual["exp_avg_sq"])
     # one more identical update from both gives identical weights: the optimizer state is complete

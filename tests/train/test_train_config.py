@@ -68,7 +68,8 @@ def test_recipe_config_holds_the_recipe() -> None:
     assert tokens_per_rank * 8 == tokens_per_rank * 4 * 2 == 524_288  # 8 ranks, or 4 GPUs with grad_accum_steps 4
     assert (config.train_steps, config.lr, config.weight_decay, config.beta1, config.beta2, config.eps) == (
         80_000, 18e-4, 0.1, 0.9, 0.95, 1e-8)
-    assert (config.theta, config.d_model, config.num_layers, config.num_heads, config.d_ff) == (10000.0, 768, 12, 12, 2048)
+    shape = (config.theta, config.d_model, config.num_layers, config.num_heads, config.d_ff)
+    assert shape == (10000.0, 768, 12, 12, 2048)
 
 
 def test_cpu_config_parses() -> None:

@@ -28,8 +28,8 @@ def trained_run(corpus_data: dict[str, Path], tmp_path_factory: pytest.TempPathF
     out = tmp_path_factory.mktemp("runs") / "tiny"
     return train(TrainConfig(data=str(corpus_data["data"]), tokenizer=str(corpus_data["tokenizer"]), out=str(out),
                              d_model=32, num_layers=2, num_heads=2, d_ff=64, context_length=32, batch_size=8,
-                             lr=3e-3, warmup_steps=2, eval_steps=4, log_every=1, device="cpu", seed=0, train_steps=80, eval_every=40, save_every=40, keep_checkpoints=1,
-                             tracker="tensorboard"))
+                             lr=3e-3, warmup_steps=2, eval_steps=4, log_every=1, device="cpu", seed=0,
+                             train_steps=80, eval_every=40, save_every=40, keep_checkpoints=1, tracker="tensorboard"))
 
 
 def test_training_lowers_the_loss_on_a_real_corpus(trained_run: dict) -> None:

@@ -63,7 +63,8 @@ def test_sigkill_and_resume_repeats_the_same_losses(tmp_path: Path, train_comman
     redone = [step for step in uninterrupted if step > checkpoint_step]
     assert min(repeated) == checkpoint_step + 1 and len(redone) >= 5
     assert [repeated[step] for step in redone] == [uninterrupted[step] for step in redone]  # bit-identical
-    assert f"resumed from {run_dir / 'checkpoints' / f'step_{checkpoint_step:07d}'}" in (tmp_path / "second.log").read_text()
+    resumed_from = run_dir / "checkpoints" / f"step_{checkpoint_step:07d}"
+    assert f"resumed from {resumed_from}" in (tmp_path / "second.log").read_text()
 
 
 def test_kill_during_save_leaves_the_last_checkpoint_valid(tmp_path: Path, train_command, tiny_config) -> None:

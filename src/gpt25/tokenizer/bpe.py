@@ -10,18 +10,21 @@ Merges are looked up by one int per pair, `left << ID_BITS | right`, and give on
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 ID_BITS = 24
 ID_MASK = (1 << ID_BITS) - 1
 NO_MERGE = 1 << 62  # value of a pair that is not a merge: greater than every real one
+PYTHON_TAIL_WORDS = 16
 
 
 def merge_word(byte_ids: list[int], merge_values: dict[int, int]) -> tuple[int, ...]:
     """Token ids of one pre-token, given the ids of its bytes."""
     ids = list(byte_ids)
     get = merge_values.get
-    values = [get(left << ID_BITS | right, NO_MERGE) for left, right in zip(ids, ids[1:])]
+    values = [get(left << ID_BITS | right, NO_MERGE) for left, right in itertools.pairwise(ids)]
     while values:
         best = min(values)
         if best == NO_MERGE:
@@ -51,6 +54,7 @@ class BatchMerger:
         # a final slot, greater than every key, that "not found" lookups are pointed at
         self.keys = np.append(keys[order], np.int64(np.iinfo(np.int64).max))
         self.values = np.append(values[order], np.int64(NO_MERGE))
+        self.merge_values = merge_values
         self.byte_ids = np.asarray(byte_ids, dtype=np.int64)
         # value of every pair of bytes, so the first lookup (all positions) is a plain gather
         pairs = (self.byte_ids[:, None] << ID_BITS | self.byte_ids[None, :]).ravel()  # (65536,)
@@ -67,9 +71,17 @@ class BatchMerger:
         values[:-1][word[:-1] != word[1:]] = NO_MERGE
         finished_ids: list[np.ndarray] = []
         finished_word: list[np.ndarray] = []
-        while ids.size:
-            ids, word, values = self._step(ids, word, values, finished_ids, finished_word)
-        return self._regroup(finished_ids, finished_word, len(words))
+        # a step costs about the same for 1 word as for 1000: leave the last few long words to Python
+        words_left = len(words)
+        while words_left > PYTHON_TAIL_WORDS:
+            ids, word, values, words_left = self._step(ids, word, values, finished_ids, finished_word)
+        results = self._regroup(finished_ids, finished_word, len(words))
+        if words_left:
+            starts = np.flatnonzero(np.r_[True, word[1:] != word[:-1]]).tolist() + [ids.size]
+            flat, word_numbers = ids.tolist(), word[starts[:-1]].tolist()
+            for number, start, end in zip(word_numbers, starts, starts[1:]):
+                results[number] = merge_word(flat[start:end], self.merge_values)
+        return results
 
     def _update_values(self, ids: np.ndarray, word: np.ndarray, values: np.ndarray, positions: np.ndarray) -> None:
         """Recompute values[positions] (positions < ids.size - 1): NO_MERGE across words."""
@@ -87,7 +99,8 @@ class BatchMerger:
         np.not_equal(word[1:], word[:-1], out=starts_word[1:])
         segment = np.cumsum(starts_word) - 1  # (positions,) index of the word among those left
         best = np.minimum.reduceat(values, np.flatnonzero(starts_word))  # (words left,)
-        done = (best == NO_MERGE)[segment]
+        words_done = best == NO_MERGE
+        done = words_done[segment]
         finished_ids.append(ids[done])
         finished_word.append(word[done])
         candidates = np.flatnonzero((values == best[segment]) & ~done)
@@ -102,7 +115,7 @@ class BatchMerger:
         merged = new_index[candidates]
         changed = np.concatenate([merged[merged > 0] - 1, merged[merged < ids.size - 1]])
         self._update_values(ids, word, values, changed)
-        return ids, word, values
+        return ids, word, values, best.size - int(np.count_nonzero(words_done))
 
     @staticmethod
     def _regroup(finished_ids, finished_word, num_words: int) -> list[tuple[int, ...]]:

@@ -1,9 +1,10 @@
 """The Tokenizer: byte-level BPE encoding and decoding with GPT-2's pre-tokenizer.
 
 Encoding cuts the text at special tokens (longest first), splits each piece with GPT-2's regex,
-and turns every pre-token into ids by applying merges in rank order, as GPT-2 does. Results are
-cached per pre-token string, which is what makes pure Python fast: English text reuses a few
-hundred thousand distinct pre-tokens, so most of the work is one dict lookup per pre-token.
+and turns every pre-token into ids by applying merges in rank order, as GPT-2 does (gpt25.tokenizer.bpe).
+Results are cached per pre-token string, which is what makes pure Python fast: 25 MB of English
+has only about 100k distinct pre-tokens, so most of the work is one dict lookup per pre-token, and
+while the cache is cold the new pre-tokens of each piece of text are merged together with numpy.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Tokenizer:
         self._token_to_id = self._build_token_index()
         self._special_ids = {token: self._token_to_id[token.encode("utf-8")] for token in self.special_tokens}
         self._byte_ids = self._build_byte_ids()
-        self._merge_ranks = self._build_merge_ranks()
+        self._merge_values = self._build_merge_values()
         self._special_regex = special_token_regex(self.special_tokens)
         self._max_special_chars = max((len(token) for token in self.special_tokens), default=0)
         self._cache = _PretokenCache(self._encode_pretoken)
@@ -97,17 +98,17 @@ class Tokenizer:
                              "a byte-level BPE vocab needs all 256")
         return [self._token_to_id[bytes([byte])] for byte in range(256)]
 
-    def _build_merge_ranks(self) -> dict[int, int]:
+    def _build_merge_values(self) -> dict[int, int]:
         """left id << ID_BITS | right id -> rank << ID_BITS | merged id (ints: cheaper than tuples)."""
         if len(self.vocab) > ID_MASK:
             raise ValueError(f"vocab too large: at most {ID_MASK} tokens are supported")
-        ranks: dict[int, int] = {}
+        values: dict[int, int] = {}
         for rank, (left, right) in enumerate(self.merges):
             ids = [self._token_to_id.get(token) for token in (left, right, left + right)]
             if None in ids:
                 raise ValueError(f"merge {rank} ({left!r}, {right!r}) uses or makes a token missing from the vocab")
-            ranks.setdefault(ids[0] << ID_BITS | ids[1], rank << ID_BITS | ids[2])
-        return ranks
+            values.setdefault(ids[0] << ID_BITS | ids[1], rank << ID_BITS | ids[2])
+        return values
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -183,7 +184,7 @@ class Tokenizer:
     # ---- encoding ----------------------------------------------------------------------------
 
     def _encode_pretoken(self, pretoken: str) -> tuple[int, ...]:
-        return merge_word([self._byte_ids[byte] for byte in pretoken.encode("utf-8")], self._merge_ranks)
+        return merge_word([self._byte_ids[byte] for byte in pretoken.encode("utf-8")], self._merge_values)
 
     def _cache_new_pretokens(self, pretokens: list[str]) -> int:
         """Encode every pre-token not yet cached, all at once (numpy) when there are many.
@@ -194,7 +195,7 @@ class Tokenizer:
         new = list(set(pretokens).difference(self._cache))
         if len(new) >= BATCH_MIN_PRETOKENS:
             if self._batch_merger is None:
-                self._batch_merger = BatchMerger(self._merge_ranks, self._byte_ids)
+                self._batch_merger = BatchMerger(self._merge_values, self._byte_ids)
             self._cache.update(zip(new, self._batch_merger.merge([pretoken.encode("utf-8") for pretoken in new])))
         else:
             self._cache.update(zip(new, map(self._encode_pretoken, new)))

@@ -10,6 +10,7 @@ equally frequent pairs go to the lexicographically greatest (bytes, bytes) pair.
 from __future__ import annotations
 
 import heapq
+import itertools
 import multiprocessing
 import os
 import re
@@ -19,7 +20,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gpt25.tokenizer.pretokenize import decode_utf8, open_input, pretokenize, special_token_regex, split_on_specials
+from gpt25.tokenizer.pretokenize import (
+    decode_utf8,
+    open_input,
+    pretokenize,
+    special_token_regex,
+    split_on_specials,
+)
 
 PARALLEL_MIN_BYTES = 4 << 20  # smaller inputs are counted in-process: a pool costs more than it saves
 MAX_CHUNK_BYTES = 8 << 20
@@ -120,7 +127,7 @@ def plan_chunks(path: Path, chunk_bytes: int, specials_bytes: list[bytes]) -> li
                 break
             boundaries.append(boundary)
     boundaries.append(size)
-    return [(str(path), start, end) for start, end in zip(boundaries, boundaries[1:]) if end > start]
+    return [(str(path), start, end) for start, end in itertools.pairwise(boundaries) if end > start]
 
 
 def _next_boundary(handle, position: int, specials_bytes: list[bytes]) -> int | None:

@@ -69,7 +69,8 @@ class TrainConfig:
     seed: int = _setting(1337, "seed for initialisation, data order and every RNG")
     dtype: str = _setting("float32", "compute dtype: float32, or bfloat16 autocast / FSDP mixed precision")
     compile: bool = _setting(False, "torch.compile the training forward (evaluation stays uncompiled)")
-    device: str = _setting("auto", "cpu, cuda, or auto (cuda when available); under torchrun each rank takes cuda:LOCAL_RANK")
+    device: str = _setting("auto", "cpu, cuda, or auto (cuda when available); under torchrun each rank "
+                                   "takes cuda:LOCAL_RANK")
     parallel: str = _setting("fsdp", "with several processes: fsdp (FSDP2 sharding), ddp, or none")
 
     def __post_init__(self) -> None:
@@ -81,7 +82,8 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_steps <= self.train_steps:
-            raise ValueError(f"--warmup_steps ({self.warmup_steps}) must be between 0 and --train_steps ({self.train_steps})")
+            raise ValueError(f"--warmup_steps ({self.warmup_steps}) must be between 0 and "
+                             f"--train_steps ({self.train_steps})")
         if self.d_model % self.num_heads:
             raise ValueError(f"--d_model ({self.d_model}) must be divisible by --num_heads ({self.num_heads})")
 

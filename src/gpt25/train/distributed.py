@@ -62,10 +62,10 @@ def init_distributed(device: str) -> DistributedContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     resolved = resolve_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
-        if resolved.type == "cuda":
+        on_gpu = resolved.type == "cuda"
+        if on_gpu:
             torch.cuda.set_device(resolved)
-        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo", device_id=resolved
-                                if resolved.type == "cuda" else None)
+        dist.init_process_group(backend="nccl" if on_gpu else "gloo", device_id=resolved if on_gpu else None)
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=resolved)
 
 
@@ -137,15 +137,6 @@ def all_reduce_mean(value: torch.Tensor, context: DistributedContext) -> torch.T
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= context.world_size
     return value
-
-
-def any_rank(flag: bool, context: DistributedContext) -> bool:
-    """True when the flag is set on any rank, so every rank takes the same branch."""
-    if not context.is_distributed:
-        return flag
-    value = torch.tensor([int(flag)], device=context.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
 
 
 def gather_objects(obj: object, context: DistributedContext) -> list:

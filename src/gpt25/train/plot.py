@@ -46,7 +46,7 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path) -> Path:
         raise ValueError("give at least one run directory to plot")
     runs = [(Path(run_dir).name or str(run_dir), read_metrics(run_dir)) for run_dir in run_dirs]
     figure, axes = plt.subplots(2, 3, figsize=(16, 9))
-    for axis, (title, keys, ylabel) in zip(axes.flat, PANELS):
+    for axis, (title, keys, ylabel) in zip(axes.flat, PANELS, strict=True):
         for run_index, (name, rows) in enumerate(runs):
             color = f"C{run_index}"
             for key in keys:

@@ -47,12 +47,17 @@ class TrainingDiverged(ValueError):
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) one training run; returns a summary of losses, speed and paths."""
+    """Run (or resume) one training run; returns a summary of losses, speed and paths.
+
+    Under torchrun this joins (and afterwards leaves) the process group, unless the caller made it.
+    """
+    caller_owns_group = torch.distributed.is_initialized()
     context = distributed.init_distributed(config.device)
     try:
         return Trainer(config, context).run()
     finally:
-        distributed.shutdown_distributed()
+        if not caller_owns_group:
+            distributed.shutdown_distributed()
 
 
 def load_tokenizer(config: TrainConfig) -> tuple[Tokenizer, str]:
@@ -120,6 +125,8 @@ class Trainer:
         self.val_tokens = load_split(config.data, "val", self.tokenizer)
         self.hellaswag = load_hellaswag(config.hellaswag) if config.hellaswag else None
         self.tokens_per_step = config.batch_size * config.grad_accum_steps * config.context_length * context.world_size
+        # eval_steps global batches (without accumulation): the same tokens whatever the number of ranks
+        self.eval_tokens = config.eval_steps * config.batch_size * context.world_size * config.context_length
         self.flops_per_token = self.lm.flops_per_token()
         self.peak_flops, self.peak_source = peak_flops(context.device, self.dtype)
         self.step = 0
@@ -180,10 +187,16 @@ class Trainer:
             sys.stdout.flush()  # batch-job logs show progress even if the job is killed
 
     # ----- the loop -----
-    def train_step(self) -> tuple[float, float, float]:
-        """One optimizer step over grad_accum_steps micro-batches; returns (loss, grad norm, lr)."""
+    def train_step(self, stop_requested: bool) -> tuple[float, float, float, bool]:
+        """One optimizer step over grad_accum_steps micro-batches.
+
+        Returns (loss averaged over micro-batches and ranks, grad norm, lr, whether any rank was
+        asked to stop); the stop flag rides on the loss all-reduce, so a step costs one collective
+        beyond the gradient synchronisation.
+        """
         # Update number step + 1: the first update already gets a non-zero warmup lr.
-        lr = cosine_lr(self.step + 1, self.config.lr, self.config.min_lr, self.config.warmup_steps, self.config.train_steps)
+        lr = cosine_lr(self.step + 1, self.config.lr, self.config.min_lr, self.config.warmup_steps,
+                       self.config.train_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         num_micro = self.config.grad_accum_steps
@@ -200,18 +213,17 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        mean_loss = distributed.all_reduce_mean(loss_sum / num_micro, self.context)
-        return float(mean_loss.item()), float(grad_norm), lr
+        flags = torch.stack([loss_sum / num_micro, torch.tensor(float(stop_requested), device=loss_sum.device)])
+        mean_loss, stop_fraction = distributed.all_reduce_mean(flags, self.context).tolist()
+        return mean_loss, float(grad_norm), lr, stop_fraction > 0
 
     def evaluate(self) -> dict[str, Any]:
         """Validation loss / perplexity / bits per byte (and HellaSwag) on every rank, each scoring a share."""
         autocast_dtype = None if self.dtype == torch.float32 or self.sharded else self.dtype
         result = evaluate_loss(self.model if self.sharded else self.lm, self.val_tokens, self.tokenizer,
                                batch_size=self.config.batch_size, context_length=self.config.context_length,
-                               device=self.context.device,
-                               max_tokens=self.config.eval_steps * self.tokens_per_step // self.config.grad_accum_steps,
-                               autocast_dtype=autocast_dtype)
-        metrics = {"val_loss": result["val_loss"], "val_perplexity": result["val_perplexity"], "val_bpb": result["val_bpb"]}
+                               device=self.context.device, max_tokens=self.eval_tokens, autocast_dtype=autocast_dtype)
+        metrics = {name: result[name] for name in ("val_loss", "val_perplexity", "val_bpb")}
         if self.hellaswag is not None:
             with self.autocast():
                 scores = evaluate_hellaswag(self.model if self.sharded else self.lm, self.tokenizer, self.hellaswag,
@@ -267,38 +279,33 @@ class Trainer:
                 tracker.close()
         return summary
 
+    def mfu(self, tokens_per_second: float) -> float:
+        return self.flops_per_token * tokens_per_second / (self.peak_flops * self.context.world_size)
+
     def loop(self, tracker: Tracker | None, stop: StopSignal) -> dict[str, Any]:
         start_step, started = self.step, time.perf_counter()
-        window_time, window_steps, total_step_time = 0.0, 0, 0.0
-        train_loss = float("nan")
+        window_time, window_steps, timed_seconds = 0.0, 0, 0.0
+        train_loss, stopped = float("nan"), False
         progress = tqdm(total=self.config.train_steps, initial=self.step, disable=not self.context.is_main,
                         desc="train", unit="step", dynamic_ncols=True, mininterval=0.5)
-        stopped_by = None
-        while self.step < self.config.train_steps:
-            if distributed.any_rank(stop.received is not None, self.context):
-                stopped_by = stop.received or "signal on another rank"
-                break
+        while self.step < self.config.train_steps and not stopped:
             step_started = time.perf_counter()
-            train_loss, grad_norm, lr = self.train_step()
-            step_time = time.perf_counter() - step_started
+            train_loss, grad_norm, lr, stopped = self.train_step(stop.received is not None)
+            step_seconds = time.perf_counter() - step_started
             self.check_finite(train_loss)
-            window_time += step_time
-            window_steps += 1
+            window_time, window_steps = window_time + step_seconds, window_steps + 1
             if self.step > start_step + 1:  # the first step pays for warm-up / compilation
-                total_step_time += step_time
-            tokens_per_second = self.tokens_per_step / step_time
-            mfu = self.flops_per_token * tokens_per_second / (self.peak_flops * self.context.world_size)
+                timed_seconds += step_seconds
+            rate = self.tokens_per_step / step_seconds
             progress.update(1)
-            progress.set_postfix_str(f"loss {train_loss:.4f} lr {lr:.2e} {tokens_per_second:,.0f} tok/s MFU {mfu:.1%}",
+            progress.set_postfix_str(f"loss {train_loss:.4f} lr {lr:.2e} {rate:,.0f} tok/s MFU {self.mfu(rate):.1%}",
                                      refresh=False)
             if tracker is not None and (self.is_due(self.config.log_every) or self.is_due(self.config.eval_every)):
                 window_rate = self.tokens_per_step * window_steps / window_time
                 tracker.log(self.step, {"train_loss": train_loss, "lr": lr, "grad_norm": grad_norm,
                                         "tokens_seen": self.step * self.tokens_per_step,
-                                        "tokens_per_second": window_rate,
-                                        "mfu": self.flops_per_token * window_rate / (self.peak_flops * self.context.world_size),
-                                        "memory_gb": self.memory_gb(),
-                                        "elapsed_s": time.perf_counter() - started})
+                                        "tokens_per_second": window_rate, "mfu": self.mfu(window_rate),
+                                        "memory_gb": self.memory_gb(), "elapsed_s": time.perf_counter() - started})
                 window_time, window_steps = 0.0, 0
             if self.is_due(self.config.eval_every):
                 self.last_eval = self.evaluate()
@@ -306,25 +313,22 @@ class Trainer:
                     tracker.log(self.step, self.last_eval)
                 self.log_line(f"step {self.step}: " + ", ".join(
                     f"{name} {value:.4f}" for name, value in self.last_eval.items() if value is not None))
-            if self.is_due(self.config.save_every):
-                self.save()
-        if stopped_by is not None:
-            self.log_line(f"{stopped_by} received: saving step {self.step} and exiting")
-            if self.last_checkpoint is None or self.last_checkpoint.name != ckpt.step_dir_name(self.step):
+            if self.is_due(self.config.save_every) or stopped:
                 self.save()
         progress.close()
-        timed_steps = self.step - start_step - 1
-        mean_rate = self.tokens_per_step * timed_steps / total_step_time if total_step_time > 0 else None
+        stopped_by = (stop.received or "a signal on another rank") if stopped else None
+        if stopped_by:
+            self.log_line(f"{stopped_by} received: saved step {self.step}, exiting")
+        mean_rate = self.tokens_per_step * (self.step - start_step - 1) / timed_seconds if timed_seconds else None
         return {"run_dir": str(self.run_dir), "step": self.step, "start_step": start_step,
-                "train_steps": self.config.train_steps, "stopped_by": stopped_by,
-                "final_train_loss": train_loss, "final_val_loss": self.last_eval.get("val_loss"),
+                "train_steps": self.config.train_steps, "stopped_by": stopped_by, "final_train_loss": train_loss,
+                "final_val_loss": self.last_eval.get("val_loss"),
                 "final_val_perplexity": self.last_eval.get("val_perplexity"),
                 "final_val_bpb": self.last_eval.get("val_bpb"),
                 "hellaswag_acc_norm": self.last_eval.get("hellaswag_acc_norm"),
                 "tokens_seen": self.step * self.tokens_per_step, "tokens_per_second": mean_rate,
-                "mfu": self.flops_per_token * mean_rate / (self.peak_flops * self.context.world_size) if mean_rate else None,
-                "memory_gb": self.memory_gb(), "elapsed_s": time.perf_counter() - started,
-                "num_params": self.lm.num_params(),
+                "mfu": self.mfu(mean_rate) if mean_rate else None, "memory_gb": self.memory_gb(),
+                "elapsed_s": time.perf_counter() - started, "num_params": self.lm.num_params(),
                 "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
                 "metrics": str(self.run_dir / "metrics.jsonl"), "config": str(self.run_dir / "config.json")}
 
