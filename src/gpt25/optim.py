@@ -19,35 +19,38 @@ from torch.optim import Optimizer
 class _CrossEntropyFunction(torch.autograd.Function):
     """Mean cross entropy over (rows, vocab) logits with a hand-written backward: softmax - one_hot.
 
-    Writing the gradient directly saves the full-size zero+scatter pass autograd would do for the
-    target gather, which matters when logits are (batch * seq, 50k).
+    The forward keeps exp(logits - max) (what a log_softmax would keep), so the backward is a single
+    scaled copy plus a scatter at the targets: five passes over the logits in all, where plain
+    autograd through logsumexp and gather takes about nine.
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         logits_float = logits.float()  # (rows, vocab); a no-op in float32
-        log_normaliser = torch.logsumexp(logits_float, dim=-1)  # (rows,)
-        target_logits = logits_float.gather(-1, targets[:, None]).squeeze(-1)  # (rows,)
-        losses = log_normaliser - target_logits
+        maxes = logits_float.amax(dim=-1, keepdim=True)  # (rows, 1)
+        exponentials = torch.sub(logits_float, maxes).exp_()  # (rows, vocab), each <= 1: no overflow
+        sums = exponentials.sum(dim=-1)  # (rows,)
+        log_normaliser = sums.log() + maxes.squeeze(-1)  # log-sum-exp, (rows,)
+        losses = log_normaliser - logits_float.gather(-1, targets[:, None]).squeeze(-1)  # (rows,)
         if valid is None:
-            count = targets.new_tensor(targets.numel(), dtype=torch.float32)
+            count = torch.tensor(float(targets.numel()), device=logits.device)
             loss = losses.mean()
         else:
-            count = valid.sum().float()
+            count = valid.sum()
             loss = (losses * valid).sum() / count
-        ctx.save_for_backward(logits, targets, log_normaliser, valid, count)
+        ctx.logits_dtype = logits.dtype
+        ctx.save_for_backward(exponentials, sums, targets, valid, count)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
-        logits, targets, log_normaliser, valid, count = ctx.saved_tensors
-        grad_logits = torch.sub(logits.float(), log_normaliser[:, None]).exp_()  # softmax, (rows, vocab)
-        grad_logits.scatter_add_(-1, targets[:, None], grad_logits.new_full((targets.numel(), 1), -1.0))
-        row_scale = (grad_loss / count).expand(targets.shape)  # (rows,)
+        exponentials, sums, targets, valid, count = ctx.saved_tensors
+        row_scale = (grad_loss / count).expand(targets.shape)  # (rows,) d loss / d row loss
         if valid is not None:
             row_scale = row_scale * valid
-        grad_logits.mul_(row_scale[:, None])
-        return grad_logits.to(logits.dtype), None, None
+        grad_logits = exponentials * (row_scale / sums)[:, None]  # scale * softmax, (rows, vocab)
+        grad_logits.scatter_add_(-1, targets[:, None], -row_scale[:, None])  # minus scale * one_hot
+        return grad_logits.to(ctx.logits_dtype), None, None
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:

@@ -30,14 +30,17 @@ def start(command: list[str], log: Path) -> subprocess.Popen:
 
 
 def kill_when(process: subprocess.Popen, ready, log: Path, timeout: float = 90) -> None:
-    """SIGKILL the process as soon as ready() is true (polling every few ms)."""
+    """SIGKILL the process as soon as ready() is true (polling every few ms), or when waiting fails."""
     deadline = time.monotonic() + timeout
-    while not ready():
-        assert process.poll() is None, f"training exited early:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"timed out waiting:\n{log.read_text()}"
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    try:
+        while not ready():
+            assert process.poll() is None, f"training exited early:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"timed out waiting:\n{log.read_text()}"
+            time.sleep(0.002)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        process.wait()
 
 
 def last_logged_step(run_dir: Path) -> int:

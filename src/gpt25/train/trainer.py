@@ -132,6 +132,8 @@ class Trainer:
         self.step = 0
         self.last_checkpoint: Path | None = None
         self.last_eval: dict[str, Any] = {}
+        self.last_train_loss = float("nan")
+        self.window = [0.0, 0]  # seconds and steps since the last metrics row
 
     # ----- setup pieces -----
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -284,45 +286,23 @@ class Trainer:
 
     def loop(self, tracker: Tracker | None, stop: StopSignal) -> dict[str, Any]:
         start_step, started = self.step, time.perf_counter()
-        window_time, window_steps, timed_seconds = 0.0, 0, 0.0
-        train_loss, stopped = float("nan"), False
+        timed_seconds, stopped = 0.0, False
         progress = tqdm(total=self.config.train_steps, initial=self.step, disable=not self.context.is_main,
                         desc="train", unit="step", dynamic_ncols=True, mininterval=0.5)
-        while self.step < self.config.train_steps and not stopped:
-            step_started = time.perf_counter()
-            train_loss, grad_norm, lr, stopped = self.train_step(stop.received is not None)
-            step_seconds = time.perf_counter() - step_started
-            self.check_finite(train_loss)
-            window_time, window_steps = window_time + step_seconds, window_steps + 1
-            if self.step > start_step + 1:  # the first step pays for warm-up / compilation
-                timed_seconds += step_seconds
-            rate = self.tokens_per_step / step_seconds
-            progress.update(1)
-            progress.set_postfix_str(f"loss {train_loss:.4f} lr {lr:.2e} {rate:,.0f} tok/s MFU {self.mfu(rate):.1%}",
-                                     refresh=False)
-            if tracker is not None and (self.is_due(self.config.log_every) or self.is_due(self.config.eval_every)):
-                window_rate = self.tokens_per_step * window_steps / window_time
-                tracker.log(self.step, {"train_loss": train_loss, "lr": lr, "grad_norm": grad_norm,
-                                        "tokens_seen": self.step * self.tokens_per_step,
-                                        "tokens_per_second": window_rate, "mfu": self.mfu(window_rate),
-                                        "memory_gb": self.memory_gb(), "elapsed_s": time.perf_counter() - started})
-                window_time, window_steps = 0.0, 0
-            if self.is_due(self.config.eval_every):
-                self.last_eval = self.evaluate()
-                if tracker is not None:
-                    tracker.log(self.step, self.last_eval)
-                self.log_line(f"step {self.step}: " + ", ".join(
-                    f"{name} {value:.4f}" for name, value in self.last_eval.items() if value is not None))
-            if self.is_due(self.config.save_every) or stopped:
-                self.save()
-        progress.close()
+        try:
+            while self.step < self.config.train_steps and not stopped:
+                step_seconds, stopped = self.step_and_report(tracker, progress, stop, started)
+                if self.step > start_step + 1:  # the first step pays for warm-up / compilation
+                    timed_seconds += step_seconds
+        finally:
+            progress.close()
         stopped_by = (stop.received or "a signal on another rank") if stopped else None
         if stopped_by:
             self.log_line(f"{stopped_by} received: saved step {self.step}, exiting")
         mean_rate = self.tokens_per_step * (self.step - start_step - 1) / timed_seconds if timed_seconds else None
         return {"run_dir": str(self.run_dir), "step": self.step, "start_step": start_step,
-                "train_steps": self.config.train_steps, "stopped_by": stopped_by, "final_train_loss": train_loss,
-                "final_val_loss": self.last_eval.get("val_loss"),
+                "train_steps": self.config.train_steps, "stopped_by": stopped_by,
+                "final_train_loss": self.last_train_loss, "final_val_loss": self.last_eval.get("val_loss"),
                 "final_val_perplexity": self.last_eval.get("val_perplexity"),
                 "final_val_bpb": self.last_eval.get("val_bpb"),
                 "hellaswag_acc_norm": self.last_eval.get("hellaswag_acc_norm"),
@@ -331,6 +311,39 @@ class Trainer:
                 "elapsed_s": time.perf_counter() - started, "num_params": self.lm.num_params(),
                 "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
                 "metrics": str(self.run_dir / "metrics.jsonl"), "config": str(self.run_dir / "config.json")}
+
+    def step_and_report(self, tracker: Tracker | None, progress: tqdm, stop: StopSignal,
+                        started: float) -> tuple[float, bool]:
+        """One step, then whatever is due: progress line, metrics row, evaluation, checkpoint.
+
+        Returns (seconds the step took, whether to stop); a stop request saves a checkpoint here.
+        """
+        step_started = time.perf_counter()
+        train_loss, grad_norm, lr, stopped = self.train_step(stop.received is not None)
+        step_seconds = time.perf_counter() - step_started
+        self.check_finite(train_loss)
+        self.last_train_loss = train_loss
+        self.window = [self.window[0] + step_seconds, self.window[1] + 1]
+        rate = self.tokens_per_step / step_seconds
+        progress.update(1)
+        progress.set_postfix_str(f"loss {train_loss:.4f} lr {lr:.2e} {rate:,.0f} tok/s MFU {self.mfu(rate):.1%}",
+                                 refresh=False)
+        if tracker is not None and (self.is_due(self.config.log_every) or self.is_due(self.config.eval_every)):
+            window_rate = self.tokens_per_step * self.window[1] / self.window[0]
+            tracker.log(self.step, {"train_loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+                                    "tokens_seen": self.step * self.tokens_per_step,
+                                    "tokens_per_second": window_rate, "mfu": self.mfu(window_rate),
+                                    "memory_gb": self.memory_gb(), "elapsed_s": time.perf_counter() - started})
+            self.window = [0.0, 0]
+        if self.is_due(self.config.eval_every):
+            self.last_eval = self.evaluate()
+            if tracker is not None:
+                tracker.log(self.step, self.last_eval)
+            self.log_line(f"step {self.step}: " + ", ".join(
+                f"{name} {value:.4f}" for name, value in self.last_eval.items() if value is not None))
+        if self.is_due(self.config.save_every) or stopped:
+            self.save()
+        return step_seconds, stopped
 
     def memory_gb(self) -> float | None:
         if self.context.device.type != "cuda":
