@@ -52,12 +52,12 @@ class Contender:
 def build_ours(config: ModelConfig, device: torch.device, compile_model: bool) -> Contender:
     model = TransformerLM(config, device=device)
     optimizer = AdamW(parameter_groups(model, WEIGHT_DECAY), lr=LEARNING_RATE, betas=BETAS, weight_decay=WEIGHT_DECAY)
-    forward = torch.compile(model) if compile_model else model
 
     def loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(forward(inputs), targets)
+        return cross_entropy(model(inputs), targets)
 
-    return Contender("gpt25", model, optimizer, loss)
+    # Compiled together with the loss, as transformers' forward(labels=...) compiles its own loss.
+    return Contender("gpt25", model, optimizer, torch.compile(loss) if compile_model else loss)
 
 
 def build_transformers(config: ModelConfig, device: torch.device, compile_model: bool) -> Contender:

@@ -53,7 +53,7 @@ def test_demo_checkpoint_loads_and_beats_the_unigram_baseline(demo_dir: Path) ->
     model, meta = load_model(demo_dir / "run")
     assert meta["step"] == 60 and model.config.vocab_size == Tokenizer.load(demo_dir / "tokenizer").vocab_size
     results = json.loads((demo_dir / "eval.json").read_text())
-    assert results["val_loss"] < 0.85 * results["unigram_loss"], results
+    assert results["val_loss"] < results["unigram_loss"] - 0.5, results
 
 
 @pytest.mark.slow

@@ -115,7 +115,8 @@ class MultiHeadSelfAttention(nn.Module):
 
     def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, seq, d_model) -> (batch, seq, 3, heads, head_dim) holding q, k, v."""
-        if self.fuse_qkv:
+        if self.fuse_qkv and x.shape[1] > 1:
+            # One-token decoding steps skip the fusion: copying the weights would cost as much as the matmul.
             weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))  # (3 d_model, d_model)
             qkv = torch.matmul(x, weight.t())
         else:

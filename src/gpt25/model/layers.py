@@ -163,10 +163,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate interleaved pairs of x (..., d_k) by angles given as cos/sin (..., d_k / 2), broadcastable.
 
     Each pair (x[2i], x[2i+1]) is read as the complex number x[2i] + i x[2i+1] and multiplied by
-    cos + i sin: one complex multiply (one kernel forward, one backward) instead of six real ones.
-    Done in float32 whatever x's dtype, and returned in x's dtype.
+    cos + i sin: one complex multiply (one kernel forward, one backward) instead of six real ones
+    in eager mode. Done in float32 whatever x's dtype, and returned in x's dtype.
     """
     x_float = x.float()
+    if torch.compiler.is_compiling():
+        # Inductor has no complex code generation; in real arithmetic the rotation fuses into one kernel.
+        even, odd = x_float.unflatten(-1, (-1, 2)).unbind(-1)  # (..., d_k / 2) each
+        cos, sin = cos.float(), sin.float()
+        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)  # (..., d_k / 2, 2)
+        return rotated.flatten(-2).to(x.dtype)
     if x_float.stride(-1) != 1 or any(stride % 2 for stride in x_float.stride()[:-1]):
         x_float = x_float.contiguous()
     pairs = torch.view_as_complex(x_float.unflatten(-1, (-1, 2)))  # (..., d_k / 2) complex

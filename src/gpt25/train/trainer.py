@@ -116,7 +116,8 @@ class Trainer:
         self.model = distributed.build_model(self.model_config, context, parallel, self.dtype)
         self.lm = distributed.unwrap(self.model)
         self.sharded = distributed.is_fsdp(self.model)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        # The loss is compiled with the forward, so the (batch, seq, vocab) logits never round-trip memory in eager.
+        self.compute_loss = torch.compile(self.model_loss) if config.compile else self.model_loss
         self.optimizer = AdamW(parameter_groups(self.lm, config.weight_decay), lr=config.lr,
                                betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay)
         self.loader = ShardLoader(config.data, "train", config.batch_size, config.context_length, rank=context.rank,
@@ -189,6 +190,10 @@ class Trainer:
             sys.stdout.flush()  # batch-job logs show progress even if the job is killed
 
     # ----- the loop -----
+
+    def model_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the model's next-token predictions; inputs, targets (batch, seq)."""
+        return cross_entropy(self.model(inputs), targets)
     def train_step(self, stop_requested: bool) -> tuple[float, float, float, bool]:
         """One optimizer step over grad_accum_steps micro-batches.
 
@@ -207,8 +212,7 @@ class Trainer:
             inputs, targets = self.loader.next_batch()  # (batch, seq) each
             with distributed.gradient_sync(self.model, micro_step == num_micro - 1):
                 with self.autocast():
-                    logits = self.forward(inputs)  # (batch, seq, vocab)
-                    loss = cross_entropy(logits, targets)
+                    loss = self.compute_loss(inputs, targets)
                 (loss / num_micro).backward()
             loss_sum += loss.detach().float()
         grad_norm = clip_grad_norm(self.model.parameters(), self.config.max_grad_norm or math.inf)
