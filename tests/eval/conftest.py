@@ -52,12 +52,3 @@ def context_free_lm():
 def random_lm():
     """Factory: a seeded random 2-layer model, vocab 272 (padded past the byte tokenizer's 257) by default."""
     return build_random_lm
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and spinning OpenMP workers crawl on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -71,12 +71,3 @@ def bigram_lm():
 def chain():
     """Factory: scores that make each given token predict the next one."""
     return build_chain
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and spinning OpenMP workers crawl on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
