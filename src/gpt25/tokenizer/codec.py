@@ -192,7 +192,8 @@ class Tokenizer:
         Used while the cache is cold; once new pre-tokens are rare, misses are encoded one by one
         as they come (the cache's __missing__), which saves building this set. Returns how many.
         """
-        new = list(set(pretokens).difference(self._cache))
+        # Membership tests, not set.difference(dict): that would walk the whole cache on every call.
+        new = [pretoken for pretoken in set(pretokens) if pretoken not in self._cache]
         if len(new) >= BATCH_MIN_PRETOKENS:
             if self._batch_merger is None:
                 self._batch_merger = BatchMerger(self._merge_values, self._byte_ids)
