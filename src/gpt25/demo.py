@@ -19,10 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from gpt25.checkpoint import list_checkpoints, load_model, read_meta
 from gpt25.data import load_split, read_manifest
 from gpt25.data.prepare import PrepareConfig, prepare
 from gpt25.data.sources import iter_default_corpus, write_corpus_file
+from gpt25.eval.run import run_evaluation
+from gpt25.sample import generate
 from gpt25.tokenizer import Tokenizer, train_bpe
+from gpt25.train import TrainConfig, plot_runs, train
+from gpt25.train.config import read_toml_settings
 
 EOT = "<|endoftext|>"
 CPU_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cpu-small.toml"
@@ -122,10 +127,6 @@ def build_shards(paths: dict[str, Path]) -> dict[str, Any]:
 
 
 def train_model(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
-    from gpt25.checkpoint import list_checkpoints
-    from gpt25.train import TrainConfig, train
-    from gpt25.train.config import read_toml_settings
-
     finished = list_checkpoints(paths["run"])
     settings = read_toml_settings(config.config) | {
         "data": str(paths["shards"]), "tokenizer": str(paths["tokenizer"]), "out": str(paths["run"]),
@@ -140,8 +141,6 @@ def train_model(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
 
 
 def read_step(checkpoint: Path) -> int:
-    from gpt25.checkpoint import read_meta
-
     return int(read_meta(checkpoint)["step"])
 
 
@@ -153,8 +152,6 @@ def unigram_loss(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: i
 
 
 def evaluate_model(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
-    from gpt25.eval.run import run_evaluation
-
     results = run_evaluation(paths["run"], paths["tokenizer"], data_dir=paths["shards"], out=paths["eval"],
                              device=config.device)
     tokenizer = Tokenizer.load(paths["tokenizer"])
@@ -167,9 +164,6 @@ def evaluate_model(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]
 
 
 def sample_model(paths: dict[str, Path], config: DemoConfig) -> list[str]:
-    from gpt25.checkpoint import load_model
-    from gpt25.sample import generate
-
     model, _ = load_model(paths["run"], device=config.device)
     tokenizer = Tokenizer.load(paths["tokenizer"])
     return generate(model, tokenizer, config.prompt, num_samples=config.num_samples, seed=1337)
@@ -177,8 +171,6 @@ def sample_model(paths: dict[str, Path], config: DemoConfig) -> list[str]:
 
 def write_report(paths: dict[str, Path], config: DemoConfig, results: dict[str, Any]) -> dict[str, str]:
     """RUN_DIR/report.md (settings, timings, metrics, samples, commands) and RUN_DIR/results.png."""
-    from gpt25.train.plot import plot_runs
-
     plot_runs([paths["run"]], paths["plot"])
     write_text_atomic(paths["report"], render_report(paths, config, results))
     return {"report": str(paths["report"]), "plot": str(paths["plot"])}
