@@ -5,6 +5,8 @@ One run, one table (figure, peer figure, ratio):
   tokenizer, 1 worker and `--workers` workers (target: 2 workers >= 1.8x one), beside tiktoken
   (an Encoding with the same GPT-2 vocab/merges, built offline by Tokenizer.to_tiktoken) encoding
   the same documents with 1 and `--workers` threads; the token counts must agree exactly;
+- the machine's own scaling: one pure-Python loop run in 1 process, then split over `--workers`
+  forked processes (the best any process-parallel Python code can do on these cores);
 - ShardLoader batches/s for batch 32 x context 1024 on those shards, beside the batches/s the
   124M model consumes on one GPU: its FLOPs per batch (TransformerLM.flops_per_token, built on the
   meta device) at an assumed `--gpu-tflops` (default 400: an H100 at ~40% MFU in bf16).
@@ -16,6 +18,7 @@ One run, one table (figure, peer figure, ratio):
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import resource
 import tempfile
 import time
@@ -103,6 +106,22 @@ def time_tiktoken(tokenizer: Tokenizer, documents: list[str], threads: int) -> t
     return time.perf_counter() - started, sum(map(len, encoded))
 
 
+def _count_up(steps: int) -> int:
+    total = 0
+    for step in range(steps):
+        total += step
+    return total
+
+
+def time_machine(workers: int, timing: Timing, total_steps: int = 40_000_000) -> None:
+    """The same pure-Python loop split over `workers` forked processes: what this machine's cores give."""
+    started = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pool.map(_count_up, [total_steps // workers] * workers)
+    seconds = time.perf_counter() - started
+    timing.keep_best(seconds, seconds)
+
+
 def loader_batches_per_second(data_dir: Path, batch_size: int, context_length: int, num_batches: int) -> float:
     loader = ShardLoader(data_dir, "train", batch_size, context_length, seed=0)
     loader.next_batch()  # page the shard in
@@ -139,6 +158,7 @@ def main() -> None:
     print(f"{len(files)} files, {len(documents):,} documents (blank-line paragraphs), {megabytes:.1f} MB of text")
 
     serial, parallel, tik_serial, tik_parallel = Timing(), Timing(), Timing(), Timing()
+    machine_serial, machine_parallel = Timing(), Timing()
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         tokenizer.save(scratch / "tokenizer")
@@ -150,6 +170,8 @@ def main() -> None:
             tik_serial.keep_best(seconds, seconds)
             seconds, _ = time_tiktoken(tokenizer, documents, args.workers)
             tik_parallel.keep_best(seconds, seconds)
+            time_machine(1, machine_serial)
+            time_machine(args.workers, machine_parallel)
         our_tokens = sum(manifest["splits"][s]["tokens"] for s in ("train", "val")) - len(documents)  # minus EOTs
         loader_rate = loader_batches_per_second(
             scratch / "one", args.batch_size, args.context_length, args.loader_batches
@@ -170,6 +192,12 @@ def main() -> None:
             serial.wall / parallel.wall,
             f"tiktoken scaling {workers} vs 1 threads",
             tik_serial.wall / tik_parallel.wall,
+        ),
+        (
+            f"prepare wall scaling {workers} vs 1",
+            serial.wall / parallel.wall,
+            f"machine: pure-Python loop, {workers} procs vs 1",
+            machine_serial.wall / machine_parallel.wall,
         ),
         (
             f"prepare CPU-bound scaling bound, {workers} idle cores",

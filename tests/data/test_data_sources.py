@@ -9,11 +9,23 @@ import sys
 from itertools import islice
 from pathlib import Path
 
+import warnings
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gpt25.data.sources import iter_default_corpus, iter_documents, iter_stdlib_docstrings, write_corpus_file
+from gpt25.data import sources
+from gpt25.data.sources import (
+    SourceStats,
+    iter_default_corpus,
+    iter_documents,
+    iter_stdlib_docstrings,
+    iter_utf8_lines,
+    write_corpus_file,
+)
 
 
 def documents(*specs: str, **options) -> list[str]:
@@ -29,6 +41,42 @@ def test_plain_text_blank_line_and_file_splits(tmp_path: Path) -> None:
         "B one\n\nB two",
     ]
     assert documents(str(tmp_path / "*.txt")) == ["First para\nline two", "Second para", "Third", "B one", "B two"]
+
+
+def paragraphs_line_by_line(path: Path, stats: SourceStats) -> list[str]:
+    """The definition of the blank-line split, one line at a time (what the block reader must equal)."""
+    found, lines = [], []
+    for _, line in iter_utf8_lines(path, stats):
+        if line.strip():
+            lines.append(line)
+        else:
+            found.append("".join(lines))
+            lines = []
+    found.append("".join(lines))
+    return [text.strip("\n") for text in found if text.strip()]
+
+
+LINE_PIECES = st.sampled_from([b"a", b"bc", b" ", b"\t", b"\x0c", b"\r", b"\n", b"\r\n", b"\xef\xbb\xbf", b"\xff", b"\xc3\xa9"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(content=st.lists(LINE_PIECES, max_size=40).map(b"".join), block_bytes=st.integers(1, 16))
+def test_block_reader_equals_the_line_by_line_split(tmp_path_factory, content: bytes, block_bytes: int) -> None:
+    path = tmp_path_factory.mktemp("blocks") / "doc.txt"
+    path.write_bytes(content)
+    expected_stats, stats = SourceStats(), SourceStats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = paragraphs_line_by_line(path, expected_stats)
+        whole = "".join(line for _, line in iter_utf8_lines(path, SourceStats()))
+        original_block_bytes = sources.TEXT_BLOCK_BYTES
+        try:
+            sources.TEXT_BLOCK_BYTES = block_bytes
+            assert list(sources.iter_text_documents(path, "blank-line", stats)) == expected
+            assert list(sources.iter_text_documents(path, "file", SourceStats())) == ([whole.strip("\n")] if whole.strip() else [])
+        finally:
+            sources.TEXT_BLOCK_BYTES = original_block_bytes
+    assert stats.skipped_lines == expected_stats.skipped_lines
 
 
 def test_folders_skip_hidden_files_and_globs_recurse(tmp_path: Path) -> None:

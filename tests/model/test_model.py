@@ -19,6 +19,7 @@ from gpt25.model import (
     SwiGLU,
     TransformerLM,
     causal_mask,
+    linear,
     parameter_groups,
     scaled_dot_product_attention,
     silu,
@@ -44,6 +45,25 @@ def test_linear_shape_and_truncated_init() -> None:
     assert layer.weight.std().item() == pytest.approx(std * 0.986, rel=0.03)  # truncation shrinks std by 1.4%
     x = torch.randn(3, 300)
     torch.testing.assert_close(layer(x), x @ layer.weight.T)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("leading_shape", [(1,), (1, 1), (8, 1), (2, 5), (64,), (65,), (4, 3, 2)])
+def test_split_linear_equals_the_plain_product(threads: int, leading_shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(96, 40)
+    x = torch.randn(*leading_shape, 40)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            split = linear(x, weight)  # rows <= 64 and 96 % threads == 0: the bmm path
+            uneven = linear(x, weight[:95])  # 95 rows do not split evenly: the plain product
+    finally:
+        torch.set_num_threads(previous)
+    assert split.shape == (*leading_shape, 96)
+    torch.testing.assert_close(split, x @ weight.T)
+    torch.testing.assert_close(uneven, x @ weight[:95].T)
 
 
 def test_embedding_lookup_and_init() -> None:
@@ -255,6 +275,13 @@ def test_cache_chunks_match_full_forward_and_reset(model: TransformerLM) -> None
             model(ids[:, :1], cache)
         cache.reset()
         torch.testing.assert_close(model(ids[:, :6], cache), full[:, :6], atol=1e-5, rtol=1e-5)
+        assert set(cache.qkv_weights) == set(range(CONFIG.num_layers))  # built once, reused by later steps
+        changed = model.layers[0].attn.k_proj.weight
+        original = changed.clone()
+        changed.mul_(0.5)  # reset() must drop the concatenated weights made from the old values
+        cache.reset()
+        torch.testing.assert_close(model(ids[:, :6], cache), model(ids[:, :6]), atol=1e-5, rtol=1e-5)
+        changed.copy_(original)
     with pytest.raises(ValueError, match="max_seq_len"):
         KVCache(CONFIG, batch_size=1, max_seq_len=CONFIG.context_length + 1)
 

@@ -1,8 +1,8 @@
 """`gpt25 data prepare`: documents -> parallel tokenization -> train/val token shards + manifest.
 
-The pipeline streams: the main process reads documents and hashes them, worker processes
-tokenize batches of them (at most a few batches in flight, results taken back in order), and
-each split's tokens go straight into the shard file being written. Memory stays bounded by
+The pipeline streams: the main process reads documents and groups them into batches, worker
+processes hash and tokenize each batch (at most a few batches in flight, results taken back in
+order), and each split's tokens go straight into the shard file being written. Memory stays bounded by
 the batch size, never by the corpus.
 
 Train/val assignment depends only on a document's text, through a 64-bit BLAKE2b hash ``h``:
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gpt25.data.parallel import encode_in_order
+from gpt25.data.parallel import encode_documents, map_in_order
 from gpt25.data.shards import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -48,7 +48,7 @@ from gpt25.data.shards import (
 from gpt25.data.sources import SourceStats, check_sources, iter_documents, source_signature
 
 DEFAULT_VAL_FRACTION = 0.01
-BATCH_BYTES = 1 << 19  # text per worker task: large enough to amortise IPC, small enough to stay ordered
+BATCH_CHARS = 1 << 19  # text per worker task: large enough to amortise IPC, small enough to stay ordered
 
 
 @dataclass
@@ -293,19 +293,19 @@ def _run(
     }
     stats = SourceStats()
     counters = {"documents": 0, "bytes": 0, "tokens": 0, "tokenized": 0}
-    batches = _batches(_documents(config, stats), manifest["val_threshold"], resume, counters)
+    settings = _BatchSettings(manifest["val_threshold"], resume, dtype)
+    batches = _batches(_documents(config, stats), settings, counters)
     with tqdm(
         total=total_bytes, desc="prepare", unit="B", unit_scale=True, disable=not config.progress, mininterval=0.5
     ) as bar:
         try:
-            for batch, (lengths, tokens) in encode_in_order(batches, config.workers, tokenizer, dtype):
-                for (doc_index, split, offset), doc_tokens in zip(
-                    batch.items, np.split(tokens, np.cumsum(lengths)[:-1]), strict=True
-                ):
-                    writers[split].add_document(doc_index, doc_tokens[offset:])
-                counters["tokens"] += len(tokens)
-                bar.update(batch.num_bytes)
-                bar.set_postfix(docs=counters["documents"], tokens=counters["tokens"], refresh=False)
+            for batch, encoded in map_in_order(_encode_batch, batches, config.workers, tokenizer):
+                _write_batch(encoded, writers)
+                counters["bytes"] += encoded.num_bytes
+                counters["tokens"] += len(encoded.tokens)
+                counters["tokenized"] += len(encoded.doc_indices)
+                bar.update(encoded.num_bytes)
+                bar.set_postfix(docs=batch.first_doc_index + len(batch.texts), tokens=counters["tokens"], refresh=False)
             for writer in writers.values():
                 writer.close(counters["documents"])
         except BaseException:
@@ -322,37 +322,95 @@ def _run(
 
 
 @dataclass
+class _BatchSettings:
+    """What a worker needs besides the texts to encode a batch."""
+
+    val_threshold: int
+    resume: dict[str, ResumePoint]
+    dtype: np.dtype
+
+
+@dataclass
 class _Batch:
-    """One worker task: the texts, and (doc_index, split, token_offset) for each to route its tokens."""
+    """One worker task: consecutive source documents, the first of them numbered first_doc_index."""
 
-    items: list[tuple[int, str, int]] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    num_bytes: int = 0
+    first_doc_index: int
+    texts: list[str]
+    settings: _BatchSettings
 
 
-def _batches(
-    documents: Iterator[str], val_threshold: int, resume: dict[str, ResumePoint], counters: dict[str, int]
-) -> Iterator[_Batch]:
-    """Group documents into ~BATCH_BYTES tasks, skipping those already in finished shards."""
-    batch = _Batch()
+@dataclass
+class _EncodedBatch:
+    """A batch's documents that still need writing, with their split, tokens and token counts."""
+
+    doc_indices: np.ndarray  # (documents kept,) source document numbers
+    is_val: np.ndarray  # (documents kept,) bool
+    lengths: np.ndarray  # (documents kept,) tokens of each, <|endoftext|> included
+    tokens: np.ndarray  # all their tokens, concatenated
+    num_bytes: int  # UTF-8 bytes of every text of the batch
+
+
+def _batches(documents: Iterator[str], settings: _BatchSettings, counters: dict[str, int]) -> Iterator[_Batch]:
+    """Group documents into ~BATCH_CHARS tasks, leaving out those every split has in finished shards
+    (counted here: the workers count the bytes of the others)."""
+    first_needed = min(point.doc_index for point in settings.resume.values())
+    texts: list[str] = []
+    num_chars = 0
+    first_doc_index = 0
     for doc_index, text in enumerate(documents):
-        data = text.encode("utf-8")
-        num_bytes = len(data)
-        counters["documents"] += 1
-        counters["bytes"] += num_bytes
-        split = "val" if _hash_utf8(data) <= val_threshold else "train"
-        point = resume[split]
-        if doc_index < point.doc_index:
+        counters["documents"] = doc_index + 1
+        if doc_index < first_needed:
+            counters["bytes"] += len(text.encode("utf-8"))
+            first_doc_index = doc_index + 1
             continue
-        counters["tokenized"] += 1
-        batch.items.append((doc_index, split, point.token_offset if doc_index == point.doc_index else 0))
-        batch.texts.append(text)
-        batch.num_bytes += num_bytes
-        if batch.num_bytes >= BATCH_BYTES:
-            yield batch
-            batch = _Batch()
-    if batch.items:
-        yield batch
+        texts.append(text)
+        num_chars += len(text)
+        if num_chars >= BATCH_CHARS:
+            yield _Batch(first_doc_index, texts, settings)
+            texts, num_chars, first_doc_index = [], 0, doc_index + 1
+    if texts:
+        yield _Batch(first_doc_index, texts, settings)
+
+
+def _encode_batch(tokenizer: Any, batch: _Batch) -> _EncodedBatch:
+    """Assign each document its split, drop those already in that split's finished shards, tokenize the rest."""
+    settings = batch.settings
+    data = [text.encode("utf-8") for text in batch.texts]
+    is_val = np.fromiter((_hash_utf8(item) <= settings.val_threshold for item in data), dtype=bool, count=len(data))
+    doc_indices = np.arange(batch.first_doc_index, batch.first_doc_index + len(data))
+    offsets = np.zeros(len(data), dtype=np.int64)  # tokens of a document already in finished shards
+    for split_is_val, point in ((False, settings.resume["train"]), (True, settings.resume["val"])):
+        in_split = is_val == split_is_val
+        offsets[in_split & (doc_indices < point.doc_index)] = -1  # all of it
+        offsets[in_split & (doc_indices == point.doc_index)] = point.token_offset
+    keep = np.flatnonzero(offsets >= 0)
+    texts = batch.texts if len(keep) == len(data) else [batch.texts[index] for index in keep.tolist()]
+    lengths, tokens = encode_documents(tokenizer, texts, settings.dtype)
+    if offsets[keep].any():
+        lengths, tokens = _drop_leading_tokens(lengths, tokens, offsets[keep])
+    return _EncodedBatch(doc_indices[keep], is_val[keep], lengths, tokens, sum(map(len, data)))
+
+
+def _drop_leading_tokens(lengths: np.ndarray, tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Remove the first offsets[i] tokens of document i."""
+    starts = np.cumsum(lengths) - lengths
+    dropped = np.concatenate([np.arange(start, start + offset) for start, offset in zip(starts, offsets) if offset])
+    return lengths - offsets, np.delete(tokens, dropped)
+
+
+def _write_batch(encoded: _EncodedBatch, writers: dict[str, SplitWriter]) -> None:
+    """Hand each run of consecutive documents of one split to its writer at once."""
+    run_starts = np.flatnonzero(np.diff(encoded.is_val)) + 1
+    bounds = [0, *run_starts.tolist(), len(encoded.is_val)]
+    token_ends = np.cumsum(encoded.lengths).tolist()
+    for start, end in zip(bounds, bounds[1:]):
+        if end == start:
+            continue
+        split = "val" if encoded.is_val[start] else "train"
+        first_token = token_ends[start - 1] if start else 0
+        writers[split].add_documents(
+            encoded.doc_indices[start:end].tolist(), encoded.lengths[start:end], encoded.tokens[first_token : token_ends[end - 1]]
+        )
 
 
 def _finalize(manifest: dict[str, Any], source: dict[str, Any], last_run: dict[str, Any]) -> None:

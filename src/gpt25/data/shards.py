@@ -262,6 +262,18 @@ class SplitWriter:
                 )
                 self._finish_shard(next_point)
 
+    def add_documents(self, doc_indices: list[int], lengths: np.ndarray, tokens: np.ndarray) -> None:
+        """Append whole documents: `tokens` is theirs concatenated, lengths[i] of them for doc_indices[i]."""
+        room = self.shard_tokens - (self.current.num_tokens if self.current is not None else 0)
+        if len(tokens) >= room:  # a shard ends among them: cut it where it must
+            for doc_index, doc_tokens in zip(doc_indices, np.split(tokens, np.cumsum(lengths)[:-1]), strict=True):
+                self.add_document(doc_index, doc_tokens)
+            return
+        if self.current is None:
+            self.current = ShardFile(self.out_dir / shard_name(self.split, len(self.entries)), self.dtype)
+        self.current.append(tokens)
+        self.num_docs += len(doc_indices)
+
     def close(self, num_source_docs: int) -> None:
         if self.current is not None:
             self._finish_shard(ResumePoint(num_source_docs, 0, self.num_docs))

@@ -19,6 +19,7 @@ import glob
 import inspect
 import json
 import os
+import re
 import sys
 import sysconfig
 import warnings
@@ -34,6 +35,11 @@ DEFAULT_CORPUS_SPEC = "python-docs"
 # Folders of the standard library that hold tests, demos of tests or installed third-party code.
 SKIPPED_STDLIB_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 MAX_WARNINGS_PER_FILE = 3
+TEXT_BLOCK_BYTES = 1 << 20
+_BLANK_LINE = re.compile(r"^[^\S\n]*\n", re.MULTILINE)
+_BLANK_LINE_OR_END = re.compile(r"^[^\S\n]*(?:\n|\Z)", re.MULTILINE)  # a last line without "\n" can be blank too
+_WHITESPACE_LINE = re.compile(r"\n[^\S\n]+(?:\n|\Z)")  # a blank line that is not empty (but for the first)
+_CARRIAGE_RETURNS = re.compile(r"\r+\n")  # "\r\n" line ends (iter_utf8_lines drops every "\r" before the "\n")
 
 
 class NonUtf8Warning(UserWarning):
@@ -127,48 +133,121 @@ def iter_file_documents(path: Path, *, doc_split: str, text_field: str, stats: S
     return iter_text_documents(path, doc_split, stats)
 
 
+class _BadLines:
+    """Counts the non-UTF-8 lines of one file; warns for the first few, and sums up at the end."""
+
+    def __init__(self, path: Path, stats: SourceStats) -> None:
+        self.path, self.stats = path, stats
+        self.count = self.first = 0
+
+    def decode(self, raw: bytes, line_number: int) -> str | None:
+        """The line as str, or None (with a warning) when it is not UTF-8."""
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            self.count += 1
+            self.first = self.first or line_number
+            if self.count <= MAX_WARNINGS_PER_FILE:
+                warnings.warn(
+                    f"{self.path}:{line_number}: skipped a line that is not UTF-8 ({error.reason})",
+                    NonUtf8Warning,
+                    stacklevel=3,
+                )
+            return None
+
+    def close(self) -> None:
+        self.stats.skipped_lines += self.count
+        if self.count > MAX_WARNINGS_PER_FILE:
+            warnings.warn(
+                f"{self.path}: skipped {self.count} lines that are not UTF-8 in all (first at line {self.first})",
+                NonUtf8Warning,
+                stacklevel=3,
+            )
+
+
 def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]:
     """(line number, line) pairs with newlines normalised to "\\n"; non-UTF-8 lines are skipped with a warning."""
-    num_bad = 0
-    first_bad = 0
+    bad_lines = _BadLines(path, stats)
     with open(path, "rb") as file:
         for line_number, raw in enumerate(file, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                num_bad += 1
-                first_bad = first_bad or line_number
-                if num_bad <= MAX_WARNINGS_PER_FILE:
-                    warnings.warn(
-                        f"{path}:{line_number}: skipped a line that is not UTF-8 ({error.reason})",
-                        NonUtf8Warning,
-                        stacklevel=2,
-                    )
+            line = bad_lines.decode(raw, line_number)
+            if line is None:
                 continue
             if line_number == 1:
                 line = line.removeprefix("\ufeff")
             if line.endswith("\n"):
                 line = line.rstrip("\r\n") + "\n"
             yield line_number, line
-    stats.skipped_lines += num_bad
-    if num_bad > MAX_WARNINGS_PER_FILE:
-        warnings.warn(
-            f"{path}: skipped {num_bad} lines that are not UTF-8 in all (first at line {first_bad})",
-            NonUtf8Warning,
-            stacklevel=2,
-        )
+    bad_lines.close()
+
+
+def iter_utf8_blocks(path: Path, stats: SourceStats) -> Iterator[str]:
+    """The file as str blocks of whole lines: exactly the lines iter_utf8_lines gives, joined.
+
+    Each block is decoded at once; only a block that is not valid UTF-8 is gone through line by line.
+    """
+    bad_lines = _BadLines(path, stats)
+    line_number = 1  # of the block's first line
+    for block in _line_blocks(path, TEXT_BLOCK_BYTES):
+        try:
+            text = block.decode("utf-8")
+            if line_number == 1:
+                text = text.removeprefix("\ufeff")
+        except UnicodeDecodeError:
+            lines = [bad_lines.decode(line, line_number + index) for index, line in enumerate(_lines(block))]
+            if line_number == 1 and lines[0] is not None:
+                lines[0] = lines[0].removeprefix("\ufeff")
+            text = "".join(line for line in lines if line is not None)
+        line_number += block.count(b"\n")
+        if "\r" in text:
+            text = _CARRIAGE_RETURNS.sub("\n", text) if "\r\r" in text else text.replace("\r\n", "\n")
+        yield text
+    bad_lines.close()
+
+
+def _line_blocks(path: Path, block_bytes: int) -> Iterator[bytes]:
+    """The file's bytes in blocks of about block_bytes that end with a "\\n" (but for the last)."""
+    pending: list[bytes] = []  # a line that has not ended yet
+    with open(path, "rb") as file:
+        while data := file.read(block_bytes):
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                pending.append(data)
+                continue
+            yield b"".join([*pending, data[:cut]])
+            pending = [data[cut:]]
+    last = b"".join(pending)
+    if last:
+        yield last
+
+
+def _lines(block: bytes) -> list[bytes]:
+    """The lines of `block`, each with its "\\n" (the last may have none); only "\\n" ends a line."""
+    lines = [line + b"\n" for line in block.split(b"\n")]
+    lines[-1] = lines[-1][:-1]
+    return lines if lines[-1] else lines[:-1]
 
 
 def iter_text_documents(path: Path, doc_split: str, stats: SourceStats) -> Iterator[str]:
-    """Plain text: paragraphs separated by blank lines, or the whole file, as documents."""
-    lines: list[str] = []
-    for _, line in iter_utf8_lines(path, stats):
-        if doc_split == "blank-line" and not line.strip():
-            yield from _non_empty("".join(lines))
-            lines = []
-        else:
-            lines.append(line)
-    yield from _non_empty("".join(lines))
+    """Plain text: paragraphs separated by blank (whitespace-only) lines, or the whole file, as documents."""
+    if doc_split == "file":
+        yield from _non_empty("".join(iter_utf8_blocks(path, stats)))
+        return
+    pending = ""  # the start of a paragraph that may go on in the next block
+    for text in iter_utf8_blocks(path, stats):
+        paragraphs = _split_at_blank_lines(pending + text, _BLANK_LINE)
+        pending = paragraphs.pop()
+        for paragraph in paragraphs:
+            yield from _non_empty(paragraph)
+    for paragraph in _split_at_blank_lines(pending, _BLANK_LINE_OR_END):
+        yield from _non_empty(paragraph)
+
+
+def _split_at_blank_lines(text: str, blank_line: re.Pattern) -> list[str]:
+    """`text` (which starts a line) cut at its blank lines, by str.split when they are all empty."""
+    if _WHITESPACE_LINE.search(text) is None and not (text[:1].isspace() and text[0] != "\n"):
+        return text.split("\n\n")  # the pieces differ only in newlines at their ends, which _non_empty strips
+    return blank_line.split(text)
 
 
 def _non_empty(text: str) -> Iterator[str]:

@@ -5,7 +5,17 @@ config, block, full model, FLOP count and weight-decay groups.
 """
 
 from gpt25.model.attention import KVCache, MultiHeadSelfAttention, causal_mask, scaled_dot_product_attention
-from gpt25.model.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SwiGLU, silu, softmax, trunc_normal_
+from gpt25.model.layers import (
+    Embedding,
+    Linear,
+    RMSNorm,
+    RotaryEmbedding,
+    SwiGLU,
+    linear,
+    silu,
+    softmax,
+    trunc_normal_,
+)
 from gpt25.model.transformer import ModelConfig, TransformerBlock, TransformerLM, parameter_groups
 
 __all__ = [
@@ -20,6 +30,7 @@ __all__ = [
     "TransformerBlock",
     "TransformerLM",
     "causal_mask",
+    "linear",
     "parameter_groups",
     "scaled_dot_product_attention",
     "silu",

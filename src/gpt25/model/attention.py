@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.functional import scaled_dot_product_attention as fused_attention
 
-from gpt25.model.layers import Linear, RotaryEmbedding, apply_rotary, softmax
+from gpt25.model.layers import Linear, RotaryEmbedding, apply_rotary, linear, softmax
 
 if TYPE_CHECKING:
     from gpt25.model.transformer import ModelConfig
@@ -45,6 +45,8 @@ class KVCache:
 
     `position` counts the positions filled so far; `TransformerLM.forward(token_ids, kv_cache)`
     writes positions [position, position + seq) and advances it. `reset()` starts a new sequence.
+    Under no_grad / inference_mode it also keeps each layer's q/k/v weights concatenated, so a
+    decoding step does one matmul for them without copying the weights again every step.
     """
 
     def __init__(
@@ -69,10 +71,12 @@ class KVCache:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)]
         self.position = 0
+        self.qkv_weights: dict[int, torch.Tensor] = {}  # layer index -> (3 d_model, d_model)
 
     def reset(self) -> None:
-        """Forget the cached sequence (the buffers are reused, not cleared)."""
+        """Forget the cached sequence (the buffers are reused, not cleared) and the concatenated weights."""
         self.position = 0
+        self.qkv_weights.clear()
 
     def update(self, layer_index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (batch, heads, seq, head_dim) at [position, position + seq); return all keys/values so far."""
@@ -113,21 +117,29 @@ class MultiHeadSelfAttention(nn.Module):
         self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
 
-    def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+    def project_qkv(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """(batch, seq, d_model) -> (batch, seq, 3, heads, head_dim) holding q, k, v."""
-        if self.fuse_qkv and x.shape[1] > 1:
-            # One-token decoding steps skip the fusion: copying the weights would cost as much as the matmul.
-            weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))  # (3 d_model, d_model)
-            qkv = torch.matmul(x, weight.t())
+        if self.fuse_qkv and kv_cache is not None and not torch.is_grad_enabled():
+            weight = kv_cache.qkv_weights.get(self.layer_index)
+            if weight is None:
+                weight = kv_cache.qkv_weights[self.layer_index] = self.qkv_weight()
+            qkv = linear(x, weight)
+        elif self.fuse_qkv and x.shape[1] > 1:
+            # One-token steps without a cache skip the fusion: copying the weights would cost as much as the matmul.
+            qkv = torch.matmul(x, self.qkv_weight().t())
         else:
             qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)
         return qkv.unflatten(-1, (3, self.num_heads, self.head_dim))
+
+    def qkv_weight(self) -> torch.Tensor:
+        """The q, k and v weights stacked: (3 d_model, d_model)."""
+        return torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """(batch, seq, d_model) -> (batch, seq, d_model); with a cache, x holds positions [cache.position, +seq)."""
         batch_size, seq_len, _ = x.shape
         start = kv_cache.position if kv_cache is not None else 0
-        qkv = self.project_qkv(x)  # (batch, seq, 3, heads, head_dim)
+        qkv = self.project_qkv(x, kv_cache)  # (batch, seq, 3, heads, head_dim)
         # split (not slicing) so the backward is one cat rather than zero-filled scatters
         qk, v = qkv.split((2, 1), dim=2)  # (batch, seq, 2, heads, head_dim), (batch, seq, 1, heads, head_dim)
         if self.rope is not None:

@@ -26,6 +26,33 @@ def trunc_normal_(tensor: torch.Tensor, std: float, cutoff: float = 3.0) -> torc
         return tensor.clamp_(-cutoff * std, cutoff * std)
 
 
+SPLIT_MATMUL_MAX_ROWS = 64  # on CPU, products with at most this many rows are split over the threads
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x W^T for x (..., in_features) and W (out_features, in_features).
+
+    On CPU without autograd (generation, evaluation), a product of few rows such as a decoding
+    step's is memory-bound and BLAS runs it on one core: W's rows are then split into one block
+    per thread and multiplied as a batch (bmm), which spreads the weight reads over every core.
+    """
+    rows = x.numel() // x.shape[-1]
+    threads = torch.get_num_threads()
+    out_features, in_features = weight.shape
+    if (
+        x.device.type != "cpu"
+        or torch.is_grad_enabled()
+        or rows > SPLIT_MATMUL_MAX_ROWS
+        or threads < 2
+        or out_features % threads
+    ):
+        return torch.matmul(x, weight.t())
+    x_columns = x.reshape(1, rows, in_features).transpose(1, 2).expand(threads, in_features, rows)
+    blocks = weight.reshape(threads, out_features // threads, in_features)
+    out = torch.bmm(blocks, x_columns)  # (threads, out_features / threads, rows)
+    return out.permute(2, 0, 1).reshape(*x.shape[:-1], out_features)
+
+
 def silu(x: torch.Tensor) -> torch.Tensor:
     """x * sigmoid(x)."""
     return x * torch.sigmoid(x)
@@ -53,7 +80,7 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (..., in_features) -> (..., out_features)
-        return torch.matmul(x, self.weight.t())
+        return linear(x, self.weight)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"

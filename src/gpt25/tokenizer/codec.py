@@ -18,6 +18,8 @@ from itertools import chain
 from numbers import Integral
 from pathlib import Path
 
+import numpy as np
+
 from gpt25.tokenizer import io
 from gpt25.tokenizer.bpe import ID_BITS, ID_MASK, BatchMerger, merge_word
 from gpt25.tokenizer.pretokenize import (
@@ -74,7 +76,7 @@ class Tokenizer:
         self._special_regex = special_token_regex(self.special_tokens)
         self._max_special_chars = max((len(token) for token in self.special_tokens), default=0)
         self._cache = _PretokenCache(self._encode_pretoken)
-        self._cold = True  # most pre-tokens are new: encode them in batches (see _cache_new_pretokens)
+        self._clear_cache()
         self._batch_merger: BatchMerger | None = None
         self._fingerprint: str | None = None
 
@@ -119,7 +121,13 @@ class Tokenizer:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._cache = _PretokenCache(self._encode_pretoken)
-        self._cold = True
+        self._clear_cache()
+
+    def _clear_cache(self) -> None:
+        """Empty the cache but for the special tokens, which map to their ids."""
+        self._cache.clear()
+        self._cache.update((special, (token_id,)) for special, token_id in self._special_ids.items())
+        self._cold = True  # most pre-tokens are new: encode them in batches (see _cache_new_pretokens)
 
     # ---- construction from files -------------------------------------------------------------
 
@@ -133,8 +141,10 @@ class Tokenizer:
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
         """Load a folder written by `save` (see gpt25.tokenizer.io for the format)."""
-        vocab, merges, special_tokens = io.load_folder(directory)
-        return cls(vocab, merges, special_tokens)
+        vocab, merges, special_tokens, fingerprint = io.load_folder(directory)
+        tokenizer = cls(vocab, merges, special_tokens)
+        tokenizer._fingerprint = fingerprint  # a saved vocab already holds the specials: nothing changed
+        return tokenizer
 
     def save(self, directory: str | Path) -> None:
         """Write this tokenizer to `directory` (each file atomically); `load` reads it back."""
@@ -202,35 +212,60 @@ class Tokenizer:
             self._cache.update(zip(new, map(self._encode_pretoken, new)))
         return len(new)
 
-    def _encode_ordinary(self, text: str) -> list[int]:
-        """Encode text that contains no special tokens (in pieces, so the pre-token list stays small)."""
-        if len(self._cache) > CACHE_LIMIT:
-            self._cache.clear()
-            self._cold = True
+    def _unit_lists(self, texts: Iterable[str], separator: str | None = None) -> Iterator[tuple[list[str], int]]:
+        """(units, characters) for about ENCODE_CHUNK_CHARS of text at a time, `separator` after each text.
+
+        Units are the pre-tokens, and each special token whole: the cache maps a special to its id
+        (no pre-token can equal a special, since specials are cut out of the text first).
+        """
+        special_regex = self._special_regex
+        units: list[str] = []
+        num_chars = 0
+        for text in texts:
+            if special_regex is None or special_regex.search(text) is None:
+                parts = [text]
+            else:
+                parts = split_on_specials(text, special_regex)
+            for index, part in enumerate(parts):
+                if index % 2:
+                    units.append(part)
+                    continue
+                for piece in split_at_safe_cuts(part, ENCODE_CHUNK_CHARS) if len(part) > ENCODE_CHUNK_CHARS else (part,):
+                    units += pretokenize(piece)
+                    num_chars += len(piece)
+                    if num_chars >= ENCODE_CHUNK_CHARS:
+                        yield units, num_chars
+                        units, num_chars = [], 0
+            if separator is not None:
+                units.append(separator)
+        if units:
+            yield units, num_chars
+
+    def _id_runs(self, texts: Iterable[str], separator: str | None = None) -> Iterator[Iterator[int]]:
+        """The ids of `texts` (each followed by the special token `separator` when given), as a
+        series of iterators; each must be used up before the next is asked for."""
         lookup = self._cache.__getitem__
-        ids: list[int] = []
         with _garbage_collection_paused():
-            for piece in split_at_safe_cuts(text, ENCODE_CHUNK_CHARS):
-                pretokens = pretokenize(piece)
+            for units, num_chars in self._unit_lists(texts, separator):
+                if len(self._cache) > CACHE_LIMIT:
+                    self._clear_cache()
                 misses_before = self._cache.misses
-                new = self._cache_new_pretokens(pretokens) if self._cold else 0
-                ids += chain.from_iterable(map(lookup, pretokens))
+                new = self._cache_new_pretokens(units) if self._cold else 0
+                yield chain.from_iterable(map(lookup, units))
                 new += self._cache.misses - misses_before
-                self._cold = new * COLD_CHARS_PER_NEW_PRETOKEN >= len(piece)
-        return ids
+                self._cold = new * COLD_CHARS_PER_NEW_PRETOKEN >= num_chars
 
     def encode(self, text: str) -> list[int]:
         """Encode `text`; registered special tokens in it become their own ids."""
-        parts = split_on_specials(text, self._special_regex)
-        if len(parts) == 1:
-            return self._encode_ordinary(text)
         ids: list[int] = []
-        for index, part in enumerate(parts):
-            if index % 2:
-                ids.append(self._special_ids[part])
-            elif part:
-                ids.extend(self._encode_ordinary(part))
+        for run in self._id_runs((text,)):
+            ids += run
         return ids
+
+    def encode_documents(self, texts: Iterable[str], dtype: np.dtype | type = np.uint32) -> np.ndarray:
+        """The ids of every text followed by <|endoftext|>, as one array: encode(EOT.join(texts) + EOT)."""
+        self.token_id(END_OF_TEXT)  # ValueError when it is not registered
+        return np.fromiter(chain.from_iterable(self._id_runs(texts, END_OF_TEXT)), dtype=dtype)
 
     def _safe_cut(self, text: str, min_index: int = 0) -> int:
         """The last index >= min_index where text can be cut without changing its encoding, or -1."""

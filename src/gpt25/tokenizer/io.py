@@ -200,8 +200,8 @@ def read_merges_txt(path: str | Path) -> Merges:
     return merges
 
 
-def load_folder(directory: str | Path) -> tuple[Vocab, Merges, list[str]]:
-    """Read and validate a folder written by save_folder; returns (vocab, merges, special_tokens)."""
+def load_folder(directory: str | Path) -> tuple[Vocab, Merges, list[str], str]:
+    """Read and validate a folder written by save_folder; returns (vocab, merges, special_tokens, fingerprint)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: tokenizer folder not found")
@@ -217,11 +217,12 @@ def load_folder(directory: str | Path) -> tuple[Vocab, Merges, list[str]]:
         )
     if sorted(vocab) != list(range(len(vocab))):
         raise ValueError(f"{directory / VOCAB_FILE}: ids must be 0..{len(vocab) - 1} with no gaps")
-    if compute_fingerprint(vocab, merges, special_tokens) != meta.get("fingerprint"):
+    fingerprint = compute_fingerprint(vocab, merges, special_tokens)
+    if fingerprint != meta.get("fingerprint"):
         raise ValueError(
             f"{meta_path}: fingerprint does not match {VOCAB_FILE} + {MERGES_FILE} (files corrupt or edited)"
         )
-    return vocab, merges, special_tokens
+    return vocab, merges, special_tokens, fingerprint
 
 
 def _read_meta(meta_path: Path) -> dict:
