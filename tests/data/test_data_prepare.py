@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from gpt25.data import load_split, read_manifest
+from gpt25.data.parallel import encode_documents
 from gpt25.data.prepare import PrepareConfig, document_hash, prepare
 from gpt25.data.sources import NonUtf8Warning
 from gpt25.tokenizer import Tokenizer
@@ -217,3 +218,13 @@ def test_manifest_is_plain_json(prepared: tuple[Path, list[str]]) -> None:
         0.1,
         atol=0.05,
     )
+
+
+def test_document_lengths_even_with_end_of_text_inside_a_document(tokenizer: Tokenizer) -> None:
+    texts = ["first document", "says <|endoftext|> in its text", "", "last"]
+    lengths, tokens = encode_documents(tokenizer, texts, np.dtype("<u2"))
+    expected = [tokenizer.encode(text) + [tokenizer.eot_id] for text in texts]
+    assert lengths.tolist() == [len(ids) for ids in expected]
+    assert tokens.tolist() == [token for ids in expected for token in ids]
+    lengths, _ = encode_documents(tokenizer, texts[:1] + texts[2:], np.dtype("<u2"))  # the fast path
+    assert lengths.tolist() == [len(expected[0]), 1, len(expected[3])]

@@ -56,7 +56,9 @@ def paragraphs_line_by_line(path: Path, stats: SourceStats) -> list[str]:
     return [text.strip("\n") for text in found if text.strip()]
 
 
-LINE_PIECES = st.sampled_from([b"a", b"bc", b" ", b"\t", b"\x0c", b"\r", b"\n", b"\r\n", b"\xef\xbb\xbf", b"\xff", b"\xc3\xa9"])
+LINE_PIECES = st.sampled_from(
+    [b"a", b"bc", b" ", b"\t", b"\x0c", b"\r", b"\n", b"\r\n", b"\xef\xbb\xbf", b"\xff", b"\xc3\xa9"]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -69,11 +71,12 @@ def test_block_reader_equals_the_line_by_line_split(tmp_path_factory, content: b
         warnings.simplefilter("ignore")
         expected = paragraphs_line_by_line(path, expected_stats)
         whole = "".join(line for _, line in iter_utf8_lines(path, SourceStats()))
+        expected_file = [whole.strip("\n")] if whole.strip() else []
         original_block_bytes = sources.TEXT_BLOCK_BYTES
         try:
             sources.TEXT_BLOCK_BYTES = block_bytes
             assert list(sources.iter_text_documents(path, "blank-line", stats)) == expected
-            assert list(sources.iter_text_documents(path, "file", SourceStats())) == ([whole.strip("\n")] if whole.strip() else [])
+            assert list(sources.iter_text_documents(path, "file", SourceStats())) == expected_file
         finally:
             sources.TEXT_BLOCK_BYTES = original_block_bytes
     assert stats.skipped_lines == expected_stats.skipped_lines

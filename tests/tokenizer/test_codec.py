@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -49,6 +50,20 @@ def test_round_trip_with_specials(small_tokenizer_with_specials, pieces):
 @pytest.fixture(scope="module")
 def small_tokenizer_with_specials(small_tokenizer):
     return Tokenizer(small_tokenizer.vocab, small_tokenizer.merges, [EOT, "<|pad|>", EOT + EOT])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=20), st.sampled_from([EOT, "<|pad|>", "a" + EOT + "b"])), max_size=6))
+def test_encode_documents_encodes_each_text_then_end_of_text(small_tokenizer_with_specials, texts):
+    tokenizer = small_tokenizer_with_specials  # its specials include EOT + EOT, which must not form across texts
+    tokens = tokenizer.encode_documents(texts, numpy.uint16)
+    assert tokens.dtype == numpy.uint16
+    assert tokens.tolist() == [token for text in texts for token in tokenizer.encode(text) + [tokenizer.eot_id]]
+
+
+def test_encode_documents_needs_end_of_text(small_tokenizer):
+    with pytest.raises(ValueError, match="not registered"):
+        Tokenizer(small_tokenizer.vocab, small_tokenizer.merges, ["<|pad|>"]).encode_documents(["x"])
 
 
 def test_longest_special_token_wins():

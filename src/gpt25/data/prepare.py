@@ -391,7 +391,9 @@ def _encode_batch(tokenizer: Any, batch: _Batch) -> _EncodedBatch:
     return _EncodedBatch(doc_indices[keep], is_val[keep], lengths, tokens, sum(map(len, data)))
 
 
-def _drop_leading_tokens(lengths: np.ndarray, tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _drop_leading_tokens(
+    lengths: np.ndarray, tokens: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Remove the first offsets[i] tokens of document i."""
     starts = np.cumsum(lengths) - lengths
     dropped = np.concatenate([np.arange(start, start + offset) for start, offset in zip(starts, offsets) if offset])
@@ -408,9 +410,8 @@ def _write_batch(encoded: _EncodedBatch, writers: dict[str, SplitWriter]) -> Non
             continue
         split = "val" if encoded.is_val[start] else "train"
         first_token = token_ends[start - 1] if start else 0
-        writers[split].add_documents(
-            encoded.doc_indices[start:end].tolist(), encoded.lengths[start:end], encoded.tokens[first_token : token_ends[end - 1]]
-        )
+        tokens = encoded.tokens[first_token : token_ends[end - 1]]
+        writers[split].add_documents(encoded.doc_indices[start:end].tolist(), encoded.lengths[start:end], tokens)
 
 
 def _finalize(manifest: dict[str, Any], source: dict[str, Any], last_run: dict[str, Any]) -> None:

@@ -36,16 +36,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     step's is memory-bound and BLAS runs it on one core: W's rows are then split into one block
     per thread and multiplied as a batch (bmm), which spreads the weight reads over every core.
     """
+    if x.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return torch.matmul(x, weight.t())
     rows = x.numel() // x.shape[-1]
     threads = torch.get_num_threads()
     out_features, in_features = weight.shape
-    if (
-        x.device.type != "cpu"
-        or torch.is_grad_enabled()
-        or rows > SPLIT_MATMUL_MAX_ROWS
-        or threads < 2
-        or out_features % threads
-    ):
+    if rows > SPLIT_MATMUL_MAX_ROWS or threads < 2 or out_features % threads:
         return torch.matmul(x, weight.t())
     x_columns = x.reshape(1, rows, in_features).transpose(1, 2).expand(threads, in_features, rows)
     blocks = weight.reshape(threads, out_features // threads, in_features)

@@ -263,7 +263,7 @@ class Tokenizer:
         return ids
 
     def encode_documents(self, texts: Iterable[str], dtype: np.dtype | type = np.uint32) -> np.ndarray:
-        """The ids of every text followed by <|endoftext|>, as one array: encode(EOT.join(texts) + EOT)."""
+        """encode(text) + [eot_id] for every text, concatenated into one array of `dtype`."""
         self.token_id(END_OF_TEXT)  # ValueError when it is not registered
         return np.fromiter(chain.from_iterable(self._id_runs(texts, END_OF_TEXT)), dtype=dtype)
 
