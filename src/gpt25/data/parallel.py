@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 TASKS_IN_FLIGHT_PER_WORKER = 4
-WARM_UP_TASKS = 3
+WARM_UP_TASKS = 1
 
 Task = TypeVar("Task")
 Result = TypeVar("Result")
