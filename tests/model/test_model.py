@@ -49,10 +49,15 @@ def test_linear_shape_and_truncated_init() -> None:
 
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("leading_shape", [(1,), (1, 1), (8, 1), (2, 5), (64,), (65,), (4, 3, 2)])
-def test_split_linear_equals_the_plain_product(threads: int, leading_shape: tuple[int, ...]) -> None:
+def test_split_linear_equals_the_plain_product(
+    threads: int, leading_shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     weight = torch.randn(96, 40)
     x = torch.randn(*leading_shape, 40)
+    bmm_calls = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *args: bmm_calls.append(1) or bmm(*args))
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -61,6 +66,7 @@ def test_split_linear_equals_the_plain_product(threads: int, leading_shape: tupl
             uneven = linear(x, weight[:95])  # 95 rows do not split evenly: the plain product
     finally:
         torch.set_num_threads(previous)
+    assert len(bmm_calls) == (1 if x.numel() // 40 <= 64 else 0)
     assert split.shape == (*leading_shape, 96)
     torch.testing.assert_close(split, x @ weight.T)
     torch.testing.assert_close(uneven, x @ weight[:95].T)

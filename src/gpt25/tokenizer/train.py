@@ -107,7 +107,7 @@ def count_pretokens(
             return counts
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         with context.Pool(num_workers) as pool:
-            for (path, start, end), chunk_counts in pool.imap_unordered(_count_chunk_tagged, tasks):
+            for (_, start, end), chunk_counts in pool.imap_unordered(_count_chunk_tagged, tasks):
                 if counts:
                     counts.update(chunk_counts)
                 else:
