@@ -210,14 +210,29 @@ def pretokenize_for_test(text: str) -> list[str]:
     return GPT2_REGEX.findall(text)
 
 
-def test_cold_and_warm_cache_paths_agree(fixtures_dir, gpt2_files, monkeypatch):
+def test_batched_and_one_by_one_merging_agree(fixtures_dir, gpt2_files, tiktoken_gpt2, monkeypatch):
     from gpt25.tokenizer import codec
 
     monkeypatch.setattr(codec, "ENCODE_CHUNK_CHARS", 2_000)
     text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8")
-    cold, warm = (Tokenizer.from_files(*gpt2_files) for _ in range(2))
-    monkeypatch.setattr(codec, "COLD_CHARS_PER_NEW_PRETOKEN", 10**9)  # always batch
-    batched = cold.encode(text)
-    monkeypatch.setattr(codec, "COLD_CHARS_PER_NEW_PRETOKEN", 0)  # never batch after the first piece
-    warm._cold = False
-    assert batched == warm.encode(text) == cold.encode(text)
+    batched, one_by_one = (Tokenizer.from_files(*gpt2_files) for _ in range(2))
+    monkeypatch.setattr(codec, "BATCH_MIN_PRETOKENS", 1)
+    batched_ids = batched.encode(text)
+    monkeypatch.setattr(codec, "BATCH_MIN_PRETOKENS", 10**9)
+    assert batched_ids == one_by_one.encode(text) == batched.encode(text)
+    assert batched_ids == tiktoken_gpt2.encode_ordinary(text)
+
+
+def test_a_failed_merge_leaves_no_empty_cache_entry(gpt2_tokenizer, monkeypatch):
+    text = "Zyzzyva quixotic flummoxed"
+    expected = gpt2_tokenizer.encode(text)
+    gpt2_tokenizer._clear_cache()
+
+    def fail(pretoken):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpt2_tokenizer, "_encode_pretoken", fail)
+    with pytest.raises(KeyboardInterrupt):
+        gpt2_tokenizer.encode(text)
+    monkeypatch.undo()
+    assert gpt2_tokenizer.encode(text) == expected

@@ -4,7 +4,7 @@ Encoding cuts the text at special tokens (longest first), splits each piece with
 and turns every pre-token into ids by applying merges in rank order, as GPT-2 does (gpt25.tokenizer.bpe).
 Results are cached per pre-token string, which is what makes pure Python fast: 25 MB of English
 has only about 100k distinct pre-tokens, so most of the work is one dict lookup per pre-token, and
-while the cache is cold the new pre-tokens of each piece of text are merged together with numpy.
+the new pre-tokens of each piece of text are merged together, with numpy when there are many.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import multiprocessing
 from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import reduce
 from itertools import chain
 from numbers import Integral
+from operator import iadd
 from pathlib import Path
 
 import numpy as np
@@ -36,21 +38,20 @@ STREAM_CHUNK_CHARS = 1 << 16  # encode_iterable gathers at least this much text 
 ENCODE_CHUNK_CHARS = 1 << 20  # encode() pre-tokenizes longer texts in pieces of about this size
 FILE_CHUNK_CHARS = 1 << 20  # one unit of work for a pool worker when encoding a file
 BATCH_MIN_PRETOKENS = 64  # fewer new pre-tokens than this are merged one by one in Python
-COLD_CHARS_PER_NEW_PRETOKEN = 1000  # the cache counts as cold while text has a new pre-token this often
 
 
 class _PretokenCache(dict):
-    """pre-token string -> tuple of ids, filled on first lookup (so map(cache.__getitem__) runs in C)."""
+    """pre-token string -> its ids. A lookup that misses stores and returns an empty list, which the
+    Tokenizer fills (all of a piece of text's new pre-tokens at once); `pending` holds those pre-tokens."""
 
-    def __init__(self, encode_pretoken) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._encode_pretoken = encode_pretoken
-        self.misses = 0
+        self.pending: list[str] = []
 
-    def __missing__(self, pretoken: str) -> tuple[int, ...]:
-        self.misses += 1
-        ids = self._encode_pretoken(pretoken)
+    def __missing__(self, pretoken: str) -> list[int]:
+        ids: list[int] = []
         self[pretoken] = ids
+        self.pending.append(pretoken)
         return ids
 
 
@@ -75,7 +76,7 @@ class Tokenizer:
         self._merge_values = self._build_merge_values()
         self._special_regex = special_token_regex(self.special_tokens)
         self._max_special_chars = max((len(token) for token in self.special_tokens), default=0)
-        self._cache = _PretokenCache(self._encode_pretoken)
+        self._cache = _PretokenCache()
         self._clear_cache()
         self._batch_merger: BatchMerger | None = None
         self._fingerprint: str | None = None
@@ -120,14 +121,14 @@ class Tokenizer:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._cache = _PretokenCache(self._encode_pretoken)
+        self._cache = _PretokenCache()
         self._clear_cache()
 
     def _clear_cache(self) -> None:
         """Empty the cache but for the special tokens, which map to their ids."""
         self._cache.clear()
-        self._cache.update((special, (token_id,)) for special, token_id in self._special_ids.items())
-        self._cold = True  # most pre-tokens are new: encode them in batches (see _cache_new_pretokens)
+        self._cache.pending = []
+        self._cache.update((special, [token_id]) for special, token_id in self._special_ids.items())
 
     # ---- construction from files -------------------------------------------------------------
 
@@ -196,24 +197,31 @@ class Tokenizer:
     def _encode_pretoken(self, pretoken: str) -> tuple[int, ...]:
         return merge_word([self._byte_ids[byte] for byte in pretoken.encode("utf-8")], self._merge_values)
 
-    def _cache_new_pretokens(self, pretokens: list[str]) -> int:
-        """Encode every pre-token not yet cached, all at once (numpy) when there are many.
-
-        Used while the cache is cold; once new pre-tokens are rare, misses are encoded one by one
-        as they come (the cache's __missing__), which saves building this set. Returns how many.
-        """
-        # Membership tests, not set.difference(dict): that would walk the whole cache on every call.
-        new = [pretoken for pretoken in set(pretokens) if pretoken not in self._cache]
-        if len(new) >= BATCH_MIN_PRETOKENS:
+    def _fill_pending(self) -> None:
+        """Fill in the ids of the pre-tokens that lookups missed: with numpy when there are many."""
+        pending, self._cache.pending = self._cache.pending, []
+        if len(pending) >= BATCH_MIN_PRETOKENS:
             if self._batch_merger is None:
                 self._batch_merger = BatchMerger(self._merge_values, self._byte_ids)
-            self._cache.update(zip(new, self._batch_merger.merge([pretoken.encode("utf-8") for pretoken in new])))
+            encoded = self._batch_merger.merge([pretoken.encode("utf-8") for pretoken in pending])
         else:
-            self._cache.update(zip(new, map(self._encode_pretoken, new)))
-        return len(new)
+            encoded = map(self._encode_pretoken, pending)
+        for pretoken, ids in zip(pending, encoded):
+            self._cache[pretoken] += ids  # the list the lookup returned, so those lookups see the ids too
 
-    def _unit_lists(self, texts: Iterable[str], separator: str | None = None) -> Iterator[tuple[list[str], int]]:
-        """(units, characters) for about ENCODE_CHUNK_CHARS of text at a time, `separator` after each text.
+    def _lookup_ids(self, units: list[str]) -> list[list[int]]:
+        """The ids of each unit, from the cache; the new pre-tokens among them are encoded together."""
+        try:
+            unit_ids = list(map(self._cache.__getitem__, units))
+            if self._cache.pending:
+                self._fill_pending()
+        except BaseException:
+            self._clear_cache()  # no empty entry may outlive a failed fill
+            raise
+        return unit_ids
+
+    def _unit_lists(self, texts: Iterable[str], separator: str | None = None) -> Iterator[list[str]]:
+        """The units of about ENCODE_CHUNK_CHARS of text at a time, `separator` after each text.
 
         Units are the pre-tokens, and each special token whole: the cache maps a special to its id
         (no pre-token can equal a special, since specials are cut out of the text first).
@@ -234,38 +242,31 @@ class Tokenizer:
                     units += pretokenize(piece)
                     num_chars += len(piece)
                     if num_chars >= ENCODE_CHUNK_CHARS:
-                        yield units, num_chars
+                        yield units
                         units, num_chars = [], 0
             if separator is not None:
                 units.append(separator)
         if units:
-            yield units, num_chars
+            yield units
 
-    def _id_runs(self, texts: Iterable[str], separator: str | None = None) -> Iterator[Iterator[int]]:
-        """The ids of `texts` (each followed by the special token `separator` when given), as a
-        series of iterators; each must be used up before the next is asked for."""
-        lookup = self._cache.__getitem__
+    def _flat_ids(self, texts: Iterable[str], separator: str | None = None) -> list[int]:
+        """The ids of `texts`, each followed by the special token `separator` when one is given."""
+        ids: list[int] = []
         with _garbage_collection_paused():
-            for units, num_chars in self._unit_lists(texts, separator):
+            for units in self._unit_lists(texts, separator):
                 if len(self._cache) > CACHE_LIMIT:
                     self._clear_cache()
-                misses_before = self._cache.misses
-                new = self._cache_new_pretokens(units) if self._cold else 0
-                yield chain.from_iterable(map(lookup, units))
-                new += self._cache.misses - misses_before
-                self._cold = new * COLD_CHARS_PER_NEW_PRETOKEN >= num_chars
+                ids = reduce(iadd, self._lookup_ids(units), ids)  # list += list: the fastest way to join them
+        return ids
 
     def encode(self, text: str) -> list[int]:
         """Encode `text`; registered special tokens in it become their own ids."""
-        ids: list[int] = []
-        for run in self._id_runs((text,)):
-            ids += run
-        return ids
+        return self._flat_ids((text,))
 
     def encode_documents(self, texts: Iterable[str], dtype: np.dtype | type = np.uint32) -> np.ndarray:
         """encode(text) + [eot_id] for every text, concatenated into one array of `dtype`."""
         self.token_id(END_OF_TEXT)  # ValueError when it is not registered
-        return np.fromiter(chain.from_iterable(self._id_runs(texts, END_OF_TEXT)), dtype=dtype)
+        return np.array(self._flat_ids(texts, END_OF_TEXT), dtype=dtype)
 
     def _safe_cut(self, text: str, min_index: int = 0) -> int:
         """The last index >= min_index where text can be cut without changing its encoding, or -1."""
