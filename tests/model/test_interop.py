@@ -26,7 +26,7 @@ def model() -> TransformerLM:
     torch.manual_seed(0)
     model = TransformerLM(CONFIG).eval()
     with torch.no_grad():  # non-trivial norm gains so a mixed-up norm name would show
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.dim() == 1:
                 parameter.uniform_(0.5, 1.5)
     return model

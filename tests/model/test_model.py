@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -215,7 +216,7 @@ def test_parameter_counts_and_flops(model: TransformerLM) -> None:
 def test_config_round_trip_and_frozen() -> None:
     assert ModelConfig.from_dict(CONFIG.to_dict()) == CONFIG
     assert CONFIG.to_dict()["rope_theta"] == 10000.0
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         CONFIG.d_model = 8  # type: ignore[misc]
     with pytest.raises(ValueError, match="unknown ModelConfig keys"):
         ModelConfig.from_dict({**CONFIG.to_dict(), "dropout": 0.1})

@@ -15,7 +15,6 @@ from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import reduce
-from itertools import chain
 from numbers import Integral
 from operator import iadd
 from pathlib import Path
