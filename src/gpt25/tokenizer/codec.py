@@ -104,13 +104,18 @@ class Tokenizer:
         """left id << ID_BITS | right id -> rank << ID_BITS | merged id (ints: cheaper than tuples)."""
         if len(self.vocab) > ID_MASK:
             raise ValueError(f"vocab too large: at most {ID_MASK} tokens are supported")
-        values: dict[int, int] = {}
-        for rank, (left, right) in enumerate(self.merges):
-            ids = [self._token_to_id.get(token) for token in (left, right, left + right)]
-            if None in ids:
-                raise ValueError(f"merge {rank} ({left!r}, {right!r}) uses or makes a token missing from the vocab")
-            values.setdefault(ids[0] << ID_BITS | ids[1], rank << ID_BITS | ids[2])
-        return values
+        if not self.merges:
+            return {}
+        lefts, rights = zip(*self.merges)
+        id_lists = [list(map(self._token_to_id.get, tokens)) for tokens in (lefts, rights, map(bytes.__add__, lefts, rights))]
+        if any(None in ids for ids in id_lists):
+            rank = min(ids.index(None) for ids in id_lists if None in ids)
+            left, right = self.merges[rank]
+            raise ValueError(f"merge {rank} ({left!r}, {right!r}) uses or makes a token missing from the vocab")
+        left_ids, right_ids, merged_ids = (np.array(ids, dtype=np.int64) for ids in id_lists)
+        keys = left_ids << ID_BITS | right_ids
+        values = np.arange(len(self.merges), dtype=np.int64) << ID_BITS | merged_ids
+        return dict(zip(keys[::-1].tolist(), values[::-1].tolist()))  # reversed: a pair's first merge wins
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

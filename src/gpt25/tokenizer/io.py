@@ -14,7 +14,10 @@ recomputed from the files matches the recorded one, so a corrupt or edited folde
 
 from __future__ import annotations
 
+import bisect
+import collections
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -71,12 +74,23 @@ def bytes_to_printable(token: bytes) -> str:
 
 def printable_to_bytes(text: str, where: str) -> bytes:
     """Inverse of bytes_to_printable; `where` names the file for the error message."""
+    return printables_to_bytes([text], where)[0]
+
+
+def printables_to_bytes(texts: list[str], where: str) -> list[bytes]:
+    """printable_to_bytes of each text, translated all at once (one char is one byte, so the
+    lengths cut the result apart)."""
+    ends = list(itertools.accumulate(map(len, texts)))
     try:
-        return text.translate(_decode_table()).encode("latin-1")
+        data = "".join(texts).translate(_decode_table()).encode("latin-1")
     except UnicodeEncodeError as error:
+        index = bisect.bisect_right(ends, error.start)
+        text = texts[index]
+        character = text[error.start - (ends[index - 1] if index else 0)]
         raise ValueError(
-            f"{where}: token {text!r} has character {text[error.start]!r}, which is outside GPT-2's byte encoding"
+            f"{where}: token {text!r} has character {character!r}, which is outside GPT-2's byte encoding"
         ) from None
+    return [data[start:end] for start, end in zip([0, *ends], ends)]
 
 
 def compute_fingerprint(vocab: Vocab, merges: Merges, special_tokens: list[str]) -> str:
@@ -168,14 +182,15 @@ def read_vocab_json(path: str | Path) -> Vocab:
     entries = _read_json(path)
     if not isinstance(entries, dict) or not entries:
         raise ValueError(f"{path}: expected a non-empty JSON object mapping tokens to ids")
-    vocab: Vocab = {}
-    for text, token_id in entries.items():
-        if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
-            raise ValueError(f"{path}: token {text!r} has id {token_id!r}, expected an integer >= 0")
-        if token_id in vocab:
-            raise ValueError(f"{path}: id {token_id} is used by more than one token")
-        vocab[token_id] = printable_to_bytes(text, str(path))
-    return vocab
+    ids = list(entries.values())
+    if not all(type(token_id) is int for token_id in ids) or min(ids) < 0:
+        text, token_id = next((text, token_id) for text, token_id in entries.items()
+                              if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0)
+        raise ValueError(f"{path}: token {text!r} has id {token_id!r}, expected an integer >= 0")
+    if len(set(ids)) != len(ids):
+        repeated = next(token_id for token_id, count in collections.Counter(ids).items() if count > 1)
+        raise ValueError(f"{path}: id {repeated} is used by more than one token")
+    return dict(zip(ids, printables_to_bytes(list(entries), str(path))))
 
 
 def read_merges_txt(path: str | Path) -> Merges:
@@ -187,17 +202,18 @@ def read_merges_txt(path: str | Path) -> Merges:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text (invalid byte at offset {error.start})") from None
-    merges: Merges = []
-    for line_number, line in enumerate(lines, start=1):
-        if line_number == 1 and line.startswith("#version"):
-            continue
-        if not line:
-            continue
-        parts = line.split(" ")
-        if len(parts) != 2 or not parts[0] or not parts[1]:
-            raise ValueError(f"{path}, line {line_number}: expected two tokens separated by one space, got {line!r}")
-        merges.append((printable_to_bytes(parts[0], str(path)), printable_to_bytes(parts[1], str(path))))
-    return merges
+    first = 1 if lines and lines[0].startswith("#version") else 0
+    rules = [line for line in lines[first:] if line]
+    if not rules:
+        return []
+    tokens = " ".join(rules).split(" ")
+    if "" in tokens or any(rule.count(" ") != 1 for rule in rules):
+        for line_number, line in enumerate(lines[first:], start=first + 1):
+            parts = line.split(" ")
+            if line and (len(parts) != 2 or not parts[0] or not parts[1]):
+                raise ValueError(f"{path}, line {line_number}: expected two tokens separated by one space, got {line!r}")
+    tokens = printables_to_bytes(tokens, str(path))
+    return list(zip(tokens[0::2], tokens[1::2]))
 
 
 def load_folder(directory: str | Path) -> tuple[Vocab, Merges, list[str], str]:
