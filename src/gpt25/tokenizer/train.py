@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from gpt25.tokenizer.pretokenize import (
@@ -194,15 +195,31 @@ class _BpeMerger:
             if len(encoded) > 1:
                 self.words.append(encoded.decode("latin-1"))  # byte b -> chr(b), i.e. token id b
                 self.counts.append(count)
-        self.pair_counts: dict[str, int] = defaultdict(int)
-        self.pair_words: dict[str, list[int]] = defaultdict(list)
-        for index, (word, count) in enumerate(zip(self.words, self.counts)):
-            for start in range(len(word) - 1):
-                pair = word[start : start + 2]
-                self.pair_counts[pair] += count
-                self.pair_words[pair].append(index)
+        self.pair_counts, self.pair_words = self._index_byte_pairs()
         self.heap = [(-count, self._pair_key(pair), pair) for pair, count in self.pair_counts.items()]
         heapq.heapify(self.heap)
+
+    def _index_byte_pairs(self) -> tuple[dict[str, int], dict[str, list[int]]]:
+        """Each adjacent pair's total count, and the words it occurs in (once per occurrence, in
+        order), found with numpy: before any merge every token is a byte."""
+        pair_counts: dict[str, int] = defaultdict(int)
+        pair_words: dict[str, list[int]] = defaultdict(list)
+        lengths = np.fromiter(map(len, self.words), dtype=np.int64, count=len(self.words))
+        data = np.frombuffer("".join(self.words).encode("latin-1"), dtype=np.uint8).astype(np.int64)
+        word_of = np.repeat(np.arange(len(self.words), dtype=np.int64), lengths)  # (positions,)
+        in_word = word_of[:-1] == word_of[1:]  # (positions - 1,) the pair starting here is in one word
+        pairs = (data[:-1] << 8 | data[1:])[in_word]
+        pair_word = word_of[:-1][in_word]
+        order = np.argsort(pairs, kind="stable")  # by pair, then by position
+        distinct, starts = np.unique(pairs[order], return_index=True)
+        totals = np.bincount(pairs, weights=np.asarray(self.counts, dtype=np.float64)[pair_word], minlength=1 << 16)
+        word_lists = pair_word[order].tolist()
+        ends = [*starts[1:].tolist(), len(word_lists)]
+        for pair, start, end in zip(distinct.tolist(), starts.tolist(), ends):
+            text = chr(pair >> 8) + chr(pair & 0xFF)
+            pair_counts[text] = int(totals[pair])
+            pair_words[text] = word_lists[start:end]
+        return pair_counts, pair_words
 
     def _pair_key(self, pair: str) -> bytes:
         return self.keys[ord(pair[0])] + self.keys[ord(pair[1])]
