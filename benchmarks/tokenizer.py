@@ -4,8 +4,10 @@
     uv run python benchmarks/tokenizer.py --quick    # vocab 8192 only, no 32000, 100 MB stream
 
 Each measurement runs in a fresh subprocess, so times include no warm caches and peak memory
-(ru_maxrss of the process and of its pool workers) belongs to that measurement alone; it runs
-`--repeats` times (default 3) and the fastest run counts, since this shared machine is noisy. Training
+(ru_maxrss of the process and of its pool workers) belongs to that measurement alone. The
+contenders of one row group run in turns (gpt25, peer, peer, gpt25, peer, ...), `--repeats` times
+each (default 3), and each one's fastest run counts: on this noisy shared machine a slow spell
+then falls on every contender alike. Training
 uses 2 processes/threads for every library (RAYON_NUM_THREADS=2 for the Rust ones). Encoding
 uses GPT-2's vocab on the same corpus; "2 proc" is gpt25's pool encoder vs tiktoken's 2 threads.
 Prints one table; the ratio column is the other library's wall time divided by gpt25's
@@ -219,19 +221,26 @@ def run_task(task: str, argument: str) -> dict:
     return {"seconds": seconds, "cpu_seconds": cpu, "rss_mb": own, "worker_rss_mb": children}
 
 
-def measure(task: str, argument: str = "0", threads: int = 2, repeats: int = 1) -> dict | None:
-    """The fastest of `repeats` runs, each in a fresh subprocess (so every run starts cold)."""
+def measure(task: str, argument: str = "0", threads: int = 2) -> dict:
+    """One run of `task` in a fresh subprocess (so it starts cold); {"error": ...} when it fails."""
     environment = dict(os.environ, RAYON_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="true")
-    best = None
+    result = subprocess.run([sys.executable, __file__, "--task", task, argument], capture_output=True, check=False,
+                            text=True, env=environment)
+    if result.returncode != 0:
+        return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure_in_turns(runs: list[tuple[str, str, int]], repeats: int) -> list[dict]:
+    """The fastest of `repeats` runs of each (task, argument, threads), the tasks taking turns."""
+    best: list[dict | None] = [None] * len(runs)
     for _ in range(repeats):
-        result = subprocess.run([sys.executable, __file__, "--task", task, argument], capture_output=True, check=False,
-                                text=True, env=environment)
-        if result.returncode != 0:
-            last_line = (result.stderr.strip().splitlines() or ["failed"])[-1]
-            return {"error": last_line}
-        run = json.loads(result.stdout.strip().splitlines()[-1])
-        if best is None or run["seconds"] < best["seconds"]:
-            best = run
+        for index, (task, argument, threads) in enumerate(runs):
+            if best[index] is not None and "error" in best[index]:
+                continue
+            run = measure(task, argument, threads)
+            if best[index] is None or "error" in run or run["seconds"] < best[index]["seconds"]:
+                best[index] = run
     return best
 
 
@@ -266,34 +275,33 @@ def main() -> None:
     megabytes = sum(path.stat().st_size for path in corpus_paths(SHARED_DATA)) / 1e6
     vocab_sizes = args.vocab_sizes or ([8192] if args.quick else [8192, 32000])
     stream_mb = args.stream_mb or (100 if args.quick else 1000)
-    def timed(task: str, argument: str = "0", threads: int = 2) -> dict | None:
-        return measure(task, argument, threads, repeats=args.repeats)
-
     rows = ["| measurement | library | seconds | CPU s | throughput | peak RSS MB | other time / gpt25 time | note |",
             "|---|---|---:|---:|---:|---:|---:|---|"]
     if not args.skip_train:
+        trainers = [("gpt25", "train-gpt25"), ("HF Tokenizer.train(files)", "train-hf-files"),
+                    ("HF train_from_iterator", "train-hf-iterator"), ("rustbpe", "train-rustbpe")]
         for vocab_size in vocab_sizes:
             name = f"train {megabytes:.0f} MB, vocab {vocab_size}, 2 proc"
-            ours = timed("train-gpt25", str(vocab_size))
-            reference = ours.get("seconds") if ours else None
-            rows.append(format_row(name, "gpt25", ours, None, None))
-            for library, task in [("HF Tokenizer.train(files)", "train-hf-files"),
-                                  ("HF train_from_iterator", "train-hf-iterator"), ("rustbpe", "train-rustbpe")]:
-                rows.append(format_row(name, library, timed(task, str(vocab_size)), None, reference))
+            results = measure_in_turns([(task, str(vocab_size), 2) for _, task in trainers], args.repeats)
+            reference = results[0].get("seconds")
+            for (library, _), result in zip(trainers, results):
+                rows.append(format_row(name, library, result, None, reference))
             print("\n".join(rows[-4:]), file=sys.stderr)
-        rows.append(format_row("train corpus.en, vocab 500", "gpt25", timed("train-small", "500"), None, None))
+        rows.append(format_row("train corpus.en, vocab 500", "gpt25", measure_in_turns([("train-small", "500", 2)], args.repeats)[0],
+                               None, None))
     if not args.skip_encode:
         name = f"encode {megabytes:.0f} MB, GPT-2 vocab"
-        ours = timed("encode-gpt25", threads=1)
+        ours, warm, tiktoken, hf = measure_in_turns(
+            [("encode-gpt25", "0", 1), ("encode-gpt25-warm", "0", 1), ("encode-tiktoken", "0", 1), ("encode-hf", "0", 1)],
+            args.repeats)
         rows.append(format_row(name + ", 1 proc", "gpt25", ours, megabytes, None))
-        rows.append(format_row(name + ", 1 proc", "gpt25, 2nd pass (warm cache)", timed("encode-gpt25-warm", threads=1),
-                               megabytes, None))
-        rows.append(format_row(name + ", 1 proc", "tiktoken", timed("encode-tiktoken", threads=1), megabytes, ours.get("seconds")))
-        rows.append(format_row(name + ", 1 proc", "HF tokenizers", timed("encode-hf", threads=1), megabytes, ours.get("seconds")))
-        ours_two = timed("encode-gpt25-2proc")
+        rows.append(format_row(name + ", 1 proc", "gpt25, 2nd pass (warm cache)", warm, megabytes, None))
+        rows.append(format_row(name + ", 1 proc", "tiktoken", tiktoken, megabytes, ours.get("seconds")))
+        rows.append(format_row(name + ", 1 proc", "HF tokenizers", hf, megabytes, ours.get("seconds")))
+        ours_two, tiktoken_two = measure_in_turns([("encode-gpt25-2proc", "0", 2), ("encode-tiktoken-2threads", "0", 2)],
+                                                  args.repeats)
         rows.append(format_row(name + ", 2 proc", "gpt25 (encode_file)", ours_two, megabytes, None))
-        rows.append(format_row(name + ", 2 proc", "tiktoken (2 threads)", timed("encode-tiktoken-2threads"),
-                               megabytes, ours_two.get("seconds")))
+        rows.append(format_row(name + ", 2 proc", "tiktoken (2 threads)", tiktoken_two, megabytes, ours_two.get("seconds")))
         rows.append(format_row(f"encode_iterable, {stream_mb} MB stream", "gpt25",
                                measure("encode-iterable", str(stream_mb), threads=1), stream_mb, None))
     print("\n".join(rows))

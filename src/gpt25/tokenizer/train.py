@@ -205,20 +205,21 @@ class _BpeMerger:
         pair_counts: dict[str, int] = defaultdict(int)
         pair_words: dict[str, list[int]] = defaultdict(list)
         lengths = np.fromiter(map(len, self.words), dtype=np.int64, count=len(self.words))
-        data = np.frombuffer("".join(self.words).encode("latin-1"), dtype=np.uint8).astype(np.int64)
-        word_of = np.repeat(np.arange(len(self.words), dtype=np.int64), lengths)  # (positions,)
+        data = np.frombuffer("".join(self.words).encode("latin-1"), dtype=np.uint8).astype(np.int32)
+        word_of = np.repeat(np.arange(len(self.words), dtype=np.int32), lengths)  # (positions,)
         in_word = word_of[:-1] == word_of[1:]  # (positions - 1,) the pair starting here is in one word
         pairs = (data[:-1] << 8 | data[1:])[in_word]
         pair_word = word_of[:-1][in_word]
         order = np.argsort(pairs, kind="stable")  # by pair, then by position
         distinct, starts = np.unique(pairs[order], return_index=True)
         totals = np.bincount(pairs, weights=np.asarray(self.counts, dtype=np.float64)[pair_word], minlength=1 << 16)
-        word_lists = pair_word[order].tolist()
-        ends = [*starts[1:].tolist(), len(word_lists)]
+        ordered_words = pair_word[order]
+        word_numbers = list(range(len(self.words)))  # one int object per word, shared by all the lists
+        ends = [*starts[1:].tolist(), len(ordered_words)]
         for pair, start, end in zip(distinct.tolist(), starts.tolist(), ends):
             text = chr(pair >> 8) + chr(pair & 0xFF)
             pair_counts[text] = int(totals[pair])
-            pair_words[text] = word_lists[start:end]
+            pair_words[text] = list(map(word_numbers.__getitem__, ordered_words[start:end].tolist()))
         return pair_counts, pair_words
 
     def _pair_key(self, pair: str) -> bytes:
