@@ -180,6 +180,37 @@ def test_long_texts_are_encoded_in_pieces_identically(gpt2_tokenizer, tiktoken_g
     assert gpt2_tokenizer.encode("x" * 1000) == tiktoken_gpt2.encode("x" * 1000)  # no cut point at all
 
 
+@given(st.lists(st.one_of(st.text(max_size=20), st.sampled_from([EOT, "<|pad|>", "<|endoftext|><|endoftext|>"])), max_size=8))
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_short_and_long_paths_give_the_same_ids(small_tokenizer_with_specials, monkeypatch, pieces):
+    """encode() turns cache slots into ids in pure Python for short texts, with numpy for long ones."""
+    from gpt25.tokenizer import codec
+
+    text = "".join(pieces)
+    short = small_tokenizer_with_specials.encode(text)
+    with monkeypatch.context() as patch:
+        patch.setattr(codec, "SHORT_TEXT_CHARS", -1)
+        assert small_tokenizer_with_specials.encode(text) == short
+    small_tokenizer_with_specials._clear_cache()
+    assert small_tokenizer_with_specials.encode(text) == short
+
+
+def test_cache_cleared_when_full_gives_the_same_ids(gpt2_files, tiktoken_gpt2, fixtures_dir, monkeypatch):
+    from gpt25.tokenizer import codec
+
+    text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8")
+    monkeypatch.setattr(codec, "ENCODE_CHUNK_CHARS", 500)
+    monkeypatch.setattr(codec, "CACHE_LIMIT", 40)
+    tokenizer = Tokenizer.from_files(*gpt2_files)
+    clears = []
+    clear = tokenizer._clear_cache
+    monkeypatch.setattr(tokenizer, "_clear_cache", lambda: (clears.append(len(tokenizer._cache)), clear()))
+    assert tokenizer.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+    lines = text.splitlines()[:200]
+    assert [tokenizer.encode(line) for line in lines] == tiktoken_gpt2.encode_ordinary_batch(lines)
+    assert len(clears) > 20 and min(clears) > 40
+
+
 def test_decode_accepts_numpy_ids(gpt2_tokenizer):
     np = pytest.importorskip("numpy")
     ids = np.array(gpt2_tokenizer.encode("Hello world"), dtype=np.int64)
@@ -199,9 +230,12 @@ def test_batch_merger_equals_one_by_one(gpt2_tokenizer, small_tokenizer, fixture
     text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8") + " ".join(SAMPLES) + " x" + "y" * 300
     words = sorted(set(pretokenize_for_test(text)))
     for tokenizer in (gpt2_tokenizer, small_tokenizer):
-        batch = BatchMerger(tokenizer._merge_values, tokenizer._byte_ids).merge([word.encode() for word in words])
-        assert batch == [tokenizer._encode_pretoken(word) for word in words]
-    assert BatchMerger(gpt2_tokenizer._merge_values, gpt2_tokenizer._byte_ids).merge([]) == []
+        lengths, ids = BatchMerger(tokenizer._merge_values, tokenizer._byte_ids).merge([word.encode() for word in words])
+        one_by_one = [tokenizer._encode_pretoken(word) for word in words]
+        assert lengths.tolist() == [len(word_ids) for word_ids in one_by_one]
+        assert ids.tolist() == [token_id for word_ids in one_by_one for token_id in word_ids]
+    lengths, ids = BatchMerger(gpt2_tokenizer._merge_values, gpt2_tokenizer._byte_ids).merge([])
+    assert lengths.size == ids.size == 0
 
 
 def pretokenize_for_test(text: str) -> list[str]:

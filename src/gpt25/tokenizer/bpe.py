@@ -96,8 +96,8 @@ class BatchMerger:
         pairs = (self.byte_ids[:, None] << ID_BITS | self.byte_ids[None, :]).ravel()  # (65536,)
         self.byte_pair_values = np.array([merge_values.get(key, NO_MERGE) for key in pairs.tolist()], dtype=np.int64)
 
-    def merge(self, words: list[bytes]) -> list[tuple[int, ...]]:
-        """Token ids of each word (given as its UTF-8 bytes)."""
+    def merge(self, words: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of each word (given as its UTF-8 bytes): (number of ids of each word, all ids in word order)."""
         lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
         data = np.frombuffer(b"".join(words), dtype=np.uint8).astype(np.int64)  # (positions,)
         ids = self.byte_ids[data]
@@ -111,13 +111,18 @@ class BatchMerger:
         words_left = len(words)
         while words_left > PYTHON_TAIL_WORDS:
             ids, word, values, words_left = self._step(ids, word, values, finished_ids, finished_word)
-        results = self._regroup(finished_ids, finished_word, len(words))
         if words_left:
-            starts = np.flatnonzero(np.r_[True, word[1:] != word[:-1]]).tolist() + [ids.size]
-            flat, word_numbers = ids.tolist(), word[starts[:-1]].tolist()
-            for number, start, end in zip(word_numbers, starts, starts[1:]):
-                results[number] = merge_word(flat[start:end], self.merge_values)
-        return results
+            self._merge_in_python(ids, word, finished_ids, finished_word)
+        return self._regroup(finished_ids, finished_word, len(words))
+
+    def _merge_in_python(self, ids: np.ndarray, word: np.ndarray, finished_ids: list, finished_word: list) -> None:
+        """Finish the words left in `ids` with merge_word, one by one."""
+        starts = np.flatnonzero(np.r_[True, word[1:] != word[:-1]]).tolist() + [ids.size]
+        flat, word_numbers = ids.tolist(), word[starts[:-1]].tolist()
+        for number, start, end in zip(word_numbers, starts, starts[1:]):
+            merged = merge_word(flat[start:end], self.merge_values)
+            finished_ids.append(np.array(merged, dtype=np.int64))
+            finished_word.append(np.full(len(merged), number, dtype=np.int64))
 
     def _update_values(self, ids: np.ndarray, word: np.ndarray, values: np.ndarray, positions: np.ndarray) -> None:
         """Recompute values[positions] (positions < ids.size - 1): NO_MERGE across words."""
@@ -151,11 +156,8 @@ class BatchMerger:
         return ids, word, values, best.size - int(np.count_nonzero(words_done))
 
     @staticmethod
-    def _regroup(finished_ids, finished_word, num_words: int) -> list[tuple[int, ...]]:
+    def _regroup(finished_ids, finished_word, num_words: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.concatenate(finished_ids) if finished_ids else np.empty(0, dtype=np.int64)
         word = np.concatenate(finished_word) if finished_word else np.empty(0, dtype=np.int64)
         order = np.argsort(word, kind="stable")  # a word's positions leave together, in order
-        flat = ids[order].tolist()
-        ends = np.cumsum(np.bincount(word, minlength=num_words)).tolist()
-        starts = [0] + ends[:-1]
-        return [tuple(flat[start:end]) for start, end in zip(starts, ends)]
+        return np.bincount(word, minlength=num_words), ids[order]

@@ -3,20 +3,19 @@
 Encoding cuts the text at special tokens (longest first), splits each piece with GPT-2's regex,
 and turns every pre-token into ids by applying merges in rank order, as GPT-2 does (gpt25.tokenizer.bpe).
 Results are cached per pre-token string, which is what makes pure Python fast: 25 MB of English
-has only about 100k distinct pre-tokens, so most of the work is one dict lookup per pre-token, and
-the new pre-tokens of each piece of text are merged together, with numpy when there are many.
+has only about 100k distinct pre-tokens, so most of the work is one dict lookup per pre-token (to
+its slot in the cache), the slots become ids with numpy, and the new pre-tokens of each piece of
+text are merged together, with numpy when there are many.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import multiprocessing
-from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from functools import reduce
 from numbers import Integral
-from operator import iadd
 from pathlib import Path
 
 import numpy as np
@@ -37,21 +36,75 @@ STREAM_CHUNK_CHARS = 1 << 16  # encode_iterable gathers at least this much text 
 ENCODE_CHUNK_CHARS = 1 << 20  # encode() pre-tokenizes longer texts in pieces of about this size
 FILE_CHUNK_CHARS = 1 << 20  # one unit of work for a pool worker when encoding a file
 BATCH_MIN_PRETOKENS = 64  # fewer new pre-tokens than this are merged one by one in Python
+SHORT_TEXT_CHARS = 1024  # encode() turns cache slots into ids in pure Python up to this length
 
 
 class _PretokenCache(dict):
-    """pre-token string -> its ids. A lookup that misses stores and returns an empty list, which the
-    Tokenizer fills (all of a piece of text's new pre-tokens at once); `pending` holds those pre-tokens."""
+    """pre-token string -> slot number; slot s holds the ids `ids[starts[s] : starts[s] + lengths[s]]`,
+    and for short texts, which numpy would only slow down, `python_ids[s]`: the id, or a tuple of ids.
+
+    A lookup that misses gives the pre-token the next slot and records it in `pending`; `fill` then
+    stores the ids of all pending pre-tokens at once. `ids_of` turns slots into ids with numpy.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.pending: list[str] = []
+        self.reset()
 
-    def __missing__(self, pretoken: str) -> list[int]:
-        ids: list[int] = []
-        self[pretoken] = ids
+    def __missing__(self, pretoken: str) -> int:
+        slot = self[pretoken] = len(self)
         self.pending.append(pretoken)
+        return slot
+
+    def reset(self) -> None:
+        self.clear()
+        self.pending: list[str] = []
+        self.starts = np.zeros(0, dtype=np.int64)
+        self.lengths = np.zeros(0, dtype=np.int64)
+        self.ids = np.zeros(0, dtype=np.int32)
+        self.num_ids = 0
+        self.python_ids: list[int | tuple[int, ...]] = []
+
+    def fill(self, lengths: np.ndarray, ids: np.ndarray) -> None:
+        """Store the ids of the pending pre-tokens, in order: lengths[i] each, concatenated in `ids`."""
+        first_slot, end_slot = len(self) - len(self.pending), len(self)
+        self.starts = _grown(self.starts, end_slot)
+        self.lengths = _grown(self.lengths, end_slot)
+        self.ids = _grown(self.ids, self.num_ids + len(ids))
+        self.starts[first_slot:end_slot] = self.num_ids + np.cumsum(lengths) - lengths
+        self.lengths[first_slot:end_slot] = lengths
+        self.ids[self.num_ids : self.num_ids + len(ids)] = ids
+        self.num_ids += len(ids)
+        self.pending = []
+        ends = np.cumsum(lengths).tolist()
+        flat = ids.tolist()
+        self.python_ids += [flat[end - 1] if end - start == 1 else tuple(flat[start:end]) for start, end in zip([0, *ends], ends)]
+
+    def python_ids_of(self, slots: list[int]) -> list[int]:
+        """The ids of `slots`, concatenated, in pure Python."""
+        ids: list[int] = []
+        for entry in map(self.python_ids.__getitem__, slots):
+            if entry.__class__ is int:
+                ids.append(entry)
+            else:
+                ids += entry
         return ids
+
+    def ids_of(self, slots: np.ndarray) -> np.ndarray:
+        """The ids of `slots`, concatenated (int32)."""
+        lengths = self.lengths[slots]  # (units,)
+        ends = np.cumsum(lengths)  # (units,) end of each unit's ids in the result
+        store_minus_result = np.repeat(self.starts[slots] - (ends - lengths), lengths)  # (ids,)
+        return self.ids[store_minus_result + np.arange(ends[-1] if ends.size else 0)]
+
+
+def _grown(array: np.ndarray, size: int) -> np.ndarray:
+    """`array` if it holds `size` items, else a copy with room for at least twice as many."""
+    if size <= len(array):
+        return array
+    grown = np.zeros(max(size, 2 * len(array)), dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
 
 
 class Tokenizer:
@@ -130,9 +183,10 @@ class Tokenizer:
 
     def _clear_cache(self) -> None:
         """Empty the cache but for the special tokens, which map to their ids."""
-        self._cache.clear()
-        self._cache.pending = []
-        self._cache.update((special, [token_id]) for special, token_id in self._special_ids.items())
+        self._cache.reset()
+        for special in self._special_ids:
+            self._cache.__missing__(special)  # gives the special a slot, pending until the fill below
+        self._cache.fill(np.ones(len(self._special_ids), dtype=np.int64), np.array(list(self._special_ids.values())))
 
     # ---- construction from files -------------------------------------------------------------
 
@@ -202,27 +256,29 @@ class Tokenizer:
         return merge_word([self._byte_ids[byte] for byte in pretoken.encode("utf-8")], self._merge_values)
 
     def _fill_pending(self) -> None:
-        """Fill in the ids of the pre-tokens that lookups missed: with numpy when there are many."""
-        pending, self._cache.pending = self._cache.pending, []
+        """Store the ids of the pre-tokens that lookups missed: merged with numpy when there are many."""
+        pending = self._cache.pending
         if len(pending) >= BATCH_MIN_PRETOKENS:
             if self._batch_merger is None:
                 self._batch_merger = BatchMerger(self._merge_values, self._byte_ids)
-            encoded = self._batch_merger.merge([pretoken.encode("utf-8") for pretoken in pending])
+            lengths, ids = self._batch_merger.merge([pretoken.encode("utf-8") for pretoken in pending])
         else:
-            encoded = map(self._encode_pretoken, pending)
-        for pretoken, ids in zip(pending, encoded):
-            self._cache[pretoken] += ids  # the list the lookup returned, so those lookups see the ids too
+            encoded = list(map(self._encode_pretoken, pending))
+            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+            ids = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64)
+        self._cache.fill(lengths, ids)
 
-    def _lookup_ids(self, units: list[str]) -> list[list[int]]:
-        """The ids of each unit, from the cache; the new pre-tokens among them are encoded together."""
+    def _slots(self, units: list[str], as_array: bool = True) -> np.ndarray | list[int]:
+        """The cache slots of the units; the new pre-tokens among them are encoded together."""
         try:
-            unit_ids = list(map(self._cache.__getitem__, units))
+            slots = map(self._cache.__getitem__, units)
+            slots = np.fromiter(slots, dtype=np.int64, count=len(units)) if as_array else list(slots)
             if self._cache.pending:
                 self._fill_pending()
         except BaseException:
-            self._clear_cache()  # no empty entry may outlive a failed fill
+            self._clear_cache()  # no slot without ids may outlive a failed fill
             raise
-        return unit_ids
+        return slots
 
     def _unit_lists(self, texts: Iterable[str], separator: str | None = None) -> Iterator[list[str]]:
         """The units of about ENCODE_CHUNK_CHARS of text at a time, `separator` after each text.
@@ -253,24 +309,29 @@ class Tokenizer:
         if units:
             yield units
 
-    def _flat_ids(self, texts: Iterable[str], separator: str | None = None) -> list[int]:
-        """The ids of `texts`, each followed by the special token `separator` when one is given."""
-        ids: list[int] = []
+    def _ids_array(self, texts: Iterable[str], separator: str | None = None) -> np.ndarray:
+        """The ids of `texts` (int32), each text followed by the special token `separator` when one is given."""
+        pieces: list[np.ndarray] = []
         with _garbage_collection_paused():
             for units in self._unit_lists(texts, separator):
                 if len(self._cache) > CACHE_LIMIT:
                     self._clear_cache()
-                ids = reduce(iadd, self._lookup_ids(units), ids)  # list += list: the fastest way to join them
-        return ids
+                pieces.append(self._cache.ids_of(self._slots(units)))
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
 
     def encode(self, text: str) -> list[int]:
         """Encode `text`; registered special tokens in it become their own ids."""
-        return self._flat_ids((text,))
+        if len(text) > SHORT_TEXT_CHARS:
+            return self._ids_array((text,)).tolist()
+        units = next(self._unit_lists((text,)), [])
+        if len(self._cache) > CACHE_LIMIT:
+            self._clear_cache()
+        return self._cache.python_ids_of(self._slots(units, as_array=False))
 
     def encode_documents(self, texts: Iterable[str], dtype: np.dtype | type = np.uint32) -> np.ndarray:
         """encode(text) + [eot_id] for every text, concatenated into one array of `dtype`."""
         self.token_id(END_OF_TEXT)  # ValueError when it is not registered
-        return np.array(self._flat_ids(texts, END_OF_TEXT), dtype=dtype)
+        return self._ids_array(texts, END_OF_TEXT).astype(dtype, copy=False)
 
     def _safe_cut(self, text: str, min_index: int = 0) -> int:
         """The last index >= min_index where text can be cut without changing its encoding, or -1."""
@@ -324,8 +385,8 @@ class Tokenizer:
         with _worker_pool(self, num_workers) as pool:
             return [ids.tolist() for ids in pool.imap(_encode_in_worker, texts, chunksize=chunksize)]
 
-    def encode_file(self, path: str | Path, num_workers: int = 1) -> Iterator[array]:
-        """Encode a UTF-8 text file of any size; yields the ids in order as arrays of uint32.
+    def encode_file(self, path: str | Path, num_workers: int = 1) -> Iterator[np.ndarray]:
+        """Encode a UTF-8 text file of any size; yields the ids in order as numpy arrays of uint32.
 
         The whole file is encoded as one string would be (chunks are cut only at safe points).
         """
@@ -334,7 +395,7 @@ class Tokenizer:
         chunks = self._safe_text_chunks(iter_text_blocks(path), FILE_CHUNK_CHARS)
         if num_workers <= 1:
             for chunk in chunks:
-                yield array("I", self.encode(chunk))
+                yield self._ids_array((chunk,)).astype(np.uint32)
             return
         with _worker_pool(self, num_workers) as pool:
             yield from pool.imap(_encode_in_worker, chunks)
@@ -378,9 +439,9 @@ def _set_worker_tokenizer(tokenizer: Tokenizer) -> None:
     _WORKER_TOKENIZER = tokenizer
 
 
-def _encode_in_worker(text: str) -> array:
+def _encode_in_worker(text: str) -> np.ndarray:
     assert _WORKER_TOKENIZER is not None
-    return array("I", _WORKER_TOKENIZER.encode(text))
+    return _WORKER_TOKENIZER._ids_array((text,)).astype(np.uint32)
 
 
 def _worker_pool(tokenizer: Tokenizer, num_workers: int):
