@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy
 import pytest
@@ -149,20 +150,59 @@ def test_encode_many_and_encode_file_match_encode(gpt2_tokenizer, fixtures_dir, 
     assert gpt2_tokenizer.encode_many(texts, num_workers=2) == expected
     path = tmp_path / "joined.txt"
     path.write_text(EOT.join(texts), encoding="utf-8")
-    monkeypatch.setattr(codec, "FILE_CHUNK_CHARS", 5_000)
+    monkeypatch.setattr(codec, "FILE_CHUNK_BYTES", 5_000)
     whole = gpt2_tokenizer.encode(EOT.join(texts))
     for workers in (1, 2):
         assert [i for chunk in gpt2_tokenizer.encode_file(path, num_workers=workers) for i in chunk] == whole
 
 
-def test_encode_file_reports_invalid_utf8(gpt2_tokenizer, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_encode_file_reports_invalid_utf8(gpt2_tokenizer, tmp_path, monkeypatch, workers):
+    from gpt25.tokenizer import codec
+
+    monkeypatch.setattr(codec, "FILE_CHUNK_BYTES", 64)
     path = tmp_path / "bad.txt"
     path.write_bytes(b"ok " * 100 + b"\xc3(")
     with pytest.raises(ValueError, match="invalid UTF-8 at byte offset 300"):
-        list(gpt2_tokenizer.encode_file(path))
+        list(gpt2_tokenizer.encode_file(path, num_workers=workers))
+
+
+def test_encode_file_with_workers_cuts_bytes_only_at_safe_points(gpt2_tokenizer, tiktoken_gpt2, tmp_path, monkeypatch):
+    """Pieces of raw bytes go to the workers: the cuts must keep multi-byte characters, whitespace
+    runs and special tokens whole."""
+    from gpt25.tokenizer import codec
+    from gpt25.tokenizer.pretokenize import iter_byte_pieces
+
+    text = ("naïve café — 東京 🤖 x  \n\n\t y" + EOT + "z. " + "w" * 40 + "\r\n") * 40
+    path = tmp_path / "mixed.txt"
+    path.write_text(text, encoding="utf-8", newline="")
+    data = path.read_bytes()
+    for piece_bytes in (1, 7, 64, 10_000):
+        pieces = list(iter_byte_pieces(path, piece_bytes, block_bytes=50))
+        assert b"".join(piece for _, piece in pieces) == data
+        assert [offset for offset, _ in pieces] == [0, *itertools.accumulate(len(piece) for _, piece in pieces[:-1])]
+        for (_, piece), (_, following) in itertools.pairwise(pieces):
+            assert len(piece) >= piece_bytes and 0x21 <= piece[-1] <= 0x7E and following[:1] in b" \t\n\r\x0b\x0c"
+        monkeypatch.setattr(codec, "FILE_CHUNK_BYTES", piece_bytes)
+        ids = [i for chunk in gpt2_tokenizer.encode_file(path, num_workers=2) for i in chunk]
+        assert ids == tiktoken_gpt2.encode(text, allowed_special="all")
 
 
 @pytest.mark.slow
+def test_encode_file_keeps_special_tokens_with_whitespace_whole(tmp_path, monkeypatch):
+    """A special token with a space in it may span a whitespace cut: such files are cut after decoding."""
+    from gpt25.tokenizer import codec
+
+    tokenizer = bytes_tokenizer([EOT, "x \n y"])
+    text = "ab x \n yz " * 300
+    path = tmp_path / "specials.txt"
+    path.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(codec, "FILE_CHUNK_BYTES", 13)
+    for workers in (1, 2):
+        assert [i for chunk in tokenizer.encode_file(path, num_workers=workers) for i in chunk] == tokenizer.encode(text)
+    assert tokenizer.encode(text).count(tokenizer.token_id("x \n y")) == 300
+
+
 def test_gpt2_matches_tiktoken_on_all_english(gpt2_tokenizer, tiktoken_gpt2, english_dir):
     paths = sorted(english_dir.glob("*.txt"))
     assert len(paths) >= 10
@@ -183,9 +223,11 @@ def test_long_texts_are_encoded_in_pieces_identically(gpt2_tokenizer, tiktoken_g
 @given(st.lists(st.one_of(st.text(max_size=20), st.sampled_from([EOT, "<|pad|>", "<|endoftext|><|endoftext|>"])), max_size=8))
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_short_and_long_paths_give_the_same_ids(small_tokenizer_with_specials, monkeypatch, pieces):
-    """encode() turns cache slots into ids in pure Python for short texts, with numpy for long ones."""
+    """encode() turns cache slots into ids in pure Python for short texts, with numpy for long ones
+    (here both see the text in several pieces, as long texts are)."""
     from gpt25.tokenizer import codec
 
+    monkeypatch.setattr(codec, "ENCODE_CHUNK_CHARS", 8)
     text = "".join(pieces)
     short = small_tokenizer_with_specials.encode(text)
     with monkeypatch.context() as patch:

@@ -23,6 +23,9 @@ import numpy as np
 from gpt25.tokenizer import io
 from gpt25.tokenizer.bpe import ID_BITS, ID_MASK, BatchMerger, merge_word
 from gpt25.tokenizer.pretokenize import (
+    decode_utf8,
+    iter_byte_pieces,
+    iter_text_blocks,
     last_safe_cut,
     pretokenize,
     special_token_regex,
@@ -34,7 +37,7 @@ END_OF_TEXT = "<|endoftext|>"
 CACHE_LIMIT = 1_000_000  # distinct pre-tokens kept; the cache is dropped when it grows past this
 STREAM_CHUNK_CHARS = 1 << 16  # encode_iterable gathers at least this much text per encode() call
 ENCODE_CHUNK_CHARS = 1 << 20  # encode() pre-tokenizes longer texts in pieces of about this size
-FILE_CHUNK_CHARS = 1 << 20  # one unit of work for a pool worker when encoding a file
+FILE_CHUNK_BYTES = 1 << 20  # a pool worker's task when encoding a file: about this many bytes (or characters)
 BATCH_MIN_PRETOKENS = 64  # fewer new pre-tokens than this are merged one by one in Python
 SHORT_TEXT_CHARS = 1024  # encode() turns cache slots into ids in pure Python up to this length
 
@@ -78,7 +81,9 @@ class _PretokenCache(dict):
         self.pending = []
         ends = np.cumsum(lengths).tolist()
         flat = ids.tolist()
-        self.python_ids += [flat[end - 1] if end - start == 1 else tuple(flat[start:end]) for start, end in zip([0, *ends], ends)]
+        self.python_ids += [
+            flat[end - 1] if end - start == 1 else tuple(flat[start:end]) for start, end in zip([0, *ends], ends)
+        ]
 
     def python_ids_of(self, slots: list[int]) -> list[int]:
         """The ids of `slots`, concatenated, in pure Python."""
@@ -186,7 +191,8 @@ class Tokenizer:
         self._cache.reset()
         for special in self._special_ids:
             self._cache.__missing__(special)  # gives the special a slot, pending until the fill below
-        self._cache.fill(np.ones(len(self._special_ids), dtype=np.int64), np.array(list(self._special_ids.values())))
+        special_ids = np.array(list(self._special_ids.values()), dtype=np.int64)
+        self._cache.fill(np.ones(len(special_ids), dtype=np.int64), special_ids)
 
     # ---- construction from files -------------------------------------------------------------
 
@@ -323,7 +329,7 @@ class Tokenizer:
         """Encode `text`; registered special tokens in it become their own ids."""
         if len(text) > SHORT_TEXT_CHARS:
             return self._ids_array((text,)).tolist()
-        units = next(self._unit_lists((text,)), [])
+        units = list(itertools.chain.from_iterable(self._unit_lists((text,))))
         if len(self._cache) > CACHE_LIMIT:
             self._clear_cache()
         return self._cache.python_ids_of(self._slots(units, as_array=False))
@@ -389,10 +395,14 @@ class Tokenizer:
         """Encode a UTF-8 text file of any size; yields the ids in order as numpy arrays of uint32.
 
         The whole file is encoded as one string would be (chunks are cut only at safe points).
+        With several workers this process only cuts the raw bytes; the workers decode them.
         """
-        from gpt25.tokenizer.pretokenize import iter_text_blocks
-
-        chunks = self._safe_text_chunks(iter_text_blocks(path), FILE_CHUNK_CHARS)
+        if num_workers > 1 and not any(character.isspace() for special in self.special_tokens for character in special):
+            with _worker_pool(self, num_workers) as pool:
+                pieces = ((str(path), offset, data) for offset, data in iter_byte_pieces(path, FILE_CHUNK_BYTES))
+                yield from pool.imap(_encode_bytes_in_worker, pieces)
+            return
+        chunks = self._safe_text_chunks(iter_text_blocks(path), FILE_CHUNK_BYTES)
         if num_workers <= 1:
             for chunk in chunks:
                 yield self._ids_array((chunk,)).astype(np.uint32)
@@ -442,6 +452,11 @@ def _set_worker_tokenizer(tokenizer: Tokenizer) -> None:
 def _encode_in_worker(text: str) -> np.ndarray:
     assert _WORKER_TOKENIZER is not None
     return _WORKER_TOKENIZER._ids_array((text,)).astype(np.uint32)
+
+
+def _encode_bytes_in_worker(piece: tuple[str, int, bytes]) -> np.ndarray:
+    path, offset, data = piece
+    return _encode_in_worker(decode_utf8(data, path, offset))
 
 
 def _worker_pool(tokenizer: Tokenizer, num_workers: int):

@@ -62,6 +62,7 @@ _IS_OTHER_UTF16 = _other_code_units()
 # none continues from a non-space into a space), so text may be cut here without changing the split.
 _LAST_SAFE_CUT = regex.compile(r"\S(?=\s)", flags=regex.REVERSE)
 _NEXT_SAFE_CUT = regex.compile(r"\S(?=\s)")
+_NEXT_SAFE_BYTE_CUT = re.compile(rb"[\x21-\x7e](?=[\t\n\x0b\x0c\r ])")  # the same, for ASCII bytes
 
 
 def pretokenize(text: str) -> list[str]:
@@ -125,6 +126,29 @@ def last_safe_cut(text: str, min_index: int = 0) -> int:
     independently (a non-space followed by a space), or -1 when there is none."""
     match = _LAST_SAFE_CUT.search(text, max(min_index - 1, 0))
     return -1 if match is None else match.end()
+
+
+def iter_byte_pieces(path: str | Path, piece_bytes: int, block_bytes: int = 1 << 22) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, bytes) pieces of a file, each of about piece_bytes, that pre-tokenize independently
+    (for text without special tokens that contain whitespace): each ends between an ASCII non-space
+    byte and an ASCII whitespace byte (a safe cut, see last_safe_cut). The bytes are not decoded."""
+    buffer = b""
+    offset = 0  # of buffer[0] in the file
+    with open_input(path) as handle:
+        while block := handle.read(block_bytes):
+            searched = max(len(buffer) - 1, 0)  # no cut before this point: search only the new bytes again
+            buffer += block
+            start = 0
+            while True:
+                cut = _NEXT_SAFE_BYTE_CUT.search(buffer, max(start + piece_bytes - 1, searched))
+                if cut is None:
+                    break
+                yield offset + start, buffer[start : cut.end()]
+                start = searched = cut.end()
+            buffer = buffer[start:]
+            offset += start
+    if buffer:
+        yield offset, buffer
 
 
 def split_at_safe_cuts(text: str, chunk_chars: int) -> Iterator[str]:
