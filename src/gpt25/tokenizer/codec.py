@@ -27,6 +27,7 @@ from gpt25.tokenizer.pretokenize import (
     iter_byte_pieces,
     iter_text_blocks,
     last_safe_cut,
+    only_fast_characters,
     pretokenize,
     special_token_regex,
     split_at_safe_cuts,
@@ -295,23 +296,23 @@ class Tokenizer:
         special_regex = self._special_regex
         units: list[str] = []
         num_chars = 0
-        for text in texts:
-            if special_regex is None or special_regex.search(text) is None:
-                parts = [text]
-            else:
-                parts = split_on_specials(text, special_regex)
-            for index, part in enumerate(parts):
-                if index % 2:
-                    units.append(part)
-                    continue
-                for piece in split_at_safe_cuts(part, ENCODE_CHUNK_CHARS) if len(part) > ENCODE_CHUNK_CHARS else (part,):
-                    units += pretokenize(piece)
-                    num_chars += len(piece)
-                    if num_chars >= ENCODE_CHUNK_CHARS:
-                        yield units
-                        units, num_chars = [], 0
-            if separator is not None:
-                units.append(separator)
+        for group in _text_groups(texts, ENCODE_CHUNK_CHARS):
+            joined = "".join(group)  # these searches cost about as much per call as per character: once per group
+            has_specials = special_regex is not None and special_regex.search(joined) is not None
+            fast_characters_only = only_fast_characters(joined)
+            for text in group:
+                for index, part in enumerate(split_on_specials(text, special_regex) if has_specials else [text]):
+                    if index % 2:
+                        units.append(part)
+                        continue
+                    for piece in split_at_safe_cuts(part, ENCODE_CHUNK_CHARS) if len(part) > ENCODE_CHUNK_CHARS else (part,):
+                        units += pretokenize(piece, fast_characters_only)
+                        num_chars += len(piece)
+                        if num_chars >= ENCODE_CHUNK_CHARS:
+                            yield units
+                            units, num_chars = [], 0
+                if separator is not None:
+                    units.append(separator)
         if units:
             yield units
 
@@ -426,6 +427,20 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Text for `ids`; byte sequences that are not valid UTF-8 become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+def _text_groups(texts: Iterable[str], min_chars: int) -> Iterator[list[str]]:
+    """Consecutive texts, gathered until a group holds min_chars characters (the last may hold fewer)."""
+    group: list[str] = []
+    num_chars = 0
+    for text in texts:
+        group.append(text)
+        num_chars += len(text)
+        if num_chars >= min_chars:
+            yield group
+            group, num_chars = [], 0
+    if group:
+        yield group
 
 
 @contextmanager

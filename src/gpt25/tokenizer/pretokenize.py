@@ -65,13 +65,14 @@ _NEXT_SAFE_CUT = regex.compile(r"\S(?=\s)")
 _NEXT_SAFE_BYTE_CUT = re.compile(rb"[\x21-\x7e](?=[\t\n\x0b\x0c\r ])")  # the same, for ASCII bytes
 
 
-def pretokenize(text: str) -> list[str]:
+def pretokenize(text: str, fast_characters_only: bool = False) -> list[str]:
     """GPT-2's pre-tokens of `text` (no special-token handling): GPT2_REGEX.findall(text), faster.
 
     Text goes to FAST_GPT2_REGEX, except that each run of characters outside _FAST_RANGES is
     widened to the nearest safe cuts on both sides (see last_safe_cut) and that stretch goes to `regex`.
+    `fast_characters_only=True` skips that search: the caller knows there are no such characters.
     """
-    if text.isascii() or not _has_other_characters(text):
+    if fast_characters_only or only_fast_characters(text):
         return FAST_GPT2_REGEX.findall(text)
     pretokens: list[str] = []
     position = 0  # text[:position] is done, and position is a safe cut
@@ -93,10 +94,13 @@ def pretokenize(text: str) -> list[str]:
     return pretokens
 
 
-def _has_other_characters(text: str) -> bool:
-    """Whether text has a character outside _FAST_RANGES (a table lookup per UTF-16 unit: 4x faster than a regex search)."""
+def only_fast_characters(text: str) -> bool:
+    """Whether every character of text lies in _FAST_RANGES (a table lookup per UTF-16 unit: 4x
+    faster than a regex search on long texts; on short ones the fixed cost dominates)."""
+    if text.isascii():
+        return True
     code_units = np.frombuffer(text.encode("utf-16-le", "surrogatepass"), dtype=np.uint16)
-    return bool(_IS_OTHER_UTF16[code_units].any())
+    return not _IS_OTHER_UTF16[code_units].any()
 
 
 def special_token_regex(special_tokens: list[str]) -> regex.Pattern | None:
