@@ -299,7 +299,7 @@ class Tokenizer:
         for group in _text_groups(texts, ENCODE_CHUNK_CHARS):
             joined = "".join(group)  # these searches cost about as much per call as per character: once per group
             has_specials = special_regex is not None and special_regex.search(joined) is not None
-            fast_characters_only = only_fast_characters(joined)
+            fast_characters_only = len(group) > 1 and only_fast_characters(joined)  # a long text is checked piece by piece
             for text in group:
                 for index, part in enumerate(split_on_specials(text, special_regex) if has_specials else [text]):
                     if index % 2:
