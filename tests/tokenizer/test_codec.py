@@ -188,7 +188,6 @@ def test_encode_file_with_workers_cuts_bytes_only_at_safe_points(gpt2_tokenizer,
         assert ids == tiktoken_gpt2.encode(text, allowed_special="all")
 
 
-@pytest.mark.slow
 def test_encode_file_keeps_special_tokens_with_whitespace_whole(tmp_path, monkeypatch):
     """A special token with a space in it may span a whitespace cut: such files are cut after decoding."""
     from gpt25.tokenizer import codec
@@ -203,6 +202,7 @@ def test_encode_file_keeps_special_tokens_with_whitespace_whole(tmp_path, monkey
     assert tokenizer.encode(text).count(tokenizer.token_id("x \n y")) == 300
 
 
+@pytest.mark.slow
 def test_gpt2_matches_tiktoken_on_all_english(gpt2_tokenizer, tiktoken_gpt2, english_dir):
     paths = sorted(english_dir.glob("*.txt"))
     assert len(paths) >= 10
