@@ -136,7 +136,7 @@ def iter_byte_pieces(path: str | Path, piece_bytes: int, block_bytes: int = 1 <<
     """(byte offset, bytes) pieces of a file, each of about piece_bytes, that pre-tokenize independently
     (for text without special tokens that contain whitespace): each ends between an ASCII non-space
     byte and an ASCII whitespace byte (a safe cut, see last_safe_cut). The bytes are not decoded."""
-    buffer = b""
+    buffer = bytearray()  # grows in place, so a file without whitespace costs linear time too
     offset = 0  # of buffer[0] in the file
     with open_input(path) as handle:
         while block := handle.read(block_bytes):
@@ -147,12 +147,12 @@ def iter_byte_pieces(path: str | Path, piece_bytes: int, block_bytes: int = 1 <<
                 cut = _NEXT_SAFE_BYTE_CUT.search(buffer, max(start + piece_bytes - 1, searched))
                 if cut is None:
                     break
-                yield offset + start, buffer[start : cut.end()]
+                yield offset + start, bytes(buffer[start : cut.end()])
                 start = searched = cut.end()
-            buffer = buffer[start:]
+            del buffer[:start]
             offset += start
     if buffer:
-        yield offset, buffer
+        yield offset, bytes(buffer)
 
 
 def split_at_safe_cuts(text: str, chunk_chars: int) -> Iterator[str]:
