@@ -44,8 +44,9 @@ SHORT_TEXT_CHARS = 1024  # encode() turns cache slots into ids in pure Python up
 
 
 class _PretokenCache(dict):
-    """pre-token string -> slot number; slot s holds the ids `ids[starts[s] : starts[s] + lengths[s]]`,
-    and for short texts, which numpy would only slow down, `python_ids[s]`: the id, or a tuple of ids.
+    """pre-token string -> slot number; slot s holds the ids `ids[starts[s] : starts[s] + lengths[s]]`.
+    For short texts, which numpy would only slow down, `python_ids[s]` holds the same as an int or a
+    tuple of ints, derived from the store when a short text first needs it.
 
     A lookup that misses gives the pre-token the next slot and records it in `pending`; `fill` then
     stores the ids of all pending pre-tokens at once. `ids_of` turns slots into ids with numpy.
@@ -80,14 +81,11 @@ class _PretokenCache(dict):
         self.ids[self.num_ids : self.num_ids + len(ids)] = ids
         self.num_ids += len(ids)
         self.pending = []
-        ends = np.cumsum(lengths).tolist()
-        flat = ids.tolist()
-        self.python_ids += [
-            flat[end - 1] if end - start == 1 else tuple(flat[start:end]) for start, end in zip([0, *ends], ends)
-        ]
 
     def python_ids_of(self, slots: list[int]) -> list[int]:
         """The ids of `slots`, concatenated, in pure Python."""
+        if len(self.python_ids) < len(self):
+            self._extend_python_ids()
         ids: list[int] = []
         for entry in map(self.python_ids.__getitem__, slots):
             if entry.__class__ is int:
@@ -95,6 +93,15 @@ class _PretokenCache(dict):
             else:
                 ids += entry
         return ids
+
+    def _extend_python_ids(self) -> None:
+        """python_ids for the slots filled since it was last extended (their ids lie end to end in the store)."""
+        first_slot = len(self.python_ids)
+        flat = self.ids[self.starts[first_slot] : self.num_ids].tolist()
+        ends = np.cumsum(self.lengths[first_slot : len(self)]).tolist()
+        self.python_ids += [
+            flat[end - 1] if end - start == 1 else tuple(flat[start:end]) for start, end in zip([0, *ends], ends)
+        ]
 
     def ids_of(self, slots: np.ndarray) -> np.ndarray:
         """The ids of `slots`, concatenated (int32)."""
@@ -277,6 +284,8 @@ class Tokenizer:
 
     def _slots(self, units: list[str], as_array: bool = True) -> np.ndarray | list[int]:
         """The cache slots of the units; the new pre-tokens among them are encoded together."""
+        if len(self._cache) > CACHE_LIMIT:
+            self._clear_cache()
         try:
             slots = map(self._cache.__getitem__, units)
             slots = np.fromiter(slots, dtype=np.int64, count=len(units)) if as_array else list(slots)
@@ -301,28 +310,36 @@ class Tokenizer:
             has_specials = special_regex is not None and special_regex.search(joined) is not None
             fast_characters_only = len(group) > 1 and only_fast_characters(joined)  # a long text is checked piece by piece
             for text in group:
-                for index, part in enumerate(split_on_specials(text, special_regex) if has_specials else [text]):
-                    if index % 2:
-                        units.append(part)
+                for piece, is_special in self._text_pieces(text, has_specials):
+                    if is_special:
+                        units.append(piece)
                         continue
-                    for piece in split_at_safe_cuts(part, ENCODE_CHUNK_CHARS) if len(part) > ENCODE_CHUNK_CHARS else (part,):
-                        units += pretokenize(piece, fast_characters_only)
-                        num_chars += len(piece)
-                        if num_chars >= ENCODE_CHUNK_CHARS:
-                            yield units
-                            units, num_chars = [], 0
+                    units += pretokenize(piece, fast_characters_only)
+                    num_chars += len(piece)
+                    if num_chars >= ENCODE_CHUNK_CHARS:
+                        yield units
+                        units, num_chars = [], 0
                 if separator is not None:
                     units.append(separator)
         if units:
             yield units
+
+    def _text_pieces(self, text: str, has_specials: bool) -> Iterator[tuple[str, bool]]:
+        """(piece, is_special): the special tokens of `text` whole, the text between them in
+        pieces of at most about ENCODE_CHUNK_CHARS that pre-tokenize independently."""
+        for index, part in enumerate(split_on_specials(text, self._special_regex) if has_specials else [text]):
+            if index % 2:
+                yield part, True
+            elif len(part) > ENCODE_CHUNK_CHARS:
+                yield from ((piece, False) for piece in split_at_safe_cuts(part, ENCODE_CHUNK_CHARS))
+            else:
+                yield part, False
 
     def _ids_array(self, texts: Iterable[str], separator: str | None = None) -> np.ndarray:
         """The ids of `texts` (int32), each text followed by the special token `separator` when one is given."""
         pieces: list[np.ndarray] = []
         with _garbage_collection_paused():
             for units in self._unit_lists(texts, separator):
-                if len(self._cache) > CACHE_LIMIT:
-                    self._clear_cache()
                 pieces.append(self._cache.ids_of(self._slots(units)))
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
 
@@ -331,8 +348,6 @@ class Tokenizer:
         if len(text) > SHORT_TEXT_CHARS:
             return self._ids_array((text,)).tolist()
         units = list(itertools.chain.from_iterable(self._unit_lists((text,))))
-        if len(self._cache) > CACHE_LIMIT:
-            self._clear_cache()
         return self._cache.python_ids_of(self._slots(units, as_array=False))
 
     def encode_documents(self, texts: Iterable[str], dtype: np.dtype | type = np.uint32) -> np.ndarray:
