@@ -44,12 +44,13 @@ SHORT_TEXT_CHARS = 1024  # encode() turns cache slots into ids in pure Python up
 
 
 class _PretokenCache(dict):
-    """pre-token string -> slot number; slot s holds the ids `ids[starts[s] : starts[s] + lengths[s]]`.
-    For short texts, which numpy would only slow down, `python_ids[s]` holds the same as an int or a
-    tuple of ints, derived from the store when a short text first needs it.
+    """pre-token string -> slot number. The ids of the slots are held twice, each copy a prefix of
+    the filled slots that is brought up to date from the other when it is needed:
+    - numpy, for long texts: slot s holds `ids[starts[s] : starts[s] + lengths[s]]`;
+    - Python, for short texts, where numpy's fixed costs dominate: `python_ids[s]`, an int or a tuple.
 
-    A lookup that misses gives the pre-token the next slot and records it in `pending`; `fill` then
-    stores the ids of all pending pre-tokens at once. `ids_of` turns slots into ids with numpy.
+    A lookup that misses gives the pre-token the next slot and records it in `pending`; `fill` (numpy
+    results) or `fill_python` (a tuple each) then stores the ids of all pending pre-tokens at once.
     """
 
     def __init__(self) -> None:
@@ -64,6 +65,7 @@ class _PretokenCache(dict):
     def reset(self) -> None:
         self.clear()
         self.pending: list[str] = []
+        self.numpy_slots = 0  # slots held by the numpy copy
         self.starts = np.zeros(0, dtype=np.int64)
         self.lengths = np.zeros(0, dtype=np.int64)
         self.ids = np.zeros(0, dtype=np.int32)
@@ -72,20 +74,30 @@ class _PretokenCache(dict):
 
     def fill(self, lengths: np.ndarray, ids: np.ndarray) -> None:
         """Store the ids of the pending pre-tokens, in order: lengths[i] each, concatenated in `ids`."""
-        first_slot, end_slot = len(self) - len(self.pending), len(self)
-        self.starts = _grown(self.starts, end_slot)
-        self.lengths = _grown(self.lengths, end_slot)
-        self.ids = _grown(self.ids, self.num_ids + len(ids))
-        self.starts[first_slot:end_slot] = self.num_ids + np.cumsum(lengths) - lengths
-        self.lengths[first_slot:end_slot] = lengths
-        self.ids[self.num_ids : self.num_ids + len(ids)] = ids
-        self.num_ids += len(ids)
+        self._sync_numpy()
+        self._append_numpy(lengths, ids)
         self.pending = []
+
+    def fill_python(self, encoded: list[tuple[int, ...]]) -> None:
+        """Store the ids of the pending pre-tokens, in order: a tuple each (into the numpy copy when
+        only that one is up to date: long texts never need the Python copy)."""
+        if len(self.python_ids) < self.numpy_slots:
+            self._append_numpy_tuples(encoded)
+        else:
+            self.python_ids += [ids[0] if len(ids) == 1 else ids for ids in encoded]
+        self.pending = []
+
+    def ids_of(self, slots: np.ndarray) -> np.ndarray:
+        """The ids of `slots`, concatenated (int32)."""
+        self._sync_numpy()
+        lengths = self.lengths[slots]  # (units,)
+        ends = np.cumsum(lengths)  # (units,) end of each unit's ids in the result
+        store_minus_result = np.repeat(self.starts[slots] - (ends - lengths), lengths)  # (ids,)
+        return self.ids[store_minus_result + np.arange(ends[-1] if ends.size else 0)]
 
     def python_ids_of(self, slots: list[int]) -> list[int]:
         """The ids of `slots`, concatenated, in pure Python."""
-        if len(self.python_ids) < len(self):
-            self._extend_python_ids()
+        self._sync_python()
         ids: list[int] = []
         for entry in map(self.python_ids.__getitem__, slots):
             if entry.__class__ is int:
@@ -94,21 +106,36 @@ class _PretokenCache(dict):
                 ids += entry
         return ids
 
-    def _extend_python_ids(self) -> None:
-        """python_ids for the slots filled since it was last extended (their ids lie end to end in the store)."""
-        first_slot = len(self.python_ids)
-        flat = self.ids[self.starts[first_slot] : self.num_ids].tolist()
-        ends = np.cumsum(self.lengths[first_slot : len(self)]).tolist()
-        self.python_ids += [
-            flat[end - 1] if end - start == 1 else tuple(flat[start:end]) for start, end in zip([0, *ends], ends)
-        ]
+    def _append_numpy(self, lengths: np.ndarray, ids: np.ndarray) -> None:
+        first_slot, end_slot = self.numpy_slots, self.numpy_slots + len(lengths)
+        self.starts = _grown(self.starts, end_slot)
+        self.lengths = _grown(self.lengths, end_slot)
+        self.ids = _grown(self.ids, self.num_ids + len(ids))
+        self.starts[first_slot:end_slot] = self.num_ids + np.cumsum(lengths) - lengths
+        self.lengths[first_slot:end_slot] = lengths
+        self.ids[self.num_ids : self.num_ids + len(ids)] = ids
+        self.num_ids += len(ids)
+        self.numpy_slots = end_slot
 
-    def ids_of(self, slots: np.ndarray) -> np.ndarray:
-        """The ids of `slots`, concatenated (int32)."""
-        lengths = self.lengths[slots]  # (units,)
-        ends = np.cumsum(lengths)  # (units,) end of each unit's ids in the result
-        store_minus_result = np.repeat(self.starts[slots] - (ends - lengths), lengths)  # (ids,)
-        return self.ids[store_minus_result + np.arange(ends[-1] if ends.size else 0)]
+    def _append_numpy_tuples(self, encoded: list[tuple[int, ...]]) -> None:
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        self._append_numpy(lengths, np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64))
+
+    def _sync_numpy(self) -> None:
+        """Copy the slots only the Python copy holds into the numpy one."""
+        entries = self.python_ids[self.numpy_slots :]
+        if entries:
+            self._append_numpy_tuples([(entry,) if entry.__class__ is int else entry for entry in entries])
+
+    def _sync_python(self) -> None:
+        """Copy the slots only the numpy copy holds into the Python one (their ids lie end to end)."""
+        first_slot = len(self.python_ids)
+        if first_slot < self.numpy_slots:
+            flat = self.ids[self.starts[first_slot] : self.num_ids].tolist()
+            ends = np.cumsum(self.lengths[first_slot : self.numpy_slots]).tolist()
+            self.python_ids += [
+                flat[end - 1] if end - start == 1 else tuple(flat[start:end]) for start, end in zip([0, *ends], ends)
+            ]
 
 
 def _grown(array: np.ndarray, size: int) -> np.ndarray:
@@ -199,8 +226,7 @@ class Tokenizer:
         self._cache.reset()
         for special in self._special_ids:
             self._cache.__missing__(special)  # gives the special a slot, pending until the fill below
-        special_ids = np.array(list(self._special_ids.values()), dtype=np.int64)
-        self._cache.fill(np.ones(len(special_ids), dtype=np.int64), special_ids)
+        self._cache.fill_python([(token_id,) for token_id in self._special_ids.values()])
 
     # ---- construction from files -------------------------------------------------------------
 
@@ -275,12 +301,9 @@ class Tokenizer:
         if len(pending) >= BATCH_MIN_PRETOKENS:
             if self._batch_merger is None:
                 self._batch_merger = BatchMerger(self._merge_values, self._byte_ids)
-            lengths, ids = self._batch_merger.merge([pretoken.encode("utf-8") for pretoken in pending])
+            self._cache.fill(*self._batch_merger.merge([pretoken.encode("utf-8") for pretoken in pending]))
         else:
-            encoded = list(map(self._encode_pretoken, pending))
-            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-            ids = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64)
-        self._cache.fill(lengths, ids)
+            self._cache.fill_python(list(map(self._encode_pretoken, pending)))
 
     def _slots(self, units: list[str], as_array: bool = True) -> np.ndarray | list[int]:
         """The cache slots of the units; the new pre-tokens among them are encoded together."""
