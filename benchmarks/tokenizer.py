@@ -9,7 +9,8 @@ contenders of one row group run in turns (gpt25, peer, peer, gpt25, peer, ...), 
 each (default 3), and each one's fastest run counts: on this noisy shared machine a slow spell
 then falls on every contender alike. Training
 uses 2 processes/threads for every library (RAYON_NUM_THREADS=2 for the Rust ones). Encoding
-uses GPT-2's vocab on the same corpus; "2 proc" is gpt25's pool encoder vs tiktoken's 2 threads.
+uses GPT-2's vocab on the same corpus; "2 proc" is gpt25's pool encoder vs tiktoken's 2 threads;
+"without the C extension" is the pure-Python fallback (GPT25_PURE_PYTHON=1).
 Prints one table; the ratio column is the other library's wall time divided by gpt25's
 (> 1 means gpt25 is faster). "CPU s" adds up all processes and threads (worth reading on a busy
 machine, where wall times are noisy).
@@ -132,6 +133,12 @@ def encode_gpt25(paths: list[Path], _: int):
     return encode_all(gpt2_tokenizer().encode, read_texts(paths))
 
 
+def encode_gpt25_pure_python(paths: list[Path], _: int):
+    """What runs where the C extension could not be built."""
+    os.environ["GPT25_PURE_PYTHON"] = "1"
+    return encode_gpt25(paths, 0)
+
+
 def encode_gpt25_warm(paths: list[Path], _: int):
     """A second pass over the corpus: every pre-token is already in the cache."""
     work = encode_all(gpt2_tokenizer().encode, read_texts(paths))
@@ -203,7 +210,7 @@ def encode_iterable_stream(paths: list[Path], megabytes: int):
 TASKS = {
     "train-gpt25": train_gpt25, "train-hf-files": train_hf_files, "train-hf-iterator": train_hf_iterator,
     "train-rustbpe": train_rustbpe, "train-small": train_small,
-    "encode-gpt25": encode_gpt25, "encode-gpt25-warm": encode_gpt25_warm, "encode-gpt25-2proc": encode_gpt25_two_processes,
+    "encode-gpt25": encode_gpt25, "encode-gpt25-warm": encode_gpt25_warm, "encode-gpt25-python": encode_gpt25_pure_python, "encode-gpt25-2proc": encode_gpt25_two_processes,
     "encode-tiktoken": encode_tiktoken, "encode-tiktoken-2threads": encode_tiktoken_two_threads, "encode-hf": encode_hf,
     "encode-iterable": encode_iterable_stream,
 }
@@ -291,11 +298,13 @@ def main() -> None:
                                None, None))
     if not args.skip_encode:
         name = f"encode {megabytes:.0f} MB, GPT-2 vocab"
-        ours, warm, tiktoken, hf = measure_in_turns(
-            [("encode-gpt25", "0", 1), ("encode-gpt25-warm", "0", 1), ("encode-tiktoken", "0", 1), ("encode-hf", "0", 1)],
+        ours, warm, pure, tiktoken, hf = measure_in_turns(
+            [("encode-gpt25", "0", 1), ("encode-gpt25-warm", "0", 1), ("encode-gpt25-python", "0", 1),
+             ("encode-tiktoken", "0", 1), ("encode-hf", "0", 1)],
             args.repeats)
         rows.append(format_row(name + ", 1 proc", "gpt25", ours, megabytes, None))
         rows.append(format_row(name + ", 1 proc", "gpt25, 2nd pass (warm cache)", warm, megabytes, None))
+        rows.append(format_row(name + ", 1 proc", "gpt25 without the C extension", pure, megabytes, None))
         rows.append(format_row(name + ", 1 proc", "tiktoken", tiktoken, megabytes, ours.get("seconds")))
         rows.append(format_row(name + ", 1 proc", "HF tokenizers", hf, megabytes, ours.get("seconds")))
         ours_two, tiktoken_two = measure_in_turns([("encode-gpt25-2proc", "0", 2), ("encode-tiktoken-2threads", "0", 2)],

@@ -31,6 +31,27 @@ def gpt2_tokenizer(gpt2_files) -> Tokenizer:
     return Tokenizer.from_files(*gpt2_files, special_tokens=[END_OF_TEXT])
 
 
+def build_pure_python(make_tokenizer):
+    """make_tokenizer() with GPT25_PURE_PYTHON=1: the tokenizer encodes without the C extension."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GPT25_PURE_PYTHON", "1")
+        tokenizer = make_tokenizer()
+    assert type(tokenizer._encoder).__name__ == "PythonEncoder"
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def python_gpt2_tokenizer(gpt2_files) -> Tokenizer:
+    """GPT-2's tokenizer on the pure-Python encoder (what runs where the C extension is not built)."""
+    return build_pure_python(lambda: Tokenizer.from_files(*gpt2_files, special_tokens=[END_OF_TEXT]))
+
+
+@pytest.fixture(scope="session")
+def pure_python():
+    """build_pure_python, for tests."""
+    return build_pure_python
+
+
 @pytest.fixture(scope="session")
 def tiktoken_gpt2(gpt2_tokenizer):
     """tiktoken's GPT-2 encoding built from the same files (tiktoken cannot download here)."""

@@ -43,6 +43,17 @@ def test_gpt2_matches_tiktoken_on_any_text(gpt2_tokenizer, tiktoken_gpt2, text):
     assert gpt2_tokenizer.encode(text) == tiktoken_gpt2.encode(text, allowed_special="all")
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=60))
+def test_python_encoder_matches_tiktoken_on_any_text(python_gpt2_tokenizer, tiktoken_gpt2, text):
+    assert python_gpt2_tokenizer.encode(text) == tiktoken_gpt2.encode(text, allowed_special="all")
+
+
+def test_python_encoder_matches_tiktoken_on_a_corpus(python_gpt2_tokenizer, tiktoken_gpt2, fixtures_dir):
+    text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8") + "".join(SAMPLES)
+    assert python_gpt2_tokenizer.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.one_of(st.text(max_size=20), st.sampled_from([EOT, "<|pad|>", "<|endoftext|><|endoftext|>"])), max_size=8))
 def test_round_trip_with_specials(small_tokenizer_with_specials, pieces):
@@ -224,35 +235,43 @@ def test_long_texts_are_encoded_in_pieces_identically(gpt2_tokenizer, tiktoken_g
 
 @given(st.lists(st.one_of(st.text(max_size=20), st.sampled_from([EOT, "<|pad|>", "<|endoftext|><|endoftext|>"])), max_size=8))
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_short_and_long_paths_give_the_same_ids(small_tokenizer_with_specials, monkeypatch, pieces):
-    """encode() turns cache slots into ids in pure Python for short texts, with numpy for long ones
-    (here both see the text in several pieces, as long texts are)."""
+def test_c_and_python_encoders_give_the_same_ids(small_tokenizer_with_specials, python_small_tokenizer, monkeypatch, pieces):
+    """Both encoders, also when texts reach them in many pieces (8 characters each) and after a cache clear."""
     from gpt25.tokenizer import codec
 
-    monkeypatch.setattr(codec, "ENCODE_CHUNK_CHARS", 8)
     text = "".join(pieces)
-    short = small_tokenizer_with_specials.encode(text)
-    with monkeypatch.context() as patch:
-        patch.setattr(codec, "SHORT_TEXT_CHARS", -1)
-        assert small_tokenizer_with_specials.encode(text) == short
-    small_tokenizer_with_specials._clear_cache()
-    assert small_tokenizer_with_specials.encode(text) == short
+    expected = small_tokenizer_with_specials.encode(text)
+    assert python_small_tokenizer.encode(text) == expected
+    assert python_small_tokenizer.encode_documents(pieces).tolist() == small_tokenizer_with_specials.encode_documents(pieces).tolist()
+    monkeypatch.setattr(codec, "ENCODE_CHUNK_CHARS", 8)
+    for tokenizer in (small_tokenizer_with_specials, python_small_tokenizer):
+        assert tokenizer.encode(text) == expected
+        tokenizer._encoder.clear()
+        assert tokenizer.encode(text) == expected
 
 
-def test_cache_cleared_when_full_gives_the_same_ids(gpt2_files, tiktoken_gpt2, fixtures_dir, monkeypatch):
+@pytest.fixture(scope="module")
+def python_small_tokenizer(small_tokenizer_with_specials, pure_python):
+    tokenizer = small_tokenizer_with_specials
+    return pure_python(lambda: Tokenizer(tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens))
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["c", "python"])
+def test_cache_cleared_when_full_gives_the_same_ids(gpt2_files, tiktoken_gpt2, fixtures_dir, monkeypatch, pure_python, pure):
     from gpt25.tokenizer import codec
 
     text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8")
     monkeypatch.setattr(codec, "ENCODE_CHUNK_CHARS", 500)
     monkeypatch.setattr(codec, "CACHE_LIMIT", 40)
-    tokenizer = Tokenizer.from_files(*gpt2_files)
-    clears = []
-    clear = tokenizer._clear_cache
-    monkeypatch.setattr(tokenizer, "_clear_cache", lambda: (clears.append(len(tokenizer._cache)), clear()))
+    make = lambda: Tokenizer.from_files(*gpt2_files)  # noqa: E731
+    tokenizer = pure_python(make) if pure else make()
     assert tokenizer.encode(text) == tiktoken_gpt2.encode_ordinary(text)
-    lines = text.splitlines()[:200]
-    assert [tokenizer.encode(line) for line in lines] == tiktoken_gpt2.encode_ordinary_batch(lines)
-    assert len(clears) > 20 and min(clears) > 40
+    sizes = []
+    for line in text.splitlines()[:200]:
+        assert tokenizer.encode(line) == tiktoken_gpt2.encode_ordinary(line)
+        sizes.append(len(tokenizer._encoder))
+    clears = sum(later < earlier for earlier, later in itertools.pairwise(sizes))
+    assert clears > 10 and max(sizes) > 40
 
 
 def test_decode_accepts_numpy_ids(gpt2_tokenizer):
@@ -269,13 +288,13 @@ def test_encode_iterable_without_whitespace_is_exact(gpt2_tokenizer, monkeypatch
 
 
 def test_batch_merger_equals_one_by_one(gpt2_tokenizer, small_tokenizer, fixtures_dir):
-    from gpt25.tokenizer.bpe import BatchMerger
+    from gpt25.tokenizer.bpe import BatchMerger, merge_word
 
     text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8") + " ".join(SAMPLES) + " x" + "y" * 300
     words = sorted(set(pretokenize_for_test(text)))
     for tokenizer in (gpt2_tokenizer, small_tokenizer):
         lengths, ids = BatchMerger(tokenizer._merge_values, tokenizer._byte_ids).merge([word.encode() for word in words])
-        one_by_one = [tokenizer._encode_pretoken(word) for word in words]
+        one_by_one = [merge_word([tokenizer._byte_ids[b] for b in word.encode()], tokenizer._merge_values) for word in words]
         assert lengths.tolist() == [len(word_ids) for word_ids in one_by_one]
         assert ids.tolist() == [token_id for word_ids in one_by_one for token_id in word_ids]
     lengths, ids = BatchMerger(gpt2_tokenizer._merge_values, gpt2_tokenizer._byte_ids).merge([])
@@ -288,29 +307,40 @@ def pretokenize_for_test(text: str) -> list[str]:
     return GPT2_REGEX.findall(text)
 
 
-def test_batched_and_one_by_one_merging_agree(fixtures_dir, gpt2_files, tiktoken_gpt2, monkeypatch):
-    from gpt25.tokenizer import codec
+def test_batched_and_one_by_one_merging_agree(fixtures_dir, gpt2_files, tiktoken_gpt2, monkeypatch, pure_python):
+    """The Python encoder merges many new pre-tokens with numpy, a few one by one: the same ids."""
+    from gpt25.tokenizer import codec, encoder
 
     monkeypatch.setattr(codec, "ENCODE_CHUNK_CHARS", 2_000)
     text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8")
-    batched, one_by_one = (Tokenizer.from_files(*gpt2_files) for _ in range(2))
-    monkeypatch.setattr(codec, "BATCH_MIN_PRETOKENS", 1)
+    batched, one_by_one = (pure_python(lambda: Tokenizer.from_files(*gpt2_files)) for _ in range(2))
+    monkeypatch.setattr(encoder, "BATCH_MIN_PRETOKENS", 1)
     batched_ids = batched.encode(text)
-    monkeypatch.setattr(codec, "BATCH_MIN_PRETOKENS", 10**9)
+    monkeypatch.setattr(encoder, "BATCH_MIN_PRETOKENS", 10**9)
     assert batched_ids == one_by_one.encode(text) == batched.encode(text)
     assert batched_ids == tiktoken_gpt2.encode_ordinary(text)
 
 
-def test_a_failed_merge_leaves_no_empty_cache_entry(gpt2_tokenizer, monkeypatch):
+def test_a_failed_merge_leaves_no_empty_cache_entry(python_gpt2_tokenizer, gpt2_tokenizer, monkeypatch):
     text = "Zyzzyva quixotic flummoxed"
     expected = gpt2_tokenizer.encode(text)
-    gpt2_tokenizer._clear_cache()
+    python_gpt2_tokenizer._encoder.clear()
 
     def fail(pretoken):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gpt2_tokenizer, "_encode_pretoken", fail)
+    monkeypatch.setattr(python_gpt2_tokenizer._encoder, "encode_pretoken", fail)
     with pytest.raises(KeyboardInterrupt):
-        gpt2_tokenizer.encode(text)
+        python_gpt2_tokenizer.encode(text)
     monkeypatch.undo()
-    assert gpt2_tokenizer.encode(text) == expected
+    assert python_gpt2_tokenizer.encode(text) == expected
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["c", "python"])
+def test_lone_surrogates_raise_and_leave_the_cache_whole(gpt2_files, pure_python, pure):
+    """str.encode("utf-8") refuses lone surrogates; so does encoding, and the next call is unharmed."""
+    make = lambda: Tokenizer.from_files(*gpt2_files)  # noqa: E731
+    tokenizer = pure_python(make) if pure else make()
+    with pytest.raises(UnicodeEncodeError, match="surrogates not allowed"):
+        tokenizer.encode("Zyzzyva qu\ud800ixotic flummoxed")
+    assert tokenizer.encode("Zyzzyva quixotic flummoxed") == make().encode("Zyzzyva quixotic flummoxed")

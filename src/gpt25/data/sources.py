@@ -31,6 +31,8 @@ from gpt25.data.hub import check_hf_source, iter_hf_dataset
 
 EOT_TEXT = "<|endoftext|>"
 DOC_SPLITS = ("blank-line", "file")
+JSONL_SUFFIXES = (".jsonl", ".json")
+STRUCTURED_SUFFIXES = (*JSONL_SUFFIXES, ".parquet")  # files of records, not plain text
 DEFAULT_CORPUS_SPEC = "python-docs"
 # Folders of the standard library that hold tests, demos of tests or installed third-party code.
 SKIPPED_STDLIB_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
@@ -126,14 +128,14 @@ def _is_hidden(relative: Path) -> bool:
 def iter_file_documents(path: Path, *, doc_split: str, text_field: str, stats: SourceStats) -> Iterator[str]:
     """Documents of one local file, chosen by its extension (JSONL, Parquet or plain text)."""
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
+    if suffix in JSONL_SUFFIXES:
         return iter_jsonl_documents(path, text_field, stats)
     if suffix == ".parquet":
         return iter_parquet_documents(path, text_field)
     return iter_text_documents(path, doc_split, stats)
 
 
-class _BadLines:
+class SkippedLines:
     """Counts the non-UTF-8 lines of one file; warns for the first few, and sums up at the end."""
 
     def __init__(self, path: Path, stats: SourceStats) -> None:
@@ -145,15 +147,17 @@ class _BadLines:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            self.count += 1
-            self.first = self.first or line_number
-            if self.count <= MAX_WARNINGS_PER_FILE:
-                warnings.warn(
-                    f"{self.path}:{line_number}: skipped a line that is not UTF-8 ({error.reason})",
-                    NonUtf8Warning,
-                    stacklevel=3,
-                )
+            self.record(line_number, error.reason)
             return None
+
+    def record(self, line_number: int, reason: str) -> None:
+        """Count a skipped line (warning for the first MAX_WARNINGS_PER_FILE)."""
+        self.count += 1
+        self.first = self.first or line_number
+        if self.count <= MAX_WARNINGS_PER_FILE:
+            warnings.warn(
+                f"{self.path}:{line_number}: skipped a line that is not UTF-8 ({reason})", NonUtf8Warning, stacklevel=4
+            )
 
     def close(self) -> None:
         self.stats.skipped_lines += self.count
@@ -167,7 +171,7 @@ class _BadLines:
 
 def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]:
     """(line number, line) pairs with newlines normalised to "\\n"; non-UTF-8 lines are skipped with a warning."""
-    bad_lines = _BadLines(path, stats)
+    bad_lines = SkippedLines(path, stats)
     with open(path, "rb") as file:
         for line_number, raw in enumerate(file, start=1):
             line = bad_lines.decode(raw, line_number)
@@ -182,27 +186,55 @@ def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]
 
 
 def iter_utf8_blocks(path: Path, stats: SourceStats) -> Iterator[str]:
-    """The file as str blocks of whole lines: exactly the lines iter_utf8_lines gives, joined.
-
-    Each block is decoded at once; only a block that is not valid UTF-8 is gone through line by line.
-    """
-    bad_lines = _BadLines(path, stats)
+    """The file as str blocks of whole lines: exactly the lines iter_utf8_lines gives, joined."""
+    bad_lines = SkippedLines(path, stats)
     line_number = 1  # of the block's first line
     for block in _line_blocks(path, TEXT_BLOCK_BYTES):
-        try:
-            text = block.decode("utf-8")
-            if line_number == 1:
-                text = text.removeprefix("\ufeff")
-        except UnicodeDecodeError:
-            lines = [bad_lines.decode(line, line_number + index) for index, line in enumerate(_lines(block))]
-            if line_number == 1 and lines[0] is not None:
-                lines[0] = lines[0].removeprefix("\ufeff")
-            text = "".join(line for line in lines if line is not None)
+        text, skipped = decode_text_block(block, at_file_start=line_number == 1)
+        for index, reason in skipped:
+            bad_lines.record(line_number + index, reason)
         line_number += block.count(b"\n")
-        if "\r" in text:
-            text = _CARRIAGE_RETURNS.sub("\n", text) if "\r\r" in text else text.replace("\r\n", "\n")
         yield text
     bad_lines.close()
+
+
+def decode_text_block(block: bytes, at_file_start: bool) -> tuple[str, list[tuple[int, str]]]:
+    """Whole lines of a file as str, as iter_utf8_lines gives them ("\r\n" ends made "\n", a
+    leading BOM dropped at the file's start), and (line index in the block, reason) for each line
+    skipped because it is not UTF-8. The block is decoded at once unless it holds such a line."""
+    skipped: list[tuple[int, str]] = []
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        lines = []
+        for index, line in enumerate(_lines(block)):
+            try:
+                lines.append(line.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                skipped.append((index, error.reason))
+        text = "".join(lines)
+    if at_file_start and not (skipped and skipped[0][0] == 0):
+        text = text.removeprefix("\ufeff")
+    if "\r" in text:
+        text = _CARRIAGE_RETURNS.sub("\n", text) if "\r\r" in text else text.replace("\r\n", "\n")
+    return text, skipped
+
+
+def iter_paragraph_blocks(path: Path, block_bytes: int) -> Iterator[bytes]:
+    """The file's raw bytes in blocks of about block_bytes, each (but the last) ending just after an
+    empty line, so that no paragraph spans two blocks (see text_documents)."""
+    pending: list[bytes] = []  # bytes after the last empty line so far
+    with open(path, "rb") as file:
+        while data := file.read(block_bytes):
+            cut = max((index + len(end) for end in (b"\n\n", b"\n\r\n") if (index := data.rfind(end)) >= 0), default=0)
+            if cut == 0:
+                pending.append(data)
+                continue
+            yield b"".join([*pending, data[:cut]])
+            pending = [data[cut:]]
+    last = b"".join(pending)
+    if last:
+        yield last
 
 
 def _line_blocks(path: Path, block_bytes: int) -> Iterator[bytes]:
@@ -231,16 +263,23 @@ def _lines(block: bytes) -> list[bytes]:
 def iter_text_documents(path: Path, doc_split: str, stats: SourceStats) -> Iterator[str]:
     """Plain text: paragraphs separated by blank (whitespace-only) lines, or the whole file, as documents."""
     if doc_split == "file":
-        yield from _non_empty("".join(iter_utf8_blocks(path, stats)))
+        yield from text_documents("".join(iter_utf8_blocks(path, stats)), doc_split)
         return
     pending = ""  # the start of a paragraph that may go on in the next block
     for text in iter_utf8_blocks(path, stats):
-        paragraphs = _split_at_blank_lines(pending + text, _BLANK_LINE)
-        pending = paragraphs.pop()
-        for paragraph in paragraphs:
-            yield from _non_empty(paragraph)
-    for paragraph in _split_at_blank_lines(pending, _BLANK_LINE_OR_END):
-        yield from _non_empty(paragraph)
+        pieces = _split_at_blank_lines(pending + text, _BLANK_LINE)
+        pending = pieces.pop()
+        for piece in pieces:
+            yield from _non_empty(piece)
+    yield from text_documents(pending, doc_split)
+
+
+def text_documents(text: str, doc_split: str) -> list[str]:
+    """The documents of a whole plain text (a file, or a block of one from iter_paragraph_blocks):
+    its paragraphs, or the text itself for doc_split "file"; blank ones left out."""
+    if doc_split == "file":
+        return list(_non_empty(text))
+    return [document for piece in _split_at_blank_lines(text, _BLANK_LINE_OR_END) for document in _non_empty(piece)]
 
 
 def _split_at_blank_lines(text: str, blank_line: re.Pattern) -> list[str]:

@@ -22,6 +22,14 @@ EMPTY = -1  # key of a free slot in a PairTable (pair keys are >= 0)
 HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: key * this, top bits
 
 
+def merge_values(merge_ids: np.ndarray) -> dict[int, int]:
+    """`left << ID_BITS | right` -> `rank << ID_BITS | merged id` for merges given as (merges, 3)
+    (left, right, merged) ids in rank order; a pair that appears twice keeps its first merge."""
+    keys = merge_ids[:, 0] << ID_BITS | merge_ids[:, 1]
+    values = np.arange(len(merge_ids), dtype=np.int64) << ID_BITS | merge_ids[:, 2]
+    return dict(zip(keys[::-1].tolist(), values[::-1].tolist()))  # reversed: a pair's first merge wins
+
+
 def merge_word(byte_ids: list[int], merge_values: dict[int, int]) -> tuple[int, ...]:
     """Token ids of one pre-token, given the ids of its bytes."""
     ids = list(byte_ids)

@@ -2,149 +2,39 @@
 
 Encoding cuts the text at special tokens (longest first), splits each piece with GPT-2's regex,
 and turns every pre-token into ids by applying merges in rank order, as GPT-2 does (gpt25.tokenizer.bpe).
-Results are cached per pre-token string, which is what makes pure Python fast: 25 MB of English
-has only about 100k distinct pre-tokens, so most of the work is one dict lookup per pre-token (to
-its slot in the cache), the slots become ids with numpy, and the new pre-tokens of each piece of
-text are merged together, with numpy when there are many.
+Results are cached per pre-token string (25 MB of English has only about 100k distinct pre-tokens),
+so most of the work is pre-tokenizing and finding each pre-token in the cache: one C pass where the
+C extension is built, the regex, a dict and numpy where it is not (see gpt25.tokenizer.encoder).
 """
 
 from __future__ import annotations
 
-import gc
-import itertools
+import functools
 import multiprocessing
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 
 from gpt25.tokenizer import io
-from gpt25.tokenizer.bpe import ID_BITS, ID_MASK, BatchMerger, merge_word
+from gpt25.tokenizer.bpe import ID_MASK, merge_values
+from gpt25.tokenizer.encoder import new_encoder
 from gpt25.tokenizer.pretokenize import (
     decode_utf8,
     iter_byte_pieces,
     iter_text_blocks,
     last_safe_cut,
-    only_fast_characters,
-    pretokenize,
     special_token_regex,
     split_at_safe_cuts,
     split_on_specials,
 )
 
 END_OF_TEXT = "<|endoftext|>"
-CACHE_LIMIT = 1_000_000  # distinct pre-tokens kept; the cache is dropped when it grows past this
+CACHE_LIMIT = 1_000_000  # distinct pre-tokens kept; the cache is emptied when it grows past this
 STREAM_CHUNK_CHARS = 1 << 16  # encode_iterable gathers at least this much text per encode() call
 ENCODE_CHUNK_CHARS = 1 << 20  # encode() pre-tokenizes longer texts in pieces of about this size
 FILE_CHUNK_BYTES = 1 << 20  # a pool worker's task when encoding a file: about this many bytes (or characters)
-BATCH_MIN_PRETOKENS = 64  # fewer new pre-tokens than this are merged one by one in Python
-SHORT_TEXT_CHARS = 1024  # encode() turns cache slots into ids in pure Python up to this length
-
-
-class _PretokenCache(dict):
-    """pre-token string -> slot number. The ids of the slots are held twice, each copy a prefix of
-    the filled slots that is brought up to date from the other when it is needed:
-    - numpy, for long texts: slot s holds `ids[starts[s] : starts[s] + lengths[s]]`;
-    - Python, for short texts, where numpy's fixed costs dominate: `python_ids[s]`, an int or a tuple.
-
-    A lookup that misses gives the pre-token the next slot and records it in `pending`; `fill` (numpy
-    results) or `fill_python` (a tuple each) then stores the ids of all pending pre-tokens at once.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reset()
-
-    def __missing__(self, pretoken: str) -> int:
-        slot = self[pretoken] = len(self)
-        self.pending.append(pretoken)
-        return slot
-
-    def reset(self) -> None:
-        self.clear()
-        self.pending: list[str] = []
-        self.numpy_slots = 0  # slots held by the numpy copy
-        self.starts = np.zeros(0, dtype=np.int64)
-        self.lengths = np.zeros(0, dtype=np.int64)
-        self.ids = np.zeros(0, dtype=np.int32)
-        self.num_ids = 0
-        self.python_ids: list[int | tuple[int, ...]] = []
-
-    def fill(self, lengths: np.ndarray, ids: np.ndarray) -> None:
-        """Store the ids of the pending pre-tokens, in order: lengths[i] each, concatenated in `ids`."""
-        self._sync_numpy()
-        self._append_numpy(lengths, ids)
-        self.pending = []
-
-    def fill_python(self, encoded: list[tuple[int, ...]]) -> None:
-        """Store the ids of the pending pre-tokens, in order: a tuple each (into the numpy copy when
-        only that one is up to date: long texts never need the Python copy)."""
-        if len(self.python_ids) < self.numpy_slots:
-            self._append_numpy_tuples(encoded)
-        else:
-            self.python_ids += [ids[0] if len(ids) == 1 else ids for ids in encoded]
-        self.pending = []
-
-    def ids_of(self, slots: np.ndarray) -> np.ndarray:
-        """The ids of `slots`, concatenated (int32)."""
-        self._sync_numpy()
-        lengths = self.lengths[slots]  # (units,)
-        ends = np.cumsum(lengths)  # (units,) end of each unit's ids in the result
-        store_minus_result = np.repeat(self.starts[slots] - (ends - lengths), lengths)  # (ids,)
-        return self.ids[store_minus_result + np.arange(ends[-1] if ends.size else 0)]
-
-    def python_ids_of(self, slots: list[int]) -> list[int]:
-        """The ids of `slots`, concatenated, in pure Python."""
-        self._sync_python()
-        ids: list[int] = []
-        for entry in map(self.python_ids.__getitem__, slots):
-            if entry.__class__ is int:
-                ids.append(entry)
-            else:
-                ids += entry
-        return ids
-
-    def _append_numpy(self, lengths: np.ndarray, ids: np.ndarray) -> None:
-        first_slot, end_slot = self.numpy_slots, self.numpy_slots + len(lengths)
-        self.starts = _grown(self.starts, end_slot)
-        self.lengths = _grown(self.lengths, end_slot)
-        self.ids = _grown(self.ids, self.num_ids + len(ids))
-        self.starts[first_slot:end_slot] = self.num_ids + np.cumsum(lengths) - lengths
-        self.lengths[first_slot:end_slot] = lengths
-        self.ids[self.num_ids : self.num_ids + len(ids)] = ids
-        self.num_ids += len(ids)
-        self.numpy_slots = end_slot
-
-    def _append_numpy_tuples(self, encoded: list[tuple[int, ...]]) -> None:
-        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        self._append_numpy(lengths, np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64))
-
-    def _sync_numpy(self) -> None:
-        """Copy the slots only the Python copy holds into the numpy one."""
-        entries = self.python_ids[self.numpy_slots :]
-        if entries:
-            self._append_numpy_tuples([(entry,) if entry.__class__ is int else entry for entry in entries])
-
-    def _sync_python(self) -> None:
-        """Copy the slots only the numpy copy holds into the Python one (their ids lie end to end)."""
-        first_slot = len(self.python_ids)
-        if first_slot < self.numpy_slots:
-            flat = self.ids[self.starts[first_slot] : self.num_ids].tolist()
-            ends = np.cumsum(self.lengths[first_slot : self.numpy_slots]).tolist()
-            self.python_ids += [
-                flat[end - 1] if end - start == 1 else tuple(flat[start:end]) for start, end in zip([0, *ends], ends)
-            ]
-
-
-def _grown(array: np.ndarray, size: int) -> np.ndarray:
-    """`array` if it holds `size` items, else a copy with room for at least twice as many."""
-    if size <= len(array):
-        return array
-    grown = np.zeros(max(size, 2 * len(array)), dtype=array.dtype)
-    grown[: len(array)] = array
-    return grown
 
 
 class Tokenizer:
@@ -165,12 +55,10 @@ class Tokenizer:
         self._token_to_id = self._build_token_index()
         self._special_ids = {token: self._token_to_id[token.encode("utf-8")] for token in self.special_tokens}
         self._byte_ids = self._build_byte_ids()
-        self._merge_values = self._build_merge_values()
+        self._merge_ids = self._build_merge_ids()
         self._special_regex = special_token_regex(self.special_tokens)
         self._max_special_chars = max((len(token) for token in self.special_tokens), default=0)
-        self._cache = _PretokenCache()
-        self._clear_cache()
-        self._batch_merger: BatchMerger | None = None
+        self._encoder = self._new_encoder()
         self._fingerprint: str | None = None
 
     def _build_token_index(self) -> dict[bytes, int]:
@@ -193,40 +81,37 @@ class Tokenizer:
                              "a byte-level BPE vocab needs all 256")
         return [self._token_to_id[bytes([byte])] for byte in range(256)]
 
-    def _build_merge_values(self) -> dict[int, int]:
-        """left id << ID_BITS | right id -> rank << ID_BITS | merged id (ints: cheaper than tuples)."""
+    def _build_merge_ids(self) -> np.ndarray:
+        """(merges, 3) int64: the left, right and merged id of each merge, in rank order."""
         if len(self.vocab) > ID_MASK:
             raise ValueError(f"vocab too large: at most {ID_MASK} tokens are supported")
         if not self.merges:
-            return {}
+            return np.zeros((0, 3), dtype=np.int64)
         lefts, rights = zip(*self.merges)
         id_lists = [list(map(self._token_to_id.get, tokens)) for tokens in (lefts, rights, map(bytes.__add__, lefts, rights))]
         if any(None in ids for ids in id_lists):
             rank = min(ids.index(None) for ids in id_lists if None in ids)
             left, right = self.merges[rank]
             raise ValueError(f"merge {rank} ({left!r}, {right!r}) uses or makes a token missing from the vocab")
-        left_ids, right_ids, merged_ids = (np.array(ids, dtype=np.int64) for ids in id_lists)
-        keys = left_ids << ID_BITS | right_ids
-        values = np.arange(len(self.merges), dtype=np.int64) << ID_BITS | merged_ids
-        return dict(zip(keys[::-1].tolist(), values[::-1].tolist()))  # reversed: a pair's first merge wins
+        return np.array(id_lists, dtype=np.int64).T
+
+    @functools.cached_property
+    def _merge_values(self) -> dict[int, int]:
+        """The merges as the pure-Python code looks them up (see gpt25.tokenizer.bpe.merge_values)."""
+        return merge_values(self._merge_ids)
+
+    def _new_encoder(self):
+        """A fresh encoder (its cache empty), in C where the extension is built (see gpt25.tokenizer.encoder)."""
+        return new_encoder(self._merge_ids, self._byte_ids, list(self._special_ids.values()))
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_cache"] = None
-        state["_batch_merger"] = None
+        state["_encoder"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._cache = _PretokenCache()
-        self._clear_cache()
-
-    def _clear_cache(self) -> None:
-        """Empty the cache but for the special tokens, which map to their ids."""
-        self._cache.reset()
-        for special in self._special_ids:
-            self._cache.__missing__(special)  # gives the special a slot, pending until the fill below
-        self._cache.fill_python([(token_id,) for token_id in self._special_ids.values()])
+        self._encoder = self._new_encoder()
 
     # ---- construction from files -------------------------------------------------------------
 
@@ -292,60 +177,43 @@ class Tokenizer:
 
     # ---- encoding ----------------------------------------------------------------------------
 
-    def _encode_pretoken(self, pretoken: str) -> tuple[int, ...]:
-        return merge_word([self._byte_ids[byte] for byte in pretoken.encode("utf-8")], self._merge_values)
+    def _ids(self, parts: list[str | int]) -> np.ndarray:
+        """The ids (int32) of parts: text without special tokens (str) and token ids (int)."""
+        if len(self._encoder) > CACHE_LIMIT:
+            self._encoder.clear()
+        return np.frombuffer(self._encoder.encode(parts), dtype=np.int32)
 
-    def _fill_pending(self) -> None:
-        """Store the ids of the pre-tokens that lookups missed: merged with numpy when there are many."""
-        pending = self._cache.pending
-        if len(pending) >= BATCH_MIN_PRETOKENS:
-            if self._batch_merger is None:
-                self._batch_merger = BatchMerger(self._merge_values, self._byte_ids)
-            self._cache.fill(*self._batch_merger.merge([pretoken.encode("utf-8") for pretoken in pending]))
-        else:
-            self._cache.fill_python(list(map(self._encode_pretoken, pending)))
-
-    def _slots(self, units: list[str], as_array: bool = True) -> np.ndarray | list[int]:
-        """The cache slots of the units; the new pre-tokens among them are encoded together."""
-        if len(self._cache) > CACHE_LIMIT:
-            self._clear_cache()
-        try:
-            slots = map(self._cache.__getitem__, units)
-            slots = np.fromiter(slots, dtype=np.int64, count=len(units)) if as_array else list(slots)
-            if self._cache.pending:
-                self._fill_pending()
-        except BaseException:
-            self._clear_cache()  # no slot without ids may outlive a failed fill
-            raise
-        return slots
-
-    def _unit_lists(self, texts: Iterable[str], separator: str | None = None) -> Iterator[list[str]]:
-        """The units of about ENCODE_CHUNK_CHARS of text at a time, `separator` after each text.
-
-        Units are the pre-tokens, and each special token whole: the cache maps a special to its id
-        (no pre-token can equal a special, since specials are cut out of the text first).
-        """
-        special_regex = self._special_regex
-        units: list[str] = []
-        num_chars = 0
+    def _part_lists(self, texts: Iterable[str], separator: str | None = None) -> Iterator[list[str | int]]:
+        """The texts as parts for the encoder, about ENCODE_CHUNK_CHARS of text at a time: the text
+        between special tokens (str) and the id of each special token (int), with `separator`'s id
+        after each text when one is given."""
+        special_regex, special_ids = self._special_regex, self._special_ids
+        separator_id = None if separator is None else special_ids[separator]
         for group in _text_groups(texts, ENCODE_CHUNK_CHARS):
-            joined = "".join(group)  # these searches cost about as much per call as per character: once per group
-            has_specials = special_regex is not None and special_regex.search(joined) is not None
-            fast_characters_only = len(group) > 1 and only_fast_characters(joined)  # a long text is checked piece by piece
+            has_specials = special_regex is not None and special_regex.search("".join(group)) is not None  # once per group
+            if not has_specials and max(map(len, group)) <= ENCODE_CHUNK_CHARS:  # the common case, without a loop
+                if separator_id is None:
+                    yield group
+                    continue
+                parts: list[str | int] = [separator_id] * (2 * len(group))
+                parts[::2] = group
+                yield parts
+                continue
+            parts, num_chars = [], 0
             for text in group:
                 for piece, is_special in self._text_pieces(text, has_specials):
                     if is_special:
-                        units.append(piece)
+                        parts.append(special_ids[piece])
                         continue
-                    units += pretokenize(piece, fast_characters_only)
+                    parts.append(piece)
                     num_chars += len(piece)
                     if num_chars >= ENCODE_CHUNK_CHARS:
-                        yield units
-                        units, num_chars = [], 0
-                if separator is not None:
-                    units.append(separator)
-        if units:
-            yield units
+                        yield parts
+                        parts, num_chars = [], 0
+                if separator_id is not None:
+                    parts.append(separator_id)
+            if parts:
+                yield parts
 
     def _text_pieces(self, text: str, has_specials: bool) -> Iterator[tuple[str, bool]]:
         """(piece, is_special): the special tokens of `text` whole, the text between them in
@@ -360,18 +228,12 @@ class Tokenizer:
 
     def _ids_array(self, texts: Iterable[str], separator: str | None = None) -> np.ndarray:
         """The ids of `texts` (int32), each text followed by the special token `separator` when one is given."""
-        pieces: list[np.ndarray] = []
-        with _garbage_collection_paused():
-            for units in self._unit_lists(texts, separator):
-                pieces.append(self._cache.ids_of(self._slots(units)))
+        pieces = [self._ids(parts) for parts in self._part_lists(texts, separator)]
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
 
     def encode(self, text: str) -> list[int]:
         """Encode `text`; registered special tokens in it become their own ids."""
-        if len(text) > SHORT_TEXT_CHARS:
-            return self._ids_array((text,)).tolist()
-        units = list(itertools.chain.from_iterable(self._unit_lists((text,))))
-        return self._cache.python_ids_of(self._slots(units, as_array=False))
+        return self._ids_array((text,)).tolist()
 
     def encode_documents(self, texts: Iterable[str], dtype: np.dtype | type = np.uint32) -> np.ndarray:
         """encode(text) + [eot_id] for every text, concatenated into one array of `dtype`."""
@@ -479,19 +341,6 @@ def _text_groups(texts: Iterable[str], min_chars: int) -> Iterator[list[str]]:
             group, num_chars = [], 0
     if group:
         yield group
-
-
-@contextmanager
-def _garbage_collection_paused() -> Iterator[None]:
-    """Pause the cyclic GC: cache misses allocate lists and tuples, and each young-generation pass
-    would walk the whole (young, huge) list of pre-tokens again; this code makes no cycles."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 _WORKER_TOKENIZER: Tokenizer | None = None

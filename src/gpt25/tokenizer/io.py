@@ -95,15 +95,15 @@ def printables_to_bytes(texts: list[str], where: str) -> list[bytes]:
 
 def compute_fingerprint(vocab: Vocab, merges: Merges, special_tokens: list[str]) -> str:
     """sha256 hex of the vocab (in id order), merges (in rank order) and special tokens."""
-    digest = hashlib.sha256(f"{FORMAT_NAME}\n".encode())
-    for token_id in range(len(vocab)):
-        digest.update(b"v%d:" % len(vocab[token_id]) + vocab[token_id])
-    for left, right in merges:
-        digest.update(b"m%d:" % len(left) + left + b"%d:" % len(right) + right)
-    for special in special_tokens:
-        encoded = special.encode("utf-8")
-        digest.update(b"s%d:" % len(encoded) + encoded)
-    return digest.hexdigest()
+    tokens = map(vocab.__getitem__, range(len(vocab)))
+    specials = [special.encode("utf-8") for special in special_tokens]
+    parts = itertools.chain(
+        [f"{FORMAT_NAME}\n".encode()],
+        (b"v%d:%b" % (len(token), token) for token in tokens),
+        (b"m%d:%b%d:%b" % (len(left), left, len(right), right) for left, right in merges),
+        (b"s%d:%b" % (len(special), special) for special in specials),
+    )
+    return hashlib.sha256(b"".join(parts)).hexdigest()  # one update: the same digest as one per part
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -8,6 +8,7 @@ cross a pre-token, so they never cross a special token or document boundary eith
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,23 +41,27 @@ def _fast_class(property_regex: str) -> str:
     return "".join(re.escape(chr(low)) + ("-" + re.escape(chr(high)) if high > low else "") for low, high in spans)
 
 
-_SPACE, _LETTER, _NUMBER = _fast_class(r"\s"), _fast_class(r"\p{L}"), _fast_class(r"\p{N}")
-FAST_GPT2_REGEX = re.compile(
-    rf"'(?:[sdmt]|ll|ve|re)| ?[{_LETTER}]+| ?[{_NUMBER}]+| ?[^{_SPACE}{_LETTER}{_NUMBER}]+"
-    rf"|[{_SPACE}]+(?![^{_SPACE}])|[{_SPACE}]+"
-)
+@functools.cache
+def fast_gpt2_regex() -> re.Pattern:
+    """GPT2_PATTERN for the `re` engine, exact on _FAST_RANGES (built on first use: about 50 ms)."""
+    space, letter, number = _fast_class(r"\s"), _fast_class(r"\p{L}"), _fast_class(r"\p{N}")
+    return re.compile(
+        rf"'(?:[sdmt]|ll|ve|re)| ?[{letter}]+| ?[{number}]+| ?[^{space}{letter}{number}]+"
+        rf"|[{space}]+(?![^{space}])|[{space}]+"
+    )
+
+
 _OTHER_RUN = re.compile("[^" + "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in _FAST_RANGES) + "]+")
 
 
-def _other_code_units() -> np.ndarray:
+@functools.cache
+def _is_other_utf16() -> np.ndarray:
     """(65536,) bool: whether a UTF-16 code unit lies outside _FAST_RANGES (surrogates do)."""
     is_other = np.ones(1 << 16, dtype=bool)
     for low, high in _FAST_RANGES:
         is_other[low : high + 1] = False
     return is_other
 
-
-_IS_OTHER_UTF16 = _other_code_units()
 
 # A non-space followed by a space: no pre-token spans this point (no pattern has a look-behind, and
 # none continues from a non-space into a space), so text may be cut here without changing the split.
@@ -68,12 +73,13 @@ _NEXT_SAFE_BYTE_CUT = re.compile(rb"[\x21-\x7e](?=[\t\n\x0b\x0c\r ])")  # the sa
 def pretokenize(text: str, fast_characters_only: bool = False) -> list[str]:
     """GPT-2's pre-tokens of `text` (no special-token handling): GPT2_REGEX.findall(text), faster.
 
-    Text goes to FAST_GPT2_REGEX, except that each run of characters outside _FAST_RANGES is
+    Text goes to fast_gpt2_regex(), except that each run of characters outside _FAST_RANGES is
     widened to the nearest safe cuts on both sides (see last_safe_cut) and that stretch goes to `regex`.
     `fast_characters_only=True` skips that search: the caller knows there are no such characters.
     """
+    fast_regex = fast_gpt2_regex()
     if fast_characters_only or only_fast_characters(text):
-        return FAST_GPT2_REGEX.findall(text)
+        return fast_regex.findall(text)
     pretokens: list[str] = []
     position = 0  # text[:position] is done, and position is a safe cut
     for run in _OTHER_RUN.finditer(text):
@@ -85,12 +91,12 @@ def pretokenize(text: str, fast_characters_only: bool = False) -> list[str]:
             cut = _LAST_SAFE_CUT.search(text, position, start + 1)
             if cut is not None:
                 left = cut.end()
-                pretokens += FAST_GPT2_REGEX.findall(text, position, left)
+                pretokens += fast_regex.findall(text, position, left)
         cut = _NEXT_SAFE_CUT.search(text, end - 1)
         position = len(text) if cut is None else cut.end()
         pretokens += GPT2_REGEX.findall(text, left, position)
     if position < len(text):
-        pretokens += FAST_GPT2_REGEX.findall(text, position)
+        pretokens += fast_regex.findall(text, position)
     return pretokens
 
 
@@ -100,7 +106,7 @@ def only_fast_characters(text: str) -> bool:
     if text.isascii():
         return True
     code_units = np.frombuffer(text.encode("utf-16-le", "surrogatepass"), dtype=np.uint16)
-    return not _IS_OTHER_UTF16[code_units].any()
+    return not _is_other_utf16()[code_units].any()
 
 
 def special_token_regex(special_tokens: list[str]) -> regex.Pattern | None:
