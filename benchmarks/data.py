@@ -5,6 +5,8 @@ One run, one table (figure, peer figure, ratio):
   tokenizer, 1 worker and `--workers` workers (target: 2 workers >= 1.8x one), beside tiktoken
   (an Encoding with the same GPT-2 vocab/merges, built offline by Tokenizer.to_tiktoken) encoding
   the same documents with 1 and `--workers` threads; the token counts must agree exactly;
+- the same on a larger input, the corpus listed `--large-copies` times (default 8, about 200 MB):
+  the fixed costs (loading the tokenizer, starting the pool) weigh little there, as on real corpora;
 - the machine's own scaling: one pure-Python loop run in 1 process, then split over `--workers`
   forked processes (the best any process-parallel Python code can do on these cores);
 - ShardLoader batches/s for batch 32 x context 1024 on those shards, beside the batches/s the
@@ -51,6 +53,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--gpu-tflops", type=float, default=400.0, help="assumed sustained model FLOP/s per GPU, in TFLOP/s"
+    )
+    parser.add_argument(
+        "--large-copies", type=int, default=8, help="copies of the corpus in the larger-input rows (0: skip them)"
     )
     return parser.parse_args()
 
@@ -159,6 +164,7 @@ def main() -> None:
 
     serial, parallel, tik_serial, tik_parallel = Timing(), Timing(), Timing(), Timing()
     machine_serial, machine_parallel = Timing(), Timing()
+    large_serial, large_parallel = Timing(), Timing()
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         tokenizer.save(scratch / "tokenizer")
@@ -172,6 +178,10 @@ def main() -> None:
             tik_parallel.keep_best(seconds, seconds)
             time_machine(1, machine_serial)
             time_machine(args.workers, machine_parallel)
+            if args.large_copies:
+                large_files = files * args.large_copies
+                time_prepare(large_files, scratch / "tokenizer", scratch / "large", 1, large_serial)
+                time_prepare(large_files, scratch / "tokenizer", scratch / "large", args.workers, large_parallel)
         our_tokens = sum(manifest["splits"][s]["tokens"] for s in ("train", "val")) - len(documents)  # minus EOTs
         loader_rate = loader_batches_per_second(
             scratch / "one", args.batch_size, args.context_length, args.loader_batches
@@ -206,6 +216,7 @@ def main() -> None:
             workers,
         ),
         ("tokens (ours, EOTs excluded)", our_tokens, "tokens (tiktoken)", tik_tokens),
+        *large_rows(args.large_copies, megabytes, workers, large_serial, large_parallel),
         (
             f"ShardLoader batches/s ({args.batch_size}x{args.context_length}, CPU)",
             loader_rate,
@@ -220,6 +231,17 @@ def main() -> None:
         f"prepare / tiktoken: fastest of {args.repeats} alternating runs; CPU-bound bound = {workers} x CPU s (1 worker) / CPU s ({workers} workers, all processes)\n"
     )
     print_table(rows)
+
+
+def large_rows(copies: int, megabytes: float, workers: int, serial: Timing, parallel: Timing) -> list[tuple]:
+    """The larger-input rows: MB/s with 1 and `workers` workers, and the scaling, on `copies` copies of the corpus."""
+    if not copies:
+        return []
+    total = copies * megabytes
+    return [
+        (f"prepare MB/s, {total:.0f} MB ({copies} copies), {workers} workers", total / parallel.wall,
+         "same, 1 worker", total / serial.wall),
+    ]
 
 
 def print_table(rows: list[tuple[str, float, str, float]]) -> None:

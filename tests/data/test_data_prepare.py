@@ -228,3 +228,61 @@ def test_document_lengths_even_with_end_of_text_inside_a_document(tokenizer: Tok
     assert tokens.tolist() == [token for ids in expected for token in ids]
     lengths, _ = encode_documents(tokenizer, texts[:1] + texts[2:], np.dtype("<u2"))  # the fast path
     assert lengths.tolist() == [len(expected[0]), 1, len(expected[3])]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_damage_is_rebuilt_from_many_small_tasks(
+    tmp_path: Path, prepared: tuple[Path, list[str]], tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """A resumed run tokenizes in-process until it passes the finished shards, then in the workers."""
+    from gpt25.data import prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 1_000)  # about 50 raw blocks
+    source = prepared[0].parent / "source.txt"
+    run_prepare(source, tokenizer_dir, tmp_path / "out", workers=workers)
+    assert shard_checksums(tmp_path / "out") == shard_checksums(prepared[0])
+    for name in ("train_000020.bin", "val_000001.bin"):
+        damaged = tmp_path / "out" / name
+        damaged.write_bytes(damaged.read_bytes()[:-10])
+    manifest = run_prepare(source, tokenizer_dir, tmp_path / "out", workers=workers)
+    assert shard_checksums(tmp_path / "out") == shard_checksums(prepared[0])
+    assert 0 < manifest["last_run"]["documents_tokenized"] < 400
+
+
+RAGGED_TEXT = (
+    "\ufefffirst para\r\nline two\r\n\r\n\r\nsecond \xe9 para\r\n   \r\nthird\n\n\n\n  indented\n \t\n"
+    "fourth\r\n\r\nlast line without newline"
+)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 5, 16, 1 << 20])
+def test_raw_blocks_give_the_documents_that_iter_documents_gives(tmp_path: Path, block_bytes: int) -> None:
+    """Blocks end only after an empty line (also "\\r\\n" ones); workers decode and split them alone."""
+    from gpt25.data.sources import SourceStats, decode_text_block, iter_documents, iter_paragraph_blocks, text_documents
+
+    path = tmp_path / "ragged.txt"
+    path.write_bytes(RAGGED_TEXT.encode() + b"\n\nbad \xff line\nafter bad\n\nend\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonUtf8Warning)
+        expected = list(iter_documents([str(path)], stats=SourceStats()))
+    blocks = list(iter_paragraph_blocks(path, block_bytes))
+    assert b"".join(blocks) == path.read_bytes()
+    documents = [doc for i, block in enumerate(blocks) for doc in text_documents(decode_text_block(block, i == 0)[0], "blank-line")]
+    assert documents == expected and len(expected) == 8
+
+
+def test_skipped_lines_are_numbered_across_raw_blocks(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpt25.data import prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 8)
+    source = tmp_path / "mixed.txt"
+    source.write_bytes(b"one\n\ntwo\nbad \xff\n\nthree\n\n\xfe\n" + b"four\n\n" * 3 + b"\xc3(\n")
+    for workers in (1, 2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            manifest = run_prepare(source, tokenizer_dir, tmp_path / f"out{workers}", val_fraction=0.0, workers=workers)
+        messages = [str(w.message) for w in caught if w.category is NonUtf8Warning]
+        assert [message.split(": skipped")[0] for message in messages] == [f"{source}:{n}" for n in (4, 8, 15)]
+        assert manifest["source"]["skipped_lines"] == 3 and manifest["source"]["documents"] == 6

@@ -57,6 +57,15 @@ def test_info(trained_dir, capsys):
     assert code == 0
     assert "vocab size:     400" in out and "'<|endoftext|>' = 256" in out
     assert out.count(" bytes ") == 3
+    from gpt25.tokenizer.table import use_c_extension
+
+    assert ("encoder:        C extension" in out) == use_c_extension()
+
+
+def test_info_names_the_pure_python_encoder(trained_dir, capsys, monkeypatch):
+    monkeypatch.setenv("GPT25_PURE_PYTHON", "1")
+    _, out, _ = run_main(["tokenizer", "info", str(trained_dir)], capsys)
+    assert "encoder:        pure Python" in out
 
 
 def test_existing_output_needs_force(trained_dir, fixtures_dir, tmp_path, capsys):

@@ -142,6 +142,7 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"merges:         {len(tokenizer.merges)}")
     print(f"special tokens: {', '.join(f'{token!r} = {tokenizer.token_id(token)}' for token in tokenizer.special_tokens) or 'none'}")
     print(f"fingerprint:    {tokenizer.fingerprint()}")
+    print(f"encoder:        {tokenizer.encoder_kind}")
     specials = {token.encode("utf-8") for token in tokenizer.special_tokens}
     regular = [(token_id, token) for token_id, token in tokenizer.vocab.items() if token not in specials]
     longest = sorted(regular, key=lambda item: (-len(item[1]), item[0]))[: max(args.longest, 0)]

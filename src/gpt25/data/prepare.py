@@ -4,9 +4,8 @@ The pipeline streams: the main process cuts the sources into tasks of about half
 processes hash and tokenize each task (at most a few in flight, results taken back in order), and
 each split's tokens go straight into the shard file being written. Memory stays bounded by the task
 size, never by the corpus. For plain-text files a task is a raw block of bytes that ends at an empty
-line, and the worker decodes it and splits it into documents: the main process only reads bytes, so
-a second worker nearly doubles the speed. Other sources (JSONL, Parquet, Hugging Face, python-docs)
-are read into documents by the main process.
+line, and the worker decodes it and splits it into documents: the main process only reads bytes.
+Other sources (JSONL, Parquet, Hugging Face, python-docs) are read into documents by the main process.
 
 Train/val assignment depends only on a document's text, through a 64-bit BLAKE2b hash ``h``:
 - ``--val-fraction F``: the document is validation when ``h < F * 2**64`` (one pass);
@@ -353,8 +352,7 @@ class _BatchSettings:
 @dataclass
 class _Task:
     """One worker task: consecutive source documents, either read by the main process (`texts`) or
-    as a raw block of a plain-text file that the worker decodes and splits itself (`block`): then the
-    main process only reads bytes, and 2 workers get close to twice the work of one done."""
+    as a raw block of a plain-text file that the worker decodes and splits itself (`block`)."""
 
     settings: _BatchSettings
     texts: list[str] | None = None

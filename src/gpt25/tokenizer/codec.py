@@ -19,7 +19,7 @@ import numpy as np
 
 from gpt25.tokenizer import io
 from gpt25.tokenizer.bpe import ID_MASK, merge_values
-from gpt25.tokenizer.encoder import new_encoder
+from gpt25.tokenizer.encoder import PythonEncoder, new_encoder
 from gpt25.tokenizer.pretokenize import (
     decode_utf8,
     iter_byte_pieces,
@@ -154,6 +154,13 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
+
+    @property
+    def encoder_kind(self) -> str:
+        """Which encoder runs: the C extension, or pure Python (no C compiler at install, or GPT25_PURE_PYTHON=1)."""
+        if isinstance(self._encoder, PythonEncoder):
+            return "pure Python (the C extension gpt25.tokenizer._pretokens is not built or GPT25_PURE_PYTHON is set)"
+        return "C extension (gpt25.tokenizer._pretokens)"
 
     def token_id(self, special: str) -> int:
         """The id of a registered special token."""

@@ -11,6 +11,8 @@ Two implementations with the same methods:
 Methods: `scan(parts)` (str parts are pre-tokenized, int parts are slots passed through) returns the
 slots as int32 in a buffer; `slot(unit)` gives a whole string a slot (special tokens);
 `take_pending()` returns the pre-tokens added since the last call in slot order; `clear()`; `len()`.
+Training counts pre-tokens with these tables; the C table made with merges is also the C encoder
+(gpt25.tokenizer.encoder).
 """
 
 from __future__ import annotations
