@@ -23,7 +23,7 @@ import re
 import sys
 import sysconfig
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,26 +223,25 @@ def decode_text_block(block: bytes, at_file_start: bool) -> tuple[str, list[tupl
 def iter_paragraph_blocks(path: Path, block_bytes: int) -> Iterator[bytes]:
     """The file's raw bytes in blocks of about block_bytes, each (but the last) ending just after an
     empty line, so that no paragraph spans two blocks (see text_documents)."""
-    pending: list[bytes] = []  # bytes after the last empty line so far
-    with open(path, "rb") as file:
-        while data := file.read(block_bytes):
-            cut = max((index + len(end) for end in (b"\n\n", b"\n\r\n") if (index := data.rfind(end)) >= 0), default=0)
-            if cut == 0:
-                pending.append(data)
-                continue
-            yield b"".join([*pending, data[:cut]])
-            pending = [data[cut:]]
-    last = b"".join(pending)
-    if last:
-        yield last
+    return _cut_blocks(path, block_bytes, _end_of_last_empty_line)
+
+
+def _end_of_last_empty_line(data: bytes) -> int:
+    return max((index + len(end) for end in (b"\n\n", b"\n\r\n") if (index := data.rfind(end)) >= 0), default=0)
 
 
 def _line_blocks(path: Path, block_bytes: int) -> Iterator[bytes]:
     """The file's bytes in blocks of about block_bytes that end with a "\\n" (but for the last)."""
-    pending: list[bytes] = []  # a line that has not ended yet
+    return _cut_blocks(path, block_bytes, lambda data: data.rfind(b"\n") + 1)
+
+
+def _cut_blocks(path: Path, block_bytes: int, cut_point: Callable[[bytes], int]) -> Iterator[bytes]:
+    """The file's bytes in blocks of about block_bytes, each (but the last) ending at the cut point of
+    the last read (cut_point(data): the end of the block in data, 0 when data has none)."""
+    pending: list[bytes] = []  # bytes after the last cut point so far
     with open(path, "rb") as file:
         while data := file.read(block_bytes):
-            cut = data.rfind(b"\n") + 1
+            cut = cut_point(data)
             if cut == 0:
                 pending.append(data)
                 continue

@@ -366,32 +366,22 @@ static inline __attribute__((always_inline)) int32_t lookup(Table *self, PyObjec
     return (int32_t)(self->num_slots - 1);
 }
 
-/* Writes the slots of text's pre-tokens to out; returns how many, or -1 with an exception set. */
-static inline __attribute__((always_inline)) Py_ssize_t scan_kind(Table *self, PyObject *text, int kind,
-                                                                  const void *data, Py_ssize_t length,
-                                                                  int32_t *out) {
+/* Writes to out the slot of each of text's pre-tokens (encoding = 0) or their token ids (encoding = 1,
+   a table with merges); returns how many values, or -1 with an exception set. */
+static inline __attribute__((always_inline)) Py_ssize_t run_kind(Table *self, PyObject *text, int kind,
+                                                                 const void *data, Py_ssize_t length, int32_t *out,
+                                                                 int encoding) {
     Py_ssize_t count = 0;
     Py_ssize_t start = 0;
     while (start < length) {
         Py_ssize_t end = pretoken_end(self->classes, kind, data, start, length);
         int32_t slot = lookup(self, text, kind, data, start, end);
         if (slot < 0) return -1;
-        out[count++] = slot;
         start = end;
-    }
-    return count;
-}
-
-/* Writes the token ids of text to out (a table with merges); returns how many, or -1 with an exception set. */
-static inline __attribute__((always_inline)) Py_ssize_t encode_kind(Table *self, PyObject *text, int kind,
-                                                                    const void *data, Py_ssize_t length,
-                                                                    int32_t *out) {
-    Py_ssize_t count = 0;
-    Py_ssize_t start = 0;
-    while (start < length) {
-        Py_ssize_t end = pretoken_end(self->classes, kind, data, start, length);
-        int32_t slot = lookup(self, text, kind, data, start, end);
-        if (slot < 0) return -1;
+        if (!encoding) {
+            out[count++] = slot;
+            continue;
+        }
         const int32_t *ids = self->ids + self->id_starts[slot];
         int32_t num_ids = self->id_lengths[slot];
         if (num_ids == 1) {
@@ -400,34 +390,24 @@ static inline __attribute__((always_inline)) Py_ssize_t encode_kind(Table *self,
             memcpy(out + count, ids, num_ids * sizeof(int32_t));
             count += num_ids;
         }
-        start = end;
     }
     return count;
 }
 
-static Py_ssize_t encode_text(Table *self, PyObject *text, int32_t *out) {
+/* run_kind, compiled for each string kind and mode. */
+static Py_ssize_t run_text(Table *self, PyObject *text, int32_t *out, int encoding) {
     Py_ssize_t length = PyUnicode_GET_LENGTH(text);
     const void *data = PyUnicode_DATA(text);
     switch (PyUnicode_KIND(text)) {
         case PyUnicode_1BYTE_KIND:
-            return encode_kind(self, text, PyUnicode_1BYTE_KIND, data, length, out);
+            return encoding ? run_kind(self, text, PyUnicode_1BYTE_KIND, data, length, out, 1)
+                            : run_kind(self, text, PyUnicode_1BYTE_KIND, data, length, out, 0);
         case PyUnicode_2BYTE_KIND:
-            return encode_kind(self, text, PyUnicode_2BYTE_KIND, data, length, out);
+            return encoding ? run_kind(self, text, PyUnicode_2BYTE_KIND, data, length, out, 1)
+                            : run_kind(self, text, PyUnicode_2BYTE_KIND, data, length, out, 0);
         default:
-            return encode_kind(self, text, PyUnicode_4BYTE_KIND, data, length, out);
-    }
-}
-
-static Py_ssize_t scan_text(Table *self, PyObject *text, int32_t *out) {
-    Py_ssize_t length = PyUnicode_GET_LENGTH(text);
-    const void *data = PyUnicode_DATA(text);
-    switch (PyUnicode_KIND(text)) {
-        case PyUnicode_1BYTE_KIND:
-            return scan_kind(self, text, PyUnicode_1BYTE_KIND, data, length, out);
-        case PyUnicode_2BYTE_KIND:
-            return scan_kind(self, text, PyUnicode_2BYTE_KIND, data, length, out);
-        default:
-            return scan_kind(self, text, PyUnicode_4BYTE_KIND, data, length, out);
+            return encoding ? run_kind(self, text, PyUnicode_4BYTE_KIND, data, length, out, 1)
+                            : run_kind(self, text, PyUnicode_4BYTE_KIND, data, length, out, 0);
     }
 }
 
@@ -482,7 +462,7 @@ static PyObject *run_parts(Table *self, PyObject *parts, int encoding) {
             out[count++] = (int32_t)value;
             continue;
         }
-        Py_ssize_t written = encoding ? encode_text(self, part, out + count) : scan_text(self, part, out + count);
+        Py_ssize_t written = run_text(self, part, out + count, encoding);
         if (written < 0) {
             Py_DECREF(result);
             return NULL;
