@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gpt25.data import load_split, read_manifest
 from gpt25.data.parallel import encode_documents
@@ -269,6 +271,24 @@ def test_raw_blocks_give_the_documents_that_iter_documents_gives(tmp_path: Path,
     assert b"".join(blocks) == path.read_bytes()
     documents = [doc for i, block in enumerate(blocks) for doc in text_documents(decode_text_block(block, i == 0)[0], "blank-line")]
     assert documents == expected and len(expected) == 8
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    pieces=st.lists(st.sampled_from([b"a", b"b c", b" ", b"\t", b"\n", b"\r\n", b"\r", b"\xef\xbb\xbf", b"\xff", b"\xc3\xa9"]), max_size=40),
+    block_bytes=st.integers(1, 12),
+)
+def test_raw_blocks_equal_iter_documents_on_any_bytes(tmp_path: Path, pieces: list[bytes], block_bytes: int) -> None:
+    from gpt25.data.sources import SourceStats, decode_text_block, iter_documents, iter_paragraph_blocks, text_documents
+
+    path = tmp_path / "any.txt"
+    path.write_bytes(b"".join(pieces))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonUtf8Warning)
+        expected = list(iter_documents([str(path)], stats=SourceStats()))
+    blocks = list(iter_paragraph_blocks(path, block_bytes))
+    documents = [doc for i, block in enumerate(blocks) for doc in text_documents(decode_text_block(block, i == 0)[0], "blank-line")]
+    assert documents == expected
 
 
 def test_skipped_lines_are_numbered_across_raw_blocks(
