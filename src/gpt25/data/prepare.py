@@ -61,6 +61,7 @@ from gpt25.data.sources import (
     source_signature,
     text_documents,
 )
+from gpt25.tokenizer.codec import text_groups
 
 DEFAULT_VAL_FRACTION = 0.01
 BATCH_CHARS = 1 << 19  # text per worker task: large enough to amortise IPC, small enough to stay ordered
@@ -316,7 +317,7 @@ def _run(
     ) as bar:
         try:
             for task, encoded in _encoded_in_order(tasks, config.workers, tokenizer, counters, caught_up_at):
-                skipped_lines.report(task, encoded.skipped_lines)
+                skipped_lines.report(task, encoded)
                 _write_batch(encoded, writers, counters["documents"])
                 counters["documents"] += encoded.num_documents
                 counters["bytes"] += encoded.num_bytes
@@ -362,12 +363,13 @@ class _Task:
     doc_split: str = "blank-line"  # how `block` splits into documents
     first_doc_index: int | None = None  # the number of the first document, given only while resuming
 
-    def documents(self) -> tuple[list[str], list[tuple[int, str]]]:
-        """(the documents, (line index in the block, reason) of each line skipped as not UTF-8)."""
+    def documents(self) -> tuple[list[str], list[tuple[int, str]], int]:
+        """(the documents, (line index in the block, reason) of each line skipped as not UTF-8, the
+        number of lines in the block)."""
         if self.block is None:
-            return self.texts, []
+            return self.texts, [], 0
         text, skipped = decode_text_block(self.block, self.at_file_start)
-        return text_documents(text, self.doc_split), skipped
+        return text_documents(text, self.doc_split), skipped, self.block.count(b"\n")
 
 
 @dataclass
@@ -381,6 +383,7 @@ class _EncodedBatch:
     num_bytes: int  # UTF-8 bytes of every document of the task
     num_documents: int  # documents in the task, kept or not
     skipped_lines: list[tuple[int, str]]  # lines of a raw block skipped as not UTF-8
+    num_lines: int  # lines of a raw block (counted by the worker)
 
 
 def _tasks(config: PrepareConfig, settings: _BatchSettings, stats: SourceStats) -> Iterator[_Task]:
@@ -403,16 +406,7 @@ def _tasks(config: PrepareConfig, settings: _BatchSettings, stats: SourceStats) 
 
 def _document_tasks(documents: Iterator[str], settings: _BatchSettings) -> Iterator[_Task]:
     """Documents grouped into tasks of about BATCH_CHARS characters."""
-    texts: list[str] = []
-    num_chars = 0
-    for text in documents:
-        texts.append(text)
-        num_chars += len(text)
-        if num_chars >= BATCH_CHARS:
-            yield _Task(settings, texts=texts)
-            texts, num_chars = [], 0
-    if texts:
-        yield _Task(settings, texts=texts)
+    return (_Task(settings, texts=texts) for texts in text_groups(documents, BATCH_CHARS))
 
 
 def _encoded_in_order(
@@ -433,7 +427,7 @@ def _encoded_in_order(
 
 def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
     """Assign each document its split, drop those already in that split's finished shards, tokenize the rest."""
-    texts, skipped_lines = task.documents()
+    texts, skipped_lines, num_lines = task.documents()
     settings = task.settings
     data = [text.encode("utf-8") for text in texts]
     is_val = np.fromiter((_hash_utf8(item) <= settings.val_threshold for item in data), dtype=bool, count=len(data))
@@ -449,7 +443,7 @@ def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
     lengths, tokens = encode_documents(tokenizer, kept_texts, settings.dtype)
     if offsets[keep].any():
         lengths, tokens = _drop_leading_tokens(lengths, tokens, offsets[keep])
-    return _EncodedBatch(keep, is_val[keep], lengths, tokens, sum(map(len, data)), len(data), skipped_lines)
+    return _EncodedBatch(keep, is_val[keep], lengths, tokens, sum(map(len, data)), len(data), skipped_lines, num_lines)
 
 
 class _SkippedLinesByFile:
@@ -459,13 +453,13 @@ class _SkippedLinesByFile:
         self.stats = stats
         self.files: dict[str, tuple[SkippedLines, int]] = {}  # path -> (its reporter, line number of the next block)
 
-    def report(self, task: _Task, skipped_lines: list[tuple[int, str]]) -> None:
+    def report(self, task: _Task, encoded: _EncodedBatch) -> None:
         if task.block is None:
             return
         reporter, first_line = self.files.get(task.path) or (SkippedLines(Path(task.path), self.stats), 1)
-        for index, reason in skipped_lines:
+        for index, reason in encoded.skipped_lines:
             reporter.record(first_line + index, reason)
-        self.files[task.path] = reporter, first_line + task.block.count(b"\n")
+        self.files[task.path] = reporter, first_line + encoded.num_lines
 
     def close(self) -> None:
         for reporter, _ in self.files.values():

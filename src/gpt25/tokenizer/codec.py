@@ -196,7 +196,7 @@ class Tokenizer:
         after each text when one is given."""
         special_regex, special_ids = self._special_regex, self._special_ids
         separator_id = None if separator is None else special_ids[separator]
-        for group in _text_groups(texts, ENCODE_CHUNK_CHARS):
+        for group in text_groups(texts, ENCODE_CHUNK_CHARS):
             has_specials = special_regex is not None and special_regex.search("".join(group)) is not None  # once per group
             if not has_specials and max(map(len, group)) <= ENCODE_CHUNK_CHARS:  # the common case, without a loop
                 if separator_id is None:
@@ -236,6 +236,8 @@ class Tokenizer:
     def _ids_array(self, texts: Iterable[str], separator: str | None = None) -> np.ndarray:
         """The ids of `texts` (int32), each text followed by the special token `separator` when one is given."""
         pieces = [self._ids(parts) for parts in self._part_lists(texts, separator)]
+        if len(pieces) == 1:
+            return pieces[0]  # a short text: no copy
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
 
     def encode(self, text: str) -> list[int]:
@@ -336,7 +338,7 @@ class Tokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
 
-def _text_groups(texts: Iterable[str], min_chars: int) -> Iterator[list[str]]:
+def text_groups(texts: Iterable[str], min_chars: int) -> Iterator[list[str]]:
     """Consecutive texts, gathered until a group holds min_chars characters (the last may hold fewer)."""
     group: list[str] = []
     num_chars = 0
