@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -260,35 +261,57 @@ RAGGED_TEXT = (
 @pytest.mark.parametrize("block_bytes", [1, 5, 16, 1 << 20])
 def test_raw_blocks_give_the_documents_that_iter_documents_gives(tmp_path: Path, block_bytes: int) -> None:
     """Blocks end only after an empty line (also "\\r\\n" ones); workers decode and split them alone."""
-    from gpt25.data.sources import SourceStats, decode_text_block, iter_documents, iter_paragraph_blocks, text_documents
-
     path = tmp_path / "ragged.txt"
     path.write_bytes(RAGGED_TEXT.encode() + b"\n\nbad \xff line\nafter bad\n\nend\n")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NonUtf8Warning)
-        expected = list(iter_documents([str(path)], stats=SourceStats()))
-    blocks = list(iter_paragraph_blocks(path, block_bytes))
-    assert b"".join(blocks) == path.read_bytes()
-    documents = [doc for i, block in enumerate(blocks) for doc in text_documents(decode_text_block(block, i == 0)[0], "blank-line")]
-    assert documents == expected and len(expected) == 8
+    blocks = paragraph_blocks(path, block_bytes)
+    data = path.read_bytes()
+    assert b"".join(blocks) == data
+    block_ends = list(itertools.accumulate(map(len, blocks)))
+    assert all(data[:end].endswith((b"\n\n", b"\n\r\n")) for end in block_ends if 0 < end < len(data))
+    documents = documents_of_blocks(blocks)
+    assert documents == iter_documents_quietly(path) and len(documents) == 8
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     pieces=st.lists(st.sampled_from([b"a", b"b c", b" ", b"\t", b"\n", b"\r\n", b"\r", b"\xef\xbb\xbf", b"\xff", b"\xc3\xa9"]), max_size=40),
     block_bytes=st.integers(1, 12),
+    search_bytes=st.integers(3, 6),
 )
-def test_raw_blocks_equal_iter_documents_on_any_bytes(tmp_path: Path, pieces: list[bytes], block_bytes: int) -> None:
-    from gpt25.data.sources import SourceStats, decode_text_block, iter_documents, iter_paragraph_blocks, text_documents
+def test_raw_blocks_equal_iter_documents_on_any_bytes(
+    tmp_path: Path, pieces: list[bytes], block_bytes: int, search_bytes: int
+) -> None:
+    from gpt25.data import sources
 
     path = tmp_path / "any.txt"
     path.write_bytes(b"".join(pieces))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sources, "PARAGRAPH_SEARCH_BYTES", search_bytes)
+        blocks = paragraph_blocks(path, block_bytes)
+    assert b"".join(blocks) == path.read_bytes()
+    assert documents_of_blocks(blocks) == iter_documents_quietly(path)
+
+
+def paragraph_blocks(path: Path, block_bytes: int) -> list[bytes]:
+    """The blocks that prepare's workers read for consecutive byte ranges of block_bytes."""
+    from gpt25.data.sources import read_paragraph_block
+
+    size = path.stat().st_size
+    return [read_paragraph_block(path, start, start + block_bytes) for start in range(0, size, block_bytes)]
+
+
+def documents_of_blocks(blocks: list[bytes]) -> list[str]:
+    from gpt25.data.sources import decode_text_block, text_documents
+
+    return [doc for i, block in enumerate(blocks) for doc in text_documents(decode_text_block(block, i == 0)[0], "blank-line")]
+
+
+def iter_documents_quietly(path: Path) -> list[str]:
+    from gpt25.data.sources import SourceStats, iter_documents
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonUtf8Warning)
-        expected = list(iter_documents([str(path)], stats=SourceStats()))
-    blocks = list(iter_paragraph_blocks(path, block_bytes))
-    documents = [doc for i, block in enumerate(blocks) for doc in text_documents(decode_text_block(block, i == 0)[0], "blank-line")]
-    assert documents == expected
+        return list(iter_documents([str(path)], stats=SourceStats()))
 
 
 def test_skipped_lines_are_numbered_across_raw_blocks(

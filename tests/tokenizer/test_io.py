@@ -70,6 +70,8 @@ def corrupt(folder, name, content):
         (VOCAB_FILE, '{"a b": 0}', r"vocab.json: token 'a b' has character ' '"),
         (MERGES_FILE, "#version: 0.2\nĠ t\nbroken\n", r"merges.txt, line 3: expected two tokens"),
         (MERGES_FILE, "#version: 0.2\nĠ t\n", r"fingerprint does not match"),
+        (MERGES_FILE, "#version: 0.2\nĠ zzzz\n", r"merges.txt: merge 0 \(b' ', b'zzzz'\) uses or makes a token missing"),
+        (MERGES_FILE, "#version: 0.2\nĠ \u0100\u4e00\n", r"merges.txt: token 'Ā一' has character '一', which is outside"),
     ],
 )
 def test_corrupt_files_give_one_line_errors(small_tokenizer, tmp_path, name, content, message):
@@ -136,3 +138,45 @@ def test_duplicate_token_bytes_survive_save_and_load(tmp_path):
     assert loaded.vocab == tokenizer.vocab and loaded.fingerprint() == tokenizer.fingerprint()
     assert json.loads((tmp_path / META_FILE).read_text())["duplicate_tokens"] == [[259, "abc"]]
     assert loaded.to_tiktoken().encode("abc abcab") == [258, 32, 258, 256]
+
+
+def test_load_trusts_the_recorded_fingerprint_only_for_the_saved_bytes(small_tokenizer, tmp_path, monkeypatch):
+    from gpt25.tokenizer import io
+
+    small_tokenizer.save(tmp_path)
+    calls = []
+    recompute = io.compute_fingerprint
+    monkeypatch.setattr(io, "compute_fingerprint", lambda *args: calls.append(1) or recompute(*args))
+    assert Tokenizer.load(tmp_path).fingerprint() == small_tokenizer.fingerprint() and calls == []
+
+    entries = json.loads((tmp_path / VOCAB_FILE).read_text(encoding="utf-8"))
+    corrupt(tmp_path, VOCAB_FILE, json.dumps(entries, ensure_ascii=True, indent=4))  # same tokens, other bytes
+    loaded = Tokenizer.load(tmp_path)
+    assert calls == [1] and loaded.fingerprint() == small_tokenizer.fingerprint()
+    assert loaded.encode(TEXT) == small_tokenizer.encode(TEXT)
+
+
+@pytest.mark.parametrize("field, value", [("fingerprint", "0" * 64), ("special_tokens", [EOT, "<pad>"])])
+def test_an_edited_meta_file_is_refused(small_tokenizer, tmp_path, field, value):
+    small_tokenizer.save(tmp_path)
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    corrupt(tmp_path, META_FILE, json.dumps(meta | {field: value}))
+    with pytest.raises(ValueError, match="fingerprint does not match"):
+        Tokenizer.load(tmp_path)
+
+
+def test_folders_saved_without_a_content_digest_still_load(small_tokenizer, tmp_path):
+    small_tokenizer.save(tmp_path)
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    del meta["content_sha256"]
+    corrupt(tmp_path, META_FILE, json.dumps(meta))
+    assert Tokenizer.load(tmp_path).fingerprint() == small_tokenizer.fingerprint()
+
+
+def test_gpt2_files_give_the_same_tokenizer_by_either_reader(gpt2_tokenizer, gpt2_files):
+    from gpt25.tokenizer.io import read_merges_txt, read_vocab_json
+
+    vocab_path, merges_path = gpt2_files
+    slow = Tokenizer(read_vocab_json(vocab_path), read_merges_txt(merges_path), [EOT])
+    assert slow.merges == gpt2_tokenizer.merges and slow.vocab == gpt2_tokenizer.vocab
+    assert (slow._merge_ids == gpt2_tokenizer._merge_ids).all() and slow.fingerprint() == gpt2_tokenizer.fingerprint()

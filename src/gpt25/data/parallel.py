@@ -1,18 +1,28 @@
 """Running a function over tasks in worker processes: ordered results, bounded memory.
 
-`Pool.imap` would read its whole input ahead of the workers (a corpus larger than RAM would
-be); `map_in_order` keeps at most TASKS_IN_FLIGHT_PER_WORKER tasks per worker queued and
-yields results in input order. Workers are forked with the parent's tokenizer where the OS allows,
-after the parent has run the first WARM_UP_TASKS itself: the workers then start with the pre-token
-cache those filled (the commonest pre-tokens), instead of each merging them again.
+`map_in_order` deals the tasks round-robin to its own worker processes, each with a task pipe and a
+result pipe, keeps at most TASKS_IN_FLIGHT_PER_WORKER tasks per worker queued and yields results in
+input order, so memory stays bounded however long the input. It avoids `multiprocessing.Pool`, whose
+helper threads cost the main process a core's worth of CPU when results are large (its worker
+handler wakes up whenever result bytes are waiting). Workers are forked with the parent's tokenizer
+where the OS allows, after the parent has run the first WARM_UP_TASKS itself: the workers then start
+with the pre-token cache those filled (the commonest pre-tokens), instead of each merging them again.
 """
 
 from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
+import pickle
+import queue
+import signal
+import threading
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from typing import Any, TypeVar
 
 import numpy as np
@@ -22,17 +32,6 @@ WARM_UP_TASKS = 1
 
 Task = TypeVar("Task")
 Result = TypeVar("Result")
-
-_worker_tokenizer: Any = None
-
-
-def _init_worker(tokenizer: Any) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tokenizer
-
-
-def _run_in_worker(function: Callable[[Any, Task], Result], task: Task) -> Result:
-    return function(_worker_tokenizer, task)
 
 
 def encode_documents(tokenizer: Any, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +49,8 @@ def map_in_order(
 ) -> Iterator[tuple[Task, Result]]:
     """(task, function(tokenizer, task)) for each task, in input order; one worker runs in-process.
 
-    `function` must be a module-level function (it is sent to the workers by name).
+    `function` must be a module-level function (it is sent to the workers by name). An exception in
+    a worker is raised here, with the worker's traceback as its cause.
     """
     tasks = iter(tasks)
     if workers == 1:
@@ -59,15 +59,116 @@ def map_in_order(
         return
     for task in itertools.islice(tasks, WARM_UP_TASKS):
         yield task, function(tokenizer, task)
-    max_in_flight = TASKS_IN_FLIGHT_PER_WORKER * workers
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(tokenizer,)) as pool:
-        in_flight: deque = deque()
-        for task in tasks:
-            in_flight.append((task, pool.apply_async(_run_in_worker, (function, task))))
-            if len(in_flight) >= max_in_flight:
-                done_task, result = in_flight.popleft()
-                yield done_task, result.get()
+    pool = [_Worker(context, function, tokenizer) for _ in range(workers)]
+    finished = False
+    try:
+        in_flight: deque[tuple[Task, _Worker]] = deque()
+        for index, task in enumerate(tasks):
+            worker = pool[index % workers]
+            worker.send(task)
+            in_flight.append((task, worker))
+            if len(in_flight) >= TASKS_IN_FLIGHT_PER_WORKER * workers:
+                done_task, done_worker = in_flight.popleft()
+                yield done_task, done_worker.receive()
         while in_flight:
-            done_task, result = in_flight.popleft()
-            yield done_task, result.get()
+            done_task, done_worker = in_flight.popleft()
+            yield done_task, done_worker.receive()
+        finished = True
+    finally:
+        for worker in pool:
+            worker.stop(finished)
+
+
+@dataclass
+class _Failure:
+    """An exception raised by `function` in a worker, with its traceback as text."""
+
+    error: BaseException
+    traceback: str
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process."""
+
+    def __str__(self) -> str:
+        return f"\n\n{self.args[0]}"
+
+
+class _Worker:
+    """One worker process, fed through its own task pipe, answering in order on its result pipe."""
+
+    def __init__(self, context: Any, function: Callable, tokenizer: Any) -> None:
+        task_reader, self.task_writer = context.Pipe(duplex=False)
+        self.result_reader, result_writer = context.Pipe(duplex=False)
+        self.process = context.Process(
+            target=_serve, args=(task_reader, result_writer, function, tokenizer), daemon=True
+        )
+        self.process.start()
+        task_reader.close()
+        result_writer.close()
+
+    def send(self, task: Any) -> None:
+        self.task_writer.send(task)
+
+    def receive(self) -> Any:
+        try:
+            result = self.result_reader.recv()
+        except EOFError:
+            self.process.join(timeout=5)
+            raise RuntimeError(
+                f"worker process {self.process.pid} died (exit code {self.process.exitcode}); "
+                "if it ran out of memory, use fewer --workers"
+            ) from None
+        if isinstance(result, _Failure):
+            raise result.error from RemoteTraceback(result.traceback)
+        return result
+
+    def stop(self, finished: bool) -> None:
+        """Let the worker exit when all its results were taken; otherwise kill it (it may be blocked)."""
+        if finished:
+            self.task_writer.send(None)
+        else:
+            self.process.terminate()
+        self.process.join()
+        self.task_writer.close()
+        self.result_reader.close()
+
+
+def _serve(task_reader: Connection, result_writer: Connection, function: Callable, tokenizer: Any) -> None:
+    """A worker's loop: a thread takes tasks off the pipe as they come (so the parent never waits to
+    send one while this process is busy or sending a result), and this thread runs them in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers
+    tasks: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_receive_tasks, args=(task_reader, tasks), daemon=True).start()
+    for task in iter(tasks.get, None):
+        try:
+            result = function(tokenizer, task)
+        except Exception as error:
+            result = _Failure(_picklable(error), traceback.format_exc())
+        result_writer.send(result)
+
+
+def _picklable(error: Exception) -> Exception:
+    """The exception itself when it can be sent to the parent, else a RuntimeError naming it."""
+    try:
+        pickle.dumps(error)
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
+
+
+def _receive_tasks(task_reader: Connection, tasks: queue.SimpleQueue) -> None:
+    """Queue each task from the parent; a None ends the worker, and so does the parent's death."""
+    parent = multiprocessing.parent_process()
+    while True:
+        ready = wait([task_reader, parent.sentinel]) if parent is not None else [task_reader]
+        if task_reader not in ready:
+            os._exit(1)  # the parent is gone: nobody will read our results
+        try:
+            task = task_reader.recv()
+        except EOFError:
+            task = None
+        tasks.put(task)
+        if task is None:
+            return

@@ -3,8 +3,9 @@
 The pipeline streams: the main process cuts the sources into tasks of about half a megabyte, worker
 processes hash and tokenize each task (at most a few in flight, results taken back in order), and
 each split's tokens go straight into the shard file being written. Memory stays bounded by the task
-size, never by the corpus. For plain-text files a task is a raw block of bytes that ends at an empty
-line, and the worker decodes it and splits it into documents: the main process only reads bytes.
+size, never by the corpus. For plain-text files a task is just a byte range of the file: the worker
+reads it (moved to paragraph starts), decodes it and splits it into documents, so the main process
+never reads those files.
 Other sources (JSONL, Parquet, Hugging Face, python-docs) are read into documents by the main process.
 
 Train/val assignment depends only on a document's text, through a 64-bit BLAKE2b hash ``h``:
@@ -57,7 +58,7 @@ from gpt25.data.sources import (
     expand_paths,
     iter_documents,
     iter_file_documents,
-    iter_paragraph_blocks,
+    read_paragraph_block,
     source_signature,
     text_documents,
 )
@@ -353,23 +354,25 @@ class _BatchSettings:
 @dataclass
 class _Task:
     """One worker task: consecutive source documents, either read by the main process (`texts`) or
-    as a raw block of a plain-text file that the worker decodes and splits itself (`block`)."""
+    a byte range of a plain-text file that the worker reads, decodes and splits itself (see
+    read_paragraph_block: the range is moved to paragraph starts, so ranges can be cut blindly)."""
 
     settings: _BatchSettings
     texts: list[str] | None = None
-    block: bytes | None = None
-    path: str = ""  # the file of `block`
-    at_file_start: bool = False  # `block` starts its file
-    doc_split: str = "blank-line"  # how `block` splits into documents
+    path: str = ""  # the plain-text file, when the task is a byte range
+    start: int = 0
+    end: int = 0
+    doc_split: str = "blank-line"  # how the range splits into documents
     first_doc_index: int | None = None  # the number of the first document, given only while resuming
 
     def documents(self) -> tuple[list[str], list[tuple[int, str]], int]:
         """(the documents, (line index in the block, reason) of each line skipped as not UTF-8, the
         number of lines in the block)."""
-        if self.block is None:
+        if self.texts is not None:
             return self.texts, [], 0
-        text, skipped = decode_text_block(self.block, self.at_file_start)
-        return text_documents(text, self.doc_split), skipped, self.block.count(b"\n")
+        block = read_paragraph_block(Path(self.path), self.start, self.end)
+        text, skipped = decode_text_block(block, at_file_start=self.start == 0)
+        return text_documents(text, self.doc_split), skipped, block.count(b"\n")
 
 
 @dataclass
@@ -382,12 +385,12 @@ class _EncodedBatch:
     tokens: np.ndarray  # all their tokens, concatenated
     num_bytes: int  # UTF-8 bytes of every document of the task
     num_documents: int  # documents in the task, kept or not
-    skipped_lines: list[tuple[int, str]]  # lines of a raw block skipped as not UTF-8
-    num_lines: int  # lines of a raw block (counted by the worker)
+    skipped_lines: list[tuple[int, str]]  # lines of a byte range's block skipped as not UTF-8
+    num_lines: int  # lines of a byte range's block (counted by the worker)
 
 
 def _tasks(config: PrepareConfig, settings: _BatchSettings, stats: SourceStats) -> Iterator[_Task]:
-    """The tasks for every source in order: raw blocks for plain-text files, documents for the rest."""
+    """The tasks for every source in order: byte ranges of plain-text files, documents for the rest."""
     for spec in config.sources:
         if spec == DEFAULT_CORPUS_SPEC or spec.startswith("hf:"):
             yield from _document_tasks(_documents(config, [spec], stats), settings)
@@ -397,11 +400,11 @@ def _tasks(config: PrepareConfig, settings: _BatchSettings, stats: SourceStats) 
             if path.suffix.lower() in STRUCTURED_SUFFIXES:
                 documents = iter_file_documents(path, doc_split=config.doc_split, text_field=config.text_field, stats=stats)
                 yield from _document_tasks(documents, settings)
-            elif config.doc_split == "file":
-                yield _Task(settings, block=path.read_bytes(), path=str(path), at_file_start=True, doc_split="file")
             else:
-                for index, block in enumerate(iter_paragraph_blocks(path, BATCH_CHARS)):
-                    yield _Task(settings, block=block, path=str(path), at_file_start=index == 0)
+                size = path.stat().st_size
+                task_bytes = max(size, 1) if config.doc_split == "file" else BATCH_CHARS
+                for start in range(0, size, task_bytes):
+                    yield _Task(settings, path=str(path), start=start, end=start + task_bytes, doc_split=config.doc_split)
 
 
 def _document_tasks(documents: Iterator[str], settings: _BatchSettings) -> Iterator[_Task]:
@@ -447,14 +450,14 @@ def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
 
 
 class _SkippedLinesByFile:
-    """Warnings for the lines that workers skipped in raw blocks, numbered within their files."""
+    """Warnings for the lines that workers skipped in byte ranges, numbered within their files."""
 
     def __init__(self, stats: SourceStats) -> None:
         self.stats = stats
         self.files: dict[str, tuple[SkippedLines, int]] = {}  # path -> (its reporter, line number of the next block)
 
     def report(self, task: _Task, encoded: _EncodedBatch) -> None:
-        if task.block is None:
+        if task.texts is not None:
             return
         reporter, first_line = self.files.get(task.path) or (SkippedLines(Path(task.path), self.stats), 1)
         for index, reason in encoded.skipped_lines:

@@ -23,7 +23,8 @@ import re
 import sys
 import sysconfig
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ DEFAULT_CORPUS_SPEC = "python-docs"
 SKIPPED_STDLIB_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 MAX_WARNINGS_PER_FILE = 3
 TEXT_BLOCK_BYTES = 1 << 20
+PARAGRAPH_SEARCH_BYTES = 1 << 13  # read_paragraph_block looks for an empty line in windows from this size up
 _BLANK_LINE = re.compile(r"^[^\S\n]*\n", re.MULTILINE)
 _BLANK_LINE_OR_END = re.compile(r"^[^\S\n]*(?:\n|\Z)", re.MULTILINE)  # a last line without "\n" can be blank too
 _WHITESPACE_LINE = re.compile(r"\n[^\S\n]+(?:\n|\Z)")  # a blank line that is not empty (but for the first)
@@ -220,28 +222,47 @@ def decode_text_block(block: bytes, at_file_start: bool) -> tuple[str, list[tupl
     return text, skipped
 
 
-def iter_paragraph_blocks(path: Path, block_bytes: int) -> Iterator[bytes]:
-    """The file's raw bytes in blocks of about block_bytes, each (but the last) ending just after an
-    empty line, so that no paragraph spans two blocks (see text_documents)."""
-    return _cut_blocks(path, block_bytes, _end_of_last_empty_line)
+def read_paragraph_block(path: Path, start: int, end: int) -> bytes:
+    """The file's bytes from the first paragraph start at or after byte `start` to the first at or
+    after byte `end` (a paragraph starts the file or follows an empty line; the file's end counts as
+    one). Consecutive ranges give consecutive blocks, so workers can each read their own part of a
+    file and no paragraph spans two blocks (see text_documents); a block may be empty."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        first = _paragraph_start(file, start, size)
+        last = _paragraph_start(file, end, size)
+        file.seek(first)
+        return file.read(max(last - first, 0))
 
 
-def _end_of_last_empty_line(data: bytes) -> int:
-    return max((index + len(end) for end in (b"\n\n", b"\n\r\n") if (index := data.rfind(end)) >= 0), default=0)
+def _paragraph_start(file: BinaryIO, position: int, size: int) -> int:
+    """The first position >= `position` that is 0, `size`, or just after an empty line ("\n\n" or "\n\r\n")."""
+    if position <= 0 or position >= size:
+        return min(max(position, 0), size)
+    window_start, window_bytes = max(position - 3, 0), PARAGRAPH_SEARCH_BYTES
+    while window_start < size:
+        file.seek(window_start)
+        data = file.read(window_bytes)
+        ends = [
+            window_start + index + len(end)
+            for end in (b"\n\n", b"\n\r\n")
+            if (index := data.find(end, max(position - len(end) - window_start, 0))) >= 0
+        ]
+        if ends:
+            return min(ends)
+        if window_start + len(data) >= size:
+            return size
+        window_start += len(data) - 2  # an empty line may straddle the windows
+        window_bytes *= 2
+    return size
 
 
 def _line_blocks(path: Path, block_bytes: int) -> Iterator[bytes]:
     """The file's bytes in blocks of about block_bytes that end with a "\\n" (but for the last)."""
-    return _cut_blocks(path, block_bytes, lambda data: data.rfind(b"\n") + 1)
-
-
-def _cut_blocks(path: Path, block_bytes: int, cut_point: Callable[[bytes], int]) -> Iterator[bytes]:
-    """The file's bytes in blocks of about block_bytes, each (but the last) ending at the cut point of
-    the last read (cut_point(data): the end of the block in data, 0 when data has none)."""
-    pending: list[bytes] = []  # bytes after the last cut point so far
+    pending: list[bytes] = []  # bytes after the last "\\n" so far
     with open(path, "rb") as file:
         while data := file.read(block_bytes):
-            cut = cut_point(data)
+            cut = data.rfind(b"\n") + 1
             if cut == 0:
                 pending.append(data)
                 continue

@@ -49,29 +49,42 @@ class Tokenizer:
         merges: list[tuple[bytes, bytes]],
         special_tokens: list[str] | None = None,
     ) -> None:
-        self.vocab: dict[int, bytes] = {int(token_id): bytes(token) for token_id, token in vocab.items()}
-        self.merges: list[tuple[bytes, bytes]] = [(bytes(a), bytes(b)) for a, b in merges]
-        self.special_tokens: list[str] = list(dict.fromkeys(special_tokens or []))
+        self._setup(
+            {int(token_id): bytes(token) for token_id, token in vocab.items()},
+            [(bytes(a), bytes(b)) for a, b in merges],
+            list(dict.fromkeys(special_tokens or [])),
+        )
+
+    def _setup(
+        self,
+        vocab: dict[int, bytes],
+        merges: list[tuple[bytes, bytes]],
+        special_tokens: list[str],
+        merge_ids: np.ndarray | None = None,
+    ) -> None:
+        """Build the lookup tables from vocab and merges, which become this tokenizer's own (no copy)."""
+        self.vocab, self.merges, self.special_tokens = vocab, merges, special_tokens
         self._token_to_id = self._build_token_index()
         self._special_ids = {token: self._token_to_id[token.encode("utf-8")] for token in self.special_tokens}
         self._byte_ids = self._build_byte_ids()
-        self._merge_ids = self._build_merge_ids()
+        if len(self.vocab) > ID_MASK:
+            raise ValueError(f"vocab too large: at most {ID_MASK} tokens are supported")
+        self._merge_ids = self._build_merge_ids() if merge_ids is None else merge_ids
         self._special_regex = special_token_regex(self.special_tokens)
         self._max_special_chars = max((len(token) for token in self.special_tokens), default=0)
         self._encoder = self._new_encoder()
         self._fingerprint: str | None = None
 
     def _build_token_index(self) -> dict[bytes, int]:
-        token_to_id: dict[bytes, int] = {}
-        for token_id in sorted(self.vocab):
-            token_to_id.setdefault(self.vocab[token_id], token_id)
+        """{bytes: id}, the first id where two have the same bytes; adds the special tokens the vocab lacks."""
+        if self.vocab and (min(self.vocab) != 0 or max(self.vocab) != len(self.vocab) - 1):
+            raise ValueError(f"vocab ids must be 0..{len(self.vocab) - 1} with no gaps")
+        token_to_id = {self.vocab[token_id]: token_id for token_id in reversed(range(len(self.vocab)))}
         for special in self.special_tokens:
             encoded = special.encode("utf-8")
             if encoded not in token_to_id:
                 token_to_id[encoded] = len(self.vocab)
                 self.vocab[len(self.vocab)] = encoded
-        if sorted(self.vocab) != list(range(len(self.vocab))):
-            raise ValueError(f"vocab ids must be 0..{len(self.vocab) - 1} with no gaps")
         return token_to_id
 
     def _build_byte_ids(self) -> list[int]:
@@ -83,8 +96,6 @@ class Tokenizer:
 
     def _build_merge_ids(self) -> np.ndarray:
         """(merges, 3) int64: the left, right and merged id of each merge, in rank order."""
-        if len(self.vocab) > ID_MASK:
-            raise ValueError(f"vocab too large: at most {ID_MASK} tokens are supported")
         if not self.merges:
             return np.zeros((0, 3), dtype=np.int64)
         lefts, rights = zip(*self.merges)
@@ -120,14 +131,18 @@ class Tokenizer:
         cls, vocab_path: str | Path, merges_path: str | Path, special_tokens: list[str] | None = None
     ) -> Tokenizer:
         """Build from GPT-2-style `vocab.json` + `merges.txt` (e.g. OpenAI's GPT-2 files)."""
-        return cls(io.read_vocab_json(vocab_path), io.read_merges_txt(merges_path), special_tokens)
+        vocab, merges, merge_ids = io.read_vocab_and_merges(vocab_path, merges_path)
+        tokenizer = cls.__new__(cls)
+        tokenizer._setup(vocab, merges, list(dict.fromkeys(special_tokens or [])), merge_ids)
+        return tokenizer
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
         """Load a folder written by `save` (see gpt25.tokenizer.io for the format)."""
-        vocab, merges, special_tokens, fingerprint = io.load_folder(directory)
-        tokenizer = cls(vocab, merges, special_tokens)
-        tokenizer._fingerprint = fingerprint  # a saved vocab already holds the specials: nothing changed
+        saved = io.load_folder(directory)
+        tokenizer = cls.__new__(cls)
+        tokenizer._setup(saved.vocab, saved.merges, saved.special_tokens, saved.merge_ids)
+        tokenizer._fingerprint = saved.fingerprint  # a saved vocab already holds the specials: nothing changed
         return tokenizer
 
     def save(self, directory: str | Path) -> None:

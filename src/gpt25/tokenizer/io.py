@@ -2,14 +2,16 @@
 
 Saved format (a folder, version 1):
   gpt25_tokenizer.json  {"format": "gpt25-bpe-tokenizer", "version": 1, "pattern": GPT-2 regex,
-                         "vocab_size": N, "special_tokens": [...], "fingerprint": sha256 hex}
+                         "vocab_size": N, "special_tokens": [...], "fingerprint": sha256 hex,
+                         "content_sha256": sha256 hex of the other two files (see content_digest)}
   vocab.json            {token: id}, each token's bytes written in GPT-2's printable byte encoding
                         (the same file layout as GPT-2's own vocab.json); if two ids have the same
                         bytes (BPE can build one string by two merges), the later ids are listed in
                         the meta file's "duplicate_tokens" as [id, token] instead
   merges.txt            "#version: 0.2" then one merge per line in rank order, "left right", same encoding
-Loading checks the format name, the version, that every file parses, and that the fingerprint
-recomputed from the files matches the recorded one, so a corrupt or edited folder is refused.
+Loading checks the format name, the version, that every file parses, and that the files are those
+saved (their content digest is the recorded one) or else that the fingerprint recomputed from them
+matches the recorded one, so a corrupt or edited folder is refused.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import itertools
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 from gpt25.tokenizer.pretokenize import GPT2_PATTERN
 
@@ -162,6 +167,7 @@ def save_folder(directory: str | Path, vocab: Vocab, merges: Merges, special_tok
     }
     write_text_atomic(directory / VOCAB_FILE, json.dumps(entries, ensure_ascii=False, indent=0))
     write_text_atomic(directory / MERGES_FILE, merges_text(merges))
+    meta["content_sha256"] = content_digest(directory, meta["special_tokens"], duplicates, meta["fingerprint"])
     write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -178,6 +184,11 @@ def _read_json(path: Path) -> object:
 
 def read_vocab_json(path: str | Path) -> Vocab:
     """Read a GPT-2-style vocab.json ({printable token: id}) into {id: bytes}."""
+    return _vocab_from_entries(read_vocab_entries(path), path)
+
+
+def read_vocab_entries(path: str | Path) -> dict[str, int]:
+    """A GPT-2-style vocab.json as it is written: {printable token: id}, checked."""
     path = Path(path)
     entries = _read_json(path)
     if not isinstance(entries, dict) or not entries:
@@ -190,11 +201,21 @@ def read_vocab_json(path: str | Path) -> Vocab:
     if len(set(ids)) != len(ids):
         repeated = next(token_id for token_id, count in collections.Counter(ids).items() if count > 1)
         raise ValueError(f"{path}: id {repeated} is used by more than one token")
-    return dict(zip(ids, printables_to_bytes(list(entries), str(path))))
+    return entries
+
+
+def _vocab_from_entries(entries: dict[str, int], path: str | Path) -> Vocab:
+    return dict(zip(entries.values(), printables_to_bytes(list(entries), str(path))))
 
 
 def read_merges_txt(path: str | Path) -> Merges:
     """Read a GPT-2-style merges.txt (optional '#version' header, then 'left right' per line)."""
+    tokens = printables_to_bytes(read_merge_tokens(path), str(path))
+    return list(zip(tokens[0::2], tokens[1::2]))
+
+
+def read_merge_tokens(path: str | Path) -> list[str]:
+    """The printable tokens of a merges.txt, checked: left and right of each merge in rank order."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
@@ -212,33 +233,84 @@ def read_merges_txt(path: str | Path) -> Merges:
             parts = line.split(" ")
             if line and (len(parts) != 2 or not parts[0] or not parts[1]):
                 raise ValueError(f"{path}, line {line_number}: expected two tokens separated by one space, got {line!r}")
-    tokens = printables_to_bytes(tokens, str(path))
-    return list(zip(tokens[0::2], tokens[1::2]))
+    return tokens
 
 
-def load_folder(directory: str | Path) -> tuple[Vocab, Merges, list[str], str]:
-    """Read and validate a folder written by save_folder; returns (vocab, merges, special_tokens, fingerprint)."""
+def read_vocab_and_merges(vocab_path: str | Path, merges_path: str | Path) -> tuple[Vocab, Merges, np.ndarray]:
+    """A GPT-2-style vocab.json and merges.txt as (vocab, merges, merge ids): the merges are looked
+    up as they are written, so each token's bytes are decoded once, for the vocab."""
+    entries = read_vocab_entries(vocab_path)
+    vocab = _vocab_from_entries(entries, vocab_path)
+    return vocab, *_read_merges(merges_path, entries, vocab)
+
+
+def _read_merges(path: str | Path, entries: dict[str, int], vocab: Vocab) -> tuple[Merges, np.ndarray]:
+    """(merges, merge ids) of a merges.txt whose tokens are those of `entries` (a vocab.json's)."""
+    merge_ids = merge_ids_of_tokens(read_merge_tokens(path), entries, path)
+    lefts, rights = (map(vocab.__getitem__, column.tolist()) for column in (merge_ids[:, 0], merge_ids[:, 1]))
+    return list(zip(lefts, rights)), merge_ids
+
+
+def merge_ids_of_tokens(tokens: list[str], entries: dict[str, int], where: str | Path) -> np.ndarray:
+    """(merges, 3) int64: the left, right and merged id of each merge of read_merge_tokens, in rank order."""
+    lefts, rights = tokens[0::2], tokens[1::2]
+    id_lists = [list(map(entries.get, column)) for column in (lefts, rights, map(str.__add__, lefts, rights))]
+    if any(None in ids for ids in id_lists):
+        rank = min(ids.index(None) for ids in id_lists if None in ids)
+        left, right = printables_to_bytes([lefts[rank], rights[rank]], str(where))
+        raise ValueError(f"{where}: merge {rank} ({left!r}, {right!r}) uses or makes a token missing from the vocab")
+    return np.array(id_lists, dtype=np.int64).T
+
+
+@dataclass
+class SavedTokenizer:
+    """What a saved folder holds, checked."""
+
+    vocab: Vocab
+    merges: Merges
+    merge_ids: np.ndarray  # (merges, 3) int64: left, right and merged id of each merge
+    special_tokens: list[str]
+    fingerprint: str
+
+
+def load_folder(directory: str | Path) -> SavedTokenizer:
+    """Read and validate a folder written by save_folder."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: tokenizer folder not found")
     meta_path = directory / META_FILE
     meta = _read_meta(meta_path)
     special_tokens = meta["special_tokens"]
-    vocab = read_vocab_json(directory / VOCAB_FILE)
-    vocab.update(_read_duplicates(meta.get("duplicate_tokens", []), meta_path))
-    merges = read_merges_txt(directory / MERGES_FILE)
+    duplicates = meta.get("duplicate_tokens", [])
+    entries = read_vocab_entries(directory / VOCAB_FILE)
+    vocab = _vocab_from_entries(entries, directory / VOCAB_FILE)
+    vocab.update(_read_duplicates(duplicates, meta_path))
     if len(vocab) != meta.get("vocab_size"):
         raise ValueError(
             f"{directory / VOCAB_FILE}: has {len(vocab)} tokens but {META_FILE} says vocab_size {meta.get('vocab_size')!r}"
         )
-    if sorted(vocab) != list(range(len(vocab))):
+    if min(vocab) != 0 or max(vocab) != len(vocab) - 1:
         raise ValueError(f"{directory / VOCAB_FILE}: ids must be 0..{len(vocab) - 1} with no gaps")
-    fingerprint = compute_fingerprint(vocab, merges, special_tokens)
-    if fingerprint != meta.get("fingerprint"):
-        raise ValueError(
-            f"{meta_path}: fingerprint does not match {VOCAB_FILE} + {MERGES_FILE} (files corrupt or edited)"
-        )
-    return vocab, merges, special_tokens, fingerprint
+    merges, merge_ids = _read_merges(directory / MERGES_FILE, entries, vocab)
+    fingerprint = meta.get("fingerprint")
+    if meta.get("content_sha256") != content_digest(directory, special_tokens, duplicates, fingerprint):
+        if compute_fingerprint(vocab, merges, special_tokens) != fingerprint:
+            raise ValueError(
+                f"{meta_path}: fingerprint does not match {VOCAB_FILE} + {MERGES_FILE} (files corrupt or edited)"
+            )
+    return SavedTokenizer(vocab, merges, merge_ids, special_tokens, fingerprint)
+
+
+def content_digest(directory: Path, special_tokens: list[str], duplicates: list, fingerprint: object) -> str:
+    """sha256 of the saved files' bytes and of what the meta file says of them: while it equals the
+    one recorded at saving, the recorded fingerprint is right and needs no recomputing (a format or
+    whitespace edit changes the digest but not the fingerprint, which is then checked)."""
+    digest = hashlib.sha256()
+    for name in (VOCAB_FILE, MERGES_FILE):
+        data = (directory / name).read_bytes()
+        digest.update(b"%d:%b" % (len(data), data))
+    digest.update(json.dumps([special_tokens, duplicates, fingerprint], ensure_ascii=False).encode("utf-8"))
+    return digest.hexdigest()
 
 
 def _read_meta(meta_path: Path) -> dict:
