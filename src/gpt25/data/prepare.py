@@ -115,6 +115,15 @@ def _hash_utf8(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
+def _is_val(documents: list[bytes], val_threshold: int) -> np.ndarray:
+    """(documents,) bool: whether each UTF-8 document goes to validation (_hash_utf8 <= val_threshold)."""
+    if val_threshold < 0:
+        return np.zeros(len(documents), dtype=bool)
+    blake2b = hashlib.blake2b
+    digests = b"".join([blake2b(document, digest_size=8).digest() for document in documents])
+    return np.frombuffer(digests, dtype=">u8") <= np.uint64(val_threshold)
+
+
 def val_threshold_for_fraction(val_fraction: float) -> int:
     """Documents whose hash is below this go to validation; -1 when none should."""
     return int(val_fraction * 2**64) - 1
@@ -433,7 +442,7 @@ def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
     texts, skipped_lines, num_lines = task.documents()
     settings = task.settings
     data = [text.encode("utf-8") for text in texts]
-    is_val = np.fromiter((_hash_utf8(item) <= settings.val_threshold for item in data), dtype=bool, count=len(data))
+    is_val = _is_val(data, settings.val_threshold)
     offsets = np.zeros(len(data), dtype=np.int64)  # tokens of a document already in finished shards
     if task.first_doc_index is not None:
         doc_indices = np.arange(task.first_doc_index, task.first_doc_index + len(data))

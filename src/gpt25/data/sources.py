@@ -24,9 +24,9 @@ import sys
 import sysconfig
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from gpt25.data.hub import check_hf_source, iter_hf_dataset
 
@@ -295,11 +295,12 @@ def iter_text_documents(path: Path, doc_split: str, stats: SourceStats) -> Itera
 
 
 def text_documents(text: str, doc_split: str) -> list[str]:
-    """The documents of a whole plain text (a file, or a block of one from iter_paragraph_blocks):
+    """The documents of a whole plain text (a file, or a block of one from read_paragraph_block):
     its paragraphs, or the text itself for doc_split "file"; blank ones left out."""
     if doc_split == "file":
         return list(_non_empty(text))
-    return [document for piece in _split_at_blank_lines(text, _BLANK_LINE_OR_END) for document in _non_empty(piece)]
+    pieces = [piece.strip("\n") for piece in _split_at_blank_lines(text, _BLANK_LINE_OR_END)]
+    return [piece for piece in pieces if piece and not piece.isspace()]  # what _non_empty keeps
 
 
 def _split_at_blank_lines(text: str, blank_line: re.Pattern) -> list[str]:
