@@ -6,7 +6,7 @@ One run, one table (figure, peer figure, ratio):
   (an Encoding with the same GPT-2 vocab/merges, built offline by Tokenizer.to_tiktoken) encoding
   the same documents with 1 and `--workers` threads; the token counts must agree exactly;
 - the same on a larger input, the corpus listed `--large-copies` times (default 8, about 200 MB):
-  the fixed costs (loading the tokenizer, starting the pool) weigh little there, as on real corpora;
+  the fixed costs (loading the tokenizer, starting the workers) weigh little there, as on real corpora;
 - the same scaling over the tokenizing phase alone (the manifest's last_run.seconds: from the
   tokenizer loaded to the shards written), which leaves out the fixed cost of loading the tokenizer;
 - the machine's own scaling: one pure-Python loop run in 1 process, then split over `--workers`
@@ -87,7 +87,7 @@ class Timing:
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process plus its finished children (pool workers are joined when a run ends)."""
+    """CPU time of this process plus its finished children (prepare joins its workers before it returns)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 

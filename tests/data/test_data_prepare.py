@@ -240,7 +240,7 @@ def test_damage_is_rebuilt_from_many_small_tasks(
     """A resumed run tokenizes in-process until it passes the finished shards, then in the workers."""
     from gpt25.data import prepare as prepare_module
 
-    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 1_000)  # about 50 raw blocks
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 1_000)  # about 50 byte-range tasks
     source = prepared[0].parent / "source.txt"
     run_prepare(source, tokenizer_dir, tmp_path / "out", workers=workers)
     assert shard_checksums(tmp_path / "out") == shard_checksums(prepared[0])
