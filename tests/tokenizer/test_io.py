@@ -173,10 +173,8 @@ def test_folders_saved_without_a_content_digest_still_load(small_tokenizer, tmp_
     assert Tokenizer.load(tmp_path).fingerprint() == small_tokenizer.fingerprint()
 
 
-def test_gpt2_files_give_the_same_tokenizer_by_either_reader(gpt2_tokenizer, gpt2_files):
-    from gpt25.tokenizer.io import read_merges_txt, read_vocab_json
-
-    vocab_path, merges_path = gpt2_files
-    slow = Tokenizer(read_vocab_json(vocab_path), read_merges_txt(merges_path), [EOT])
-    assert slow.merges == gpt2_tokenizer.merges and slow.vocab == gpt2_tokenizer.vocab
-    assert (slow._merge_ids == gpt2_tokenizer._merge_ids).all() and slow.fingerprint() == gpt2_tokenizer.fingerprint()
+def test_merge_ids_read_from_the_files_equal_those_built_from_bytes(gpt2_tokenizer):
+    """from_files maps merges to ids by their written tokens; the constructor by their bytes."""
+    rebuilt = Tokenizer(gpt2_tokenizer.vocab, gpt2_tokenizer.merges, [EOT])
+    assert len(rebuilt.merges) == 50000 and (rebuilt._merge_ids == gpt2_tokenizer._merge_ids).all()
+    assert rebuilt.merges[0] == (b" ", b"t") and gpt2_tokenizer._merge_ids[0].tolist() == [220, 83, 256]

@@ -182,13 +182,8 @@ def _read_json(path: Path) -> object:
         raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
 
 
-def read_vocab_json(path: str | Path) -> Vocab:
-    """Read a GPT-2-style vocab.json ({printable token: id}) into {id: bytes}."""
-    return _vocab_from_entries(read_vocab_entries(path), path)
-
-
-def read_vocab_entries(path: str | Path) -> dict[str, int]:
-    """A GPT-2-style vocab.json as it is written: {printable token: id}, checked."""
+def _read_vocab_entries(path: str | Path) -> dict[str, int]:
+    """A GPT-2-style vocab.json as it is written ({printable token: id}), checked."""
     path = Path(path)
     entries = _read_json(path)
     if not isinstance(entries, dict) or not entries:
@@ -208,14 +203,9 @@ def _vocab_from_entries(entries: dict[str, int], path: str | Path) -> Vocab:
     return dict(zip(entries.values(), printables_to_bytes(list(entries), str(path))))
 
 
-def read_merges_txt(path: str | Path) -> Merges:
-    """Read a GPT-2-style merges.txt (optional '#version' header, then 'left right' per line)."""
-    tokens = printables_to_bytes(read_merge_tokens(path), str(path))
-    return list(zip(tokens[0::2], tokens[1::2]))
-
-
-def read_merge_tokens(path: str | Path) -> list[str]:
-    """The printable tokens of a merges.txt, checked: left and right of each merge in rank order."""
+def _read_merge_tokens(path: str | Path) -> list[str]:
+    """The printable tokens of a GPT-2-style merges.txt (optional '#version' header, then 'left right'
+    per line), checked: left and right of each merge in rank order."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
@@ -239,20 +229,20 @@ def read_merge_tokens(path: str | Path) -> list[str]:
 def read_vocab_and_merges(vocab_path: str | Path, merges_path: str | Path) -> tuple[Vocab, Merges, np.ndarray]:
     """A GPT-2-style vocab.json and merges.txt as (vocab, merges, merge ids): the merges are looked
     up as they are written, so each token's bytes are decoded once, for the vocab."""
-    entries = read_vocab_entries(vocab_path)
+    entries = _read_vocab_entries(vocab_path)
     vocab = _vocab_from_entries(entries, vocab_path)
     return vocab, *_read_merges(merges_path, entries, vocab)
 
 
 def _read_merges(path: str | Path, entries: dict[str, int], vocab: Vocab) -> tuple[Merges, np.ndarray]:
     """(merges, merge ids) of a merges.txt whose tokens are those of `entries` (a vocab.json's)."""
-    merge_ids = merge_ids_of_tokens(read_merge_tokens(path), entries, path)
+    merge_ids = _merge_ids_of_tokens(_read_merge_tokens(path), entries, path)
     lefts, rights = (map(vocab.__getitem__, column.tolist()) for column in (merge_ids[:, 0], merge_ids[:, 1]))
     return list(zip(lefts, rights)), merge_ids
 
 
-def merge_ids_of_tokens(tokens: list[str], entries: dict[str, int], where: str | Path) -> np.ndarray:
-    """(merges, 3) int64: the left, right and merged id of each merge of read_merge_tokens, in rank order."""
+def _merge_ids_of_tokens(tokens: list[str], entries: dict[str, int], where: str | Path) -> np.ndarray:
+    """(merges, 3) int64: the left, right and merged id of each merge of _read_merge_tokens, in rank order."""
     lefts, rights = tokens[0::2], tokens[1::2]
     id_lists = [list(map(entries.get, column)) for column in (lefts, rights, map(str.__add__, lefts, rights))]
     if any(None in ids for ids in id_lists):
@@ -282,7 +272,7 @@ def load_folder(directory: str | Path) -> SavedTokenizer:
     meta = _read_meta(meta_path)
     special_tokens = meta["special_tokens"]
     duplicates = meta.get("duplicate_tokens", [])
-    entries = read_vocab_entries(directory / VOCAB_FILE)
+    entries = _read_vocab_entries(directory / VOCAB_FILE)
     vocab = _vocab_from_entries(entries, directory / VOCAB_FILE)
     vocab.update(_read_duplicates(duplicates, meta_path))
     if len(vocab) != meta.get("vocab_size"):
