@@ -9,6 +9,7 @@ One run, one table (figure, peer figure, ratio):
   the fixed costs (loading the tokenizer, starting the workers) weigh little there, as on real corpora;
 - the same scaling over the tokenizing phase alone (the manifest's last_run.seconds: from the
   tokenizer loaded to the shards written), which leaves out the fixed cost of loading the tokenizer;
+- the same documents written as one JSONL file of {"text": ...} records, 1 and `--workers` workers;
 - the machine's own scaling: one pure-Python loop run in 1 process, then split over `--workers`
   forked processes (the best any process-parallel Python code can do on these cores);
 - ShardLoader batches/s for batch 32 x context 1024 on those shards, beside the batches/s the
@@ -22,6 +23,7 @@ One run, one table (figure, peer figure, ratio):
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import resource
 import tempfile
@@ -169,9 +171,11 @@ def main() -> None:
     serial, parallel, tik_serial, tik_parallel = Timing(), Timing(), Timing(), Timing()
     machine_serial, machine_parallel = Timing(), Timing()
     large_serial, large_parallel = Timing(), Timing()
+    jsonl_serial, jsonl_parallel = Timing(), Timing()
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         tokenizer.save(scratch / "tokenizer")
+        jsonl = write_jsonl(scratch / "documents.jsonl", documents)
         for _ in range(args.repeats):  # alternate contenders so the shared machine's noise hits all alike
             manifest = time_prepare(files, scratch / "tokenizer", scratch / "one", 1, serial)
             manifest_k = time_prepare(files, scratch / "tokenizer", scratch / "many", args.workers, parallel)
@@ -186,6 +190,9 @@ def main() -> None:
                 large_files = files * args.large_copies
                 time_prepare(large_files, scratch / "tokenizer", scratch / "large", 1, large_serial)
                 time_prepare(large_files, scratch / "tokenizer", scratch / "large", args.workers, large_parallel)
+            jsonl_manifest = time_prepare([jsonl], scratch / "tokenizer", scratch / "jsonl", 1, jsonl_serial)
+            time_prepare([jsonl], scratch / "tokenizer", scratch / "jsonl", args.workers, jsonl_parallel)
+            assert jsonl_manifest["splits"] == manifest["splits"], "the JSONL source gave other shards than the text"
         our_tokens = sum(manifest["splits"][s]["tokens"] for s in ("train", "val")) - len(documents)  # minus EOTs
         loader_rate = loader_batches_per_second(
             scratch / "one", args.batch_size, args.context_length, args.loader_batches
@@ -227,6 +234,8 @@ def main() -> None:
         ),
         ("tokens (ours, EOTs excluded)", our_tokens, "tokens (tiktoken)", tik_tokens),
         *large_rows(args.large_copies, megabytes, workers, large_serial, large_parallel),
+        (f"prepare MB/s, same documents as JSONL, {workers} workers", megabytes / jsonl_parallel.wall,
+         "same, 1 worker", megabytes / jsonl_serial.wall),
         (
             f"ShardLoader batches/s ({args.batch_size}x{args.context_length}, CPU)",
             loader_rate,
@@ -241,6 +250,13 @@ def main() -> None:
         f"prepare / tiktoken: fastest of {args.repeats} alternating runs; CPU-bound bound = {workers} x CPU s (1 worker) / CPU s ({workers} workers, all processes)\n"
     )
     print_table(rows)
+
+
+def write_jsonl(path: Path, documents: list[str]) -> str:
+    """The documents as JSONL records {"text": ...}: prepare's other byte-range source."""
+    with open(path, "w", encoding="utf-8") as file:
+        file.writelines(json.dumps({"text": document}) + "\n" for document in documents)
+    return str(path)
 
 
 def large_rows(copies: int, megabytes: float, workers: int, serial: Timing, parallel: Timing) -> list[tuple]:

@@ -286,7 +286,7 @@ def test_raw_blocks_equal_iter_documents_on_any_bytes(
     path = tmp_path / "any.txt"
     path.write_bytes(b"".join(pieces))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sources, "PARAGRAPH_SEARCH_BYTES", search_bytes)
+        patch.setattr(sources, "BLOCK_SEARCH_BYTES", search_bytes)
         blocks = paragraph_blocks(path, block_bytes)
     assert b"".join(blocks) == path.read_bytes()
     assert documents_of_blocks(blocks) == iter_documents_quietly(path)
@@ -329,3 +329,74 @@ def test_skipped_lines_are_numbered_across_raw_blocks(
         messages = [str(w.message) for w in caught if w.category is NonUtf8Warning]
         assert [message.split(": skipped")[0] for message in messages] == [f"{source}:{n}" for n in (4, 8, 15)]
         assert manifest["source"]["skipped_lines"] == 3 and manifest["source"]["documents"] == 6
+
+
+JSONL_PIECES = [
+    b'{"text": "one"}\n', b'{"text": "two\\n\\nparas", "id": 3}\n', b'{"text": "  "}\n', b"\n", b"  \r\n",
+    b'{"text": "crlf"}\r\n', b"\xef\xbb\xbf", b"\xff\n", b'{"text": "\xc3\xa9t\xc3\xa9"}\n', b'{"text": "no end"}',
+]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(st.sampled_from(JSONL_PIECES), max_size=30), block_bytes=st.integers(1, 40))
+def test_jsonl_line_blocks_equal_iter_documents(tmp_path: Path, pieces: list[bytes], block_bytes: int) -> None:
+    """Workers read JSONL as byte ranges moved to line starts; they find the documents the main process would."""
+    from gpt25.data.sources import decode_text_block, jsonl_block_documents, read_line_block
+
+    path = tmp_path / "rows.jsonl"
+    data = b"".join(pieces)
+    path.write_bytes(data)
+    blocks = [read_line_block(path, start, start + block_bytes) for start in range(0, len(data), block_bytes)]
+    assert b"".join(blocks) == data
+    documents = []
+    for index, block in enumerate(blocks):
+        text, skipped = decode_text_block(block, at_file_start=index == 0)
+        found, bad_line = jsonl_block_documents(text, "text", skipped)
+        documents += found
+        if bad_line is not None:  # a BOM that is not at the file's start makes a line invalid JSON
+            with pytest.raises(ValueError, match="not a JSON object per line"):
+                iter_documents_quietly(path)
+            return
+    assert documents == iter_documents_quietly(path)
+
+
+def test_block_line_index_skips_the_lines_removed_as_not_utf8() -> None:
+    from gpt25.data.sources import _block_line_index
+
+    skipped = [(0, "bad"), (1, "bad"), (4, "bad")]  # block lines 2, 3, 5 remain as text lines 0, 1, 2
+    assert [_block_line_index(index, skipped) for index in range(3)] == [2, 3, 5]
+    assert _block_line_index(7, []) == 7
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_jsonl_ranges_give_the_shards_and_errors_of_whole_files(
+    tmp_path: Path, tokenizer_dir: Path, make_documents, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpt25.data import prepare as prepare_module
+
+    documents = make_documents(120, seed=3)
+    text_source = write_text_source_quietly(tmp_path / "docs.txt", documents)
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": document, "n": i}) + "\n" for i, document in enumerate(documents)))
+    expected = run_prepare(text_source, tokenizer_dir, tmp_path / "text")
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 300)  # dozens of ranges, cut inside lines
+    manifest = run_prepare(jsonl, tokenizer_dir, tmp_path / f"jsonl{workers}", workers=workers)
+    assert manifest["splits"] == expected["splits"]
+
+    lines = jsonl.read_bytes().split(b"\n")
+    lines[40] = b"\xff not utf-8"
+    lines[90] = b'{"body": "wrong field"}'
+    jsonl.write_bytes(b"\n".join(lines))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match=r"docs.jsonl:91: no field 'text' \(found: body\); pass --text-field NAME"):
+            run_prepare(jsonl, tokenizer_dir, tmp_path / f"bad{workers}", workers=workers)
+    assert [str(w.message).split(": skipped")[0] for w in caught if w.category is NonUtf8Warning] == [f"{jsonl}:41"]
+    assert not list((tmp_path / f"bad{workers}").glob(".*.tmp"))  # finished shards stay, for a resume
+
+
+def write_text_source_quietly(path: Path, documents: list[str]) -> Path:
+    """The documents as a plain-text source, one paragraph each (they hold no blank lines)."""
+    assert not any("\n\n" in document for document in documents)
+    path.write_text("\n\n".join(documents) + "\n")
+    return path

@@ -3,10 +3,10 @@
 The pipeline streams: the main process cuts the sources into tasks of about half a megabyte, worker
 processes hash and tokenize each task (at most a few in flight, results taken back in order), and
 each split's tokens go straight into the shard file being written. Memory stays bounded by the task
-size, never by the corpus. For plain-text files a task is just a byte range of the file: the worker
-reads it (moved to paragraph starts), decodes it and splits it into documents, so the main process
-never reads those files.
-Other sources (JSONL, Parquet, Hugging Face, python-docs) are read into documents by the main process.
+size, never by the corpus. For plain-text and JSONL files a task is just a byte range of the file:
+the worker reads it (moved to paragraph or line starts), decodes it, parses it and splits it into
+documents, so the main process never reads those files. Other sources (Parquet, Hugging Face,
+python-docs) are read into documents by the main process.
 
 Train/val assignment depends only on a document's text, through a 64-bit BLAKE2b hash ``h``:
 - ``--val-fraction F``: the document is validation when ``h < F * 2**64`` (one pass);
@@ -50,14 +50,16 @@ from gpt25.data.shards import (
 )
 from gpt25.data.sources import (
     DEFAULT_CORPUS_SPEC,
-    STRUCTURED_SUFFIXES,
+    JSONL_SUFFIXES,
     SkippedLines,
     SourceStats,
     check_sources,
     decode_text_block,
     expand_paths,
     iter_documents,
-    iter_file_documents,
+    iter_parquet_documents,
+    jsonl_block_documents,
+    read_line_block,
     read_paragraph_block,
     source_signature,
     text_documents,
@@ -318,7 +320,7 @@ def _run(
         for split in SPLITS
     }
     stats = SourceStats()
-    skipped_lines = _SkippedLinesByFile(stats)
+    block_lines = _BlockLines(stats)
     counters = {"documents": 0, "bytes": 0, "tokens": 0, "tokenized": 0}
     tasks = _tasks(config, _BatchSettings(manifest["val_threshold"], resume, dtype), stats)
     caught_up_at = max(point.doc_index for point in resume.values())
@@ -327,7 +329,7 @@ def _run(
     ) as bar:
         try:
             for task, encoded in _encoded_in_order(tasks, config.workers, tokenizer, counters, caught_up_at):
-                skipped_lines.report(task, encoded)
+                block_lines.report(task, encoded)
                 _write_batch(encoded, writers, counters["documents"])
                 counters["documents"] += encoded.num_documents
                 counters["bytes"] += encoded.num_bytes
@@ -335,7 +337,7 @@ def _run(
                 counters["tokenized"] += len(encoded.doc_indices)
                 bar.update(encoded.num_bytes)
                 bar.set_postfix(docs=counters["documents"], tokens=counters["tokens"], refresh=False)
-            skipped_lines.close()
+            block_lines.close()
             for writer in writers.values():
                 writer.close(counters["documents"])
         except BaseException:
@@ -363,25 +365,41 @@ class _BatchSettings:
 @dataclass
 class _Task:
     """One worker task: consecutive source documents, either read by the main process (`texts`) or
-    a byte range of a plain-text file that the worker reads, decodes and splits itself (see
-    read_paragraph_block: the range is moved to paragraph starts, so ranges can be cut blindly)."""
+    a byte range of a plain-text or JSONL file that the worker reads, decodes and splits itself (see
+    read_paragraph_block and read_line_block: the range is moved to paragraph or line starts, so
+    ranges can be cut blindly)."""
 
     settings: _BatchSettings
     texts: list[str] | None = None
-    path: str = ""  # the plain-text file, when the task is a byte range
+    path: str = ""  # the file, when the task is a byte range
     start: int = 0
     end: int = 0
-    doc_split: str = "blank-line"  # how the range splits into documents
+    doc_split: str = "blank-line"  # how a plain-text range splits into documents
+    text_field: str | None = None  # the field holding the text, when the file is JSONL
     first_doc_index: int | None = None  # the number of the first document, given only while resuming
 
-    def documents(self) -> tuple[list[str], list[tuple[int, str]], int]:
-        """(the documents, (line index in the block, reason) of each line skipped as not UTF-8, the
-        number of lines in the block)."""
+    def documents(self) -> _TaskDocuments:
         if self.texts is not None:
-            return self.texts, [], 0
-        block = read_paragraph_block(Path(self.path), self.start, self.end)
-        text, skipped = decode_text_block(block, at_file_start=self.start == 0)
-        return text_documents(text, self.doc_split), skipped, block.count(b"\n")
+            return _TaskDocuments(self.texts)
+        path, at_file_start = Path(self.path), self.start == 0
+        if self.text_field is None:
+            block = read_paragraph_block(path, self.start, self.end)
+            text, skipped = decode_text_block(block, at_file_start)
+            return _TaskDocuments(text_documents(text, self.doc_split), skipped, block.count(b"\n"))
+        block = read_line_block(path, self.start, self.end)
+        text, skipped = decode_text_block(block, at_file_start)
+        documents, bad_line = jsonl_block_documents(text, self.text_field, skipped)
+        return _TaskDocuments(documents, skipped, block.count(b"\n"), bad_line)
+
+
+@dataclass
+class _TaskDocuments:
+    """A task's documents and, for a byte range, what the main process must number within the file."""
+
+    texts: list[str]
+    skipped_lines: list[tuple[int, str]] = field(default_factory=list)  # (line index in the block, reason)
+    num_lines: int = 0  # lines in the block
+    bad_line: tuple[int, str] | None = None  # (line index in the block, problem): a JSONL line that is no record
 
 
 @dataclass
@@ -394,26 +412,34 @@ class _EncodedBatch:
     tokens: np.ndarray  # all their tokens, concatenated
     num_bytes: int  # UTF-8 bytes of every document of the task
     num_documents: int  # documents in the task, kept or not
-    skipped_lines: list[tuple[int, str]]  # lines of a byte range's block skipped as not UTF-8
-    num_lines: int  # lines of a byte range's block (counted by the worker)
+    skipped_lines: list[tuple[int, str]]  # as in _TaskDocuments
+    num_lines: int
+    bad_line: tuple[int, str] | None
 
 
 def _tasks(config: PrepareConfig, settings: _BatchSettings, stats: SourceStats) -> Iterator[_Task]:
-    """The tasks for every source in order: byte ranges of plain-text files, documents for the rest."""
+    """The tasks for every source in order: byte ranges of plain-text and JSONL files, documents for the rest."""
     for spec in config.sources:
         if spec == DEFAULT_CORPUS_SPEC or spec.startswith("hf:"):
             yield from _document_tasks(_documents(config, [spec], stats), settings)
             continue
         for path in expand_paths(spec):
             stats.files += 1
-            if path.suffix.lower() in STRUCTURED_SUFFIXES:
-                documents = iter_file_documents(path, doc_split=config.doc_split, text_field=config.text_field, stats=stats)
-                yield from _document_tasks(documents, settings)
+            suffix = path.suffix.lower()
+            if suffix == ".parquet":
+                yield from _document_tasks(iter_parquet_documents(path, config.text_field), settings)
             else:
-                size = path.stat().st_size
-                task_bytes = max(size, 1) if config.doc_split == "file" else BATCH_CHARS
-                for start in range(0, size, task_bytes):
-                    yield _Task(settings, path=str(path), start=start, end=start + task_bytes, doc_split=config.doc_split)
+                yield from _range_tasks(path, config, settings, config.text_field if suffix in JSONL_SUFFIXES else None)
+
+
+def _range_tasks(path: Path, config: PrepareConfig, settings: _BatchSettings, text_field: str | None) -> Iterator[_Task]:
+    """Byte-range tasks over a plain-text file (text_field None) or a JSONL file; a whole file is one
+    task when each file is one document."""
+    size = path.stat().st_size
+    task_bytes = max(size, 1) if config.doc_split == "file" and text_field is None else BATCH_CHARS
+    for start in range(0, size, task_bytes):
+        yield _Task(settings, path=str(path), start=start, end=start + task_bytes, doc_split=config.doc_split,
+                    text_field=text_field)
 
 
 def _document_tasks(documents: Iterator[str], settings: _BatchSettings) -> Iterator[_Task]:
@@ -439,7 +465,8 @@ def _encoded_in_order(
 
 def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
     """Assign each document its split, drop those already in that split's finished shards, tokenize the rest."""
-    texts, skipped_lines, num_lines = task.documents()
+    documents = task.documents()
+    texts = documents.texts
     settings = task.settings
     data = [text.encode("utf-8") for text in texts]
     is_val = _is_val(data, settings.val_threshold)
@@ -455,11 +482,15 @@ def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
     lengths, tokens = encode_documents(tokenizer, kept_texts, settings.dtype)
     if offsets[keep].any():
         lengths, tokens = _drop_leading_tokens(lengths, tokens, offsets[keep])
-    return _EncodedBatch(keep, is_val[keep], lengths, tokens, sum(map(len, data)), len(data), skipped_lines, num_lines)
+    return _EncodedBatch(
+        keep, is_val[keep], lengths, tokens, sum(map(len, data)), len(data),
+        documents.skipped_lines, documents.num_lines, documents.bad_line,
+    )
 
 
-class _SkippedLinesByFile:
-    """Warnings for the lines that workers skipped in byte ranges, numbered within their files."""
+class _BlockLines:
+    """Numbers within their files the lines that workers report by their index in a block: warnings
+    for the lines skipped as not UTF-8, and the error for a bad JSONL line."""
 
     def __init__(self, stats: SourceStats) -> None:
         self.stats = stats
@@ -471,6 +502,9 @@ class _SkippedLinesByFile:
         reporter, first_line = self.files.get(task.path) or (SkippedLines(Path(task.path), self.stats), 1)
         for index, reason in encoded.skipped_lines:
             reporter.record(first_line + index, reason)
+        if encoded.bad_line is not None:
+            index, problem = encoded.bad_line
+            raise ValueError(f"{task.path}:{first_line + index}: {problem}")
         self.files[task.path] = reporter, first_line + encoded.num_lines
 
     def close(self) -> None:

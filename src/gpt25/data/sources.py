@@ -39,7 +39,8 @@ DEFAULT_CORPUS_SPEC = "python-docs"
 SKIPPED_STDLIB_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 MAX_WARNINGS_PER_FILE = 3
 TEXT_BLOCK_BYTES = 1 << 20
-PARAGRAPH_SEARCH_BYTES = 1 << 13  # read_paragraph_block looks for an empty line in windows from this size up
+BLOCK_SEARCH_BYTES = 1 << 13  # read_paragraph_block / read_line_block search windows from this size up
+EMPTY_LINE_ENDS = (b"\n\n", b"\n\r\n")  # an empty line ends just after these
 _BLANK_LINE = re.compile(r"^[^\S\n]*\n", re.MULTILINE)
 _BLANK_LINE_OR_END = re.compile(r"^[^\S\n]*(?:\n|\Z)", re.MULTILINE)  # a last line without "\n" can be blank too
 _WHITESPACE_LINE = re.compile(r"\n[^\S\n]+(?:\n|\Z)")  # a blank line that is not empty (but for the first)
@@ -227,32 +228,43 @@ def read_paragraph_block(path: Path, start: int, end: int) -> bytes:
     after byte `end` (a paragraph starts the file or follows an empty line; the file's end counts as
     one). Consecutive ranges give consecutive blocks, so workers can each read their own part of a
     file and no paragraph spans two blocks (see text_documents); a block may be empty."""
+    return _read_block(path, start, end, EMPTY_LINE_ENDS)
+
+
+def read_line_block(path: Path, start: int, end: int) -> bytes:
+    """read_paragraph_block for lines: from the first line start at or after `start` to the first
+    at or after `end` (see jsonl_block_documents)."""
+    return _read_block(path, start, end, (b"\n",))
+
+
+def _read_block(path: Path, start: int, end: int, boundaries: tuple[bytes, ...]) -> bytes:
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
-        first = _paragraph_start(file, start, size)
-        last = _paragraph_start(file, end, size)
+        first = _block_start(file, start, size, boundaries)
+        last = _block_start(file, end, size, boundaries)
         file.seek(first)
         return file.read(max(last - first, 0))
 
 
-def _paragraph_start(file: BinaryIO, position: int, size: int) -> int:
-    """The first position >= `position` that is 0, `size`, or just after an empty line ("\n\n" or "\n\r\n")."""
+def _block_start(file: BinaryIO, position: int, size: int, boundaries: tuple[bytes, ...]) -> int:
+    """The first position >= `position` that is 0, `size`, or just after one of `boundaries`."""
     if position <= 0 or position >= size:
         return min(max(position, 0), size)
-    window_start, window_bytes = max(position - 3, 0), PARAGRAPH_SEARCH_BYTES
+    longest = max(map(len, boundaries))
+    window_start, window_bytes = max(position - longest, 0), BLOCK_SEARCH_BYTES
     while window_start < size:
         file.seek(window_start)
         data = file.read(window_bytes)
         ends = [
-            window_start + index + len(end)
-            for end in (b"\n\n", b"\n\r\n")
-            if (index := data.find(end, max(position - len(end) - window_start, 0))) >= 0
+            window_start + index + len(boundary)
+            for boundary in boundaries
+            if (index := data.find(boundary, max(position - len(boundary) - window_start, 0))) >= 0
         ]
         if ends:
             return min(ends)
         if window_start + len(data) >= size:
             return size
-        window_start += len(data) - 2  # an empty line may straddle the windows
+        window_start += len(data) - (longest - 1)  # a boundary may straddle the windows
         window_bytes *= 2
     return size
 
@@ -319,18 +331,48 @@ def _non_empty(text: str) -> Iterator[str]:
 def iter_jsonl_documents(path: Path, text_field: str, stats: SourceStats) -> Iterator[str]:
     """One JSON object per line; yields its `text_field` (a missing field is an error, not a skip)."""
     for line_number, line in iter_utf8_lines(path, stats):
-        if not line.strip():
-            continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"{path}:{line_number}: not a JSON object per line ({error.msg}); JSONL sources need one object per line"
-            ) from None
-        if not isinstance(record, dict) or text_field not in record:
-            fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-            raise ValueError(f"{path}:{line_number}: no field {text_field!r} (found: {fields}); pass --text-field NAME")
-        yield from _non_empty(str(record[text_field]))
+            yield from record_documents(line, text_field)
+        except ValueError as error:
+            raise ValueError(f"{path}:{line_number}: {error}") from None
+
+
+def record_documents(line: str, text_field: str) -> list[str]:
+    """The document of one JSONL line ([] for a blank line or a blank text); ValueError saying what
+    is wrong with a line that is not an object with `text_field`."""
+    if not line.strip():
+        return []
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not a JSON object per line ({error.msg}); JSONL sources need one object per line") from None
+    if not isinstance(record, dict) or text_field not in record:
+        fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+        raise ValueError(f"no field {text_field!r} (found: {fields}); pass --text-field NAME")
+    return list(_non_empty(str(record[text_field])))
+
+
+def jsonl_block_documents(
+    text: str, text_field: str, skipped: list[tuple[int, str]]
+) -> tuple[list[str], tuple[int, str] | None]:
+    """The documents of a decoded block of JSONL lines (decode_text_block gives `text` and the lines
+    it `skipped`), and (line index in the block, problem) of its first bad line, or None."""
+    documents: list[str] = []
+    for index, line in enumerate(text.split("\n")):
+        try:
+            documents += record_documents(line, text_field)
+        except ValueError as error:
+            return documents, (_block_line_index(index, skipped), str(error))
+    return documents, None
+
+
+def _block_line_index(index: int, skipped: list[tuple[int, str]]) -> int:
+    """The index in its block of line `index` of the decoded text, which lacks the skipped lines."""
+    for skipped_index, _ in skipped:  # in block order
+        if skipped_index > index:
+            break
+        index += 1
+    return index
 
 
 def iter_parquet_documents(path: Path, text_field: str) -> Iterator[str]:
