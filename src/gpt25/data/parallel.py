@@ -3,11 +3,10 @@
 `map_in_order` deals the tasks round-robin to its own worker processes, each with a task pipe and a
 result pipe, keeps at most TASKS_IN_FLIGHT_PER_WORKER tasks per worker queued and yields results in
 input order, so memory stays bounded however long the input. It avoids `multiprocessing.Pool`, whose
-helper threads cost the main process about a second of CPU per 200 MB of text to tokenize (its
-worker handler wakes up whenever result bytes are waiting in the pipe). Workers are forked with the
-parent's tokenizer where the OS allows, after the parent has run the first WARM_UP_TASKS itself: the
-workers then start with the pre-token cache those filled (the commonest pre-tokens), instead of
-each merging them again.
+worker-handler thread wakes up whenever result bytes are waiting in its result pipe, spending the
+main process's CPU while results are large. Workers are forked with the parent's tokenizer where
+the OS allows, after the parent has run the first WARM_UP_TASKS itself: the workers then start with
+the pre-token cache those filled (the commonest pre-tokens), instead of each merging them again.
 """
 
 from __future__ import annotations

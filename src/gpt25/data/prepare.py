@@ -114,16 +114,18 @@ def document_hash(text: str) -> int:
 
 
 def _hash_utf8(data: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+    return int.from_bytes(_digest(data), "big")
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=8).digest()
 
 
 def _is_val(documents: list[bytes], val_threshold: int) -> np.ndarray:
     """(documents,) bool: whether each UTF-8 document goes to validation (_hash_utf8 <= val_threshold)."""
     if val_threshold < 0:
         return np.zeros(len(documents), dtype=bool)
-    blake2b = hashlib.blake2b
-    digests = b"".join([blake2b(document, digest_size=8).digest() for document in documents])
-    return np.frombuffer(digests, dtype=">u8") <= np.uint64(val_threshold)
+    return np.frombuffer(b"".join(map(_digest, documents)), dtype=">u8") <= np.uint64(val_threshold)
 
 
 def val_threshold_for_fraction(val_fraction: float) -> int:
@@ -329,7 +331,7 @@ def _run(
     ) as bar:
         try:
             for task, encoded in _encoded_in_order(tasks, config.workers, tokenizer, counters, caught_up_at):
-                block_lines.report(task, encoded)
+                block_lines.report(task, encoded.block)
                 _write_batch(encoded, writers, counters["documents"])
                 counters["documents"] += encoded.num_documents
                 counters["bytes"] += encoded.num_bytes
@@ -378,28 +380,28 @@ class _Task:
     text_field: str | None = None  # the field holding the text, when the file is JSONL
     first_doc_index: int | None = None  # the number of the first document, given only while resuming
 
-    def documents(self) -> _TaskDocuments:
+    def documents(self) -> tuple[list[str], _BlockReport | None]:
+        """The task's documents, and for a byte range what the main process must number within the file."""
         if self.texts is not None:
-            return _TaskDocuments(self.texts)
+            return self.texts, None
         path, at_file_start = Path(self.path), self.start == 0
         if self.text_field is None:
             block = read_paragraph_block(path, self.start, self.end)
             text, skipped = decode_text_block(block, at_file_start)
-            return _TaskDocuments(text_documents(text, self.doc_split), skipped, block.count(b"\n"))
+            return text_documents(text, self.doc_split), _BlockReport(skipped, block.count(b"\n"))
         block = read_line_block(path, self.start, self.end)
         text, skipped = decode_text_block(block, at_file_start)
         documents, bad_line = jsonl_block_documents(text, self.text_field, skipped)
-        return _TaskDocuments(documents, skipped, block.count(b"\n"), bad_line)
+        return documents, _BlockReport(skipped, block.count(b"\n"), bad_line)
 
 
 @dataclass
-class _TaskDocuments:
-    """A task's documents and, for a byte range, what the main process must number within the file."""
+class _BlockReport:
+    """What a worker found in a byte range's block, by line index in the block."""
 
-    texts: list[str]
-    skipped_lines: list[tuple[int, str]] = field(default_factory=list)  # (line index in the block, reason)
-    num_lines: int = 0  # lines in the block
-    bad_line: tuple[int, str] | None = None  # (line index in the block, problem): a JSONL line that is no record
+    skipped_lines: list[tuple[int, str]]  # (line index, reason) of each line skipped as not UTF-8
+    num_lines: int
+    bad_line: tuple[int, str] | None = None  # (line index, problem): a JSONL line that is no record
 
 
 @dataclass
@@ -412,9 +414,7 @@ class _EncodedBatch:
     tokens: np.ndarray  # all their tokens, concatenated
     num_bytes: int  # UTF-8 bytes of every document of the task
     num_documents: int  # documents in the task, kept or not
-    skipped_lines: list[tuple[int, str]]  # as in _TaskDocuments
-    num_lines: int
-    bad_line: tuple[int, str] | None
+    block: _BlockReport | None  # for a byte-range task
 
 
 def _tasks(config: PrepareConfig, settings: _BatchSettings, stats: SourceStats) -> Iterator[_Task]:
@@ -465,8 +465,7 @@ def _encoded_in_order(
 
 def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
     """Assign each document its split, drop those already in that split's finished shards, tokenize the rest."""
-    documents = task.documents()
-    texts = documents.texts
+    texts, block = task.documents()
     settings = task.settings
     data = [text.encode("utf-8") for text in texts]
     is_val = _is_val(data, settings.val_threshold)
@@ -482,10 +481,7 @@ def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
     lengths, tokens = encode_documents(tokenizer, kept_texts, settings.dtype)
     if offsets[keep].any():
         lengths, tokens = _drop_leading_tokens(lengths, tokens, offsets[keep])
-    return _EncodedBatch(
-        keep, is_val[keep], lengths, tokens, sum(map(len, data)), len(data),
-        documents.skipped_lines, documents.num_lines, documents.bad_line,
-    )
+    return _EncodedBatch(keep, is_val[keep], lengths, tokens, sum(map(len, data)), len(data), block)
 
 
 class _BlockLines:
@@ -496,16 +492,16 @@ class _BlockLines:
         self.stats = stats
         self.files: dict[str, tuple[SkippedLines, int]] = {}  # path -> (its reporter, line number of the next block)
 
-    def report(self, task: _Task, encoded: _EncodedBatch) -> None:
-        if task.texts is not None:
+    def report(self, task: _Task, block: _BlockReport | None) -> None:
+        if block is None:
             return
         reporter, first_line = self.files.get(task.path) or (SkippedLines(Path(task.path), self.stats), 1)
-        for index, reason in encoded.skipped_lines:
+        for index, reason in block.skipped_lines:
             reporter.record(first_line + index, reason)
-        if encoded.bad_line is not None:
-            index, problem = encoded.bad_line
+        if block.bad_line is not None:
+            index, problem = block.bad_line
             raise ValueError(f"{task.path}:{first_line + index}: {problem}")
-        self.files[task.path] = reporter, first_line + encoded.num_lines
+        self.files[task.path] = reporter, first_line + block.num_lines
 
     def close(self) -> None:
         for reporter, _ in self.files.values():

@@ -96,15 +96,8 @@ class Tokenizer:
 
     def _build_merge_ids(self) -> np.ndarray:
         """(merges, 3) int64: the left, right and merged id of each merge, in rank order."""
-        if not self.merges:
-            return np.zeros((0, 3), dtype=np.int64)
-        lefts, rights = zip(*self.merges)
-        id_lists = [list(map(self._token_to_id.get, tokens)) for tokens in (lefts, rights, map(bytes.__add__, lefts, rights))]
-        if any(None in ids for ids in id_lists):
-            rank = min(ids.index(None) for ids in id_lists if None in ids)
-            left, right = self.merges[rank]
-            raise ValueError(f"merge {rank} ({left!r}, {right!r}) uses or makes a token missing from the vocab")
-        return np.array(id_lists, dtype=np.int64).T
+        lefts, rights = [left for left, _ in self.merges], [right for _, right in self.merges]
+        return io.merge_ids(lefts, rights, self._token_to_id, lambda rank: f"merge {rank} {self.merges[rank]!r}")
 
     @functools.cached_property
     def _merge_values(self) -> dict[int, int]:

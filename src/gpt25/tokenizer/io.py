@@ -21,8 +21,10 @@ import collections
 import hashlib
 import itertools
 import json
+import operator
 import os
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -236,19 +238,25 @@ def read_vocab_and_merges(vocab_path: str | Path, merges_path: str | Path) -> tu
 
 def _read_merges(path: str | Path, entries: dict[str, int], vocab: Vocab) -> tuple[Merges, np.ndarray]:
     """(merges, merge ids) of a merges.txt whose tokens are those of `entries` (a vocab.json's)."""
-    merge_ids = _merge_ids_of_tokens(_read_merge_tokens(path), entries, path)
-    lefts, rights = (map(vocab.__getitem__, column.tolist()) for column in (merge_ids[:, 0], merge_ids[:, 1]))
-    return list(zip(lefts, rights)), merge_ids
-
-
-def _merge_ids_of_tokens(tokens: list[str], entries: dict[str, int], where: str | Path) -> np.ndarray:
-    """(merges, 3) int64: the left, right and merged id of each merge of _read_merge_tokens, in rank order."""
+    tokens = _read_merge_tokens(path)
     lefts, rights = tokens[0::2], tokens[1::2]
-    id_lists = [list(map(entries.get, column)) for column in (lefts, rights, map(str.__add__, lefts, rights))]
+
+    def describe(rank: int) -> str:
+        return f"{path}: merge {rank} {tuple(printables_to_bytes([lefts[rank], rights[rank]], str(path)))!r}"
+
+    ids = merge_ids(lefts, rights, entries, describe)
+    left_tokens, right_tokens = (map(vocab.__getitem__, column.tolist()) for column in (ids[:, 0], ids[:, 1]))
+    return list(zip(left_tokens, right_tokens)), ids
+
+
+def merge_ids(lefts: Sequence, rights: Sequence, token_ids: Mapping, describe: Callable[[int], str]) -> np.ndarray:
+    """(merges, 3) int64: the left, right and merged (left + right) id of each merge, in rank order,
+    the tokens given as `token_ids` keys them (bytes, or printable str); ValueError for the first
+    merge with a token missing from `token_ids`, which describe(rank) names."""
+    id_lists = [list(map(token_ids.get, column)) for column in (lefts, rights, map(operator.add, lefts, rights))]
     if any(None in ids for ids in id_lists):
         rank = min(ids.index(None) for ids in id_lists if None in ids)
-        left, right = printables_to_bytes([lefts[rank], rights[rank]], str(where))
-        raise ValueError(f"{where}: merge {rank} ({left!r}, {right!r}) uses or makes a token missing from the vocab")
+        raise ValueError(f"{describe(rank)} uses or makes a token missing from the vocab")
     return np.array(id_lists, dtype=np.int64).T
 
 
