@@ -4,7 +4,9 @@ For each config (tiny, 124m) and batch size (1, 8), the same weights run three w
 exactly `--new-tokens` tokens after a random `--prompt-tokens` prompt (no end-of-text stop on either
 side, so the work is identical):
 
-- gpt25 cached:    gpt25.sample.generate_tokens(use_cache=True)   (preallocated KVCache)
+- gpt25 cached:    gpt25.sample.generate_tokens(use_cache=True)   (preallocated KV cache; on CUDA
+                   a StaticKVCache whose one-token step is captured in a CUDA graph and replayed)
+- gpt25 eager:     on CUDA only, generate_tokens(static_decode=False): the cached path without the graph
 - gpt25 no cache:  gpt25.sample.generate_tokens(use_cache=False)  (recomputes the prefix each token)
 - transformers:    LlamaForCausalLM.generate(do_sample=False, min_new_tokens=max_new_tokens=N)
 
@@ -51,8 +53,10 @@ def build_llama(model: TransformerLM, folder: Path):
 
 def contenders(model: TransformerLM, llama, new_tokens: int, no_cache: bool) -> dict[str, Callable]:
     """name -> function(prompt (batch, prompt_len)) -> new tokens (batch, new_tokens)."""
-    def ours(use_cache: bool) -> Callable:
-        return lambda prompt: generate_tokens(model, prompt, max_new_tokens=new_tokens, use_cache=use_cache)
+    def ours(use_cache: bool, static_decode: bool | None = None) -> Callable:
+        return lambda prompt: generate_tokens(
+            model, prompt, max_new_tokens=new_tokens, use_cache=use_cache, static_decode=static_decode
+        )
 
     @torch.inference_mode()
     def transformers_generate(prompt: torch.Tensor) -> torch.Tensor:
@@ -63,6 +67,8 @@ def contenders(model: TransformerLM, llama, new_tokens: int, no_cache: bool) -> 
         return output[:, prompt.shape[1] :]
 
     found = {"gpt25 cached": ours(True), "transformers": transformers_generate}
+    if next(model.parameters()).device.type == "cuda":
+        found["gpt25 eager"] = ours(True, static_decode=False)
     if no_cache:
         found["gpt25 no cache"] = ours(False)
     return found
@@ -105,18 +111,21 @@ def benchmark(name: str, batch_size: int, args: argparse.Namespace) -> dict:
         "same": torch.equal(outputs["gpt25 cached"], outputs["transformers"]),
         "cache_matches_no_cache": "gpt25 no cache" not in outputs
         or torch.equal(outputs["gpt25 cached"], outputs["gpt25 no cache"]),
+        "graph_matches_eager": "gpt25 eager" not in outputs
+        or torch.equal(outputs["gpt25 cached"], outputs["gpt25 eager"]),
     }
 
 
 def format_row(result: dict, args: argparse.Namespace) -> str:
     speeds = result["speeds"]
     cached, hf = speeds["gpt25 cached"], speeds["transformers"]
-    no_cache = speeds.get("gpt25 no cache")
+    no_cache, eager = speeds.get("gpt25 no cache"), speeds.get("gpt25 eager")
     cells = [
         result["config"], args.device, args.dtype, str(result["batch"]), str(args.new_tokens), f"{cached:,.0f}",
-        "-" if no_cache is None else f"{no_cache:,.0f}", f"{hf:,.0f}", f"{cached / hf:.2f}x",
-        "-" if no_cache is None else f"{cached / no_cache:.1f}x",
+        "-" if eager is None else f"{eager:,.0f}", "-" if no_cache is None else f"{no_cache:,.0f}", f"{hf:,.0f}",
+        f"{cached / hf:.2f}x", "-" if no_cache is None else f"{cached / no_cache:.1f}x",
         "same" if result["same"] else "differ", "same" if result["cache_matches_no_cache"] else "differ",
+        "-" if eager is None else ("same" if result["graph_matches_eager"] else "differ"),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -143,9 +152,10 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print("| config | device | dtype | batch | new tokens | gpt25 cached tok/s | gpt25 no-cache tok/s | "
-          "transformers tok/s | cached / transformers | cached / no-cache | vs transformers | cache vs no-cache |")
-    print("|" + "---|" * 12)
+    print("| config | device | dtype | batch | new tokens | gpt25 cached tok/s | gpt25 eager tok/s | "
+          "gpt25 no-cache tok/s | transformers tok/s | cached / transformers | cached / no-cache | "
+          "vs transformers | cache vs no-cache | graph vs eager |")
+    print("|" + "---|" * 14)
     for name in args.configs.split(","):
         for batch_size in (int(size) for size in args.batch_sizes.split(",")):
             print(format_row(benchmark(name, batch_size, args), args), flush=True)

@@ -1,10 +1,12 @@
 """Text generation: temperature, top-k and nucleus (top-p) sampling with a preallocated KV cache.
 
-`generate` is the text-in, text-out entry point (the `gpt25 generate` command and the trainer's
+`generate` is the text-in, text-out entry point (the `gpt25 generate` command and the demo's
 samples); `generate_tokens` is the tensor loop underneath, shared with the lm-evaluation-harness
 adapter and the speed benchmark. With the cache each new token costs one position of the model;
 `use_cache=False` recomputes the whole prefix every step (the reference the cache is tested
-against, and the baseline of `benchmarks/generate.py`).
+against, and the baseline of `benchmarks/generate.py`). On a GPU the one-token step runs on a
+`StaticKVCache` and is captured once in a CUDA graph, then replayed (`DecodeStep`): a small
+model's step is bound by kernel launches there, not by arithmetic.
 
 Prompts and generated tokens must fit in the context together: a longer prompt is cut from the
 left, with a warning. An empty prompt starts from the end-of-text token. Generation of a sample
@@ -19,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from gpt25.model import KVCache
+from gpt25.model import KVCache, StaticKVCache
 
 
 def validate_sampling(temperature: float, top_p: float, top_k: int | None) -> None:
@@ -72,6 +74,65 @@ def sample_next_token(
     return torch.multinomial(probabilities, num_samples=1, generator=generator).squeeze(-1)  # (batch,)
 
 
+class DecodeStep:
+    """The one-token decoding step on a KV cache: logits (batch, vocab) after each new token.
+
+    With `capture` (a CUDA device and a `StaticKVCache`), the first call runs the step once to warm
+    up, then captures it in a CUDA graph; every call after that copies the token into the same
+    input tensor and replays the graph, one launch instead of one per kernel. The step's position
+    lives in the cache's `position_tensor`, so the replays need nothing from the host.
+    """
+
+    def __init__(self, model: torch.nn.Module, cache: KVCache, vocab_size: int, capture: bool) -> None:
+        if capture and not isinstance(cache, StaticKVCache):
+            raise ValueError("a captured decoding step needs a StaticKVCache (fixed shapes, position on the device)")
+        self.model = model
+        self.cache = cache
+        self.vocab_size = vocab_size
+        self.tokens = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=cache.keys[0].device)
+        self.capture = capture
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None  # the graph's output, rewritten by every replay
+
+    def __call__(self, next_token: torch.Tensor) -> torch.Tensor:
+        """Feed `next_token` (batch,) at the cache's next position; return the logits (batch, vocab) after it."""
+        if self.cache.position >= self.cache.max_seq_len:
+            raise ValueError(f"the KV cache is full ({self.cache.max_seq_len} positions); reset it or make it longer")
+        self.tokens.copy_(next_token[:, None])
+        if not self.capture:
+            return self._run()
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        self.cache.position += 1  # the graph advanced the cache's position_tensor
+        return self.logits
+
+    def _run(self) -> torch.Tensor:
+        return self.model(self.tokens, kv_cache=self.cache)[:, -1, : self.vocab_size]  # (batch, vocab)
+
+    def _capture(self) -> None:
+        """Warm up on a side stream (as CUDA graphs need), capture one step, leave the cache where it was."""
+        cache = self.cache
+        position = cache.position
+        with torch.cuda.device(self.tokens.device):
+            side_stream = torch.cuda.Stream()
+            side_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side_stream):
+                self._run()  # allocates the stacked q/k/v weights and any lazily initialised state
+            torch.cuda.current_stream().wait_stream(side_stream)
+            cache.set_position(position)  # the warm-up wrote here; the first replay writes here again
+            self.graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(self.graph):
+                    self.logits = self._run()
+            except RuntimeError as error:
+                raise RuntimeError(
+                    f"capturing the decoding step in a CUDA graph failed ({error}); decode eagerly instead with "
+                    "`gpt25 generate --no_cuda_graph` (static_decode=False in Python)"
+                ) from error
+            cache.set_position(position)  # capturing ran the Python, not the kernels
+
+
 @torch.inference_mode()
 def generate_tokens(
     model: torch.nn.Module,
@@ -85,6 +146,7 @@ def generate_tokens(
     vocab_size: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    static_decode: bool | None = None,
     on_step: Callable[[torch.Tensor], bool | None] | None = None,
 ) -> torch.Tensor:
     """Continue `prompt_ids` (batch, prompt_len) by up to `max_new_tokens`; returns (batch, generated).
@@ -92,7 +154,8 @@ def generate_tokens(
     Stops early once every row has produced `eos_id` (rows that finished are then filled with
     `eos_id`); `eos_id=None` always runs `max_new_tokens` steps. Only ids below `vocab_size` (the
     tokenizer's, when the model's embedding is padded) are ever produced. `on_step` gets each
-    step's tokens (batch,) and stops the generation by returning True.
+    step's tokens (batch,) and stops the generation by returning True. `static_decode` (default:
+    on a CUDA device) decodes on a `StaticKVCache`, replaying a CUDA graph of the step on a GPU.
     """
     validate_sampling(temperature, top_p, top_k)
     num_rows, prompt_len = prompt_ids.shape
@@ -110,9 +173,11 @@ def generate_tokens(
         return generated
 
     if use_cache:
-        parameter = next(model.parameters())
-        kv_cache = KVCache(model.config, num_rows, total_len, device, parameter.dtype)
+        static_decode = device.type == "cuda" if static_decode is None else static_decode
+        cache_type = StaticKVCache if static_decode else KVCache
+        kv_cache = cache_type(model.config, num_rows, total_len, device, next(model.parameters()).dtype)
         logits = model(prompt_ids, kv_cache=kv_cache)[:, -1, :vocab_size]  # (batch, vocab)
+        decode_step = DecodeStep(model, kv_cache, vocab_size, capture=static_decode and device.type == "cuda")
     else:
         sequence = torch.empty(num_rows, total_len, dtype=torch.long, device=device)
         sequence[:, :prompt_len] = prompt_ids
@@ -134,7 +199,7 @@ def generate_tokens(
         if is_last or (eos_id is not None and step % 8 == 7 and bool(finished.all())):
             break
         if use_cache:
-            logits = model(next_token[:, None], kv_cache=kv_cache)[:, -1, :vocab_size]
+            logits = decode_step(next_token)
         else:
             end = prompt_len + step + 1
             sequence[:, end - 1] = next_token
@@ -202,6 +267,7 @@ def generate(
     num_samples: int = 1,
     seed: int | None = None,
     use_cache: bool = True,
+    static_decode: bool | None = None,
     on_token: Callable[[int, str], None] | None = None,
 ) -> list[str]:
     """Sample `num_samples` continuations of `prompt` as one batch; returns the new text of each.
@@ -209,6 +275,7 @@ def generate(
     The returned strings do not repeat the prompt and stop before end-of-text. `on_token(sample_index,
     text)` streams each sample's new text as it is produced (pieces join to the returned string).
     `seed` makes sampling reproducible; temperature 0 is greedy (and ignores top_k/top_p).
+    `use_cache` and `static_decode` choose the decoding path, as in `generate_tokens`.
     """
     validate_sampling(temperature, top_p, top_k)
     if num_samples < 1:
@@ -240,6 +307,7 @@ def generate(
             vocab_size=tokenizer.vocab_size,
             generator=generator,
             use_cache=use_cache,
+            static_decode=static_decode,
             on_step=stream,
         )
     finally:

@@ -69,11 +69,13 @@ def test_eval_of_a_consolidated_file_writes_beside_it(saved) -> None:
 
 
 def test_generate_prints_prompt_and_continuation(saved, capsys) -> None:
-    code = run_cli("generate", "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], "--prompt", "The cat",
-                   "--max_new_tokens", 5, "--num_samples", 2, "--seed", 1, "--device", "cpu")
-    assert code == 0
+    arguments = ["generate", "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], "--prompt", "The cat",
+                 "--max_new_tokens", 5, "--num_samples", 2, "--seed", 1, "--device", "cpu"]
+    assert run_cli(*arguments) == 0
     out = capsys.readouterr().out
     assert out.count("--- sample") == 2 and out.count("The cat") == 2
+    assert run_cli(*arguments, "--no_cuda_graph") == 0  # only changes decoding on a GPU
+    assert capsys.readouterr().out == out
 
 
 def test_generate_streams_one_sample(saved, capsys) -> None:

@@ -17,6 +17,7 @@ from gpt25.model import (
     MultiHeadSelfAttention,
     RMSNorm,
     RotaryEmbedding,
+    StaticKVCache,
     SwiGLU,
     TransformerLM,
     causal_mask,
@@ -291,6 +292,38 @@ def test_cache_chunks_match_full_forward_and_reset(model: TransformerLM) -> None
         changed.copy_(original)
     with pytest.raises(ValueError, match="max_seq_len"):
         KVCache(CONFIG, batch_size=1, max_seq_len=CONFIG.context_length + 1)
+
+
+@pytest.mark.parametrize("use_sdpa", [True, False])
+def test_static_cache_steps_match_the_full_forward(model: TransformerLM, use_sdpa: bool) -> None:
+    for layer in model.layers:
+        layer.attn.use_sdpa = use_sdpa
+    ids = torch.randint(0, CONFIG.vocab_size, (2, 20))
+    chunks = ((0, 6), (6, 7), (7, 8), (8, 9), (9, 14), (14, 15), (15, 16), (16, 20))  # one-token steps between prompts
+    with torch.no_grad():
+        full = model(ids)
+        cache = StaticKVCache(CONFIG, batch_size=2, max_seq_len=20)
+        for start, end in chunks:
+            torch.testing.assert_close(model(ids[:, start:end], cache), full[:, start:end], atol=1e-5, rtol=1e-5)
+            assert cache.position == int(cache.position_tensor) == end
+        cache.reset()
+        assert cache.position == int(cache.position_tensor) == 0
+
+
+def test_static_cache_step_reads_its_position_from_the_device_only(model: TransformerLM) -> None:
+    """What a replayed CUDA graph needs: the one-token step gives the same logits whatever the host position says."""
+    ids = torch.randint(0, CONFIG.vocab_size, (1, 12))
+    with torch.no_grad():
+        full = model(ids)
+        cache = StaticKVCache(CONFIG, batch_size=1, max_seq_len=12)
+        model(ids[:, :8], cache)
+        for position in range(8, 12):
+            cache.position = 0  # stale, as after graph replays that skip the Python
+            torch.testing.assert_close(model(ids[:, position : position + 1], cache), full[:, position : position + 1],
+                                       atol=1e-5, rtol=1e-5)
+            assert int(cache.position_tensor) == position + 1
+        cache.set_position(5)
+        assert cache.position == int(cache.position_tensor) == 5
 
 
 def test_meta_build_then_init_weights() -> None:

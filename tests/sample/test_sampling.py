@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from gpt25.sample import apply_top_k, apply_top_p, generate, generate_tokens
+from gpt25.model import KVCache, StaticKVCache
+from gpt25.sample import DecodeStep, apply_top_k, apply_top_p, generate, generate_tokens
 
 NEG_INF = float("-inf")
 EOT = 256  # <|endoftext|> in the byte tokenizer
@@ -27,6 +28,54 @@ def test_greedy_generate_text_is_the_same_with_and_without_cache(byte_tokenizer,
     options = dict(max_new_tokens=30, temperature=0.0)
     assert generate(model, byte_tokenizer, "Hello", **options) == generate(
         model, byte_tokenizer, "Hello", use_cache=False, **options)
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 57])
+def test_static_decoding_gives_the_ids_of_recomputing_the_prefix(random_lm, max_new_tokens: int) -> None:
+    model = random_lm(context_length=64)
+    prompts = torch.tensor([[5, 80, 33, 120, 7, 99, 1], [200, 13, 13, 42, 250, 66, 8]])
+    static = generate_tokens(model, prompts, max_new_tokens=max_new_tokens, static_decode=True)
+    recomputed = generate_tokens(model, prompts, max_new_tokens=max_new_tokens, use_cache=False)
+    assert torch.equal(static, recomputed)
+
+
+def test_static_decoding_samples_like_the_dynamic_cache(byte_tokenizer, random_lm) -> None:
+    model = random_lm()
+    options = dict(max_new_tokens=25, temperature=1.0, top_p=0.9, top_k=50, num_samples=3, seed=11)
+    static = generate(model, byte_tokenizer, "abc", static_decode=True, **options)
+    assert static == generate(model, byte_tokenizer, "abc", static_decode=False, **options)
+    assert len(set(static)) == 3
+
+
+def test_decode_step_refuses_a_capture_without_a_static_cache_and_a_full_cache(random_lm) -> None:
+    model = random_lm(context_length=16)
+    with pytest.raises(ValueError, match="StaticKVCache"):
+        DecodeStep(model, KVCache(model.config, 1, 4), 257, capture=True)
+    cache = StaticKVCache(model.config, 1, 4)
+    step = DecodeStep(model, cache, 257, capture=False)
+    with torch.inference_mode():
+        model(torch.tensor([[1, 2, 3]]), kv_cache=cache)
+        assert step(torch.tensor([4])).shape == (1, 257)
+        with pytest.raises(ValueError, match="cache is full"):
+            step(torch.tensor([5]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="captures a CUDA graph: needs a CUDA GPU")
+def test_captured_decoding_on_a_gpu_gives_the_ids_of_recomputing_the_prefix(random_lm) -> None:
+    model = random_lm(context_length=64).cuda()
+    prompts = torch.tensor([[5, 80, 33, 120, 7, 99, 1], [200, 13, 13, 42, 250, 66, 8]], device="cuda")
+    captured = generate_tokens(model, prompts, max_new_tokens=57)  # static_decode defaults to on for CUDA
+    eager = generate_tokens(model, prompts, max_new_tokens=57, static_decode=False)
+    recomputed = generate_tokens(model, prompts, max_new_tokens=57, use_cache=False)
+    assert torch.equal(captured, eager) and torch.equal(captured, recomputed)
+    cache = StaticKVCache(model.config, 2, 12, device="cuda")
+    step = DecodeStep(model, cache, 257, capture=True)
+    with torch.inference_mode():
+        model(prompts, kv_cache=cache)
+        first = step(torch.tensor([3, 4], device="cuda")).clone()
+        assert step.graph is not None and cache.position == int(cache.position_tensor) == 8
+        cache.set_position(7)  # replay the same position: the same logits
+        torch.testing.assert_close(step(torch.tensor([3, 4], device="cuda")), first)
 
 
 def test_top_k_keeps_the_k_largest_logits() -> None:

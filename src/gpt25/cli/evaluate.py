@@ -96,6 +96,10 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are produced (one sample)")
     parser.add_argument("--no_cache", action="store_true", help="recompute the whole prefix each step (slow)")
+    parser.add_argument(
+        "--no_cuda_graph", action="store_true",
+        help="on a GPU, run each decoding step eagerly instead of replaying a captured CUDA graph",
+    )
     parser.set_defaults(handler=run_generate)
 
 
@@ -126,6 +130,7 @@ def run_generate(args: argparse.Namespace) -> int:
             num_samples=args.num_samples,
             seed=args.seed,
             use_cache=not args.no_cache,
+            static_decode=False if args.no_cuda_graph else None,
             on_token=print_piece if args.stream else None,
         )
     if args.stream:

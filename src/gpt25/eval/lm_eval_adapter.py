@@ -55,6 +55,7 @@ class GPT25LM(TemplateLM):
         batch_size: int | str | None = DEFAULT_BATCH_SIZE,
         dtype: str | None = None,
         max_gen_toks: int = 256,
+        cuda_graph: bool = True,
         **_unused_lm_eval_options,
     ) -> None:
         super().__init__()
@@ -74,6 +75,7 @@ class GPT25LM(TemplateLM):
         self.model = model.to(self._device).eval()
         self.batch_size = parse_batch_size(batch_size)
         self.max_gen_toks = int(max_gen_toks)
+        self.static_decode = None if cuda_graph else False  # None: replay a CUDA graph per step on a GPU
 
     @property
     def eot_token_id(self) -> int:
@@ -165,6 +167,7 @@ class GPT25LM(TemplateLM):
             top_p=top_p,
             eos_id=self.eot_token_id,
             vocab_size=self.tokenizer.vocab_size,
+            static_decode=self.static_decode,
             on_step=collect,
         )
         text = self.tok_decode(new_ids)

@@ -4,7 +4,13 @@
 config, block, full model, FLOP count and weight-decay groups.
 """
 
-from gpt25.model.attention import KVCache, MultiHeadSelfAttention, causal_mask, scaled_dot_product_attention
+from gpt25.model.attention import (
+    KVCache,
+    MultiHeadSelfAttention,
+    StaticKVCache,
+    causal_mask,
+    scaled_dot_product_attention,
+)
 from gpt25.model.layers import (
     Embedding,
     Linear,
@@ -26,6 +32,7 @@ __all__ = [
     "MultiHeadSelfAttention",
     "RMSNorm",
     "RotaryEmbedding",
+    "StaticKVCache",
     "SwiGLU",
     "TransformerBlock",
     "TransformerLM",

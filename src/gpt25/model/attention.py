@@ -47,6 +47,8 @@ class KVCache:
     writes positions [position, position + seq) and advances it. `reset()` starts a new sequence.
     Under no_grad / inference_mode it also keeps each layer's q/k/v weights concatenated, so a
     decoding step does one matmul for them without copying the weights again every step.
+    The attention asks the cache for the rotary angles, the keys/values and the mask of the
+    positions it computes, so `StaticKVCache` can answer the same questions with fixed shapes.
     """
 
     def __init__(
@@ -78,12 +80,84 @@ class KVCache:
         self.position = 0
         self.qkv_weights.clear()
 
+    def rotary_angles(self, rope: RotaryEmbedding, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (seq, 1, 1, head_dim / 2) of positions [position, position + seq)."""
+        end = self.position + seq_len
+        return rope.cos[self.position : end, None, None, :], rope.sin[self.position : end, None, None, :]
+
     def update(self, layer_index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (batch, heads, seq, head_dim) at [position, position + seq); return all keys/values so far."""
         end = self.position + k.shape[-2]
         self.keys[layer_index][:, :, self.position : end] = k
         self.values[layer_index][:, :, self.position : end] = v
         return self.keys[layer_index][:, :, :end].to(k.dtype), self.values[layer_index][:, :, :end].to(v.dtype)
+
+    def attention_mask(self, seq_len: int) -> tuple[torch.Tensor | None, bool]:
+        """(boolean mask (seq, keys) or None, is_causal) for `seq` new queries over the keys `update` returned."""
+        if self.position == 0 or seq_len == 1:
+            # A fresh chunk is plainly causal; one new token may attend to everything cached.
+            return None, self.position == 0
+        return causal_mask(seq_len, self.position + seq_len, device=self.keys[0].device), False
+
+    def advance(self, seq_len: int) -> None:
+        """Count `seq_len` more positions as filled (called by the model after each forward)."""
+        self.position += seq_len
+
+
+class StaticKVCache(KVCache):
+    """A KVCache whose one-token steps have fixed shapes and read their position from the device.
+
+    A one-token step writes its keys/values at `position_tensor` (index_copy_), attends over the
+    whole buffer under a mask of the filled positions and advances the tensor in place. Every such
+    step therefore runs the same kernels on the same memory and never asks the host where it is,
+    which is what capturing it once in a CUDA graph and replaying it needs (`gpt25.sample`).
+    Longer chunks, such as the prompt, take KVCache's own path; the host `position` is kept in step.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_seq_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(config, batch_size, max_seq_len, device, dtype)
+        self.position_tensor = torch.zeros(1, dtype=torch.long, device=device)
+        self.key_positions = torch.arange(max_seq_len, device=device)[None, :]  # (1, max_seq_len)
+
+    def reset(self) -> None:
+        super().reset()
+        self.position_tensor.zero_()
+
+    def set_position(self, position: int) -> None:
+        """Move both counters to `position` (after a graph capture ran the step without meaning it)."""
+        self.position = position
+        self.position_tensor.fill_(position)
+
+    def rotary_angles(self, rope: RotaryEmbedding, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if seq_len > 1:
+            return super().rotary_angles(rope, seq_len)
+        cos = rope.cos.index_select(0, self.position_tensor)  # (1, head_dim / 2)
+        sin = rope.sin.index_select(0, self.position_tensor)
+        return cos[:, None, None, :], sin[:, None, None, :]
+
+    def update(self, layer_index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if k.shape[-2] > 1:
+            return super().update(layer_index, k, v)
+        keys, values = self.keys[layer_index], self.values[layer_index]
+        keys.index_copy_(2, self.position_tensor, k.to(keys.dtype))
+        values.index_copy_(2, self.position_tensor, v.to(values.dtype))
+        return keys.to(k.dtype), values.to(v.dtype)  # the whole buffers: (batch, heads, max_seq_len, head_dim)
+
+    def attention_mask(self, seq_len: int) -> tuple[torch.Tensor | None, bool]:
+        if seq_len > 1:
+            return super().attention_mask(seq_len)
+        return self.key_positions <= self.position_tensor, False  # (1 query, max_seq_len keys): the filled ones
+
+    def advance(self, seq_len: int) -> None:
+        super().advance(seq_len)
+        self.position_tensor += seq_len
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -138,25 +212,24 @@ class MultiHeadSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """(batch, seq, d_model) -> (batch, seq, d_model); with a cache, x holds positions [cache.position, +seq)."""
         batch_size, seq_len, _ = x.shape
-        start = kv_cache.position if kv_cache is not None else 0
         qkv = self.project_qkv(x, kv_cache)  # (batch, seq, 3, heads, head_dim)
         # split (not slicing) so the backward is one cat rather than zero-filled scatters
         qk, v = qkv.split((2, 1), dim=2)  # (batch, seq, 2, heads, head_dim), (batch, seq, 1, heads, head_dim)
         if self.rope is not None:
-            cos = self.rope.cos[start : start + seq_len, None, None, :]  # (seq, 1, 1, head_dim / 2)
-            sin = self.rope.sin[start : start + seq_len, None, None, :]
+            if kv_cache is None:
+                cos = self.rope.cos[:seq_len, None, None, :]  # (seq, 1, 1, head_dim / 2)
+                sin = self.rope.sin[:seq_len, None, None, :]
+            else:
+                cos, sin = kv_cache.rotary_angles(self.rope, seq_len)
             qk = apply_rotary(qk, cos, sin)  # q and k rotated in one go
         q, k = qk.transpose(1, 3).unbind(2)  # (batch, heads, seq, head_dim) each
         v = v.squeeze(2).transpose(1, 2)  # (batch, heads, seq, head_dim)
         if kv_cache is None:
             attended = self.attend(q, k, v, is_causal=True)
         else:
-            k, v = kv_cache.update(self.layer_index, k, v)  # keys/values (batch, heads, start + seq, head_dim)
-            if start == 0 or seq_len == 1:
-                # A fresh chunk is plainly causal; one new token may attend to everything cached.
-                attended = self.attend(q, k, v, is_causal=start == 0)
-            else:
-                attended = self.attend(q, k, v, mask=causal_mask(seq_len, start + seq_len, device=x.device))
+            k, v = kv_cache.update(self.layer_index, k, v)  # keys/values (batch, heads, keys, head_dim)
+            mask, is_causal = kv_cache.attention_mask(seq_len)
+            attended = self.attend(q, k, v, mask=mask, is_causal=is_causal)
         attended = attended.transpose(1, 2).reshape(batch_size, seq_len, self.d_model)  # (batch, seq, d_model)
         return self.output_proj(attended)
 

@@ -125,7 +125,7 @@ class TransformerLM(nn.Module):
             x = layer(x, kv_cache)
         logits = self.lm_head(self.ln_final(x))  # (batch, seq, vocab)
         if kv_cache is not None:
-            kv_cache.position += token_ids.shape[1]
+            kv_cache.advance(token_ids.shape[1])
         return logits
 
     def check_inputs(self, token_ids: torch.Tensor, kv_cache: KVCache | None) -> None:
