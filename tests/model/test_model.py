@@ -326,6 +326,20 @@ def test_static_cache_step_reads_its_position_from_the_device_only(model: Transf
         assert cache.position == int(cache.position_tensor) == 5
 
 
+def test_static_cache_step_traces_as_one_graph(model: TransformerLM) -> None:
+    """No host sync (.item(), data-dependent branches) in the one-token step: dynamo traces it whole, as a
+    CUDA graph capture needs. backend="eager" only traces; the CUDA capture itself needs a GPU (tests/sample)."""
+    ids = torch.randint(0, CONFIG.vocab_size, (2, 9))
+    tokens = ids[:, 8:9].clone()
+    with torch.inference_mode():
+        expected = model(ids)[:, 8]
+        cache = StaticKVCache(CONFIG, batch_size=2, max_seq_len=12)
+        model(ids[:, :8], cache)
+        step = torch.compile(lambda: model(tokens, kv_cache=cache), backend="eager", fullgraph=True, dynamic=False)
+        torch.testing.assert_close(step()[:, 0], expected, atol=1e-5, rtol=1e-5)
+    assert int(cache.position_tensor) == 9
+
+
 def test_meta_build_then_init_weights() -> None:
     model = TransformerLM(CONFIG, device="meta")
     assert model.lm_head.weight.is_meta
