@@ -80,7 +80,8 @@ class DecodeStep:
     With `capture` (a CUDA device and a `StaticKVCache`), the first call runs the step once to warm
     up, then captures it in a CUDA graph; every call after that copies the token into the same
     input tensor and replays the graph, one launch instead of one per kernel. The step's position
-    lives in the cache's `position_tensor`, so the replays need nothing from the host.
+    lives in the cache's `position_tensor`, so the replays need nothing from the host. If the
+    capture fails, a warning says why and the steps run eagerly.
     """
 
     def __init__(self, model: torch.nn.Module, cache: KVCache, vocab_size: int, capture: bool) -> None:
@@ -99,16 +100,29 @@ class DecodeStep:
         if self.cache.position >= self.cache.max_seq_len:
             raise ValueError(f"the KV cache is full ({self.cache.max_seq_len} positions); reset it or make it longer")
         self.tokens.copy_(next_token[:, None])
+        if self.capture and self.graph is None:
+            self._capture_or_fall_back()
         if not self.capture:
             return self._run()
-        if self.graph is None:
-            self._capture()
         self.graph.replay()
         self.cache.position += 1  # the graph advanced the cache's position_tensor
         return self.logits
 
     def _run(self) -> torch.Tensor:
         return self.model(self.tokens, kv_cache=self.cache)[:, -1, : self.vocab_size]  # (batch, vocab)
+
+    def _capture_or_fall_back(self) -> None:
+        position = self.cache.position
+        try:
+            self._capture()
+        except RuntimeError as error:
+            warnings.warn(
+                f"capturing the decoding step in a CUDA graph failed ({error}); decoding eagerly instead "
+                "(slower; `gpt25 generate --no_cuda_graph` or static_decode=False skips the attempt)",
+                stacklevel=3,
+            )
+            self.capture, self.graph, self.logits = False, None, None
+            self.cache.set_position(position)
 
     def _capture(self) -> None:
         """Warm up on a side stream (as CUDA graphs need), capture one step, leave the cache where it was."""
@@ -122,14 +136,8 @@ class DecodeStep:
             torch.cuda.current_stream().wait_stream(side_stream)
             cache.set_position(position)  # the warm-up wrote here; the first replay writes here again
             self.graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(self.graph):
-                    self.logits = self._run()
-            except RuntimeError as error:
-                raise RuntimeError(
-                    f"capturing the decoding step in a CUDA graph failed ({error}); decode eagerly instead with "
-                    "`gpt25 generate --no_cuda_graph` (static_decode=False in Python)"
-                ) from error
+            with torch.cuda.graph(self.graph):
+                self.logits = self._run()
             cache.set_position(position)  # capturing ran the Python, not the kernels
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -60,11 +61,39 @@ def test_decode_step_refuses_a_capture_without_a_static_cache_and_a_full_cache(r
             step(torch.tensor([5]))
 
 
+def test_a_failed_capture_warns_and_decodes_eagerly(random_lm, monkeypatch) -> None:
+    model = random_lm(context_length=16)
+    prompt = torch.tensor([[1, 2, 3]])
+    with torch.inference_mode():
+        reference = model(torch.tensor([[1, 2, 3, 4]]))[0, -1]
+
+    def warm_up_then_fail(step: DecodeStep) -> None:
+        step._run()  # advances the cache, as the real warm-up does before capturing
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(DecodeStep, "_capture", warm_up_then_fail)
+    cache = StaticKVCache(model.config, 1, 8)
+    step = DecodeStep(model, cache, 257, capture=True)
+    with torch.inference_mode():
+        model(prompt, kv_cache=cache)
+        with pytest.warns(UserWarning, match="not permitted when stream is capturing.*decoding eagerly"):
+            logits = step(torch.tensor([4]))
+        torch.testing.assert_close(logits[0], reference, atol=1e-5, rtol=1e-5)
+        assert not step.capture and cache.position == int(cache.position_tensor) == 4
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            step(torch.tensor([5]))  # no second attempt, no second warning
+    assert cache.position == 5
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="captures a CUDA graph: needs a CUDA GPU")
 def test_captured_decoding_on_a_gpu_gives_the_ids_of_recomputing_the_prefix(random_lm) -> None:
     model = random_lm(context_length=64).cuda()
     prompts = torch.tensor([[5, 80, 33, 120, 7, 99, 1], [200, 13, 13, 42, 250, 66, 8]], device="cuda")
-    captured = generate_tokens(model, prompts, max_new_tokens=57)  # static_decode defaults to on for CUDA
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        captured = generate_tokens(model, prompts, max_new_tokens=57)  # static_decode defaults to on for CUDA
+    assert not [warning for warning in caught if "CUDA graph" in str(warning.message)]  # no fallback
     eager = generate_tokens(model, prompts, max_new_tokens=57, static_decode=False)
     recomputed = generate_tokens(model, prompts, max_new_tokens=57, use_cache=False)
     assert torch.equal(captured, eager) and torch.equal(captured, recomputed)
