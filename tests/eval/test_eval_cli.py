@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from gpt25.checkpoint import make_meta, save_checkpoint
 from gpt25.cli import main
 from gpt25.tokenizer import Tokenizer
@@ -76,6 +77,26 @@ def test_generate_prints_prompt_and_continuation(saved, capsys) -> None:
     assert out.count("--- sample") == 2 and out.count("The cat") == 2
     assert run_cli(*arguments, "--no_cuda_graph") == 0  # only changes decoding on a GPU
     assert capsys.readouterr().out == out
+
+
+def test_generate_in_bfloat16_loads_bfloat16_weights(saved, capsys, monkeypatch) -> None:
+    import gpt25.sample
+
+    dtypes = []
+    real_generate = gpt25.sample.generate
+
+    def recording_generate(model, *args, **kwargs):
+        dtypes.append(next(model.parameters()).dtype)
+        return real_generate(model, *args, **kwargs)
+
+    monkeypatch.setattr(gpt25.sample, "generate", recording_generate)
+    code = run_cli("generate", "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], "--prompt", "The cat",
+                   "--max_new_tokens", 5, "--temperature", 0, "--dtype", "bfloat16", "--device", "cpu")
+    assert code == 0 and dtypes == [torch.bfloat16]
+    assert capsys.readouterr().out.startswith("The cat")
+    assert run_cli("generate", "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], "--prompt", "x",
+                   "--max_new_tokens", 2, "--device", "cpu") == 0
+    assert dtypes[-1] == torch.float32  # the CPU default
 
 
 def test_generate_streams_one_sample(saved, capsys) -> None:

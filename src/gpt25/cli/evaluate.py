@@ -97,6 +97,10 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stream", action="store_true", help="print tokens as they are produced (one sample)")
     parser.add_argument("--no_cache", action="store_true", help="recompute the whole prefix each step (slow)")
     parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default=None,
+        help="weights and KV cache dtype; default bfloat16 on CUDA, float32 on CPU",
+    )
+    parser.add_argument(
         "--no_cuda_graph", action="store_true",
         help="on a GPU, run each decoding step eagerly instead of replaying a captured CUDA graph",
     )
@@ -104,13 +108,17 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
     from gpt25.eval.run import default_device, load_model_and_tokenizer
     from gpt25.sample import generate, validate_sampling
 
     validate_sampling(args.temperature, args.top_p, args.top_k)
     if args.stream and args.num_samples != 1:
         raise ValueError("--stream prints one sample as it is produced; drop --stream or use --num_samples 1")
-    model, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.tokenizer, args.device or default_device())
+    device = args.device or default_device()
+    dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    model, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.tokenizer, device, getattr(torch, dtype_name))
 
     def print_piece(_sample_index: int, text: str) -> None:
         sys.stdout.write(text)

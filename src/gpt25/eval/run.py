@@ -29,15 +29,18 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model_and_tokenizer(checkpoint: str | Path, tokenizer_dir: str | Path, device: str):
-    """(model in eval mode, tokenizer, checkpoint meta); one-line errors when they are missing or do not match."""
+def load_model_and_tokenizer(
+    checkpoint: str | Path, tokenizer_dir: str | Path, device: str, dtype: torch.dtype | None = None
+):
+    """(model in eval mode, in `dtype` if given, tokenizer, checkpoint meta); one-line errors when they are
+    missing or do not match."""
 
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"checkpoint {checkpoint} not found; pass a run dir, a step dir or a .safetensors file")
     if not Path(tokenizer_dir).is_dir():
         raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} not found; pass the model's tokenizer folder")
     tokenizer = Tokenizer.load(tokenizer_dir)
-    model, meta = load_model(checkpoint, device=device)
+    model, meta = load_model(checkpoint, device=device, dtype=dtype)
     check_tokenizer_matches(tokenizer, model.config.vocab_size, meta.get("tokenizer_fingerprint"))
     return model, tokenizer, meta
 

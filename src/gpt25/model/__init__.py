@@ -1,6 +1,6 @@
 """gpt25.model: the GPT 2.5 decoder (Llama-style: RMSNorm, SwiGLU, RoPE, untied head), written by hand.
 
-`layers` holds the elementary modules, `attention` the attention and KV cache, `transformer` the
+`layers` holds the elementary modules, `attention` the attention and the KV caches, `transformer` the
 config, block, full model, FLOP count and weight-decay groups.
 """
 
