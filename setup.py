@@ -1,17 +1,16 @@
-"""Builds the optional C extension (gpt25.tokenizer._pretokens); everything else is in pyproject.toml.
+"""Builds the optional C extensions (gpt25.tokenizer._pretokens and _bpe); everything else is in pyproject.toml.
 
 Without a C compiler the build still succeeds and the tokenizer uses its pure-Python path.
 """
 
 from setuptools import Extension, setup
 
+COMPILE_ARGS = ["-O3"] if __import__("sys").platform != "win32" else []
+
 setup(
     ext_modules=[
-        Extension(
-            "gpt25.tokenizer._pretokens",
-            ["src/gpt25/tokenizer/_pretokens.c"],
-            extra_compile_args=["-O3"] if __import__("sys").platform != "win32" else [],
-            optional=True,
-        )
+        Extension(f"gpt25.tokenizer.{name}", [f"src/gpt25/tokenizer/{name}.c"], extra_compile_args=COMPILE_ARGS,
+                  optional=True)
+        for name in ("_pretokens", "_bpe")
     ]
 )

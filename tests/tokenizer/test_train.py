@@ -1,4 +1,5 @@
-"""train_bpe: the reference merges, the exact tie rule, vocab layout, chunked/parallel counting, errors."""
+"""train_bpe: the reference merges, the exact tie rule (C and Python merge loops), vocab layout,
+chunked/parallel counting, errors."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpt25.tokenizer import train, train_bpe
 from gpt25.tokenizer.io import printable_to_bytes
@@ -26,7 +29,51 @@ def write(tmp_path: Path, text: str | bytes, name: str = "corpus.txt") -> Path:
     return path
 
 
-def test_reference_merges_and_vocab(fixtures_dir):
+@pytest.fixture(params=["C", "Python"])
+def merge_loop(request, monkeypatch) -> str:
+    """Runs a test with the C merge loop (gpt25.tokenizer._bpe) and again with the pure-Python one."""
+    if request.param == "C" and train.c_merge_pairs is None:
+        pytest.skip("the C extension gpt25.tokenizer._bpe is not built")
+    monkeypatch.setenv("GPT25_PURE_PYTHON", "1" if request.param == "Python" else "0")
+    return request.param
+
+
+def python_merges(word_counts: dict[str, int], vocab_size: int, specials: int = 0) -> list[tuple[bytes, bytes]]:
+    return train._BpeMerger(word_counts, base_vocab(specials)).run(vocab_size)
+
+
+def base_vocab(specials: int = 0) -> dict[int, bytes]:
+    vocab = {byte: bytes([byte]) for byte in range(256)}
+    vocab |= {256 + index: f"<special{index}>".encode() for index in range(specials)}
+    return vocab
+
+
+@pytest.mark.skipif(train.c_merge_pairs is None, reason="the C extension gpt25.tokenizer._bpe is not built")
+@settings(max_examples=300, deadline=None)
+@given(
+    word_counts=st.dictionaries(st.text(alphabet="aab\xe9 z", min_size=1, max_size=9), st.integers(1, 6), max_size=40),
+    extra=st.integers(1, 80),
+    specials=st.integers(0, 2),
+)
+def test_c_merge_loop_gives_the_python_merges(word_counts: dict[str, int], extra: int, specials: int) -> None:
+    """Few characters and small counts: many ties, repeated pairs (aaaa), merges of merges."""
+    vocab = base_vocab(specials)
+    merges = train.merge_words(word_counts, vocab, 256 + specials + extra)
+    assert merges == python_merges(word_counts, 256 + specials + extra, specials)
+    assert [vocab[256 + specials + index] for index in range(len(merges))] == [a + b for a, b in merges]
+
+
+def test_c_merge_loop_gives_the_python_merges_on_a_novel(english_dir, capsys) -> None:
+    if train.c_merge_pairs is None:
+        pytest.skip("the C extension gpt25.tokenizer._bpe is not built")
+    word_counts = train.count_pretokens([english_dir / "pg2554_crime_and_punishment.txt"], [EOT], num_workers=1)
+    merges = train.merge_words(word_counts, base_vocab(1), 4000, progress=True)  # the C loop reports every 512
+    assert len(merges) == 4000 - 257
+    assert "3743/3743" in capsys.readouterr().err
+    assert merges == python_merges(word_counts, 4000, specials=1)
+
+
+def test_reference_merges_and_vocab(fixtures_dir, merge_loop):
     vocab, merges = train_bpe(fixtures_dir / "corpus.en", 500, [EOT])
     lines = (fixtures_dir / "train-bpe-reference-merges.txt").read_text(encoding="utf-8").splitlines()
     expected = [tuple(printable_to_bytes(token, "reference") for token in line.split(" ")) for line in lines]
@@ -36,7 +83,7 @@ def test_reference_merges_and_vocab(fixtures_dir):
     assert sorted(vocab) == list(range(500))
 
 
-def test_vocab_layout_bytes_then_specials_then_merges(tmp_path):
+def test_vocab_layout_bytes_then_specials_then_merges(tmp_path, merge_loop):
     path = write(tmp_path, "low lower lowest<|endoftext|>newer wider<pad>")
     vocab, merges = train_bpe(path, 270, [EOT, "<pad>"])
     assert [vocab[i] for i in range(256)] == [bytes([i]) for i in range(256)]
@@ -45,7 +92,7 @@ def test_vocab_layout_bytes_then_specials_then_merges(tmp_path):
     assert len(vocab) == 270
 
 
-def test_ties_go_to_the_greatest_pair(tmp_path):
+def test_ties_go_to_the_greatest_pair(tmp_path, merge_loop):
     # every adjacent pair occurs once: ("c","d") > ("b","c") > ("a","b") as bytes
     _, merges = train_bpe(write(tmp_path, "abcd"), 257, [])
     assert merges == [(b"c", b"d")]
@@ -55,7 +102,7 @@ def test_ties_go_to_the_greatest_pair(tmp_path):
     assert merges == [(b"z", b"z")]  # (b"z", b"z") > (b" ", b"y")
 
 
-def test_tie_rule_compares_bytes_not_ids(tmp_path):
+def test_tie_rule_compares_bytes_not_ids(tmp_path, merge_loop):
     # after merging "ab" (id 256), both ("ab","c") and ("c","ab") are tied; bytes "c" > "ab"
     path = write(tmp_path, "abc cab abab")
     _, merges = train_bpe(path, 259, [])
@@ -63,7 +110,7 @@ def test_tie_rule_compares_bytes_not_ids(tmp_path):
     assert merges[1] == (b"c", b"ab")
 
 
-def test_specials_split_text_and_are_never_merged(tmp_path):
+def test_specials_split_text_and_are_never_merged(tmp_path, merge_loop):
     path = write(tmp_path, "aa<|endoftext|>aa<|endoftext|>aa")
     vocab, merges = train_bpe(path, 300, [EOT])
     assert merges == [(b"a", b"a")]  # the corpus runs out of pairs: training stops early

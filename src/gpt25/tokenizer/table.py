@@ -82,9 +82,14 @@ class PythonPretokenTable(dict):
         self._pending = []
 
 
+def pure_python_requested() -> bool:
+    """Whether GPT25_PURE_PYTHON=1 turns the C extensions off."""
+    return os.environ.get("GPT25_PURE_PYTHON", "") not in ("", "0")
+
+
 def use_c_extension() -> bool:
     """Whether the C extension is built and not turned off with GPT25_PURE_PYTHON=1."""
-    return C_PRETOKEN_TABLE is not None and os.environ.get("GPT25_PURE_PYTHON", "") in ("", "0")
+    return C_PRETOKEN_TABLE is not None and not pure_python_requested()
 
 
 def new_pretoken_table() -> PythonPretokenTable:

@@ -4,7 +4,9 @@ Counting streams each file in chunks that end where a special token starts (or, 
 non-space byte followed by a newline), so memory is bounded by the distinct pre-tokens, not the corpus.
 Merging keeps a count for every adjacent pair, the set of words each pair occurs in, and a lazy
 max-heap of pairs; a merge only revisits the words that contain the merged pair. Ties between
-equally frequent pairs go to the lexicographically greatest (bytes, bytes) pair.
+equally frequent pairs go to the lexicographically greatest (bytes, bytes) pair. The merge loop
+runs in C (gpt25.tokenizer._bpe) where the extension is built, else in Python (`_BpeMerger`); both
+give the same merges.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ from gpt25.tokenizer.pretokenize import (
     special_token_regex,
     split_on_specials,
 )
-from gpt25.tokenizer.table import new_pretoken_table
+from gpt25.tokenizer.table import new_pretoken_table, pure_python_requested
+
+try:
+    from gpt25.tokenizer._bpe import merge_pairs as c_merge_pairs
+except ImportError:  # no C compiler when the package was installed
+    c_merge_pairs = None
 
 PARALLEL_MIN_BYTES = 4 << 20  # smaller inputs are counted in-process: a pool costs more than it saves
 MAX_CHUNK_BYTES = 8 << 20
@@ -63,7 +70,7 @@ def train_bpe(
     vocab = {byte: bytes([byte]) for byte in range(256)}
     for special in special_tokens:
         vocab[len(vocab)] = special.encode("utf-8")
-    merges = _BpeMerger(word_counts, vocab).run(vocab_size, progress=progress)
+    merges = merge_words(word_counts, vocab, vocab_size, progress=progress)
     return vocab, merges
 
 
@@ -164,6 +171,31 @@ def _count_chunk_tagged(task: tuple[Chunk, list[str]]) -> tuple[Chunk, dict[str,
 
 
 # ---- merging ---------------------------------------------------------------------------------
+
+
+def merge_words(
+    word_counts: dict[str, int], vocab: dict[int, bytes], vocab_size: int, *, progress: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """Merge the most frequent pair until `vocab` (extended in place) has `vocab_size` tokens or no
+    pair is left; returns the merges. In C when the extension is built, else in Python."""
+    if c_merge_pairs is None or pure_python_requested():
+        return _BpeMerger(word_counts, vocab).run(vocab_size, progress=progress)
+    words = [encoded for encoded in (word.encode("utf-8") for word in word_counts) if len(encoded) > 1]
+    counts = [count for word, count in word_counts.items() if len(word.encode("utf-8")) > 1]
+    symbols = np.frombuffer(b"".join(words), dtype=np.uint8).astype(np.int32)  # byte b is token id b
+    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    tokens = [vocab[token_id] for token_id in range(len(vocab))]
+    total = max(vocab_size - len(vocab), 0)
+    with tqdm(total=total, desc="merging", unit="merge", disable=not progress) as bar:
+        report = (lambda done: bar.update(done - bar.n)) if progress else None
+        pairs = c_merge_pairs(symbols, lengths, np.asarray(counts, dtype=np.int64), tokens, vocab_size, report)
+        bar.update(len(pairs) - bar.n)
+    merges = []
+    for left, right in pairs:
+        merges.append((vocab[left], vocab[right]))
+        vocab[len(vocab)] = vocab[left] + vocab[right]
+    return merges
+
 
 # Heap keys must put the greatest (bytes, bytes) pair first in a min-heap. Each byte x becomes the two
 # bytes (0, 255 - x) and each token ends with (1, 0), which sorts after every byte: so a token that
