@@ -114,17 +114,12 @@ class StaticKVCache(KVCache):
     Longer chunks, such as the prompt, take KVCache's own path; the host `position` is kept in step.
     """
 
-    def __init__(
-        self,
-        config: ModelConfig,
-        batch_size: int,
-        max_seq_len: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(config, batch_size, max_seq_len, device, dtype)
+    def __init__(self, *args, **kwargs) -> None:
+        """The arguments of KVCache."""
+        super().__init__(*args, **kwargs)
+        device = self.keys[0].device
         self.position_tensor = torch.zeros(1, dtype=torch.long, device=device)
-        self.key_positions = torch.arange(max_seq_len, device=device)[None, :]  # (1, max_seq_len)
+        self.key_positions = torch.arange(self.max_seq_len, device=device)[None, :]  # (1, max_seq_len)
 
     def reset(self) -> None:
         super().reset()
