@@ -1,4 +1,4 @@
-"""Builds the optional C extensions (gpt25.tokenizer._pretokens and _bpe); everything else is in pyproject.toml.
+"""Builds the optional C extensions gpt25.tokenizer._pretokens and _bpe; the rest is in pyproject.toml.
 
 Without a C compiler the build still succeeds and the tokenizer uses its pure-Python path.
 """

@@ -180,21 +180,26 @@ def merge_words(
     pair is left; returns the merges. In C when the extension is built, else in Python."""
     if c_merge_pairs is None or pure_python_requested():
         return _BpeMerger(word_counts, vocab).run(vocab_size, progress=progress)
-    words = [encoded for encoded in (word.encode("utf-8") for word in word_counts) if len(encoded) > 1]
-    counts = [count for word, count in word_counts.items() if len(word.encode("utf-8")) > 1]
-    symbols = np.frombuffer(b"".join(words), dtype=np.uint8).astype(np.int32)  # byte b is token id b
-    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-    tokens = [vocab[token_id] for token_id in range(len(vocab))]
-    total = max(vocab_size - len(vocab), 0)
-    with tqdm(total=total, desc="merging", unit="merge", disable=not progress) as bar:
+    with tqdm(total=max(vocab_size - len(vocab), 0), desc="merging", unit="merge", disable=not progress) as bar:
         report = (lambda done: bar.update(done - bar.n)) if progress else None
-        pairs = c_merge_pairs(symbols, lengths, np.asarray(counts, dtype=np.int64), tokens, vocab_size, report)
+        pairs = _merge_in_c(word_counts, vocab, vocab_size, report)
         bar.update(len(pairs) - bar.n)
     merges = []
     for left, right in pairs:
         merges.append((vocab[left], vocab[right]))
         vocab[len(vocab)] = vocab[left] + vocab[right]
     return merges
+
+
+def _merge_in_c(word_counts: dict[str, int], vocab: dict[int, bytes], vocab_size: int, report) -> list[tuple[int, int]]:
+    """The (left id, right id) merges from gpt25.tokenizer._bpe; `report(merges done)` runs now and then."""
+    kept = [(encoded, count) for encoded, count in zip(map(str.encode, word_counts), word_counts.values())
+            if len(encoded) > 1]
+    symbols = np.frombuffer(b"".join(encoded for encoded, _ in kept), dtype=np.uint8).astype(np.int32)  # byte b: id b
+    lengths = np.fromiter((len(encoded) for encoded, _ in kept), dtype=np.int64, count=len(kept))
+    counts = np.fromiter((count for _, count in kept), dtype=np.int64, count=len(kept))
+    tokens = [vocab[token_id] for token_id in range(len(vocab))]
+    return c_merge_pairs(symbols, lengths, counts, tokens, vocab_size, report)
 
 
 # Heap keys must put the greatest (bytes, bytes) pair first in a min-heap. Each byte x becomes the two
