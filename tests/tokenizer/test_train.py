@@ -73,6 +73,34 @@ def test_c_merge_loop_gives_the_python_merges_on_a_novel(english_dir, capsys) ->
     assert merges == python_merges(word_counts, 4000, specials=1)
 
 
+@pytest.mark.skipif(train.c_merge_pairs is None, reason="the C extension gpt25.tokenizer._bpe is not built")
+def test_c_merge_loop_rejects_bad_input_and_passes_errors_on() -> None:
+    import numpy as np
+
+    tokens = [bytes([byte]) for byte in range(256)]
+    symbols = np.array([97, 98, 97, 98, 99], dtype=np.int32)
+    lengths, counts = np.array([2, 3], dtype=np.int64), np.array([5, 1], dtype=np.int64)
+    assert train.c_merge_pairs(symbols, lengths, counts, tokens, 258, None) == [(97, 98), (256, 99)]
+    with pytest.raises(ValueError, match="do not add up"):
+        train.c_merge_pairs(symbols, np.array([2, 2], dtype=np.int64), counts, tokens, 300, None)
+    with pytest.raises(ValueError, match="one length"):
+        train.c_merge_pairs(symbols, lengths, counts[:1], tokens, 300, None)
+    with pytest.raises(ValueError, match="not a token id below 99"):
+        train.c_merge_pairs(symbols, lengths, counts, tokens[:99], 300, None)
+    with pytest.raises(TypeError, match="list of bytes"):
+        train.c_merge_pairs(symbols, lengths, counts, ["a", *tokens[1:]], 300, None)
+    with pytest.raises(TypeError, match="callable"):
+        train.c_merge_pairs(symbols, lengths, counts, tokens, 300, 5)
+    words = np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.int32)  # room for thousands of merges
+
+    def interrupt(done: int) -> None:
+        raise KeyboardInterrupt(done)
+
+    with pytest.raises(KeyboardInterrupt, match="512"):
+        train.c_merge_pairs(words, np.array([len(words)], dtype=np.int64), np.array([1], dtype=np.int64), tokens,
+                            5000, interrupt)
+
+
 def test_reference_merges_and_vocab(fixtures_dir, merge_loop):
     vocab, merges = train_bpe(fixtures_dir / "corpus.en", 500, [EOT])
     lines = (fixtures_dir / "train-bpe-reference-merges.txt").read_text(encoding="utf-8").splitlines()
