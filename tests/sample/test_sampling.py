@@ -48,7 +48,7 @@ def test_static_decoding_samples_like_the_dynamic_cache(byte_tokenizer, random_l
     assert len(set(static)) == 3
 
 
-def test_decode_step_refuses_a_capture_without_a_static_cache_and_a_full_cache(random_lm) -> None:
+def test_decode_step_needs_a_static_cache_to_capture_and_room_to_step(random_lm) -> None:
     model = random_lm(context_length=16)
     with pytest.raises(ValueError, match="StaticKVCache"):
         DecodeStep(model, KVCache(model.config, 1, 4), 257, capture=True)
