@@ -354,6 +354,20 @@ def test_meta_build_then_init_weights() -> None:
     assert torch.isfinite(model(torch.zeros(1, 4, dtype=torch.long))).all()
 
 
+def test_rope_tables_stay_float32_when_the_model_is_cast(model: TransformerLM) -> None:
+    reference_cos, reference_sin = model.rope.cos.clone(), model.rope.sin.clone()
+    ids = torch.randint(0, CONFIG.vocab_size, (1, CONFIG.context_length))
+    with torch.no_grad():
+        reference = model(ids)
+        model.to(torch.bfloat16)
+        assert model.lm_head.weight.dtype == torch.bfloat16
+        for rope in (model.rope, *(layer.attn.rope for layer in model.layers)):
+            assert rope.cos.dtype == rope.sin.dtype == torch.float32
+            assert torch.equal(rope.cos, reference_cos) and torch.equal(rope.sin, reference_sin)
+        # bfloat16 weights and activations only: the logits stay within bfloat16's rounding
+        torch.testing.assert_close(model(ids).float(), reference, atol=0.15, rtol=0.05)
+
+
 def test_parameter_groups_skip_norms_and_embeddings(model: TransformerLM) -> None:
     decay, no_decay = parameter_groups(model, weight_decay=0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0

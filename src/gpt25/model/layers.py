@@ -172,6 +172,16 @@ class RotaryEmbedding(nn.Module):
             self.cos.copy_(torch.cos(angles))
             self.sin.copy_(torch.sin(angles))
 
+    def _apply(self, fn, recurse: bool = True):
+        """Move the tables with the module but keep them float32: `model.to(torch.bfloat16)` would round
+        every angle's cos/sin to 8 bits, which training (autocast) never saw. They are recomputed."""
+        super()._apply(fn, recurse)
+        if self.cos.dtype != torch.float32:
+            self.cos = torch.empty_like(self.cos, dtype=torch.float32)
+            self.sin = torch.empty_like(self.sin, dtype=torch.float32)
+            self.reset_parameters()
+        return self
+
     def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Rotate x (..., seq, d_k); positions (..., seq) broadcastable to x's leading dims, or None for 0..seq-1."""
         seq_len = x.shape[-2]
