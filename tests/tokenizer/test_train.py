@@ -101,6 +101,18 @@ def test_c_merge_loop_rejects_bad_input_and_passes_errors_on() -> None:
                             5000, interrupt)
 
 
+@pytest.mark.skipif(train.c_merge_pairs is None, reason="the C extension gpt25.tokenizer._bpe is not built")
+def test_c_merge_loop_breaks_ties_of_equal_bytes_by_the_smaller_ids() -> None:
+    """Pairs equal in count and in bytes (two tokens can spell the same string): the smaller (left, right)
+    ids first, as _BpeMerger's heap entries (count, key, pair) order them."""
+    import numpy as np
+
+    tokens = [bytes([byte]) for byte in range(256)] + [b"x", b"x"]  # ids 256 and 257 both spell "x"
+    symbols = np.array([257, 97, 256, 97], dtype=np.int32)  # "xa" with each "x": tied in count and bytes
+    lengths, counts = np.array([2, 2], dtype=np.int64), np.array([3, 3], dtype=np.int64)
+    assert train.c_merge_pairs(symbols, lengths, counts, tokens, 260, None) == [(256, 97), (257, 97)]
+
+
 def test_reference_merges_and_vocab(fixtures_dir, merge_loop):
     vocab, merges = train_bpe(fixtures_dir / "corpus.en", 500, [EOT])
     lines = (fixtures_dir / "train-bpe-reference-merges.txt").read_text(encoding="utf-8").splitlines()
