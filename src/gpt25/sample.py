@@ -112,9 +112,10 @@ class DecodeStep:
         return self.model(self.tokens, kv_cache=self.cache)[:, -1, : self.vocab_size]  # (batch, vocab)
 
     def _capture_or_fall_back(self) -> None:
+        """Capture the step; whether that works or not, leave the cache at the position it had."""
         position = self.cache.position
         try:
-            self._capture()
+            self._capture(position)
         except RuntimeError as error:
             warnings.warn(
                 f"capturing the decoding step in a CUDA graph failed ({error}); decoding eagerly instead "
@@ -122,23 +123,21 @@ class DecodeStep:
                 stacklevel=3,
             )
             self.capture, self.graph, self.logits = False, None, None
-            self.cache.set_position(position)
+        # The warm-up wrote at `position` (the first step writes there again); capturing ran only the Python.
+        self.cache.set_position(position)
 
-    def _capture(self) -> None:
-        """Warm up on a side stream (as CUDA graphs need), capture one step, leave the cache where it was."""
-        cache = self.cache
-        position = cache.position
+    def _capture(self, position: int) -> None:
+        """Warm up on a side stream (as CUDA graphs need), then capture one step at `position`."""
         with torch.cuda.device(self.tokens.device):
             side_stream = torch.cuda.Stream()
             side_stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side_stream):
                 self._run()  # allocates the stacked q/k/v weights and any lazily initialised state
             torch.cuda.current_stream().wait_stream(side_stream)
-            cache.set_position(position)  # the warm-up wrote here; the first replay writes here again
+            self.cache.set_position(position)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.logits = self._run()
-            cache.set_position(position)  # capturing ran the Python, not the kernels
 
 
 @torch.inference_mode()

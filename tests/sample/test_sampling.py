@@ -67,7 +67,7 @@ def test_a_failed_capture_warns_and_decodes_eagerly(random_lm, monkeypatch) -> N
     with torch.inference_mode():
         reference = model(torch.tensor([[1, 2, 3, 4]]))[0, -1]
 
-    def warm_up_then_fail(step: DecodeStep) -> None:
+    def warm_up_then_fail(step: DecodeStep, position: int) -> None:
         step._run()  # advances the cache, as the real warm-up does before capturing
         raise RuntimeError("operation not permitted when stream is capturing")
 

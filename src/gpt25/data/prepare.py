@@ -384,13 +384,11 @@ class _Task:
         """The task's documents, and for a byte range what the main process must number within the file."""
         if self.texts is not None:
             return self.texts, None
-        path, at_file_start = Path(self.path), self.start == 0
+        read_block = read_paragraph_block if self.text_field is None else read_line_block
+        block = read_block(Path(self.path), self.start, self.end)
+        text, skipped = decode_text_block(block, self.start == 0)
         if self.text_field is None:
-            block = read_paragraph_block(path, self.start, self.end)
-            text, skipped = decode_text_block(block, at_file_start)
             return text_documents(text, self.doc_split), _BlockReport(skipped, block.count(b"\n"))
-        block = read_line_block(path, self.start, self.end)
-        text, skipped = decode_text_block(block, at_file_start)
         documents, bad_line = jsonl_block_documents(text, self.text_field, skipped)
         return documents, _BlockReport(skipped, block.count(b"\n"), bad_line)
 

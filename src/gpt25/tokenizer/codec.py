@@ -125,17 +125,27 @@ class Tokenizer:
     ) -> Tokenizer:
         """Build from GPT-2-style `vocab.json` + `merges.txt` (e.g. OpenAI's GPT-2 files)."""
         vocab, merges, merge_ids = io.read_vocab_and_merges(vocab_path, merges_path)
-        tokenizer = cls.__new__(cls)
-        tokenizer._setup(vocab, merges, list(dict.fromkeys(special_tokens or [])), merge_ids)
-        return tokenizer
+        return cls._from_parts(vocab, merges, list(dict.fromkeys(special_tokens or [])), merge_ids)
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
         """Load a folder written by `save` (see gpt25.tokenizer.io for the format)."""
         saved = io.load_folder(directory)
-        tokenizer = cls.__new__(cls)
-        tokenizer._setup(saved.vocab, saved.merges, saved.special_tokens, saved.merge_ids)
+        tokenizer = cls._from_parts(saved.vocab, saved.merges, saved.special_tokens, saved.merge_ids)
         tokenizer._fingerprint = saved.fingerprint  # a saved vocab already holds the specials: nothing changed
+        return tokenizer
+
+    @classmethod
+    def _from_parts(
+        cls,
+        vocab: dict[int, bytes],
+        merges: list[tuple[bytes, bytes]],
+        special_tokens: list[str],
+        merge_ids: np.ndarray,
+    ) -> Tokenizer:
+        """A tokenizer around already-checked parts and their merge ids (no copies, no id lookups again)."""
+        tokenizer = cls.__new__(cls)
+        tokenizer._setup(vocab, merges, special_tokens, merge_ids)
         return tokenizer
 
     def save(self, directory: str | Path) -> None:
