@@ -21,7 +21,13 @@ from collections.abc import Callable
 
 import torch
 
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
 from gpt25.model import KVCache, StaticKVCache
+
+# Decoding's attention kernels leave out cuDNN's, PyTorch's first choice on H100s with a recent
+# cuDNN: it builds a plan for every new key length, and decoding changes that every token or call.
+DECODING_ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def validate_sampling(temperature: float, top_p: float, top_k: int | None) -> None:
@@ -93,6 +99,7 @@ class DecodeStep:
         self.tokens = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=cache.keys[0].device)
         self.capture = capture
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_inputs: tuple[torch.Tensor, ...] = ()
         self.logits: torch.Tensor | None = None  # the graph's output, rewritten by every replay
 
     def __call__(self, next_token: torch.Tensor) -> torch.Tensor:
@@ -117,30 +124,35 @@ class DecodeStep:
         try:
             self._capture(position)
         except RuntimeError as error:
+            # A failure inside the capture surfaces when it ends; the error that caused it is the context.
+            cause = f"{error}; caused by: {error.__context__}" if error.__context__ else str(error)
             warnings.warn(
-                f"capturing the decoding step in a CUDA graph failed ({error}); decoding eagerly instead "
+                f"capturing the decoding step in a CUDA graph failed ({cause}); decoding eagerly instead "
                 "(slower; `gpt25 generate --no_cuda_graph` or static_decode=False skips the attempt)",
                 stacklevel=3,
             )
-            self.capture, self.graph, self.logits = False, None, None
+            self.capture, self.graph, self.logits, self.graph_inputs = False, None, None, ()
         # The warm-up wrote at `position` (the first step writes there again); capturing ran only the Python.
         self.cache.set_position(position)
 
     def _capture(self, position: int) -> None:
-        """Warm up on a side stream (as CUDA graphs need), then capture one step at `position`."""
+        """Warm up on a side stream (as CUDA graphs need), then capture one step at `position` on it."""
         with torch.cuda.device(self.tokens.device):
             side_stream = torch.cuda.Stream()
             side_stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side_stream):
-                self._run()  # allocates the stacked q/k/v weights and any lazily initialised state
+                self._run()  # initialises what the step creates lazily (kernel plans, library workspaces)
             torch.cuda.current_stream().wait_stream(side_stream)
             self.cache.set_position(position)
+            # The graph reads the stacked q/k/v weights by address: they must live as long as it does.
+            self.graph_inputs = tuple(self.cache.qkv_weights.values())
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            with torch.cuda.graph(self.graph, stream=side_stream):
                 self.logits = self._run()
 
 
 @torch.inference_mode()
+@sdpa_kernel(DECODING_ATTENTION_BACKENDS)
 def generate_tokens(
     model: torch.nn.Module,
     prompt_ids: torch.Tensor,
@@ -163,6 +175,7 @@ def generate_tokens(
     tokenizer's, when the model's embedding is padded) are ever produced. `on_step` gets each
     step's tokens (batch,) and stops the generation by returning True. `static_decode` (default:
     on a CUDA device) decodes on a `StaticKVCache`, replaying a CUDA graph of the step on a GPU.
+    Attention runs without cuDNN's kernel (DECODING_ATTENTION_BACKENDS).
     """
     validate_sampling(temperature, top_p, top_k)
     num_rows, prompt_len = prompt_ids.shape

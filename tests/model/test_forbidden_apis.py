@@ -1,7 +1,8 @@
 """Everything is hand-written: src/gpt25 may use from torch.nn / torch.optim only the allowed names.
 
 Allowed: nn.Parameter and the containers, torch.optim.Optimizer (the base class), and
-torch.nn.functional.scaled_dot_product_attention (the flash path), and
+torch.nn.functional.scaled_dot_product_attention (the flash path) with torch.nn.attention's choice of
+its kernels, and
 torch.nn.parallel.DistributedDataParallel (the trainer's DDP option). gpt25.model must also stay free
 of torch.distributed so it runs unchanged on one device.
 """
@@ -22,6 +23,8 @@ ALLOWED = {
     "torch.nn.Sequential",
     "torch.optim.Optimizer",
     "torch.nn.functional.scaled_dot_product_attention",
+    "torch.nn.attention.sdpa_kernel",  # which kernels that SDPA may pick (gpt25.sample leaves out cuDNN's)
+    "torch.nn.attention.SDPBackend",
     "torch.nn.parallel.DistributedDataParallel",  # gpt25.train's --parallel ddp (a wrapper, not a layer)
 }
 GUARDED_PREFIXES = ("torch.nn", "torch.optim")
@@ -73,8 +76,12 @@ def forbidden_uses(source: str) -> list[str]:
         else:
             continue
         for name in names:
-            # A module prefix of an allowed name (torch.nn, torch.nn.functional) is fine on its own.
-            if is_guarded(name) and name not in ALLOWED and not any(a.startswith(name + ".") for a in ALLOWED):
+            # A module prefix of an allowed name (torch.nn, torch.nn.functional) is fine on its own, and so
+            # is a member of an allowed name (SDPBackend.MATH).
+            if is_guarded(name) and not any(
+                name == allowed or allowed.startswith(name + ".") or name.startswith(allowed + ".")
+                for allowed in ALLOWED
+            ):
                 found.append(f"line {node.lineno}: {name}")
     return found
 
@@ -85,12 +92,13 @@ def test_scanner_catches_forbidden_uses() -> None:
         "from torch.optim import Optimizer\n"
         "a = F.gelu(x)\nb = torch.nn.functional.softmax(x)\nc = nn.LayerNorm(3)\nd = torch.optim.AdamW([])\n"
         "e = nn.Parameter(x)\nf = F.scaled_dot_product_attention(q, k, v)\nclass A(nn.Module): pass\n"
-        "class B(Optimizer): pass\n"
+        "class B(Optimizer): pass\nfrom torch.nn.attention import SDPBackend, sdpa_kernel\n"
+        "g = sdpa_kernel([SDPBackend.MATH])\nh = torch.nn.attention.flex_attention.flex_attention(q, k, v)\n"
     )
     found = sorted(item.split(": ")[1] for item in forbidden_uses(source))
     assert found == sorted(
         ["torch.nn.Linear", "torch.nn.functional.gelu", "torch.nn.functional.softmax", "torch.nn.LayerNorm",
-         "torch.optim.AdamW"]
+         "torch.optim.AdamW", "torch.nn.attention.flex_attention", "torch.nn.attention.flex_attention.flex_attention"]
     )
 
 

@@ -328,7 +328,9 @@ def test_static_cache_step_reads_its_position_from_the_device_only(model: Transf
 
 def test_static_cache_step_traces_as_one_graph(model: TransformerLM) -> None:
     """No host sync (.item(), data-dependent branches) in the one-token step: dynamo traces it whole, as a
-    CUDA graph capture needs. backend="eager" only traces; the CUDA capture itself needs a GPU (tests/sample)."""
+    CUDA graph capture needs. backend="eager" only traces, and takes apply_rotary's real-arithmetic branch
+    (the eager step multiplies complex numbers: no branch on values either); the CUDA capture itself
+    needs a GPU (tests/sample)."""
     ids = torch.randint(0, CONFIG.vocab_size, (2, 9))
     tokens = ids[:, 8:9].clone()
     with torch.inference_mode():

@@ -69,14 +69,17 @@ def test_a_failed_capture_warns_and_decodes_eagerly(random_lm, monkeypatch) -> N
 
     def warm_up_then_fail(step: DecodeStep, position: int) -> None:
         step._run()  # advances the cache, as the real warm-up does before capturing
-        raise RuntimeError("operation not permitted when stream is capturing")
+        try:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        except RuntimeError:  # as torch.cuda.graph's exit raises when the capture inside it failed
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture") from None
 
     monkeypatch.setattr(DecodeStep, "_capture", warm_up_then_fail)
     cache = StaticKVCache(model.config, 1, 8)
     step = DecodeStep(model, cache, 257, capture=True)
     with torch.inference_mode():
         model(prompt, kv_cache=cache)
-        with pytest.warns(UserWarning, match="not permitted when stream is capturing.*decoding eagerly"):
+        with pytest.warns(UserWarning, match="during capture; caused by: operation not permitted .*decoding eagerly"):
             logits = step(torch.tensor([4]))
         torch.testing.assert_close(logits[0], reference, atol=1e-5, rtol=1e-5)
         assert not step.capture and cache.position == int(cache.position_tensor) == 4
@@ -105,6 +108,25 @@ def test_captured_decoding_on_a_gpu_gives_the_ids_of_recomputing_the_prefix(rand
         assert step.graph is not None and cache.position == int(cache.position_tensor) == 8
         cache.set_position(7)  # replay the same position: the same logits
         torch.testing.assert_close(step(torch.tensor([3, 4], device="cuda")), first)
+        cache.reset()  # drops the cache's stacked q/k/v weights; the graph keeps reading them
+        overwrite = [torch.full_like(weight, 1e4) for weight in step.graph_inputs]
+        cache.set_position(7)
+        torch.testing.assert_close(step(torch.tensor([3, 4], device="cuda")), first)
+    held = {weight.data_ptr() for weight in step.graph_inputs}
+    assert len(held) == model.config.num_layers and not held & {block.data_ptr() for block in overwrite}
+
+
+def test_decoding_attention_leaves_out_cudnn_and_restores_the_choice(random_lm) -> None:
+    model = random_lm(context_length=16)
+    backends = []
+    model.register_forward_hook(lambda *args: backends.append((
+        torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+        torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled())))
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    for options in ({"use_cache": True}, {"use_cache": False}, {"static_decode": True}):
+        generate_tokens(model, torch.tensor([[1, 2]]), max_new_tokens=3, **options)
+    assert backends == [(False, True, True, True)] * 9  # prompt + 2 steps, three ways
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
 
 
 def test_top_k_keeps_the_k_largest_logits() -> None:
