@@ -7,12 +7,18 @@ machinery (torch, the trainer, ...) only inside its handlers, so `gpt25 --help` 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from gpt25 import __version__
 from gpt25.cli import data, demo, evaluate, export, tokenizer, train
 
 COMMAND_MODULES = (demo, tokenizer, data, train, evaluate, export)
+# Exceptions that mean bad input (a wrong path, value or permission): one line, exit status 2.
+USER_ERRORS = (
+    ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+    ConnectionError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         result = args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError) as error:
+    except BrokenPipeError:
+        # The reader went away (`gpt25 ... | head`): not an error of ours. Python would otherwise
+        # complain again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE, as for a command the shell saw killed by it
+    except USER_ERRORS as error:
         print(f"gpt25 {args.command}: error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
