@@ -1,9 +1,14 @@
-"""`gpt25 tokenizer train|encode|decode|info`, including one-line errors and no partial output."""
+"""`gpt25 tokenizer train|import|encode|decode|info`, including one-line errors and no partial output."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +121,173 @@ def test_corrupt_tokenizer_dir(tmp_path, capsys):
     (tmp_path / "gpt25_tokenizer.json").write_text('{"format": "something-else"}')
     code, _, err = run_main(["tokenizer", "info", str(tmp_path)], capsys)
     assert code == 2 and "gpt25_tokenizer.json: not a gpt25 tokenizer (format is 'something-else'" in err
+
+
+def train_argv(input_path: Path, out: Path, *extra: str) -> list[str]:
+    return ["tokenizer", "train", "--input", str(input_path), "--vocab-size", "300", "--out", str(out), "--quiet", *extra]
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_force_refuses_a_folder_with_other_files(tmp_path, fixtures_dir, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.md").write_text("my notes")
+    (out / "corpus.txt").write_bytes((fixtures_dir / "corpus.en").read_bytes())
+    before = tree(tmp_path)
+    code, _, err = run_main(train_argv(fixtures_dir / "corpus.en", out, "--force"), capsys)
+    assert code == 2
+    assert err == (f"gpt25 tokenizer: error: {out} holds files that are not a gpt25 tokenizer "
+                   "(corpus.txt, notes.md); choose another --out\n")
+    assert tree(tmp_path) == before
+
+
+def test_force_refuses_gpt2_files_without_the_gpt25_meta_file(tmp_path, fixtures_dir, capsys):
+    out = tmp_path / "gpt2"
+    out.mkdir()
+    (out / "vocab.json").write_text("{}")
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    code, _, err = run_main(train_argv(fixtures_dir / "corpus.en", out, "--force"), capsys)
+    assert code == 2 and "(merges.txt, vocab.json); choose another --out" in err
+    assert sorted(path.name for path in out.iterdir()) == ["merges.txt", "vocab.json"]
+
+
+def test_force_never_replaces_a_folder_holding_the_input(trained_dir, fixtures_dir, tmp_path, capsys):
+    import shutil
+
+    out = shutil.copytree(trained_dir, tmp_path / "tok")
+    before = tree(out)
+    code, _, err = run_main(train_argv(out / "merges.txt", out, "--force"), capsys)
+    assert code == 2
+    assert err == (f"gpt25 tokenizer: error: input {out / 'merges.txt'} is inside --out {out}, "
+                   "which would be replaced; choose another --out\n")
+    assert tree(out) == before
+
+
+def test_force_replaces_an_empty_folder(tmp_path, fixtures_dir, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, _ = run_main(train_argv(fixtures_dir / "corpus.en", out, "--force"), capsys)
+    assert code == 0 and Tokenizer.load(out).vocab_size == 300
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.parametrize(
+    "out_name, message",
+    [
+        ("afile/tok", "cannot create --out {out}: {tmp}/afile is a file, not a folder; choose another --out"),
+        ("afile/sub/tok", "cannot create --out {out}: {tmp}/afile is a file, not a folder; choose another --out"),
+        ("afile", "--out {out} is a file, not a folder; choose another --out"),
+        ("tok", "{out} already exists; pass --force to replace it"),
+    ],
+)
+def test_out_is_checked_before_training(tmp_path, fixtures_dir, capsys, monkeypatch, out_name, message):
+    import gpt25.tokenizer
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although --out cannot be written")
+
+    monkeypatch.setattr(gpt25.tokenizer, "train_bpe", no_training)
+    (tmp_path / "afile").write_text("a file")
+    (tmp_path / "tok").mkdir()
+    out = tmp_path / out_name
+    code, _, err = run_main(train_argv(fixtures_dir / "corpus.en", out), capsys)
+    assert code == 2 and err == "gpt25 tokenizer: error: " + message.format(out=out, tmp=tmp_path) + "\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["afile", "tok"]
+
+
+def test_pipe_input_is_refused_with_a_fix(tmp_path, fixtures_dir):
+    out = tmp_path / "tok"
+    result = run_cli(*train_argv(Path("/dev/stdin"), out), stdin=(fixtures_dir / "corpus.en").read_bytes())
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.decode() == (
+        "gpt25 tokenizer: error: /dev/stdin: not a regular file (training reads its inputs in chunks, by size and "
+        "offset, which a pipe or device has not); save the text to a file first and pass that\n"
+    )
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to see the pool's workers")
+def test_ctrl_c_while_counting_prints_one_line_and_leaves_nothing(english_dir, tmp_path):
+    out = tmp_path / "tok"
+    inputs = [str(path) for path in sorted(english_dir.glob("pg*.txt"))]  # > 4 MB: counted by a pool
+    command = [sys.executable, "-m", "gpt25", "tokenizer", "train", "--input", *inputs, "--vocab-size", "8192",
+               "--out", str(out), "--quiet", "--workers", "2"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(_children(process.pid)) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(_children(process.pid)) == 2, "the counting pool did not start"
+    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.decode() == "gpt25 tokenizer: interrupted\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_special_tokens_without_endoftext_warn(tmp_path, fixtures_dir, capsys):
+    code, _, err = run_main(train_argv(fixtures_dir / "corpus.en", tmp_path / "tok", "--special-token", "<|pad|>"), capsys)
+    assert code == 0 and Tokenizer.load(tmp_path / "tok").special_tokens == ["<|pad|>"]
+    assert err.splitlines()[0] == ('gpt25 tokenizer: warning: no "<|endoftext|>" special token: `gpt25 data prepare` '
+                                   'needs it to end documents; add --special-token "<|endoftext|>"')
+    code, _, err = run_main(train_argv(fixtures_dir / "corpus.en", tmp_path / "tok2"), capsys)
+    assert code == 0 and "warning" not in err
+
+
+def test_train_help_says_data_prepare_needs_endoftext():
+    result = run_cli("tokenizer", "train", "--help")
+    help_text = " ".join(result.stdout.decode().split())
+    assert 'include "<|endoftext|>" too: `gpt25 data prepare` needs it to end documents' in help_text
+
+
+def test_import_gpt2_files_encodes_as_from_files(gpt2_files, gpt2_tokenizer, tmp_path, capsys):
+    out = tmp_path / "gpt2"
+    code, _, err = run_main(["tokenizer", "import", "--vocab", str(gpt2_files[0]), "--merges", str(gpt2_files[1]),
+                             "--out", str(out)], capsys)
+    assert code == 0 and err == f"imported 50257 tokens (50000 merges) -> {out}\n"
+    imported = Tokenizer.load(out)
+    assert imported.special_tokens == [EOT] and imported.eot_id == 50256
+    assert imported.fingerprint() == gpt2_tokenizer.fingerprint()
+    text = "Hello world<|endoftext|> naïve café 東京 don't   stop\n\n  12345 🎉"
+    assert imported.encode(text) == gpt2_tokenizer.encode(text)
+    assert imported.encode("Hello world") == [15496, 995]
+
+
+def test_import_refuses_existing_output_and_bad_files(gpt2_files, tmp_path, capsys):
+    out = tmp_path / "gpt2"
+    out.mkdir()
+    argv = ["tokenizer", "import", "--vocab", str(gpt2_files[0]), "--merges", str(gpt2_files[1]), "--out", str(out)]
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and err == f"gpt25 tokenizer: error: {out} already exists; pass --force to replace it\n"
+    code, _, err = run_main([*argv[:3], str(tmp_path / "absent.json"), *argv[4:], "--force"], capsys)
+    assert code == 2 and f"{tmp_path / 'absent.json'}: file not found" in err
+    assert list(tmp_path.iterdir()) == [out] and list(out.iterdir()) == []
+
+
+def test_readme_tokenizer_commands_run(fixtures_dir, gpt2_files, tmp_path):
+    """The README's shell example, on the fixture corpus and GPT-2's files, runs without an error."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Tokenizer\n", 1)[1].split("\n## ", 1)[0]
+    script = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "corpus.txt").write_bytes((fixtures_dir / "corpus.en").read_bytes())
+    (tmp_path / "vocab.json").write_bytes(gpt2_files[0].read_bytes())
+    (tmp_path / "merges.txt").write_bytes(gpt2_files[1].read_bytes())
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
+                            timeout=300, check=False, env={**os.environ, "PATH": path})
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().count("Hello world") == 2

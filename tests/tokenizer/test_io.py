@@ -100,6 +100,17 @@ def test_missing_folder_or_file(small_tokenizer, tmp_path):
         Tokenizer.load(tmp_path)
 
 
+def test_gpt2_files_folder_names_the_import_command(gpt2_files, tmp_path):
+    for source, name in zip(gpt2_files, (VOCAB_FILE, MERGES_FILE)):
+        (tmp_path / name).write_bytes(source.read_bytes())
+    with pytest.raises(FileNotFoundError) as error:
+        Tokenizer.load(tmp_path)
+    assert str(error.value) == (
+        f"{tmp_path / META_FILE}: file not found, so {tmp_path} is not a gpt25 tokenizer folder (for GPT-2-style "
+        "files, convert them: gpt25 tokenizer import --vocab VOCAB.json --merges MERGES.txt --out NEW_DIR)"
+    )
+
+
 def test_non_utf8_file(small_tokenizer, tmp_path):
     small_tokenizer.save(tmp_path)
     (tmp_path / VOCAB_FILE).write_bytes(b'{"\xff": 1}')

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -206,6 +207,13 @@ def test_missing_input(tmp_path):
 def test_folder_as_input(tmp_path):
     with pytest.raises(ValueError, match="is a folder"):
         train_bpe(tmp_path, 300, [EOT])
+
+
+def test_pipe_as_input_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "corpus.fifo"
+    os.mkfifo(fifo)  # opening it would wait for a writer: the check must come first
+    with pytest.raises(ValueError, match=r"corpus.fifo: not a regular file .* save the text to a file first"):
+        train_bpe(fifo, 300, [EOT])
 
 
 @pytest.mark.parametrize("text", ["", "<|endoftext|><|endoftext|>"])

@@ -1,19 +1,23 @@
-"""`gpt25 tokenizer train|encode|decode|info`: train a byte-level BPE and use it from the shell.
+"""`gpt25 tokenizer train|import|encode|decode|info`: train a byte-level BPE and use it from the shell.
 
     gpt25 tokenizer train --input data/*.txt --vocab-size 8192 --special-token "<|endoftext|>" --out tok/
+    gpt25 tokenizer import --vocab vocab.json --merges merges.txt --out gpt2/   # GPT-2's own files
     echo "Hello world" | gpt25 tokenizer encode --tokenizer tok/      # prints ids separated by spaces
-    echo "15496 995" | gpt25 tokenizer decode --tokenizer tok/
+    echo "Hello world" | gpt25 tokenizer encode --tokenizer tok/ | gpt25 tokenizer decode --tokenizer tok/
     gpt25 tokenizer info tok/
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+END_OF_TEXT = "<|endoftext|>"  # gpt25.tokenizer.END_OF_TEXT, which this module does not import: `gpt25 --help` stays fast
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     commands = parser.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
     _register_train(commands)
+    _register_import(commands)
     _register_encode(commands)
     _register_decode(commands)
     info = commands.add_parser("info", help="print vocab size, special tokens and the longest tokens",
@@ -43,12 +48,32 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--input", type=Path, nargs="+", required=True, metavar="PATH", help="UTF-8 text file(s)")
     train.add_argument("--vocab-size", type=int, required=True, help="final vocab size (>= 256 + special tokens)")
     train.add_argument("--special-token", action="append", default=None, metavar="TOKEN",
-                       help='special token, repeatable (default: "<|endoftext|>")')
-    train.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the tokenizer to")
-    train.add_argument("--force", action="store_true", help="replace DIR if it already exists")
+                       help='special token, repeatable (default: "<|endoftext|>"); when you give any, include '
+                            '"<|endoftext|>" too: `gpt25 data prepare` needs it to end documents')
+    _add_out_arguments(train)
     train.add_argument("--workers", type=int, default=None, help="processes counting pre-tokens (default: up to 2)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=run_train)
+
+
+def _register_import(commands: argparse._SubParsersAction) -> None:
+    imported = commands.add_parser(
+        "import", help="convert GPT-2-style vocab.json + merges.txt into a gpt25 tokenizer folder",
+        description="Write a gpt25 tokenizer folder from GPT-2-style files (e.g. OpenAI's GPT-2 vocab.json "
+                    "and merges.txt); it encodes exactly as Tokenizer.from_files does.",
+    )
+    imported.add_argument("--vocab", type=Path, required=True, metavar="FILE", help="GPT-2-style vocab.json")
+    imported.add_argument("--merges", type=Path, required=True, metavar="FILE", help="GPT-2-style merges.txt")
+    imported.add_argument("--special-token", action="append", default=None, metavar="TOKEN",
+                          help='special token, repeatable (default: "<|endoftext|>", which GPT-2 has as id 50256)')
+    _add_out_arguments(imported)
+    imported.set_defaults(handler=run_import)
+
+
+def _add_out_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the tokenizer to")
+    parser.add_argument("--force", action="store_true",
+                        help="replace DIR if it is empty or holds a gpt25 tokenizer (a folder with other files is refused)")
 
 
 def _register_encode(commands: argparse._SubParsersAction) -> None:
@@ -68,37 +93,111 @@ def _register_decode(commands: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from gpt25.tokenizer import Tokenizer, train_bpe
 
-    special_tokens = args.special_token if args.special_token is not None else ["<|endoftext|>"]
-    out: Path = args.out
-    if out.exists() and not args.force:
-        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    special_tokens = _special_tokens(args)
+    _check_out(args.out, args.force, args.input)  # before training, which may take hours
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if END_OF_TEXT not in special_tokens:
+        print(f'gpt25 tokenizer: warning: no "{END_OF_TEXT}" special token: `gpt25 data prepare` needs it to end '
+              f'documents; add --special-token "{END_OF_TEXT}"', file=sys.stderr)
     started = time.perf_counter()
     vocab, merges = train_bpe(args.input, args.vocab_size, special_tokens,
                               num_workers=args.workers, progress=not args.quiet)
     tokenizer = Tokenizer(vocab, merges, special_tokens)
-    _save_replacing(tokenizer, out)
+    _save_replacing(tokenizer, args.out, args.force)
     print(f"trained {tokenizer.vocab_size} tokens ({len(merges)} merges) in "
-          f"{time.perf_counter() - started:.1f} s -> {out}", file=sys.stderr)
+          f"{time.perf_counter() - started:.1f} s -> {args.out}", file=sys.stderr)
     return 0
 
 
-def _save_replacing(tokenizer, out: Path) -> None:
+def run_import(args: argparse.Namespace) -> int:
+    from gpt25.tokenizer import Tokenizer
+
+    _check_out(args.out, args.force, [args.vocab, args.merges])
+    tokenizer = Tokenizer.from_files(args.vocab, args.merges, _special_tokens(args))
+    _save_replacing(tokenizer, args.out, args.force)
+    print(f"imported {tokenizer.vocab_size} tokens ({len(tokenizer.merges)} merges) -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def _special_tokens(args: argparse.Namespace) -> list[str]:
+    return args.special_token if args.special_token is not None else [END_OF_TEXT]
+
+
+def _check_out(out: Path, force: bool, inputs: list[Path]) -> None:
+    """Refuse an --out that cannot be written or replaced, with a one-line reason and fix."""
+    for path in inputs:
+        if path.resolve().is_relative_to(out.resolve()):
+            raise ValueError(f"input {path} is inside --out {out}, which would be replaced; choose another --out")
+    if out.is_symlink():
+        raise ValueError(f"--out {out} is a symbolic link; pass the folder itself or choose another --out")
+    if out.is_dir():
+        _check_replaceable(out, force)
+    elif out.exists():
+        raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
+    _check_parent(out)
+
+
+def _check_replaceable(out: Path, force: bool) -> None:
+    """An existing folder may be replaced (with --force) only if it is empty or holds just a gpt25 tokenizer."""
+    from gpt25.tokenizer.io import MERGES_FILE, META_FILE, VOCAB_FILE
+
+    names = sorted(entry.name for entry in out.iterdir())
+    foreign = [name for name in names if name not in (META_FILE, VOCAB_FILE, MERGES_FILE) or not (out / name).is_file()]
+    if not foreign and names and META_FILE not in names:
+        foreign = names  # GPT-2's own vocab.json + merges.txt, say: not a gpt25 tokenizer
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise FileExistsError(f"{out} holds files that are not a gpt25 tokenizer ({shown}); choose another --out")
+    if not force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+
+
+def _check_parent(out: Path) -> None:
+    """The nearest existing folder above --out must be a folder we can write in (missing ones are created)."""
+    ancestor = out.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise FileExistsError(f"cannot create --out {out}: {ancestor} is a file, not a folder; choose another --out")
+    try:  # a real folder, not os.access: root may "access" read-only file systems such as /proc
+        os.rmdir(tempfile.mkdtemp(dir=ancestor, prefix=".gpt25-check."))
+    except OSError as error:
+        raise PermissionError(
+            f"cannot create --out {out}: cannot write in {ancestor} ({error.strerror}); choose another --out"
+        ) from None
+
+
+def _save_replacing(tokenizer, out: Path, force: bool) -> None:
     """Save into a fresh sibling folder, then swap it in, so DIR is never left half-written."""
     from gpt25.tokenizer.io import current_umask
 
+    _check_out(out, force, [])  # again: DIR may have changed while training
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         staging.chmod(0o777 & ~current_umask())
         tokenizer.save(staging)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        staging.rename(out)
+        _swap_in(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Rename `staging` to `out`; an existing `out` (checked to be a tokenizer) is moved aside first and
+    put back if the rename fails, then deleted (POSIX cannot rename onto a non-empty folder)."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    old = staging.with_name(staging.name + ".old")
+    out.rename(old)
+    try:
+        staging.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old)
 
 
 def _read_stdin_text() -> str:

@@ -277,6 +277,11 @@ def load_folder(directory: str | Path) -> SavedTokenizer:
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: tokenizer folder not found")
     meta_path = directory / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{meta_path}: file not found, so {directory} is not a gpt25 tokenizer folder (for GPT-2-style "
+            "files, convert them: gpt25 tokenizer import --vocab VOCAB.json --merges MERGES.txt --out NEW_DIR)"
+        )
     meta = _read_meta(meta_path)
     special_tokens = meta["special_tokens"]
     duplicates = meta.get("duplicate_tokens", [])

@@ -16,6 +16,7 @@ import itertools
 import multiprocessing
 import os
 import re
+import signal
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -88,6 +89,11 @@ def _check_arguments(paths: list[Path], vocab_size: int, special_tokens: list[st
     if any(not token for token in special_tokens):
         raise ValueError("special tokens must be non-empty strings")
     for path in paths:
+        if path.exists() and not path.is_dir() and not path.is_file():  # checked before opening: a FIFO blocks
+            raise ValueError(
+                f"{path}: not a regular file (training reads its inputs in chunks, by size and offset, "
+                "which a pipe or device has not); save the text to a file first and pass that"
+            )
         open_input(path).close()
 
 
@@ -114,7 +120,7 @@ def count_pretokens(
                 bar.update(task[0][2] - task[0][1])
             return counts
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with context.Pool(num_workers) as pool:
+        with context.Pool(num_workers, initializer=_ignore_sigint) as pool:
             for (_, start, end), chunk_counts in pool.imap_unordered(_count_chunk_tagged, tasks):
                 if counts:
                     counts.update(chunk_counts)
@@ -122,6 +128,12 @@ def count_pretokens(
                     counts = Counter(chunk_counts)
                 bar.update(end - start)
     return counts
+
+
+def _ignore_sigint() -> None:
+    """Pool initializer: Ctrl-C reaches the whole process group, but only the parent should report it
+    (it then terminates the pool); a worker would print its own KeyboardInterrupt traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def plan_chunks(path: Path, chunk_bytes: int, specials_bytes: list[bytes]) -> list[Chunk]:
