@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from gpt25.cli import main
-from gpt25.data import read_manifest
+from gpt25.data import load_split, read_manifest
+from gpt25.tokenizer import Tokenizer
 
 
 def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
@@ -50,8 +51,11 @@ def test_corpus_prepare_info(
         == "gpt25 data: warning: split 'val' got no documents; pass a larger --val-fraction / --val-docs or more data\n"
     )
     manifest = read_manifest(tmp_path / "out")
-    # one file-document holding the corpus' own <|endoftext|> separators: 59 inside, 1 appended
+    # one file-document: the corpus' own 59 "<|endoftext|>" separators are its text, 1 EOT id is appended
     assert code == 0 and manifest["splits"]["train"]["documents"] == 1 and manifest["splits"]["val"]["tokens"] == 0
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    tokens = load_split(tmp_path / "out", "train", tokenizer)
+    assert int((tokens == tokenizer.eot_id).sum()) == 1 and tokens[-1] == tokenizer.eot_id
     assert (
         f"train: {manifest['splits']['train']['tokens']:,} tokens, 1 documents, {len(manifest['splits']['train']['shards'])} shards"
         in out
@@ -102,12 +106,29 @@ def test_corpus_prepare_info(
             "--workers and --shard-tokens must be >= 1",
         ),
         (["data", "info", "{tmp}"], "no manifest.json in {tmp}"),
+        (["data", "info", "{tmp}/foreign"], "{tmp}/foreign/manifest.json is damaged: complete is missing"),
+        (["data", "corpus", "--source", "{tmp}/one.txt", "--out", "{tmp}"], "--out {tmp} is a folder"),
+        (["data", "corpus", "--source", "{tmp}/one.txt.gz", "--out", "{tmp}/c.txt"], "one.txt.gz is compressed"),
+        (
+            ["data", "prepare", "--source", "{tmp}/one.txt", "--tokenizer", "{tok}", "--out", "{tmp}/one.txt/sub"],
+            "--out {tmp}/one.txt/sub: {tmp}/one.txt is a file, not a folder",
+        ),
+        (
+            ["data", "prepare", "--source", "{tmp}/utf16.txt", "--tokenizer", "{tok}", "--out", "{tmp}/o",
+             "--workers", "2", "--no-progress"],
+            "{tmp}/utf16.txt is UTF-16 or UTF-32 text",
+        ),
     ],
 )
 def test_user_errors_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture, tokenizer_dir: Path, argv: list[str], message: str
 ) -> None:
     (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "one.txt").write_text("one document\n")
+    (tmp_path / "one.txt.gz").write_bytes(b"\x1f\x8b")
+    (tmp_path / "utf16.txt").write_text("a document\n", encoding="utf-16")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "manifest.json").write_text('{"format": "gpt25-token-shards"}')
     argv = [arg.format(tmp=tmp_path, tok=tokenizer_dir) for arg in argv]
     code, _, err = run(capsys, *argv)
     assert code == 2

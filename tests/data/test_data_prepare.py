@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpt25.data import load_split, read_manifest
-from gpt25.data.parallel import encode_documents
 from gpt25.data.prepare import PrepareConfig, document_hash, prepare
 from gpt25.data.sources import NonUtf8Warning
 from gpt25.tokenizer import Tokenizer
@@ -223,14 +222,35 @@ def test_manifest_is_plain_json(prepared: tuple[Path, list[str]]) -> None:
     )
 
 
-def test_document_lengths_even_with_end_of_text_inside_a_document(tokenizer: Tokenizer) -> None:
-    texts = ["first document", "says <|endoftext|> in its text", "", "last"]
-    lengths, tokens = encode_documents(tokenizer, texts, np.dtype("<u2"))
-    expected = [tokenizer.encode(text) + [tokenizer.eot_id] for text in texts]
-    assert lengths.tolist() == [len(ids) for ids in expected]
-    assert tokens.tolist() == [token for ids in expected for token in ids]
-    lengths, _ = encode_documents(tokenizer, texts[:1] + texts[2:], np.dtype("<u2"))  # the fast path
-    assert lengths.tolist() == [len(expected[0]), 1, len(expected[3])]
+@pytest.mark.filterwarnings("ignore:split 'val' got no documents")
+@pytest.mark.parametrize("pure_python", [False, True], ids=["c", "python"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_end_of_text_written_in_a_document_is_ordinary_text(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch, workers: int, pure_python: bool
+) -> None:
+    """A document quoting "<|endoftext|>" is no document boundary: its text comes back whole, and the
+    shards hold exactly one EOT id per document (as tiktoken's encode_ordinary + EOT would give)."""
+    from gpt25.data import prepare as prepare_module
+
+    monkeypatch.setenv("GPT25_PURE_PYTHON", "1" if pure_python else "0")
+    loaded = []
+
+    def load_tokenizer(folder: str) -> Tokenizer:  # built after the env var is set; the workers fork it
+        loaded.append(Tokenizer.load(folder))
+        return loaded[-1]
+
+    monkeypatch.setattr(prepare_module, "_load_tokenizer", load_tokenizer)
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 200)  # many tasks, so the workers take most
+    documents = [f"doc {i} says {EOT} here" if i % 3 else f"{EOT}doc {i}{EOT}{EOT}" for i in range(60)]
+    source = write_text_source_quietly(tmp_path / "docs.txt", documents)
+    manifest = run_prepare(source, tokenizer_dir, tmp_path / "out", val_fraction=0.0, workers=workers)
+    assert ("pure Python" in loaded[0].encoder_kind) == pure_python
+    tokens = load_split(tmp_path / "out", "train").tolist()
+    assert loaded[0].decode(tokens) == "".join(document + EOT for document in documents)
+    assert tokens.count(loaded[0].eot_id) == len(documents) == manifest["splits"]["train"]["documents"]
+    ends = [index + 1 for index, token in enumerate(tokens) if token == loaded[0].eot_id]
+    starts = [0, *ends[:-1]]
+    assert [loaded[0].decode(tokens[a:b]) for a, b in zip(starts, ends)] == [d + EOT for d in documents]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -400,3 +420,110 @@ def write_text_source_quietly(path: Path, documents: list[str]) -> Path:
     assert not any("\n\n" in document for document in documents)
     path.write_text("\n\n".join(documents) + "\n")
     return path
+
+
+@pytest.mark.filterwarnings("ignore:split 'val' got no documents")
+@pytest.mark.parametrize("val_docs", [None, 3])
+def test_out_folder_inside_a_source_folder_is_no_source(
+    tmp_path: Path, tokenizer_dir: Path, make_documents, write_text_source, val_docs: int | None
+) -> None:
+    """--out nest/shards with --source nest: its shards and manifest are not read back as sources,
+    and the rerun resumes (a no-op) instead of refusing because source_files changed."""
+    (tmp_path / "books").mkdir()
+    (tmp_path / "nest").mkdir()
+    write_text_source(tmp_path / "books" / "b.txt", make_documents(40, seed=1))
+    write_text_source(tmp_path / "nest" / "a.txt", make_documents(30))
+    sources = [str(tmp_path / "books"), str(tmp_path / "nest")]  # books' shards exist when nest is expanded
+    options = {"val_fraction": None, "val_docs": val_docs}  # None and None: the default --val-fraction
+    first = run_prepare(sources, tokenizer_dir, tmp_path / "nest" / "shards", **options)
+    assert len(first["splits"]["train"]["shards"]) > 1
+    assert first["source"]["files"] == 2 and first["source"]["documents"] == 70
+    assert [path for path, _, _ in first["settings"]["source_files"]] == [
+        str(tmp_path / "books" / "b.txt"), str(tmp_path / "nest" / "a.txt")
+    ]
+    again = run_prepare(sources, tokenizer_dir, tmp_path / "nest" / "shards", **options)
+    assert again == first
+
+
+@pytest.mark.parametrize(
+    "source, overrides, error",
+    [
+        ("s.txt", {"val_fraction": None, "val_docs": 25}, "--val-docs 25 leaves no training documents"),
+        ("empty.txt", {}, "yielded no documents"),
+        ("bad.jsonl", {}, r"bad.jsonl:2: not a JSON object per line"),
+        ("s.txt", {"tokenizer": "no_eot"}, r"special token '<\|endoftext\|>' is not registered"),
+    ],
+)
+def test_a_failed_prepare_leaves_no_folder_behind(
+    tmp_path: Path, tokenizer_dir: Path, tokenizer: Tokenizer, make_documents, write_text_source,
+    source: str, overrides: dict, error: str,
+) -> None:
+    write_text_source(tmp_path / "s.txt", make_documents(20))
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\nnot json\n')
+    Tokenizer(dict(tokenizer.vocab), tokenizer.merges, []).save(tmp_path / "no_eot")
+    settings = dict(overrides)
+    tokenizer_folder = tmp_path / settings.pop("tokenizer") if "tokenizer" in settings else tokenizer_dir
+    (tmp_path / "existing").mkdir()
+    for out in (tmp_path / "new" / "out", tmp_path / "existing"):
+        with pytest.raises(ValueError, match=error):
+            run_prepare(tmp_path / source, tokenizer_folder, out, **settings)
+    assert not (tmp_path / "new").exists()  # the run made both folders: it removed both
+    assert (tmp_path / "existing").is_dir() and not any((tmp_path / "existing").iterdir())
+
+
+def test_out_below_a_file_is_a_one_line_error(
+    tmp_path: Path, tokenizer_dir: Path, make_documents, write_text_source
+) -> None:
+    source = write_text_source(tmp_path / "s.txt", make_documents(5))
+    (tmp_path / "afile").write_text("not a folder")
+    message = rf"^--out {tmp_path}/afile/sub: {tmp_path}/afile is a file, not a folder; choose another --out$"
+    with pytest.raises(NotADirectoryError, match=message):
+        run_prepare(source, tokenizer_dir, tmp_path / "afile" / "sub")
+    with pytest.raises(NotADirectoryError, match=rf"^--out {tmp_path}/afile: {tmp_path}/afile is a file"):
+        run_prepare(source, tokenizer_dir, tmp_path / "afile")
+
+
+class RecordingBar:
+    """Stands in for tqdm: remembers its total and how far it was advanced."""
+
+    bars: list[RecordingBar] = []
+
+    def __init__(self, iterable=None, total: int | None = None, **_) -> None:
+        self.iterable, self.total, self.n = iterable, total, 0
+        RecordingBar.bars.append(self)
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def __enter__(self) -> RecordingBar:
+        return self
+
+    def __exit__(self, *_) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        self.n += n
+
+    def set_postfix(self, **_) -> None:
+        return None
+
+
+@pytest.mark.filterwarnings("ignore:split 'val' got no documents")
+@pytest.mark.parametrize("val_docs", [None, 4])
+def test_progress_bar_total_is_the_size_of_the_source_files(
+    tmp_path: Path, tokenizer_dir: Path, make_documents, monkeypatch: pytest.MonkeyPatch, val_docs: int | None
+) -> None:
+    from gpt25.data import prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "tqdm", RecordingBar)
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 300)
+    monkeypatch.setattr(RecordingBar, "bars", [])
+    documents = make_documents(50)
+    text = write_text_source_quietly(tmp_path / "docs.txt", documents[:25])
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": document}) + "\n" for document in documents[25:]))
+    options = {"val_fraction": None, "val_docs": val_docs}  # None and None: the default --val-fraction
+    run_prepare([str(text), str(jsonl)], tokenizer_dir, tmp_path / "out", progress=True, **options)
+    bar = RecordingBar.bars[-1]
+    assert bar.total == bar.n == text.stat().st_size + jsonl.stat().st_size

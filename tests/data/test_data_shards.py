@@ -94,3 +94,35 @@ def test_incomplete_or_missing_manifest(tmp_path: Path, prepared: tuple[Path, li
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="unfinished .*rerun the same command to resume"):
         load_split(tmp_path, "train")
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("{", r"is not valid JSON \(Expecting property name enclosed in double quotes: line 1 column 2 \(char 1\)\)"),
+        ("[]", "is not a gpt25 token-shard manifest"),
+        ('{"format": "gpt25-token-shards"}', r"is damaged: complete is missing \(expected bool\)"),
+        ("splits.val.documents=3.5", r"is damaged: splits.val.documents is a float \(expected int\)"),
+        ("splits.train.shards.0.next=[]", r"is damaged: splits.train.shards\[0\].next is a list \(expected dict\)"),
+        ("source={}", None),
+    ],
+)
+def test_damaged_manifest_is_a_one_line_error_naming_it(
+    tmp_path: Path, prepared: tuple[Path, list[str]], content: str, problem: str | None
+) -> None:
+    manifest_text = content
+    if "=" in content:  # a change to the good manifest
+        manifest = json.loads((prepared[0] / "manifest.json").read_text())
+        keys, value = content.split("=")
+        *parents, last = keys.split(".")
+        target = manifest
+        for key in parents:
+            target = target[int(key)] if key.isdigit() else target[key]
+        target[last] = json.loads(value)
+        manifest_text = json.dumps(manifest)
+    (tmp_path / "manifest.json").write_text(manifest_text)
+    if problem is None:  # an unfinished run's manifest has no source counts yet
+        assert read_manifest(tmp_path)["source"] == {}
+        return
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'manifest.json'} {problem}[^\n]*$"):
+        read_manifest(tmp_path)

@@ -227,3 +227,82 @@ def test_embedded_corpus(default_corpus: list[str], tmp_path: Path) -> None:
     assert write_corpus_file(default_corpus[:3], tmp_path / "c.txt")[0] == 3
     assert (tmp_path / "c.txt").read_text(encoding="utf-8").split("<|endoftext|>") == default_corpus[:3]
     assert list(islice(iter_documents(["python-docs"]), 20)) == default_corpus[:20]
+
+
+def test_compressed_files_are_refused(tmp_path: Path) -> None:
+    """Workers read byte ranges of the raw file; a .gz would be tokenized as garbage text."""
+    import gzip
+
+    (tmp_path / "good.jsonl").write_text('{"text": "one"}\n')
+    (tmp_path / "good.jsonl.gz").write_bytes(gzip.compress(b'{"text": "one"}\n'))
+    with pytest.raises(ValueError, match=r"good.jsonl.gz is compressed \(.gz\); decompress it first"):
+        documents(str(tmp_path / "good.jsonl.gz"))
+    with pytest.raises(ValueError, match=r"good.jsonl.gz is compressed"):  # also found in a folder
+        sources.check_sources([str(tmp_path)])
+    assert documents(str(tmp_path / "*.jsonl")) == ["one"]
+
+
+@pytest.mark.parametrize(
+    "name, data, problem",
+    [
+        ("notepad.txt", "Unicode text\n\nsaved by Notepad\n".encode("utf-16"), "is UTF-16 or UTF-32 text"),
+        ("rows.jsonl", '{"text": "x"}\n'.encode("utf-32"), "is UTF-16 or UTF-32 text"),
+        ("no_bom.txt", "text without a BOM\n".encode("utf-16-le"), "holds NUL bytes"),
+        ("image.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"x" * 100, "holds NUL bytes"),
+    ],
+    ids=["utf-16", "utf-32-jsonl", "utf-16-without-bom", "png"],
+)
+def test_binary_and_utf16_files_are_refused(tmp_path: Path, name: str, data: bytes, problem: str) -> None:
+    """Serial reads and the workers' byte ranges (from a file's start) both stop with one line naming the file."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    for read in (
+        lambda: documents(str(tmp_path)),
+        lambda: sources.read_paragraph_block(path, 0, 4),
+        lambda: sources.read_line_block(path, 0, 4),
+    ):
+        with pytest.raises(ValueError, match=f"{path} {problem}.*convert it to UTF-8") as error:
+            read()
+        assert "\n" not in str(error.value)
+
+
+def test_null_text_is_skipped_and_other_non_strings_refused(tmp_path: Path) -> None:
+    """JSONL and Parquet agree: a null text is no document; a number or list is an error, not "123"."""
+    (tmp_path / "rows.jsonl").write_text('{"text": "one"}\n{"text": null}\n{"text": "two"}\n')
+    pq.write_table(pa.table({"text": ["one", None, "two"]}), tmp_path / "rows.parquet")
+    assert documents(str(tmp_path / "rows.jsonl")) == documents(str(tmp_path / "rows.parquet")) == ["one", "two"]
+    for value, kind in ((123, "int"), (["a", "b"], "list"), ({"a": 1}, "dict"), (True, "bool")):
+        (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n' + json.dumps({"text": value}) + "\n")
+        with pytest.raises(ValueError, match=rf"bad.jsonl:2: field 'text' is {kind}, not a string; pass --text-field"):
+            documents(str(tmp_path / "bad.jsonl"))
+    pq.write_table(pa.table({"text": [1, 2], "body": [["a"], None]}), tmp_path / "numbers.parquet")
+    with pytest.raises(ValueError, match=r"numbers.parquet: column 'text' holds int64, not strings"):
+        documents(str(tmp_path / "numbers.parquet"))
+    with pytest.raises(ValueError, match=r"column 'body' holds list<element: string>, not strings"):
+        documents(str(tmp_path / "numbers.parquet"), text_field="body")
+
+
+def test_corrupt_parquet_error_names_the_file(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"text": ["alpha"] * 100}), tmp_path / "good.parquet")
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'bad.parquet'} is not a readable Parquet file \(Parquet magic"):
+        documents(str(tmp_path / "bad.parquet"))
+    data = (tmp_path / "good.parquet").read_bytes()
+    middle = len(data) // 2
+    (tmp_path / "bad.parquet").write_bytes(data[:20] + b"\xff" * (middle - 20) + data[middle:])  # damaged pages
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'bad.parquet'} is not a readable Parquet file"):
+        documents(str(tmp_path / "bad.parquet"))
+
+
+def test_corpus_file_leaves_nothing_behind_on_errors(tmp_path: Path) -> None:
+    def interrupted():
+        yield "one"
+        raise KeyboardInterrupt
+
+    (tmp_path / "corpus.txt").write_text("earlier")
+    with pytest.raises(KeyboardInterrupt):
+        write_corpus_file(interrupted(), tmp_path / "corpus.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
+    assert (tmp_path / "corpus.txt").read_text() == "earlier"
+    with pytest.raises(IsADirectoryError, match=rf"--out {tmp_path} is a folder; give the file to write"):
+        write_corpus_file(["x"], tmp_path)

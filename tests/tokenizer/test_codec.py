@@ -75,6 +75,20 @@ def test_encode_documents_encodes_each_text_then_end_of_text(small_tokenizer_wit
     assert tokens.tolist() == [token for text in texts for token in tokenizer.encode(text) + [tokenizer.eot_id]]
 
 
+@pytest.mark.parametrize("pure", [False, True], ids=["c", "python"])
+def test_encode_documents_can_leave_specials_in_text_ordinary(
+    gpt2_tokenizer, python_gpt2_tokenizer, tiktoken_gpt2, pure
+):
+    """specials_in_text=False: tiktoken's encode_ordinary of each text, then the one <|endoftext|>."""
+    tokenizer = python_gpt2_tokenizer if pure else gpt2_tokenizer
+    texts = ["says <|endoftext|> inside", EOT, "a" + EOT + "b" + EOT, "plain", ""]
+    tokens = tokenizer.encode_documents(texts, numpy.uint16, specials_in_text=False)
+    expected = [token for text in texts for token in tiktoken_gpt2.encode_ordinary(text) + [50256]]
+    assert tokens.tolist() == expected and int((tokens == 50256).sum()) == len(texts)
+    assert tokenizer.decode(tokens.tolist()) == "".join(text + EOT for text in texts)
+    assert tokenizer.encode(EOT) == [50256]  # encode itself still reads specials
+
+
 def test_encode_documents_needs_end_of_text(small_tokenizer):
     with pytest.raises(ValueError, match="not registered"):
         Tokenizer(small_tokenizer.vocab, small_tokenizer.merges, ["<|pad|>"]).encode_documents(["x"])

@@ -35,13 +35,12 @@ Result = TypeVar("Result")
 
 
 def encode_documents(tokenizer: Any, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(per-document lengths, all tokens concatenated) with <|endoftext|> after every document."""
-    tokens = tokenizer.encode_documents(texts, dtype)
+    """(per-document lengths, all tokens concatenated) with <|endoftext|> after every document. An
+    "<|endoftext|>" written in a document is ordinary text, so the EOT ids are exactly the ends."""
+    tokens = tokenizer.encode_documents(texts, dtype, specials_in_text=False)
     ends = np.flatnonzero(tokens == tokenizer.eot_id) + 1
-    if len(ends) == len(texts):  # no document has an <|endoftext|> of its own: they end at the EOTs
-        return np.diff(ends, prepend=0), tokens
-    lengths = np.array([len(tokenizer.encode(text)) + 1 for text in texts], dtype=np.int64)
-    return lengths, tokens
+    assert len(ends) == len(texts), "ordinary text never encodes to <|endoftext|>"
+    return np.diff(ends, prepend=0), tokens
 
 
 def map_in_order(

@@ -157,21 +157,50 @@ def _load_tokenizer(tokenizer_dir: str) -> Any:
 
 
 def prepare(config: PrepareConfig) -> dict[str, Any]:
-    """Tokenize the configured sources into `config.out_dir`; resumes an interrupted run. Returns the manifest."""
-    check_sources(config.sources, config.data_files)
+    """Tokenize the configured sources into `config.out_dir`; resumes an interrupted run. Returns the
+    manifest. A run that fails leaves no folder it created empty behind."""
+    check_sources(config.sources, config.data_files, exclude=config.out_dir)
     tokenizer = _load_tokenizer(config.tokenizer_dir)
     out_dir = Path(config.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"--out {out_dir} is a file; give a folder for the shards")
+    created = _make_folder(out_dir)
+    try:
+        return _prepare_into(config, tokenizer, out_dir)
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def _make_folder(out_dir: Path) -> list[Path]:
+    """Create --out (and its missing parents); returns the folders created, innermost first."""
+    missing = []
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"--out {out_dir}: {folder} is a file, not a folder; choose another --out")
+            break
+        missing.append(folder)
     out_dir.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove these folders (innermost first) while they are empty."""
+    for folder in folders:
+        if any(folder.iterdir()):
+            return
+        folder.rmdir()
+
+
+def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[str, Any]:
     dtype = dtype_for_vocab(tokenizer.vocab_size)
     settings = _settings(config, tokenizer, dtype)
     manifest = _start_or_resume(out_dir, settings, config.overwrite)
     if manifest["complete"]:
         return manifest
-    total_bytes = None
+    total_bytes = _range_file_bytes(config, settings["source_files"])
     if "val_threshold" not in manifest:
-        manifest["val_threshold"], total_bytes = _val_threshold(config)
+        manifest["val_threshold"], counted_bytes = _val_threshold(config)
+        total_bytes = counted_bytes if total_bytes is None else total_bytes
     started = time.perf_counter()
     source, num_tokenized = _run(config, tokenizer, dtype, out_dir, manifest, total_bytes)
     _finalize(
@@ -182,7 +211,7 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
         if manifest["splits"][split]["tokens"] == 0:
             warnings.warn(
                 f"split {split!r} got no documents; pass a larger --val-fraction / --val-docs or more data",
-                stacklevel=2,
+                stacklevel=3,  # the caller of prepare
             )
     return manifest
 
@@ -191,7 +220,7 @@ def _settings(config: PrepareConfig, tokenizer: Any, dtype: np.dtype) -> dict[st
     """What must match for a rerun to resume the shards already in --out."""
     return {
         "sources": list(config.sources),
-        "source_files": source_signature(config.sources),
+        "source_files": source_signature(config.sources, exclude=config.out_dir),
         "doc_split": config.doc_split,
         "text_field": config.text_field,
         "data_files": config.data_files,
@@ -247,6 +276,16 @@ def _keep_valid_prefix(out_dir: Path, manifest: dict[str, Any]) -> None:
         del entries[num_valid:]
 
 
+def _range_file_bytes(config: PrepareConfig, signature: list[list]) -> int | None:
+    """The size of the source files when every source is plain-text or JSONL files, whose tasks are
+    byte ranges (the progress bar counts those); None otherwise."""
+    if any(spec == DEFAULT_CORPUS_SPEC or spec.startswith("hf:") for spec in config.sources):
+        return None
+    if any(Path(path).suffix.lower() == ".parquet" for path, _, _ in signature):
+        return None
+    return sum(size for _, size, _ in signature)
+
+
 def _val_threshold(config: PrepareConfig) -> tuple[int, int | None]:
     """(validation hash threshold, total source bytes when a pre-pass counted them)."""
     if config.val_docs is None:
@@ -277,6 +316,7 @@ def _documents(config: PrepareConfig, sources: list[str], stats: SourceStats, wa
         data_files=config.data_files,
         hf_split=config.hf_split,
         stats=stats,
+        exclude=config.out_dir,
     )
     if warn:
         return documents
@@ -337,7 +377,7 @@ def _run(
                 counters["bytes"] += encoded.num_bytes
                 counters["tokens"] += len(encoded.tokens)
                 counters["tokenized"] += len(encoded.doc_indices)
-                bar.update(encoded.num_bytes)
+                bar.update(encoded.num_bytes if task.texts is not None else task.end - task.start)
                 bar.set_postfix(docs=counters["documents"], tokens=counters["tokens"], refresh=False)
             block_lines.close()
             for writer in writers.values():
@@ -421,7 +461,7 @@ def _tasks(config: PrepareConfig, settings: _BatchSettings, stats: SourceStats) 
         if spec == DEFAULT_CORPUS_SPEC or spec.startswith("hf:"):
             yield from _document_tasks(_documents(config, [spec], stats), settings)
             continue
-        for path in expand_paths(spec):
+        for path in expand_paths(spec, exclude=config.out_dir):
             stats.files += 1
             suffix = path.suffix.lower()
             if suffix == ".parquet":
@@ -436,8 +476,8 @@ def _range_tasks(path: Path, config: PrepareConfig, settings: _BatchSettings, te
     size = path.stat().st_size
     task_bytes = max(size, 1) if config.doc_split == "file" and text_field is None else BATCH_CHARS
     for start in range(0, size, task_bytes):
-        yield _Task(settings, path=str(path), start=start, end=start + task_bytes, doc_split=config.doc_split,
-                    text_field=text_field)
+        end = min(start + task_bytes, size)
+        yield _Task(settings, path=str(path), start=start, end=end, doc_split=config.doc_split, text_field=text_field)
 
 
 def _document_tasks(documents: Iterator[str], settings: _BatchSettings) -> Iterator[_Task]:

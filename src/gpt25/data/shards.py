@@ -34,6 +34,14 @@ DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "gpt25-token-shards"
 SPLITS = ("train", "val")
+# What readers and a resuming prepare take from a manifest, and the JSON type of each.
+MANIFEST_FIELDS = {
+    "complete": bool, "tokenizer_fingerprint": str, "vocab_size": int, "eot_id": int, "dtype": str,
+    "settings": dict, "source": dict, "splits": dict,
+}
+SPLIT_FIELDS = {"tokens": int, "documents": int, "shards": list}
+SOURCE_FIELDS = {"documents": int, "bytes": int, "skipped_lines": int}
+SHARD_FIELDS = {"file": str, "tokens": int, "bytes": int, "sha256": str, "next": dict}
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -140,10 +148,56 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(
             f"no {MANIFEST_NAME} in {data_dir}; make one with `gpt25 data prepare --out {data_dir}`"
         )
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != MANIFEST_FORMAT:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); {_REBUILD}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path} is not a gpt25 token-shard manifest; point at a folder made by `gpt25 data prepare`")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ValueError(f"{path} is damaged: {problem}; {_REBUILD}")
     return manifest
+
+
+_REBUILD = "rebuild the folder with `gpt25 data prepare ... --overwrite`"
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """The first field a manifest lacks or holds with the wrong type (as far as readers and a
+    resuming prepare go), or None."""
+    problem = _fields_problem(manifest, MANIFEST_FIELDS, "")
+    if problem is None and manifest["source"]:  # {} until a run completes
+        problem = _fields_problem(manifest["source"], SOURCE_FIELDS, "source.")
+    for split in SPLITS if problem is None else ():
+        problem = _split_problem(manifest["splits"].get(split), f"splits.{split}.")
+        if problem is not None:
+            break
+    return problem
+
+
+def _split_problem(info: Any, prefix: str) -> str | None:
+    problem = _fields_problem(info, SPLIT_FIELDS, prefix)
+    resume_fields = {name: int for name in asdict(ResumePoint())}
+    for index, entry in enumerate(info["shards"] if problem is None else ()):
+        entry_prefix = f"{prefix}shards[{index}]."
+        problem = _fields_problem(entry, SHARD_FIELDS, entry_prefix) or _fields_problem(
+            entry["next"], resume_fields, f"{entry_prefix}next."
+        )
+        if problem is not None:
+            break
+    return problem
+
+
+def _fields_problem(value: Any, fields: dict[str, type], prefix: str) -> str | None:
+    """What is wrong with `value` (a JSON object whose names start with `prefix`) as far as `fields` go, or None."""
+    if not isinstance(value, dict):
+        return f"{prefix.rstrip('.') or 'the manifest'} is not a JSON object"
+    for name, kind in fields.items():
+        if not isinstance(value.get(name), kind):
+            found = "missing" if name not in value else f"a {type(value[name]).__name__}"
+            return f"{prefix}{name} is {found} (expected {kind.__name__})"
+    return None
 
 
 def _complete_manifest(data_dir: str | os.PathLike, split: str) -> dict[str, Any]:

@@ -7,7 +7,9 @@ A *source spec* is one string, as given to `gpt25 data prepare --source`:
 - ``hf:NAME[:CONFIG]``: a Hugging Face dataset, streamed with the `datasets` library;
 - anything else: a file, folder (all non-hidden files below it) or glob. ``.jsonl`` / ``.json``
   (one JSON object per line) and ``.parquet`` files yield their ``text_field``; other files are
-  plain UTF-8 text, split into documents at blank lines or one document per file.
+  plain UTF-8 text, split into documents at blank lines or one document per file. Compressed
+  files are refused (decompress them first), and so is a text file whose start shows it is binary
+  or UTF-16/UTF-32 (a NUL byte or such a byte-order mark).
 
 Every function here yields plain ``str`` documents in a deterministic order.
 """
@@ -35,6 +37,12 @@ DOC_SPLITS = ("blank-line", "file")
 JSONL_SUFFIXES = (".jsonl", ".json")
 STRUCTURED_SUFFIXES = (*JSONL_SUFFIXES, ".parquet")  # files of records, not plain text
 DEFAULT_CORPUS_SPEC = "python-docs"
+# Refused by name: workers read byte ranges of the raw file, which a compressed stream does not allow.
+COMPRESSED_SUFFIXES = frozenset(
+    {".gz", ".tgz", ".bz2", ".xz", ".lzma", ".zst", ".lz4", ".br", ".z", ".zip", ".7z", ".rar", ".tar"}
+)
+BINARY_CHECK_BYTES = 8000  # as git does: a NUL in a file's first 8000 bytes makes it binary
+UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-32LE's starts with UTF-16LE's
 # Folders of the standard library that hold tests, demos of tests or installed third-party code.
 SKIPPED_STDLIB_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 MAX_WARNINGS_PER_FILE = 3
@@ -67,8 +75,10 @@ def iter_documents(
     data_files: list[str] | None = None,
     hf_split: str = "train",
     stats: SourceStats | None = None,
+    exclude: str | os.PathLike | None = None,
 ) -> Iterator[str]:
-    """Yield the documents of every source spec in turn (see the module docstring for the specs)."""
+    """Yield the documents of every source spec in turn (see the module docstring for the specs);
+    folders and globs leave out the files inside `exclude` (see expand_paths)."""
     if doc_split not in DOC_SPLITS:
         raise ValueError(f"--doc-split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
     stats = stats if stats is not None else SourceStats()
@@ -79,21 +89,24 @@ def iter_documents(
             name, _, config = spec[3:].partition(":")
             yield from iter_hf_dataset(name, config or None, text_field, data_files=data_files, split=hf_split)
         else:
-            for path in expand_paths(spec):
+            for path in expand_paths(spec, exclude):
                 stats.files += 1
                 yield from iter_file_documents(path, doc_split=doc_split, text_field=text_field, stats=stats)
 
 
-def check_sources(specs: Iterable[str], data_files: list[str] | None = None) -> None:
-    """Fail before any work when a local spec matches nothing or a Hub dataset is unreachable."""
+def check_sources(
+    specs: Iterable[str], data_files: list[str] | None = None, exclude: str | os.PathLike | None = None
+) -> None:
+    """Fail before any work when a local spec matches nothing (or a compressed file) or a Hub dataset
+    is unreachable."""
     for spec in specs:
         if spec.startswith("hf:"):
             check_hf_source(spec[3:].partition(":")[0], data_files)
         elif spec != DEFAULT_CORPUS_SPEC:
-            expand_paths(spec)
+            expand_paths(spec, exclude)
 
 
-def source_signature(specs: Iterable[str]) -> list[list]:
+def source_signature(specs: Iterable[str], exclude: str | os.PathLike | None = None) -> list[list]:
     """[path, size, mtime_ns] of every local file (and the Python version for python-docs), so a rerun
     can tell that the sources changed under it instead of resuming into a wrong dataset."""
     signature: list[list] = []
@@ -101,31 +114,70 @@ def source_signature(specs: Iterable[str]) -> list[list]:
         if spec == DEFAULT_CORPUS_SPEC:
             signature.append([spec, sys.version])
         elif not spec.startswith("hf:"):
-            for path in expand_paths(spec):
+            for path in expand_paths(spec, exclude):
                 stat = path.stat()
                 signature.append([str(path), stat.st_size, stat.st_mtime_ns])
     return signature
 
 
-def expand_paths(spec: str) -> list[Path]:
-    """The files a local spec names: itself, every non-hidden file below a folder, or a glob's matches."""
+def expand_paths(spec: str, exclude: str | os.PathLike | None = None) -> list[Path]:
+    """The files a local spec names: itself, every non-hidden file below a folder, or a glob's matches;
+    a folder or glob leaves out the files inside `exclude` (prepare's --out folder, which may lie
+    inside a source folder). ValueError for a compressed file."""
     path = Path(spec)
     if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(path))]
+        files = [path]
     else:
-        files = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
+        if path.is_dir():
+            files = [p for p in path.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(path))]
+        else:
+            files = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
+        if exclude is not None:
+            excluded = Path(os.path.abspath(exclude))
+            files = [p for p in files if not Path(os.path.abspath(p)).is_relative_to(excluded)]
     if not files:
         raise FileNotFoundError(
             f"source {spec!r} matched no files; give an existing file, folder or glob, "
             f"'{DEFAULT_CORPUS_SPEC}' or 'hf:NAME[:CONFIG]'"
         )
+    for file in files:
+        if file.suffix.lower() in COMPRESSED_SUFFIXES:
+            raise ValueError(
+                f"source file {file} is compressed ({file.suffix}); decompress it first "
+                "(gunzip -k, unxz -k, zstd -d, unzip, ...) or leave it out of --source"
+            )
     return sorted(files)
 
 
 def _is_hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
+
+
+def _check_text_start(path: Path, head: bytes) -> None:
+    """ValueError when the first bytes of a text source show it is not UTF-8: a UTF-16 or UTF-32
+    byte-order mark, or a NUL byte (a binary file, or UTF-16/UTF-32 text without a BOM)."""
+    if head.startswith(UTF16_32_BOMS):
+        raise ValueError(
+            f"{path} is UTF-16 or UTF-32 text (it starts with a byte-order mark), not UTF-8; "
+            "convert it to UTF-8 first, e.g. iconv -f UTF-16 -t UTF-8 FILE > NEW_FILE"
+        )
+    if b"\0" in head:
+        raise ValueError(
+            f"{path} holds NUL bytes, so it is a binary file or UTF-16/UTF-32 text, not UTF-8; "
+            "convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8) or leave it out of --source"
+        )
+
+
+def _open_text_file(path: Path) -> BinaryIO:
+    """`path` opened for reading bytes, once _check_text_start has passed its first bytes."""
+    file = open(path, "rb")
+    try:
+        _check_text_start(path, file.read(BINARY_CHECK_BYTES))
+        file.seek(0)
+    except BaseException:
+        file.close()
+        raise
+    return file
 
 
 def iter_file_documents(path: Path, *, doc_split: str, text_field: str, stats: SourceStats) -> Iterator[str]:
@@ -175,7 +227,7 @@ class SkippedLines:
 def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]:
     """(line number, line) pairs with newlines normalised to "\\n"; non-UTF-8 lines are skipped with a warning."""
     bad_lines = SkippedLines(path, stats)
-    with open(path, "rb") as file:
+    with _open_text_file(path) as file:
         for line_number, raw in enumerate(file, start=1):
             line = bad_lines.decode(raw, line_number)
             if line is None:
@@ -238,7 +290,7 @@ def read_line_block(path: Path, start: int, end: int) -> bytes:
 
 
 def _read_block(path: Path, start: int, end: int, boundaries: tuple[bytes, ...]) -> bytes:
-    with open(path, "rb") as file:
+    with _open_text_file(path) if start <= 0 else open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
         first = _block_start(file, start, size, boundaries)
         last = _block_start(file, end, size, boundaries)
@@ -272,7 +324,7 @@ def _block_start(file: BinaryIO, position: int, size: int, boundaries: tuple[byt
 def _line_blocks(path: Path, block_bytes: int) -> Iterator[bytes]:
     """The file's bytes in blocks of about block_bytes that end with a "\\n" (but for the last)."""
     pending: list[bytes] = []  # bytes after the last "\\n" so far
-    with open(path, "rb") as file:
+    with _open_text_file(path) as file:
         while data := file.read(block_bytes):
             cut = data.rfind(b"\n") + 1
             if cut == 0:
@@ -329,7 +381,7 @@ def _non_empty(text: str) -> Iterator[str]:
 
 
 def iter_jsonl_documents(path: Path, text_field: str, stats: SourceStats) -> Iterator[str]:
-    """One JSON object per line; yields its `text_field` (a missing field is an error, not a skip)."""
+    """One JSON object per line; yields its `text_field` (a missing field is an error, a null is skipped)."""
     for line_number, line in iter_utf8_lines(path, stats):
         try:
             yield from record_documents(line, text_field)
@@ -338,8 +390,8 @@ def iter_jsonl_documents(path: Path, text_field: str, stats: SourceStats) -> Ite
 
 
 def record_documents(line: str, text_field: str) -> list[str]:
-    """The document of one JSONL line ([] for a blank line or a blank text); ValueError saying what
-    is wrong with a line that is not an object with `text_field`."""
+    """The document of one JSONL line ([] for a blank line or a null or blank text); ValueError saying
+    what is wrong with a line that is not an object with `text_field`, or whose field is no string."""
     if not line.strip():
         return []
     try:
@@ -349,7 +401,14 @@ def record_documents(line: str, text_field: str) -> list[str]:
     if not isinstance(record, dict) or text_field not in record:
         fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
         raise ValueError(f"no field {text_field!r} (found: {fields}); pass --text-field NAME")
-    return list(_non_empty(str(record[text_field])))
+    text = record[text_field]
+    if text is None:  # as Parquet's nulls
+        return []
+    if not isinstance(text, str):
+        raise ValueError(
+            f"field {text_field!r} is {type(text).__name__}, not a string; pass --text-field NAME of a text field"
+        )
+    return list(_non_empty(text))
 
 
 def jsonl_block_documents(
@@ -376,17 +435,44 @@ def _block_line_index(index: int, skipped: list[tuple[int, str]]) -> int:
 
 
 def iter_parquet_documents(path: Path, text_field: str) -> Iterator[str]:
-    """The `text_field` column of a Parquet file, read a record batch at a time."""
+    """The `text_field` column of a Parquet file (a string column; nulls skipped), a record batch at a time."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
-    columns = parquet.schema_arrow.names
-    if text_field not in columns:
-        raise ValueError(f"{path}: no column {text_field!r} (found: {', '.join(columns)}); pass --text-field NAME")
-    for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            if text is not None:
-                yield from _non_empty(str(text))
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        raise _unreadable_parquet(path, error) from None
+    _check_text_column(path, parquet.schema_arrow, text_field)
+    try:
+        for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
+            for text in batch.column(0).to_pylist():
+                if text is not None:
+                    yield from _non_empty(text)
+    except (pa.ArrowException, OSError) as error:
+        raise _unreadable_parquet(path, error) from None
+
+
+def _unreadable_parquet(path: Path, error: Exception) -> ValueError:
+    reason = " ".join(str(error).split()) or type(error).__name__  # on one line
+    return ValueError(
+        f"{path} is not a readable Parquet file ({reason}); repair or re-export it, or leave it out of --source"
+    )
+
+
+def _check_text_column(path: Path, schema, text_field: str) -> None:
+    """ValueError unless `schema` has a column `text_field` of strings."""
+    import pyarrow as pa
+
+    if text_field not in schema.names:
+        raise ValueError(f"{path}: no column {text_field!r} (found: {', '.join(schema.names)}); pass --text-field NAME")
+    column_type = schema.field(text_field).type
+    value_type = column_type.value_type if pa.types.is_dictionary(column_type) else column_type
+    text_types = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+    if not any(is_text(value_type) for is_text in text_types):
+        raise ValueError(
+            f"{path}: column {text_field!r} holds {column_type}, not strings; pass --text-field NAME of a text column"
+        )
 
 
 def iter_default_corpus() -> Iterator[str]:
@@ -470,17 +556,24 @@ def corpus_size(documents: Iterable[str]) -> tuple[int, int]:
 
 
 def write_corpus_file(documents: Iterable[str], path: str | os.PathLike) -> tuple[int, int]:
-    """Write documents joined by "<|endoftext|>" (for `gpt25 tokenizer train`) atomically; returns (docs, bytes)."""
+    """Write documents joined by "<|endoftext|>" (for `gpt25 tokenizer train`) atomically; returns
+    (docs, bytes). On any error (or Ctrl-C) the temporary file goes and `path` is left as it was."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"--out {path} is a folder; give the file to write, e.g. --out {path / 'corpus.txt'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     num_documents = num_bytes = 0
-    with open(temporary, "w", encoding="utf-8", newline="") as file:
-        for document in documents:
-            if num_documents:
-                file.write(EOT_TEXT)
-            file.write(document)
-            num_documents += 1
-            num_bytes += len(document.encode("utf-8"))
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8", newline="") as file:
+            for document in documents:
+                if num_documents:
+                    file.write(EOT_TEXT)
+                file.write(document)
+                num_documents += 1
+                num_bytes += len(document.encode("utf-8"))
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return num_documents, num_bytes

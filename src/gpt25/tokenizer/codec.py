@@ -208,11 +208,15 @@ class Tokenizer:
             self._encoder.clear()
         return np.frombuffer(self._encoder.encode(parts), dtype=np.int32)
 
-    def _part_lists(self, texts: Iterable[str], separator: str | None = None) -> Iterator[list[str | int]]:
+    def _part_lists(
+        self, texts: Iterable[str], separator: str | None = None, specials_in_text: bool = True
+    ) -> Iterator[list[str | int]]:
         """The texts as parts for the encoder, about ENCODE_CHUNK_CHARS of text at a time: the text
         between special tokens (str) and the id of each special token (int), with `separator`'s id
-        after each text when one is given."""
-        special_regex, special_ids = self._special_regex, self._special_ids
+        after each text when one is given. With specials_in_text False, special tokens written in
+        the texts are not looked for: they stay text, encoded as any other."""
+        special_regex = self._special_regex if specials_in_text else None
+        special_ids = self._special_ids
         separator_id = None if separator is None else special_ids[separator]
         for group in text_groups(texts, ENCODE_CHUNK_CHARS):
             has_specials = special_regex is not None and special_regex.search("".join(group)) is not None  # once per group
@@ -251,9 +255,12 @@ class Tokenizer:
             else:
                 yield part, False
 
-    def _ids_array(self, texts: Iterable[str], separator: str | None = None) -> np.ndarray:
-        """The ids of `texts` (int32), each text followed by the special token `separator` when one is given."""
-        pieces = [self._ids(parts) for parts in self._part_lists(texts, separator)]
+    def _ids_array(
+        self, texts: Iterable[str], separator: str | None = None, specials_in_text: bool = True
+    ) -> np.ndarray:
+        """The ids of `texts` (int32), each text followed by the special token `separator` when one is
+        given (see _part_lists for specials_in_text)."""
+        pieces = [self._ids(parts) for parts in self._part_lists(texts, separator, specials_in_text)]
         if len(pieces) == 1:
             return pieces[0]  # a short text: no copy
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
@@ -262,10 +269,17 @@ class Tokenizer:
         """Encode `text`; registered special tokens in it become their own ids."""
         return self._ids_array((text,)).tolist()
 
-    def encode_documents(self, texts: Iterable[str], dtype: np.dtype | type = np.uint32) -> np.ndarray:
-        """encode(text) + [eot_id] for every text, concatenated into one array of `dtype`."""
+    def encode_documents(
+        self, texts: Iterable[str], dtype: np.dtype | type = np.uint32, *, specials_in_text: bool = True
+    ) -> np.ndarray:
+        """encode(text) + [eot_id] for every text, concatenated into one array of `dtype`.
+
+        With specials_in_text=False a special token written in a text (a document quoting
+        "<|endoftext|>") is encoded as ordinary text, as tiktoken's encode_ordinary does, so the
+        only <|endoftext|> ids are the separators: training data has no fake document boundaries.
+        """
         self.token_id(END_OF_TEXT)  # ValueError when it is not registered
-        return self._ids_array(texts, END_OF_TEXT).astype(dtype, copy=False)
+        return self._ids_array(texts, END_OF_TEXT, specials_in_text).astype(dtype, copy=False)
 
     def _safe_cut(self, text: str, min_index: int = 0) -> int:
         """The last index >= min_index where text can be cut without changing its encoding, or -1."""
