@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt25.cli import build_parser
+from gpt25.cli import build_parser, main
 from gpt25.train.config import TrainConfig, read_toml_settings, resolve_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -75,3 +75,50 @@ def test_recipe_config_holds_the_recipe() -> None:
 def test_cpu_config_parses() -> None:
     config = TrainConfig(**read_toml_settings(CONFIGS / "cpu-small.toml"))
     assert config.device == "cpu" and config.d_model == 256 and config.context_length == 256
+
+
+def test_a_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    toml = tmp_path / "broken.toml"
+    toml.write_text("train_steps = 7 8\n")
+    with pytest.raises(ValueError, match=rf"^{toml} is not valid TOML: Expected newline or end of document .*"
+                       r"\(at line 1, column 17\)$"):
+        parse("--config", str(toml))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--theta", "0"], "--theta must be positive, got 0.0"),
+    (["--lr", "-1"], "--lr must be >= 0, got -1.0"),
+    (["--lr", "nan"], "--lr must be >= 0, got nan"),
+    (["--weight_decay", "-0.1"], "--weight_decay must be >= 0, got -0.1"),
+    (["--beta2", "1"], r"--beta2 must be in \[0, 1\), got 1.0"),
+])
+def test_out_of_range_settings_name_their_flag(flags: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        parse(*flags)
+
+
+def cli_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """The one line `gpt25 train ...` prints for a user error (exit status 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *argv])
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_a_bad_device_or_a_file_as_out_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli_error(capsys, "--data", str(tmp_path), "--device", "foo") == (
+        "gpt25 train: error: --device 'foo' is not a device; use cpu, cuda, cuda:N or auto\n")
+    assert cli_error(capsys, "--data", str(tmp_path), "--device", "meta").startswith(
+        "gpt25 train: error: --device 'meta' is not a device")
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert cli_error(capsys, "--data", str(tmp_path), "--device", "cpu", "--out", str(afile)) == (
+        f"gpt25 train: error: --out {afile} is a file; give a directory for the run\n")
+
+
+def test_help_shows_no_empty_defaults(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(required)" in text and "(default: '')" not in text
+    assert "(default: DATA/tokenizer when it exists)" in text and "(default: 1000)" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -10,12 +11,14 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpt25.checkpoint import list_checkpoints, load_model
 from gpt25.cli import main
 from gpt25.train import plot_runs, train
+from gpt25.train.distributed import init_distributed
 from gpt25.train.tracking import Tracker, read_metrics
-from gpt25.train.trainer import TrainingDiverged
+from gpt25.train.trainer import Trainer, TrainingDiverged
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -66,16 +69,60 @@ def test_plot_writes_a_png_of_several_runs(trained_run: dict, tmp_path: Path) ->
     assert exit_info.value.code == 0 and (tmp_path / "cli.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, tiny_config) -> None:
+def strict_json(line: str) -> dict:
+    """json.loads that refuses NaN / Infinity, which are not JSON (other readers choke on them)."""
+    return json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}"))
+
+
+def test_divergence_stops_before_the_update_and_keeps_only_finite_checkpoints(tmp_path: Path, tiny_config) -> None:
     out = tmp_path / "diverging"
-    train(tiny_config(out, train_steps=20, save_every=5))
-    with pytest.raises(TrainingDiverged) as error:  # resumed at step 20 with an absurd lr, saving every step
-        train(tiny_config(out, train_steps=40, lr=1e12, max_grad_norm=0.0, save_every=1, checkpoint="latest"))
-    nan_step = int(re.search(r"loss became nan at step (\d+)", str(error.value)).group(1))
-    last_good = list_checkpoints(out)[-1]
-    assert 20 < nan_step < 40 and last_good.name == f"step_{nan_step - 1:07d}"
-    assert f"last good checkpoint {last_good} is kept" in str(error.value)
-    assert load_model(out)[1]["step"] == nan_step - 1
+    with pytest.raises(TrainingDiverged) as error:  # the audit's repro: lr 1e4, no warmup, a save every step
+        train(tiny_config(out, train_steps=60, lr=1e4, warmup_steps=0, save_every=1))
+    for path in list_checkpoints(out):
+        model, meta = load_model(path)
+        assert all(torch.isfinite(tensor).all() for tensor in model.state_dict().values()), meta["step"]
+    rows = [strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    message = str(error.value)
+    match = re.search(r"(loss|grad norm) became (nan|inf) at step (\d+); the update was not applied", message)
+    assert match, message
+    bad_step, last_good = int(match.group(3)), list_checkpoints(out)[-1]
+    assert last_good.name == f"step_{bad_step - 1:07d}"
+    assert f"the last good checkpoint {last_good} is kept" in message and f"--checkpoint {last_good}" in message
+    assert [row["step"] for row in rows] == list(range(1, bad_step))
+    assert all(math.isfinite(row["grad_norm"]) and math.isfinite(row["train_loss"]) for row in rows)
+
+
+def test_non_finite_weights_are_never_saved(tmp_path: Path, tiny_config) -> None:
+    config = tiny_config(tmp_path / "run")
+    trainer = Trainer(config, init_distributed(config.device))
+    trainer.save()
+    with torch.no_grad():
+        trainer.lm.lm_head.weight[0, 0] = math.inf
+    trainer.step = 1
+    with pytest.raises(TrainingDiverged, match=r"weights became non-finite at step 1; they were not saved, training "
+                       r"stopped: the last good checkpoint .*step_0000000 is kept"):
+        trainer.save()
+    assert [path.name for path in list_checkpoints(tmp_path / "run")] == ["step_0000000"]
+
+
+def test_metrics_rows_are_valid_json_with_null_for_non_finite_numbers(tmp_path: Path) -> None:
+    tracker = Tracker(tmp_path)
+    tracker.log(1, {"train_loss": 2.0, "grad_norm": math.nan, "mfu": math.inf, "memory_gb": None})
+    tracker.close()
+    assert strict_json((tmp_path / "metrics.jsonl").read_text()) == {
+        "step": 1, "train_loss": 2.0, "grad_norm": None, "mfu": None}
+    assert plot_runs([tmp_path], tmp_path / "curves.png").is_file()
+
+
+def test_resuming_a_checkpoint_at_or_past_train_steps_is_refused(tmp_path: Path, tiny_config) -> None:
+    out = tmp_path / "run"
+    train(tiny_config(out, train_steps=4))
+    before = (out / "config.json").read_text()
+    for train_steps in (4, 3):
+        with pytest.raises(ValueError, match=rf"checkpoint {out}/checkpoints/step_0000004 is at step 4 >= "
+                           rf"--train_steps {train_steps}; raise --train_steps to train further"):
+            train(tiny_config(out, train_steps=train_steps, warmup_steps=0, checkpoint="latest"))
+    assert (out / "config.json").read_text() == before
 
 
 def test_resumed_tracker_forgets_rows_past_the_checkpoint(tmp_path: Path) -> None:
@@ -88,16 +135,23 @@ def test_resumed_tracker_forgets_rows_past_the_checkpoint(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_a_checkpoint_and_stops_cleanly(signal_number: int, tmp_path: Path, tiny_config) -> None:
+def test_signal_saves_a_checkpoint_and_exits_with_the_signal_status(
+        signal_number: int, tmp_path: Path, train_command, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    argv = train_command(out, "--train_steps", "100000", "--warmup_steps", "10")[3:]  # from "train" on
     timer = threading.Timer(2.0, os.kill, (os.getpid(), signal_number))
     timer.start()
     try:
-        summary = train(tiny_config(tmp_path / "run", train_steps=100_000, warmup_steps=10))
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
     finally:
         timer.cancel()
-    assert summary["stopped_by"] == signal.Signals(signal_number).name
-    assert 0 < summary["step"] < 100_000
-    assert list_checkpoints(tmp_path / "run")[-1].name == f"step_{summary['step']:07d}"
+    assert exit_info.value.code == 128 + signal_number  # 143 / 130: `gpt25 train ... && gpt25 eval ...` stops
+    last = list_checkpoints(out)[-1]
+    step = int(last.name.removeprefix("step_"))
+    assert 0 < step < 100_000
+    name = signal.Signals(signal_number).name
+    assert f"{name} received: saved step {step} to {last}; resume with --checkpoint latest" in capsys.readouterr().out
 
 
 @pytest.mark.slow

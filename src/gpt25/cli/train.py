@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 from pathlib import Path
 
 from gpt25.train.config import add_train_arguments
@@ -58,7 +59,16 @@ def run_train(args: argparse.Namespace) -> int:
     if is_main_rank and summary["stopped_by"] is None and summary["final_val_loss"] is not None:
         print(f"done: step {summary['step']}, train loss {summary['final_train_loss']:.4f}, "
               f"val loss {summary['final_val_loss']:.4f}, checkpoint {summary['checkpoint']}")
-    return 0
+    return stop_status(summary["stopped_by"])
+
+
+def stop_status(stopped_by: str | None) -> int:
+    """0 for a finished run; 128 + the signal's number (130 SIGINT, 143 SIGTERM) for one stopped by a
+    signal, as a shell reports a killed command, so `gpt25 train ... && gpt25 eval ...` stops there.
+    A rank stopped because another rank got the signal reports SIGTERM."""
+    if stopped_by is None:
+        return 0
+    return 128 + signal.Signals.__members__.get(stopped_by, signal.SIGTERM)
 
 
 def run_plot(args: argparse.Namespace) -> int:

@@ -86,6 +86,19 @@ class TrainConfig:
                              f"--train_steps ({self.train_steps})")
         if self.d_model % self.num_heads:
             raise ValueError(f"--d_model ({self.d_model}) must be divisible by --num_heads ({self.num_heads})")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Name the flag here: the model and AdamW would refuse these values without saying which flag set them."""
+        # `not x >= 0` rather than `x < 0`: NaN fails every comparison and must be refused too.
+        if not self.theta > 0:
+            raise ValueError(f"--theta must be positive, got {self.theta}")
+        for name in ("lr", "eps", "weight_decay", "max_grad_norm"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
 
     @property
     def resolved_min_lr(self) -> float:
@@ -109,7 +122,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file of settings; flags override it")
     for config_field in dataclasses.fields(TrainConfig):
         kind = _field_type(config_field)
-        help_text = f"{config_field.metadata['help']} (default: {config_field.default!r})"
+        unset = config_field.default == ""  # --data, --checkpoint, ...: "(default: '')" would say nothing
+        help_text = config_field.metadata["help"] + ("" if unset else f" (default: {config_field.default!r})")
         flag = f"--{config_field.name}"
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
@@ -123,8 +137,11 @@ def read_toml_settings(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found")
-    with path.open("rb") as handle:
-        settings = tomllib.load(handle)
+    try:
+        with path.open("rb") as handle:
+            settings = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path} is not valid TOML: {error}") from None
     settings = settings.get("train", settings)
     known = {config_field.name: _field_type(config_field) for config_field in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(settings) - set(known))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +46,13 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    resolved = torch.device(device)
+    unknown = f"--device {device!r} is not a device; use cpu, cuda, cuda:N or auto"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(unknown) from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(unknown)
     if resolved.type == "cuda" and resolved.index is None:
         resolved = torch.device("cuda", local_rank)
     return resolved
@@ -137,6 +143,13 @@ def all_reduce_mean(value: torch.Tensor, context: DistributedContext) -> torch.T
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= context.world_size
     return value
+
+
+def all_finite(tensors: Iterable[torch.Tensor], context: DistributedContext) -> bool:
+    """Whether every element of every tensor is finite on every rank (FSDP: each rank checks its shards)."""
+    local = [tensor.to_local() if hasattr(tensor, "to_local") else tensor for tensor in tensors]
+    finite = torch.stack([tensor.isfinite().all() for tensor in local]).all().float()
+    return all_reduce_mean(finite, context).item() == 1.0
 
 
 def gather_objects(obj: object, context: DistributedContext) -> list:

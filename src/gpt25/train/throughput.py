@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -45,19 +46,31 @@ def table_peak_flops(device_name: str, dtype: torch.dtype) -> float | None:
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 0.3) -> float:
     """FLOP/s of the fastest (size x size) @ (size x size) matmul among those run in `seconds`
-    (at least two): a ceiling for MFU, which a noisy moment on a shared machine must not lower."""
+    (at least two per layout): a ceiling for MFU, which a noisy moment on a shared machine must not lower.
+
+    The layouts are those training runs: x @ W.t() (forward) and x.t() @ g (weight gradients). A plain
+    bfloat16 x @ W takes a fallback some 20 times slower on CPUs without bf16 instructions; timed as
+    the ceiling, it made bf16 MFU read over 100%.
+    """
     left = torch.randn(size, size, device=device, dtype=dtype)
     right = torch.randn(size, size, device=device, dtype=dtype)
-    left @ right  # warm-up: kernel selection, thread pool start
+    products = (lambda: left @ right.t(), lambda: left.t() @ right)
+    fastest = min(fastest_seconds(product, device, seconds / len(products)) for product in products)
+    return 2 * size**3 / fastest
+
+
+def fastest_seconds(product: Callable[[], torch.Tensor], device: torch.device, seconds: float) -> float:
+    """The shortest time one call of `product` took among those run in `seconds` (at least two)."""
+    product()  # warm-up: kernel selection, thread pool start
     fastest, count, start = math.inf, 0, time.perf_counter()
     while count < 2 or time.perf_counter() - start < seconds:
         began = time.perf_counter()
-        left @ right
+        product()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         fastest = min(fastest, time.perf_counter() - began)
         count += 1
-    return 2 * size**3 / fastest
+    return fastest
 
 
 @functools.lru_cache(maxsize=None)

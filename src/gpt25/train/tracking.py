@@ -1,18 +1,30 @@
 """Metrics tracking: RUN_DIR/metrics.jsonl always, TensorBoard or Weights & Biases by flag.
 
 One `Tracker` lives on rank 0. Each `log(step, metrics)` appends one JSON row (floats written in
-full precision, so resumed runs can be compared bit for bit) and forwards the numbers to the
-optional backend. W&B runs offline unless WANDB_MODE says otherwise or WANDB_API_KEY is set.
+full precision, so resumed runs can be compared bit for bit; NaN and inf as null, so the file stays
+strict JSON) and forwards the numbers to the optional backend. W&B runs offline unless
+WANDB_MODE says otherwise or WANDB_API_KEY is set.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
+
+
+def finite_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with NaN / inf (not JSON; a diverging step's numbers) replaced by None, written as null."""
+    return {name: None if isinstance(value, float) and not math.isfinite(value) else value
+            for name, value in row.items()}
+
+
+def json_line(row: dict[str, Any]) -> str:
+    return json.dumps(finite_row(row), allow_nan=False) + "\n"
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -48,7 +60,7 @@ class Tracker:
             return
         kept = [row for row in read_metrics(self.run_dir) if row.get("step", 0) <= step]
         temporary = self.path.with_name(f".tmp-{self.path.name}")
-        temporary.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        temporary.write_text("".join(json_line(row) for row in kept))
         os.replace(temporary, self.path)
 
     def _open_backend(self, kind: str, config: dict, resume_step: int | None) -> Any:
@@ -66,8 +78,8 @@ class Tracker:
         return None
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        row = {"step": step} | {name: value for name, value in metrics.items() if value is not None}
-        self.handle.write(json.dumps(row) + "\n")
+        row = finite_row({"step": step} | {name: value for name, value in metrics.items() if value is not None})
+        self.handle.write(json_line(row))
         self.handle.flush()
         numbers = {name: value for name, value in row.items() if isinstance(value, (int, float)) and name != "step"}
         if self.backend is None:

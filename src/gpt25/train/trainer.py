@@ -4,8 +4,8 @@
 `distributed`). Each optimizer step accumulates `grad_accum_steps` micro-batches (gradients are
 synchronised on the last one only), clips the global gradient norm, sets the cosine learning
 rate and steps AdamW. Around the loop: periodic evaluation (validation loss, perplexity, bits per
-byte, optional HellaSwag), periodic checkpoints, exact resume, a NaN/inf guard, and SIGTERM /
-SIGINT handling that saves a checkpoint and exits cleanly.
+byte, optional HellaSwag), periodic checkpoints, exact resume, a NaN/inf guard that stops before a
+bad update reaches the weights, and SIGTERM / SIGINT handling that saves a checkpoint and stops.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class TrainingDiverged(ValueError):
-    """The loss became NaN or inf; the last good checkpoint is left as it was."""
+    """The loss, gradient norm or weights became NaN or inf; the last good checkpoint is left as it was."""
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -103,6 +103,8 @@ class Trainer:
         self.context = context
         if not config.data:
             raise ValueError("--data is required: a directory made by `gpt25 data prepare`")
+        if Path(config.out).exists() and not Path(config.out).is_dir():
+            raise NotADirectoryError(f"--out {config.out} is a file; give a directory for the run")
         self.tokenizer, tokenizer_dir = load_tokenizer(config)
         parallel = config.parallel if context.is_distributed else "none"
         self.config = dataclasses.replace(config, tokenizer=tokenizer_dir, min_lr=config.resolved_min_lr,
@@ -158,7 +160,11 @@ class Trainer:
                 return
             source = found[-1]
         path = ckpt.resolve_checkpoint(source)
-        ckpt.check_compatible(ckpt.read_meta(path), self.model_config, self.tokenizer.fingerprint())
+        meta = ckpt.read_meta(path)
+        ckpt.check_compatible(meta, self.model_config, self.tokenizer.fingerprint())
+        if meta["step"] >= self.config.train_steps:
+            raise ValueError(f"checkpoint {path} is at step {meta['step']} >= --train_steps "
+                             f"{self.config.train_steps}; raise --train_steps to train further")
         train_state = ckpt.load_training_state(path, self.model, self.optimizer)
         rank_states = train_state["ranks"]
         same_layout = len(rank_states) == self.context.world_size
@@ -198,8 +204,8 @@ class Trainer:
         """One optimizer step over grad_accum_steps micro-batches.
 
         Returns (loss averaged over micro-batches and ranks, grad norm, lr, whether any rank was
-        asked to stop); the stop flag rides on the loss all-reduce, so a step costs one collective
-        beyond the gradient synchronisation.
+        asked to stop). Loss, grad norm and stop flag share one all-reduce and one device sync, made
+        before the optimizer step so that a NaN/inf never reaches the weights (`check_finite`).
         """
         # Update number step + 1: the first update already gets a non-zero warmup lr.
         lr = cosine_lr(self.step + 1, self.config.lr, self.config.min_lr, self.config.warmup_steps,
@@ -216,12 +222,14 @@ class Trainer:
                 (loss / num_micro).backward()
             loss_sum += loss.detach().float()
         grad_norm = clip_grad_norm(self.model.parameters(), self.config.max_grad_norm or math.inf)
+        stats = torch.stack([loss_sum / num_micro, grad_norm.to(loss_sum.device),
+                             torch.tensor(float(stop_requested), device=loss_sum.device)])
+        mean_loss, mean_grad_norm, stop_fraction = distributed.all_reduce_mean(stats, self.context).tolist()
+        self.check_finite(mean_loss, mean_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        flags = torch.stack([loss_sum / num_micro, torch.tensor(float(stop_requested), device=loss_sum.device)])
-        mean_loss, stop_fraction = distributed.all_reduce_mean(flags, self.context).tolist()
-        return mean_loss, float(grad_norm), lr, stop_fraction > 0
+        return mean_loss, mean_grad_norm, lr, stop_fraction > 0
 
     def evaluate(self) -> dict[str, Any]:
         """Validation loss / perplexity / bits per byte (and HellaSwag) on every rank, each scoring a share."""
@@ -239,7 +247,12 @@ class Trainer:
         return metrics
 
     def save(self) -> Path:
-        """Checkpoint the current step (collective: every rank calls it), then drop old ones."""
+        """Checkpoint the current step (collective: every rank calls it), then drop old ones.
+
+        Finite grads can still overflow the weights (a huge lr times weight decay): those are never saved.
+        """
+        if not distributed.all_finite(self.model.parameters(), self.context):
+            raise self.diverged(f"weights became non-finite at step {self.step}; they were not saved")
         rank_states = distributed.gather_objects(
             {"loader": self.loader.state_dict(), "rng": ckpt.capture_rng_state()}, self.context)
         meta = ckpt.make_meta(self.step, self.model_config, train_config=self.config.to_dict(),
@@ -260,12 +273,17 @@ class Trainer:
     def is_due(self, every: int) -> bool:
         return self.step == self.config.train_steps or (every > 0 and self.step % every == 0)
 
-    def check_finite(self, loss: float) -> None:
-        if not math.isfinite(loss):
-            kept = (f"the last good checkpoint {self.last_checkpoint} is kept; lower --lr or raise --warmup_steps "
-                    f"and resume with --checkpoint {self.last_checkpoint}") if self.last_checkpoint else \
-                "no checkpoint was saved yet; lower --lr or raise --warmup_steps"
-            raise TrainingDiverged(f"loss became {loss} at step {self.step}, training stopped: {kept}")
+    def check_finite(self, loss: float, grad_norm: float) -> None:
+        """Stop before the update of step + 1 when its loss or gradient norm is NaN or inf."""
+        for name, value in (("loss", loss), ("grad norm", grad_norm)):
+            if not math.isfinite(value):
+                raise self.diverged(f"{name} became {value} at step {self.step + 1}; the update was not applied")
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        kept = (f"the last good checkpoint {self.last_checkpoint} is kept; lower --lr or raise --warmup_steps "
+                f"and resume with --checkpoint {self.last_checkpoint}") if self.last_checkpoint else \
+            "no checkpoint was saved yet; lower --lr or raise --warmup_steps"
+        return TrainingDiverged(f"{what}, training stopped: {kept}")
 
     def run(self) -> dict[str, Any]:
         self.resume()
@@ -276,7 +294,7 @@ class Trainer:
             tracker = Tracker(self.run_dir, self.config.tracker, self.config.to_dict(), resume_step=self.step)
             self.log_line(f"{self.lm.num_params():,} parameters, {self.tokens_per_step:,} tokens/step, "
                           f"world size {self.context.world_size} ({self.config.parallel}), "
-                          f"MFU peak {self.peak_flops / 1e12:.2f} TFLOP/s ({self.peak_source})")
+                          f"MFU peak {self.peak_flops / 1e12:.3g} TFLOP/s ({self.peak_source})")
         try:
             with StopSignal() as stop:
                 summary = self.loop(tracker, stop)
@@ -302,7 +320,8 @@ class Trainer:
             progress.close()
         stopped_by = (stop.received or "a signal on another rank") if stopped else None
         if stopped_by:
-            self.log_line(f"{stopped_by} received: saved step {self.step}, exiting")
+            self.log_line(f"{stopped_by} received: saved step {self.step} to {self.last_checkpoint}; "
+                          "resume with --checkpoint latest")
         mean_rate = self.tokens_per_step * (self.step - start_step - 1) / timed_seconds if timed_seconds else None
         return {"run_dir": str(self.run_dir), "step": self.step, "start_step": start_step,
                 "train_steps": self.config.train_steps, "stopped_by": stopped_by,
@@ -325,7 +344,6 @@ class Trainer:
         step_started = time.perf_counter()
         train_loss, grad_norm, lr, stopped = self.train_step(stop.received is not None)
         step_seconds = time.perf_counter() - step_started
-        self.check_finite(train_loss)
         self.last_train_loss = train_loss
         self.window = [self.window[0] + step_seconds, self.window[1] + 1]
         rate = self.tokens_per_step / step_seconds
