@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -28,9 +29,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpt25.model import ModelConfig, TransformerLM
+from gpt25.tokenizer import Tokenizer
+from gpt25.tokenizer.io import current_umask
 
 FORMAT = "gpt25-checkpoint"
 VERSION = 1
@@ -74,10 +78,59 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     meta_path = path.with_suffix(".json") if path.is_file() else path / META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"checkpoint metadata {meta_path} is missing")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise damaged(meta_path, error) from error
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} is not a gpt25 checkpoint (format {meta.get('format')!r})")
     return meta
+
+
+def damaged(file: Path, error: Exception) -> ValueError:
+    """One-line error for an unreadable checkpoint file, pointing at another checkpoint of the run if there is one."""
+    detail = str(error).strip().split("\n")[0].split(". ")[0] or type(error).__name__  # torch's run to paragraphs
+    step_dir = file.parent
+    run_checkpoints = list_checkpoints(step_dir.parent.parent) if STEP_DIR.match(step_dir.name) else []
+    others = [path for path in run_checkpoints if path != step_dir]
+    hint = f"e.g. --checkpoint {others[-1]}" if others else "or write this one again"
+    return ValueError(f"{file} is damaged ({detail}); use another checkpoint, {hint}")
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or foreign file is a one-line error naming it."""
+    try:
+        return load_file(file)
+    except SafetensorError as error:
+        raise damaged(file, error) from error
+
+
+def save_weights(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, with the usual umask-based mode: it creates files private (0600)."""
+    save_file(tensors, file, metadata=metadata)
+    os.chmod(file, 0o666 & ~current_umask())
+
+
+def read_train_state(file: Path) -> dict[str, Any]:
+    """train_state.pt (tensors and plain containers only); a truncated file is a one-line error naming it."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise damaged(file, error) from error
+
+
+def check_tokenizer_matches(tokenizer: Tokenizer, model_vocab_size: int, fingerprint: str | None) -> None:
+    """The tokenizer must fit the model's embedding and, when the checkpoint records one, have its fingerprint."""
+    if tokenizer.vocab_size > model_vocab_size:
+        raise ValueError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {model_vocab_size}; "
+            "pass the tokenizer the model was trained with"
+        )
+    if fingerprint and fingerprint != tokenizer.fingerprint():
+        raise ValueError(
+            f"tokenizer fingerprint {tokenizer.fingerprint()[:12]} differs from the checkpoint's {fingerprint[:12]}; "
+            "pass the tokenizer the model was trained with"
+        )
 
 
 def make_meta(step: int, model_config: ModelConfig, *, train_config: dict | None = None,
@@ -157,7 +210,7 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
     final = Path(path)
     temporary = _fresh_temporary(final)
     model = model.module if hasattr(model, "module") else model
-    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary / WEIGHTS_FILE)
+    save_weights({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary / WEIGHTS_FILE)
     optimizer_state = named_optimizer_state(model, optimizer) if optimizer else None
     train_state = {"step": iteration, "optimizer": optimizer_state, "ranks": rank_states or []}
     meta = meta or make_meta(iteration, model.config)
@@ -203,14 +256,14 @@ def load_training_state(path: str | Path, model: torch.nn.Module,
     if path.is_file():
         raise ValueError(f"{path} holds consolidated weights only; resume from a step_XXXXXXX checkpoint dir")
     meta = read_meta(path)
-    train_state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    train_state = read_train_state(path / STATE_FILE)
     if optimizer and not meta["sharded"] and train_state["optimizer"] is None:
         raise ValueError(f"{path} has no optimizer state (weights only); it cannot resume training")
     if meta["sharded"] or _is_fsdp(model):
         _load_with_state_dict_api(path, meta, train_state, model, optimizer)
     else:
         model = model.module if hasattr(model, "module") else model
-        model.load_state_dict(load_file(path / WEIGHTS_FILE))
+        model.load_state_dict(read_weights(path / WEIGHTS_FILE))
         if optimizer:
             load_named_optimizer_state(model, optimizer, train_state["optimizer"])
     return train_state
@@ -232,7 +285,7 @@ def _load_with_state_dict_api(path: Path, meta: dict, train_state: dict, model: 
         _load_sharded({"model": model_state} | ({"optimizer": optimizer_state} if optimizer else {}), path)
         set_state_dict(model, optimizers, model_state_dict=model_state, optim_state_dict=optimizer_state)
     else:
-        set_state_dict(model, optimizers, model_state_dict=load_file(path / WEIGHTS_FILE),
+        set_state_dict(model, optimizers, model_state_dict=read_weights(path / WEIGHTS_FILE),
                        optim_state_dict=train_state["optimizer"] if optimizer else {},
                        options=StateDictOptions(full_state_dict=True))
 
@@ -278,13 +331,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     meta = read_meta(path)
     model = TransformerLM(ModelConfig.from_dict(meta["model_config"]))
     if path.is_file():
-        model.load_state_dict(load_file(path))
+        model.load_state_dict(read_weights(path))
     elif meta["sharded"]:
         state = model.state_dict()
         _load_sharded({"model": state}, path)
         model.load_state_dict(state)
     else:
-        model.load_state_dict(load_file(path / WEIGHTS_FILE))
+        model.load_state_dict(read_weights(path / WEIGHTS_FILE))
     model.to(device=device, dtype=dtype)
     model.eval()
     return model, meta
@@ -298,7 +351,7 @@ def consolidate(path: str | Path, out_file: str | Path) -> Path:
     model, meta = load_model(path)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     temporary = out_file.with_name(f".tmp-{out_file.name}")
-    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary)
+    save_weights({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary)
     sidecar = dict(meta, sharded=False, consolidated_from=str(resolve_checkpoint(path)))
     sidecar_temporary = temporary.with_suffix(".json")
     sidecar_temporary.write_text(json.dumps(sidecar, indent=2) + "\n")

@@ -15,9 +15,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
+from gpt25.checkpoint import check_tokenizer_matches, load_model, read_weights, save_weights
 from gpt25.model import ModelConfig, TransformerLM
+from gpt25.tokenizer import Tokenizer
 
 RMS_NORM_EPS = 1e-5
 HF_WEIGHTS_FILE = "model.safetensors"
@@ -131,41 +132,44 @@ def export_hf(
 
     `checkpoint` is a gpt25 checkpoint path (step dir, run dir or consolidated .safetensors; read with
     gpt25.checkpoint.load_model) or an in-memory TransformerLM. `tokenizer_dir` is a folder written by
-    gpt25's Tokenizer.save (None skips the tokenizer). The folder is assembled under a temporary name
-    and renamed into place.
+    gpt25's Tokenizer.save (None skips the tokenizer); it must be the checkpoint's (vocab size and
+    recorded fingerprint). The folder is assembled under a temporary name and renamed into place; a
+    failure leaves nothing behind.
     """
-    model = checkpoint if isinstance(checkpoint, TransformerLM) else _load_checkpoint(checkpoint)
+    model, meta = (checkpoint, {}) if isinstance(checkpoint, TransformerLM) else load_model(checkpoint)
+    tokenizer = Tokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
+    if tokenizer is not None:
+        check_tokenizer_matches(tokenizer, model.config.vocab_size, meta.get("tokenizer_fingerprint"))
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
     temporary = out_dir.with_name(f".tmp-{out_dir.name}")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
-    eot_id = _write_tokenizer(tokenizer_dir, temporary) if tokenizer_dir is not None else None
-    weights = {name: tensor.to(dtype) for name, tensor in to_hf_state_dict(model.state_dict(), model.config).items()}
-    save_file(weights, temporary / HF_WEIGHTS_FILE, metadata={"format": "pt"})
-    config = hf_config(model.config, eot_id, dtype)
-    (temporary / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    generation = {"bos_token_id": eot_id, "eos_token_id": eot_id, "do_sample": True, "temperature": 0.8, "top_p": 0.9}
-    (temporary / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(temporary, out_dir)
+    try:
+        _write_hf_folder(model, tokenizer, temporary, dtype)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(temporary, out_dir)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     return out_dir
 
 
-def _load_checkpoint(path: str | Path) -> TransformerLM:
-    from gpt25.checkpoint import load_model
+def _write_hf_folder(model: TransformerLM, tokenizer: Tokenizer | None, folder: Path, dtype: torch.dtype) -> None:
+    """config.json, generation_config.json, model.safetensors and (with a tokenizer) its two files into `folder`."""
+    eot_id = _write_tokenizer(tokenizer, folder) if tokenizer is not None else None
+    weights = {name: tensor.to(dtype) for name, tensor in to_hf_state_dict(model.state_dict(), model.config).items()}
+    save_weights(weights, folder / HF_WEIGHTS_FILE, metadata={"format": "pt"})
+    config = hf_config(model.config, eot_id, dtype)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    generation = {"bos_token_id": eot_id, "eos_token_id": eot_id, "do_sample": True, "temperature": 0.8, "top_p": 0.9}
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
-    model, _meta = load_model(path)
-    return model
 
-
-def _write_tokenizer(tokenizer_dir: str | Path, out_dir: Path) -> int | None:
+def _write_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> int | None:
     """tokenizer.json (via gpt25's Tokenizer.save_huggingface) + tokenizer_config.json; returns the EOT id."""
-    from gpt25.tokenizer import Tokenizer
-
-    tokenizer = Tokenizer.load(tokenizer_dir)
     tokenizer.save_huggingface(out_dir / "tokenizer.json")
     eot_id = tokenizer.token_id(EOT_TOKEN) if EOT_TOKEN in tokenizer.special_tokens else None
     settings = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
@@ -221,7 +225,7 @@ def import_hf(hf_dir: str | Path) -> tuple[TransformerLM, dict]:
         raise FileNotFoundError(f"no {HF_WEIGHTS_FILE} or {HF_INDEX_FILE} in {hf_dir} (only safetensors are read)")
     hf_state: dict[str, torch.Tensor] = {}
     for name in shard_names:
-        hf_state.update(load_file(hf_dir / name))
+        hf_state.update(read_weights(hf_dir / name))
     # Built on the CPU, not on meta: materialising meta tensors imports sympy (seconds), more than the init costs.
     model = TransformerLM(config)
     model.load_state_dict(from_hf_state_dict(hf_state, config), assign=True)
@@ -237,7 +241,7 @@ def save_consolidated(model: TransformerLM, path: str | Path, extra_meta: dict |
     meta = {"format": "gpt25-checkpoint", "version": 1, "step": 0, "model_config": model.config.to_dict(),
             "train_config": {}, "tokenizer_fingerprint": None, "world_size": 1, "sharded": False, **(extra_meta or {})}
     temporary = path.with_name(f".tmp-{path.name}")
-    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary)
+    save_weights({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary)
     meta_temporary = temporary.with_suffix(".json")
     meta_temporary.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(temporary, path)

@@ -32,8 +32,8 @@ DECODING_ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_
 
 def validate_sampling(temperature: float, top_p: float, top_k: int | None) -> None:
     """Raise ValueError for sampling settings outside their ranges."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if not 0 <= temperature < float("inf"):  # also refuses nan
+        raise ValueError(f"temperature must be >= 0 and finite (0 means greedy), got {temperature}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {top_p}")
     if top_k is not None and top_k < 1:

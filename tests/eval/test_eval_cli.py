@@ -110,11 +110,13 @@ def test_generate_streams_one_sample(saved, capsys) -> None:
     ("arguments", "message"),
     [
         (["--checkpoint", "{root}/nowhere"], "checkpoint .*nowhere not found"),
-        (["--tokenizer", "{root}/small_tokenizer"], "tokenizer has 300 tokens but the checkpoint's vocab_size is 272"),
+        (["--tokenizer", "{root}/small_tokenizer"], "tokenizer has 300 tokens but the model's vocab_size is 272"),
         (["--tokenizer", "{root}/other_tokenizer"], "tokenizer fingerprint .* differs"),
         (["--top_p", "0"], r"top_p must be in \(0, 1\]"),
         (["--top_p", "1.2"], r"top_p must be in \(0, 1\]"),
         (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--temperature", "nan"], "temperature must be >= 0 and finite .*, got nan"),
+        (["--temperature", "inf"], "temperature must be >= 0 and finite .*, got inf"),
         (["--stream", "--num_samples", "2"], "--stream prints one sample"),
     ],
 )
@@ -138,3 +140,118 @@ def test_generate_bad_input_is_a_one_line_error(saved, capsys, arguments, messag
 def test_eval_without_anything_to_score_is_an_error(saved, capsys) -> None:
     assert run_cli("eval", "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], "--device", "cpu") == 2
     assert "nothing to evaluate" in capsys.readouterr().err
+
+
+def one_line_error(capsys, command: str) -> str:
+    captured = capsys.readouterr()
+    error = captured.err.strip()
+    assert error.startswith(f"gpt25 {command}: error: ") and "\n" not in error
+    assert captured.out == ""
+    return error.removeprefix(f"gpt25 {command}: error: ")
+
+
+def test_a_stream_that_fails_validation_prints_nothing_to_stdout(saved, capsys) -> None:
+    assert run_cli("generate", "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], "--prompt", "Hello",
+                   "--stream", "--max_new_tokens", 100, "--device", "cpu") == 2
+    assert one_line_error(capsys, "generate") == "max_new_tokens (100) must be below the model's context length (32)"
+
+
+def test_a_stream_that_ends_at_once_still_prints_the_prompt(saved, capsys, monkeypatch) -> None:
+    import gpt25.sample
+
+    monkeypatch.setattr(gpt25.sample, "generate", lambda *args, **kwargs: [""])  # nothing streamed
+    assert run_cli("generate", "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], "--prompt", "Hello",
+                   "--stream", "--device", "cpu") == 0
+    assert capsys.readouterr().out == "Hello\n"
+
+
+@pytest.mark.parametrize("command", ["eval", "generate"])
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("foo", "--device 'foo' is not a device; use cpu"),
+        ("meta", "--device 'meta' is not a device; use cpu"),
+        ("cuda", "--device cuda was asked for but no CUDA GPU is visible; use --device cpu"),
+        ("cuda:1", "--device cuda:1 was asked for but no CUDA GPU is visible; use --device cpu"),
+    ],
+)
+def test_an_unavailable_device_is_a_one_line_error(saved, capsys, monkeypatch, command, device, message) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    extra = ["--hellaswag", saved["hellaswag"]] if command == "eval" else []
+    assert run_cli(command, "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], *extra,
+                   "--device", device) == 2
+    assert one_line_error(capsys, command) == message
+
+
+def test_a_device_beyond_the_visible_gpus_names_them(monkeypatch) -> None:
+    from gpt25.eval.run import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == "cuda:1" and resolve_device(None) == "cuda"
+    with pytest.raises(ValueError, match=r"^--device cuda:2 was asked for but only 2 CUDA GPU\(s\) are visible; "
+                                         r"use --device cpu, cuda or cuda:0..1$"):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--data", "{data}", "--max_tokens", "-5"], "--max_tokens must be >= 1, got -5"),
+        (["--data", "{data}", "--max_tokens", "0"], "--max_tokens must be >= 1, got 0"),
+        (["--hellaswag", "{hellaswag}", "--limit", "0"], "--limit must be >= 1, got 0"),
+        (["--data", "{data}", "--limit", "3"],
+         "--limit applies to --hellaswag (the number of examples); add --hellaswag or drop --limit"),
+        (["--hellaswag", "{hellaswag}", "--max_tokens", "10"],
+         "--max_tokens applies to --data (validation tokens); add --data or drop --max_tokens"),
+        (["--hellaswag", "{hellaswag}", "--out", "{root}"],
+         "--out {root} is a folder; give a file name, e.g. --out {root}/eval.json"),
+    ],
+)
+def test_eval_settings_are_checked_before_any_work(saved, capsys, monkeypatch, arguments, message) -> None:
+    import gpt25.eval.run
+
+    monkeypatch.setattr(gpt25.eval.run, "load_model", lambda *args, **kwargs: pytest.fail("loaded the model"))
+    before = sorted(saved["root"].iterdir())
+    extra = [argument.format(**saved) for argument in arguments]
+    assert run_cli("eval", "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], *extra,
+                   "--device", "cpu") == 2
+    assert one_line_error(capsys, "eval") == message.format(**saved)
+    assert sorted(saved["root"].iterdir()) == before  # no temporary file left
+
+
+def test_eval_json_gets_the_umask_mode_and_a_failed_write_leaves_no_temporary(saved, monkeypatch) -> None:
+    import os
+
+    old_umask = os.umask(0o022)
+    try:
+        assert run_cli("eval", "--checkpoint", saved["step"], "--tokenizer", saved["tokenizer"], "--hellaswag",
+                       saved["hellaswag"], "--device", "cpu") == 0
+        assert (saved["step"] / "eval.json").stat().st_mode & 0o777 == 0o644
+        monkeypatch.setattr(os, "replace", lambda *args: (_ for _ in ()).throw(PermissionError("read-only")))
+        assert run_cli("eval", "--checkpoint", saved["step"], "--tokenizer", saved["tokenizer"], "--hellaswag",
+                       saved["hellaswag"], "--device", "cpu", "--out", saved["root"] / "scores.json") == 2
+    finally:
+        os.umask(old_umask)
+    assert not list(saved["root"].glob("*scores.json*"))
+
+
+@pytest.mark.parametrize(
+    ("file", "damage", "detail"),
+    [
+        ("model.safetensors", lambda data: data[:100], "Error while deserializing header: invalid header length"),
+        ("meta.json", lambda data: b"{" + data,
+         "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+    ],
+)
+@pytest.mark.parametrize("command", ["eval", "generate"])
+def test_a_damaged_checkpoint_file_is_a_one_line_error_naming_another(saved, capsys, command, file, damage, detail):
+    import shutil
+
+    newer = shutil.copytree(saved["step"], saved["run"] / "checkpoints" / "step_0000006")
+    (newer / file).write_bytes(damage((newer / file).read_bytes()))
+    extra = ["--hellaswag", saved["hellaswag"]] if command == "eval" else []
+    assert run_cli(command, "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], *extra,
+                   "--device", "cpu") == 2
+    assert one_line_error(capsys, command) == (
+        f"{newer / file} is damaged ({detail}); use another checkpoint, e.g. --checkpoint {saved['step']}")

@@ -93,4 +93,8 @@ def test_bad_inputs_are_one_line_errors(byte_tokenizer, random_lm) -> None:
         evaluate_loss(model, np.arange(40), byte_tokenizer, batch_size=2, context_length=32, device="cpu")
     with pytest.raises(ValueError, match="at least 2 tokens"):
         evaluate_loss(model, np.arange(1), byte_tokenizer, batch_size=2, context_length=16, device="cpu")
+    for max_tokens in (0, -5):  # -5 used to score all but the last 5 tokens
+        with pytest.raises(ValueError, match=f"^max_tokens must be >= 1, got {max_tokens}$"):
+            evaluate_loss(model, np.arange(40), byte_tokenizer, batch_size=2, context_length=16, device="cpu",
+                          max_tokens=max_tokens)
 

@@ -84,28 +84,64 @@ def test_the_model_is_registered_and_arguments_are_checked(byte_tokenizer, rando
     assert get_model("gpt25") is GPT25LM
     with pytest.raises(ValueError, match="exactly one of checkpoint"):
         GPT25LM(tokenizer=byte_tokenizer)
-    with pytest.raises(ValueError, match="tokenizer has 257 tokens but the model only 200"):
+    with pytest.raises(ValueError, match=r"^no tokenizer: give tokenizer=DIR, .*checkpoint=RUN,tokenizer=DIR\)$"):
+        GPT25LM(model=random_lm())
+    with pytest.raises(ValueError, match="^--device 'foo' is not a device; use cpu"):
+        GPT25LM(model=random_lm(), tokenizer=byte_tokenizer, device="foo")
+    with pytest.raises(ValueError, match="tokenizer has 257 tokens but the model.s vocab_size is 200"):
         GPT25LM(model=random_lm(vocab_size=200), tokenizer=byte_tokenizer, device="cpu")
 
 
-def test_command_line_entry_point_loads_a_checkpoint(tmp_path, monkeypatch, capsys, byte_tokenizer, random_lm) -> None:
+def save_run(tmp_path, tokenizer, model) -> None:
+    """tmp_path/tokenizer, a run dir tmp_path/run whose one checkpoint records the tokenizer's fingerprint and
+    the task gpt25_tiny_choice in tmp_path/tasks."""
     from gpt25.checkpoint import make_meta, save_checkpoint
-    from gpt25.eval.lm_eval_adapter import main
 
-    byte_tokenizer.save(tmp_path / "tokenizer")
-    model = random_lm(context_length=32)
-    meta = make_meta(1, model.config, tokenizer_fingerprint=byte_tokenizer.fingerprint())
+    tokenizer.save(tmp_path / "tokenizer")
+    meta = make_meta(1, model.config, tokenizer_fingerprint=tokenizer.fingerprint())
     save_checkpoint(model, None, 1, tmp_path / "run" / "checkpoints" / "step_0000001", meta=meta)
     data_file = tmp_path / "tiny.jsonl"
     data_file.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
     (tmp_path / "tasks").mkdir()
     task = task_configs(str(data_file), str(tmp_path / "hf"))[0]
     (tmp_path / "tasks" / "tiny.yaml").write_text(json.dumps(task))  # JSON is YAML
+
+
+def run_main(tmp_path, monkeypatch, model_args: str) -> None:
+    from gpt25.eval.lm_eval_adapter import main
+
     monkeypatch.setattr("sys.argv", ["unused"])
-    # As in the test above, skip indexing lm-eval's built-in tasks (half a minute on a busy machine).
+    # As in the first test, skip indexing lm-eval's built-in tasks (half a minute on a busy machine).
     monkeypatch.setattr("lm_eval.tasks.TaskManager", functools.partial(TaskManager, include_defaults=False))
-    main(["--model_args", f"checkpoint={tmp_path / 'run'},tokenizer={tmp_path / 'tokenizer'}",
-          "--include_path", str(tmp_path / "tasks"), "--tasks", "gpt25_tiny_choice", "--device", "cpu",
-          "--batch_size", "4"])
+    main(["--model_args", model_args, "--include_path", str(tmp_path / "tasks"), "--tasks", "gpt25_tiny_choice",
+          "--device", "cpu", "--batch_size", "4"])
+
+
+def test_a_checkpoint_refuses_a_tokenizer_it_was_not_trained_with(tmp_path, byte_tokenizer, random_lm) -> None:
+    from gpt25.tokenizer import Tokenizer
+
+    save_run(tmp_path, byte_tokenizer, random_lm(context_length=32))
+    other = Tokenizer({index: bytes([index]) for index in range(256)}, [], ["<|endoftext|>", "<|pad|>"])
+    expected = (f"^tokenizer fingerprint {other.fingerprint()[:12]} differs from the checkpoint's "
+                f"{byte_tokenizer.fingerprint()[:12]}; pass the tokenizer the model was trained with$")
+    with pytest.raises(ValueError, match=expected):  # same vocab size: only the fingerprint tells them apart
+        GPT25LM(checkpoint=str(tmp_path / "run"), tokenizer=other, device="cpu")
+    lm = GPT25LM(checkpoint=str(tmp_path / "run"), tokenizer=str(tmp_path / "tokenizer"), device="cpu")
+    assert lm.max_length == 32
+
+
+def test_command_line_errors_are_one_line(tmp_path, monkeypatch, capsys, byte_tokenizer, random_lm) -> None:
+    save_run(tmp_path, byte_tokenizer, random_lm(context_length=32))
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(tmp_path, monkeypatch, f"checkpoint={tmp_path / 'run'}")  # no tokenizer=
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "gpt25 lm_eval_adapter: error: no tokenizer: give tokenizer=DIR, the folder the model was trained with "
+        "(--model_args checkpoint=RUN,tokenizer=DIR)")
+
+
+def test_command_line_entry_point_loads_a_checkpoint(tmp_path, monkeypatch, capsys, byte_tokenizer, random_lm) -> None:
+    save_run(tmp_path, byte_tokenizer, random_lm(context_length=32))
+    run_main(tmp_path, monkeypatch, f"checkpoint={tmp_path / 'run'},tokenizer={tmp_path / 'tokenizer'}")
     table = capsys.readouterr().out
     assert "gpt25_tiny_choice" in table and "acc_norm" in table

@@ -141,3 +141,67 @@ def test_cli_export_and_import(model: TransformerLM, exported: Path, tmp_path: P
         main(["export", "hub-upload", "--dir", str(tmp_path / "nothing"), "--repo", "me/x"])
     assert exit_info.value.code == 2
     assert "gpt25 export: error:" in capsys.readouterr().err
+
+
+def run_cli(*argv: object) -> int:
+    from gpt25.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in argv])
+    return exit_info.value.code
+
+
+def test_export_refuses_a_tokenizer_the_checkpoint_was_not_trained_with(model, tokenizer_dir, tmp_path, capsys):
+    from gpt25.checkpoint import make_meta, save_checkpoint
+    from gpt25.tokenizer import Tokenizer
+
+    trained_with = Tokenizer.load(tokenizer_dir)
+    step = save_checkpoint(model, None, 1, tmp_path / "run" / "checkpoints" / "step_0000001",
+                           meta=make_meta(1, CONFIG, tokenizer_fingerprint=trained_with.fingerprint()))
+    other = Tokenizer({index: bytes([index]) for index in range(256)}, [], ["<|endoftext|>", "<|pad|>"])
+    other.save(tmp_path / "other")
+    code = run_cli("export", "hf", "--checkpoint", step, "--tokenizer", tmp_path / "other", "--out", tmp_path / "hf")
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"gpt25 export: error: tokenizer fingerprint {other.fingerprint()[:12]} differs from the checkpoint's "
+        f"{trained_with.fingerprint()[:12]}; pass the tokenizer the model was trained with\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["other", "run"]
+    byte_vocab = {index: bytes([index]) for index in range(256)}
+    larger = Tokenizer(byte_vocab | {256 + i: bytes([97, 98 + i]) for i in range(44)},
+                       [(b"a", bytes([98 + i])) for i in range(44)], [])
+    larger.save(tmp_path / "larger")
+    with pytest.raises(ValueError, match="^tokenizer has 300 tokens but the model's vocab_size is 260; "):
+        export_hf(model, tmp_path / "larger", tmp_path / "hf")  # in memory: no fingerprint, the size still counts
+    assert export_hf(step, tokenizer_dir, tmp_path / "hf").is_dir()
+
+
+def test_a_failed_export_leaves_nothing_behind(model, tokenizer_dir, tmp_path, monkeypatch):
+    import gpt25.interop
+
+    (tmp_path / "not_a_tokenizer").mkdir()
+    with pytest.raises(FileNotFoundError, match="not_a_tokenizer is not a gpt25 tokenizer folder"):
+        export_hf(model, tmp_path / "not_a_tokenizer", tmp_path / "hf")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["not_a_tokenizer"]
+
+    def disk_full(*args, **kwargs) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(gpt25.interop, "save_weights", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_hf(model, tokenizer_dir, tmp_path / "hf")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["not_a_tokenizer"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_safetensors_files_get_the_umask_mode(model, tmp_path, umask):
+    import os
+
+    old_umask = os.umask(umask)
+    try:
+        exported = export_hf(model, None, tmp_path / "hf")
+        consolidated = save_consolidated(model, tmp_path / "model.safetensors")
+    finally:
+        os.umask(old_umask)
+    expected = 0o666 & ~umask
+    assert (exported / "model.safetensors").stat().st_mode & 0o777 == expected
+    assert consolidated.stat().st_mode & 0o777 == expected

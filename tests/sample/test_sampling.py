@@ -205,6 +205,8 @@ def test_a_prompt_longer_than_the_context_is_cut_from_the_left(byte_tokenizer, b
     ("options", "message"),
     [
         ({"temperature": -0.1}, "temperature must be >= 0"),
+        ({"temperature": float("nan")}, r"temperature must be >= 0 and finite \(0 means greedy\), got nan$"),
+        ({"temperature": float("inf")}, r"temperature must be >= 0 and finite \(0 means greedy\), got inf$"),
         ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
         ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
         ({"top_k": 0}, "top_k must be >= 1"),

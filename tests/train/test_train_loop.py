@@ -69,6 +69,17 @@ def test_plot_writes_a_png_of_several_runs(trained_run: dict, tmp_path: Path) ->
     assert exit_info.value.code == 0 and (tmp_path / "cli.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_plot_format_follows_the_suffix(trained_run: dict, tmp_path: Path, capsys) -> None:
+    run_dir = Path(trained_run["run_dir"])
+    assert plot_runs([run_dir], tmp_path / "curves.pdf").read_bytes()[:5] == b"%PDF-"
+    assert b"<svg" in plot_runs([run_dir], tmp_path / "curves.SVG").read_bytes()[:1000]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", str(run_dir), "--out", str(tmp_path / "curves.jpg")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith("the image format comes from the suffix; end it in .png, .pdf or .svg\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["curves.SVG", "curves.pdf"]
+
+
 def strict_json(line: str) -> dict:
     """json.loads that refuses NaN / Infinity, which are not JSON (other readers choke on them)."""
     return json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}"))

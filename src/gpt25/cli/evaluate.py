@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import sys
 import warnings
+from collections.abc import Callable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,11 +57,9 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from gpt25.eval.run import default_device, format_table, run_evaluation
+    from gpt25.eval.run import format_table, resolve_device, run_evaluation
 
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    device = args.device or default_device()
+    device = resolve_device(args.device)
     dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     results = run_evaluation(
         args.checkpoint,
@@ -110,22 +109,16 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from gpt25.eval.run import default_device, load_model_and_tokenizer
+    from gpt25.eval.run import load_model_and_tokenizer, resolve_device
     from gpt25.sample import generate, validate_sampling
 
     validate_sampling(args.temperature, args.top_p, args.top_k)
     if args.stream and args.num_samples != 1:
         raise ValueError("--stream prints one sample as it is produced; drop --stream or use --num_samples 1")
-    device = args.device or default_device()
+    device = resolve_device(args.device)
     dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     model, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.tokenizer, device, getattr(torch, dtype_name))
-
-    def print_piece(_sample_index: int, text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    if args.stream:
-        print_piece(0, args.prompt)
+    print_piece = stream_printer(args.prompt)
     with one_line_warnings("generate"):
         samples = generate(
             model,
@@ -142,13 +135,26 @@ def run_generate(args: argparse.Namespace) -> int:
             on_token=print_piece if args.stream else None,
         )
     if args.stream:
-        print()
+        print_piece(0, "\n")
     elif len(samples) == 1:
         print(args.prompt + samples[0])
     else:
         for index, sample in enumerate(samples, 1):
             print(f"--- sample {index} ---\n{args.prompt}{sample}")
     return 0
+
+
+def stream_printer(prompt: str) -> Callable[[int, str], None]:
+    """on_token for --stream: writes the prompt together with the first text, so that the settings
+    `generate` checks first (e.g. max_new_tokens against the context) fail on a clean line."""
+    pending = [prompt]
+
+    def print_piece(_sample_index: int, text: str) -> None:
+        sys.stdout.write("".join(pending) + text)
+        sys.stdout.flush()
+        pending.clear()
+
+    return print_piece
 
 
 @contextlib.contextmanager

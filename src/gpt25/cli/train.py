@@ -27,11 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_train_arguments(train_parser)
     train_parser.set_defaults(handler=run_train)
 
-    plot_parser = subparsers.add_parser("plot", help="draw training curves of one or more runs as a PNG",
+    plot_parser = subparsers.add_parser("plot", help="draw training curves of one or more runs as a PNG (or PDF, SVG)",
                                         description="Loss, perplexity, LR, throughput, bits per byte and "
                                         "HellaSwag from each RUN_DIR/metrics.jsonl, runs overlaid.")
     plot_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
-    plot_parser.add_argument("--out", default=None, help="PNG to write (default: FIRST_RUN_DIR/curves.png)")
+    plot_parser.add_argument("--out", default=None, help="image to write, .png, .pdf or .svg (default: FIRST_RUN_DIR/curves.png)")
     plot_parser.set_defaults(handler=run_plot)
 
     checkpoint_parser = subparsers.add_parser("checkpoint", help="inspect or consolidate checkpoints",

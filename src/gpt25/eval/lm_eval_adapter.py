@@ -27,6 +27,8 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from gpt25.checkpoint import check_tokenizer_matches, load_model
+from gpt25.eval.run import resolve_device
 from gpt25.eval.scoring import score_sequences
 from gpt25.sample import generate_tokens, validate_sampling
 from gpt25.tokenizer import Tokenizer
@@ -59,19 +61,17 @@ class GPT25LM(TemplateLM):
         **_unused_lm_eval_options,
     ) -> None:
         super().__init__()
-        if tokenizer is None or (model is None) == (checkpoint is None):
-            raise ValueError("give tokenizer=DIR and exactly one of checkpoint=PATH or model=TransformerLM")
-        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if tokenizer is None:
+            raise ValueError("no tokenizer: give tokenizer=DIR, the folder the model was trained with "
+                             "(--model_args checkpoint=RUN,tokenizer=DIR)")
+        if (model is None) == (checkpoint is None):
+            raise ValueError("give exactly one of checkpoint=PATH or model=TransformerLM")
+        self._device = torch.device(resolve_device(device))
         self.tokenizer = Tokenizer.load(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        meta = {}
         if model is None:
-            from gpt25.checkpoint import load_model
-
-            model, _ = load_model(checkpoint, device=self._device, dtype=getattr(torch, dtype) if dtype else None)
-        if self.tokenizer.vocab_size > model.config.vocab_size:
-            raise ValueError(
-                f"tokenizer has {self.tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}; "
-                "use the tokenizer the checkpoint was trained with"
-            )
+            model, meta = load_model(checkpoint, device=self._device, dtype=getattr(torch, dtype) if dtype else None)
+        check_tokenizer_matches(self.tokenizer, model.config.vocab_size, meta.get("tokenizer_fingerprint"))
         self.model = model.to(self._device).eval()
         self.batch_size = parse_batch_size(batch_size)
         self.max_gen_toks = int(max_gen_toks)
@@ -191,7 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     if "--model" not in arguments:
         arguments = ["--model", "gpt25", *arguments]
     sys.argv = ["lm-eval", "run", *arguments]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except (ValueError, OSError) as error:  # bad --model_args or paths: one line, not lm-eval's traceback
+        print(f"gpt25 lm_eval_adapter: error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ def evaluate_loss(
             f"context_length {context_length} is longer than the model's {model.config.context_length}"
         )
     if max_tokens is not None:
+        if max_tokens < 1:  # a negative slice end would drop tokens from the end instead
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         tokens = tokens[: max_tokens + 1]
     if len(tokens) < 2:
         raise ValueError(f"need at least 2 tokens to score, got {len(tokens)}; is the validation split empty?")

@@ -13,20 +13,34 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from gpt25.checkpoint import load_model, resolve_checkpoint
+from gpt25.checkpoint import check_tokenizer_matches, load_model, resolve_checkpoint
 from gpt25.eval.hellaswag import evaluate_hellaswag, load_hellaswag
 from gpt25.eval.loss import evaluate_loss
 from gpt25.tokenizer import Tokenizer
+from gpt25.tokenizer.io import write_text_atomic
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def resolve_device(device: str | None) -> str:
+    """`device` checked against this machine (None: cuda when available, else cpu); a one-line error otherwise."""
+    num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device is None:
+        return "cuda" if num_gpus else "cpu"
+    available = f"cpu, cuda or cuda:0..{num_gpus - 1}" if num_gpus else "cpu"
+    unknown = f"--device {device!r} is not a device; use {available}"  # the trainer's wording
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(unknown) from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(unknown)
+    if resolved.type == "cuda" and (resolved.index or 0) >= num_gpus:
+        visible = f"only {num_gpus} CUDA GPU(s) are visible" if num_gpus else "no CUDA GPU is visible"
+        raise ValueError(f"--device {device} was asked for but {visible}; use --device {available}")
+    return device
 
 
 def load_model_and_tokenizer(
@@ -45,20 +59,6 @@ def load_model_and_tokenizer(
     return model, tokenizer, meta
 
 
-def check_tokenizer_matches(tokenizer: Tokenizer, model_vocab_size: int, fingerprint: str | None) -> None:
-    """The tokenizer must fit the model's embedding and, when the checkpoint records one, have its fingerprint."""
-    if tokenizer.vocab_size > model_vocab_size:
-        raise ValueError(
-            f"tokenizer has {tokenizer.vocab_size} tokens but the checkpoint's vocab_size is {model_vocab_size}; "
-            "pass the tokenizer the model was trained with"
-        )
-    if fingerprint and fingerprint != tokenizer.fingerprint():
-        raise ValueError(
-            f"tokenizer fingerprint {tokenizer.fingerprint()[:12]} differs from the checkpoint's {fingerprint[:12]}; "
-            "pass the tokenizer the model was trained with"
-        )
-
-
 def default_output_path(checkpoint: str | Path) -> Path:
     """eval.json in the step folder (a run dir's newest), or <name>.eval.json beside a .safetensors file."""
     checkpoint = resolve_checkpoint(checkpoint)
@@ -67,13 +67,20 @@ def default_output_path(checkpoint: str | Path) -> Path:
     return checkpoint / "eval.json"
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        json.dump(data, file, indent=2)
-        file.write("\n")
-    os.replace(temporary, path)
+def check_arguments(data_dir: str | Path | None, hellaswag: str | None, limit: int | None, max_tokens: int | None,
+                    out: str | Path | None, batch_size: int) -> None:
+    """One-line errors for settings that are wrong or would be ignored, before any work is done."""
+    if data_dir is None and hellaswag is None:
+        raise ValueError("nothing to evaluate: pass --data DIR (validation loss) and/or --hellaswag FILE|download")
+    for name, value in (("--batch_size", batch_size), ("--limit", limit), ("--max_tokens", max_tokens)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if limit is not None and hellaswag is None:
+        raise ValueError("--limit applies to --hellaswag (the number of examples); add --hellaswag or drop --limit")
+    if max_tokens is not None and data_dir is None:
+        raise ValueError("--max_tokens applies to --data (validation tokens); add --data or drop --max_tokens")
+    if out is not None and Path(out).is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; give a file name, e.g. --out {Path(out) / 'eval.json'}")
 
 
 def format_table(results: dict) -> str:
@@ -111,11 +118,8 @@ def run_evaluation(
     autocast_dtype: torch.dtype | None = None,
 ) -> dict:
     """Score a checkpoint on the validation split of `data_dir` and/or HellaSwag; write and return eval.json."""
-    if data_dir is None and hellaswag is None:
-        raise ValueError("nothing to evaluate: pass --data DIR (validation loss) and/or --hellaswag FILE|download")
-    if batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
-    device = device or default_device()
+    check_arguments(data_dir, hellaswag, limit, max_tokens, out, batch_size)
+    device = resolve_device(device)
     examples = load_hellaswag(hellaswag) if hellaswag is not None else None
     model, tokenizer, meta = load_model_and_tokenizer(checkpoint, tokenizer_dir, device)
     checkpoint = resolve_checkpoint(checkpoint)
@@ -139,5 +143,7 @@ def run_evaluation(
                 model, tokenizer, examples, batch_size=batch_size * 4, device=device, limit=limit
             )
     results |= {"checkpoint": str(checkpoint), "step": meta.get("step")}
-    write_json_atomic(Path(out) if out else default_output_path(checkpoint), results)
+    out = Path(out) if out else default_output_path(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, json.dumps(results, indent=2) + "\n")
     return results

@@ -1,4 +1,4 @@
-"""Training curves like the recipe's results figure, several runs overlaid, as one PNG.
+"""Training curves like the recipe's results figure, several runs overlaid, as one image (PNG, PDF or SVG).
 
 Panels: train and validation loss, validation perplexity, learning rate, throughput (tokens/s),
 validation bits per byte, and HellaSwag accuracy with a smoothed line (one evaluation is noisy).
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gpt25.train.tracking import read_metrics
 
+IMAGE_FORMATS = ("png", "pdf", "svg")  # chosen by the output file's suffix
 PANELS = (
     ("loss", ("train_loss", "val_loss"), "loss (nats/token)"),
     ("perplexity", ("val_perplexity",), "validation perplexity"),
@@ -35,8 +36,13 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [step for step, _ in points], [value for _, value in points]
 
 
-def plot_runs(run_dirs: list[str | Path], out_png: str | Path) -> Path:
-    """Draw every run's metrics.jsonl onto one figure and write it (atomically) to `out_png`."""
+def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Draw every run's metrics.jsonl onto one figure and write it (atomically) to `out`, in the
+    format its suffix names (.png, .pdf or .svg)."""
+    out = Path(out)
+    image_format = out.suffix.lower().lstrip(".")
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"--out {out}: the image format comes from the suffix; end it in .png, .pdf or .svg")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,10 +76,9 @@ def plot_runs(run_dirs: list[str | Path], out_png: str | Path) -> Path:
         else:
             axis.text(0.5, 0.5, "not logged", ha="center", va="center", transform=axis.transAxes, color="gray")
     figure.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_png.with_name(f".tmp-{out_png.name}")
-    figure.savefig(temporary, dpi=100, format="png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".tmp-{out.name}")
+    figure.savefig(temporary, dpi=100, format=image_format)
     plt.close(figure)
-    os.replace(temporary, out_png)
-    return out_png
+    os.replace(temporary, out)
+    return out

@@ -1,0 +1,82 @@
+"""gpt25.checkpoint's file handling: damaged files are one-line errors that name the file and another
+checkpoint, and safetensors files get the usual umask-based mode (safetensors creates them 0600)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt25.checkpoint import consolidate, load_checkpoint, load_model, save_checkpoint
+from gpt25.model import ModelConfig, TransformerLM
+from gpt25.optim import AdamW
+
+CONFIG = ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=1, num_heads=2, d_ff=64)
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    """A run dir with two complete checkpoints, steps 1 and 2 (with optimizer state)."""
+    torch.manual_seed(0)
+    model = TransformerLM(CONFIG)
+    optimizer = AdamW(model.parameters(), lr=1e-3)
+    for step in (1, 2):
+        save_checkpoint(model, optimizer, step, tmp_path / "run" / "checkpoints" / f"step_000000{step}")
+    return tmp_path / "run"
+
+
+def truncate(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    ("file", "damage", "detail"),
+    [
+        ("model.safetensors", lambda data: data[:100], "Error while deserializing header: invalid header length"),
+        ("model.safetensors", truncate, "Error while deserializing header: incomplete metadata"),
+        ("train_state.pt", truncate, "PytorchStreamReader failed reading zip archive: failed finding central"),
+        ("train_state.pt", lambda data: b"", "EOFError"),
+        ("meta.json", lambda data: b"{" + data, "Expecting property name enclosed in double quotes: line 1 column 2"),
+    ],
+)
+def test_resuming_from_a_damaged_file_names_it_and_the_previous_checkpoint(
+    run: Path, file: str, damage: Callable[[bytes], bytes], detail: str
+) -> None:
+    damaged = run / "checkpoints" / "step_0000002" / file
+    damaged.write_bytes(damage(damaged.read_bytes()))
+    model = TransformerLM(CONFIG)
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(run, model, AdamW(model.parameters(), lr=1e-3))
+    message = str(error.value)
+    assert message.startswith(f"{damaged} is damaged ({detail}")
+    assert message.endswith(f"); use another checkpoint, e.g. --checkpoint {run / 'checkpoints' / 'step_0000001'}")
+    assert "\n" not in message
+    assert load_checkpoint(run / "checkpoints" / "step_0000001", model) == 1  # the suggestion works
+
+
+def test_a_damaged_consolidated_file_is_named_without_a_run_to_point_at(run: Path, tmp_path: Path) -> None:
+    weights = consolidate(run, tmp_path / "model.safetensors")
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"model\.safetensors is damaged \(Error while deserializing header: "
+                                         r"invalid header length\); use another checkpoint, or write this one again$"):
+        load_model(weights)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_safetensors_files_get_the_umask_mode(run: Path, tmp_path: Path, umask: int) -> None:
+    old_umask = os.umask(umask)
+    try:
+        shutil.rmtree(run)
+        step = save_checkpoint(TransformerLM(CONFIG), None, 3, run / "checkpoints" / "step_0000003")
+        weights = consolidate(run, tmp_path / "model.safetensors")
+    finally:
+        os.umask(old_umask)
+    files = [*step.iterdir(), weights, weights.with_suffix(".json")]
+    modes = {path.name: path.stat().st_mode & 0o777 for path in files}
+    expected = 0o666 & ~umask
+    assert modes == {"meta.json": expected, "model.safetensors": expected, "train_state.pt": expected,
+                     "model.json": expected}
