@@ -57,10 +57,11 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from gpt25.eval.run import format_table, resolve_device, run_evaluation
+    from gpt25.device import resolve_device
+    from gpt25.eval.run import format_table, run_evaluation
 
     device = resolve_device(args.device)
-    dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     results = run_evaluation(
         args.checkpoint,
         args.tokenizer,
@@ -109,14 +110,15 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from gpt25.eval.run import load_model_and_tokenizer, resolve_device
+    from gpt25.device import resolve_device
+    from gpt25.eval.run import load_model_and_tokenizer
     from gpt25.sample import generate, validate_sampling
 
     validate_sampling(args.temperature, args.top_p, args.top_k)
     if args.stream and args.num_samples != 1:
         raise ValueError("--stream prints one sample as it is produced; drop --stream or use --num_samples 1")
     device = resolve_device(args.device)
-    dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     model, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.tokenizer, device, getattr(torch, dtype_name))
     print_piece = stream_printer(args.prompt)
     with one_line_warnings("generate"):

@@ -28,7 +28,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from gpt25.checkpoint import check_tokenizer_matches, load_model
-from gpt25.eval.run import resolve_device
+from gpt25.device import resolve_device
 from gpt25.eval.scoring import score_sequences
 from gpt25.sample import generate_tokens, validate_sampling
 from gpt25.tokenizer import Tokenizer
@@ -66,7 +66,7 @@ class GPT25LM(TemplateLM):
                              "(--model_args checkpoint=RUN,tokenizer=DIR)")
         if (model is None) == (checkpoint is None):
             raise ValueError("give exactly one of checkpoint=PATH or model=TransformerLM")
-        self._device = torch.device(resolve_device(device))
+        self._device = resolve_device(device)
         self.tokenizer = Tokenizer.load(tokenizer) if isinstance(tokenizer, str) else tokenizer
         meta = {}
         if model is None:

@@ -18,33 +18,15 @@ from pathlib import Path
 import torch
 
 from gpt25.checkpoint import check_tokenizer_matches, load_model, resolve_checkpoint
+from gpt25.device import resolve_device
 from gpt25.eval.hellaswag import evaluate_hellaswag, load_hellaswag
 from gpt25.eval.loss import evaluate_loss
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.io import write_text_atomic
 
 
-def resolve_device(device: str | None) -> str:
-    """`device` checked against this machine (None: cuda when available, else cpu); a one-line error otherwise."""
-    num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if device is None:
-        return "cuda" if num_gpus else "cpu"
-    available = f"cpu, cuda or cuda:0..{num_gpus - 1}" if num_gpus else "cpu"
-    unknown = f"--device {device!r} is not a device; use {available}"  # the trainer's wording
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(unknown) from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(unknown)
-    if resolved.type == "cuda" and (resolved.index or 0) >= num_gpus:
-        visible = f"only {num_gpus} CUDA GPU(s) are visible" if num_gpus else "no CUDA GPU is visible"
-        raise ValueError(f"--device {device} was asked for but {visible}; use --device {available}")
-    return device
-
-
 def load_model_and_tokenizer(
-    checkpoint: str | Path, tokenizer_dir: str | Path, device: str, dtype: torch.dtype | None = None
+    checkpoint: str | Path, tokenizer_dir: str | Path, device: str | torch.device, dtype: torch.dtype | None = None
 ):
     """(model in eval mode, in `dtype` if given, tokenizer, checkpoint meta); one-line errors when they are
     missing or do not match."""

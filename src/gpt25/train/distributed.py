@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from gpt25.device import resolve_device
 from gpt25.model import ModelConfig, TransformerLM
 
 
@@ -38,24 +39,6 @@ class DistributedContext:
     @property
     def is_distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """'auto' picks cuda when available; a bare 'cuda' becomes cuda:LOCAL_RANK."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    unknown = f"--device {device!r} is not a device; use cpu, cuda, cuda:N or auto"
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(unknown) from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(unknown)
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device("cuda", local_rank)
-    return resolved
 
 
 def init_distributed(device: str) -> DistributedContext:
