@@ -187,7 +187,8 @@ def _commit(temporary: Path, final: Path) -> None:
         os.replace(temporary, final)
 
 
-def _fresh_temporary(final: Path) -> Path:
+def fresh_temporary(final: Path) -> Path:
+    """An empty folder `.tmp-NAME` beside `final` (a leftover one from a killed run is cleared)."""
     temporary = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
@@ -208,7 +209,7 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
     torch.distributed.checkpoint's full optimizer state dict), so FSDP runs can resume from it too.
     """
     final = Path(path)
-    temporary = _fresh_temporary(final)
+    temporary = fresh_temporary(final)
     model = model.module if hasattr(model, "module") else model
     save_weights({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary / WEIGHTS_FILE)
     optimizer_state = named_optimizer_state(model, optimizer) if optimizer else None
@@ -229,7 +230,7 @@ def save_sharded_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optim
     final = Path(path)
     temporary = final.with_name(f".tmp-{final.name}")
     if rank == 0:
-        temporary = _fresh_temporary(final)
+        temporary = fresh_temporary(final)
     dist.barrier()
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=temporary / SHARDED_DIR)
@@ -349,12 +350,17 @@ def consolidate(path: str | Path, out_file: str | Path) -> Path:
     if out_file.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {out_file}")
     model, meta = load_model(path)
+    return write_consolidated(model, out_file, dict(meta, sharded=False, consolidated_from=str(resolve_checkpoint(path))))
+
+
+def write_consolidated(model: torch.nn.Module, out_file: Path, meta: dict) -> Path:
+    """`out_file` (.safetensors, the model's full weights) + its `.json` sidecar `meta`, each written
+    under a temporary name and renamed, so load_model never sees half a file."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
     temporary = out_file.with_name(f".tmp-{out_file.name}")
     save_weights({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary)
-    sidecar = dict(meta, sharded=False, consolidated_from=str(resolve_checkpoint(path)))
     sidecar_temporary = temporary.with_suffix(".json")
-    sidecar_temporary.write_text(json.dumps(sidecar, indent=2) + "\n")
+    sidecar_temporary.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(temporary, out_file)
     os.replace(sidecar_temporary, out_file.with_suffix(".json"))
     return out_file

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import torch
 
-from gpt25.checkpoint import check_tokenizer_matches, load_model, read_weights, save_weights
+from gpt25.checkpoint import (
+    check_tokenizer_matches,
+    fresh_temporary,
+    load_model,
+    read_weights,
+    save_weights,
+    write_consolidated,
+)
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
 
@@ -136,16 +143,14 @@ def export_hf(
     recorded fingerprint). The folder is assembled under a temporary name and renamed into place; a
     failure leaves nothing behind.
     """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
     model, meta = (checkpoint, {}) if isinstance(checkpoint, TransformerLM) else load_model(checkpoint)
     tokenizer = Tokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
     if tokenizer is not None:
         check_tokenizer_matches(tokenizer, model.config.vocab_size, meta.get("tokenizer_fingerprint"))
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
-    temporary = out_dir.with_name(f".tmp-{out_dir.name}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
+    temporary = fresh_temporary(out_dir)
     try:
         _write_hf_folder(model, tokenizer, temporary, dtype)
         if out_dir.exists():
@@ -237,16 +242,9 @@ def save_consolidated(model: TransformerLM, path: str | Path, extra_meta: dict |
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"output must end in .safetensors, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "gpt25-checkpoint", "version": 1, "step": 0, "model_config": model.config.to_dict(),
             "train_config": {}, "tokenizer_fingerprint": None, "world_size": 1, "sharded": False, **(extra_meta or {})}
-    temporary = path.with_name(f".tmp-{path.name}")
-    save_weights({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary)
-    meta_temporary = temporary.with_suffix(".json")
-    meta_temporary.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(temporary, path)
-    os.replace(meta_temporary, path.with_suffix(".json"))
-    return path
+    return write_consolidated(model, path, meta)
 
 
 def upload_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:

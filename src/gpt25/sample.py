@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Callable
 
 import torch
-
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gpt25.model import KVCache, StaticKVCache

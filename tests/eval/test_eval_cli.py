@@ -69,7 +69,17 @@ def test_eval_of_a_consolidated_file_writes_beside_it(saved) -> None:
     assert results["hellaswag"]["n"] == 3 and results["val_loss"] is None and results["step"] == 5
 
 
-def test_generate_prints_prompt_and_continuation(saved, capsys) -> None:
+def test_generate_prints_prompt_and_continuation(saved, capsys, monkeypatch) -> None:
+    import gpt25.sample
+
+    static_decode = []
+    real_generate = gpt25.sample.generate
+
+    def recording_generate(*args, **kwargs):
+        static_decode.append(kwargs["static_decode"])
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(gpt25.sample, "generate", recording_generate)
     arguments = ["generate", "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], "--prompt", "The cat",
                  "--max_new_tokens", 5, "--num_samples", 2, "--seed", 1, "--device", "cpu"]
     assert run_cli(*arguments) == 0
@@ -77,6 +87,7 @@ def test_generate_prints_prompt_and_continuation(saved, capsys) -> None:
     assert out.count("--- sample") == 2 and out.count("The cat") == 2
     assert run_cli(*arguments, "--no_cuda_graph") == 0  # only changes decoding on a GPU
     assert capsys.readouterr().out == out
+    assert static_decode == [None, False]  # None: the default, a graph on CUDA
 
 
 def test_generate_in_bfloat16_loads_bfloat16_weights(saved, capsys, monkeypatch) -> None:

@@ -131,17 +131,22 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
+def refused_leaving(folder: Path, argv: list[str], capsys) -> str:
+    """Run `argv`, which must fail with status 2 and leave every file under `folder` as it was; its stderr."""
+    before = tree(folder)
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and tree(folder) == before
+    return err
+
+
 def test_force_refuses_a_folder_with_other_files(tmp_path, fixtures_dir, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.md").write_text("my notes")
     (out / "corpus.txt").write_bytes((fixtures_dir / "corpus.en").read_bytes())
-    before = tree(tmp_path)
-    code, _, err = run_main(train_argv(fixtures_dir / "corpus.en", out, "--force"), capsys)
-    assert code == 2
+    err = refused_leaving(tmp_path, train_argv(fixtures_dir / "corpus.en", out, "--force"), capsys)
     assert err == (f"gpt25 tokenizer: error: {out} holds files that are not a gpt25 tokenizer "
                    "(corpus.txt, notes.md); choose another --out\n")
-    assert tree(tmp_path) == before
 
 
 def test_force_refuses_gpt2_files_without_the_gpt25_meta_file(tmp_path, fixtures_dir, capsys):
@@ -158,12 +163,9 @@ def test_force_never_replaces_a_folder_holding_the_input(trained_dir, fixtures_d
     import shutil
 
     out = shutil.copytree(trained_dir, tmp_path / "tok")
-    before = tree(out)
-    code, _, err = run_main(train_argv(out / "merges.txt", out, "--force"), capsys)
-    assert code == 2
+    err = refused_leaving(out, train_argv(out / "merges.txt", out, "--force"), capsys)
     assert err == (f"gpt25 tokenizer: error: input {out / 'merges.txt'} is inside --out {out}, "
                    "which would be replaced; choose another --out\n")
-    assert tree(out) == before
 
 
 def test_force_replaces_an_empty_folder(tmp_path, fixtures_dir, capsys):

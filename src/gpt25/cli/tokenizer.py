@@ -104,7 +104,8 @@ def run_train(args: argparse.Namespace) -> int:
     vocab, merges = train_bpe(args.input, args.vocab_size, special_tokens,
                               num_workers=args.workers, progress=not args.quiet)
     tokenizer = Tokenizer(vocab, merges, special_tokens)
-    _save_replacing(tokenizer, args.out, args.force)
+    _check_out(args.out, args.force, [])  # again: DIR may have changed while training
+    _save_replacing(tokenizer, args.out)
     print(f"trained {tokenizer.vocab_size} tokens ({len(merges)} merges) in "
           f"{time.perf_counter() - started:.1f} s -> {args.out}", file=sys.stderr)
     return 0
@@ -115,7 +116,7 @@ def run_import(args: argparse.Namespace) -> int:
 
     _check_out(args.out, args.force, [args.vocab, args.merges])
     tokenizer = Tokenizer.from_files(args.vocab, args.merges, _special_tokens(args))
-    _save_replacing(tokenizer, args.out, args.force)
+    _save_replacing(tokenizer, args.out)
     print(f"imported {tokenizer.vocab_size} tokens ({len(tokenizer.merges)} merges) -> {args.out}", file=sys.stderr)
     return 0
 
@@ -168,11 +169,10 @@ def _check_parent(out: Path) -> None:
         ) from None
 
 
-def _save_replacing(tokenizer, out: Path, force: bool) -> None:
+def _save_replacing(tokenizer, out: Path) -> None:
     """Save into a fresh sibling folder, then swap it in, so DIR is never left half-written."""
     from gpt25.tokenizer.io import current_umask
 
-    _check_out(out, force, [])  # again: DIR may have changed while training
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:

@@ -197,12 +197,13 @@ def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[
     manifest = _start_or_resume(out_dir, settings, config.overwrite)
     if manifest["complete"]:
         return manifest
-    total_bytes = _range_file_bytes(config, settings["source_files"])
+    file_bytes = _range_file_bytes(config, settings["source_files"])
+    total_bytes = file_bytes
     if "val_threshold" not in manifest:
         manifest["val_threshold"], counted_bytes = _val_threshold(config)
-        total_bytes = counted_bytes if total_bytes is None else total_bytes
+        total_bytes = counted_bytes if file_bytes is None else file_bytes
     started = time.perf_counter()
-    source, num_tokenized = _run(config, tokenizer, dtype, out_dir, manifest, total_bytes)
+    source, num_tokenized = _run(config, tokenizer, dtype, out_dir, manifest, total_bytes, file_bytes is not None)
     _finalize(
         manifest, source, {"documents_tokenized": num_tokenized, "seconds": round(time.perf_counter() - started, 3)}
     )
@@ -345,8 +346,11 @@ def _run(
     out_dir: Path,
     manifest: dict[str, Any],
     total_bytes: int | None,
+    counts_file_bytes: bool,
 ) -> tuple[dict[str, Any], int]:
-    """The streaming pass: read, assign, tokenize in order, write shards; returns (source counters, documents tokenized)."""
+    """The streaming pass: read, assign, tokenize in order, write shards; returns (source counters, documents
+    tokenized). The progress bar counts to `total_bytes` in file bytes (byte-range tasks) when
+    `counts_file_bytes`, else in the documents' text bytes."""
     resume = _resume_points(manifest)
     manifest_path = out_dir / MANIFEST_NAME
     writers = {
@@ -377,7 +381,7 @@ def _run(
                 counters["bytes"] += encoded.num_bytes
                 counters["tokens"] += len(encoded.tokens)
                 counters["tokenized"] += len(encoded.doc_indices)
-                bar.update(encoded.num_bytes if task.texts is not None else task.end - task.start)
+                bar.update(task.end - task.start if counts_file_bytes else encoded.num_bytes)
                 bar.set_postfix(docs=counters["documents"], tokens=counters["tokens"], refresh=False)
             block_lines.close()
             for writer in writers.values():

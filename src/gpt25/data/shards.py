@@ -169,24 +169,24 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
     problem = _fields_problem(manifest, MANIFEST_FIELDS, "")
     if problem is None and manifest["source"]:  # {} until a run completes
         problem = _fields_problem(manifest["source"], SOURCE_FIELDS, "source.")
-    for split in SPLITS if problem is None else ():
-        problem = _split_problem(manifest["splits"].get(split), f"splits.{split}.")
-        if problem is not None:
-            break
-    return problem
+    if problem is not None:
+        return problem
+    problems = (_split_problem(manifest["splits"].get(split), f"splits.{split}.") for split in SPLITS)
+    return next((problem for problem in problems if problem is not None), None)
 
 
 def _split_problem(info: Any, prefix: str) -> str | None:
     problem = _fields_problem(info, SPLIT_FIELDS, prefix)
-    resume_fields = {name: int for name in asdict(ResumePoint())}
-    for index, entry in enumerate(info["shards"] if problem is None else ()):
+    if problem is not None:
+        return problem
+    for index, entry in enumerate(info["shards"]):
         entry_prefix = f"{prefix}shards[{index}]."
         problem = _fields_problem(entry, SHARD_FIELDS, entry_prefix) or _fields_problem(
-            entry["next"], resume_fields, f"{entry_prefix}next."
+            entry["next"], RESUME_FIELDS, f"{entry_prefix}next."
         )
         if problem is not None:
-            break
-    return problem
+            return problem
+    return None
 
 
 def _fields_problem(value: Any, fields: dict[str, type], prefix: str) -> str | None:
@@ -270,6 +270,9 @@ class ResumePoint:
     doc_index: int = 0  # source documents before this one are already in finished shards
     token_offset: int = 0  # tokens of that document already in finished shards
     num_docs: int = 0  # documents of this split before `doc_index`
+
+
+RESUME_FIELDS = {name: int for name in asdict(ResumePoint())}  # a shard entry's "next"
 
 
 class SplitWriter:

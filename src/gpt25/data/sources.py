@@ -127,14 +127,13 @@ def expand_paths(spec: str, exclude: str | os.PathLike | None = None) -> list[Pa
     path = Path(spec)
     if path.is_file():
         files = [path]
+    elif path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(path))]
     else:
-        if path.is_dir():
-            files = [p for p in path.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(path))]
-        else:
-            files = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
-        if exclude is not None:
-            excluded = Path(os.path.abspath(exclude))
-            files = [p for p in files if not Path(os.path.abspath(p)).is_relative_to(excluded)]
+        files = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
+    if exclude is not None and not path.is_file():
+        excluded = Path(os.path.abspath(exclude))
+        files = [p for p in files if not Path(os.path.abspath(p)).is_relative_to(excluded)]
     if not files:
         raise FileNotFoundError(
             f"source {spec!r} matched no files; give an existing file, folder or glob, "

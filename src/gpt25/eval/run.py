@@ -106,7 +106,7 @@ def run_evaluation(
     model, tokenizer, meta = load_model_and_tokenizer(checkpoint, tokenizer_dir, device)
     checkpoint = resolve_checkpoint(checkpoint)
     autocast = (
-        torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     )
     results = {"val_loss": None, "val_perplexity": None, "val_bpb": None, "val_tokens": None, "hellaswag": None}
     if data_dir is not None:

@@ -10,7 +10,6 @@ C extension is built, the regex, a dict and numpy where it is not (see gpt25.tok
 from __future__ import annotations
 
 import functools
-import multiprocessing
 from collections.abc import Iterable, Iterator
 from numbers import Integral
 from pathlib import Path
@@ -29,6 +28,7 @@ from gpt25.tokenizer.pretokenize import (
     split_at_safe_cuts,
     split_on_specials,
 )
+from gpt25.tokenizer.workers import worker_pool
 
 END_OF_TEXT = "<|endoftext|>"
 CACHE_LIMIT = 1_000_000  # distinct pre-tokens kept; the cache is emptied when it grows past this
@@ -403,7 +403,5 @@ def _encode_bytes_in_worker(piece: tuple[str, int, bytes]) -> np.ndarray:
 
 
 def _worker_pool(tokenizer: Tokenizer, num_workers: int):
-    """A process pool whose workers each hold a copy of `tokenizer` (fork where available)."""
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    return context.Pool(num_workers, initializer=_set_worker_tokenizer, initargs=(tokenizer,))
+    """A process pool whose workers each hold a copy of `tokenizer` (and ignore Ctrl-C; see worker_pool)."""
+    return worker_pool(num_workers, _set_worker_tokenizer, (tokenizer,))

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import multiprocessing
 import os
 import re
-import signal
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,6 +29,7 @@ from gpt25.tokenizer.pretokenize import (
     split_on_specials,
 )
 from gpt25.tokenizer.table import new_pretoken_table, pure_python_requested
+from gpt25.tokenizer.workers import worker_pool
 
 try:
     from gpt25.tokenizer._bpe import merge_pairs as c_merge_pairs
@@ -119,8 +118,7 @@ def count_pretokens(
                 counts.update(_count_chunk(task))
                 bar.update(task[0][2] - task[0][1])
             return counts
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with context.Pool(num_workers, initializer=_ignore_sigint) as pool:
+        with worker_pool(num_workers) as pool:
             for (_, start, end), chunk_counts in pool.imap_unordered(_count_chunk_tagged, tasks):
                 if counts:
                     counts.update(chunk_counts)
@@ -128,12 +126,6 @@ def count_pretokens(
                     counts = Counter(chunk_counts)
                 bar.update(end - start)
     return counts
-
-
-def _ignore_sigint() -> None:
-    """Pool initializer: Ctrl-C reaches the whole process group, but only the parent should report it
-    (it then terminates the pool); a worker would print its own KeyboardInterrupt traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def plan_chunks(path: Path, chunk_bytes: int, specials_bytes: list[bytes]) -> list[Chunk]:

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gpt25.tokenizer.io import write_text_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -59,9 +61,7 @@ class Tracker:
         if not self.path.is_file():
             return
         kept = [row for row in read_metrics(self.run_dir) if row.get("step", 0) <= step]
-        temporary = self.path.with_name(f".tmp-{self.path.name}")
-        temporary.write_text("".join(json_line(row) for row in kept))
-        os.replace(temporary, self.path)
+        write_text_atomic(self.path, "".join(json_line(row) for row in kept))
 
     def _open_backend(self, kind: str, config: dict, resume_step: int | None) -> Any:
         if kind == "tensorboard":
