@@ -23,6 +23,7 @@ contenders; the median time gives tokens/s (batch x new tokens / seconds).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -142,6 +143,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-no-cache", action="store_true", help="leave out the (slow) no-cache path")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="tiny config, 50 new tokens, 1 repeat")
+    parser.add_argument("--json", type=Path, help="also write the rows (tokens/s per contender) to this JSON file")
     args = parser.parse_args()
     if args.quick:
         args.configs, args.new_tokens, args.repeats = "tiny", 50, 1
@@ -156,9 +158,14 @@ def main() -> None:
           "gpt25 no-cache tok/s | transformers tok/s | cached / transformers | cached / no-cache | "
           "vs transformers | cache vs no-cache | graph vs eager |")
     print("|" + "---|" * 14)
+    results = []
     for name in args.configs.split(","):
         for batch_size in (int(size) for size in args.batch_sizes.split(",")):
-            print(format_row(benchmark(name, batch_size, args), args), flush=True)
+            results.append(benchmark(name, batch_size, args))
+            print(format_row(results[-1], args), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"device": args.device, "dtype": args.dtype, "new_tokens": args.new_tokens,
+                                         "rows": results}, indent=2))
 
 
 if __name__ == "__main__":

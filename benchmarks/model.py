@@ -15,10 +15,12 @@ model FLOPs (TransformerLM.flops_per_token: 6N + attention) by a measured matmul
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -188,6 +190,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timer", choices=tuple(CLOCKS), default="wall",
                         help="wall clock, or process CPU time (tokens per CPU-second; for a busy CPU machine)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the rows and ceilings to this JSON file")
     args = parser.parse_args()
     for name in args.configs.split(","):
         if name not in CONFIGS:
@@ -214,6 +217,10 @@ def main() -> None:
         for contender in ("gpt25", "transformers"):
             row[f"{contender}_mfu"] = row["flops_per_token"] * row[contender] / ceilings[row["dtype"]]
     print_table(rows, args, ceilings)
+    if args.json:
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        args.json.write_text(json.dumps({"device": args.device, "device_name": device_name, "compile": args.compile,
+                                         "ceilings": ceilings, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

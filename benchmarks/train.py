@@ -9,11 +9,15 @@
    process (tokens/s from each run's metrics.jsonl).
 3. `--device cuda --config configs/gpt25-124m.toml --steps 300`: a real GPU run of the recipe's model;
    reports tokens/s, MFU and peak memory (pass --data/--tokenizer for real shards).
+4. `--sync-cost`: the step with the NaN guard's per-step host sync vs the same step with none
+   (loss and grad norm read once at the end), interleaved; the cost in percent.
 
     uv run python benchmarks/train.py --threads 1                      # CPU overhead, small model
     uv run python benchmarks/train.py --ranks 2                        # + FSDP / DDP on 2 CPU processes
     uv run python benchmarks/train.py --device cuda --config configs/gpt25-124m.toml --steps 300 \
         --set grad_accum_steps=1 --skip-overhead
+    uv run python benchmarks/train.py --device cuda --config configs/gpt25-124m.toml --set compile=true \
+        --sync-cost --steps 20
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from pathlib import Path
 import torch
 
 from gpt25.model import ModelConfig, TransformerLM, parameter_groups
-from gpt25.optim import AdamW, cross_entropy
+from gpt25.optim import AdamW, clip_grad_norm, cross_entropy
+from gpt25.tokenizer import Tokenizer
 from gpt25.train import TrainConfig, train
 from gpt25.train.config import read_toml_settings
 from gpt25.train.throughput import peak_flops
@@ -45,7 +50,7 @@ def prepare_data(workdir: Path, vocab_size: int, num_chars: int) -> tuple[str, s
     """A BPE tokenizer and train/val shards from the embedded Python-docs corpus."""
     from gpt25.data.prepare import PrepareConfig, prepare
     from gpt25.data.sources import iter_default_corpus, write_corpus_file
-    from gpt25.tokenizer import Tokenizer, train_bpe
+    from gpt25.tokenizer import train_bpe
 
     documents, size = [], 0
     for document in iter_default_corpus():
@@ -71,8 +76,8 @@ def base_config(args: argparse.Namespace, data: str, tokenizer: str, out: Path) 
     return TrainConfig(**settings)
 
 
-def bare_step_seconds(config: TrainConfig, vocab_size: int, steps: int) -> float:
-    """Median time of the model issue's bare training step on one ready micro-batch x accumulation."""
+def bare_model(config: TrainConfig, vocab_size: int) -> tuple[TransformerLM, AdamW, torch.Tensor]:
+    """The run's model (on its device), our AdamW and one random batch of (batch, context + 1) ids."""
     device = torch.device(config.device if config.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     model_config = ModelConfig(vocab_size=vocab_size, context_length=config.context_length, d_model=config.d_model,
                                num_layers=config.num_layers, num_heads=config.num_heads, d_ff=config.d_ff,
@@ -80,7 +85,13 @@ def bare_step_seconds(config: TrainConfig, vocab_size: int, steps: int) -> float
     model = TransformerLM(model_config, device=device)
     optimizer = AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2))
     tokens = torch.randint(0, vocab_size, (config.batch_size, config.context_length + 1), device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
+    return model, optimizer, tokens
+
+
+def bare_step_seconds(config: TrainConfig, vocab_size: int, steps: int) -> float:
+    """Median time of the model issue's bare training step on one ready micro-batch x accumulation."""
+    model, optimizer, tokens = bare_model(config, vocab_size)
+    autocast = torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
     times = []
     for _ in range(steps + 2):
         started = time.perf_counter()
@@ -93,6 +104,53 @@ def bare_step_seconds(config: TrainConfig, vocab_size: int, steps: int) -> float
         loss.item()
         times.append(time.perf_counter() - started)
     return statistics.median(times[2:])
+
+
+def sync_cost(config: TrainConfig, vocab_size: int, steps: int, repeats: int) -> dict:
+    """Milliseconds per step with the NaN guard's per-step host sync (as `Trainer.train_step`) and without.
+
+    Both run the trainer's step on a ready batch: forward (compiled when the config says so), backward,
+    gradient clipping, AdamW. "synced" reads loss and grad norm to the host before every update, as the
+    guard does; "asynchronous" reads them once, after the last step, so the host runs ahead of the GPU.
+    """
+    model, optimizer, tokens = bare_model(config, vocab_size)
+    autocast = torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
+
+    def model_loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(model(inputs), targets)
+
+    compute_loss = torch.compile(model_loss) if config.compile else model_loss
+
+    def seconds_per_step(sync_every_step: bool, num_steps: int) -> float:
+        synchronize(tokens.device)
+        started = time.perf_counter()
+        for _ in range(num_steps):
+            with autocast:
+                loss = compute_loss(tokens[:, :-1], tokens[:, 1:])
+            loss.backward()
+            stats = torch.stack([loss.detach().float(), clip_grad_norm(model.parameters(), config.max_grad_norm)])
+            if sync_every_step:
+                stats.tolist()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        stats.tolist()
+        synchronize(tokens.device)
+        return (time.perf_counter() - started) / num_steps
+
+    seconds_per_step(True, 3)  # warm-up: compilation, allocator, kernel selection
+    seconds_per_step(False, 3)
+    synced, asynchronous = [], []
+    for _ in range(repeats):  # interleaved so machine noise hits both alike
+        synced.append(seconds_per_step(True, steps))
+        asynchronous.append(seconds_per_step(False, steps))
+    synced_ms, asynchronous_ms = 1000 * statistics.median(synced), 1000 * statistics.median(asynchronous)
+    return {"steps": steps, "repeats": repeats, "compile": config.compile, "synced_ms": synced_ms,
+            "asynchronous_ms": asynchronous_ms, "sync_cost_percent": 100 * (synced_ms / asynchronous_ms - 1)}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def trainer_step_seconds(config: TrainConfig, steps: int, out: Path) -> tuple[float, dict]:
@@ -108,8 +166,6 @@ def trainer_step_seconds(config: TrainConfig, steps: int, out: Path) -> tuple[fl
 
 
 def overhead(args: argparse.Namespace, data: str, tokenizer: str, workdir: Path) -> dict:
-    from gpt25.tokenizer import Tokenizer
-
     config = base_config(args, data, tokenizer, workdir)
     vocab_size = Tokenizer.load(tokenizer).vocab_size
     tokens_per_step = config.batch_size * config.grad_accum_steps * config.context_length
@@ -166,6 +222,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ranks", type=int, default=0, help="also compare FSDP / DDP on this many CPU processes")
     parser.add_argument("--skip-overhead", action="store_true", help="only the multi-process comparison / GPU run")
+    parser.add_argument("--sync-cost", action="store_true",
+                        help="only time the step with and without the NaN guard's per-step host sync (for GPUs)")
     parser.add_argument("--data", help="prepared shards (default: built from the embedded corpus)")
     parser.add_argument("--tokenizer", help="tokenizer dir matching --data")
     parser.add_argument("--vocab-size", type=int, default=2048, help="BPE vocab when building data")
@@ -187,7 +245,10 @@ def main() -> None:
         workdir = Path(temporary)
         data, tokenizer = (args.data, args.tokenizer) if args.data else prepare_data(workdir, args.vocab_size, 1_000_000)
         report = {"device": args.device, "torch_threads": torch.get_num_threads(), "config": args.config or SMALL_MODEL}
-        if not args.skip_overhead:
+        if args.sync_cost:
+            config = base_config(args, data, tokenizer, workdir)
+            report["sync_cost"] = sync_cost(config, Tokenizer.load(tokenizer).vocab_size, args.steps, args.repeats)
+        elif not args.skip_overhead:
             report["overhead"] = overhead(args, data, tokenizer, workdir)
         elif args.device != "cpu":
             report["gpu_run"] = gpu_run(args, data, tokenizer, workdir)

@@ -89,7 +89,7 @@ def test_a_failed_capture_warns_and_decodes_eagerly(random_lm, monkeypatch) -> N
     assert cache.position == 5
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="captures a CUDA graph: needs a CUDA GPU")
+@pytest.mark.cuda
 def test_captured_decoding_on_a_gpu_gives_the_ids_of_recomputing_the_prefix(random_lm) -> None:
     model = random_lm(context_length=64).cuda()
     prompts = torch.tensor([[5, 80, 33, 120, 7, 99, 1], [200, 13, 13, 42, 250, 66, 8]], device="cuda")

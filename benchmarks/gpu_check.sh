@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# One GPU check of gpt25 that fits a single ~10-minute lease of one H100/H200 machine.
+#
+#   bash benchmarks/gpu_check.sh                  # on the GPU machine, from the project root
+#   bash benchmarks/gpu_check.sh --cpu-dry-run    # here: the same stages at tiny sizes on the CPU, in seconds
+#
+# The GPU machine has python3 with torch, transformers, tiktoken, pytest and pytest-xdist, but no uv
+# and no internet: the C extensions are built in place, and the data comes in a git-ignored folder
+# sent along with the working tree (GPT25_GPU_DATA, default .gpu-data):
+#   mkdir -p .gpu-data && cp -r ../shared/data/english ../shared/data/gpt2 .gpu-data/
+# Without that folder (the dry run of a fresh clone) the embedded corpus and a tokenizer trained on it
+# stand in.
+#
+# Stages run in priority order, each time-boxed and all inside one deadline (GPU_CHECK_SECONDS,
+# default 540; 1800 for the dry run), so a slow stage cannot eat the rest:
+#   1 the CUDA tests (-m cuda)        2 generation benchmark          3 the 124M recipe through
+#   `gpt25 train` + model step vs transformers + the NaN guard's sync  4 SIGTERM and resume
+#   5 `data prepare` with 1-16 workers  6 the whole suite               7 SFT and serving (once they exist)
+# It ends with one summary table (benchmarks/gpu_check_report.py) and leaves in $OUT (default
+# runs/gpu_check): log.txt, summary.md, results.json, stages.tsv, tests.xml, suite.xml and the run's
+# metrics.jsonl.
+set -uo pipefail
+
+export mode=gpu
+case "${1:-}" in
+    "") ;;
+    --cpu-dry-run) mode=dry ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument '$1'; use --cpu-dry-run or nothing" >&2; exit 2 ;;
+esac
+
+set -a  # the settings below reach the stages, which run as `bash -c` under timeout
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 2
+PY=${PYTHON:-python3}
+OUT=${OUT:-$ROOT/runs/gpu_check}
+DATA=${GPT25_GPU_DATA:-$ROOT/.gpu-data}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+DEADLINE=$(( $(date +%s) + ${GPU_CHECK_SECONDS:-$([ $mode = gpu ] && echo 540 || echo 1800)} ))
+mkdir -p "$OUT"
+: > "$OUT/stages.tsv"
+export PYTHONPATH=$ROOT/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=offline
+export GPT25_SHARED_DATA=$DATA
+if [ $mode = dry ]; then
+    export CUDA_VISIBLE_DEVICES=""  # the dry run never touches a GPU, even on the GPU machine
+fi
+exec > >(tee "$OUT/log.txt") 2>&1
+G="$PY -m gpt25"
+
+# Sizes: the GPU run's, and the dry run's tiny ones.
+if [ $mode = gpu ]; then
+    DEVICE=cuda
+    GENERATE="--configs 124m --batch-sizes 1,8 --new-tokens 200 --repeats 2 --dtype bf16"
+    TRAIN="--config configs/gpt25-124m.toml --batch_size 32 --grad_accum_steps 1 --train_steps 300
+           --warmup_steps 30 --eval_every 150 --eval_steps 8 --save_every 300 --log_every 25 --compile"
+    MODEL_STEP="--configs 124m --dtypes bf16 --batch-size 32 --steps 10 --warmup 3 --compile"
+    SYNC="--config configs/gpt25-124m.toml --set compile=true --steps 20 --repeats 3"
+    RESUME="--config configs/gpt25-124m.toml --batch_size 4 --grad_accum_steps 1 --train_steps 100000
+            --warmup_steps 5 --save_every 20 --eval_every 0 --eval_steps 2 --log_every 1"
+    DATA_COPIES=8 WORKER_COUNTS="1 2 4 8 16" SUITE_WORKERS=14
+else
+    DEVICE=cpu
+    TINY="--context_length 32 --d_model 32 --num_layers 2 --num_heads 2 --d_ff 64"
+    GENERATE="--configs tiny --batch-sizes 1 --new-tokens 8 --repeats 1 --dtype fp32 --skip-no-cache"
+    TRAIN="$TINY --batch_size 8 --train_steps 6 --warmup_steps 2 --eval_every 3 --eval_steps 2 --save_every 6
+           --log_every 1"
+    MODEL_STEP="--configs tiny --dtypes fp32 --batch-size 2 --steps 2 --warmup 1"
+    SYNC="--set context_length=32 d_model=32 num_layers=2 num_heads=2 d_ff=64 batch_size=4 --steps 2 --repeats 1"
+    RESUME="$TINY --batch_size 8 --train_steps 100000 --warmup_steps 2 --save_every 5 --eval_every 0 --eval_steps 2
+            --log_every 1"
+    DATA_COPIES=1 WORKER_COUNTS="1 2" SUITE_WORKERS=0
+fi
+set +a
+
+export started=$(date +%s)
+stamp() { echo; echo "=== $(( $(date +%s) - started ))s: $*"; }
+
+# stage NAME BUDGET_SECONDS COMMAND...: runs COMMAND under the smaller of its budget and the time left,
+# then SIGINT (pytest still writes its report, training saves), and records name, exit status, seconds
+# and budget in stages.tsv (status "skipped" past the deadline).
+stage() {
+    local name=$1 budget=$2; shift 2
+    local left=$(( DEADLINE - $(date +%s) ))
+    [ "$budget" -gt "$left" ] && budget=$left
+    stamp "$name (time box ${budget}s)"
+    if [ "$left" -lt 15 ]; then
+        echo "skipped: ${left}s left before the deadline"
+        printf '%s\tskipped\t0\t%s\n' "$name" "$budget" >> "$OUT/stages.tsv"
+        return
+    fi
+    local begun=$(date +%s) status=0
+    timeout --signal INT --kill-after 15 "$budget" bash -c '"$@"' stage "$@" || status=$?
+    [ $status = 124 ] && echo "timed out after ${budget}s"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - begun ))" "$budget" >> "$OUT/stages.tsv"
+}
+
+# ----- 0. set-up: the machine, the C extensions, GPT-2's tokenizer and the English shards -----
+
+setup() {
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    $PY -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__,
+'transformers', transformers.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
+    echo "commit ${GPT25_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+    $PY setup.py -q build_ext --inplace > "$WORK/build.log" 2>&1 || tail -5 "$WORK/build.log"
+    $PY -c "import gpt25.tokenizer._pretokens, gpt25.tokenizer._bpe; print('C extensions: built')" ||
+        echo "C extensions: missing, the tokenizer runs in pure Python"
+    mkdir -p "$WORK/text"
+    if [ -d "$DATA/english" ]; then
+        for file in "$DATA"/english/*.txt; do
+            if [ $mode = gpu ]; then ln -s "$file" "$WORK/text/"; else head -n 1000 "$file" > "$WORK/text/$(basename "$file")"; fi
+        done
+    else
+        $G data corpus --out "$WORK/corpus.txt" && head -n 8000 "$WORK/corpus.txt" > "$WORK/text/corpus.txt"
+    fi
+    if [ -f "$DATA/gpt2/gpt2_vocab.json" ]; then
+        $G tokenizer import --vocab "$DATA/gpt2/gpt2_vocab.json" --merges "$DATA/gpt2/gpt2_merges.txt" --out "$WORK/tok"
+    else
+        $G tokenizer train --input "$WORK"/text/*.txt --vocab-size 512 --special-token "<|endoftext|>" --out "$WORK/tok" --quiet
+    fi
+    $G data prepare --source "$WORK/text" --tokenizer "$WORK/tok" --out "$WORK/shards" --val-fraction 0.02 --no-progress
+}
+
+# ----- 1. the CUDA tests -----
+
+cuda_tests() {
+    $PY -m pytest -q -p no:cacheprovider -m cuda --timeout 240 --junitxml "$OUT/tests.xml" tests
+}
+
+# ----- 2. generation: graph-replayed cached vs eager cached vs no cache vs transformers -----
+
+generate_benchmark() {
+    $PY benchmarks/generate.py --device $DEVICE $GENERATE --json "$WORK/generate.json"
+}
+
+# ----- 3. the recipe's model through `gpt25 train`, the bare step vs transformers, the NaN guard's sync -----
+
+train_recipe() {
+    $G train $TRAIN --device $DEVICE --data "$WORK/shards" --tokenizer "$WORK/tok" --out "$WORK/run" 2>&1 |
+        tr '\r' '\n' | grep -v "^train:"
+}
+
+model_step() {
+    $PY benchmarks/model.py --device $DEVICE $MODEL_STEP --json "$WORK/model.json"
+}
+
+sync_cost() {
+    $PY benchmarks/train.py --device $DEVICE $SYNC --sync-cost --data "$WORK/shards" --tokenizer "$WORK/tok" \
+        > "$WORK/sync.json"
+    cat "$WORK/sync.json"
+}
+
+# ----- 4. SIGTERM after a checkpoint, resume with --checkpoint latest, against an uninterrupted run -----
+# All three runs have the same (never reached) --train_steps, so the schedule is the same and no run can
+# finish before its signal: the comparison does not depend on the machine's speed.
+
+last_step() {  # the newest step in RUN_DIR/metrics.jsonl (0 when none); its last line may be half-written
+    tail -n 2 "$1/metrics.jsonl" 2>/dev/null | sed -n 's/^{"step": \([0-9]*\).*/\1/p' | tail -n 1 | grep . || echo 0
+}
+
+# train_until RUN_DIR SIGNAL CONDITION [flags...]: train in the background until CONDITION (a shell test)
+# holds, then send SIGNAL; prints the trainer's exit status.
+train_until() {
+    local run=$1 signal=$2 condition=$3; shift 3
+    $G train $RESUME --device $DEVICE --data "$WORK/shards" --tokenizer "$WORK/tok" --out "$run" "$@" \
+        >> "$run.log" 2>&1 &
+    local trainer=$!
+    until eval "$condition" || ! kill -0 $trainer 2>/dev/null; do sleep 0.05; done
+    kill -"$signal" $trainer 2>/dev/null
+    wait $trainer
+    echo $?
+}
+
+resume() {
+    local save_every=$(sed -n 's/.*--save_every \([0-9]*\).*/\1/p' <<< "$RESUME")
+    local until_step=$(( 3 * save_every ))
+    train_until "$WORK/straight" TERM "[ \$(last_step $WORK/straight) -ge $until_step ]" > /dev/null
+    train_until "$WORK/resumed" TERM "[ -d $WORK/resumed/checkpoints/step_$(printf %07d "$save_every") ]" \
+        > "$WORK/interrupted_status"
+    ls "$WORK/resumed/checkpoints" | tail -n 1 | sed 's/step_0*//' > "$WORK/resume_step"
+    echo "interrupted run: exit status $(cat "$WORK/interrupted_status") (143: stopped by SIGTERM after saving)," \
+        "saved at step $(cat "$WORK/resume_step")"
+    train_until "$WORK/resumed" TERM "[ \$(last_step $WORK/resumed) -ge $until_step ]" --checkpoint latest > /dev/null
+    echo "compared up to step $until_step: straight run at $(last_step "$WORK/straight"), resumed at $(last_step "$WORK/resumed")"
+    grep -h "error" "$WORK/straight.log" "$WORK/resumed.log" | head -5
+}
+
+# ----- 5. `gpt25 data prepare` with 1..16 workers on the same text -----
+
+data_scaling() {
+    mkdir -p "$WORK/copies"
+    for copy in $(seq 1 $DATA_COPIES); do
+        for file in "$WORK"/text/*.txt; do ln -sf "$(readlink -f "$file")" "$WORK/copies/$copy-$(basename "$file")"; done
+    done
+    echo "input: $(cat "$WORK"/copies/* | wc -c) bytes in $(ls "$WORK/copies" | wc -l) files"
+    for workers in $WORKER_COUNTS; do
+        rm -rf "$WORK/scaling"
+        local begun=$(date +%s%N)
+        $G data prepare --source "$WORK/copies" --tokenizer "$WORK/tok" --out "$WORK/scaling" --val-fraction 0.001 \
+            --workers "$workers" --no-progress > /dev/null || return 1
+        local milliseconds=$(( ($(date +%s%N) - begun) / 1000000 ))
+        printf '%s\t%s\t%s\n' "$workers" "$milliseconds" "$($PY -c "import json, sys
+print(json.load(open(sys.argv[1]))['last_run']['seconds'])" "$WORK/scaling/manifest.json")" | tee -a "$WORK/scaling.tsv"
+    done
+}
+
+# ----- 6. the whole suite on this machine -----
+
+suite() {
+    if [ $mode = dry ]; then  # the dry run only collects: the suite runs the dry run itself
+        $PY -m pytest -q -p no:cacheprovider --collect-only tests | tail -1
+    else
+        $PY -m pytest -q -p no:cacheprovider -n $SUITE_WORKERS --timeout 300 --junitxml "$OUT/suite.xml" tests |
+            tail -25
+    fi
+}
+
+# ----- 7. SFT and serving: their commands join this check from the day they exist -----
+
+sft_and_serve() {
+    {
+        $G sft --help > /dev/null 2>&1 && echo "gpt25 sft exists: add its GPU run here" || echo "gpt25 sft: not in gpt25 yet"
+        [ -f benchmarks/serve.py ] && echo "benchmarks/serve.py exists: add its GPU run here" ||
+            echo "benchmarks/serve.py: not in gpt25 yet"
+    } | tee "$WORK/sft_and_serve.txt"
+}
+
+export -f stamp setup cuda_tests last_step train_until generate_benchmark train_recipe model_step sync_cost resume data_scaling suite \
+    sft_and_serve
+if [ $mode = gpu ]; then
+    budgets=(40 75 90 140 100 70 75 45 600 10)
+else
+    budgets=(300 300 300 300 300 300 300 300 300 60)  # the dry run checks that stages work, not their time
+fi
+stage setup "${budgets[0]}" setup
+stage cuda_tests "${budgets[1]}" cuda_tests
+stage generate "${budgets[2]}" generate_benchmark
+stage train "${budgets[3]}" train_recipe
+stage model_step "${budgets[4]}" model_step
+stage sync_cost "${budgets[5]}" sync_cost
+stage resume "${budgets[6]}" resume
+stage data_scaling "${budgets[7]}" data_scaling
+stage suite "${budgets[8]}" suite
+stage sft_and_serve "${budgets[9]}" sft_and_serve
+cp "$WORK/run/metrics.jsonl" "$OUT/run_metrics.jsonl" 2>/dev/null
+
+stamp "summary"
+$PY benchmarks/gpu_check_report.py --work "$WORK" --out "$OUT" --mode $mode
+status=$?
+rm -rf "$WORK"
+exit $status

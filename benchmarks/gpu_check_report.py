@@ -1,0 +1,243 @@
+"""The summary table of benchmarks/gpu_check.sh: each stage's figures beside the issue's targets.
+
+Reads what the stages left in the work folder (JUnit XML of the tests, the benchmarks' JSON, the
+runs' metrics.jsonl, the data-scaling timings) and writes OUT/summary.md and OUT/results.json.
+Targets are judged on the GPU run only: the dry run's sizes are too small to mean anything.
+Exit status: 0 when every stage finished with status 0, else 1.
+
+    python3 benchmarks/gpu_check_report.py --work WORK --out OUT --mode gpu|dry
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DATASHEET_BF16_FLOPS = 989e12  # H100/H200 SXM dense bf16, the issue's MFU reference
+TARGETS = {
+    "graph_vs_eager": 5.0, "graph_vs_transformers": 1.5, "train_tokens_per_second": 480_000, "train_mfu": 0.45,
+    "sync_cost_percent": 2.0, "scaling_2": 1.8, "scaling_16": 10.0,
+}
+
+
+class Table:
+    """Rows of (stage, figure, value, target, verdict); `judge` is False in the dry run."""
+
+    def __init__(self, judge: bool) -> None:
+        self.judge, self.rows = judge, []
+
+    def add(self, stage: str, figure: str, value: str, target: str = "", met: bool | None = None) -> None:
+        verdict = "" if met is None else ("met" if met else "missed")
+        if not self.judge and target:
+            verdict = "(dry run)"
+        self.rows.append((stage, figure, value, target, verdict))
+
+    def markdown(self) -> str:
+        lines = ["| stage | figure | value | target | verdict |", "|---|---|---|---|---|"]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in self.rows])
+
+
+def read_json(path: Path) -> Any:
+    """The file's JSON, or None when a stage left none or only part of it."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file; a torn last line (a killed run's) is left out."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def junit_counts(path: Path) -> dict | None:
+    """{"passed", "failed", "skipped", "failures": [test ids]} of a pytest --junitxml file."""
+    if not path.is_file():
+        return None
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "failures": []}
+    for case in ElementTree.parse(path).getroot().iter("testcase"):
+        outcomes = {child.tag for child in case}
+        if outcomes & {"failure", "error"}:
+            counts["failed"] += 1
+            counts["failures"].append(f"{case.get('classname')}::{case.get('name')}")
+        elif "skipped" in outcomes:
+            counts["skipped"] += 1
+        else:
+            counts["passed"] += 1
+    return counts
+
+
+def tests_rows(table: Table, stage: str, counts: dict | None) -> None:
+    if counts is None:
+        table.add(stage, "tests", "no result (see log.txt)", "all pass", False)
+        return
+    summary = f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+    table.add(stage, "tests", summary, "all pass", counts["failed"] == 0 and counts["passed"] > 0)
+    for name in counts["failures"][:5]:
+        table.add(stage, "failed", name)
+
+
+def generate_rows(table: Table, results: dict | None) -> None:
+    if results is None:
+        table.add("2 generate", "benchmarks/generate.py", "no result (see log.txt)", "", False)
+    for row in (results or {}).get("rows", []):
+        speeds = row["speeds"]
+        cached, label = speeds["gpt25 cached"], f"{row['config']} batch {row['batch']}"
+        cells = [f"cached {cached:,.0f}"] + [f"{name.removeprefix('gpt25 ')} {value:,.0f}"
+                                             for name, value in speeds.items() if name != "gpt25 cached"]
+        table.add("2 generate", f"{label} tok/s", ", ".join(cells))
+        if "gpt25 eager" in speeds:
+            ratio = cached / speeds["gpt25 eager"]
+            first = row["config"] == "124m" and row["batch"] == 1
+            table.add("2 generate", f"{label} graph / eager", f"{ratio:.2f}x",
+                      f">= {TARGETS['graph_vs_eager']}x" if first else "", ratio >= TARGETS["graph_vs_eager"] if first else None)
+        ratio = cached / speeds["transformers"]
+        table.add("2 generate", f"{label} cached / transformers", f"{ratio:.2f}x",
+                  f">= {TARGETS['graph_vs_transformers']}x", ratio >= TARGETS["graph_vs_transformers"])
+        agreement = {"vs transformers": row["same"], "vs no cache": row["cache_matches_no_cache"],
+                     "graph vs eager": row["graph_matches_eager"]}
+        table.add("2 generate", f"{label} greedy ids", ", ".join(
+            f"{name} {'same' if same else 'differ'}" for name, same in agreement.items()))
+
+
+def train_rows(table: Table, work: Path) -> dict:
+    rows = read_jsonl(work / "run" / "metrics.jsonl")
+    config = read_json(work / "run" / "config.json") or {}
+    rates = [row["tokens_per_second"] for row in rows if row.get("tokens_per_second")][1:]  # first: compilation
+    if not rates:
+        table.add("3 train", "124M run", "no metrics (see log.txt)", "", False)
+        return {}
+    rate = statistics.median(rates)
+    flops_per_token = config["derived"]["flops_per_token"]
+    mfu = rate * flops_per_token / DATASHEET_BF16_FLOPS
+    memory = max((row.get("memory_gb") or 0) for row in rows)
+    losses = [row for row in rows if "train_loss" in row]
+    evaluations = [row for row in rows if "val_loss" in row]
+    table.add("3 train", "gpt25 train tokens/s (median of log windows)", f"{rate:,.0f}",
+              f">= {TARGETS['train_tokens_per_second']:,}", rate >= TARGETS["train_tokens_per_second"])
+    table.add("3 train", "MFU of 989 TFLOP/s", f"{mfu:.1%}", f">= {TARGETS['train_mfu']:.0%}", mfu >= TARGETS["train_mfu"])
+    table.add("3 train", "peak memory", f"{memory:.1f} GiB")
+    table.add("3 train", "steps, final train loss", f"{losses[-1]['step']}, {losses[-1]['train_loss']:.3f}")
+    if evaluations:
+        table.add("3 train", "val loss by evaluation", ", ".join(f"{row['step']}: {row['val_loss']:.3f}" for row in evaluations))
+    return {"tokens_per_second": rate, "mfu_datasheet": mfu, "memory_gib": memory, "flops_per_token": flops_per_token}
+
+
+def model_step_rows(table: Table, results: dict | None) -> None:
+    if results is None:
+        table.add("3 model step", "benchmarks/model.py", "no result (see log.txt)", "", False)
+    for row in (results or {}).get("rows", []):
+        label = f"{row['config']} {row['dtype']} batch {row['batch']}"
+        table.add("3 model step", f"{label} tok/s", f"gpt25 {row['gpt25']:,.0f}, transformers {row['transformers']:,.0f}"
+                  f" ({row['ratio']:.2f}x)", "> 1.0x", row["ratio"] > 1.0)
+        if results["device"] == "cuda":
+            mfu = row["gpt25"] * row["flops_per_token"] / DATASHEET_BF16_FLOPS
+            table.add("3 model step", f"{label} gpt25 MFU of 989 TFLOP/s", f"{mfu:.1%}")
+
+
+def sync_rows(table: Table, results: dict | None) -> None:
+    cost = (results or {}).get("sync_cost")
+    if cost is None:
+        table.add("3 NaN guard", "benchmarks/train.py --sync-cost", "no result (see log.txt)", "", False)
+    else:
+        table.add("3 NaN guard", "step with / without the per-step sync",
+                  f"{cost['synced_ms']:.1f} / {cost['asynchronous_ms']:.1f} ms ({cost['sync_cost_percent']:+.1f}%)",
+                  f"<= {TARGETS['sync_cost_percent']}%", cost["sync_cost_percent"] <= TARGETS["sync_cost_percent"])
+
+
+def resume_rows(table: Table, work: Path) -> dict:
+    straight = {row["step"]: row["train_loss"] for row in read_jsonl(work / "straight" / "metrics.jsonl") if "train_loss" in row}
+    resumed = {row["step"]: row["train_loss"] for row in read_jsonl(work / "resumed" / "metrics.jsonl") if "train_loss" in row}
+    status = (work / "interrupted_status").read_text().strip() if (work / "interrupted_status").is_file() else "?"
+    resume_step = (work / "resume_step").read_text().strip() if (work / "resume_step").is_file() else "?"
+    table.add("4 resume", "SIGTERM: exit status, saved at step", f"{status}, {resume_step}", "143", status == "143")
+    after = [step for step in sorted(straight) if resume_step.isdigit() and step > int(resume_step) and step in resumed]
+    if not after:
+        table.add("4 resume", "losses after the resume", "nothing to compare (see log.txt)", "", False)
+        return {}
+    differences = [abs(straight[step] - resumed[step]) for step in after]
+    identical = sum(difference == 0 for difference in differences)
+    table.add("4 resume", "steps after the resume: identical losses", f"{identical} of {len(after)}")
+    table.add("4 resume", "largest |loss difference| after the resume", f"{max(differences):.2e}")
+    return {"resume_step": int(resume_step), "compared_steps": len(after), "identical": identical,
+            "max_abs_difference": max(differences)}
+
+
+def scaling_rows(table: Table, work: Path) -> dict:
+    path = work / "scaling.tsv"
+    timings = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        workers, milliseconds, tokenizing_seconds = line.split("\t")
+        timings[int(workers)] = (int(milliseconds) / 1000, float(tokenizing_seconds))
+    if 1 not in timings:
+        table.add("5 data", "prepare scaling", "no timings (see log.txt)", "", False)
+        return {}
+    wall_1, tokenizing_1 = timings[1]
+    for workers, (wall, tokenizing) in sorted(timings.items()):
+        target = {2: TARGETS["scaling_2"], 16: TARGETS["scaling_16"]}.get(workers)
+        speedup = wall_1 / wall
+        table.add("5 data", f"prepare, {workers} workers: wall s, speed-up (tokenizing phase)",
+                  f"{wall:.2f} s, {speedup:.2f}x ({tokenizing_1 / tokenizing:.2f}x)",
+                  f">= {target}x" if target else "", speedup >= target if target else None)
+    return {str(workers): {"wall_seconds": wall, "tokenizing_seconds": tokenizing}
+            for workers, (wall, tokenizing) in timings.items()}
+
+
+def note_rows(table: Table, stage: str, path: Path) -> None:
+    for line in path.read_text().splitlines() if path.is_file() else ["no result (see log.txt)"]:
+        table.add(stage, "status", line)
+
+
+def stage_rows(table: Table, stages: list[list[str]]) -> bool:
+    """The stages' exit statuses; True when all finished with 0."""
+    for name, status, seconds, budget in stages:
+        table.add("stages", name, f"status {status}, {seconds} s of {budget} s")
+    return all(status == "0" for _, status, _, _ in stages)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="the check's work folder")
+    parser.add_argument("--out", type=Path, required=True, help="where summary.md and results.json go")
+    parser.add_argument("--mode", choices=("gpu", "dry"), required=True)
+    args = parser.parse_args()
+    table = Table(judge=args.mode == "gpu")
+    stages = [line.split("\t") for line in (args.out / "stages.tsv").read_text().splitlines()]
+    ran = {stage[0] for stage in stages if stage[1] != "skipped"}
+    results: dict[str, Any] = {"mode": args.mode}
+    sections: list[tuple[str, Callable[[], Any]]] = [
+        ("cuda_tests", lambda: tests_rows(table, "1 CUDA tests", junit_counts(args.out / "tests.xml"))),
+        ("generate", lambda: generate_rows(table, read_json(args.work / "generate.json"))),
+        ("train", lambda: train_rows(table, args.work)),
+        ("model_step", lambda: model_step_rows(table, read_json(args.work / "model.json"))),
+        ("sync_cost", lambda: sync_rows(table, read_json(args.work / "sync.json"))),
+        ("resume", lambda: resume_rows(table, args.work)),
+        ("data_scaling", lambda: scaling_rows(table, args.work)),
+        ("suite", lambda: tests_rows(table, "6 suite", junit_counts(args.out / "suite.xml")) if args.mode == "gpu" else None),
+        ("sft_and_serve", lambda: note_rows(table, "7 SFT, serving", args.work / "sft_and_serve.txt")),
+    ]
+    for name, section in sections:
+        if name in ran:
+            results[name] = section()
+    results["raw"] = {name: read_json(args.work / f"{name}.json") for name in ("generate", "model", "sync")}
+    all_finished = stage_rows(table, stages)
+    text = table.markdown()
+    print(text)
+    (args.out / "summary.md").write_text(text + "\n")
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    raise SystemExit(0 if all_finished else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""benchmarks/gpu_check.sh --cpu-dry-run: every stage of the GPU check runs at tiny sizes on the CPU, and its
+summary reads the figures the stages left (so the one GPU lease is not spent finding a typo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("GPT25_SHARED_DATA", ROOT.parent / "shared" / "data"))  # absent: the embedded corpus
+STAGES = ["setup", "cuda_tests", "generate", "train", "model_step", "sync_cost", "resume", "data_scaling", "suite",
+          "sft_and_serve"]
+
+
+@pytest.mark.slow
+def test_the_cpu_dry_run_runs_every_stage_and_summarises_them(tmp_path: Path) -> None:
+    env = os.environ | {"OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "GPT25_GPU_DATA": str(SHARED_DATA),
+                        "OMP_NUM_THREADS": "1", "MKL_CBWR": "AUTO,STRICT"}
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-dry-run"], env=env,
+                            capture_output=True, text=True, timeout=1900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    stages = [line.split("\t") for line in (tmp_path / "out" / "stages.tsv").read_text().splitlines()]
+    assert [(name, status) for name, status, _, _ in stages] == [(name, "0") for name in STAGES]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["mode"] == "dry" and results["train"]["tokens_per_second"] > 0
+    assert results["resume"]["compared_steps"] > 0
+    assert results["resume"]["identical"] == results["resume"]["compared_steps"]  # one thread: bit for bit
+    assert set(results["data_scaling"]) == {"1", "2"}
+    assert results["raw"]["generate"]["rows"][0]["same"] and results["raw"]["sync"]["sync_cost"]["synced_ms"] > 0
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    for stage in ("1 CUDA tests", "2 generate", "3 train", "3 model step", "3 NaN guard", "4 resume", "5 data",
+                  "7 SFT, serving"):
+        assert f"| {stage} |" in summary, stage
+    assert (tmp_path / "out" / "log.txt").read_text().count("=== ") == len(STAGES) + 1
