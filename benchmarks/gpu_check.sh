@@ -227,7 +227,7 @@ sft_and_serve() {
 export -f stamp setup cuda_tests last_step train_until generate_benchmark train_recipe model_step sync_cost resume data_scaling suite \
     sft_and_serve
 if [ $mode = gpu ]; then
-    budgets=(40 75 90 140 100 70 75 45 600 10)
+    budgets=(40 75 90 140 100 70 90 45 600 10)
 else
     budgets=(300 300 300 300 300 300 300 300 300 60)  # the dry run checks that stages work, not their time
 fi

@@ -169,7 +169,7 @@ def resume_rows(table: Table, work: Path) -> dict:
     differences = [abs(straight[step] - resumed[step]) for step in after]
     identical = sum(difference == 0 for difference in differences)
     table.add("4 resume", "steps after the resume: identical losses", f"{identical} of {len(after)}")
-    table.add("4 resume", "largest |loss difference| after the resume", f"{max(differences):.2e}")
+    table.add("4 resume", "largest loss difference after the resume", f"{max(differences):.2e}")
     return {"resume_step": int(resume_step), "compared_steps": len(after), "identical": identical,
             "max_abs_difference": max(differences)}
 
