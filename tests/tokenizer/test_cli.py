@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -277,19 +276,3 @@ def test_import_refuses_existing_output_and_bad_files(gpt2_files, tmp_path, caps
     code, _, err = run_main([*argv[:3], str(tmp_path / "absent.json"), *argv[4:], "--force"], capsys)
     assert code == 2 and f"{tmp_path / 'absent.json'}: file not found" in err
     assert list(tmp_path.iterdir()) == [out] and list(out.iterdir()) == []
-
-
-def test_readme_tokenizer_commands_run(fixtures_dir, gpt2_files, tmp_path):
-    """The README's shell example, on the fixture corpus and GPT-2's files, runs without an error."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Tokenizer\n", 1)[1].split("\n## ", 1)[0]
-    script = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "corpus.txt").write_bytes((fixtures_dir / "corpus.en").read_bytes())
-    (tmp_path / "vocab.json").write_bytes(gpt2_files[0].read_bytes())
-    (tmp_path / "merges.txt").write_bytes(gpt2_files[1].read_bytes())
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
-                            timeout=300, check=False, env={**os.environ, "PATH": path})
-    assert result.returncode == 0, result.stderr.decode()
-    assert result.stdout.decode().count("Hello world") == 2
