@@ -244,7 +244,7 @@ def test_special_tokens_without_endoftext_warn(tmp_path, fixtures_dir, capsys):
     code, _, err = run_main(train_argv(fixtures_dir / "corpus.en", tmp_path / "tok", "--special-token", "<|pad|>"), capsys)
     assert code == 0 and Tokenizer.load(tmp_path / "tok").special_tokens == ["<|pad|>"]
     assert err.splitlines()[0] == ('gpt25 tokenizer: warning: no "<|endoftext|>" special token: `gpt25 data prepare` '
-                                   'needs it to end documents; add --special-token "<|endoftext|>"')
+                                   'needs it to end documents; add --special_token "<|endoftext|>"')
     code, _, err = run_main(train_argv(fixtures_dir / "corpus.en", tmp_path / "tok2"), capsys)
     assert code == 0 and "warning" not in err
 

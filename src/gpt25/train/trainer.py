@@ -107,19 +107,20 @@ class Trainer:
             raise NotADirectoryError(f"--out {config.out} is a file; give a directory for the run")
         self.tokenizer, tokenizer_dir = load_tokenizer(config)
         parallel = config.parallel if context.is_distributed else "none"
+        compile_setting = "on" if config.compiles_on(context.device.type) else "off"
         self.config = dataclasses.replace(config, tokenizer=tokenizer_dir, min_lr=config.resolved_min_lr,
-                                          device=str(context.device), parallel=parallel)
+                                          device=str(context.device), parallel=parallel, compile=compile_setting)
         self.run_dir = Path(config.out)
         self.dtype = DTYPES[config.dtype]
         seed_everything(config.seed)
         self.model_config = ModelConfig(vocab_size=self.tokenizer.vocab_size, context_length=config.context_length,
                                         d_model=config.d_model, num_layers=config.num_layers,
-                                        num_heads=config.num_heads, d_ff=config.d_ff, rope_theta=config.theta)
+                                        num_heads=config.num_heads, d_ff=config.d_ff, rope_theta=config.rope_theta)
         self.model = distributed.build_model(self.model_config, context, parallel, self.dtype)
         self.lm = distributed.unwrap(self.model)
         self.sharded = distributed.is_fsdp(self.model)
         # The loss is compiled with the forward, so the (batch, seq, vocab) logits never round-trip memory in eager.
-        self.compute_loss = torch.compile(self.model_loss) if config.compile else self.model_loss
+        self.compute_loss = torch.compile(self.model_loss) if compile_setting == "on" else self.model_loss
         self.optimizer = AdamW(parameter_groups(self.lm, config.weight_decay), lr=config.lr,
                                betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay)
         self.loader = ShardLoader(config.data, "train", config.batch_size, config.context_length, rank=context.rank,
