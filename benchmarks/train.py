@@ -81,7 +81,7 @@ def bare_model(config: TrainConfig, vocab_size: int) -> tuple[TransformerLM, Ada
     device = torch.device(config.device if config.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     model_config = ModelConfig(vocab_size=vocab_size, context_length=config.context_length, d_model=config.d_model,
                                num_layers=config.num_layers, num_heads=config.num_heads, d_ff=config.d_ff,
-                               rope_theta=config.theta)
+                               rope_theta=config.rope_theta)
     model = TransformerLM(model_config, device=device)
     optimizer = AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2))
     tokens = torch.randint(0, vocab_size, (config.batch_size, config.context_length + 1), device=device)

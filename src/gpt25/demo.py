@@ -231,10 +231,10 @@ def render_report(paths: dict[str, Path], config: DemoConfig, results: dict[str,
 def stage_commands(paths: dict[str, Path], config: DemoConfig) -> list[str]:
     return [
         f"gpt25 data corpus --out {paths['corpus']}",
-        f'gpt25 tokenizer train --input {paths["corpus"]} --vocab-size {config.vocab_size} '
-        f'--special-token "{EOT}" --out {paths["tokenizer"]} --force',
+        f'gpt25 tokenizer train --input {paths["corpus"]} --vocab_size {config.vocab_size} '
+        f'--special_token "{EOT}" --out {paths["tokenizer"]} --force',
         f"gpt25 data prepare --source python-docs --tokenizer {paths['tokenizer']} --out {paths['shards']} "
-        "--val-fraction 0.05 --workers 2",
+        "--val_fraction 0.05 --workers 2",
         f"gpt25 train --config {config.config} --data {paths['shards']} --tokenizer {paths['tokenizer']} "
         f"--out {paths['run']} --train_steps {config.train_steps} --device {config.device}",
         f"gpt25 eval --checkpoint {paths['run']} --tokenizer {paths['tokenizer']} --data {paths['shards']}",

@@ -48,7 +48,7 @@ def test_corpus_prepare_info(
     code, out, err = run(capsys, *args)
     assert (
         err
-        == "gpt25 data: warning: split 'val' got no documents; pass a larger --val-fraction / --val-docs or more data\n"
+        == "gpt25 data: warning: split 'val' got no documents; pass a larger --val_fraction / --val_docs or more data\n"
     )
     manifest = read_manifest(tmp_path / "out")
     # one file-document: the corpus' own 59 "<|endoftext|>" separators are its text, 1 EOT id is appended
@@ -103,7 +103,7 @@ def test_corpus_prepare_info(
                 "--workers",
                 "0",
             ],
-            "--workers and --shard-tokens must be >= 1",
+            "--workers and --shard_tokens must be >= 1",
         ),
         (["data", "info", "{tmp}"], "no manifest.json in {tmp}"),
         (["data", "info", "{tmp}/foreign"], "{tmp}/foreign/manifest.json is damaged: complete is missing"),

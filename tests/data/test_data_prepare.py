@@ -84,7 +84,7 @@ def test_val_docs_takes_the_smallest_hashes(
     assert manifest["splits"]["val"]["documents"] == 7
     decoded = tokenizer.decode(load_split(tmp_path / "out", "val").tolist())
     assert decoded == "".join(d + EOT for d in documents if d in expected)
-    with pytest.raises(ValueError, match="--val-docs 150 leaves no training documents"):
+    with pytest.raises(ValueError, match="--val_docs 150 leaves no training documents"):
         run_prepare(tmp_path / "s.txt", tokenizer_dir, tmp_path / "out2", val_fraction=None, val_docs=150)
 
 
@@ -181,7 +181,7 @@ def test_non_utf8_lines_are_skipped_with_a_warning(tmp_path: Path, tokenizer_dir
     assert (NonUtf8Warning, f"{source}:2: skipped a line that is not UTF-8 (invalid start byte)") in messages
     assert (
         UserWarning,
-        "split 'val' got no documents; pass a larger --val-fraction / --val-docs or more data",
+        "split 'val' got no documents; pass a larger --val_fraction / --val_docs or more data",
     ) in messages
     assert manifest["source"]["skipped_lines"] == 1
     decoded = tokenizer.decode(load_split(tmp_path / "out", "train").tolist())
@@ -199,8 +199,8 @@ def test_empty_source_is_an_error(tmp_path: Path, tokenizer_dir: Path) -> None:
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"val_fraction": 1.5}, r"--val-fraction must be in \[0, 1\)"),
-        ({"val_fraction": 0.1, "val_docs": 3}, "either --val-docs or --val-fraction"),
+        ({"val_fraction": 1.5}, r"--val_fraction must be in \[0, 1\)"),
+        ({"val_fraction": 0.1, "val_docs": 3}, "either --val_docs or --val_fraction"),
         ({"shard_tokens": 0}, "must be >= 1"),
     ],
 )
@@ -409,7 +409,7 @@ def test_jsonl_ranges_give_the_shards_and_errors_of_whole_files(
     jsonl.write_bytes(b"\n".join(lines))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(ValueError, match=r"docs.jsonl:91: no field 'text' \(found: body\); pass --text-field NAME"):
+        with pytest.raises(ValueError, match=r"docs.jsonl:91: no field 'text' \(found: body\); pass --text_field NAME"):
             run_prepare(jsonl, tokenizer_dir, tmp_path / f"bad{workers}", workers=workers)
     assert [str(w.message).split(": skipped")[0] for w in caught if w.category is NonUtf8Warning] == [f"{jsonl}:41"]
     assert not list((tmp_path / f"bad{workers}").glob(".*.tmp"))  # finished shards stay, for a resume
@@ -434,7 +434,7 @@ def test_out_folder_inside_a_source_folder_is_no_source(
     write_text_source(tmp_path / "books" / "b.txt", make_documents(40, seed=1))
     write_text_source(tmp_path / "nest" / "a.txt", make_documents(30))
     sources = [str(tmp_path / "books"), str(tmp_path / "nest")]  # books' shards exist when nest is expanded
-    options = {"val_fraction": None, "val_docs": val_docs}  # None and None: the default --val-fraction
+    options = {"val_fraction": None, "val_docs": val_docs}  # None and None: the default --val_fraction
     first = run_prepare(sources, tokenizer_dir, tmp_path / "nest" / "shards", **options)
     assert len(first["splits"]["train"]["shards"]) > 1
     assert first["source"]["files"] == 2 and first["source"]["documents"] == 70
@@ -448,7 +448,7 @@ def test_out_folder_inside_a_source_folder_is_no_source(
 @pytest.mark.parametrize(
     "source, overrides, error",
     [
-        ("s.txt", {"val_fraction": None, "val_docs": 25}, "--val-docs 25 leaves no training documents"),
+        ("s.txt", {"val_fraction": None, "val_docs": 25}, "--val_docs 25 leaves no training documents"),
         ("empty.txt", {}, "yielded no documents"),
         ("bad.jsonl", {}, r"bad.jsonl:2: not a JSON object per line"),
         ("s.txt", {"tokenizer": "no_eot"}, r"special token '<\|endoftext\|>' is not registered"),
@@ -523,7 +523,7 @@ def test_progress_bar_total_is_the_size_of_the_source_files(
     text = write_text_source_quietly(tmp_path / "docs.txt", documents[:25])
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text("".join(json.dumps({"text": document}) + "\n" for document in documents[25:]))
-    options = {"val_fraction": None, "val_docs": val_docs}  # None and None: the default --val-fraction
+    options = {"val_fraction": None, "val_docs": val_docs}  # None and None: the default --val_fraction
     run_prepare([str(text), str(jsonl)], tokenizer_dir, tmp_path / "out", progress=True, **options)
     bar = RecordingBar.bars[-1]
     assert bar.total == bar.n == text.stat().st_size + jsonl.stat().st_size

@@ -91,7 +91,7 @@ def test_folders_skip_hidden_files_and_globs_recurse(tmp_path: Path) -> None:
     assert documents(str(tmp_path / "**" / "z.txt")) == ["zed"]
     with pytest.raises(FileNotFoundError, match="matched no files"):
         documents(str(tmp_path / "*.md"))
-    with pytest.raises(ValueError, match="--doc-split must be one of"):
+    with pytest.raises(ValueError, match="--doc_split must be one of"):
         documents(str(tmp_path), doc_split="sentence")
 
 
@@ -99,7 +99,7 @@ def test_jsonl_text_field(tmp_path: Path) -> None:
     rows = [{"text": "one", "id": 1}, {"text": "two\n", "id": 2}, {"text": "   ", "id": 3}]
     (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n\n")
     assert documents(str(tmp_path / "rows.jsonl")) == ["one", "two"]
-    with pytest.raises(ValueError, match=r"rows.jsonl:1: no field 'body' \(found: text, id\); pass --text-field NAME"):
+    with pytest.raises(ValueError, match=r"rows.jsonl:1: no field 'body' \(found: text, id\); pass --text_field NAME"):
         documents(str(tmp_path / "rows.jsonl"), text_field="body")
     (tmp_path / "broken.jsonl").write_text('{"text": "ok"}\n{"text": \n')
     with pytest.raises(ValueError, match="broken.jsonl:2: not a JSON object per line"):
@@ -171,7 +171,7 @@ def test_hub_offline_fails_at_once_or_uses_the_cache(tmp_path: Path) -> None:
     assert hf_source == (
         2,
         "gpt25 data: error: hf:roneneldan/TinyStories needs the internet and offline mode is on (HF_HUB_OFFLINE); "
-        "offline, use local files instead: --source 'DIR/*.jsonl' --text-field text (or --source python-docs, the embedded corpus)\n",
+        "offline, use local files instead: --source 'DIR/*.jsonl' --text_field text (or --source python-docs, the embedded corpus)\n",
     )
     assert model_download[0] == 2 and len(model_download[1].strip().splitlines()) == 1
     assert (
@@ -273,7 +273,7 @@ def test_null_text_is_skipped_and_other_non_strings_refused(tmp_path: Path) -> N
     assert documents(str(tmp_path / "rows.jsonl")) == documents(str(tmp_path / "rows.parquet")) == ["one", "two"]
     for value, kind in ((123, "int"), (["a", "b"], "list"), ({"a": 1}, "dict"), (True, "bool")):
         (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n' + json.dumps({"text": value}) + "\n")
-        with pytest.raises(ValueError, match=rf"bad.jsonl:2: field 'text' is {kind}, not a string; pass --text-field"):
+        with pytest.raises(ValueError, match=rf"bad.jsonl:2: field 'text' is {kind}, not a string; pass --text_field"):
             documents(str(tmp_path / "bad.jsonl"))
     pq.write_table(pa.table({"text": [1, 2], "body": [["a"], None]}), tmp_path / "numbers.parquet")
     with pytest.raises(ValueError, match=r"numbers.parquet: column 'text' holds int64, not strings"):

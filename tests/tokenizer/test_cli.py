@@ -222,17 +222,44 @@ def _children(pid: int) -> list[int]:
     return children
 
 
+def _ignores_sigint(pid: int) -> bool:
+    """Whether process `pid` ignores SIGINT (Linux /proc: the SigIgn mask); False once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", status, re.MULTILINE).group(1), 16)
+    return bool(mask >> (signal.SIGINT - 1) & 1)
+
+
+def _popen_taking_ctrl_c(command: list[str], **kwargs) -> subprocess.Popen:
+    """Popen whose child acts on SIGINT as a command started from a terminal does, even if this process
+    ignores SIGINT: a non-interactive shell starts background jobs (`uv run pytest &`) with SIGINT
+    ignored, children inherit that, and the command would then finish with status 0 despite Ctrl-C.
+    A Python handler here becomes the default action in the child (exec resets caught signals)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(command, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to see the pool's workers")
 def test_ctrl_c_while_counting_prints_one_line_and_leaves_nothing(english_dir, tmp_path):
     out = tmp_path / "tok"
     inputs = [str(path) for path in sorted(english_dir.glob("pg*.txt"))]  # > 4 MB: counted by a pool
-    command = [sys.executable, "-m", "gpt25", "tokenizer", "train", "--input", *inputs, "--vocab-size", "8192",
+    command = [sys.executable, "-m", "gpt25", "tokenizer", "train", "--input", *inputs, "--vocab_size", "8192",
                "--out", str(out), "--quiet", "--workers", "2"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, start_new_session=True)
+    process = _popen_taking_ctrl_c(command, stderr=subprocess.PIPE, start_new_session=True)
+
+    def counting() -> bool:  # both workers started and past their set-up, which makes them ignore Ctrl-C
+        workers = _children(process.pid)
+        return len(workers) == 2 and all(map(_ignores_sigint, workers))
+
     deadline = time.monotonic() + 60
-    while len(_children(process.pid)) < 2 and process.poll() is None and time.monotonic() < deadline:
+    while not counting() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(_children(process.pid)) == 2, "the counting pool did not start"
+    assert counting(), "the counting pool did not start"
     os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and err.decode() == "gpt25 tokenizer: interrupted\n"
@@ -243,7 +270,7 @@ def test_special_tokens_without_endoftext_warn(tmp_path, fixtures_dir, capsys):
     code, _, err = run_main(train_argv(fixtures_dir / "corpus.en", tmp_path / "tok", "--special-token", "<|pad|>"), capsys)
     assert code == 0 and Tokenizer.load(tmp_path / "tok").special_tokens == ["<|pad|>"]
     assert err.splitlines()[0] == ('gpt25 tokenizer: warning: no "<|endoftext|>" special token: `gpt25 data prepare` '
-                                   'needs it to end documents; add --special-token "<|endoftext|>"')
+                                   'needs it to end documents; add --special_token "<|endoftext|>"')
     code, _, err = run_main(train_argv(fixtures_dir / "corpus.en", tmp_path / "tok2"), capsys)
     assert code == 0 and "warning" not in err
 

@@ -12,7 +12,7 @@ from gpt25.train.config import TrainConfig, read_toml_settings, resolve_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RECIPE_FLAGS = ["batch_size", "grad_accum_steps", "context_length", "num_layers", "d_model", "num_heads", "d_ff",
-                "theta", "train_steps", "lr", "beta1", "beta2", "eps", "weight_decay", "checkpoint"]
+                "rope_theta", "train_steps", "lr", "beta1", "beta2", "eps", "weight_decay", "checkpoint"]
 OTHER_FLAGS = ["data", "tokenizer", "out", "min_lr", "warmup_steps", "max_grad_norm", "eval_every", "eval_steps",
                "save_every", "keep_checkpoints", "seed", "dtype", "compile", "device", "tracker", "parallel",
                "hellaswag", "hellaswag_limit"]
@@ -38,7 +38,7 @@ def test_flags_override_toml_which_overrides_defaults(tmp_path: Path) -> None:
     assert config.d_model == 64  # flag beats file
     assert config.lr == 2.0 and isinstance(config.lr, float)  # file beats default, int coerced
     assert config.dtype == "bfloat16" and config.num_heads == 4
-    assert config.batch_size == 3 and config.compile is True
+    assert config.batch_size == 3 and config.compile == "on"
     assert config.weight_decay == TrainConfig().weight_decay  # untouched default
     assert config.resolved_min_lr == pytest.approx(0.2)
 
@@ -68,8 +68,49 @@ def test_recipe_config_holds_the_recipe() -> None:
     assert tokens_per_rank * 8 == tokens_per_rank * 4 * 2 == 524_288  # 8 ranks, or 4 GPUs with grad_accum_steps 4
     assert (config.train_steps, config.lr, config.weight_decay, config.beta1, config.beta2, config.eps) == (
         80_000, 18e-4, 0.1, 0.9, 0.95, 1e-8)
-    shape = (config.theta, config.d_model, config.num_layers, config.num_heads, config.d_ff)
+    shape = (config.rope_theta, config.d_model, config.num_layers, config.num_heads, config.d_ff)
     assert shape == (10000.0, 768, 12, 12, 2048)
+
+
+def test_recipe_compiles_on_cuda_only() -> None:
+    config = TrainConfig(**read_toml_settings(CONFIGS / "gpt25-124m.toml"))
+    assert config.compile == "auto"
+    assert config.compiles_on("cuda") and not config.compiles_on("cpu")
+    assert not parse("--config", str(CONFIGS / "gpt25-124m.toml"), "--no-compile").compiles_on("cuda")
+
+
+@pytest.mark.parametrize(("flags", "setting", "on_cuda", "on_cpu"), [
+    ([], "off", False, False),
+    (["--compile"], "on", True, True),
+    (["--compile", "on"], "on", True, True),
+    (["--compile", "auto"], "auto", True, False),
+    (["--compile", "off"], "off", False, False),
+    (["--compile", "--no_compile"], "off", False, False),
+    (["--compile", "--no-compile"], "off", False, False),
+])
+def test_compile_flags_and_where_they_compile(flags: list[str], setting: str, on_cuda: bool, on_cpu: bool) -> None:
+    config = parse(*flags)
+    assert (config.compile, config.compiles_on("cuda"), config.compiles_on("cpu")) == (setting, on_cuda, on_cpu)
+
+
+def test_compile_in_toml_takes_a_setting_or_a_boolean(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    for text, setting in (('"auto"', "auto"), ("true", "on"), ("false", "off")):
+        toml.write_text(f"compile = {text}\n")
+        assert parse("--config", str(toml)).compile == setting
+    toml.write_text('compile = "yes"\n')
+    with pytest.raises(ValueError, match="^compile must be one of auto, on, off, got 'yes'$"):
+        parse("--config", str(toml))
+
+
+def test_the_old_theta_name_still_sets_rope_theta(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text("theta = 500\n")
+    assert parse("--config", str(toml)).rope_theta == 500.0
+    assert parse("--theta", "300").rope_theta == parse("--rope_theta", "300").rope_theta == 300.0
+    toml.write_text("theta = 500\nrope_theta = 600\n")
+    with pytest.raises(ValueError, match=f"^{toml}: theta is the old name of rope_theta; give only rope_theta$"):
+        parse("--config", str(toml))
 
 
 def test_cpu_config_parses() -> None:
@@ -86,7 +127,8 @@ def test_a_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--theta", "0"], "--theta must be positive, got 0.0"),
+    (["--rope_theta", "0"], "--rope_theta must be positive, got 0.0"),
+    (["--theta", "0"], "--rope_theta must be positive, got 0.0"),
     (["--lr", "-1"], "--lr must be >= 0, got -1.0"),
     (["--lr", "nan"], "--lr must be >= 0, got nan"),
     (["--weight_decay", "-0.1"], "--weight_decay must be >= 0, got -0.1"),

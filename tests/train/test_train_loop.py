@@ -116,6 +116,12 @@ def test_non_finite_weights_are_never_saved(tmp_path: Path, tiny_config) -> None
     assert [path.name for path in list_checkpoints(tmp_path / "run")] == ["step_0000000"]
 
 
+def test_compile_auto_is_off_on_cpu_and_the_run_records_what_it_resolved_to(tmp_path: Path, tiny_config) -> None:
+    config = tiny_config(tmp_path / "run", compile="auto")
+    trainer = Trainer(config, init_distributed(config.device))
+    assert trainer.config.compile == "off" and trainer.compute_loss == trainer.model_loss
+
+
 def test_metrics_rows_are_valid_json_with_null_for_non_finite_numbers(tmp_path: Path) -> None:
     tracker = Tracker(tmp_path)
     tracker.log(1, {"train_loss": 2.0, "grad_norm": math.nan, "mfu": math.inf, "memory_gb": None})

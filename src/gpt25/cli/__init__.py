@@ -12,6 +12,7 @@ import sys
 
 from gpt25 import __version__
 from gpt25.cli import data, demo, evaluate, export, tokenizer, train
+from gpt25.cli.flags import FlagParser
 
 COMMAND_MODULES = (demo, tokenizer, data, train, evaluate, export)
 # Exceptions that mean bad input (a wrong path, value or permission): one line, exit status 2.
@@ -22,10 +23,12 @@ USER_ERRORS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="gpt25",
         description="Train a GPT-2-class language model from scratch: "
         "tokenizer -> data -> model -> training -> eval / sampling -> export.",
+        epilog="Multi-word flags are written with underscores (--vocab_size); the dashed spelling "
+        "(--vocab-size) is accepted too.",
     )
     parser.add_argument("--version", action="version", version=f"gpt25 {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -43,23 +43,23 @@ def _add_source_arguments(parser: argparse.ArgumentParser, default: list[str] | 
         "--source", nargs="+", default=default, required=default is None, metavar="SRC", help=SOURCE_HELP
     )
     parser.add_argument(
-        "--doc-split",
+        "--doc_split",
         choices=("blank-line", "file"),
         default="blank-line",
         help="plain-text files: a document per blank-line-separated paragraph, or per file (default: blank-line)",
     )
     parser.add_argument(
-        "--text-field",
+        "--text_field",
         default="text",
         help="field holding the text in JSONL / Parquet / Hugging Face sources (default: text)",
     )
     parser.add_argument(
-        "--data-files",
+        "--data_files",
         nargs="+",
         metavar="FILE",
-        help="local files for an hf: source read with a datasets builder, e.g. --source hf:json --data-files a.jsonl",
+        help="local files for an hf: source read with a datasets builder, e.g. --source hf:json --data_files a.jsonl",
     )
-    parser.add_argument("--hf-split", default="train", help="split of hf: sources (default: train)")
+    parser.add_argument("--hf_split", default="train", help="split of hf: sources (default: train)")
 
 
 def _register_prepare(commands: argparse._SubParsersAction) -> None:
@@ -77,13 +77,13 @@ def _register_prepare(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the shards and manifest.json")
     val = parser.add_mutually_exclusive_group()
     val.add_argument(
-        "--val-docs",
+        "--val_docs",
         type=int,
         metavar="N",
         help="the N documents with the smallest hashes go to validation (reads the sources twice)",
     )
     val.add_argument(
-        "--val-fraction",
+        "--val_fraction",
         type=float,
         metavar="F",
         help="documents whose hash falls in the lowest fraction F go to validation (default: 0.01)",
@@ -92,14 +92,14 @@ def _register_prepare(commands: argparse._SubParsersAction) -> None:
         "--workers", type=int, default=None, help="tokenizer processes (default: all available CPU cores)"
     )
     parser.add_argument(
-        "--shard-tokens", type=int, default=100_000_000, metavar="M", help="tokens per shard (default: 100,000,000)"
+        "--shard_tokens", type=int, default=100_000_000, metavar="M", help="tokens per shard (default: 100,000,000)"
     )
     parser.add_argument(
         "--overwrite",
         action="store_true",
         help="delete shards of a different earlier prepare in --out instead of refusing",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_prepare)
 
 
@@ -153,7 +153,7 @@ def _register_download(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--repo", default=RECIPE_REPO, help=f"Hub repo id (default: {RECIPE_REPO})")
     parser.add_argument(
-        "--repo-type",
+        "--repo_type",
         choices=("dataset", "model"),
         default="dataset",
         help="dataset (token shards/text) or model (checkpoints) (default: dataset)",
@@ -197,7 +197,7 @@ def _corpus(args: argparse.Namespace) -> int:
     if num_documents == 0:
         os.remove(args.out)
         raise ValueError(
-            f"the sources {args.source} yielded no documents; check --source, --doc-split and --text-field"
+            f"the sources {args.source} yielded no documents; check --source, --doc_split and --text_field"
         )
     print(f"{args.out}: {num_documents:,} documents, {num_bytes:,} bytes of text")
     return 0

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--minutes", type=float, default=5.0,
                         help="training budget in minutes on 2 CPU cores, as a fixed number of steps (default: 5)")
     parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
-    parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
+    parser.add_argument("--vocab_size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
     parser.add_argument("--config", type=Path, default=None, help="training config TOML (default: configs/cpu-small.toml)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.set_defaults(handler=run)

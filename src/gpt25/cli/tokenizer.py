@@ -1,6 +1,6 @@
 """`gpt25 tokenizer train|import|encode|decode|info`: train a byte-level BPE and use it from the shell.
 
-    gpt25 tokenizer train --input data/*.txt --vocab-size 8192 --special-token "<|endoftext|>" --out tok/
+    gpt25 tokenizer train --input data/*.txt --vocab_size 8192 --special_token "<|endoftext|>" --out tok/
     gpt25 tokenizer import --vocab vocab.json --merges merges.txt --out gpt2/   # GPT-2's own files
     echo "Hello world" | gpt25 tokenizer encode --tokenizer tok/      # prints ids separated by spaces
     echo "Hello world" | gpt25 tokenizer encode --tokenizer tok/ | gpt25 tokenizer decode --tokenizer tok/
@@ -46,8 +46,8 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
         description="Train a byte-level BPE tokenizer on UTF-8 text files (any size: they are streamed).",
     )
     train.add_argument("--input", type=Path, nargs="+", required=True, metavar="PATH", help="UTF-8 text file(s)")
-    train.add_argument("--vocab-size", type=int, required=True, help="final vocab size (>= 256 + special tokens)")
-    train.add_argument("--special-token", action="append", default=None, metavar="TOKEN",
+    train.add_argument("--vocab_size", type=int, required=True, help="final vocab size (>= 256 + special tokens)")
+    train.add_argument("--special_token", action="append", default=None, metavar="TOKEN",
                        help='special token, repeatable (default: "<|endoftext|>"); when you give any, include '
                             '"<|endoftext|>" too: `gpt25 data prepare` needs it to end documents')
     _add_out_arguments(train)
@@ -64,7 +64,7 @@ def _register_import(commands: argparse._SubParsersAction) -> None:
     )
     imported.add_argument("--vocab", type=Path, required=True, metavar="FILE", help="GPT-2-style vocab.json")
     imported.add_argument("--merges", type=Path, required=True, metavar="FILE", help="GPT-2-style merges.txt")
-    imported.add_argument("--special-token", action="append", default=None, metavar="TOKEN",
+    imported.add_argument("--special_token", action="append", default=None, metavar="TOKEN",
                           help='special token, repeatable (default: "<|endoftext|>", which GPT-2 has as id 50256)')
     _add_out_arguments(imported)
     imported.set_defaults(handler=run_import)
@@ -99,7 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if END_OF_TEXT not in special_tokens:
         print(f'gpt25 tokenizer: warning: no "{END_OF_TEXT}" special token: `gpt25 data prepare` needs it to end '
-              f'documents; add --special-token "{END_OF_TEXT}"', file=sys.stderr)
+              f'documents; add --special_token "{END_OF_TEXT}"', file=sys.stderr)
     started = time.perf_counter()
     vocab, merges = train_bpe(args.input, args.vocab_size, special_tokens,
                               num_workers=args.workers, progress=not args.quiet)

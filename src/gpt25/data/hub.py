@@ -17,7 +17,7 @@ RECIPE_REPO = "itskoma/GPT2.5"
 REPO_TYPES = ("dataset", "model")
 TRUE_VALUES = ("1", "ON", "YES", "TRUE")
 LOCAL_ALTERNATIVE = (
-    "offline, use local files instead: --source 'DIR/*.jsonl' --text-field text "
+    "offline, use local files instead: --source 'DIR/*.jsonl' --text_field text "
     "(or --source python-docs, the embedded corpus)"
 )
 DOWNLOAD_ALTERNATIVE = (
@@ -75,7 +75,7 @@ def iter_hf_dataset(
     """Stream the `text_field` of a Hugging Face dataset (``hf:NAME[:CONFIG]``).
 
     With `data_files` (or a local folder as NAME) the dataset is read from disk through
-    `datasets`' own builders, e.g. ``hf:json`` with ``--data-files a.jsonl``; no network is used.
+    `datasets`' own builders, e.g. ``hf:json`` with ``--data_files a.jsonl``; no network is used.
     """
     check_hf_source(name, data_files)
     import datasets
@@ -84,7 +84,7 @@ def iter_hf_dataset(
     for row_number, row in enumerate(dataset):
         if text_field not in row:
             raise ValueError(
-                f"hf:{name} row {row_number}: no field {text_field!r} (found: {', '.join(row)}); pass --text-field NAME"
+                f"hf:{name} row {row_number}: no field {text_field!r} (found: {', '.join(row)}); pass --text_field NAME"
             )
         text = row[text_field]
         if text is not None and str(text).strip():
@@ -99,7 +99,7 @@ def download_repo(
     Under HF_HUB_OFFLINE=1 a copy already in the Hugging Face cache is used (and copied to `out`).
     """
     if repo_type not in REPO_TYPES:
-        raise ValueError(f"--repo-type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")
+        raise ValueError(f"--repo_type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 

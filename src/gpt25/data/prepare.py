@@ -9,11 +9,11 @@ documents, so the main process never reads those files. Other sources (Parquet, 
 python-docs) are read into documents by the main process.
 
 Train/val assignment depends only on a document's text, through a 64-bit BLAKE2b hash ``h``:
-- ``--val-fraction F``: the document is validation when ``h < F * 2**64`` (one pass);
-- ``--val-docs N``: a first, cheap pass (read and hash, no tokenizing) finds the N-th smallest
+- ``--val_fraction F``: the document is validation when ``h < F * 2**64`` (one pass);
+- ``--val_docs N``: a first, cheap pass (read and hash, no tokenizing) finds the N-th smallest
   hash; documents with ``h`` at or below it are validation. That is the N documents with the
   smallest hashes (an exact copy of a validation document goes to validation too, so duplicates
-  never leak into training). Prefer ``--val-fraction`` for remote streams, which it would read twice.
+  never leak into training). Prefer ``--val_fraction`` for remote streams, which it would read twice.
 
 Resume: after each completed shard the manifest records where the next one starts (source
 document index and token offset in that document). A rerun with the same arguments checks the
@@ -90,15 +90,15 @@ class PrepareConfig:
 
     def __post_init__(self) -> None:
         if self.val_fraction is not None and self.val_docs is not None:
-            raise ValueError("give either --val-docs or --val-fraction, not both")
+            raise ValueError("give either --val_docs or --val_fraction, not both")
         if self.val_fraction is None and self.val_docs is None:
             self.val_fraction = DEFAULT_VAL_FRACTION
         if self.val_fraction is not None and not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+            raise ValueError(f"--val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.val_docs is not None and self.val_docs < 0:
-            raise ValueError(f"--val-docs must be >= 0, got {self.val_docs}")
+            raise ValueError(f"--val_docs must be >= 0, got {self.val_docs}")
         if self.workers < 1 or self.shard_tokens < 1:
-            raise ValueError(f"--workers and --shard-tokens must be >= 1, got {self.workers} and {self.shard_tokens}")
+            raise ValueError(f"--workers and --shard_tokens must be >= 1, got {self.workers} and {self.shard_tokens}")
         if not self.sources:
             raise ValueError("no --source given; pass files, folders, globs, python-docs or hf:NAME")
 
@@ -145,7 +145,7 @@ def val_threshold_for_docs(hashes: Iterable[int], val_docs: int) -> tuple[int, i
             heapq.heapreplace(largest_kept, -value)
     if val_docs and val_docs >= num_documents:
         raise ValueError(
-            f"--val-docs {val_docs} leaves no training documents (the sources hold {num_documents}); pass a smaller --val-docs"
+            f"--val_docs {val_docs} leaves no training documents (the sources hold {num_documents}); pass a smaller --val_docs"
         )
     return (-largest_kept[0] if largest_kept else -1), num_documents
 
@@ -211,7 +211,7 @@ def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[
     for split in SPLITS:
         if manifest["splits"][split]["tokens"] == 0:
             warnings.warn(
-                f"split {split!r} got no documents; pass a larger --val-fraction / --val-docs or more data",
+                f"split {split!r} got no documents; pass a larger --val_fraction / --val_docs or more data",
                 stacklevel=3,  # the caller of prepare
             )
     return manifest
@@ -578,7 +578,7 @@ def _write_batch(encoded: _EncodedBatch, writers: dict[str, SplitWriter], first_
 def _finalize(manifest: dict[str, Any], source: dict[str, Any], last_run: dict[str, Any]) -> None:
     if source["documents"] == 0:
         raise ValueError(
-            f"the sources {manifest['settings']['sources']} yielded no documents; check --source, --doc-split and --text-field"
+            f"the sources {manifest['settings']['sources']} yielded no documents; check --source, --doc_split and --text_field"
         )
     manifest["complete"] = True
     manifest["source"] = source

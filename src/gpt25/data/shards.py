@@ -239,7 +239,7 @@ def load_split(data_dir: str | os.PathLike, split: str, tokenizer: Any = None) -
     shards = list(iter_shards(data_dir, split))
     if not shards:
         raise ValueError(
-            f"split {split!r} in {data_dir} is empty; prepare more documents or a larger --val-fraction / --val-docs"
+            f"split {split!r} in {data_dir} is empty; prepare more documents or a larger --val_fraction / --val_docs"
         )
     return shards[0] if len(shards) == 1 else np.concatenate(shards)
 

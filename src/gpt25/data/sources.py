@@ -80,7 +80,7 @@ def iter_documents(
     """Yield the documents of every source spec in turn (see the module docstring for the specs);
     folders and globs leave out the files inside `exclude` (see expand_paths)."""
     if doc_split not in DOC_SPLITS:
-        raise ValueError(f"--doc-split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
+        raise ValueError(f"--doc_split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
     stats = stats if stats is not None else SourceStats()
     for spec in specs:
         if spec == DEFAULT_CORPUS_SPEC:
@@ -399,13 +399,13 @@ def record_documents(line: str, text_field: str) -> list[str]:
         raise ValueError(f"not a JSON object per line ({error.msg}); JSONL sources need one object per line") from None
     if not isinstance(record, dict) or text_field not in record:
         fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-        raise ValueError(f"no field {text_field!r} (found: {fields}); pass --text-field NAME")
+        raise ValueError(f"no field {text_field!r} (found: {fields}); pass --text_field NAME")
     text = record[text_field]
     if text is None:  # as Parquet's nulls
         return []
     if not isinstance(text, str):
         raise ValueError(
-            f"field {text_field!r} is {type(text).__name__}, not a string; pass --text-field NAME of a text field"
+            f"field {text_field!r} is {type(text).__name__}, not a string; pass --text_field NAME of a text field"
         )
     return list(_non_empty(text))
 
@@ -464,13 +464,13 @@ def _check_text_column(path: Path, schema, text_field: str) -> None:
     import pyarrow as pa
 
     if text_field not in schema.names:
-        raise ValueError(f"{path}: no column {text_field!r} (found: {', '.join(schema.names)}); pass --text-field NAME")
+        raise ValueError(f"{path}: no column {text_field!r} (found: {', '.join(schema.names)}); pass --text_field NAME")
     column_type = schema.field(text_field).type
     value_type = column_type.value_type if pa.types.is_dictionary(column_type) else column_type
     text_types = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
     if not any(is_text(value_type) for is_text in text_types):
         raise ValueError(
-            f"{path}: column {text_field!r} holds {column_type}, not strings; pass --text-field NAME of a text column"
+            f"{path}: column {text_field!r} holds {column_type}, not strings; pass --text_field NAME of a text column"
         )
 
 

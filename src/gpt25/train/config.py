@@ -17,9 +17,14 @@ from typing import Any
 
 CHOICES = {
     "dtype": ("float32", "bfloat16"),
+    "compile": ("auto", "on", "off"),
     "tracker": ("none", "tensorboard", "wandb"),
     "parallel": ("fsdp", "ddp", "none"),
 }
+
+
+# Settings renamed since: the old name still works as a flag and a TOML key.
+RENAMED = {"theta": "rope_theta"}
 
 
 def _setting(default: Any, help: str, metavar: str | None = None) -> Any:
@@ -42,7 +47,7 @@ class TrainConfig:
     d_model: int = _setting(256, "embedding / residual width")
     num_heads: int = _setting(4, "attention heads per block")
     d_ff: int = _setting(704, "SwiGLU hidden width")
-    theta: float = _setting(10000.0, "RoPE base frequency")
+    rope_theta: float = _setting(10000.0, "RoPE base frequency")
     # Batch: global batch = batch_size x grad_accum_steps x world size sequences per step.
     batch_size: int = _setting(16, "sequences per micro-batch per process")
     grad_accum_steps: int = _setting(1, "micro-batches accumulated per optimizer step")
@@ -68,7 +73,9 @@ class TrainConfig:
     # Execution.
     seed: int = _setting(1337, "seed for initialisation, data order and every RNG")
     dtype: str = _setting("float32", "compute dtype: float32, or bfloat16 autocast / FSDP mixed precision")
-    compile: bool = _setting(False, "torch.compile the training forward (evaluation stays uncompiled)")
+    compile: str = _setting("off", "torch.compile the training forward: on, off, or auto (on for CUDA, off on CPU, "
+                                   "where it does not help; the recipe's setting); evaluation stays uncompiled",
+                            "auto|on|off")
     device: str = _setting("auto", "cpu, cuda, or auto (cuda when available); under torchrun each rank "
                                    "takes cuda:LOCAL_RANK")
     parallel: str = _setting("fsdp", "with several processes: fsdp (FSDP2 sharding), ddp, or none")
@@ -91,14 +98,18 @@ class TrainConfig:
     def _check_ranges(self) -> None:
         """Name the flag here: the model and AdamW would refuse these values without saying which flag set them."""
         # `not x >= 0` rather than `x < 0`: NaN fails every comparison and must be refused too.
-        if not self.theta > 0:
-            raise ValueError(f"--theta must be positive, got {self.theta}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"--rope_theta must be positive, got {self.rope_theta}")
         for name in ("lr", "eps", "weight_decay", "max_grad_norm"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+
+    def compiles_on(self, device_type: str) -> bool:
+        """Whether the training forward is compiled on this device type: auto means on for CUDA only."""
+        return self.compile == "on" or self.compile == "auto" and device_type == "cuda"
 
     @property
     def resolved_min_lr(self) -> float:
@@ -114,22 +125,23 @@ def _field_type(config_field: dataclasses.Field) -> type:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one `--name` flag per TrainConfig field, plus `--config FILE.toml`.
+    """Add one `--name` flag per TrainConfig field, plus `--config FILE.toml` and `--no_compile`.
 
     Defaults are argparse.SUPPRESS so that only flags typed on the command line appear in the
     namespace; `resolve_config` layers them over the TOML file and the dataclass defaults.
     """
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file of settings; flags override it")
     for config_field in dataclasses.fields(TrainConfig):
-        kind = _field_type(config_field)
         unset = config_field.default == ""  # --data, --checkpoint, ...: "(default: '')" would say nothing
         help_text = config_field.metadata["help"] + ("" if unset else f" (default: {config_field.default!r})")
-        flag = f"--{config_field.name}"
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(flag, type=kind, choices=CHOICES.get(config_field.name), default=argparse.SUPPRESS,
-                                metavar=config_field.metadata["metavar"], help=help_text)
+        flags = [f"--{config_field.name}"] + [f"--{old}" for old, new in RENAMED.items() if new == config_field.name]
+        # `--compile` alone means `--compile on`
+        bare = {"nargs": "?", "const": "on"} if config_field.name == "compile" else {}
+        parser.add_argument(*flags, type=_field_type(config_field), choices=CHOICES.get(config_field.name),
+                            default=argparse.SUPPRESS, metavar=config_field.metadata["metavar"], help=help_text,
+                            **bare)
+    parser.add_argument("--no_compile", dest="compile", action="store_const", const="off",
+                        default=argparse.SUPPRESS, help="the same as --compile off")
 
 
 def read_toml_settings(path: str | Path) -> dict[str, Any]:
@@ -142,7 +154,7 @@ def read_toml_settings(path: str | Path) -> dict[str, Any]:
             settings = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path} is not valid TOML: {error}") from None
-    settings = settings.get("train", settings)
+    settings = _renamed(settings.get("train", settings), path)
     known = {config_field.name: _field_type(config_field) for config_field in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(settings) - set(known))
     if unknown:
@@ -150,10 +162,20 @@ def read_toml_settings(path: str | Path) -> dict[str, Any]:
     return {name: _coerce(name, value, known[name], path) for name, value in settings.items()}
 
 
+def _renamed(settings: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The settings with the old names in RENAMED replaced by the new ones."""
+    for old, new in RENAMED.items():
+        if old in settings and new in settings:
+            raise ValueError(f"{path}: {old} is the old name of {new}; give only {new}")
+    return {RENAMED.get(name, name): value for name, value in settings.items()}
+
+
 def _coerce(name: str, value: Any, kind: type, path: Path) -> Any:
+    if name == "compile" and isinstance(value, bool):  # `compile = true` reads naturally in TOML
+        return "on" if value else "off"
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if kind is bool and not isinstance(value, bool) or kind is not bool and not isinstance(value, kind):
+    if isinstance(value, bool) or not isinstance(value, kind):
         raise ValueError(f"{path}: setting {name} must be a {kind.__name__}, got {value!r}")
     return value
 

@@ -97,7 +97,7 @@ class StopSignal:
 
 
 class Trainer:
-    """Everything one run holds: model, optimizer, data, tracker; `run()` is the loop."""
+    """Everything one run holds: model, optimizer, data, tracker; `loop()` is the training loop."""
 
     def __init__(self, config: TrainConfig, context: distributed.DistributedContext) -> None:
         self.context = context
@@ -107,19 +107,20 @@ class Trainer:
             raise NotADirectoryError(f"--out {config.out} is a file; give a directory for the run")
         self.tokenizer, tokenizer_dir = load_tokenizer(config)
         parallel = config.parallel if context.is_distributed else "none"
+        compile_setting = "on" if config.compiles_on(context.device.type) else "off"
         self.config = dataclasses.replace(config, tokenizer=tokenizer_dir, min_lr=config.resolved_min_lr,
-                                          device=str(context.device), parallel=parallel)
+                                          device=str(context.device), parallel=parallel, compile=compile_setting)
         self.run_dir = Path(config.out)
         self.dtype = DTYPES[config.dtype]
         seed_everything(config.seed)
         self.model_config = ModelConfig(vocab_size=self.tokenizer.vocab_size, context_length=config.context_length,
                                         d_model=config.d_model, num_layers=config.num_layers,
-                                        num_heads=config.num_heads, d_ff=config.d_ff, rope_theta=config.theta)
+                                        num_heads=config.num_heads, d_ff=config.d_ff, rope_theta=config.rope_theta)
         self.model = distributed.build_model(self.model_config, context, parallel, self.dtype)
         self.lm = distributed.unwrap(self.model)
         self.sharded = distributed.is_fsdp(self.model)
         # The loss is compiled with the forward, so the (batch, seq, vocab) logits never round-trip memory in eager.
-        self.compute_loss = torch.compile(self.model_loss) if config.compile else self.model_loss
+        self.compute_loss = torch.compile(self.model_loss) if compile_setting == "on" else self.model_loss
         self.optimizer = AdamW(parameter_groups(self.lm, config.weight_decay), lr=config.lr,
                                betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay)
         self.loader = ShardLoader(config.data, "train", config.batch_size, config.context_length, rank=context.rank,
@@ -135,10 +136,9 @@ class Trainer:
         self.step = 0
         self.last_checkpoint: Path | None = None
         self.last_eval: dict[str, Any] = {}
-        self.last_train_loss = float("nan")
-        self.window = [0.0, 0]  # seconds and steps since the last metrics row
 
     # ----- setup pieces -----
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """bfloat16 autocast unless FSDP's mixed-precision policy already casts the parameters."""
         if self.dtype == torch.float32 or self.sharded:
@@ -195,11 +195,99 @@ class Trainer:
             tqdm.write(message)
             sys.stdout.flush()  # batch-job logs show progress even if the job is killed
 
-    # ----- the loop -----
+    # ----- the run: `loop` is the whole training loop -----
+
+    def run(self) -> dict[str, Any]:
+        self.resume()
+        tracker = None
+        if self.context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.write_run_config()
+            tracker = Tracker(self.run_dir, self.config.tracker, self.config.to_dict(), resume_step=self.step)
+            self.log_line(f"{self.lm.num_params():,} parameters, {self.tokens_per_step:,} tokens/step, "
+                          f"world size {self.context.world_size} ({self.config.parallel}), "
+                          f"MFU peak {self.peak_flops / 1e12:.3g} TFLOP/s ({self.peak_source})")
+        try:
+            with StopSignal() as stop:
+                summary = self.loop(tracker, stop)
+        finally:
+            if tracker is not None:
+                tracker.close()
+        return summary
+
+    def loop(self, tracker: Tracker | None, stop: StopSignal) -> dict[str, Any]:
+        """The training loop, top to bottom; returns the run's summary."""
+        start_step, started = self.step, time.perf_counter()
+        timed_seconds, stopped, train_loss = 0.0, False, float("nan")
+        window_seconds, window_steps = 0.0, 0  # since the last metrics row
+        progress = tqdm(total=self.config.train_steps, initial=self.step, disable=not self.context.is_main,
+                        desc="train", unit="step", dynamic_ncols=True, mininterval=0.5)
+        try:
+            while self.step < self.config.train_steps and not stopped:
+                # ----- schedule, data, forward/backward with accumulation, clip, NaN guard, step -----
+                step_started = time.perf_counter()
+                train_loss, grad_norm, lr, stopped = self.train_step(stop.received is not None)
+                step_seconds = time.perf_counter() - step_started
+                if self.step > start_step + 1:  # the first step pays for warm-up / compilation
+                    timed_seconds += step_seconds
+                window_seconds, window_steps = window_seconds + step_seconds, window_steps + 1
+
+                # ----- log: the progress line every step, a metrics row when due -----
+                rate = self.tokens_per_step / step_seconds
+                progress.update(1)
+                progress.set_postfix_str(f"loss {train_loss:.4f} lr {lr:.2e} {rate:,.0f} tok/s "
+                                         f"MFU {self.mfu(rate):.1%}", refresh=False)
+                if tracker is not None and (self.is_due(self.config.log_every) or self.is_due(self.config.eval_every)):
+                    window_rate = self.tokens_per_step * window_steps / window_seconds
+                    tracker.log(self.step, {"train_loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+                                            "tokens_seen": self.step * self.tokens_per_step,
+                                            "tokens_per_second": window_rate, "mfu": self.mfu(window_rate),
+                                            "memory_gb": self.memory_gb(), "elapsed_s": time.perf_counter() - started})
+                    window_seconds, window_steps = 0.0, 0
+
+                # ----- evaluate -----
+                if self.is_due(self.config.eval_every):
+                    self.last_eval = self.evaluate()
+                    if tracker is not None:
+                        tracker.log(self.step, self.last_eval)
+                    self.log_line(f"step {self.step}: " + ", ".join(
+                        f"{name} {value:.4f}" for name, value in self.last_eval.items() if value is not None))
+
+                # ----- save (a stop request on any rank saves here too) -----
+                if self.is_due(self.config.save_every) or stopped:
+                    self.save()
+        finally:
+            progress.close()
+
+        # ----- stop -----
+        stopped_by = (stop.received or "a signal on another rank") if stopped else None
+        if stopped_by:
+            self.log_line(f"{stopped_by} received: saved step {self.step} to {self.last_checkpoint}; "
+                          "resume with --checkpoint latest")
+        mean_rate = self.tokens_per_step * (self.step - start_step - 1) / timed_seconds if timed_seconds else None
+        return self.summary(start_step, started, stopped_by, train_loss, mean_rate)
+
+    def summary(self, start_step: int, started: float, stopped_by: str | None, train_loss: float,
+                mean_rate: float | None) -> dict[str, Any]:
+        """What `train` returns: where the run ended, its final losses, speed and paths."""
+        return {"run_dir": str(self.run_dir), "step": self.step, "start_step": start_step,
+                "train_steps": self.config.train_steps, "stopped_by": stopped_by,
+                "final_train_loss": train_loss, "final_val_loss": self.last_eval.get("val_loss"),
+                "final_val_perplexity": self.last_eval.get("val_perplexity"),
+                "final_val_bpb": self.last_eval.get("val_bpb"),
+                "hellaswag_acc_norm": self.last_eval.get("hellaswag_acc_norm"),
+                "tokens_seen": self.step * self.tokens_per_step, "tokens_per_second": mean_rate,
+                "mfu": self.mfu(mean_rate) if mean_rate else None, "memory_gb": self.memory_gb(),
+                "elapsed_s": time.perf_counter() - started, "num_params": self.lm.num_params(),
+                "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+                "metrics": str(self.run_dir / "metrics.jsonl"), "config": str(self.run_dir / "config.json")}
+
+    # ----- what the loop calls: one optimizer step, evaluation, checkpoint -----
 
     def model_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the model's next-token predictions; inputs, targets (batch, seq)."""
         return cross_entropy(self.model(inputs), targets)
+
     def train_step(self, stop_requested: bool) -> tuple[float, float, float, bool]:
         """One optimizer step over grad_accum_steps micro-batches.
 
@@ -230,6 +318,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return mean_loss, mean_grad_norm, lr, stop_fraction > 0
+
+    def check_finite(self, loss: float, grad_norm: float) -> None:
+        """Stop before the update of step + 1 when its loss or gradient norm is NaN or inf."""
+        for name, value in (("loss", loss), ("grad norm", grad_norm)):
+            if not math.isfinite(value):
+                raise self.diverged(f"{name} became {value} at step {self.step + 1}; the update was not applied")
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        kept = (f"the last good checkpoint {self.last_checkpoint} is kept; lower --lr or raise --warmup_steps "
+                f"and resume with --checkpoint {self.last_checkpoint}") if self.last_checkpoint else \
+            "no checkpoint was saved yet; lower --lr or raise --warmup_steps"
+        return TrainingDiverged(f"{what}, training stopped: {kept}")
 
     def evaluate(self) -> dict[str, Any]:
         """Validation loss / perplexity / bits per byte (and HellaSwag) on every rank, each scoring a share."""
@@ -270,102 +370,13 @@ class Trainer:
         self.last_checkpoint = path
         return path
 
+    # ----- small helpers -----
+
     def is_due(self, every: int) -> bool:
         return self.step == self.config.train_steps or (every > 0 and self.step % every == 0)
 
-    def check_finite(self, loss: float, grad_norm: float) -> None:
-        """Stop before the update of step + 1 when its loss or gradient norm is NaN or inf."""
-        for name, value in (("loss", loss), ("grad norm", grad_norm)):
-            if not math.isfinite(value):
-                raise self.diverged(f"{name} became {value} at step {self.step + 1}; the update was not applied")
-
-    def diverged(self, what: str) -> TrainingDiverged:
-        kept = (f"the last good checkpoint {self.last_checkpoint} is kept; lower --lr or raise --warmup_steps "
-                f"and resume with --checkpoint {self.last_checkpoint}") if self.last_checkpoint else \
-            "no checkpoint was saved yet; lower --lr or raise --warmup_steps"
-        return TrainingDiverged(f"{what}, training stopped: {kept}")
-
-    def run(self) -> dict[str, Any]:
-        self.resume()
-        tracker = None
-        if self.context.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.write_run_config()
-            tracker = Tracker(self.run_dir, self.config.tracker, self.config.to_dict(), resume_step=self.step)
-            self.log_line(f"{self.lm.num_params():,} parameters, {self.tokens_per_step:,} tokens/step, "
-                          f"world size {self.context.world_size} ({self.config.parallel}), "
-                          f"MFU peak {self.peak_flops / 1e12:.3g} TFLOP/s ({self.peak_source})")
-        try:
-            with StopSignal() as stop:
-                summary = self.loop(tracker, stop)
-        finally:
-            if tracker is not None:
-                tracker.close()
-        return summary
-
     def mfu(self, tokens_per_second: float) -> float:
         return self.flops_per_token * tokens_per_second / (self.peak_flops * self.context.world_size)
-
-    def loop(self, tracker: Tracker | None, stop: StopSignal) -> dict[str, Any]:
-        start_step, started = self.step, time.perf_counter()
-        timed_seconds, stopped = 0.0, False
-        progress = tqdm(total=self.config.train_steps, initial=self.step, disable=not self.context.is_main,
-                        desc="train", unit="step", dynamic_ncols=True, mininterval=0.5)
-        try:
-            while self.step < self.config.train_steps and not stopped:
-                step_seconds, stopped = self.step_and_report(tracker, progress, stop, started)
-                if self.step > start_step + 1:  # the first step pays for warm-up / compilation
-                    timed_seconds += step_seconds
-        finally:
-            progress.close()
-        stopped_by = (stop.received or "a signal on another rank") if stopped else None
-        if stopped_by:
-            self.log_line(f"{stopped_by} received: saved step {self.step} to {self.last_checkpoint}; "
-                          "resume with --checkpoint latest")
-        mean_rate = self.tokens_per_step * (self.step - start_step - 1) / timed_seconds if timed_seconds else None
-        return {"run_dir": str(self.run_dir), "step": self.step, "start_step": start_step,
-                "train_steps": self.config.train_steps, "stopped_by": stopped_by,
-                "final_train_loss": self.last_train_loss, "final_val_loss": self.last_eval.get("val_loss"),
-                "final_val_perplexity": self.last_eval.get("val_perplexity"),
-                "final_val_bpb": self.last_eval.get("val_bpb"),
-                "hellaswag_acc_norm": self.last_eval.get("hellaswag_acc_norm"),
-                "tokens_seen": self.step * self.tokens_per_step, "tokens_per_second": mean_rate,
-                "mfu": self.mfu(mean_rate) if mean_rate else None, "memory_gb": self.memory_gb(),
-                "elapsed_s": time.perf_counter() - started, "num_params": self.lm.num_params(),
-                "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
-                "metrics": str(self.run_dir / "metrics.jsonl"), "config": str(self.run_dir / "config.json")}
-
-    def step_and_report(self, tracker: Tracker | None, progress: tqdm, stop: StopSignal,
-                        started: float) -> tuple[float, bool]:
-        """One step, then whatever is due: progress line, metrics row, evaluation, checkpoint.
-
-        Returns (seconds the step took, whether to stop); a stop request saves a checkpoint here.
-        """
-        step_started = time.perf_counter()
-        train_loss, grad_norm, lr, stopped = self.train_step(stop.received is not None)
-        step_seconds = time.perf_counter() - step_started
-        self.last_train_loss = train_loss
-        self.window = [self.window[0] + step_seconds, self.window[1] + 1]
-        rate = self.tokens_per_step / step_seconds
-        progress.update(1)
-        progress.set_postfix_str(f"loss {train_loss:.4f} lr {lr:.2e} {rate:,.0f} tok/s MFU {self.mfu(rate):.1%}",
-                                 refresh=False)
-        if tracker is not None and (self.is_due(self.config.log_every) or self.is_due(self.config.eval_every)):
-            window_rate = self.tokens_per_step * self.window[1] / self.window[0]
-            tracker.log(self.step, {"train_loss": train_loss, "lr": lr, "grad_norm": grad_norm,
-                                    "tokens_seen": self.step * self.tokens_per_step,
-                                    "tokens_per_second": window_rate, "mfu": self.mfu(window_rate),
-                                    "memory_gb": self.memory_gb(), "elapsed_s": time.perf_counter() - started})
-            self.window = [0.0, 0]
-        if self.is_due(self.config.eval_every):
-            self.last_eval = self.evaluate()
-            if tracker is not None:
-                tracker.log(self.step, self.last_eval)
-            self.log_line(f"step {self.step}: " + ", ".join(
-                f"{name} {value:.4f}" for name, value in self.last_eval.items() if value is not None))
-        if self.is_due(self.config.save_every) or stopped:
-            self.save()
-        return step_seconds, stopped
 
     def memory_gb(self) -> float | None:
         if self.context.device.type != "cuda":
