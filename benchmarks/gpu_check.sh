@@ -54,7 +54,7 @@ if [ $mode = gpu ]; then
     TRAIN="--config configs/gpt25-124m.toml --batch_size 32 --grad_accum_steps 1 --train_steps 300
            --warmup_steps 30 --eval_every 150 --eval_steps 8 --save_every 300 --log_every 25 --compile"
     MODEL_STEP="--configs 124m --dtypes bf16 --batch-size 32 --steps 10 --warmup 3 --compile"
-    SYNC="--config configs/gpt25-124m.toml --set compile=true --steps 20 --repeats 3"
+    SYNC="--config configs/gpt25-124m.toml --set compile=on --steps 20 --repeats 3"
     RESUME="--config configs/gpt25-124m.toml --batch_size 4 --grad_accum_steps 1 --train_steps 100000
             --warmup_steps 5 --save_every 20 --eval_every 0 --eval_steps 2 --log_every 1"
     DATA_COPIES=8 WORKER_COUNTS="1 2 4 8 16" SUITE_WORKERS=14
@@ -115,9 +115,9 @@ setup() {
     if [ -f "$DATA/gpt2/gpt2_vocab.json" ]; then
         $G tokenizer import --vocab "$DATA/gpt2/gpt2_vocab.json" --merges "$DATA/gpt2/gpt2_merges.txt" --out "$WORK/tok"
     else
-        $G tokenizer train --input "$WORK"/text/*.txt --vocab-size 512 --special-token "<|endoftext|>" --out "$WORK/tok" --quiet
+        $G tokenizer train --input "$WORK"/text/*.txt --vocab_size 512 --special_token "<|endoftext|>" --out "$WORK/tok" --quiet
     fi
-    $G data prepare --source "$WORK/text" --tokenizer "$WORK/tok" --out "$WORK/shards" --val-fraction 0.02 --no-progress
+    $G data prepare --source "$WORK/text" --tokenizer "$WORK/tok" --out "$WORK/shards" --val_fraction 0.02 --no_progress
 }
 
 # ----- 1. the CUDA tests -----
@@ -195,8 +195,8 @@ data_scaling() {
     for workers in $WORKER_COUNTS; do
         rm -rf "$WORK/scaling"
         local begun=$(date +%s%N)
-        $G data prepare --source "$WORK/copies" --tokenizer "$WORK/tok" --out "$WORK/scaling" --val-fraction 0.001 \
-            --workers "$workers" --no-progress > /dev/null || return 1
+        $G data prepare --source "$WORK/copies" --tokenizer "$WORK/tok" --out "$WORK/scaling" --val_fraction 0.001 \
+            --workers "$workers" --no_progress > /dev/null || return 1
         local milliseconds=$(( ($(date +%s%N) - begun) / 1000000 ))
         printf '%s\t%s\t%s\n' "$workers" "$milliseconds" "$($PY -c "import json, sys
 print(json.load(open(sys.argv[1]))['last_run']['seconds'])" "$WORK/scaling/manifest.json")" | tee -a "$WORK/scaling.tsv"

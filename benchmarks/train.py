@@ -16,7 +16,7 @@
     uv run python benchmarks/train.py --ranks 2                        # + FSDP / DDP on 2 CPU processes
     uv run python benchmarks/train.py --device cuda --config configs/gpt25-124m.toml --steps 300 \
         --set grad_accum_steps=1 --skip-overhead
-    uv run python benchmarks/train.py --device cuda --config configs/gpt25-124m.toml --set compile=true \
+    uv run python benchmarks/train.py --device cuda --config configs/gpt25-124m.toml --set compile=on \
         --sync-cost --steps 20
 """
 
@@ -119,7 +119,8 @@ def sync_cost(config: TrainConfig, vocab_size: int, steps: int, repeats: int) ->
     def model_loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return cross_entropy(model(inputs), targets)
 
-    compute_loss = torch.compile(model_loss) if config.compile else model_loss
+    compiled = config.compiles_on(tokens.device.type)
+    compute_loss = torch.compile(model_loss) if compiled else model_loss
 
     def seconds_per_step(sync_every_step: bool, num_steps: int) -> float:
         synchronize(tokens.device)
@@ -144,7 +145,7 @@ def sync_cost(config: TrainConfig, vocab_size: int, steps: int, repeats: int) ->
         synced.append(seconds_per_step(True, steps))
         asynchronous.append(seconds_per_step(False, steps))
     synced_ms, asynchronous_ms = 1000 * statistics.median(synced), 1000 * statistics.median(asynchronous)
-    return {"steps": steps, "repeats": repeats, "compile": config.compile, "synced_ms": synced_ms,
+    return {"steps": steps, "repeats": repeats, "compile": compiled, "synced_ms": synced_ms,
             "asynchronous_ms": asynchronous_ms, "sync_cost_percent": 100 * (synced_ms / asynchronous_ms - 1)}
 
 

@@ -37,7 +37,7 @@ def test_fp32_training_on_cuda_follows_the_cpu_run(tiny_config, tmp_path: Path) 
 
 def test_bf16_compiled_training_on_cuda_learns_and_its_checkpoint_evaluates_alike(
         tiny_config, corpus_data: dict[str, Path], tmp_path: Path) -> None:
-    summary = train(tiny_config(tmp_path / "run", train_steps=30, device="cuda", dtype="bfloat16", compile=True))
+    summary = train(tiny_config(tmp_path / "run", train_steps=30, device="cuda", dtype="bfloat16", compile="on"))
     curve = losses(tmp_path / "run")
     assert summary["step"] == 30 and summary["memory_gb"] > 0
     assert sum(list(curve.values())[-5:]) / 5 < curve[1] - 0.3  # 6.20 -> 5.75 in the CPU fp32 run
