@@ -1,8 +1,10 @@
 """gpt25.checkpoint's file handling: damaged files are one-line errors that name the file and another
-checkpoint, and safetensors files get the usual umask-based mode (safetensors creates them 0600)."""
+checkpoint, safetensors files get the usual umask-based mode (safetensors creates them 0600), and any
+module (not only a TransformerLM) saves and loads, to a path or a binary file object."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from collections.abc import Callable
@@ -13,6 +15,7 @@ import torch
 
 from gpt25.checkpoint import consolidate, load_checkpoint, load_model, save_checkpoint
 from gpt25.model import ModelConfig, TransformerLM
+from gpt25.model.layers import Linear
 from gpt25.optim import AdamW
 
 CONFIG = ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=1, num_heads=2, d_ff=64)
@@ -80,3 +83,59 @@ def test_safetensors_files_get_the_umask_mode(run: Path, tmp_path: Path, umask: 
     expected = 0o666 & ~umask
     assert modes == {"meta.json": expected, "model.safetensors": expected, "train_state.pt": expected,
                      "model.json": expected}
+
+
+def trained_module_and_optimizer(seed: int) -> tuple[torch.nn.Module, AdamW]:
+    """A module that is no TransformerLM (two of gpt25's Linear layers) and an AdamW after two steps."""
+    torch.manual_seed(seed)
+    module = torch.nn.Sequential(Linear(4, 8), Linear(8, 3))
+    optimizer = AdamW(module.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(2):
+        module(torch.randn(5, 4)).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return module, optimizer
+
+
+@pytest.mark.parametrize("target", ["path", "file object"])
+def test_any_module_saves_and_loads_weights_optimizer_state_and_iteration(tmp_path: Path, target: str) -> None:
+    """The CS336 call shape: save_checkpoint(model, optimizer, iteration, out) to a path or a binary file
+    object, load_checkpoint(src, model, optimizer) -> iteration, for any nn.Module (no config)."""
+    module, optimizer = trained_module_and_optimizer(seed=0)
+    out = tmp_path / "checkpoint.pt" if target == "path" else io.BytesIO()
+    save_checkpoint(module, optimizer, 7, out)
+    fresh, fresh_optimizer = trained_module_and_optimizer(seed=1)
+    if target == "file object":
+        out.seek(0)
+    assert load_checkpoint(out, fresh, fresh_optimizer) == 7
+    for name, tensor in module.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], tensor), name
+    saved, loaded = optimizer.state_dict(), fresh_optimizer.state_dict()
+    assert loaded["param_groups"] == saved["param_groups"]
+    assert saved["state"].keys() == loaded["state"].keys() == {0, 1}
+    for index, values in saved["state"].items():
+        assert values.keys() == loaded["state"][index].keys()
+        for key, value in values.items():
+            assert torch.equal(torch.as_tensor(loaded["state"][index][key]), torch.as_tensor(value)), (index, key)
+
+
+def test_a_module_without_a_config_is_refused_by_load_model_with_a_hint(tmp_path: Path) -> None:
+    module, optimizer = trained_module_and_optimizer(seed=0)
+    step_dir = save_checkpoint(module, optimizer, 1, tmp_path / "step_0000001")
+    with pytest.raises(ValueError, match=r"holds a module other than a TransformerLM \(no model config\); "
+                                         r"load it into that module with load_checkpoint$"):
+        load_model(step_dir)
+    with pytest.raises(ValueError, match=r"^not a gpt25 checkpoint file object; give what save_checkpoint wrote$"):
+        load_checkpoint(io.BytesIO(_torch_saved({"step": 1})), module)
+
+
+def _torch_saved(payload: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def test_a_file_object_that_is_no_checkpoint_is_one_line() -> None:
+    module, _ = trained_module_and_optimizer(seed=0)
+    with pytest.raises(ValueError, match=r"^not a gpt25 checkpoint file object \(EOFError\); give what save_checkpoint"):
+        load_checkpoint(io.BytesIO(b""), module)

@@ -1,4 +1,5 @@
-"""Data flows one way: the building blocks never import the layers that use them."""
+"""Data flows one way: the building blocks never import the layers that use them, and the bottom
+modules (atomic file writes) import nothing of gpt25, so every module may use them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "gpt25"
 BUILDING_BLOCKS = ("tokenizer", "data", "model", "optim")
 USERS = ("train", "checkpoint", "eval", "sample", "interop", "cli", "demo")
+BOTTOM = ("files",)
 
 
 def module_files(name: str) -> list[Path]:
@@ -55,3 +57,11 @@ def test_building_blocks_do_not_import_their_users(block: str) -> None:
 def test_eval_and_sampling_do_not_import_the_trainer(layer: str) -> None:
     for path in module_files(layer):
         assert "train" not in imported_gpt25_modules(path), f"{path.relative_to(PACKAGE)} imports gpt25.train"
+
+
+@pytest.mark.parametrize("module", BOTTOM)
+def test_the_bottom_modules_import_nothing_of_gpt25(module: str) -> None:
+    files = module_files(module)
+    assert files and all(path.exists() for path in files)
+    for path in files:
+        assert not imported_gpt25_modules(path), f"{path.relative_to(PACKAGE)} imports gpt25 modules"

@@ -22,19 +22,19 @@ import pickle
 import random
 import re
 import shutil
-import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from gpt25.device import is_fsdp
+from gpt25.files import atomic_folder, atomic_path, fresh_temporary, replace_folder, set_usual_mode, write_json_atomic
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
-from gpt25.tokenizer.io import current_umask
 
 FORMAT = "gpt25-checkpoint"
 VERSION = 1
@@ -108,7 +108,7 @@ def read_weights(file: Path) -> dict[str, torch.Tensor]:
 def save_weights(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors' save_file, with the usual umask-based mode: it creates files private (0600)."""
     save_file(tensors, file, metadata=metadata)
-    os.chmod(file, 0o666 & ~current_umask())
+    set_usual_mode(file)
 
 
 def read_train_state(file: Path) -> dict[str, Any]:
@@ -133,16 +133,18 @@ def check_tokenizer_matches(tokenizer: Tokenizer, model_vocab_size: int, fingerp
         )
 
 
-def make_meta(step: int, model_config: ModelConfig, *, train_config: dict | None = None,
+def make_meta(step: int, model_config: ModelConfig | None, *, train_config: dict | None = None,
               tokenizer_fingerprint: str | None = None, world_size: int = 1, sharded: bool = False) -> dict:
-    return {"format": FORMAT, "version": VERSION, "step": step, "model_config": model_config.to_dict(),
+    """meta.json's contents; model_config is None for a module other than a TransformerLM."""
+    return {"format": FORMAT, "version": VERSION, "step": step,
+            "model_config": model_config.to_dict() if model_config else None,
             "train_config": train_config or {}, "tokenizer_fingerprint": tokenizer_fingerprint,
-            "world_size": world_size, "sharded": sharded, "torch_version": torch.__version__}
+            "world_size": world_size, "sharded": sharded, "torch_version": str(torch.__version__)}
 
 
 def check_compatible(meta: dict, model_config: ModelConfig, tokenizer_fingerprint: str | None) -> None:
     """Refuse to resume into a different model shape or tokenizer, naming every differing setting."""
-    saved = meta["model_config"]
+    saved = meta["model_config"] or {}  # None: saved from a module other than a TransformerLM
     differences = [f"{name} (checkpoint {saved.get(name)!r}, now {value!r})"
                    for name, value in model_config.to_dict().items() if saved.get(name) != value]
     saved_fingerprint = meta.get("tokenizer_fingerprint")
@@ -175,49 +177,36 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _commit(temporary: Path, final: Path) -> None:
-    """Rename a finished temporary dir into place, replacing an older dir of the same name."""
-    if final.exists():
-        trash = final.with_name(f".old-{final.name}")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(final, trash)
-        os.replace(temporary, final)
-        shutil.rmtree(trash)
-    else:
-        os.replace(temporary, final)
-
-
-def fresh_temporary(final: Path) -> Path:
-    """An empty folder `.tmp-NAME` beside `final` (a leftover one from a killed run is cleared)."""
-    temporary = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    return temporary
-
-
 def _write_state_and_meta(folder: Path, train_state: dict, meta: dict) -> None:
     torch.save(train_state, folder / STATE_FILE)
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, iteration: int,
-                    path: str | Path, *, meta: dict | None = None, rank_states: list[dict] | None = None) -> Path:
-    """Write a single-process checkpoint dir at `path`: model.safetensors, train_state.pt, meta.json.
+                    out: str | os.PathLike | BinaryIO, *, meta: dict | None = None,
+                    rank_states: list[dict] | None = None) -> Path | None:
+    """Save the weights, optimizer state and iteration of any module; returns the folder written.
 
-    The model may be a plain TransformerLM or its DDP wrapper (every rank holds the full model, so
-    rank 0 alone calls this). The optimizer state is stored keyed by parameter name (the layout of
-    torch.distributed.checkpoint's full optimizer state dict), so FSDP runs can resume from it too.
+    `out` is a path, which becomes a checkpoint dir (model.safetensors, train_state.pt, meta.json),
+    or a binary file object, which gets the same contents as one torch.save payload. The model may
+    be wrapped by DDP (every rank holds the full model, so rank 0 alone calls this). The optimizer
+    state is stored keyed by parameter name (the layout of torch.distributed.checkpoint's full
+    optimizer state dict), so FSDP runs can resume from it too. The model's config goes into the
+    metadata when it has one (a TransformerLM); load_model needs it, load_checkpoint does not.
     """
-    final = Path(path)
-    temporary = fresh_temporary(final)
     model = model.module if hasattr(model, "module") else model
-    save_weights({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary / WEIGHTS_FILE)
+    weights = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
     optimizer_state = named_optimizer_state(model, optimizer) if optimizer else None
     train_state = {"step": iteration, "optimizer": optimizer_state, "ranks": rank_states or []}
-    meta = meta or make_meta(iteration, model.config)
-    _write_state_and_meta(temporary, train_state, meta)
-    _commit(temporary, final)
-    return final
+    config = getattr(model, "config", None)
+    meta = meta or make_meta(iteration, config if isinstance(config, ModelConfig) else None)
+    if hasattr(out, "write"):
+        torch.save({"meta": meta, "model": weights, "train_state": train_state}, out)
+        return None
+    with atomic_folder(Path(out)) as temporary:
+        save_weights(weights, temporary / WEIGHTS_FILE)
+        _write_state_and_meta(temporary, train_state, meta)
+    return Path(out)
 
 
 def save_sharded_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
@@ -236,18 +225,40 @@ def save_sharded_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optim
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=temporary / SHARDED_DIR)
     if rank == 0:
         _write_state_and_meta(temporary, {"step": iteration, "optimizer": None, "ranks": rank_states}, meta)
-        _commit(temporary, final)
+        replace_folder(temporary, final)
     dist.barrier()
     return final
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+def load_checkpoint(src: str | os.PathLike | BinaryIO, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None) -> int:
     """Load weights (and optimizer state when given) from any training checkpoint; returns its step.
 
-    Works across layouts: a sharded (FSDP) checkpoint loads into one process or any number of FSDP
-    ranks, and a single-process checkpoint loads into an FSDP model.
+    `src` is a path (a step dir, or a run dir for its newest checkpoint) or a binary file object
+    save_checkpoint wrote to. Paths work across layouts: a sharded (FSDP) checkpoint loads into one
+    process or any number of FSDP ranks, and a single-process checkpoint loads into an FSDP model.
     """
-    return load_training_state(path, model, optimizer)["step"]
+    if hasattr(src, "read"):
+        return _load_from_file_object(src, model, optimizer)["step"]
+    return load_training_state(src, model, optimizer)["step"]
+
+
+def _load_from_file_object(file: BinaryIO, model: torch.nn.Module,
+                           optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Restore model (+ optimizer) from save_checkpoint's one-payload form; returns its train state."""
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise ValueError(f"not a gpt25 checkpoint file object ({type(error).__name__}); "
+                         "give what save_checkpoint wrote") from None
+    if not isinstance(payload, dict) or payload.get("meta", {}).get("format") != FORMAT:
+        raise ValueError("not a gpt25 checkpoint file object; give what save_checkpoint wrote")
+    model = model.module if hasattr(model, "module") else model
+    model.load_state_dict(payload["model"])
+    train_state = payload["train_state"]
+    if optimizer:
+        load_named_optimizer_state(model, optimizer, train_state["optimizer"])
+    return train_state
 
 
 def load_training_state(path: str | Path, model: torch.nn.Module,
@@ -260,7 +271,7 @@ def load_training_state(path: str | Path, model: torch.nn.Module,
     train_state = read_train_state(path / STATE_FILE)
     if optimizer and not meta["sharded"] and train_state["optimizer"] is None:
         raise ValueError(f"{path} has no optimizer state (weights only); it cannot resume training")
-    if meta["sharded"] or _is_fsdp(model):
+    if meta["sharded"] or is_fsdp(model):
         _load_with_state_dict_api(path, meta, train_state, model, optimizer)
     else:
         model = model.module if hasattr(model, "module") else model
@@ -268,11 +279,6 @@ def load_training_state(path: str | Path, model: torch.nn.Module,
         if optimizer:
             load_named_optimizer_state(model, optimizer, train_state["optimizer"])
     return train_state
-
-
-def _is_fsdp(model: torch.nn.Module) -> bool:
-    fsdp = sys.modules.get("torch.distributed.fsdp")
-    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
 def _load_with_state_dict_api(path: Path, meta: dict, train_state: dict, model: torch.nn.Module,
@@ -330,6 +336,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     """A TransformerLM in eval mode from a step dir, a run dir (newest checkpoint) or a .safetensors file."""
     path = resolve_checkpoint(path)
     meta = read_meta(path)
+    if not meta["model_config"]:
+        raise ValueError(f"{path} holds a module other than a TransformerLM (no model config); "
+                         "load it into that module with load_checkpoint")
     model = TransformerLM(ModelConfig.from_dict(meta["model_config"]))
     if path.is_file():
         model.load_state_dict(read_weights(path))
@@ -342,6 +351,33 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     model.to(device=device, dtype=dtype)
     model.eval()
     return model, meta
+
+
+def load_for_inference(checkpoint: str | Path | torch.nn.Module, tokenizer: str | Path | Tokenizer | None,
+                       device: str | torch.device | None = None,
+                       dtype: torch.dtype | None = None) -> tuple[TransformerLM, Tokenizer | None, dict]:
+    """(model, tokenizer, checkpoint meta) for eval, sampling and export, the tokenizer checked to be
+    the model's (vocab size, and the fingerprint the checkpoint records); one-line errors otherwise.
+
+    `checkpoint` is a step dir, a run dir (newest checkpoint) or a .safetensors file, loaded in eval
+    mode on `device` (default cpu) in `dtype`, or a model in memory (meta {}), moved only
+    when a device or dtype is given. `tokenizer` is a saved folder or a Tokenizer; None skips it.
+    """
+    if isinstance(tokenizer, (str, os.PathLike)):
+        if not Path(tokenizer).is_dir():
+            raise FileNotFoundError(f"tokenizer folder {tokenizer} not found; pass the model's tokenizer folder")
+        tokenizer = Tokenizer.load(tokenizer)
+    if isinstance(checkpoint, torch.nn.Module):
+        model, meta = checkpoint, {}
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
+    elif not Path(checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint} not found; pass a run dir, a step dir or a .safetensors file")
+    else:
+        model, meta = load_model(checkpoint, device=device or "cpu", dtype=dtype)
+    if tokenizer is not None:
+        check_tokenizer_matches(tokenizer, model.config.vocab_size, meta.get("tokenizer_fingerprint"))
+    return model, tokenizer, meta
 
 
 def consolidate(path: str | Path, out_file: str | Path) -> Path:
@@ -357,12 +393,9 @@ def write_consolidated(model: torch.nn.Module, out_file: Path, meta: dict) -> Pa
     """`out_file` (.safetensors, the model's full weights) + its `.json` sidecar `meta`, each written
     under a temporary name and renamed, so load_model never sees half a file."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_file.with_name(f".tmp-{out_file.name}")
-    save_weights({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary)
-    sidecar_temporary = temporary.with_suffix(".json")
-    sidecar_temporary.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(temporary, out_file)
-    os.replace(sidecar_temporary, out_file.with_suffix(".json"))
+    with atomic_path(out_file) as temporary:  # the sidecar is renamed first, the weights on leaving
+        save_weights({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary)
+        write_json_atomic(out_file.with_suffix(".json"), meta)
     return out_file
 
 

@@ -8,7 +8,6 @@ demo doubles as a tutorial. A second run reuses the corpus, tokenizer and shards
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -19,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from gpt25.checkpoint import list_checkpoints, load_model, read_meta
+from gpt25.checkpoint import list_checkpoints, load_for_inference, read_meta
 from gpt25.data import load_split, read_manifest
 from gpt25.data.prepare import PrepareConfig, prepare
 from gpt25.data.sources import iter_default_corpus, write_corpus_file
 from gpt25.eval.run import run_evaluation
+from gpt25.files import write_json_atomic, write_text_atomic
 from gpt25.sample import generate
 from gpt25.tokenizer import Tokenizer, train_bpe
 from gpt25.train import TrainConfig, plot_runs, train
@@ -159,13 +159,12 @@ def evaluate_model(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]
                             tokenizer.vocab_size)
     results["unigram_loss"] = baseline
     results["unigram_perplexity"] = math.exp(baseline)
-    write_text_atomic(paths["eval"], json.dumps(results, indent=2) + "\n")
+    write_json_atomic(paths["eval"], results)
     return results
 
 
 def sample_model(paths: dict[str, Path], config: DemoConfig) -> list[str]:
-    model, _ = load_model(paths["run"], device=config.device)
-    tokenizer = Tokenizer.load(paths["tokenizer"])
+    model, tokenizer, _ = load_for_inference(paths["run"], paths["tokenizer"], config.device)
     return generate(model, tokenizer, config.prompt, num_samples=config.num_samples, seed=1337)
 
 
@@ -174,12 +173,6 @@ def write_report(paths: dict[str, Path], config: DemoConfig, results: dict[str, 
     plot_runs([paths["run"]], paths["plot"])
     write_text_atomic(paths["report"], render_report(paths, config, results))
     return {"report": str(paths["report"]), "plot": str(paths["plot"])}
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
 
 
 def render_report(paths: dict[str, Path], config: DemoConfig, results: dict[str, Any]) -> str:

@@ -1,6 +1,9 @@
-"""`--device`: the name a user gives, checked against this machine (train, eval, generate, lm-eval)."""
+"""Where a model runs: `--device`, the name a user gives, checked against this machine (train, eval,
+generate, lm-eval), and whether FSDP shards the model across devices (train, checkpoints)."""
 
 from __future__ import annotations
+
+import sys
 
 import torch
 
@@ -28,3 +31,10 @@ def resolve_device(device: str | None = "auto", local_rank: int = 0) -> torch.de
         choices = f"cpu or cuda:0..{num_gpus - 1}" if num_gpus else "cpu"
         raise ValueError(f"--device {device} was asked for but {visible}; use --device {choices}")
     return torch.device("cuda", index)
+
+
+def is_fsdp(model: torch.nn.Module) -> bool:
+    """Sharded by FSDP2 (which also casts parameters itself: no torch.autocast needed for bfloat16).
+    Looked up without importing FSDP, which takes seconds: a sharded model has imported it."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)

@@ -1,5 +1,5 @@
 """Hugging Face interop: export a gpt25 model as a `transformers` LlamaForCausalLM folder, import one back,
-and move folders to and from the Hub.
+and upload a folder to the Hub (downloads: gpt25.data.hub.download_repo, `gpt25 data download`).
 
 The architectures match one to one (RMSNorm eps 1e-5, SwiGLU, RoPE, no biases, untied head) except
 for the RoPE layout: gpt25 rotates interleaved pairs (x[2i], x[2i+1]) while transformers rotates
@@ -10,20 +10,12 @@ one onto the other exactly (`interleaved_to_halves`), since q.k is unchanged whe
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
-from gpt25.checkpoint import (
-    check_tokenizer_matches,
-    fresh_temporary,
-    load_model,
-    read_weights,
-    save_weights,
-    write_consolidated,
-)
+from gpt25.checkpoint import load_for_inference, read_weights, save_weights, write_consolidated
+from gpt25.files import atomic_folder
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
 
@@ -138,7 +130,7 @@ def export_hf(
     """Write a LlamaForCausalLM folder (config.json, model.safetensors, tokenizer files) to `out_dir`.
 
     `checkpoint` is a gpt25 checkpoint path (step dir, run dir or consolidated .safetensors; read with
-    gpt25.checkpoint.load_model) or an in-memory TransformerLM. `tokenizer_dir` is a folder written by
+    gpt25.checkpoint.load_for_inference) or an in-memory TransformerLM. `tokenizer_dir` is a folder written by
     gpt25's Tokenizer.save (None skips the tokenizer); it must be the checkpoint's (vocab size and
     recorded fingerprint). The folder is assembled under a temporary name and renamed into place; a
     failure leaves nothing behind.
@@ -146,19 +138,9 @@ def export_hf(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
-    model, meta = (checkpoint, {}) if isinstance(checkpoint, TransformerLM) else load_model(checkpoint)
-    tokenizer = Tokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
-    if tokenizer is not None:
-        check_tokenizer_matches(tokenizer, model.config.vocab_size, meta.get("tokenizer_fingerprint"))
-    temporary = fresh_temporary(out_dir)
-    try:
+    model, tokenizer, _ = load_for_inference(checkpoint, tokenizer_dir)
+    with atomic_folder(out_dir) as temporary:
         _write_hf_folder(model, tokenizer, temporary, dtype)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(temporary, out_dir)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -260,13 +242,3 @@ def upload_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, to
     except Exception as error:  # network, auth and offline errors all end here; one line for the CLI
         raise ConnectionError(f"could not upload to the Hub repo {repo_id}: {type(error).__name__}: {error}") from error
     return str(url)
-
-
-def download_from_hub(repo_id: str, local_dir: str | Path, *, revision: str | None = None) -> Path:
-    """Download a model repo snapshot into `local_dir` (for import_hf). Offline -> ConnectionError."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id=repo_id, local_dir=str(local_dir), revision=revision))
-    except Exception as error:
-        raise ConnectionError(f"could not download {repo_id} from the Hub: {type(error).__name__}: {error}") from error

@@ -98,7 +98,7 @@ def test_folders_skip_hidden_files_and_globs_recurse(tmp_path: Path) -> None:
 def test_jsonl_text_field(tmp_path: Path) -> None:
     rows = [{"text": "one", "id": 1}, {"text": "two\n", "id": 2}, {"text": "   ", "id": 3}]
     (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n\n")
-    assert documents(str(tmp_path / "rows.jsonl")) == ["one", "two"]
+    assert documents(str(tmp_path / "rows.jsonl")) == ["one", "two\n"]  # a record's text exactly; blank ones go
     with pytest.raises(ValueError, match=r"rows.jsonl:1: no field 'body' \(found: text, id\); pass --text_field NAME"):
         documents(str(tmp_path / "rows.jsonl"), text_field="body")
     (tmp_path / "broken.jsonl").write_text('{"text": "ok"}\n{"text": \n')
@@ -123,6 +123,16 @@ def test_hugging_face_datasets_local_builders(tmp_path: Path) -> None:
     assert documents("hf:parquet", data_files=[str(tmp_path / "rows.parquet")]) == ["p0", "p1"]
     with pytest.raises(ValueError, match="row 0: no field 'text' \\(found: story\\)"):
         documents("hf:json", data_files=[str(tmp_path / "rows.jsonl")])
+
+
+def test_records_keep_their_edge_newlines_in_every_format(tmp_path: Path) -> None:
+    """A record's text is the user's data: JSONL, Parquet and hf: sources give it exactly; blank ones are skipped."""
+    texts = ["\nstarts with a newline", "ends with one\n", "\n\nboth\n\n", " \n\t", "", "  spaces  "]
+    kept = ["\nstarts with a newline", "ends with one\n", "\n\nboth\n\n", "  spaces  "]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    pq.write_table(pa.table({"text": texts}), tmp_path / "rows.parquet")
+    assert documents(str(tmp_path / "rows.jsonl")) == documents(str(tmp_path / "rows.parquet")) == kept
+    assert documents("hf:parquet", data_files=[str(tmp_path / "rows.parquet")]) == kept
 
 
 RUN_COMMANDS = """

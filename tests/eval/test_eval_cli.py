@@ -211,7 +211,7 @@ def test_an_unavailable_device_is_a_one_line_error(saved, capsys, monkeypatch, c
 def test_eval_settings_are_checked_before_any_work(saved, capsys, monkeypatch, arguments, message) -> None:
     import gpt25.eval.run
 
-    monkeypatch.setattr(gpt25.eval.run, "load_model", lambda *args, **kwargs: pytest.fail("loaded the model"))
+    monkeypatch.setattr(gpt25.eval.run, "load_for_inference", lambda *args, **kwargs: pytest.fail("loaded the model"))
     before = sorted(saved["root"].iterdir())
     extra = [argument.format(**saved) for argument in arguments]
     assert run_cli("eval", "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], *extra,

@@ -110,8 +110,8 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     import torch
 
+    from gpt25.checkpoint import load_for_inference
     from gpt25.device import resolve_device
-    from gpt25.eval.run import load_model_and_tokenizer
     from gpt25.sample import generate, validate_sampling
 
     validate_sampling(args.temperature, args.top_p, args.top_k)
@@ -119,7 +119,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError("--stream prints one sample as it is produced; drop --stream or use --num_samples 1")
     device = resolve_device(args.device)
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    model, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.tokenizer, device, getattr(torch, dtype_name))
+    model, tokenizer, _ = load_for_inference(args.checkpoint, args.tokenizer, device, getattr(torch, dtype_name))
     print_piece = stream_printer(args.prompt)
     with one_line_warnings("generate"):
         samples = generate(

@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     upload.set_defaults(handler=run_hub_upload)
 
     download = commands.add_parser("hub-download", help="download a model repo from the Hub",
-                                   description="Download a snapshot of a Hub model repo into --out.")
+                                   description="Download a snapshot of a Hub model repo into --out: an alias of "
+                                   "`gpt25 data download --repo-type model`.")
     download.add_argument("--repo", required=True, help="Hub repo id")
     download.add_argument("--out", required=True, help="local folder")
     download.set_defaults(handler=run_hub_download)
@@ -79,7 +80,7 @@ def run_hub_upload(args: argparse.Namespace) -> int:
 
 
 def run_hub_download(args: argparse.Namespace) -> int:
-    from gpt25.interop import download_from_hub
+    from gpt25.data.hub import download_repo
 
-    print(f"downloaded to {download_from_hub(args.repo, args.out)}")
+    print(f"downloaded to {download_repo(args.repo, 'model', args.out)}")
     return 0

@@ -171,12 +171,12 @@ def _check_parent(out: Path) -> None:
 
 def _save_replacing(tokenizer, out: Path) -> None:
     """Save into a fresh sibling folder, then swap it in, so DIR is never left half-written."""
-    from gpt25.tokenizer.io import current_umask
+    from gpt25.files import set_usual_mode
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        staging.chmod(0o777 & ~current_umask())
+        set_usual_mode(staging)
         tokenizer.save(staging)
         _swap_in(staging, out)
     finally:

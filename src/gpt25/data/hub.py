@@ -1,4 +1,4 @@
-"""The Hugging Face side of the data sources: streamed datasets and `gpt25 data download`.
+"""The Hugging Face Hub for data and models: streamed datasets and the one download (`gpt25 data download`).
 
 Both need the internet unless they read local files through the libraries' own local paths
 (`datasets` packaged builders such as ``json`` / ``parquet`` with ``data_files``, or a cached
@@ -72,7 +72,8 @@ def iter_hf_dataset(
     data_files: list[str] | None = None,
     split: str = "train",
 ) -> Iterator[str]:
-    """Stream the `text_field` of a Hugging Face dataset (``hf:NAME[:CONFIG]``).
+    """Stream the `text_field` of a Hugging Face dataset (``hf:NAME[:CONFIG]``), each row's text exactly
+    (blank and null ones skipped).
 
     With `data_files` (or a local folder as NAME) the dataset is read from disk through
     `datasets`' own builders, e.g. ``hf:json`` with ``--data_files a.jsonl``; no network is used.
@@ -88,15 +89,21 @@ def iter_hf_dataset(
             )
         text = row[text_field]
         if text is not None and str(text).strip():
-            yield str(text).strip("\n")
+            yield str(text)  # exactly as stored: edge newlines are the user's data
 
 
 def download_repo(
-    repo_id: str = RECIPE_REPO, repo_type: str = "dataset", out: str | None = None, include: list[str] | None = None
+    repo_id: str = RECIPE_REPO,
+    repo_type: str = "dataset",
+    out: str | os.PathLike | None = None,
+    include: list[str] | None = None,
+    revision: str | None = None,
 ) -> Path:
     """Download a Hub repo with huggingface_hub (into `out`, else the HF cache); returns its local folder.
 
-    Under HF_HUB_OFFLINE=1 a copy already in the Hugging Face cache is used (and copied to `out`).
+    The one Hub download, behind `gpt25 data download` (and its alias `gpt25 export hub-download`,
+    for model repos to convert with `gpt25 export import-hf`). Under HF_HUB_OFFLINE=1 a copy already
+    in the Hugging Face cache is used (and copied to `out`).
     """
     if repo_type not in REPO_TYPES:
         raise ValueError(f"--repo_type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")
@@ -106,13 +113,15 @@ def download_repo(
     what = f"downloading {repo_type} {repo_id}"
     try:
         if hub_offline():
-            cached = Path(snapshot_download(repo_id, repo_type=repo_type, allow_patterns=include))
+            cached = Path(snapshot_download(repo_id, repo_type=repo_type, allow_patterns=include, revision=revision))
             if out is None:
                 return cached
             shutil.copytree(cached, out, dirs_exist_ok=True)
             return Path(out)
         check_hub_reachable(repo_id, repo_type, what, DOWNLOAD_ALTERNATIVE)
-        return Path(snapshot_download(repo_id, repo_type=repo_type, local_dir=out, allow_patterns=include))
+        return Path(
+            snapshot_download(repo_id, repo_type=repo_type, local_dir=out, allow_patterns=include, revision=revision)
+        )
     except LocalEntryNotFoundError:
         raise ConnectionError(
             f"{what} needs the internet and offline mode is on (HF_HUB_OFFLINE) with no cached copy; {DOWNLOAD_ALTERNATIVE}"

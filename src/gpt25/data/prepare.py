@@ -46,25 +46,20 @@ from gpt25.data.shards import (
     dtype_for_vocab,
     read_manifest,
     shard_is_valid,
-    write_json_atomic,
 )
 from gpt25.data.sources import (
-    DEFAULT_CORPUS_SPEC,
-    JSONL_SUFFIXES,
-    SkippedLines,
+    BlockReport,
     SourceStats,
+    SourceTask,
+    TaskLines,
     check_sources,
-    decode_text_block,
-    expand_paths,
     iter_documents,
-    iter_parquet_documents,
-    jsonl_block_documents,
-    read_line_block,
-    read_paragraph_block,
+    plan_tasks,
+    range_task_bytes,
+    read_task,
     source_signature,
-    text_documents,
 )
-from gpt25.tokenizer.codec import text_groups
+from gpt25.files import write_json_atomic
 
 DEFAULT_VAL_FRACTION = 0.01
 BATCH_CHARS = 1 << 19  # text per worker task: large enough to amortise IPC, small enough to stay ordered
@@ -197,7 +192,7 @@ def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[
     manifest = _start_or_resume(out_dir, settings, config.overwrite)
     if manifest["complete"]:
         return manifest
-    file_bytes = _range_file_bytes(config, settings["source_files"])
+    file_bytes = range_task_bytes(config.sources, settings["source_files"])
     total_bytes = file_bytes
     if "val_threshold" not in manifest:
         manifest["val_threshold"], counted_bytes = _val_threshold(config)
@@ -277,16 +272,6 @@ def _keep_valid_prefix(out_dir: Path, manifest: dict[str, Any]) -> None:
         del entries[num_valid:]
 
 
-def _range_file_bytes(config: PrepareConfig, signature: list[list]) -> int | None:
-    """The size of the source files when every source is plain-text or JSONL files, whose tasks are
-    byte ranges (the progress bar counts those); None otherwise."""
-    if any(spec == DEFAULT_CORPUS_SPEC or spec.startswith("hf:") for spec in config.sources):
-        return None
-    if any(Path(path).suffix.lower() == ".parquet" for path, _, _ in signature):
-        return None
-    return sum(size for _, size, _ in signature)
-
-
 def _val_threshold(config: PrepareConfig) -> tuple[int, int | None]:
     """(validation hash threshold, total source bytes when a pre-pass counted them)."""
     if config.val_docs is None:
@@ -296,7 +281,7 @@ def _val_threshold(config: PrepareConfig) -> tuple[int, int | None]:
     def hashes() -> Iterator[int]:
         nonlocal total_bytes
         for text in tqdm(
-            _documents(config, config.sources, SourceStats(), warn=False),
+            _silenced(iter_documents(config.sources, **_source_options(config))),
             desc="hash (val split)",
             unit=" docs",
             disable=not config.progress,
@@ -309,19 +294,10 @@ def _val_threshold(config: PrepareConfig) -> tuple[int, int | None]:
     return threshold, total_bytes
 
 
-def _documents(config: PrepareConfig, sources: list[str], stats: SourceStats, warn: bool = True) -> Iterator[str]:
-    documents = iter_documents(
-        sources,
-        doc_split=config.doc_split,
-        text_field=config.text_field,
-        data_files=config.data_files,
-        hf_split=config.hf_split,
-        stats=stats,
-        exclude=config.out_dir,
-    )
-    if warn:
-        return documents
-    return _silenced(documents)
+def _source_options(config: PrepareConfig) -> dict[str, Any]:
+    """How the sources are read: the options of iter_documents and plan_tasks."""
+    return {"doc_split": config.doc_split, "text_field": config.text_field, "data_files": config.data_files,
+            "hf_split": config.hf_split, "exclude": config.out_dir}
 
 
 def _silenced(documents: Iterator[str]) -> Iterator[str]:
@@ -366,24 +342,26 @@ def _run(
         for split in SPLITS
     }
     stats = SourceStats()
-    block_lines = _BlockLines(stats)
+    task_lines = TaskLines(stats)
     counters = {"documents": 0, "bytes": 0, "tokens": 0, "tokenized": 0}
-    tasks = _tasks(config, _BatchSettings(manifest["val_threshold"], resume, dtype), stats)
+    settings = _BatchSettings(manifest["val_threshold"], resume, dtype)
+    tasks = (_Task(settings, task) for task in plan_tasks(config.sources, BATCH_CHARS, stats=stats,
+                                                          **_source_options(config)))
     caught_up_at = max(point.doc_index for point in resume.values())
     with tqdm(
         total=total_bytes, desc="prepare", unit="B", unit_scale=True, disable=not config.progress, mininterval=0.5
     ) as bar:
         try:
             for task, encoded in _encoded_in_order(tasks, config.workers, tokenizer, counters, caught_up_at):
-                block_lines.report(task, encoded.block)
+                task_lines.report(task.source, encoded.block)
                 _write_batch(encoded, writers, counters["documents"])
                 counters["documents"] += encoded.num_documents
                 counters["bytes"] += encoded.num_bytes
                 counters["tokens"] += len(encoded.tokens)
                 counters["tokenized"] += len(encoded.doc_indices)
-                bar.update(task.end - task.start if counts_file_bytes else encoded.num_bytes)
+                bar.update(task.source.end - task.source.start if counts_file_bytes else encoded.num_bytes)
                 bar.set_postfix(docs=counters["documents"], tokens=counters["tokens"], refresh=False)
-            block_lines.close()
+            task_lines.close()
             for writer in writers.values():
                 writer.close(counters["documents"])
         except BaseException:
@@ -410,40 +388,12 @@ class _BatchSettings:
 
 @dataclass
 class _Task:
-    """One worker task: consecutive source documents, either read by the main process (`texts`) or
-    a byte range of a plain-text or JSONL file that the worker reads, decodes and splits itself (see
-    read_paragraph_block and read_line_block: the range is moved to paragraph or line starts, so
-    ranges can be cut blindly)."""
+    """One worker task: the sources' documents to encode, what encoding needs besides them, and
+    while resuming the number of their first document."""
 
     settings: _BatchSettings
-    texts: list[str] | None = None
-    path: str = ""  # the file, when the task is a byte range
-    start: int = 0
-    end: int = 0
-    doc_split: str = "blank-line"  # how a plain-text range splits into documents
-    text_field: str | None = None  # the field holding the text, when the file is JSONL
-    first_doc_index: int | None = None  # the number of the first document, given only while resuming
-
-    def documents(self) -> tuple[list[str], _BlockReport | None]:
-        """The task's documents, and for a byte range what the main process must number within the file."""
-        if self.texts is not None:
-            return self.texts, None
-        read_block = read_paragraph_block if self.text_field is None else read_line_block
-        block = read_block(Path(self.path), self.start, self.end)
-        text, skipped = decode_text_block(block, self.start == 0)
-        if self.text_field is None:
-            return text_documents(text, self.doc_split), _BlockReport(skipped, block.count(b"\n"))
-        documents, bad_line = jsonl_block_documents(text, self.text_field, skipped)
-        return documents, _BlockReport(skipped, block.count(b"\n"), bad_line)
-
-
-@dataclass
-class _BlockReport:
-    """What a worker found in a byte range's block, by line index in the block."""
-
-    skipped_lines: list[tuple[int, str]]  # (line index, reason) of each line skipped as not UTF-8
-    num_lines: int
-    bad_line: tuple[int, str] | None = None  # (line index, problem): a JSONL line that is no record
+    source: SourceTask
+    first_doc_index: int | None = None
 
 
 @dataclass
@@ -456,37 +406,7 @@ class _EncodedBatch:
     tokens: np.ndarray  # all their tokens, concatenated
     num_bytes: int  # UTF-8 bytes of every document of the task
     num_documents: int  # documents in the task, kept or not
-    block: _BlockReport | None  # for a byte-range task
-
-
-def _tasks(config: PrepareConfig, settings: _BatchSettings, stats: SourceStats) -> Iterator[_Task]:
-    """The tasks for every source in order: byte ranges of plain-text and JSONL files, documents for the rest."""
-    for spec in config.sources:
-        if spec == DEFAULT_CORPUS_SPEC or spec.startswith("hf:"):
-            yield from _document_tasks(_documents(config, [spec], stats), settings)
-            continue
-        for path in expand_paths(spec, exclude=config.out_dir):
-            stats.files += 1
-            suffix = path.suffix.lower()
-            if suffix == ".parquet":
-                yield from _document_tasks(iter_parquet_documents(path, config.text_field), settings)
-            else:
-                yield from _range_tasks(path, config, settings, config.text_field if suffix in JSONL_SUFFIXES else None)
-
-
-def _range_tasks(path: Path, config: PrepareConfig, settings: _BatchSettings, text_field: str | None) -> Iterator[_Task]:
-    """Byte-range tasks over a plain-text file (text_field None) or a JSONL file; a whole file is one
-    task when each file is one document."""
-    size = path.stat().st_size
-    task_bytes = max(size, 1) if config.doc_split == "file" and text_field is None else BATCH_CHARS
-    for start in range(0, size, task_bytes):
-        end = min(start + task_bytes, size)
-        yield _Task(settings, path=str(path), start=start, end=end, doc_split=config.doc_split, text_field=text_field)
-
-
-def _document_tasks(documents: Iterator[str], settings: _BatchSettings) -> Iterator[_Task]:
-    """Documents grouped into tasks of about BATCH_CHARS characters."""
-    return (_Task(settings, texts=texts) for texts in text_groups(documents, BATCH_CHARS))
+    block: BlockReport | None  # for a byte-range task
 
 
 def _encoded_in_order(
@@ -507,7 +427,7 @@ def _encoded_in_order(
 
 def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
     """Assign each document its split, drop those already in that split's finished shards, tokenize the rest."""
-    texts, block = task.documents()
+    texts, block = read_task(task.source)
     settings = task.settings
     data = [text.encode("utf-8") for text in texts]
     is_val = _is_val(data, settings.val_threshold)
@@ -524,30 +444,6 @@ def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
     if offsets[keep].any():
         lengths, tokens = _drop_leading_tokens(lengths, tokens, offsets[keep])
     return _EncodedBatch(keep, is_val[keep], lengths, tokens, sum(map(len, data)), len(data), block)
-
-
-class _BlockLines:
-    """Numbers within their files the lines that workers report by their index in a block: warnings
-    for the lines skipped as not UTF-8, and the error for a bad JSONL line."""
-
-    def __init__(self, stats: SourceStats) -> None:
-        self.stats = stats
-        self.files: dict[str, tuple[SkippedLines, int]] = {}  # path -> (its reporter, line number of the next block)
-
-    def report(self, task: _Task, block: _BlockReport | None) -> None:
-        if block is None:
-            return
-        reporter, first_line = self.files.get(task.path) or (SkippedLines(Path(task.path), self.stats), 1)
-        for index, reason in block.skipped_lines:
-            reporter.record(first_line + index, reason)
-        if block.bad_line is not None:
-            index, problem = block.bad_line
-            raise ValueError(f"{task.path}:{first_line + index}: {problem}")
-        self.files[task.path] = reporter, first_line + block.num_lines
-
-    def close(self) -> None:
-        for reporter, _ in self.files.values():
-            reporter.close()
 
 
 def _drop_leading_tokens(

@@ -135,12 +135,6 @@ def shard_is_valid(path: Path, entry: dict[str, Any]) -> bool:
     return path.is_file() and path.stat().st_size == entry["bytes"] and file_sha256(path) == entry["sha256"]
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a prepared data folder; errors say how to make or finish one."""
     path = Path(data_dir) / MANIFEST_NAME

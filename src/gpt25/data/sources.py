@@ -9,9 +9,16 @@ A *source spec* is one string, as given to `gpt25 data prepare --source`:
   (one JSON object per line) and ``.parquet`` files yield their ``text_field``; other files are
   plain UTF-8 text, split into documents at blank lines or one document per file. Compressed
   files are refused (decompress them first), and so is a text file whose start shows it is binary
-  or UTF-16/UTF-32 (a NUL byte or such a byte-order mark).
+  or UTF-16/UTF-32 (a NUL byte or such a byte-order mark): check_source_file holds these checks.
 
-Every function here yields plain ``str`` documents in a deterministic order.
+A record's text (JSONL, Parquet, Hugging Face) is a document exactly as stored, edge newlines
+included; only blank (empty or whitespace-only) records and nulls are skipped. Plain text is cut
+at blank (whitespace-only) lines, and each paragraph (or whole file) loses its leading and
+trailing newlines; blank ones are skipped.
+
+Every function here yields plain ``str`` documents in a deterministic order. For parallel readers,
+plan_tasks cuts the sources into SourceTasks (byte ranges of plain-text and JSONL files, groups
+of documents for the rest) and read_task gives a task's documents in a worker.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gpt25.data.hub import check_hf_source, iter_hf_dataset
+from gpt25.files import atomic_path
+from gpt25.tokenizer.codec import text_groups
 
 EOT_TEXT = "<|endoftext|>"
 DOC_SPLITS = ("blank-line", "file")
@@ -140,11 +149,7 @@ def expand_paths(spec: str, exclude: str | os.PathLike | None = None) -> list[Pa
             f"'{DEFAULT_CORPUS_SPEC}' or 'hf:NAME[:CONFIG]'"
         )
     for file in files:
-        if file.suffix.lower() in COMPRESSED_SUFFIXES:
-            raise ValueError(
-                f"source file {file} is compressed ({file.suffix}); decompress it first "
-                "(gunzip -k, unxz -k, zstd -d, unzip, ...) or leave it out of --source"
-            )
+        check_source_file(file)
     return sorted(files)
 
 
@@ -152,9 +157,18 @@ def _is_hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def _check_text_start(path: Path, head: bytes) -> None:
-    """ValueError when the first bytes of a text source show it is not UTF-8: a UTF-16 or UTF-32
-    byte-order mark, or a NUL byte (a binary file, or UTF-16/UTF-32 text without a BOM)."""
+def check_source_file(path: Path, head: bytes | None = None) -> None:
+    """ValueError, one line naming the file, for a source file that cannot be read as it is: a
+    compressed one (by its suffix) or, given its first bytes `head` (text sources), a file that is
+    not UTF-8: a UTF-16 or UTF-32 byte-order mark, or a NUL byte (a binary file, or UTF-16/UTF-32
+    text without a BOM)."""
+    if path.suffix.lower() in COMPRESSED_SUFFIXES:
+        raise ValueError(
+            f"source file {path} is compressed ({path.suffix}); decompress it first "
+            "(gunzip -k, unxz -k, zstd -d, unzip, ...) or leave it out of --source"
+        )
+    if head is None:
+        return
     if head.startswith(UTF16_32_BOMS):
         raise ValueError(
             f"{path} is UTF-16 or UTF-32 text (it starts with a byte-order mark), not UTF-8; "
@@ -168,10 +182,10 @@ def _check_text_start(path: Path, head: bytes) -> None:
 
 
 def _open_text_file(path: Path) -> BinaryIO:
-    """`path` opened for reading bytes, once _check_text_start has passed its first bytes."""
+    """`path` opened for reading bytes, once check_source_file has passed it and its first bytes."""
     file = open(path, "rb")
     try:
-        _check_text_start(path, file.read(BINARY_CHECK_BYTES))
+        check_source_file(path, file.read(BINARY_CHECK_BYTES))
         file.seek(0)
     except BaseException:
         file.close()
@@ -389,7 +403,8 @@ def iter_jsonl_documents(path: Path, text_field: str, stats: SourceStats) -> Ite
 
 
 def record_documents(line: str, text_field: str) -> list[str]:
-    """The document of one JSONL line ([] for a blank line or a null or blank text); ValueError saying
+    """The document of one JSONL line, its text exactly ([] for a blank line or a null or blank
+    text); ValueError saying
     what is wrong with a line that is not an object with `text_field`, or whose field is no string."""
     if not line.strip():
         return []
@@ -407,7 +422,12 @@ def record_documents(line: str, text_field: str) -> list[str]:
         raise ValueError(
             f"field {text_field!r} is {type(text).__name__}, not a string; pass --text_field NAME of a text field"
         )
-    return list(_non_empty(text))
+    return _record_text(text)
+
+
+def _record_text(text: str) -> list[str]:
+    """A record's text as its one document, exactly as stored; [] when it is blank."""
+    return [text] if text.strip() else []
 
 
 def jsonl_block_documents(
@@ -447,7 +467,7 @@ def iter_parquet_documents(path: Path, text_field: str) -> Iterator[str]:
         for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
             for text in batch.column(0).to_pylist():
                 if text is not None:
-                    yield from _non_empty(text)
+                    yield from _record_text(text)
     except (pa.ArrowException, OSError) as error:
         raise _unreadable_parquet(path, error) from None
 
@@ -472,6 +492,115 @@ def _check_text_column(path: Path, schema, text_field: str) -> None:
         raise ValueError(
             f"{path}: column {text_field!r} holds {column_type}, not strings; pass --text_field NAME of a text column"
         )
+
+
+@dataclass
+class SourceTask:
+    """Consecutive documents of the sources for one worker: documents the main process read
+    (`texts`), or a byte range of a plain-text or JSONL file that read_task reads, decodes and
+    splits (the range is moved to paragraph or line starts, see read_paragraph_block and
+    read_line_block, so ranges can be cut blindly)."""
+
+    texts: list[str] | None = None
+    path: str = ""  # the file, when the task is a byte range
+    start: int = 0
+    end: int = 0
+    doc_split: str = "blank-line"  # how a plain-text range splits into documents
+    text_field: str | None = None  # the field holding the text, when the file is JSONL
+
+
+@dataclass
+class BlockReport:
+    """What read_task found in a byte range's block, by line index in the block."""
+
+    skipped_lines: list[tuple[int, str]]  # (line index, reason) of each line skipped as not UTF-8
+    num_lines: int
+    bad_line: tuple[int, str] | None = None  # (line index, problem): a JSONL line that is no record
+
+
+def plan_tasks(specs: Iterable[str], task_bytes: int, *, doc_split: str = "blank-line", text_field: str = "text",
+               data_files: list[str] | None = None, hf_split: str = "train", stats: SourceStats | None = None,
+               exclude: str | os.PathLike | None = None) -> Iterator[SourceTask]:
+    """The tasks of every source in order, of about `task_bytes` each (the options are iter_documents'):
+    byte ranges of plain-text and JSONL files, which the main process never reads; documents for the
+    rest (Parquet, Hugging Face, python-docs), read here."""
+    stats = stats if stats is not None else SourceStats()
+    for spec in specs:
+        if spec == DEFAULT_CORPUS_SPEC or spec.startswith("hf:"):
+            documents = iter_documents([spec], doc_split=doc_split, text_field=text_field, data_files=data_files,
+                                       hf_split=hf_split, stats=stats)
+            yield from _document_tasks(documents, task_bytes)
+            continue
+        for path in expand_paths(spec, exclude):
+            stats.files += 1
+            suffix = path.suffix.lower()
+            if suffix == ".parquet":
+                yield from _document_tasks(iter_parquet_documents(path, text_field), task_bytes)
+            else:
+                yield from _range_tasks(path, doc_split, text_field if suffix in JSONL_SUFFIXES else None, task_bytes)
+
+
+def range_task_bytes(specs: Iterable[str], signature: list[list]) -> int | None:
+    """The size of the source files (`signature` is source_signature's) when plan_tasks cuts every
+    source into byte ranges (plain-text and JSONL files only); None otherwise."""
+    if any(spec == DEFAULT_CORPUS_SPEC or spec.startswith("hf:") for spec in specs):
+        return None
+    if any(Path(path).suffix.lower() == ".parquet" for path, _, _ in signature):
+        return None
+    return sum(size for _, size, _ in signature)
+
+
+def _range_tasks(path: Path, doc_split: str, text_field: str | None, task_bytes: int) -> Iterator[SourceTask]:
+    """Byte-range tasks over a plain-text file (text_field None) or a JSONL file; a whole file is one
+    task when each file is one document."""
+    size = path.stat().st_size
+    task_bytes = max(size, 1) if doc_split == "file" and text_field is None else task_bytes
+    for start in range(0, size, task_bytes):
+        end = min(start + task_bytes, size)
+        yield SourceTask(path=str(path), start=start, end=end, doc_split=doc_split, text_field=text_field)
+
+
+def _document_tasks(documents: Iterable[str], task_bytes: int) -> Iterator[SourceTask]:
+    """Documents grouped into tasks of about `task_bytes` characters."""
+    return (SourceTask(texts=texts) for texts in text_groups(documents, task_bytes))
+
+
+def read_task(task: SourceTask) -> tuple[list[str], BlockReport | None]:
+    """The task's documents, and for a byte range what the main process must number within the file
+    (see TaskLines)."""
+    if task.texts is not None:
+        return task.texts, None
+    read_block = read_paragraph_block if task.text_field is None else read_line_block
+    block = read_block(Path(task.path), task.start, task.end)
+    text, skipped = decode_text_block(block, task.start == 0)
+    if task.text_field is None:
+        return text_documents(text, task.doc_split), BlockReport(skipped, block.count(b"\n"))
+    documents, bad_line = jsonl_block_documents(text, task.text_field, skipped)
+    return documents, BlockReport(skipped, block.count(b"\n"), bad_line)
+
+
+class TaskLines:
+    """Numbers within their files the lines that read_task reports by their index in a block (tasks
+    reported in order): warnings for the lines skipped as not UTF-8, the error for a bad JSONL line."""
+
+    def __init__(self, stats: SourceStats) -> None:
+        self.stats = stats
+        self.files: dict[str, tuple[SkippedLines, int]] = {}  # path -> (its reporter, line number of the next block)
+
+    def report(self, task: SourceTask, block: BlockReport | None) -> None:
+        if block is None:
+            return
+        reporter, first_line = self.files.get(task.path) or (SkippedLines(Path(task.path), self.stats), 1)
+        for index, reason in block.skipped_lines:
+            reporter.record(first_line + index, reason)
+        if block.bad_line is not None:
+            index, problem = block.bad_line
+            raise ValueError(f"{task.path}:{first_line + index}: {problem}")
+        self.files[task.path] = reporter, first_line + block.num_lines
+
+    def close(self) -> None:
+        for reporter, _ in self.files.values():
+            reporter.close()
 
 
 def iter_default_corpus() -> Iterator[str]:
@@ -561,18 +690,12 @@ def write_corpus_file(documents: Iterable[str], path: str | os.PathLike) -> tupl
     if path.is_dir():
         raise IsADirectoryError(f"--out {path} is a folder; give the file to write, e.g. --out {path / 'corpus.txt'}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
     num_documents = num_bytes = 0
-    try:
-        with open(temporary, "w", encoding="utf-8", newline="") as file:
-            for document in documents:
-                if num_documents:
-                    file.write(EOT_TEXT)
-                file.write(document)
-                num_documents += 1
-                num_bytes += len(document.encode("utf-8"))
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as file:
+        for document in documents:
+            if num_documents:
+                file.write(EOT_TEXT)
+            file.write(document)
+            num_documents += 1
+            num_bytes += len(document.encode("utf-8"))
     return num_documents, num_bytes

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from gpt25.eval.distributed import max_over_ranks, rank_and_world_size, sum_over_ranks
 from gpt25.eval.scoring import score_sequences
+from gpt25.files import atomic_path
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 HELLASWAG_VAL_SIZE = 10042
@@ -52,10 +52,8 @@ def download_hellaswag(url: str = HELLASWAG_VAL_URL) -> Path:
             f"could not download HellaSwag from {url} ({error}); fetch hellaswag_val.jsonl elsewhere "
             "and pass it with --hellaswag FILE"
         ) from None
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".hellaswag_val.", suffix=".tmp")
-    with os.fdopen(handle, "wb") as file:
-        file.write(payload)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(payload)
     return path
 
 

@@ -27,7 +27,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from gpt25.checkpoint import check_tokenizer_matches, load_model
+from gpt25.checkpoint import load_for_inference
 from gpt25.device import resolve_device
 from gpt25.eval.scoring import score_sequences
 from gpt25.sample import generate_tokens, validate_sampling
@@ -67,12 +67,10 @@ class GPT25LM(TemplateLM):
         if (model is None) == (checkpoint is None):
             raise ValueError("give exactly one of checkpoint=PATH or model=TransformerLM")
         self._device = resolve_device(device)
-        self.tokenizer = Tokenizer.load(tokenizer) if isinstance(tokenizer, str) else tokenizer
-        meta = {}
-        if model is None:
-            model, meta = load_model(checkpoint, device=self._device, dtype=getattr(torch, dtype) if dtype else None)
-        check_tokenizer_matches(self.tokenizer, model.config.vocab_size, meta.get("tokenizer_fingerprint"))
-        self.model = model.to(self._device).eval()
+        model, self.tokenizer, _ = load_for_inference(
+            checkpoint if model is None else model, tokenizer, self._device, getattr(torch, dtype) if dtype else None
+        )
+        self.model = model.eval()
         self.batch_size = parse_batch_size(batch_size)
         self.max_gen_toks = int(max_gen_toks)
         self.static_decode = None if cuda_graph else False  # None: replay a CUDA graph per step on a GPU

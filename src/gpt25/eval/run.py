@@ -1,4 +1,4 @@
-"""The body of `gpt25 eval` and the loading `gpt25 generate` shares: checkpoint + tokenizer -> scores.
+"""The body of `gpt25 eval`: checkpoint + tokenizer -> scores.
 
 `run_evaluation` scores the whole validation split (or `--limit` examples / `max_tokens` tokens)
 and HellaSwag, prints a table and writes eval.json beside the checkpoint:
@@ -12,33 +12,15 @@ Parts not asked for are null.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import torch
 
-from gpt25.checkpoint import check_tokenizer_matches, load_model, resolve_checkpoint
+from gpt25.checkpoint import load_for_inference, resolve_checkpoint
 from gpt25.device import resolve_device
 from gpt25.eval.hellaswag import evaluate_hellaswag, load_hellaswag
 from gpt25.eval.loss import evaluate_loss
-from gpt25.tokenizer import Tokenizer
-from gpt25.tokenizer.io import write_text_atomic
-
-
-def load_model_and_tokenizer(
-    checkpoint: str | Path, tokenizer_dir: str | Path, device: str | torch.device, dtype: torch.dtype | None = None
-):
-    """(model in eval mode, in `dtype` if given, tokenizer, checkpoint meta); one-line errors when they are
-    missing or do not match."""
-
-    if not Path(checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint} not found; pass a run dir, a step dir or a .safetensors file")
-    if not Path(tokenizer_dir).is_dir():
-        raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} not found; pass the model's tokenizer folder")
-    tokenizer = Tokenizer.load(tokenizer_dir)
-    model, meta = load_model(checkpoint, device=device, dtype=dtype)
-    check_tokenizer_matches(tokenizer, model.config.vocab_size, meta.get("tokenizer_fingerprint"))
-    return model, tokenizer, meta
+from gpt25.files import write_json_atomic
 
 
 def default_output_path(checkpoint: str | Path) -> Path:
@@ -103,7 +85,7 @@ def run_evaluation(
     check_arguments(data_dir, hellaswag, limit, max_tokens, out, batch_size)
     device = resolve_device(device)
     examples = load_hellaswag(hellaswag) if hellaswag is not None else None
-    model, tokenizer, meta = load_model_and_tokenizer(checkpoint, tokenizer_dir, device)
+    model, tokenizer, meta = load_for_inference(checkpoint, tokenizer_dir, device)
     checkpoint = resolve_checkpoint(checkpoint)
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
@@ -127,5 +109,5 @@ def run_evaluation(
     results |= {"checkpoint": str(checkpoint), "step": meta.get("step")}
     out = Path(out) if out else default_output_path(checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, json.dumps(results, indent=2) + "\n")
+    write_json_atomic(out, results)
     return results

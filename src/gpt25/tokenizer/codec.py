@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt25.files import write_text_atomic
 from gpt25.tokenizer import io
 from gpt25.tokenizer.bpe import ID_MASK, merge_values
 from gpt25.tokenizer.encoder import PythonEncoder, new_encoder
@@ -164,7 +165,7 @@ class Tokenizer:
         if path.is_dir():
             path = path / "tokenizer.json"
         content = io.huggingface_json(self.vocab, self.merges, self._special_ids)
-        io.write_text_atomic(path, json.dumps(content, ensure_ascii=False, indent=1))
+        write_text_atomic(path, json.dumps(content, ensure_ascii=False, indent=1))
         return path
 
     # ---- properties --------------------------------------------------------------------------

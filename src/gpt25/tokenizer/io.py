@@ -22,8 +22,6 @@ import hashlib
 import itertools
 import json
 import operator
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt25.files import write_text_atomic
 from gpt25.tokenizer.pretokenize import GPT2_PATTERN
 
 FORMAT_NAME = "gpt25-bpe-tokenizer"
@@ -111,26 +110,6 @@ def compute_fingerprint(vocab: Vocab, merges: Merges, special_tokens: list[str])
         (b"s%d:%b" % (len(special), special) for special in specials),
     )
     return hashlib.sha256(b"".join(parts)).hexdigest()  # one update: the same digest as one per part
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes files private; use the usual mode
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def split_duplicates(vocab: Vocab) -> tuple[dict[str, int], list[list]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from gpt25.device import resolve_device
+from gpt25.device import is_fsdp, resolve_device
 from gpt25.model import ModelConfig, TransformerLM
 
 
@@ -98,12 +97,6 @@ def shard_model(model: TransformerLM, dtype: torch.dtype) -> None:
 def unwrap(model: torch.nn.Module) -> TransformerLM:
     """The TransformerLM inside a DDP wrapper (FSDP2 modifies the model in place, so it is itself)."""
     return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def is_fsdp(model: torch.nn.Module) -> bool:
-    """Sharded by FSDP2 (which also casts parameters itself: no torch.autocast needed for bfloat16)."""
-    fsdp = sys.modules.get("torch.distributed.fsdp")
-    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
 @contextlib.contextmanager

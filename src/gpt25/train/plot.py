@@ -6,9 +6,9 @@ validation bits per byte, and HellaSwag accuracy with a smoothed line (one evalu
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from gpt25.files import atomic_path
 from gpt25.train.tracking import read_metrics
 
 IMAGE_FORMATS = ("png", "pdf", "svg")  # chosen by the output file's suffix
@@ -77,8 +77,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
             axis.text(0.5, 0.5, "not logged", ha="center", va="center", transform=axis.transAxes, color="gray")
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".tmp-{out.name}")
-    figure.savefig(temporary, dpi=100, format=image_format)
+    with atomic_path(out) as temporary:
+        figure.savefig(temporary, dpi=100, format=image_format)
     plt.close(figure)
-    os.replace(temporary, out)
     return out

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gpt25.tokenizer.io import write_text_atomic
+from gpt25.files import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
