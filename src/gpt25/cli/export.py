@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     download = commands.add_parser("hub-download", help="download a model repo from the Hub",
                                    description="Download a snapshot of a Hub model repo into --out: an alias of "
-                                   "`gpt25 data download --repo-type model`.")
+                                   "`gpt25 data download --repo_type model`.")
     download.add_argument("--repo", required=True, help="Hub repo id")
     download.add_argument("--out", required=True, help="local folder")
     download.set_defaults(handler=run_hub_download)
