@@ -291,7 +291,7 @@ def main() -> None:
             name = f"train {megabytes:.0f} MB, vocab {vocab_size}, 2 proc"
             results = measure_in_turns([(task, str(vocab_size), 2) for _, task in trainers], args.repeats)
             reference = results[0].get("seconds")
-            for (library, _), result in zip(trainers, results):
+            for (library, _), result in zip(trainers, results, strict=True):
                 rows.append(format_row(name, library, result, None, reference))
             print("\n".join(rows[-4:]), file=sys.stderr)
         rows.append(format_row("train corpus.en, vocab 500", "gpt25", measure_in_turns([("train-small", "500", 2)], args.repeats)[0],

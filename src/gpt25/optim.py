@@ -117,7 +117,7 @@ class AdamW(Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["step"] = int(state["step"]) + 1
             bucket = buckets[(state["step"], param.device, param.dtype)]
-            for values, item in zip(bucket, (param, param.grad, state["exp_avg"], state["exp_avg_sq"])):
+            for values, item in zip(bucket, (param, param.grad, state["exp_avg"], state["exp_avg_sq"]), strict=True):
                 values.append(item)
         return buckets
 

@@ -280,7 +280,7 @@ def test_end_of_text_written_in_a_document_is_ordinary_text(
     assert tokens.count(loaded[0].eot_id) == len(documents) == manifest["splits"]["train"]["documents"]
     ends = [index + 1 for index, token in enumerate(tokens) if token == loaded[0].eot_id]
     starts = [0, *ends[:-1]]
-    assert [loaded[0].decode(tokens[a:b]) for a, b in zip(starts, ends)] == [d + EOT for d in documents]
+    assert [loaded[0].decode(tokens[a:b]) for a, b in zip(starts, ends, strict=True)] == [d + EOT for d in documents]
 
 
 @pytest.mark.parametrize("workers", [1, 2])

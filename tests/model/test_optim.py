@@ -82,7 +82,7 @@ def train_trajectory(optimizer_class, steps: int = 100) -> list[torch.Tensor]:
 def test_adamw_matches_torch_over_100_steps() -> None:
     ours = train_trajectory(AdamW)
     reference = train_trajectory(torch.optim.AdamW)
-    worst = max((a - b).abs().max().item() for a, b in zip(ours, reference))
+    worst = max((a - b).abs().max().item() for a, b in zip(ours, reference, strict=True))
     assert worst < 1e-6
 
 
@@ -118,7 +118,7 @@ def test_cosine_lr_schedule() -> None:
     assert schedule(110) == pytest.approx(0.1)
     assert schedule(500) == 0.1
     values = [schedule(step) for step in range(10, 111)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
     assert cosine_lr(0, 1.0, 0.1, warmup_steps=0, cosine_steps=10) == 1.0
     with pytest.raises(ValueError, match="warmup_steps"):
         cosine_lr(0, 1.0, 0.1, warmup_steps=10, cosine_steps=5)

@@ -101,7 +101,7 @@ def test_missing_folder_or_file(small_tokenizer, tmp_path):
 
 
 def test_gpt2_files_folder_names_the_import_command(gpt2_files, tmp_path):
-    for source, name in zip(gpt2_files, (VOCAB_FILE, MERGES_FILE)):
+    for source, name in zip(gpt2_files, (VOCAB_FILE, MERGES_FILE), strict=True):
         (tmp_path / name).write_bytes(source.read_bytes())
     with pytest.raises(FileNotFoundError) as error:
         Tokenizer.load(tmp_path)

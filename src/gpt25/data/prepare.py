@@ -451,7 +451,7 @@ def _drop_leading_tokens(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Remove the first offsets[i] tokens of document i."""
     starts = np.cumsum(lengths) - lengths
-    dropped = np.concatenate([np.arange(start, start + offset) for start, offset in zip(starts, offsets) if offset])
+    dropped = np.concatenate([np.arange(start, start + offset) for start, offset in zip(starts, offsets, strict=True) if offset])
     return lengths - offsets, np.delete(tokens, dropped)
 
 
@@ -461,7 +461,7 @@ def _write_batch(encoded: _EncodedBatch, writers: dict[str, SplitWriter], first_
     run_starts = np.flatnonzero(np.diff(encoded.is_val)) + 1
     bounds = [0, *run_starts.tolist(), len(encoded.is_val)]
     token_ends = np.cumsum(encoded.lengths).tolist()
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in zip(bounds, bounds[1:], strict=False):
         if end == start:
             continue
         split = "val" if encoded.is_val[start] else "train"

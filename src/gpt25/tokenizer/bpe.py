@@ -27,7 +27,7 @@ def merge_values(merge_ids: np.ndarray) -> dict[int, int]:
     (left, right, merged) ids in rank order; a pair that appears twice keeps its first merge."""
     keys = merge_ids[:, 0] << ID_BITS | merge_ids[:, 1]
     values = np.arange(len(merge_ids), dtype=np.int64) << ID_BITS | merge_ids[:, 2]
-    return dict(zip(keys[::-1].tolist(), values[::-1].tolist()))  # reversed: a pair's first merge wins
+    return dict(zip(keys[::-1].tolist(), values[::-1].tolist(), strict=True))  # reversed: a pair's first merge wins
 
 
 def merge_word(byte_ids: list[int], merge_values: dict[int, int]) -> tuple[int, ...]:
@@ -127,7 +127,7 @@ class BatchMerger:
         """Finish the words left in `ids` with merge_word, one by one."""
         starts = np.flatnonzero(np.r_[True, word[1:] != word[:-1]]).tolist() + [ids.size]
         flat, word_numbers = ids.tolist(), word[starts[:-1]].tolist()
-        for number, start, end in zip(word_numbers, starts, starts[1:]):
+        for number, start, end in zip(word_numbers, starts, starts[1:], strict=False):
             merged = merge_word(flat[start:end], self.merge_values)
             finished_ids.append(np.array(merged, dtype=np.int64))
             finished_word.append(np.full(len(merged), number, dtype=np.int64))

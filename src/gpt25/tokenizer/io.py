@@ -55,7 +55,7 @@ def byte_to_printable() -> dict[int, str]:
             printable.append(byte)
             codepoints.append(256 + extra)
             extra += 1
-    return {byte: chr(codepoint) for byte, codepoint in zip(printable, codepoints)}
+    return {byte: chr(codepoint) for byte, codepoint in zip(printable, codepoints, strict=True)}
 
 
 @lru_cache(maxsize=1)
@@ -96,7 +96,7 @@ def printables_to_bytes(texts: list[str], where: str) -> list[bytes]:
         raise ValueError(
             f"{where}: token {text!r} has character {character!r}, which is outside GPT-2's byte encoding"
         ) from None
-    return [data[start:end] for start, end in zip([0, *ends], ends)]
+    return [data[start:end] for start, end in zip([0, *ends], ends, strict=False)]
 
 
 def compute_fingerprint(vocab: Vocab, merges: Merges, special_tokens: list[str]) -> str:
@@ -181,7 +181,7 @@ def _read_vocab_entries(path: str | Path) -> dict[str, int]:
 
 
 def _vocab_from_entries(entries: dict[str, int], path: str | Path) -> Vocab:
-    return dict(zip(entries.values(), printables_to_bytes(list(entries), str(path))))
+    return dict(zip(entries.values(), printables_to_bytes(list(entries), str(path)), strict=True))
 
 
 def _read_merge_tokens(path: str | Path) -> list[str]:
@@ -225,7 +225,7 @@ def _read_merges(path: str | Path, entries: dict[str, int], vocab: Vocab) -> tup
 
     ids = merge_ids(lefts, rights, entries, describe)
     left_tokens, right_tokens = (map(vocab.__getitem__, column.tolist()) for column in (ids[:, 0], ids[:, 1]))
-    return list(zip(left_tokens, right_tokens)), ids
+    return list(zip(left_tokens, right_tokens, strict=True)), ids
 
 
 def merge_ids(lefts: Sequence, rights: Sequence, token_ids: Mapping, describe: Callable[[int], str]) -> np.ndarray:

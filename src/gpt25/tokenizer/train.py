@@ -167,7 +167,7 @@ def _count_chunk(task: tuple[Chunk, list[str]]) -> dict[str, int]:
         text = decode_utf8(handle.read(end - start), path, start)
     table = new_pretoken_table()  # numbers the pre-tokens: counting is then a bincount of the numbers
     slots = np.frombuffer(table.scan(split_on_specials(text, special_token_regex(special_tokens))[::2]), dtype=np.int32)
-    return dict(zip(table.take_pending(), np.bincount(slots, minlength=len(table)).tolist()))
+    return dict(zip(table.take_pending(), np.bincount(slots, minlength=len(table)).tolist(), strict=False))
 
 
 def _count_chunk_tagged(task: tuple[Chunk, list[str]]) -> tuple[Chunk, dict[str, int]]:
@@ -197,7 +197,7 @@ def merge_words(
 
 def _merge_in_c(word_counts: dict[str, int], vocab: dict[int, bytes], vocab_size: int, report) -> list[tuple[int, int]]:
     """The (left id, right id) merges from gpt25.tokenizer._bpe; `report(merges done)` runs now and then."""
-    kept = [(encoded, count) for encoded, count in zip(map(str.encode, word_counts), word_counts.values())
+    kept = [(encoded, count) for encoded, count in zip(map(str.encode, word_counts), word_counts.values(), strict=True)
             if len(encoded) > 1]
     symbols = np.frombuffer(b"".join(encoded for encoded, _ in kept), dtype=np.uint8).astype(np.int32)  # byte b: id b
     lengths = np.fromiter((len(encoded) for encoded, _ in kept), dtype=np.int64, count=len(kept))
@@ -255,7 +255,7 @@ class _BpeMerger:
         ordered_words = pair_word[order]
         word_numbers = list(range(len(self.words)))  # one int object per word, shared by all the lists
         ends = [*starts[1:].tolist(), len(ordered_words)]
-        for pair, start, end in zip(distinct.tolist(), starts.tolist(), ends):
+        for pair, start, end in zip(distinct.tolist(), starts.tolist(), ends, strict=False):
             text = chr(pair >> 8) + chr(pair & 0xFF)
             pair_counts[text] = int(totals[pair])
             pair_words[text] = list(map(word_numbers.__getitem__, ordered_words[start:end].tolist()))
