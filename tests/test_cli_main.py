@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 import pytest
+
 from gpt25 import cli
 
 FLOODING_COMMAND = """

@@ -6,10 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from itertools import islice
 from pathlib import Path
-
-import warnings
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from gpt25.checkpoint import make_meta, save_checkpoint
 from gpt25.cli import main
 from gpt25.tokenizer import Tokenizer

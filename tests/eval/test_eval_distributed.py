@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
 from gpt25.eval import evaluate_hellaswag, evaluate_loss
 
 WORLD_SIZE = 2

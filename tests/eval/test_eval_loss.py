@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from gpt25.eval import evaluate_loss
 from gpt25.eval.loss import token_byte_lengths, window_batches
 from gpt25.tokenizer import Tokenizer

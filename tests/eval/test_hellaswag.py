@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from gpt25.eval import evaluate_hellaswag, load_hellaswag
 from gpt25.eval.hellaswag import scoring_rows
 from gpt25.eval.scoring import score_sequences

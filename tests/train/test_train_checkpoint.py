@@ -9,8 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt25.checkpoint import (check_compatible, consolidate, list_checkpoints, load_checkpoint, load_model, make_meta,
-                              read_meta, remove_old_checkpoints, resolve_checkpoint, save_checkpoint)
+from gpt25.checkpoint import (
+    check_compatible,
+    consolidate,
+    list_checkpoints,
+    load_checkpoint,
+    load_model,
+    make_meta,
+    read_meta,
+    remove_old_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from gpt25.model import ModelConfig, TransformerLM, parameter_groups
 from gpt25.optim import AdamW, cross_entropy
 
