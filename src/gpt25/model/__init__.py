@@ -1,7 +1,7 @@
 """gpt25.model: the GPT 2.5 decoder (Llama-style: RMSNorm, SwiGLU, RoPE, untied head), written by hand.
 
-`layers` holds the elementary modules, `attention` the attention and the KV caches, `transformer` the
-config, block, full model, FLOP count and weight-decay groups.
+`config` holds the hyper-parameters, `layers` the elementary modules, `attention` the attention and
+the KV caches, `transformer` the block, full model, FLOP count and weight-decay groups.
 """
 
 from gpt25.model.attention import (
@@ -22,7 +22,8 @@ from gpt25.model.layers import (
     softmax,
     trunc_normal_,
 )
-from gpt25.model.transformer import ModelConfig, TransformerBlock, TransformerLM, parameter_groups
+from gpt25.model.config import ModelConfig
+from gpt25.model.transformer import TransformerBlock, TransformerLM, parameter_groups
 
 __all__ = [
     "Embedding",

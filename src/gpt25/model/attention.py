@@ -8,16 +8,13 @@ Two attention paths give the same numbers: the hand-written `scaled_dot_product_
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.functional import scaled_dot_product_attention as fused_attention
 
+from gpt25.model.config import ModelConfig
 from gpt25.model.layers import Linear, RotaryEmbedding, apply_rotary, linear, softmax
-
-if TYPE_CHECKING:
-    from gpt25.model.transformer import ModelConfig
 
 
 def scaled_dot_product_attention(
