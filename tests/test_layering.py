@@ -1,4 +1,5 @@
-"""Data flows one way: the building blocks never import the layers that use them."""
+"""Data flows one way: the building blocks never import the layers that use them, and gpt25.model's own
+modules import each other in one order, without a circle."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "gpt25"
 BUILDING_BLOCKS = ("tokenizer", "data", "model", "optim")
-USERS = ("train", "checkpoint", "eval", "sample", "interop", "cli", "demo")
+USERS = ("inference", "train", "checkpoint", "eval", "sample", "interop", "cli", "demo")
 
 
 def module_files(name: str) -> list[Path]:
@@ -47,7 +48,8 @@ def is_module(dotted_name: str) -> bool:
 
 def imported_gpt25_modules(path: Path) -> set[str]:
     """First component after `gpt25.` of every gpt25 import in the file (relative ones resolved)."""
-    return {name.split(".")[1] for name in imported_gpt25_names(path) if len(name.split(".")) > 1 and name.split(".")[1]}
+    parts = [name.split(".") for name in imported_gpt25_names(path)]
+    return {name_parts[1] for name_parts in parts if len(name_parts) > 1 and name_parts[1]}
 
 
 def module_name(path: Path) -> str:
@@ -92,15 +94,21 @@ def test_building_blocks_do_not_import_their_users(block: str) -> None:
         assert not forbidden, f"{path.relative_to(PACKAGE)} imports {sorted(forbidden)}"
 
 
-@pytest.mark.parametrize("layer", ["eval", "sample", "checkpoint"])
+def test_inference_sits_just_above_the_model() -> None:
+    """The decoding state uses the model (which does not know it) and none of the layers that drive it."""
+    imported = imported_gpt25_modules(PACKAGE / "inference.py")
+    assert "model" in imported and imported <= set(BUILDING_BLOCKS), f"gpt25.inference imports {sorted(imported)}"
+
+
+@pytest.mark.parametrize("layer", ["eval", "sample", "checkpoint", "inference"])
 def test_eval_and_sampling_do_not_import_the_trainer(layer: str) -> None:
     for path in module_files(layer):
         assert "train" not in imported_gpt25_modules(path), f"{path.relative_to(PACKAGE)} imports gpt25.train"
 
 
 def test_the_model_package_has_no_import_cycle() -> None:
-    """Its modules stand in one order (config, layers, attention, transformer), each importing only earlier ones;
-    imports made only for type checking count too, since a reader follows them just the same."""
+    """Its modules stand in one order (config, decoding, layers, attention, transformer), each importing only
+    earlier ones; imports made only for type checking count too, since a reader follows them just the same."""
     cycle = import_cycle("model")
     assert not cycle, "gpt25.model imports in a circle: " + " -> ".join(cycle)
 
@@ -112,7 +120,8 @@ def test_the_cycle_finder_finds_a_circle(tmp_path: Path, monkeypatch: pytest.Mon
     (package / "a.py").write_text("from gpt25.toy.c import C\nA = 1\n")
     (package / "c.py").write_text("from . import b\nC = 1\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "gpt25")
-    (package / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from gpt25.toy.a import A\n")
+    type_checking_import = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from gpt25.toy.a import A\n"
+    (package / "b.py").write_text(type_checking_import)
     assert import_cycle("toy") == ["gpt25.toy.a", "gpt25.toy.c", "gpt25.toy.b", "gpt25.toy.a"]
     (package / "b.py").write_text("from gpt25.toy import A\n")  # through the package's __init__
     assert import_cycle("toy") == ["gpt25.toy", "gpt25.toy.a", "gpt25.toy.c", "gpt25.toy.b", "gpt25.toy"]

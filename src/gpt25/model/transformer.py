@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gpt25.model.attention import KVCache, MultiHeadSelfAttention
+from gpt25.model.attention import MultiHeadSelfAttention
 from gpt25.model.config import ModelConfig
+from gpt25.model.decoding import DecodingState
 from gpt25.model.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SwiGLU
 
 
@@ -40,10 +41,10 @@ class TransformerBlock(nn.Module):
         self.ln2 = RMSNorm(d_model, device=device, dtype=dtype)
         self.ffn = SwiGLU(d_model, d_ff, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         # (batch, seq, d_model) -> (batch, seq, d_model)
         x = x + self.attn(self.ln1(x), kv_cache)
-        return x + self.ffn(self.ln2(x))
+        return x + self.ffn(self.ln2(x), kv_cache)
 
 
 class TransformerLM(nn.Module):
@@ -70,18 +71,18 @@ class TransformerLM(nn.Module):
             if module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def forward(self, token_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, token_ids: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         """token_ids (batch, seq) int -> logits (batch, seq, vocab); with a cache, positions continue from it."""
         self.check_inputs(token_ids, kv_cache)
         x = self.token_embeddings(token_ids)  # (batch, seq, d_model)
         for layer in self.layers:
             x = layer(x, kv_cache)
-        logits = self.lm_head(self.ln_final(x))  # (batch, seq, vocab)
+        logits = self.lm_head(self.ln_final(x), kv_cache)  # (batch, seq, vocab)
         if kv_cache is not None:
             kv_cache.advance(token_ids.shape[1])
         return logits
 
-    def check_inputs(self, token_ids: torch.Tensor, kv_cache: KVCache | None) -> None:
+    def check_inputs(self, token_ids: torch.Tensor, kv_cache: DecodingState | None) -> None:
         """Shape, dtype and length checks (free); the id-range check only for ids on the CPU, since on
         an accelerator it would cost a device sync on every forward (and is skipped inside torch.compile)."""
         if not isinstance(token_ids, torch.Tensor) or token_ids.dim() != 2:
