@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
 from gpt25.interop import export_hf
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.sample import generate_tokens

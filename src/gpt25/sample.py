@@ -5,8 +5,9 @@ samples); `generate_tokens` is the tensor loop underneath, shared with the lm-ev
 adapter and the speed benchmark. With the cache each new token costs one position of the model;
 `use_cache=False` recomputes the whole prefix every step (the reference the cache is tested
 against, and the baseline of `benchmarks/generate.py`). On a GPU the one-token step runs on a
-`StaticKVCache` and is captured once in a CUDA graph, then replayed (`DecodeStep`): a small
-model's step is bound by kernel launches there, not by arithmetic.
+`StaticKVCache` and is captured once in a CUDA graph, then replayed (`DecodeStep`; the caches and
+the step live in `gpt25.inference`): a small model's step is bound by kernel launches there, not
+by arithmetic.
 
 Prompts and generated tokens must fit in the context together: a longer prompt is cut from the
 left, with a warning. An empty prompt starts from the end-of-text token. Generation of a sample
@@ -22,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from gpt25.model import KVCache, StaticKVCache
+from gpt25.inference import DecodeStep, KVCache, StaticKVCache
 
 # Decoding's attention kernels leave out cuDNN's, PyTorch's first choice on H100s with a recent
 # cuDNN: it builds a plan for every new key length, and decoding changes that every token or call.
@@ -77,77 +78,6 @@ def sample_next_token(
     logits = apply_top_p(logits, top_p)
     probabilities = torch.softmax(logits, dim=-1)
     return torch.multinomial(probabilities, num_samples=1, generator=generator).squeeze(-1)  # (batch,)
-
-
-class DecodeStep:
-    """The one-token decoding step on a KV cache: logits (batch, vocab) after each new token.
-
-    With `capture` (a CUDA device and a `StaticKVCache`), the first call runs the step once to warm
-    up, then captures it in a CUDA graph; every call after that copies the token into the same
-    input tensor and replays the graph, one launch instead of one per kernel. The step's position
-    lives in the cache's `position_tensor`, so the replays need nothing from the host. If the
-    capture fails, a warning says why and the steps run eagerly.
-    """
-
-    def __init__(self, model: torch.nn.Module, cache: KVCache, vocab_size: int, capture: bool) -> None:
-        if capture and not isinstance(cache, StaticKVCache):
-            raise ValueError("a captured decoding step needs a StaticKVCache (fixed shapes, position on the device)")
-        self.model = model
-        self.cache = cache
-        self.vocab_size = vocab_size
-        self.tokens = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=cache.keys[0].device)
-        self.capture = capture
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.graph_inputs: tuple[torch.Tensor, ...] = ()
-        self.logits: torch.Tensor | None = None  # the graph's output, rewritten by every replay
-
-    def __call__(self, next_token: torch.Tensor) -> torch.Tensor:
-        """Feed `next_token` (batch,) at the cache's next position; return the logits (batch, vocab) after it."""
-        if self.cache.position >= self.cache.max_seq_len:
-            raise ValueError(f"the KV cache is full ({self.cache.max_seq_len} positions); reset it or make it longer")
-        self.tokens.copy_(next_token[:, None])
-        if self.capture and self.graph is None:
-            self._capture_or_fall_back()
-        if not self.capture:
-            return self._run()
-        self.graph.replay()
-        self.cache.position += 1  # the graph advanced the cache's position_tensor
-        return self.logits
-
-    def _run(self) -> torch.Tensor:
-        return self.model(self.tokens, kv_cache=self.cache)[:, -1, : self.vocab_size]  # (batch, vocab)
-
-    def _capture_or_fall_back(self) -> None:
-        """Capture the step; whether that works or not, leave the cache at the position it had."""
-        position = self.cache.position
-        try:
-            self._capture(position)
-        except RuntimeError as error:
-            # A failure inside the capture surfaces when it ends; the error that caused it is the context.
-            cause = f"{error}; caused by: {error.__context__}" if error.__context__ else str(error)
-            warnings.warn(
-                f"capturing the decoding step in a CUDA graph failed ({cause}); decoding eagerly instead "
-                "(slower; `gpt25 generate --no_cuda_graph` or static_decode=False skips the attempt)",
-                stacklevel=3,
-            )
-            self.capture, self.graph, self.logits, self.graph_inputs = False, None, None, ()
-        # The warm-up wrote at `position` (the first step writes there again); capturing ran only the Python.
-        self.cache.set_position(position)
-
-    def _capture(self, position: int) -> None:
-        """Warm up on a side stream (as CUDA graphs need), then capture one step at `position` on it."""
-        with torch.cuda.device(self.tokens.device):
-            side_stream = torch.cuda.Stream()
-            side_stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side_stream):
-                self._run()  # initialises what the step creates lazily (kernel plans, library workspaces)
-            torch.cuda.current_stream().wait_stream(side_stream)
-            self.cache.set_position(position)
-            # The graph reads the stacked q/k/v weights by address: they must live as long as it does.
-            self.graph_inputs = tuple(self.cache.qkv_weights.values())
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=side_stream):
-                self.logits = self._run()
 
 
 @torch.inference_mode()

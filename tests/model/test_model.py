@@ -1,4 +1,4 @@
-"""gpt25.model: each component against its formula, the full model's contract, KV cache and bad input."""
+"""gpt25.model: each component against its formula, the full model's contract and bad input (caches: test_inference)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,14 @@ import torch.nn.functional as F
 
 from gpt25.model import (
     Embedding,
-    KVCache,
     Linear,
     ModelConfig,
     MultiHeadSelfAttention,
     RMSNorm,
     RotaryEmbedding,
-    StaticKVCache,
     SwiGLU,
     TransformerLM,
     causal_mask,
-    linear,
     parameter_groups,
     scaled_dot_product_attention,
     silu,
@@ -47,31 +44,6 @@ def test_linear_shape_and_truncated_init() -> None:
     assert layer.weight.std().item() == pytest.approx(std * 0.986, rel=0.03)  # truncation shrinks std by 1.4%
     x = torch.randn(3, 300)
     torch.testing.assert_close(layer(x), x @ layer.weight.T)
-
-
-@pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("leading_shape", [(1,), (1, 1), (8, 1), (2, 5), (64,), (65,), (4, 3, 2)])
-def test_split_linear_equals_the_plain_product(
-    threads: int, leading_shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    torch.manual_seed(0)
-    weight = torch.randn(96, 40)
-    x = torch.randn(*leading_shape, 40)
-    bmm_calls = []
-    bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda *args: bmm_calls.append(1) or bmm(*args))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            split = linear(x, weight)  # rows <= 64 and 96 % threads == 0: the bmm path
-            uneven = linear(x, weight[:95])  # 95 rows do not split evenly: the plain product
-    finally:
-        torch.set_num_threads(previous)
-    assert len(bmm_calls) == (1 if x.numel() // 40 <= 64 else 0)
-    assert split.shape == (*leading_shape, 96)
-    torch.testing.assert_close(split, x @ weight.T)
-    torch.testing.assert_close(uneven, x @ weight[:95].T)
 
 
 def test_embedding_lookup_and_init() -> None:
@@ -252,94 +224,6 @@ def test_config_validation(changes: dict, message: str) -> None:
 def test_bad_inputs_raise_value_error(model: TransformerLM, ids: torch.Tensor, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         model(ids)
-
-
-def test_greedy_decoding_with_cache_equals_recompute(model: TransformerLM) -> None:
-    prompt = torch.randint(0, CONFIG.vocab_size, (2, 5))
-    with torch.no_grad():
-        recomputed = prompt
-        for _ in range(12):
-            next_ids = model(recomputed)[:, -1].argmax(-1, keepdim=True)
-            recomputed = torch.cat([recomputed, next_ids], dim=1)
-        cache = KVCache(CONFIG, batch_size=2, max_seq_len=CONFIG.context_length)
-        cached = prompt
-        logits = model(prompt, cache)
-        for _ in range(12):
-            next_ids = logits[:, -1].argmax(-1, keepdim=True)
-            cached = torch.cat([cached, next_ids], dim=1)
-            logits = model(next_ids, cache)
-    assert torch.equal(cached, recomputed)
-    assert cache.position == 5 + 12
-
-
-def test_cache_chunks_match_full_forward_and_reset(model: TransformerLM) -> None:
-    ids = torch.randint(0, CONFIG.vocab_size, (1, 24))
-    with torch.no_grad():
-        full = model(ids)
-        cache = KVCache(CONFIG, batch_size=1, max_seq_len=24)
-        chunks = [model(ids[:, start:end], cache) for start, end in ((0, 9), (9, 10), (10, 17), (17, 24))]
-        torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-5)
-        with pytest.raises(ValueError, match="reset the cache"):
-            model(ids[:, :1], cache)
-        cache.reset()
-        torch.testing.assert_close(model(ids[:, :6], cache), full[:, :6], atol=1e-5, rtol=1e-5)
-        assert set(cache.qkv_weights) == set(range(CONFIG.num_layers))  # built once, reused by later steps
-        changed = model.layers[0].attn.k_proj.weight
-        original = changed.clone()
-        changed.mul_(0.5)  # reset() must drop the concatenated weights made from the old values
-        cache.reset()
-        torch.testing.assert_close(model(ids[:, :6], cache), model(ids[:, :6]), atol=1e-5, rtol=1e-5)
-        changed.copy_(original)
-    with pytest.raises(ValueError, match="max_seq_len"):
-        KVCache(CONFIG, batch_size=1, max_seq_len=CONFIG.context_length + 1)
-
-
-@pytest.mark.parametrize("use_sdpa", [True, False])
-def test_static_cache_steps_match_the_full_forward(model: TransformerLM, use_sdpa: bool) -> None:
-    for layer in model.layers:
-        layer.attn.use_sdpa = use_sdpa
-    ids = torch.randint(0, CONFIG.vocab_size, (2, 20))
-    chunks = ((0, 6), (6, 7), (7, 8), (8, 9), (9, 14), (14, 15), (15, 16), (16, 20))  # one-token steps between prompts
-    with torch.no_grad():
-        full = model(ids)
-        cache = StaticKVCache(CONFIG, batch_size=2, max_seq_len=20)
-        for start, end in chunks:
-            torch.testing.assert_close(model(ids[:, start:end], cache), full[:, start:end], atol=1e-5, rtol=1e-5)
-            assert cache.position == int(cache.position_tensor) == end
-        cache.reset()
-        assert cache.position == int(cache.position_tensor) == 0
-
-
-def test_static_cache_step_reads_its_position_from_the_device_only(model: TransformerLM) -> None:
-    """What a replayed CUDA graph needs: the one-token step gives the same logits whatever the host position says."""
-    ids = torch.randint(0, CONFIG.vocab_size, (1, 12))
-    with torch.no_grad():
-        full = model(ids)
-        cache = StaticKVCache(CONFIG, batch_size=1, max_seq_len=12)
-        model(ids[:, :8], cache)
-        for position in range(8, 12):
-            cache.position = 0  # stale, as after graph replays that skip the Python
-            torch.testing.assert_close(model(ids[:, position : position + 1], cache), full[:, position : position + 1],
-                                       atol=1e-5, rtol=1e-5)
-            assert int(cache.position_tensor) == position + 1
-        cache.set_position(5)
-        assert cache.position == int(cache.position_tensor) == 5
-
-
-def test_static_cache_step_traces_as_one_graph(model: TransformerLM) -> None:
-    """No host sync (.item(), data-dependent branches) in the one-token step: dynamo traces it whole, as a
-    CUDA graph capture needs. backend="eager" only traces, and takes apply_rotary's real-arithmetic branch
-    (the eager step multiplies complex numbers: no branch on values either); the CUDA capture itself
-    needs a GPU (tests/sample)."""
-    ids = torch.randint(0, CONFIG.vocab_size, (2, 9))
-    tokens = ids[:, 8:9].clone()
-    with torch.inference_mode():
-        expected = model(ids)[:, 8]
-        cache = StaticKVCache(CONFIG, batch_size=2, max_seq_len=12)
-        model(ids[:, :8], cache)
-        step = torch.compile(lambda: model(tokens, kv_cache=cache), backend="eager", fullgraph=True, dynamic=False)
-        torch.testing.assert_close(step()[:, 0], expected, atol=1e-5, rtol=1e-5)
-    assert int(cache.position_tensor) == 9
 
 
 def test_meta_build_then_init_weights() -> None:

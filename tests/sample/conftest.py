@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
 
@@ -52,7 +53,7 @@ def build_bigram_lm(
 
 def build_chain(*token_ids: int, strength: float = 30.0) -> dict[int, dict[int, float]]:
     """Scores making each token strongly predict the next one in `token_ids`."""
-    return {current: {following: strength} for current, following in zip(token_ids, token_ids[1:])}
+    return {current: {following: strength} for current, following in zip(token_ids, token_ids[1:], strict=False)}
 
 
 @pytest.fixture

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
-from gpt25.model import KVCache, StaticKVCache
-from gpt25.sample import DecodeStep, apply_top_k, apply_top_p, generate, generate_tokens
+
+from gpt25.sample import apply_top_k, apply_top_p, generate, generate_tokens
 
 NEG_INF = float("-inf")
 EOT = 256  # <|endoftext|> in the byte tokenizer
@@ -46,74 +45,6 @@ def test_static_decoding_samples_like_the_dynamic_cache(byte_tokenizer, random_l
     static = generate(model, byte_tokenizer, "abc", static_decode=True, **options)
     assert static == generate(model, byte_tokenizer, "abc", static_decode=False, **options)
     assert len(set(static)) == 3
-
-
-def test_decode_step_needs_a_static_cache_to_capture_and_room_to_step(random_lm) -> None:
-    model = random_lm(context_length=16)
-    with pytest.raises(ValueError, match="StaticKVCache"):
-        DecodeStep(model, KVCache(model.config, 1, 4), 257, capture=True)
-    cache = StaticKVCache(model.config, 1, 4)
-    step = DecodeStep(model, cache, 257, capture=False)
-    with torch.inference_mode():
-        model(torch.tensor([[1, 2, 3]]), kv_cache=cache)
-        assert step(torch.tensor([4])).shape == (1, 257)
-        with pytest.raises(ValueError, match="cache is full"):
-            step(torch.tensor([5]))
-
-
-def test_a_failed_capture_warns_and_decodes_eagerly(random_lm, monkeypatch) -> None:
-    model = random_lm(context_length=16)
-    prompt = torch.tensor([[1, 2, 3]])
-    with torch.inference_mode():
-        reference = model(torch.tensor([[1, 2, 3, 4]]))[0, -1]
-
-    def warm_up_then_fail(step: DecodeStep, position: int) -> None:
-        step._run()  # advances the cache, as the real warm-up does before capturing
-        try:
-            raise RuntimeError("operation not permitted when stream is capturing")
-        except RuntimeError:  # as torch.cuda.graph's exit raises when the capture inside it failed
-            raise RuntimeError("CUDA error: operation failed due to a previous error during capture") from None
-
-    monkeypatch.setattr(DecodeStep, "_capture", warm_up_then_fail)
-    cache = StaticKVCache(model.config, 1, 8)
-    step = DecodeStep(model, cache, 257, capture=True)
-    with torch.inference_mode():
-        model(prompt, kv_cache=cache)
-        with pytest.warns(UserWarning, match="during capture; caused by: operation not permitted .*decoding eagerly"):
-            logits = step(torch.tensor([4]))
-        torch.testing.assert_close(logits[0], reference, atol=1e-5, rtol=1e-5)
-        assert not step.capture and cache.position == int(cache.position_tensor) == 4
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            step(torch.tensor([5]))  # no second attempt, no second warning
-    assert cache.position == 5
-
-
-@pytest.mark.cuda
-def test_captured_decoding_on_a_gpu_gives_the_ids_of_recomputing_the_prefix(random_lm) -> None:
-    model = random_lm(context_length=64).cuda()
-    prompts = torch.tensor([[5, 80, 33, 120, 7, 99, 1], [200, 13, 13, 42, 250, 66, 8]], device="cuda")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        captured = generate_tokens(model, prompts, max_new_tokens=57)  # static_decode defaults to on for CUDA
-    assert not [warning for warning in caught if "CUDA graph" in str(warning.message)]  # no fallback
-    eager = generate_tokens(model, prompts, max_new_tokens=57, static_decode=False)
-    recomputed = generate_tokens(model, prompts, max_new_tokens=57, use_cache=False)
-    assert torch.equal(captured, eager) and torch.equal(captured, recomputed)
-    cache = StaticKVCache(model.config, 2, 12, device="cuda")
-    step = DecodeStep(model, cache, 257, capture=True)
-    with torch.inference_mode():
-        model(prompts, kv_cache=cache)
-        first = step(torch.tensor([3, 4], device="cuda")).clone()
-        assert step.graph is not None and cache.position == int(cache.position_tensor) == 8
-        cache.set_position(7)  # replay the same position: the same logits
-        torch.testing.assert_close(step(torch.tensor([3, 4], device="cuda")), first)
-        cache.reset()  # drops the cache's stacked q/k/v weights; the graph keeps reading them
-        overwrite = [torch.full_like(weight, 1e4) for weight in step.graph_inputs]
-        cache.set_position(7)
-        torch.testing.assert_close(step(torch.tensor([3, 4], device="cuda")), first)
-    held = {weight.data_ptr() for weight in step.graph_inputs}
-    assert len(held) == model.config.num_layers and not held & {block.data_ptr() for block in overwrite}
 
 
 def test_decoding_attention_leaves_out_cudnn_and_restores_the_choice(random_lm) -> None:

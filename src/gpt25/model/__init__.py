@@ -1,16 +1,14 @@
 """gpt25.model: the GPT 2.5 decoder (Llama-style: RMSNorm, SwiGLU, RoPE, untied head), written by hand.
 
-`layers` holds the elementary modules, `attention` the attention and the KV caches, `transformer` the
-config, block, full model, FLOP count and weight-decay groups.
+The modules, each importing only those before it: `config` holds the hyper-parameters, `decoding`
+the interface a decoding state (the KV caches of `gpt25.inference`) offers the model, `layers` the
+elementary modules, `attention` the attention, `transformer` the block, full model, FLOP count and
+weight-decay groups. Decoding itself lives outside the model, in `gpt25.inference`.
 """
 
-from gpt25.model.attention import (
-    KVCache,
-    MultiHeadSelfAttention,
-    StaticKVCache,
-    causal_mask,
-    scaled_dot_product_attention,
-)
+from gpt25.model.attention import MultiHeadSelfAttention, causal_mask, scaled_dot_product_attention
+from gpt25.model.config import ModelConfig
+from gpt25.model.decoding import DecodingState
 from gpt25.model.layers import (
     Embedding,
     Linear,
@@ -22,17 +20,16 @@ from gpt25.model.layers import (
     softmax,
     trunc_normal_,
 )
-from gpt25.model.transformer import ModelConfig, TransformerBlock, TransformerLM, parameter_groups
+from gpt25.model.transformer import TransformerBlock, TransformerLM, parameter_groups
 
 __all__ = [
+    "DecodingState",
     "Embedding",
-    "KVCache",
     "Linear",
     "ModelConfig",
     "MultiHeadSelfAttention",
     "RMSNorm",
     "RotaryEmbedding",
-    "StaticKVCache",
     "SwiGLU",
     "TransformerBlock",
     "TransformerLM",

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from gpt25.model.decoding import DecodingState
+
 
 def trunc_normal_(tensor: torch.Tensor, std: float, cutoff: float = 3.0) -> torch.Tensor:
     """Fill `tensor` in place with N(0, std^2) truncated to [-cutoff*std, cutoff*std] (inverse-CDF sampling)."""
@@ -26,27 +28,9 @@ def trunc_normal_(tensor: torch.Tensor, std: float, cutoff: float = 3.0) -> torc
         return tensor.clamp_(-cutoff * std, cutoff * std)
 
 
-SPLIT_MATMUL_MAX_ROWS = 64  # on CPU, products with at most this many rows are split over the threads
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x W^T for x (..., in_features) and W (out_features, in_features).
-
-    On CPU without autograd (generation, evaluation), a product of few rows such as a decoding
-    step's is memory-bound and BLAS runs it on one core: W's rows are then split into one block
-    per thread and multiplied as a batch (bmm), which spreads the weight reads over every core.
-    """
-    if x.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return torch.matmul(x, weight.t())
-    rows = x.numel() // x.shape[-1]
-    threads = torch.get_num_threads()
-    out_features, in_features = weight.shape
-    if rows > SPLIT_MATMUL_MAX_ROWS or threads < 2 or out_features % threads:
-        return torch.matmul(x, weight.t())
-    x_columns = x.reshape(1, rows, in_features).transpose(1, 2).expand(threads, in_features, rows)
-    blocks = weight.reshape(threads, out_features // threads, in_features)
-    out = torch.bmm(blocks, x_columns)  # (threads, out_features / threads, rows)
-    return out.permute(2, 0, 1).reshape(*x.shape[:-1], out_features)
+    """x W^T for x (..., in_features) and W (out_features, in_features)."""
+    return torch.matmul(x, weight.t())
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:
@@ -74,9 +58,9 @@ class Linear(nn.Module):
     def reset_parameters(self) -> None:
         trunc_normal_(self.weight, std=math.sqrt(2.0 / (self.in_features + self.out_features)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (..., in_features) -> (..., out_features)
-        return linear(x, self.weight)
+    def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
+        # (..., in_features) -> (..., out_features); while decoding, the state computes the product its way
+        return linear(x, self.weight) if kv_cache is None else kv_cache.linear(x, self.weight)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -136,9 +120,9 @@ class SwiGLU(nn.Module):
         self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
         self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         # (..., d_model) -> (..., d_ff) -> (..., d_model)
-        return self.w2(silu(self.w1(x)) * self.w3(x))
+        return self.w2(silu(self.w1(x, kv_cache)) * self.w3(x, kv_cache), kv_cache)
 
 
 class RotaryEmbedding(nn.Module):

@@ -1,4 +1,4 @@
-"""The GPT 2.5 decoder: config, pre-norm block, language model, parameter counts, FLOPs and decay groups.
+"""The GPT 2.5 decoder: pre-norm block, language model, parameter counts, FLOPs and decay groups.
 
 Initialisation (each module's `reset_parameters`, re-run by `TransformerLM.init_weights()`):
 
@@ -13,59 +13,13 @@ Initialisation (each module's `reset_parameters`, re-run by `TransformerLM.init_
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 import torch
 from torch import nn
 
-from gpt25.model.attention import KVCache, MultiHeadSelfAttention
+from gpt25.model.attention import MultiHeadSelfAttention
+from gpt25.model.config import ModelConfig
+from gpt25.model.decoding import DecodingState
 from gpt25.model.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SwiGLU
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture hyper-parameters; saved with every checkpoint."""
-
-    vocab_size: int
-    context_length: int
-    d_model: int
-    num_layers: int
-    num_heads: int
-    d_ff: int
-    rope_theta: float = 10000.0
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
-        if self.rope_theta <= 0:
-            raise ValueError(f"ModelConfig.rope_theta must be positive, got {self.rope_theta!r}")
-        if self.d_model % self.num_heads != 0:
-            raise ValueError(
-                f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; pick a head count that divides it"
-            )
-        if self.head_dim % 2 != 0:
-            raise ValueError(f"head dim d_model/num_heads={self.head_dim} must be even for RoPE; change num_heads")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.num_heads
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        """Build from a dict (e.g. a checkpoint's meta); unknown keys are a ValueError."""
-        known = {field.name for field in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown ModelConfig keys {sorted(unknown)}; expected a subset of {sorted(known)}")
-        values = dict(data)
-        if "rope_theta" in values:
-            values["rope_theta"] = float(values["rope_theta"])
-        return cls(**values)
 
 
 class TransformerBlock(nn.Module):
@@ -87,10 +41,10 @@ class TransformerBlock(nn.Module):
         self.ln2 = RMSNorm(d_model, device=device, dtype=dtype)
         self.ffn = SwiGLU(d_model, d_ff, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         # (batch, seq, d_model) -> (batch, seq, d_model)
         x = x + self.attn(self.ln1(x), kv_cache)
-        return x + self.ffn(self.ln2(x))
+        return x + self.ffn(self.ln2(x), kv_cache)
 
 
 class TransformerLM(nn.Module):
@@ -117,18 +71,18 @@ class TransformerLM(nn.Module):
             if module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def forward(self, token_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, token_ids: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         """token_ids (batch, seq) int -> logits (batch, seq, vocab); with a cache, positions continue from it."""
         self.check_inputs(token_ids, kv_cache)
         x = self.token_embeddings(token_ids)  # (batch, seq, d_model)
         for layer in self.layers:
             x = layer(x, kv_cache)
-        logits = self.lm_head(self.ln_final(x))  # (batch, seq, vocab)
+        logits = self.lm_head(self.ln_final(x), kv_cache)  # (batch, seq, vocab)
         if kv_cache is not None:
             kv_cache.advance(token_ids.shape[1])
         return logits
 
-    def check_inputs(self, token_ids: torch.Tensor, kv_cache: KVCache | None) -> None:
+    def check_inputs(self, token_ids: torch.Tensor, kv_cache: DecodingState | None) -> None:
         """Shape, dtype and length checks (free); the id-range check only for ids on the CPU, since on
         an accelerator it would cost a device sync on every forward (and is skipped inside torch.compile)."""
         if not isinstance(token_ids, torch.Tensor) or token_ids.dim() != 2:
