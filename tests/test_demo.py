@@ -67,3 +67,22 @@ def test_demo_report_and_plot(demo_dir: Path) -> None:
     report = (demo_dir / "report.md").read_text()
     for needle in ("val", "perplexity", "unigram", "bits per byte", "Samples", "gpt25 train --config", "| train |"):
         assert needle in report, needle
+
+
+def test_a_signal_during_training_ends_the_demo_with_its_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    import gpt25.demo as demo
+    from gpt25.cli import main
+
+    def later_stage(paths, config):
+        raise AssertionError("a stage after a stopped training ran")
+
+    for stage in ("build_corpus", "build_tokenizer", "build_shards"):
+        monkeypatch.setattr(demo, stage, lambda paths, *rest: {})
+    monkeypatch.setattr(demo, "summarize", lambda name, outcome: "")
+    monkeypatch.setattr(demo, "train_model", lambda paths, config: {"stopped_by": "SIGTERM", "step": 3})
+    monkeypatch.setattr(demo, "evaluate_model", later_stage)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path / "demo")])
+    assert exit_info.value.code == 143
+    assert "[4/7] train stopped by SIGTERM; run `gpt25 demo` again with the same --out" in capsys.readouterr().out

@@ -58,7 +58,11 @@ class DemoConfig:
 
 
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every stage (reusing completed ones) and return the final metrics and artefact paths."""
+    """Run every stage (reusing completed ones) and return the final metrics and artefact paths.
+
+    A SIGINT/SIGTERM during training ends the demo after the trainer's checkpoint: the results then
+    stop at "train", whose `stopped_by` names the signal.
+    """
     if config.minutes <= 0:
         raise ValueError(f"--minutes must be positive, got {config.minutes}")
     if not config.config.is_file():
@@ -82,6 +86,10 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         outcome = stage()
         config.timings[name] = time.perf_counter() - started
         results[name] = outcome
+        if name == "train" and outcome.get("stopped_by"):  # a signal: stop here, as `gpt25 train` does
+            log(f"[{number}/{len(stages)}] train stopped by {outcome['stopped_by']}; run `gpt25 demo` again "
+                "with the same --out to resume it")
+            return results
         log(f"[{number}/{len(stages)}] {name} done in {config.timings[name]:.1f} s: {summarize(name, outcome)}")
     return results
 

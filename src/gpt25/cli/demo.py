@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
+    from gpt25.cli.train import stop_status
     from gpt25.demo import DemoConfig, run_demo
 
     config = DemoConfig(out=args.out, minutes=args.minutes, fresh=args.fresh, vocab_size=args.vocab_size,
@@ -33,4 +34,7 @@ def run(args: argparse.Namespace) -> None:
     if args.config is not None:
         config.config = args.config
     results = run_demo(config)
+    if "report" not in results:  # training was stopped by a signal
+        return stop_status(results["train"]["stopped_by"])
     print(f"\nreport: {results['report']['report']}\nplot:   {results['report']['plot']}")
+    return 0
