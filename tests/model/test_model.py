@@ -274,3 +274,17 @@ def test_bf16_autocast_forward_backward(model: TransformerLM) -> None:
     assert logits.dtype == torch.bfloat16
     logits.float().logsumexp(-1).mean().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_grow_vocab_appends_mean_rows_and_keeps_the_old_logits() -> None:
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig(vocab_size=50, context_length=8, d_model=16, num_layers=1, num_heads=2, d_ff=32))
+    tokens = torch.tensor([[1, 7, 3]])
+    before = model(tokens)
+    model.grow_vocab(53)
+    assert model.config.vocab_size == 53 and model.lm_head.weight.shape == (53, 16)
+    torch.testing.assert_close(model.token_embeddings.weight[50:], model.token_embeddings.weight[:50].mean(0).expand(3, -1))
+    torch.testing.assert_close(model(tokens)[..., :50], before)
+    assert model(torch.tensor([[52]])).shape == (1, 1, 53)
+    with pytest.raises(ValueError, match="cannot shrink"):
+        model.grow_vocab(10)

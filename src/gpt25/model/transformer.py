@@ -13,6 +13,8 @@ Initialisation (each module's `reset_parameters`, re-run by `TransformerLM.init_
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -81,6 +83,20 @@ class TransformerLM(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(token_ids.shape[1])
         return logits
+
+    @torch.no_grad()
+    def grow_vocab(self, vocab_size: int) -> None:
+        """Add rows to the token embedding and the output head up to `vocab_size` (tokens appended to the
+        tokenizer, such as chat role tokens); each new row starts at the mean of the existing rows."""
+        old_size = self.config.vocab_size
+        if vocab_size < old_size:
+            raise ValueError(f"cannot shrink the vocab from {old_size} to {vocab_size}")
+        for module in (self.token_embeddings, self.lm_head):
+            weight = module.weight  # (old_size, d_model)
+            new_rows = weight.mean(dim=0, keepdim=True).expand(vocab_size - old_size, -1)
+            module.weight = nn.Parameter(torch.cat([weight, new_rows]), requires_grad=weight.requires_grad)
+        self.token_embeddings.num_embeddings = self.lm_head.out_features = vocab_size
+        self.config = dataclasses.replace(self.config, vocab_size=vocab_size)
 
     def check_inputs(self, token_ids: torch.Tensor, kv_cache: DecodingState | None) -> None:
         """Shape, dtype and length checks (free); the id-range check only for ids on the CPU, since on

@@ -149,6 +149,12 @@ class Tokenizer:
         tokenizer._setup(vocab, merges, special_tokens, merge_ids)
         return tokenizer
 
+    def with_special_tokens(self, special_tokens: list[str]) -> Tokenizer:
+        """A copy that also registers `special_tokens`; those it lacks get the next ids, in the order given,
+        so every id this tokenizer gives stays the same (a trained model keeps its rows)."""
+        added = [token for token in dict.fromkeys(special_tokens) if token not in self._special_ids]
+        return Tokenizer._from_parts(dict(self.vocab), self.merges, self.special_tokens + added, self._merge_ids)
+
     def save(self, directory: str | Path) -> None:
         """Write this tokenizer to `directory` (each file atomically); `load` reads it back."""
         io.save_folder(directory, self.vocab, self.merges, self.special_tokens)
@@ -269,6 +275,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Encode `text`; registered special tokens in it become their own ids."""
         return self._ids_array((text,)).tolist()
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode `text` with special tokens written in it treated as ordinary text (tiktoken's encode_ordinary)."""
+        return self._ids_array((text,), specials_in_text=False).tolist()
 
     def encode_documents(
         self, texts: Iterable[str], dtype: np.dtype | type = np.uint32, *, specials_in_text: bool = True
