@@ -1,4 +1,4 @@
-"""`gpt25 data prepare | download | corpus | info`: corpora in, token shards out."""
+"""`gpt25 data prepare | import-raw | download | corpus | info`: corpora in, token shards out."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     _register_prepare(commands)
+    _register_import_raw(commands)
     _register_download(commands)
     _register_corpus(commands)
     _register_info(commands)
@@ -127,7 +128,52 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_import_raw(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "import-raw",
+        help="use headerless token files (the recipe's fineweb_train.bin / fineweb_test.bin) as a data folder",
+        description="Check raw little-endian token files (size a whole number of tokens, every id below the "
+        "tokenizer's vocab size) and write a data folder for `gpt25 train --data` whose manifest references "
+        "them where they lie (or, with --copy, holds their tokens as ordinary shards). A referenced file that "
+        "changes afterwards is refused.",
+    )
+    parser.add_argument("--train", nargs="+", required=True, metavar="FILE", help="token files of the train split")
+    parser.add_argument("--val", nargs="+", required=True, metavar="FILE", help="token files of the validation split")
+    parser.add_argument(
+        "--tokenizer", required=True, metavar="DIR", help="the tokenizer the files were made with (e.g. GPT-2's)"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for manifest.json (and shards with --copy)")
+    parser.add_argument("--dtype", choices=("uint16", "uint32"), default="uint16", help="token type (default: uint16)")
+    parser.add_argument("--copy", action="store_true", help="copy the tokens into shards instead of referencing the files")
+    parser.add_argument(
+        "--shard_tokens", type=int, default=100_000_000, metavar="M", help="with --copy: tokens per shard (default: 100,000,000)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_import_raw)
+
+
+def _import_raw(args: argparse.Namespace) -> int:
+    from gpt25.data.raw import RawImportConfig, import_raw
+
+    config = RawImportConfig(
+        train=args.train,
+        val=args.val,
+        tokenizer_dir=args.tokenizer,
+        out_dir=args.out,
+        dtype=args.dtype,
+        copy=args.copy,
+        shard_tokens=args.shard_tokens,
+        force=args.force,
+        progress=not args.no_progress,
+    )
+    print(_summary(args.out, import_raw(config)))
+    return 0
+
+
 def _summary(data_dir: str, manifest: dict) -> str:
+    from gpt25.data.shards import is_raw_entry
+
     source = manifest["source"]
     lines = [
         f"{data_dir}: tokenizer {manifest['tokenizer_fingerprint'][:12]}, vocab {manifest['vocab_size']}, {manifest['dtype']} tokens"
@@ -137,9 +183,9 @@ def _summary(data_dir: str, manifest: dict) -> str:
             f"  source: {source['documents']:,} documents, {source['bytes']:,} bytes, {source['skipped_lines']} non-UTF-8 lines skipped"
         )
     for split, info in manifest["splits"].items():
-        lines.append(
-            f"  {split}: {info['tokens']:,} tokens, {info['documents']:,} documents, {len(info['shards'])} shards"
-        )
+        num_referenced = sum(map(is_raw_entry, info["shards"]))
+        files = f"{num_referenced} referenced token files" if num_referenced else f"{len(info['shards'])} shards"
+        lines.append(f"  {split}: {info['tokens']:,} tokens, {info['documents']:,} documents, {files}")
     if not manifest["complete"]:
         lines.append("  incomplete: rerun the same `gpt25 data prepare` command to resume")
     return "\n".join(lines)

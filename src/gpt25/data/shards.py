@@ -12,6 +12,11 @@ A shard file (``train_000000.bin``) is a 24-byte little-endian header followed b
 Shards are written to a hidden temporary name and renamed when complete, so a shard that
 exists under its final name is whole. ``manifest.json`` beside them records the tokenizer
 fingerprint, vocab size, per-split token/document counts and each shard's size and sha256.
+
+A manifest entry may instead reference a headerless token file elsewhere (``gpt25 data
+import-raw``): its absolute path, token count, size and `file_fingerprint` (no sha256: reading
+tens of GB at every start is not cheap). Its tokens have the manifest's dtype, and a file whose size
+or fingerprint changed since the import is refused.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ MANIFEST_FIELDS = {
 SPLIT_FIELDS = {"tokens": int, "documents": int, "shards": list}
 SOURCE_FIELDS = {"documents": int, "bytes": int, "skipped_lines": int}
 SHARD_FIELDS = {"file": str, "tokens": int, "bytes": int, "sha256": str, "next": dict}
+RAW_FILE_FIELDS = {"file": str, "tokens": int, "bytes": int, "fingerprint": str}
+FINGERPRINT_BLOCKS = 16  # blocks of FINGERPRINT_BLOCK_BYTES hashed, at evenly spaced offsets
+FINGERPRINT_BLOCK_BYTES = 1 << 16
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -94,6 +102,39 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_fingerprint(path: Path) -> str:
+    """A cheap content fingerprint: BLAKE2b of the size and 16 blocks of 64 KiB at evenly spaced
+    offsets (first and last included); independent of the modification time, so a copy keeps it."""
+    size = path.stat().st_size
+    digest = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=16)
+    last_start = max(size - FINGERPRINT_BLOCK_BYTES, 0)
+    with open(path, "rb") as file:
+        for index in range(FINGERPRINT_BLOCKS):
+            file.seek(last_start * index // (FINGERPRINT_BLOCKS - 1))
+            digest.update(file.read(FINGERPRINT_BLOCK_BYTES))
+    return digest.hexdigest()
+
+
+def is_raw_entry(entry: dict[str, Any]) -> bool:
+    """True for a manifest entry that references a headerless token file (import-raw)."""
+    return "fingerprint" in entry
+
+
+def read_raw_file(path: Path, entry: dict[str, Any], dtype: np.dtype) -> np.ndarray:
+    """Memory-map a referenced token file after checking it is the file that was imported."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"token file {path} is missing; put it back or rerun `gpt25 data import-raw` without it"
+        )
+    if path.stat().st_size != entry["bytes"] or file_fingerprint(path) != entry["fingerprint"]:
+        raise ValueError(
+            f"token file {path} changed since `gpt25 data import-raw` checked it; rerun `gpt25 data import-raw --force` to check it again"
+        )
+    if entry["tokens"] == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=(entry["tokens"],))
 
 
 def read_shard(path: str | os.PathLike) -> np.ndarray:
@@ -175,9 +216,12 @@ def _split_problem(info: Any, prefix: str) -> str | None:
         return problem
     for index, entry in enumerate(info["shards"]):
         entry_prefix = f"{prefix}shards[{index}]."
-        problem = _fields_problem(entry, SHARD_FIELDS, entry_prefix) or _fields_problem(
-            entry["next"], RESUME_FIELDS, f"{entry_prefix}next."
-        )
+        if isinstance(entry, dict) and is_raw_entry(entry):
+            problem = _fields_problem(entry, RAW_FILE_FIELDS, entry_prefix)
+        else:
+            problem = _fields_problem(entry, SHARD_FIELDS, entry_prefix) or _fields_problem(
+                entry["next"], RESUME_FIELDS, f"{entry_prefix}next."
+            )
         if problem is not None:
             return problem
     return None
@@ -217,12 +261,20 @@ def iter_shards(data_dir: str | os.PathLike, split: str) -> Iterator[np.ndarray]
     """Yield each shard of `split` ("train" or "val") memory-mapped, in order, checked against the manifest."""
     manifest = _complete_manifest(data_dir, split)
     for entry in manifest["splits"][split]["shards"]:
-        tokens = read_shard(Path(data_dir) / entry["file"])
+        tokens = _read_entry(data_dir, manifest, entry)
         if len(tokens) != entry["tokens"]:
             raise ValueError(
                 f"shard {entry['file']} in {data_dir} holds {len(tokens)} tokens, the manifest says {entry['tokens']}; rerun `gpt25 data prepare`"
             )
         yield tokens
+
+
+def _read_entry(data_dir: str | os.PathLike, manifest: dict[str, Any], entry: dict[str, Any]) -> np.ndarray:
+    """The tokens of one manifest entry: a shard in `data_dir` or a referenced token file (absolute path)."""
+    path = Path(data_dir) / entry["file"]
+    if is_raw_entry(entry):
+        return read_raw_file(path, entry, np.dtype(manifest["dtype"]).newbyteorder("<"))
+    return read_shard(path)
 
 
 def load_split(data_dir: str | os.PathLike, split: str, tokenizer: Any = None) -> np.ndarray:
@@ -239,18 +291,19 @@ def load_split(data_dir: str | os.PathLike, split: str, tokenizer: Any = None) -
 
 
 def verify_shards(data_dir: str | os.PathLike) -> list[str]:
-    """Check every shard's header, size and sha256 against the manifest; returns the problems found."""
+    """Check every shard's header, size and sha256 (a referenced token file's size and fingerprint)
+    against the manifest; returns the problems found."""
     manifest = read_manifest(data_dir)
     problems = []
     for split in SPLITS:
         for entry in manifest["splits"][split]["shards"]:
             path = Path(data_dir) / entry["file"]
             try:
-                read_shard(path)
+                _read_entry(data_dir, manifest, entry)
             except (ValueError, FileNotFoundError) as error:
                 problems.append(str(error))
                 continue
-            if not shard_is_valid(path, entry):
+            if not is_raw_entry(entry) and not shard_is_valid(path, entry):
                 problems.append(
                     f"shard {path} does not match the sha256 in the manifest; rerun `gpt25 data prepare` to rebuild it"
                 )

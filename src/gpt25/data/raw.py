@@ -1,0 +1,206 @@
+"""`gpt25 data import-raw`: headerless token files (the GPT 2.5 recipe's fineweb_*.bin) as a data folder.
+
+By default the manifest references the files where they lie (absolute paths, with their size and
+`file_fingerprint`), so tens of GB are neither re-tokenized nor copied; with `copy` their tokens
+go into ordinary shards instead. Either way one streamed pass reads every file in blocks of
+CHUNK_BYTES (flat memory) and checks that its size is a whole number of tokens and that every id is
+below the tokenizer's vocab size; the <|endoftext|> ids it counts are the documents. The loader cuts
+windows across the separators inside a file as it does across a prepared split's documents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from gpt25.data.shards import (
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    SPLITS,
+    ResumePoint,
+    ShardFile,
+    dtype_for_vocab,
+    file_fingerprint,
+    shard_name,
+)
+from gpt25.files import atomic_folder, write_json_atomic
+
+RAW_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+CHUNK_BYTES = 1 << 24  # per read: large enough for disk speed, small enough to keep memory flat
+SHARD_TOKENS = 100_000_000  # --copy: tokens per shard by default, as `gpt25 data prepare` writes them
+
+
+@dataclass
+class RawImportConfig:
+    """Everything `import_raw` needs; the CLI maps `gpt25 data import-raw` flags onto these fields."""
+
+    train: list[str]  # token files of the train split, in order
+    val: list[str]
+    tokenizer_dir: str  # the tokenizer the files were made with (its vocab size bounds the ids)
+    out_dir: str
+    dtype: str = "uint16"  # the files' token type, little-endian
+    copy: bool = False  # write shards instead of referencing the files
+    shard_tokens: int = SHARD_TOKENS  # with copy: tokens per shard
+    force: bool = False  # replace an existing out_dir
+    progress: bool = True
+
+
+def import_raw(config: RawImportConfig) -> dict[str, Any]:
+    """Check the token files and write `config.out_dir` (manifest, and shards with `copy`); returns the
+    manifest. A run that fails leaves nothing behind."""
+    if config.dtype not in RAW_DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(RAW_DTYPES)}, got {config.dtype!r}")
+    if config.shard_tokens < 1:
+        raise ValueError(f"--shard_tokens must be >= 1, got {config.shard_tokens}")
+    files = {"train": _token_files(config.train, "--train"), "val": _token_files(config.val, "--val")}
+    out_dir = Path(config.out_dir).absolute()
+    _check_out(out_dir, [path for paths in files.values() for path in paths], config.force)
+    from gpt25.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load(config.tokenizer_dir)
+    missing_parents = [folder for folder in out_dir.parents if not folder.exists()]  # innermost first
+    try:
+        with atomic_folder(out_dir) as temporary:
+            manifest = _import_into(temporary, files, tokenizer, config)
+            write_json_atomic(temporary / MANIFEST_NAME, manifest)
+    except BaseException:
+        for folder in missing_parents:
+            with contextlib.suppress(OSError):  # not empty: something else lives there now
+                folder.rmdir()
+        raise
+    return manifest
+
+
+def _token_files(names: list[str], flag: str) -> list[Path]:
+    if not names:
+        raise ValueError(f"no {flag} token file given; pass one or more .bin files")
+    paths = [Path(name).absolute() for name in names]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{flag} token file {path} does not exist; check the path")
+    return paths
+
+
+def _check_out(out_dir: Path, token_files: list[Path], force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"--out {out_dir} is a file, not a folder; choose another --out")
+    if out_dir.exists() and not force:
+        raise FileExistsError(f"--out {out_dir} already exists; choose another --out or pass --force to replace it")
+    resolved_out = out_dir.resolve()
+    inside = [path for path in token_files if resolved_out in path.resolve().parents]
+    if inside:
+        raise ValueError(f"--out {out_dir} holds the token file {inside[0]}, which it would replace; choose another --out")
+
+
+def _import_into(out_dir: Path, files: dict[str, list[Path]], tokenizer: Any, config: RawImportConfig) -> dict[str, Any]:
+    raw_dtype = RAW_DTYPES[config.dtype]
+    dtype = dtype_for_vocab(tokenizer.vocab_size) if config.copy else raw_dtype
+    scanner = _Scanner(raw_dtype, tokenizer.vocab_size, tokenizer.eot_id)
+    total_bytes = sum(path.stat().st_size for paths in files.values() for path in paths)
+    splits = {}
+    with tqdm(total=total_bytes, desc="import-raw", unit="B", unit_scale=True, disable=not config.progress,
+              mininterval=0.5) as bar:
+        for split in SPLITS:
+            writer = _ShardWriter(out_dir, split, dtype, config.shard_tokens) if config.copy else None
+            entries, num_documents = [], 0
+            for path in files[split]:
+                num_tokens, num_eot = scanner.scan(path, bar, writer.append if writer else None)
+                num_documents += num_eot
+                if writer is None:
+                    entries.append(_reference_entry(path, num_tokens * raw_dtype.itemsize, num_tokens))
+            if writer is not None:
+                entries = writer.finish()
+            num_tokens = sum(entry["tokens"] for entry in entries)
+            splits[split] = {"tokens": num_tokens, "documents": num_documents, "shards": entries}
+    return {
+        "format": MANIFEST_FORMAT,
+        "complete": True,
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": dtype.name,
+        "settings": {"raw_files": {split: [str(path) for path in files[split]] for split in SPLITS},
+                     "raw_dtype": config.dtype, "copy": config.copy},
+        "source": {"documents": sum(info["documents"] for info in splits.values()), "bytes": total_bytes,
+                   "skipped_lines": 0},
+        "splits": splits,
+    }
+
+
+def _reference_entry(path: Path, scanned_bytes: int, num_tokens: int) -> dict[str, Any]:
+    """The manifest entry of a referenced file, fingerprinted after the scan (refused if it changed meanwhile)."""
+    if path.stat().st_size != scanned_bytes:
+        raise ValueError(f"token file {path} changed while it was being checked; rerun when nothing writes to it")
+    return {"file": str(path), "tokens": num_tokens, "bytes": scanned_bytes, "fingerprint": file_fingerprint(path)}
+
+
+class _Scanner:
+    """Reads token files block by block into one reused buffer, checking every id against the vocab."""
+
+    def __init__(self, dtype: np.dtype, vocab_size: int, eot_id: int):
+        self.dtype, self.vocab_size, self.eot_id = dtype, vocab_size, eot_id
+        self.buffer = np.empty(CHUNK_BYTES // dtype.itemsize, dtype=dtype)
+
+    def scan(self, path: Path, bar: tqdm, sink: Callable[[np.ndarray], None] | None) -> tuple[int, int]:
+        """(tokens, <|endoftext|> ids) of the file at `path`; each block's tokens also go to `sink`."""
+        size = path.stat().st_size
+        if size == 0 or size % self.dtype.itemsize:
+            raise ValueError(
+                f"token file {path} is {size} bytes, not a whole number of {self.dtype.name} tokens; "
+                "it is empty or truncated, or --dtype is wrong"
+            )
+        num_tokens = num_eot = 0
+        with open(path, "rb") as file:
+            while num_bytes := file.readinto(self.buffer):
+                tokens = self.buffer[: num_bytes // self.dtype.itemsize]
+                if int(tokens.max()) >= self.vocab_size:
+                    raise ValueError(self._bad_id(path, num_tokens, tokens))
+                num_eot += int(np.count_nonzero(tokens == self.eot_id))
+                if sink is not None:
+                    sink(tokens)
+                num_tokens += len(tokens)
+                bar.update(num_bytes)
+        return num_tokens, num_eot
+
+    def _bad_id(self, path: Path, first_token: int, tokens: np.ndarray) -> str:
+        offset = int(np.argmax(tokens >= self.vocab_size))
+        return (
+            f"token file {path}: the token at offset {first_token + offset:,} is id {int(tokens[offset])}, "
+            f"beyond the tokenizer's vocab of {self.vocab_size}; pass the tokenizer the file was made with, or the right --dtype"
+        )
+
+
+class _ShardWriter:
+    """--copy: one split's tokens cut into shards of `shard_tokens`."""
+
+    def __init__(self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int):
+        self.out_dir, self.split, self.dtype, self.shard_tokens = out_dir, split, dtype, shard_tokens
+        self.entries: list[dict[str, Any]] = []
+        self.current: ShardFile | None = None
+
+    def append(self, tokens: np.ndarray) -> None:
+        while len(tokens):
+            if self.current is None:
+                self.current = ShardFile(self.out_dir / shard_name(self.split, len(self.entries)), self.dtype)
+            piece = tokens[: self.shard_tokens - self.current.num_tokens]
+            self.current.append(piece)
+            tokens = tokens[len(piece):]
+            if self.current.num_tokens == self.shard_tokens:
+                self._finish_shard()
+
+    def finish(self) -> list[dict[str, Any]]:
+        if self.current is not None:
+            self._finish_shard()
+        return self.entries
+
+    def _finish_shard(self) -> None:
+        assert self.current is not None
+        # "next" only tells a resuming `gpt25 data prepare` where to go on; import-raw does not resume
+        self.entries.append(self.current.finish() | {"next": asdict(ResumePoint())})
+        self.current = None
