@@ -2,7 +2,7 @@
 
 By default the manifest references the files where they lie (absolute paths, with their size and
 `file_fingerprint`), so tens of GB are neither re-tokenized nor copied; with `copy` their tokens
-go into ordinary shards instead. Either way one streamed pass reads every file in blocks of
+go into ordinary shards instead. The tokenizer is saved beside the manifest. Either way one streamed pass reads every file in blocks of
 CHUNK_BYTES (flat memory) and checks that its size is a whole number of tokens and that every id is
 below the tokenizer's vocab size; the <|endoftext|> ids it counts are the documents. The loader cuts
 windows across the separators inside a file as it does across a prepared split's documents.
@@ -68,6 +68,7 @@ def import_raw(config: RawImportConfig) -> dict[str, Any]:
     try:
         with atomic_folder(out_dir) as temporary:
             manifest = _import_into(temporary, files, tokenizer, config)
+            tokenizer.save(temporary / "tokenizer")  # `gpt25 train --data` takes DATA/tokenizer by default
             write_json_atomic(temporary / MANIFEST_NAME, manifest)
     except BaseException:
         for folder in missing_parents:
