@@ -102,7 +102,6 @@ def _check_out(out_dir: Path, token_files: list[Path], force: bool) -> None:
 def _import_into(out_dir: Path, files: dict[str, list[Path]], tokenizer: Any, config: RawImportConfig) -> dict[str, Any]:
     raw_dtype = RAW_DTYPES[config.dtype]
     dtype = dtype_for_vocab(tokenizer.vocab_size) if config.copy else raw_dtype
-    scanner = _Scanner(raw_dtype, tokenizer.vocab_size, tokenizer.eot_id)
     total_bytes = sum(path.stat().st_size for paths in files.values() for path in paths)
     splits = {}
     with tqdm(total=total_bytes, desc="import-raw", unit="B", unit_scale=True, disable=not config.progress,
@@ -111,7 +110,8 @@ def _import_into(out_dir: Path, files: dict[str, list[Path]], tokenizer: Any, co
             writer = _ShardWriter(out_dir, split, dtype, config.shard_tokens) if config.copy else None
             entries, num_documents = [], 0
             for path in files[split]:
-                num_tokens, num_eot = scanner.scan(path, bar, writer.append if writer else None)
+                num_tokens, num_eot = scan_token_file(path, raw_dtype, tokenizer.vocab_size, tokenizer.eot_id, bar,
+                                                       writer.append if writer else None)
                 num_documents += num_eot
                 if writer is None:
                     entries.append(_reference_entry(path, num_tokens * raw_dtype.itemsize, num_tokens))
@@ -141,40 +141,44 @@ def _reference_entry(path: Path, scanned_bytes: int, num_tokens: int) -> dict[st
     return {"file": str(path), "tokens": num_tokens, "bytes": scanned_bytes, "fingerprint": file_fingerprint(path)}
 
 
-class _Scanner:
-    """Reads token files block by block into one reused buffer, checking every id against the vocab."""
-
-    def __init__(self, dtype: np.dtype, vocab_size: int, eot_id: int):
-        self.dtype, self.vocab_size, self.eot_id = dtype, vocab_size, eot_id
-        self.buffer = np.empty(CHUNK_BYTES // dtype.itemsize, dtype=dtype)
-
-    def scan(self, path: Path, bar: tqdm, sink: Callable[[np.ndarray], None] | None) -> tuple[int, int]:
-        """(tokens, <|endoftext|> ids) of the file at `path`; each block's tokens also go to `sink`."""
-        size = path.stat().st_size
-        if size == 0 or size % self.dtype.itemsize:
-            raise ValueError(
-                f"token file {path} is {size} bytes, not a whole number of {self.dtype.name} tokens; "
-                "it is empty or truncated, or --dtype is wrong"
-            )
-        num_tokens = num_eot = 0
-        with open(path, "rb") as file:
-            while num_bytes := file.readinto(self.buffer):
-                tokens = self.buffer[: num_bytes // self.dtype.itemsize]
-                if int(tokens.max()) >= self.vocab_size:
-                    raise ValueError(self._bad_id(path, num_tokens, tokens))
-                num_eot += int(np.count_nonzero(tokens == self.eot_id))
-                if sink is not None:
-                    sink(tokens)
-                num_tokens += len(tokens)
-                bar.update(num_bytes)
-        return num_tokens, num_eot
-
-    def _bad_id(self, path: Path, first_token: int, tokens: np.ndarray) -> str:
-        offset = int(np.argmax(tokens >= self.vocab_size))
-        return (
-            f"token file {path}: the token at offset {first_token + offset:,} is id {int(tokens[offset])}, "
-            f"beyond the tokenizer's vocab of {self.vocab_size}; pass the tokenizer the file was made with, or the right --dtype"
+def scan_token_file(
+    path: Path,
+    dtype: np.dtype,
+    vocab_size: int,
+    eot_id: int,
+    bar: tqdm | None = None,
+    sink: Callable[[np.ndarray], None] | None = None,
+) -> tuple[int, int]:
+    """(tokens, <|endoftext|> ids) of the token file at `path`, read in blocks of CHUNK_BYTES into one
+    buffer, every id checked against `vocab_size`; each block's tokens also go to `sink`."""
+    size = path.stat().st_size
+    if size == 0 or size % dtype.itemsize:
+        raise ValueError(
+            f"token file {path} is {size} bytes, not a whole number of {dtype.name} tokens; "
+            "it is empty or truncated, or --dtype is wrong"
         )
+    buffer = np.empty(CHUNK_BYTES // dtype.itemsize, dtype=dtype)
+    num_tokens = num_eot = 0
+    with open(path, "rb") as file:
+        while num_bytes := file.readinto(buffer):
+            tokens = buffer[: num_bytes // dtype.itemsize]
+            if int(tokens.max()) >= vocab_size:
+                raise ValueError(_bad_id_message(path, num_tokens, tokens, vocab_size))
+            num_eot += int(np.count_nonzero(tokens == eot_id))
+            if sink is not None:
+                sink(tokens)
+            num_tokens += len(tokens)
+            if bar is not None:
+                bar.update(num_bytes)
+    return num_tokens, num_eot
+
+
+def _bad_id_message(path: Path, first_token: int, tokens: np.ndarray, vocab_size: int) -> str:
+    offset = int(np.argmax(tokens >= vocab_size))
+    return (
+        f"token file {path}: the token at offset {first_token + offset:,} is id {int(tokens[offset])}, "
+        f"beyond the tokenizer's vocab of {vocab_size}; pass the tokenizer the file was made with, or the right --dtype"
+    )
 
 
 class _ShardWriter:
