@@ -100,25 +100,14 @@ def _check_out(out_dir: Path, token_files: list[Path], force: bool) -> None:
 
 
 def _import_into(out_dir: Path, files: dict[str, list[Path]], tokenizer: Any, config: RawImportConfig) -> dict[str, Any]:
-    raw_dtype = RAW_DTYPES[config.dtype]
-    dtype = dtype_for_vocab(tokenizer.vocab_size) if config.copy else raw_dtype
+    """Scan every file (writing shards with `copy`); returns the manifest."""
+    dtype = dtype_for_vocab(tokenizer.vocab_size) if config.copy else RAW_DTYPES[config.dtype]
     total_bytes = sum(path.stat().st_size for paths in files.values() for path in paths)
-    splits = {}
     with tqdm(total=total_bytes, desc="import-raw", unit="B", unit_scale=True, disable=not config.progress,
               mininterval=0.5) as bar:
-        for split in SPLITS:
-            writer = _ShardWriter(out_dir, split, dtype, config.shard_tokens) if config.copy else None
-            entries, num_documents = [], 0
-            for path in files[split]:
-                num_tokens, num_eot = scan_token_file(path, raw_dtype, tokenizer.vocab_size, tokenizer.eot_id, bar,
-                                                       writer.append if writer else None)
-                num_documents += num_eot
-                if writer is None:
-                    entries.append(_reference_entry(path, num_tokens * raw_dtype.itemsize, num_tokens))
-            if writer is not None:
-                entries = writer.finish()
-            num_tokens = sum(entry["tokens"] for entry in entries)
-            splits[split] = {"tokens": num_tokens, "documents": num_documents, "shards": entries}
+        writers = {split: _ShardWriter(out_dir, split, dtype, config.shard_tokens) if config.copy else None
+                   for split in SPLITS}
+        splits = {split: _import_split(files[split], tokenizer, config.dtype, bar, writers[split]) for split in SPLITS}
     return {
         "format": MANIFEST_FORMAT,
         "complete": True,
@@ -132,6 +121,23 @@ def _import_into(out_dir: Path, files: dict[str, list[Path]], tokenizer: Any, co
                    "skipped_lines": 0},
         "splits": splits,
     }
+
+
+def _import_split(
+    paths: list[Path], tokenizer: Any, raw_dtype_name: str, bar: tqdm, writer: _ShardWriter | None
+) -> dict[str, Any]:
+    """One split's manifest entry: its files scanned in order, referenced, or copied by `writer`."""
+    raw_dtype = RAW_DTYPES[raw_dtype_name]
+    entries, num_documents = [], 0
+    for path in paths:
+        num_tokens, num_eot = scan_token_file(path, raw_dtype, tokenizer.vocab_size, tokenizer.eot_id, bar,
+                                              writer.append if writer else None)
+        num_documents += num_eot
+        if writer is None:
+            entries.append(_reference_entry(path, num_tokens * raw_dtype.itemsize, num_tokens))
+    if writer is not None:
+        entries = writer.finish()
+    return {"tokens": sum(entry["tokens"] for entry in entries), "documents": num_documents, "shards": entries}
 
 
 def _reference_entry(path: Path, scanned_bytes: int, num_tokens: int) -> dict[str, Any]:
