@@ -5,6 +5,7 @@
     gpt25.data.prepare   PrepareConfig + prepare(): streaming train/val split into shards, resume
     gpt25.data.parallel  ordered, memory-bounded multi-process tokenization
     gpt25.data.shards    the shard format, its writers, validating reader and manifest.json
+    gpt25.data.raw       import-raw: headerless token files checked, then referenced or copied
     gpt25.data.loader    get_batch (random windows) and ShardLoader (rank-aware, resumable)
 
 The loader imports torch; this package's top level does not.
