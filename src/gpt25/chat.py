@@ -25,16 +25,18 @@ from gpt25.sample import DECODING_ATTENTION_BACKENDS, sample_next_token, validat
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import message_problem, render_prompt, reply_stop_ids, require_chat_tokens
 
+DEFAULT_MAX_NEW_TOKENS = 256  # a reply's length limit unless one is given (or half the context, when less)
+
 
 def trim_history(
-    tokenizer: Tokenizer, messages: Sequence[dict], context_length: int, max_new_tokens: int
+    tokenizer: Tokenizer, messages: Sequence[dict], context_length: int, max_new_tokens: int | None
 ) -> tuple[list[dict], int]:
     """(the newest messages whose prompt leaves room for `max_new_tokens` in the context, how many were dropped).
 
     The oldest turns go first; a leading system message and the last message always stay, and the kept
     history never starts with an assistant's reply. ValueError (one line) when even those do not fit.
     """
-    check_max_new_tokens(max_new_tokens, context_length)
+    max_new_tokens = reply_budget(max_new_tokens, context_length)
     messages = list(messages)
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     turns = messages[len(system) :]
@@ -53,11 +55,15 @@ def trim_history(
     return system + turns, len(messages) - len(system) - len(turns)
 
 
-def check_max_new_tokens(max_new_tokens: int, context_length: int) -> None:
-    """ValueError (one line) unless a reply of `max_new_tokens` leaves room for a prompt in the context."""
+def reply_budget(max_new_tokens: int | None, context_length: int) -> int:
+    """`max_new_tokens`, checked to leave room for a prompt in the context (ValueError, one line, if not);
+    None gives DEFAULT_MAX_NEW_TOKENS, or half the context when that is less."""
+    if max_new_tokens is None:
+        return min(DEFAULT_MAX_NEW_TOKENS, context_length // 2)
     if not 0 < max_new_tokens < context_length:
         raise ValueError(f"max_new_tokens must be in 1..{context_length - 1} (below the context length "
                          f"{context_length}), got {max_new_tokens}")
+    return max_new_tokens
 
 
 def stream_chat(
@@ -65,7 +71,7 @@ def stream_chat(
     tokenizer: Tokenizer,
     messages: Sequence[dict],
     *,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     temperature: float = 0.8,
     top_p: float = 0.9,
     top_k: int | None = None,
@@ -75,11 +81,13 @@ def stream_chat(
     """The model's reply to `messages` ({"role", "content"} dicts), as text pieces while it is generated.
 
     The pieces join to `chat`'s string for the same arguments. The model must be a chat model (its
-    tokenizer has the role tokens); temperature 0 is greedy, `seed` makes sampling reproducible. A
+    tokenizer has the role tokens). A reply has at most `max_new_tokens` tokens (default: 256, or half
+    the context when that is less); temperature 0 is greedy, `seed` makes sampling reproducible. A
     history too long for the context loses its oldest turns, with a warning. `static_decode` (default:
     on a CUDA device) replays the decoding step as a CUDA graph, as `gpt25.sample.generate_tokens` does.
     """
     validate_sampling(temperature, top_p, top_k)
+    max_new_tokens = reply_budget(max_new_tokens, model.config.context_length)
     prompt_ids = _prompt_ids(model, tokenizer, messages, max_new_tokens)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device)
@@ -107,7 +115,7 @@ def chat(
     tokenizer: Tokenizer,
     messages: Sequence[dict],
     *,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     temperature: float = 0.8,
     top_p: float = 0.9,
     top_k: int | None = None,

@@ -18,8 +18,8 @@ from gpt25.cli.evaluate import (
     tokenizer_dir,
 )
 
-COMMANDS_HELP = "/reset clears the history, /system TEXT sets the system message, /quit or Ctrl-D leaves; " \
-    "Ctrl-C stops a reply"
+COMMANDS_HELP = ("/reset clears the history, /system TEXT sets the system message (/system alone removes it), "
+                 "/quit or Ctrl-D leaves; Ctrl-C stops a reply")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(parser)
     parser.add_argument("--prompt", default=None, help="answer this one message and exit (the reply alone on stdout)")
     parser.add_argument("--system", default=None, help="system message that opens the conversation")
-    add_sampling_arguments(parser, max_new_tokens=256)
+    add_sampling_arguments(parser, None, "per reply (default: half the context, at most 256)")
     add_decoding_arguments(parser)
     parser.set_defaults(handler=run_chat)
 
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_chat(args: argparse.Namespace) -> int:
     import torch
 
-    from gpt25.chat import check_max_new_tokens
+    from gpt25.chat import reply_budget
     from gpt25.checkpoint import load_for_inference
     from gpt25.device import resolve_device
     from gpt25.sample import validate_sampling
@@ -55,7 +55,7 @@ def run_chat(args: argparse.Namespace) -> int:
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     model, tokenizer, _ = load_for_inference(args.checkpoint, tokenizer_dir(args), device, getattr(torch, dtype_name))
     require_chat_tokens(tokenizer)
-    check_max_new_tokens(args.max_new_tokens, model.config.context_length)
+    args.max_new_tokens = reply_budget(args.max_new_tokens, model.config.context_length)
     session = ChatSession(model, tokenizer, args)
     with one_line_warnings("chat"):
         if args.prompt is not None:
@@ -97,11 +97,11 @@ class ChatSession:
         command, _, rest = line.partition(" ")
         if command == "/reset":
             self.history.clear()
-            print("(history cleared)", file=stdout, flush=True)
+            print("(history cleared; the system message stays)" if self.system else "(history cleared)",
+                  file=stdout, flush=True)
         elif command == "/system":
             self.system = rest.strip() or None
-            print(f"(system message {'set' if self.system else 'removed'}; history cleared)", file=stdout, flush=True)
-            self.history.clear()
+            print(f"(system message {'set' if self.system else 'removed'})", file=stdout, flush=True)
         elif command.startswith("/"):
             print(f"(unknown command {command}; {COMMANDS_HELP})", file=stdout, flush=True)
         else:
@@ -126,9 +126,9 @@ class ChatSession:
         pieces: list[str] = []
         try:
             for piece in stream_chat(self.model, self.tokenizer, self.conversation(), seed=self.seed, **self.sampling):
-                pieces.append(piece)
                 stdout.write(piece)
                 stdout.flush()
+                pieces.append(piece)
         finally:
             self.remember_reply("".join(pieces))
             print(file=stdout, flush=True)

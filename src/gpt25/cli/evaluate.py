@@ -37,11 +37,12 @@ def tokenizer_dir(args: argparse.Namespace) -> str:
     return args.tokenizer or str(find_tokenizer_dir(args.checkpoint))
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 50) -> None:
+def add_sampling_arguments(
+    parser: argparse.ArgumentParser, max_new_tokens: int | None = 50, max_new_tokens_help: str = "per sample (default 50)"
+) -> None:
     """--max_new_tokens --temperature --top_p --top_k --seed, as `generate` and `chat` take them."""
     parser.add_argument(
-        "--max_new_tokens", type=int, default=max_new_tokens,
-        help=f"tokens to generate per sample (default {max_new_tokens})",
+        "--max_new_tokens", type=int, default=max_new_tokens, help=f"tokens to generate {max_new_tokens_help}"
     )
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass in (0, 1] (default 0.9)")
