@@ -16,7 +16,7 @@ import pytest
 
 import gpt25.chat
 from gpt25 import cli
-from gpt25.checkpoint import find_tokenizer_dir, make_meta, save_checkpoint
+from gpt25.checkpoint import find_tokenizer_dir
 from gpt25.cli.chat import ChatSession
 from gpt25.tokenizer.chat_format import add_chat_tokens
 
@@ -24,16 +24,8 @@ EOT = 256
 BANNER_END = "Ctrl-C stops a reply.\n"
 
 
-def save_run(run_dir: Path, model, tokenizer) -> Path:
-    """A run dir as training leaves it: checkpoints/step_0000001 and, beside them, tokenizer/."""
-    meta = make_meta(1, model.config, tokenizer_fingerprint=tokenizer.fingerprint())
-    save_checkpoint(model, None, 1, run_dir / "checkpoints" / "step_0000001", meta=meta)
-    tokenizer.save(run_dir / "tokenizer")
-    return run_dir
-
-
 @pytest.fixture
-def chat_run(tmp_path: Path, byte_tokenizer, bigram_lm, chain) -> Path:
+def chat_run(tmp_path: Path, byte_tokenizer, bigram_lm, chain, save_run) -> Path:
     """A chat model that answers "OK" (then <|endoftext|>) to anything, saved as a run."""
     return save_run(tmp_path / "chat", bigram_lm(chain(ord("\n"), *b"OK", EOT)), add_chat_tokens(byte_tokenizer))
 
@@ -151,7 +143,7 @@ def test_a_message_too_long_is_refused_and_the_chat_goes_on(chat_run, monkeypatc
     assert err.startswith("gpt25 chat: error: the last message take 46 tokens, but only 34 fit")
 
 
-def test_a_base_model_is_refused_in_one_line(tmp_path, byte_tokenizer, random_lm, monkeypatch, capsys) -> None:
+def test_a_base_model_is_refused_in_one_line(tmp_path, byte_tokenizer, random_lm, save_run, monkeypatch, capsys) -> None:
     run_dir = save_run(tmp_path / "base", random_lm(), byte_tokenizer)
     status, out, err = run_chat(["--checkpoint", str(run_dir), "--prompt", "hi"], "", monkeypatch, capsys)
     assert (status, out) == (2, "")
