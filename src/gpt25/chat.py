@@ -80,7 +80,8 @@ def stream_chat(
 ) -> Iterator[str]:
     """The model's reply to `messages` ({"role", "content"} dicts), as text pieces while it is generated.
 
-    The pieces join to `chat`'s string for the same arguments. The model must be a chat model (its
+    The pieces join to `chat`'s string for the same arguments. Bad arguments raise ValueError here, before
+    any token is generated. The model must be a chat model (its
     tokenizer has the role tokens). A reply has at most `max_new_tokens` tokens (default: 256, or half
     the context when that is less); temperature 0 is greedy, `seed` makes sampling reproducible. A
     history too long for the context loses its oldest turns, with a warning. `static_decode` (default:
@@ -95,14 +96,19 @@ def stream_chat(
         generator.seed()
     else:
         generator.manual_seed(seed)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     static_decode = device.type == "cuda" if static_decode is None else static_decode
     token_ids = _reply_token_ids(
         model, prompt_ids, max_new_tokens, set(reply_stop_ids(tokenizer)), tokenizer.vocab_size, static_decode,
         temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
     )
+    return _whole_characters(token_ids, tokenizer.vocab)
+
+
+def _whole_characters(token_ids: Iterator[int], token_bytes: dict[int, bytes]) -> Iterator[str]:
+    """The text of `token_ids` in pieces as they come, holding back a character until its last byte has come."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for token_id in token_ids:
-        piece = decoder.decode(tokenizer.vocab[token_id])
+        piece = decoder.decode(token_bytes[token_id])
         if piece:
             yield piece
     tail = decoder.decode(b"", final=True)
@@ -138,7 +144,7 @@ def _prompt_ids(model: torch.nn.Module, tokenizer: Tokenizer, messages: Sequence
     kept, num_dropped = trim_history(tokenizer, messages, context_length, max_new_tokens)
     if num_dropped:
         warnings.warn(f"dropped the {num_dropped} oldest messages so the conversation fits the context of "
-                      f"{context_length} tokens", stacklevel=4)
+                      f"{context_length} tokens", stacklevel=3)
     return render_prompt(tokenizer, kept)
 
 

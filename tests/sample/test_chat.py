@@ -129,3 +129,9 @@ def test_chat_warns_when_it_drops_turns(chat_tokenizer, chained_model) -> None:
     with pytest.warns(UserWarning, match="dropped the 2 oldest messages so the conversation fits the context of 64"):
         reply = chat(model, chat_tokenizer, turns("a" * 20, "b" * 20, "c"), temperature=0, max_new_tokens=20)
     assert reply == "OK"
+
+
+
+def test_stream_chat_checks_its_arguments_when_called_not_when_read(byte_tokenizer, random_lm) -> None:
+    with pytest.raises(ValueError, match="no chat role tokens"):
+        stream_chat(random_lm(), byte_tokenizer, QUESTION)  # the pieces are never asked for
