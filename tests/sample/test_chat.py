@@ -80,8 +80,11 @@ def test_the_greedy_reply_is_the_models_continuation_of_the_prompt(chat_tokenize
     expected = generate_tokens(model, prompt, max_new_tokens=25, use_cache=False)[0].tolist()
     stops = [index for index, token in enumerate(expected) if token in reply_stop_ids(chat_tokenizer)]
     expected = expected[: stops[0]] if stops else expected
+    assert len(expected) >= 10  # a reply long enough to compare
     reply = chat(model, chat_tokenizer, messages, temperature=0, max_new_tokens=25)
     assert reply == chat_tokenizer.decode(expected)
+    # the fixed-shape cache a GPU captures in a CUDA graph (here without the graph) answers the same
+    assert chat(model, chat_tokenizer, messages, temperature=0, max_new_tokens=25, static_decode=True) == reply
 
 
 def test_a_base_models_tokenizer_is_refused_with_the_fix(byte_tokenizer, random_lm) -> None:
