@@ -7,7 +7,7 @@ import io
 import os
 import pty
 import select
-import subprocess
+import signal
 import sys
 import time
 from pathlib import Path
@@ -172,19 +172,28 @@ def read_until(fd: int, expected: bytes, timeout: float = 60.0) -> bytes:
 
 @pytest.mark.slow  # a fresh interpreter importing torch: about 25 s on a busy 2-core machine
 def test_chat_in_a_pseudo_terminal(chat_run) -> None:
-    """A real terminal: typed lines are echoed, replies stream, Ctrl-D on an empty line ends with status 0."""
-    controller, terminal = pty.openpty()
+    """A real terminal: typed lines are echoed, replies stream, Ctrl-C drops a half-typed line, Ctrl-D on an
+    empty line ends with status 0."""
     command = [sys.executable, "-m", "gpt25", "chat", "--checkpoint", str(chat_run), "--temperature", "0"]
-    process = subprocess.Popen(command, stdin=terminal, stdout=terminal, stderr=terminal, close_fds=True)
-    os.close(terminal)
+    pid, controller = pty.fork()  # the child's controlling terminal is the pty, so Ctrl-C there is a SIGINT
+    if pid == 0:
+        os.execv(sys.executable, command)
+    exit_code = None
     try:
-        read_until(controller, b"> ")
+        read_until(controller, b"> ", timeout=300)  # the start: importing torch takes minutes on a loaded machine
         os.write(controller, b"hello\n")
         assert read_until(controller, b"> ").replace(b"\r", b"") == b"hello\nOK\n> "
         os.write(controller, b"/reset\n")
         assert b"(history cleared)" in read_until(controller, b"> ")
+        os.write(controller, b"never sent\x03")  # Ctrl-C at the prompt drops the line, the chat goes on
+        read_until(controller, b"> ")
+        os.write(controller, b"again\n")
+        assert read_until(controller, b"> ").replace(b"\r", b"").endswith(b"again\nOK\n> ")
         os.write(controller, b"\x04")  # Ctrl-D
-        assert process.wait(timeout=60) == 0
+        exit_code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        assert exit_code == 0
     finally:
-        process.kill()
+        if exit_code is None:  # the child is still running: a step above failed
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         os.close(controller)
