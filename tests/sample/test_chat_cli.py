@@ -82,7 +82,7 @@ def test_prompt_mode_prints_the_reply_alone(chat_run, monkeypatch, capsys) -> No
     assert run_chat(arguments + ["--temperature", "0"], "", monkeypatch, capsys) == (0, "OK\n", "")
 
 
-def test_replies_are_written_as_they_are_generated(chat_run, byte_tokenizer) -> None:
+def test_replies_are_written_as_they_are_generated(chat_run) -> None:
     writes: list[str] = []
     session = chat_session(chat_run)
     session.reply("hi", RecordingStream(writes))
