@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt25.checkpoint import consolidate, load_checkpoint, load_model, save_checkpoint
+from gpt25.checkpoint import consolidate, find_tokenizer_dir, load_checkpoint, load_model, make_meta, save_checkpoint
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.model.layers import Linear
 from gpt25.optim import AdamW
+from gpt25.tokenizer import Tokenizer
 
 CONFIG = ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=1, num_heads=2, d_ff=64)
 
@@ -139,3 +140,19 @@ def test_a_file_object_that_is_no_checkpoint_is_one_line() -> None:
     module, _ = trained_module_and_optimizer(seed=0)
     with pytest.raises(ValueError, match=r"^not a gpt25 checkpoint file object \(EOFError\); give what save_checkpoint"):
         load_checkpoint(io.BytesIO(b""), module)
+
+
+def test_the_tokenizer_is_found_beside_the_run_else_where_training_recorded_it(tmp_path: Path) -> None:
+    tokenizer = Tokenizer({index: bytes([index]) for index in range(256)}, [], ["<|endoftext|>"])  # its fit to the model is not checked here
+    recorded = tmp_path / "tok"
+    tokenizer.save(recorded)
+    step_dir = tmp_path / "run" / "checkpoints" / "step_0000002"
+    model = TransformerLM(CONFIG)
+    save_checkpoint(model, None, 2, step_dir, meta=make_meta(2, CONFIG, train_config={"tokenizer": str(recorded)}))
+    assert find_tokenizer_dir(tmp_path / "run") == find_tokenizer_dir(step_dir) == recorded
+    tokenizer.save(tmp_path / "run" / "tokenizer")
+    assert find_tokenizer_dir(tmp_path / "run") == find_tokenizer_dir(step_dir) == tmp_path / "run" / "tokenizer"
+    consolidated = consolidate(step_dir, tmp_path / "model.safetensors")
+    recorded.rename(tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match="no tokenizer found for .*model.safetensors"):
+        find_tokenizer_dir(consolidated)

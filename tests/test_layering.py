@@ -12,7 +12,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "gpt25"
 BUILDING_BLOCKS = ("tokenizer", "data", "model", "optim")
-USERS = ("inference", "train", "checkpoint", "eval", "sample", "interop", "cli", "demo")
+USERS = ("inference", "train", "checkpoint", "eval", "sample", "chat", "interop", "cli", "demo")
 BOTTOM = ("files",)
 
 

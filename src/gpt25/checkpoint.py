@@ -35,6 +35,7 @@ from gpt25.device import is_fsdp
 from gpt25.files import atomic_folder, atomic_path, fresh_temporary, replace_folder, set_usual_mode, write_json_atomic
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
+from gpt25.tokenizer.io import META_FILE as TOKENIZER_FILE
 
 FORMAT = "gpt25-checkpoint"
 VERSION = 1
@@ -378,6 +379,21 @@ def load_for_inference(checkpoint: str | Path | torch.nn.Module, tokenizer: str 
     if tokenizer is not None:
         check_tokenizer_matches(tokenizer, model.config.vocab_size, meta.get("tokenizer_fingerprint"))
     return model, tokenizer, meta
+
+
+def find_tokenizer_dir(checkpoint: str | Path) -> Path:
+    """The tokenizer folder of a checkpoint when none is named: the run dir's `tokenizer/`, else the one
+    its training recorded (train config `tokenizer`); FileNotFoundError (one line) when neither exists."""
+    path = resolve_checkpoint(checkpoint)
+    run_dir = path.parent.parent if STEP_DIR.match(path.name) else path.parent
+    candidates = [Path(checkpoint) / "tokenizer", run_dir / "tokenizer"]
+    recorded = (read_meta(path).get("train_config") or {}).get("tokenizer")
+    candidates = list(dict.fromkeys(candidates + ([Path(recorded)] if recorded else [])))
+    for candidate in candidates:
+        if (candidate / TOKENIZER_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(f"no tokenizer found for {checkpoint} (looked in {', '.join(map(str, candidates))}); "
+                            "pass --tokenizer DIR")
 
 
 def consolidate(path: str | Path, out_file: str | Path) -> Path:

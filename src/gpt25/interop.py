@@ -18,6 +18,7 @@ from gpt25.checkpoint import load_for_inference, read_weights, save_weights, wri
 from gpt25.files import atomic_folder
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
+from gpt25.tokenizer.chat_format import CHAT_SPECIAL_TOKENS, JINJA_CHAT_TEMPLATE, has_chat_tokens, reply_stop_ids
 
 RMS_NORM_EPS = 1e-5
 HF_WEIGHTS_FILE = "model.safetensors"
@@ -151,17 +152,23 @@ def _write_hf_folder(model: TransformerLM, tokenizer: Tokenizer | None, folder: 
     save_weights(weights, folder / HF_WEIGHTS_FILE, metadata={"format": "pt"})
     config = hf_config(model.config, eot_id, dtype)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    generation = {"bos_token_id": eot_id, "eos_token_id": eot_id, "do_sample": True, "temperature": 0.8, "top_p": 0.9}
+    # A chat model's turn also ends at a role token (the model starting the next turn), as in `gpt25 chat`.
+    stop_ids = reply_stop_ids(tokenizer) if tokenizer is not None and has_chat_tokens(tokenizer) else eot_id
+    generation = {"bos_token_id": eot_id, "eos_token_id": stop_ids, "do_sample": True, "temperature": 0.8,
+                  "top_p": 0.9}
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
 
 def _write_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> int | None:
-    """tokenizer.json (via gpt25's Tokenizer.save_huggingface) + tokenizer_config.json; returns the EOT id."""
+    """tokenizer.json (via gpt25's Tokenizer.save_huggingface, every special token an added special token)
+    + tokenizer_config.json, with the chat template for a chat model; returns the EOT id."""
     tokenizer.save_huggingface(out_dir / "tokenizer.json")
     eot_id = tokenizer.token_id(EOT_TOKEN) if EOT_TOKEN in tokenizer.special_tokens else None
     settings = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
     if eot_id is not None:
         settings.update(bos_token=EOT_TOKEN, eos_token=EOT_TOKEN, unk_token=None)
+    if has_chat_tokens(tokenizer):  # a chat model: apply_chat_template renders as gpt25.tokenizer.chat_format
+        settings.update(chat_template=JINJA_CHAT_TEMPLATE, additional_special_tokens=CHAT_SPECIAL_TOKENS)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
     return eot_id
 

@@ -1,12 +1,14 @@
-"""Sampling-test fixtures: a byte-level tokenizer, a random tiny model and a hand-built bigram model."""
+"""Sampling-test fixtures: a byte-level tokenizer, a random tiny model, a hand-built bigram model, saving a run."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from gpt25.checkpoint import make_meta, save_checkpoint
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
 
@@ -72,3 +74,17 @@ def bigram_lm():
 def chain():
     """Factory: scores that make each given token predict the next one."""
     return build_chain
+
+
+def save_run_with_tokenizer(run_dir: Path, model: TransformerLM, tokenizer: Tokenizer) -> Path:
+    """A run dir as training leaves it: checkpoints/step_0000001 and, beside them, tokenizer/."""
+    meta = make_meta(1, model.config, tokenizer_fingerprint=tokenizer.fingerprint())
+    save_checkpoint(model, None, 1, run_dir / "checkpoints" / "step_0000001", meta=meta)
+    tokenizer.save(run_dir / "tokenizer")
+    return run_dir
+
+
+@pytest.fixture
+def save_run():
+    """Factory: save_run(run_dir, model, tokenizer) writes a run dir holding its tokenizer."""
+    return save_run_with_tokenizer

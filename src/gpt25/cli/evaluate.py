@@ -23,8 +23,43 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", required=True, help="run dir (its newest checkpoint), step dir or .safetensors file"
     )
-    parser.add_argument("--tokenizer", required=True, help="tokenizer folder the model was trained with")
+    parser.add_argument(
+        "--tokenizer", default=None,
+        help="tokenizer folder the model was trained with (default: the run's tokenizer/ or the one its training used)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+def tokenizer_dir(args: argparse.Namespace) -> str:
+    """--tokenizer, or the tokenizer folder the checkpoint's run holds or recorded."""
+    from gpt25.checkpoint import find_tokenizer_dir
+
+    return args.tokenizer or str(find_tokenizer_dir(args.checkpoint))
+
+
+def add_sampling_arguments(
+    parser: argparse.ArgumentParser, max_new_tokens: int | None = 50, max_new_tokens_help: str = "per sample (default 50)"
+) -> None:
+    """--max_new_tokens --temperature --top_p --top_k --seed, as `generate` and `chat` take them."""
+    parser.add_argument(
+        "--max_new_tokens", type=int, default=max_new_tokens, help=f"tokens to generate {max_new_tokens_help}"
+    )
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass in (0, 1] (default 0.9)")
+    parser.add_argument("--top_k", type=int, default=None, help="sample among the K most likely tokens only")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dtype and --no_cuda_graph, as `generate` and `chat` take them."""
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default=None,
+        help="weights and KV cache dtype; default bfloat16 on CUDA, float32 on CPU",
+    )
+    parser.add_argument(
+        "--no_cuda_graph", action="store_true",
+        help="on a GPU, run each decoding step eagerly instead of replaying a captured CUDA graph",
+    )
 
 
 def register_eval(subparsers: argparse._SubParsersAction) -> None:
@@ -64,7 +99,7 @@ def run_eval(args: argparse.Namespace) -> int:
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     results = run_evaluation(
         args.checkpoint,
-        args.tokenizer,
+        tokenizer_dir(args),
         data_dir=args.data,
         hellaswag=args.hellaswag,
         limit=args.limit,
@@ -88,22 +123,11 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_arguments(parser)
     parser.add_argument("--prompt", default="", help="text to continue (default: empty, start from end-of-text)")
-    parser.add_argument("--max_new_tokens", type=int, default=50, help="tokens to generate per sample (default 50)")
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
-    parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass in (0, 1] (default 0.9)")
-    parser.add_argument("--top_k", type=int, default=None, help="sample among the K most likely tokens only")
+    add_sampling_arguments(parser)
     parser.add_argument("--num_samples", type=int, default=1, help="samples, generated together as one batch")
-    parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are produced (one sample)")
     parser.add_argument("--no_cache", action="store_true", help="recompute the whole prefix each step (slow)")
-    parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16"], default=None,
-        help="weights and KV cache dtype; default bfloat16 on CUDA, float32 on CPU",
-    )
-    parser.add_argument(
-        "--no_cuda_graph", action="store_true",
-        help="on a GPU, run each decoding step eagerly instead of replaying a captured CUDA graph",
-    )
+    add_decoding_arguments(parser)
     parser.set_defaults(handler=run_generate)
 
 
@@ -119,7 +143,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError("--stream prints one sample as it is produced; drop --stream or use --num_samples 1")
     device = resolve_device(args.device)
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    model, tokenizer, _ = load_for_inference(args.checkpoint, args.tokenizer, device, getattr(torch, dtype_name))
+    model, tokenizer, _ = load_for_inference(args.checkpoint, tokenizer_dir(args), device, getattr(torch, dtype_name))
     print_piece = stream_printer(args.prompt)
     with one_line_warnings("generate"):
         samples = generate(
