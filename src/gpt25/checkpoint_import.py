@@ -16,6 +16,7 @@ AdamW keeps per-parameter `t`, `m`, `v` and `epsilon`; they become gpt25's `step
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -293,11 +294,31 @@ def read_seed_hf(path: Path, settings: dict[str, Any]) -> Imported:
 
 
 def read_hf_tokenizer(path: Path) -> Tokenizer | None:
-    """A GPT-2-style vocab.json + merges.txt beside the weights (with `<|endoftext|>`), or None."""
+    """The folder's GPT-2-style vocab.json + merges.txt (with `<|endoftext|>`), else its byte-level BPE
+    tokenizer.json (with its special added tokens), else None."""
     vocab, merges = path / "vocab.json", path / "merges.txt"
-    if not (vocab.is_file() and merges.is_file()):
-        return None
-    return Tokenizer.from_files(vocab, merges, [END_OF_TEXT])
+    if vocab.is_file() and merges.is_file():
+        return Tokenizer.from_files(vocab, merges, [END_OF_TEXT])
+    if (path / "tokenizer.json").is_file():
+        return read_tokenizer_json(path / "tokenizer.json")
+    return None
+
+
+def read_tokenizer_json(file: Path) -> Tokenizer:
+    """A byte-level BPE tokenizer.json (GPT-2's printable byte encoding, as `gpt25 export hf` writes it),
+    through GPT-2-style files: its vocab and merges are the same strings."""
+    saved = json.loads(file.read_text(encoding="utf-8"))
+    model = saved.get("model") or {}
+    if model.get("type") != "BPE":
+        raise ValueError(f"{file} is not a byte-level BPE tokenizer; pass --tokenizer")
+    added = sorted(saved.get("added_tokens") or [], key=lambda token: token["id"])
+    vocab = model["vocab"] | {token["content"]: token["id"] for token in added}
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model["merges"]]
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        (Path(folder) / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n", encoding="utf-8")
+        specials = [token["content"] for token in added if token.get("special")]
+        return Tokenizer.from_files(Path(folder) / "vocab.json", Path(folder) / "merges.txt", specials)
 
 
 # ----- a transformers Llama folder (what `gpt25 export hf` writes) -----

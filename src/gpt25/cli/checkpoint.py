@@ -76,10 +76,11 @@ def run_info(args: argparse.Namespace) -> int:
     meta = read_meta(path)
     others = [found.name for found in list_checkpoints(args.path)] if Path(args.path).is_dir() else []
     tokenizer_dir = path / TOKENIZER_DIR if path.is_dir() and (path / TOKENIZER_DIR).is_dir() else None
+    imported = {"imported_from": meta["imported_from"], "source_settings": meta["train_config"]} \
+        if meta.get("imported_from") else {}
     print(json.dumps({"path": str(path), **{key: meta[key] for key in
                       ("step", "world_size", "sharded", "tokenizer_fingerprint", "model_config")},
-                      "tokenizer": str(tokenizer_dir) if tokenizer_dir else None,
-                      "imported_from": meta.get("imported_from"), "train_config": meta.get("train_config") or {},
+                      "tokenizer": str(tokenizer_dir) if tokenizer_dir else None, **imported,
                       "checkpoints_in_run": others}, indent=2))
     return 0
 
