@@ -112,8 +112,9 @@ def strip_prefixes(name: str, prefixes: tuple[str, ...] = SEED_PREFIXES) -> str:
     return name
 
 
-def check_seed_tensors(shapes: dict[str, tuple[int, ...]], source: Path) -> None:
-    """Refuse a checkpoint missing a tensor of the seed's model or holding one of another shape, naming it."""
+def check_seed_tensors(shapes: dict[str, tuple[int, ...]], source: Path, tied: bool = False) -> None:
+    """Refuse a checkpoint missing a tensor of the seed's model or holding one of another shape, naming it;
+    `tied`: the head is the embedding, so `linear.weight` may be absent."""
     emb = shapes.get("emb.weight")
     if emb is None or len(emb) != 2 or "tblocks.0.ffn.w1" not in shapes:
         missing = "emb.weight" if emb is None or len(emb) != 2 else "tblocks.0.ffn.w1"
@@ -121,8 +122,8 @@ def check_seed_tensors(shapes: dict[str, tuple[int, ...]], source: Path) -> None
     config = seed_config(shapes, {"num_heads": 1})
     expected = seed_shapes(config)
     for name, shape in expected.items():
-        if name == "linear.weight" and name not in shapes:
-            continue  # tied: the readers reuse emb.weight
+        if tied and name == "linear.weight" and name not in shapes:
+            continue
         if name not in shapes:
             raise ValueError(f"{source} has no tensor {name} (expected shape {shape}); the checkpoint is incomplete")
         if tuple(shapes[name]) != shape:
@@ -280,16 +281,20 @@ def read_seed_hf(path: Path, settings: dict[str, Any]) -> Imported:
     hf = read_config_json(path)
     seed_state = {strip_prefixes(name, ("model.", *SEED_PREFIXES)): tensor
                   for name, tensor in read_hf_weights(path).items()}
-    if "linear.weight" not in seed_state and not hf.get("tie_word_embeddings", False):
-        raise ValueError(f"{path}: the weights have no model.linear.weight and config.json does not tie the "
-                         "embeddings; the checkpoint is incomplete")
-    check_seed_tensors({name: tuple(tensor.shape) for name, tensor in seed_state.items()}, path)
+    check_seed_tensors({name: tuple(tensor.shape) for name, tensor in seed_state.items()}, path,
+                       tied=bool(hf.get("tie_word_embeddings", False)))
+
+    def setting(*keys: str) -> Any:  # the seed's name first, then its Hugging Face aliases
+        found = [hf[key] for key in keys if hf.get(key) is not None]
+        if not found:
+            raise ValueError(f"{path / 'config.json'} has no {' / '.join(keys)}; is it the seed's config?")
+        return found[0]
+
     config = ModelConfig(
-        vocab_size=hf.get("vocab_size", seed_state["emb.weight"].shape[0]),
-        context_length=hf.get("context_length") or hf.get("max_position_embeddings") or 1024,
-        d_model=hf.get("d_model") or hf["hidden_size"], num_layers=hf.get("num_layers") or hf["num_hidden_layers"],
-        num_heads=settings.get("num_heads") or hf.get("num_heads") or hf["num_attention_heads"],
-        d_ff=hf.get("d_ff") or hf["intermediate_size"], rope_theta=float(hf.get("theta", hf.get("rope_theta", 10000.0))))
+        vocab_size=setting("vocab_size"), context_length=setting("context_length", "max_position_embeddings"),
+        d_model=setting("d_model", "hidden_size"), num_layers=setting("num_layers", "num_hidden_layers"),
+        num_heads=settings.get("num_heads") or setting("num_heads", "num_attention_heads"),
+        d_ff=setting("d_ff", "intermediate_size"), rope_theta=float(hf.get("theta") or hf.get("rope_theta") or 10000.0))
     return Imported(config, from_seed_weights(seed_state, config), tokenizer=read_hf_tokenizer(path))
 
 

@@ -327,11 +327,14 @@ def test_unknown_layout_message_names_every_layout(tmp_path) -> None:
     ("missing", "has no tensor tblocks.1.ffn.w2 (expected shape (32, 48))"),
     ("misshapen", "tensor tblocks.0.mhsa.Wk.weight has shape (32, 16), expected (32, 32)"),
     ("moment", "optimizer m of tblocks.0.norm_ff.weight has shape (3,), expected (32,)"),
+    ("head", "has no tensor linear.weight (expected shape (257, 32))"),  # the seed's DCP head is never tied
 ])
 def test_a_bad_dcp_tensor_is_named(seed, tmp_path, capsys, change, message) -> None:
     weights, optimizer = dict(seed["weights"]), seed_optimizer(seed["weights"])
     if change == "missing":
         del weights["tblocks.1.ffn.w2"]
+    elif change == "head":
+        del weights["linear.weight"]
     elif change == "misshapen":
         weights["tblocks.0.mhsa.Wk.weight"] = torch.zeros(D_MODEL, 16)
     else:
