@@ -330,7 +330,8 @@ def load_named_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Op
     current_groups = optimizer.state_dict()["param_groups"]
     saved_members = [{positions[name] for name in group["params"]} for group in state["param_groups"]]
     if saved_members == [set(group["params"]) for group in current_groups]:
-        groups = [saved | {"params": now["params"]} for saved, now in zip(state["param_groups"], current_groups, strict=True)]
+        groups = [saved | {"params": now["params"]}
+                  for saved, now in zip(state["param_groups"], current_groups, strict=True)]
     else:  # grouped otherwise (an imported run that decayed every parameter): the moments, this grouping's settings
         groups = current_groups
     optimizer.load_state_dict({"state": {positions[name]: values for name, values in state["state"].items()},

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -281,14 +284,31 @@ def test_eval_generate_and_train_take_the_imported_dir(imported, prepared_data, 
     assert json.loads((tmp_path / "eval.json").read_text())["step"] == SEED_STEP
     assert run_cli("generate", "--checkpoint", imported, "--tokenizer", tokenizer, "--prompt", "The cat",
                    "--max_new_tokens", 4, "--seed", 0, "--device", "cpu") == 0
-    code = run_cli("train", "--checkpoint", imported, "--data", prepared_data, "--tokenizer", tokenizer,
-                   "--out", tmp_path / "run",
-                   "--decay_all", "--d_model", D_MODEL, "--num_layers", NUM_LAYERS, "--num_heads", NUM_HEADS,
-                   "--d_ff", D_FF, "--context_length", CONTEXT, "--batch_size", 2, "--train_steps", SEED_STEP + 2,
-                   "--warmup_steps", 0, "--eval_every", 0, "--eval_steps", 1, "--device", "cpu")
-    assert code == 0
+    assert run_cli(*train_argv(imported, prepared_data, tmp_path / "run", 2)) == 0
     assert read_meta(tmp_path / "run")["step"] == SEED_STEP + 2
     assert "resumed from" in capsys.readouterr().out
+
+
+def train_argv(imported: Path, data: Path, out: Path, batch_size: int) -> list[str]:
+    return ["train", "--checkpoint", str(imported), "--data", str(data), "--tokenizer", str(imported / "tokenizer"),
+            "--out", str(out), "--decay_all", "--d_model", str(D_MODEL), "--num_layers", str(NUM_LAYERS),
+            "--num_heads", str(NUM_HEADS), "--d_ff", str(D_FF), "--context_length", str(CONTEXT),
+            "--batch_size", str(batch_size), "--train_steps", str(SEED_STEP + 2), "--warmup_steps", "0",
+            "--eval_every", "0", "--eval_steps", "1", "--device", "cpu"]
+
+
+@pytest.mark.slow  # two torchrun ranks: ~40 s on a busy 2-core machine
+def test_fsdp_ranks_continue_the_import_as_one_process_does(imported, prepared_data, tmp_path) -> None:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_CBWR": "AUTO,STRICT"}
+    for command in ([sys.executable, "-m", "gpt25", *train_argv(imported, prepared_data, tmp_path / "one", 4)],
+                    [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                     "gpt25", *train_argv(imported, prepared_data, tmp_path / "fsdp", 2)]):
+        finished = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+        assert finished.returncode == 0, finished.stderr[-2000:]
+    one, fsdp = load_model(tmp_path / "one")[0].state_dict(), load_model(tmp_path / "fsdp")[0].state_dict()
+    assert read_meta(tmp_path / "fsdp")["step"] == SEED_STEP + 2 and read_meta(tmp_path / "fsdp")["sharded"]
+    for name, tensor in one.items():
+        torch.testing.assert_close(fsdp[name], tensor, atol=1e-6, rtol=1e-5)
 
 
 def test_train_without_decay_all_keeps_the_moments_under_gpt25s_grouping(imported, prepared_data, tmp_path) -> None:
