@@ -211,11 +211,7 @@ def seed_optimizer_state(entries: dict[str, Any], config: ModelConfig,
             per_parameter.setdefault(seed_name, {})[moment] = value
     if not per_parameter:
         return None, {}
-    state = {}
-    for ours, theirs in names.items():
-        if theirs == "linear.weight" and theirs not in per_parameter:
-            continue  # tied: the head starts with fresh moments
-        state[ours] = seed_moments(per_parameter.get(theirs, {}), theirs, config, source)
+    state = {ours: seed_moments(per_parameter.get(theirs, {}), theirs, config, source) for ours, theirs in names.items()}
     group = seed_param_group(entries)
     group_settings = {"lr": group["lr"], "betas": group["betas"], "eps": group["eps"],
                       "weight_decay": group["weight_decay"]}
@@ -309,13 +305,13 @@ def read_hf_tokenizer(path: Path) -> Tokenizer | None:
     return None
 
 
-def read_tokenizer_json(file: Path) -> Tokenizer:
+def read_tokenizer_json(file: Path) -> Tokenizer | None:
     """A byte-level BPE tokenizer.json (GPT-2's printable byte encoding, as `gpt25 export hf` writes it),
-    through GPT-2-style files: its vocab and merges are the same strings."""
+    through GPT-2-style files: its vocab and merges are the same strings; None for another kind."""
     saved = json.loads(file.read_text(encoding="utf-8"))
     model = saved.get("model") or {}
     if model.get("type") != "BPE":
-        raise ValueError(f"{file} is not a byte-level BPE tokenizer; pass --tokenizer")
+        return None
     added = sorted(saved.get("added_tokens") or [], key=lambda token: token["id"])
     vocab = model["vocab"] | {token["content"]: token["id"] for token in added}
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model["merges"]]
