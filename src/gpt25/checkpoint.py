@@ -271,7 +271,9 @@ def load_training_state(path: str | Path, model: torch.nn.Module,
     meta = read_meta(path)
     train_state = read_train_state(path / STATE_FILE)
     if optimizer and not meta["sharded"] and train_state["optimizer"] is None:
-        raise ValueError(f"{path} has no optimizer state (weights only); it cannot resume training")
+        if not meta.get("imported_from"):
+            raise ValueError(f"{path} has no optimizer state (weights only); it cannot resume training")
+        optimizer = None  # imported weights without an optimizer: AdamW starts with fresh moments
     if meta["sharded"] or is_fsdp(model):
         _load_with_state_dict_api(path, meta, train_state, model, optimizer)
     else:
@@ -326,10 +328,15 @@ def load_named_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Op
     missing = sorted(set(positions) - {name for group in state["param_groups"] for name in group["params"]})
     if missing:
         raise ValueError(f"optimizer state lacks parameters {missing[:3]}...; the checkpoint is from another model")
-    optimizer.load_state_dict({
-        "state": {positions[name]: values for name, values in state["state"].items()},
-        "param_groups": [group | {"params": [positions[name] for name in group["params"]]}
-                         for group in state["param_groups"]]})
+    current_groups = optimizer.state_dict()["param_groups"]
+    saved_members = [{positions[name] for name in group["params"]} for group in state["param_groups"]]
+    if saved_members == [set(group["params"]) for group in current_groups]:
+        groups = [saved | {"params": now["params"]}
+                  for saved, now in zip(state["param_groups"], current_groups, strict=True)]
+    else:  # grouped otherwise (an imported run that decayed every parameter): the moments, this grouping's settings
+        groups = current_groups
+    optimizer.load_state_dict({"state": {positions[name]: values for name, values in state["state"].items()},
+                               "param_groups": groups})
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu",

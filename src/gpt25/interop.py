@@ -208,7 +208,7 @@ def import_hf(hf_dir: str | Path) -> tuple[TransformerLM, dict]:
     hf_dir = Path(hf_dir)
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found; point --hf at a transformers model folder")
+        raise FileNotFoundError(f"{config_path} not found; give a transformers model folder")
     hf = json.loads(config_path.read_text())
     config = config_from_hf(hf)
     if (hf_dir / HF_INDEX_FILE).is_file():

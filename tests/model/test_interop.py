@@ -129,13 +129,13 @@ def test_hub_upload_failure_is_one_line_connection_error(exported: Path, monkeyp
 def test_cli_export_and_import(model: TransformerLM, exported: Path, tmp_path: Path, capsys) -> None:
     from gpt25.cli import main
 
-    out_file = tmp_path / "back.safetensors"
+    out_dir = tmp_path / "back"
     with pytest.raises(SystemExit) as exit_info:
-        main(["export", "import-hf", "--hf", str(exported), "--out", str(out_file)])
+        main(["checkpoint", "import", str(exported), "--out", str(out_dir)])
     assert exit_info.value.code == 0
-    assert json.loads(out_file.with_suffix(".json").read_text())["model_config"] == CONFIG.to_dict()
+    assert json.loads((out_dir / "meta.json").read_text())["model_config"] == CONFIG.to_dict()
     with pytest.raises(SystemExit) as exit_info:
-        main(["export", "hf", "--checkpoint", str(out_file), "--out", str(tmp_path / "again")])
+        main(["export", "hf", "--checkpoint", str(out_dir), "--out", str(tmp_path / "again")])
     assert exit_info.value.code == 0 and (tmp_path / "again" / "model.safetensors").is_file()
     with pytest.raises(SystemExit) as exit_info:
         main(["export", "hub-upload", "--dir", str(tmp_path / "nothing"), "--repo", "me/x"])

@@ -15,7 +15,7 @@ RECIPE_FLAGS = ["batch_size", "grad_accum_steps", "context_length", "num_layers"
                 "rope_theta", "train_steps", "lr", "beta1", "beta2", "eps", "weight_decay", "checkpoint"]
 OTHER_FLAGS = ["data", "tokenizer", "out", "min_lr", "warmup_steps", "max_grad_norm", "eval_every", "eval_steps",
                "save_every", "keep_checkpoints", "seed", "dtype", "compile", "device", "tracker", "parallel",
-               "hellaswag", "hellaswag_limit"]
+               "hellaswag", "hellaswag_limit", "decay_all"]
 
 
 def parse(*argv: str) -> TrainConfig:
@@ -41,6 +41,16 @@ def test_flags_override_toml_which_overrides_defaults(tmp_path: Path) -> None:
     assert config.batch_size == 3 and config.compile == "on"
     assert config.weight_decay == TrainConfig().weight_decay  # untouched default
     assert config.resolved_min_lr == pytest.approx(0.2)
+
+
+def test_decay_all_is_a_switch_in_flags_and_toml(tmp_path: Path) -> None:
+    assert parse().decay_all is False and parse("--decay_all").decay_all is True
+    toml = tmp_path / "run.toml"
+    toml.write_text("decay_all = true\n")
+    assert parse("--config", str(toml)).decay_all is True
+    toml.write_text("decay_all = 1\n")
+    with pytest.raises(ValueError, match="decay_all must be a bool"):
+        parse("--config", str(toml))
 
 
 def test_train_table_and_errors(tmp_path: Path) -> None:

@@ -1,7 +1,6 @@
-"""`gpt25 export`: to and from Hugging Face `transformers` Llama folders, and the Hub.
+"""`gpt25 export`: to Hugging Face `transformers` Llama folders, and the Hub (`gpt25 checkpoint import` reads them back).
 
     gpt25 export hf --checkpoint runs/124m --tokenizer runs/tokenizer --out exports/gpt25-124m
-    gpt25 export import-hf --hf exports/gpt25-124m --out models/gpt25-124m.safetensors
     gpt25 export hub-upload --dir exports/gpt25-124m --repo your-name/gpt25-124m
     gpt25 export hub-download --repo your-name/gpt25-124m --out downloads/gpt25-124m
 """
@@ -13,11 +12,12 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `gpt25 export {hf,import-hf,hub-upload,hub-download}`."""
+    """Add `gpt25 export {hf,hub-upload,hub-download}`."""
     parser = subparsers.add_parser(
         "export",
-        help="export to / import from Hugging Face transformers and the Hub",
-        description="Convert between gpt25 checkpoints and transformers LlamaForCausalLM folders; move them to the Hub.",
+        help="export to Hugging Face transformers and the Hub",
+        description="Convert gpt25 checkpoints to transformers LlamaForCausalLM folders (`gpt25 checkpoint import` "
+        "reads them back); move them to and from the Hub.",
     )
     commands = parser.add_subparsers(dest="export_command", metavar="SUBCOMMAND", required=True)
 
@@ -29,12 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     hf.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weight dtype on disk")
     hf.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     hf.set_defaults(handler=run_export_hf)
-
-    back = commands.add_parser("import-hf", help="convert a transformers Llama folder to a gpt25 .safetensors",
-                               description="Write FILE.safetensors + FILE.json, loadable by gpt25.checkpoint.load_model.")
-    back.add_argument("--hf", required=True, help="transformers model folder (config.json + safetensors)")
-    back.add_argument("--out", required=True, help="output file, ending in .safetensors")
-    back.set_defaults(handler=run_import_hf)
 
     upload = commands.add_parser("hub-upload", help="upload an exported folder to the Hugging Face Hub",
                                  description="Create the repo if needed and upload the folder (needs a login token).")
@@ -60,15 +54,6 @@ def run_export_hf(args: argparse.Namespace) -> int:
         print("gpt25 export: note: no --tokenizer given, writing weights and config only", file=sys.stderr)
     out = export_hf(args.checkpoint, args.tokenizer, args.out, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
     print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")
-    return 0
-
-
-def run_import_hf(args: argparse.Namespace) -> int:
-    from gpt25.interop import import_hf, save_consolidated
-
-    model, _hf_config = import_hf(args.hf)
-    out = save_consolidated(model, args.out, {"imported_from": str(args.hf)})
-    print(f"wrote {out} and {out.with_suffix('.json')} ({model.num_params():,} parameters)")
     return 0
 
 

@@ -1,15 +1,13 @@
-"""CLI commands `gpt25 train`, `gpt25 plot` and `gpt25 checkpoint consolidate|info`.
+"""CLI commands `gpt25 train` and `gpt25 plot`.
 
     gpt25 train --config configs/cpu-small.toml --data data/ --out runs/small
     torchrun --nproc_per_node 4 -m gpt25 train --config configs/gpt25-124m.toml --data data/
     gpt25 plot runs/small runs/other --out curves.png
-    gpt25 checkpoint consolidate runs/big --out big.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 from pathlib import Path
@@ -18,7 +16,7 @@ from gpt25.train.config import add_train_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `train`, `plot` and `checkpoint` to the `gpt25` parser."""
+    """Add `train` and `plot` to the `gpt25` parser."""
     train_parser = subparsers.add_parser(
         "train", help="train (or resume) a model on prepared shards",
         description="Train a GPT 2.5 model on shards from `gpt25 data prepare`. Settings come from the "
@@ -33,21 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plot_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
     plot_parser.add_argument("--out", default=None, help="image to write, .png, .pdf or .svg (default: FIRST_RUN_DIR/curves.png)")
     plot_parser.set_defaults(handler=run_plot)
-
-    checkpoint_parser = subparsers.add_parser("checkpoint", help="inspect or consolidate checkpoints",
-                                              description="Inspect or consolidate gpt25 training checkpoints.")
-    actions = checkpoint_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    consolidate_parser = actions.add_parser(
-        "consolidate", help="write one safetensors file (+ .json sidecar) from any checkpoint",
-        description="Gather a (possibly FSDP-sharded) checkpoint into one safetensors file of full weights, "
-        "with its metadata in a <name>.json sidecar; `gpt25 eval/sample/export` accept the result.")
-    consolidate_parser.add_argument("path", help="step dir or run dir (newest checkpoint)")
-    consolidate_parser.add_argument("--out", required=True, help="output file, ending in .safetensors")
-    consolidate_parser.set_defaults(handler=run_consolidate)
-    info_parser = actions.add_parser("info", help="print a checkpoint's metadata",
-                                     description="Print the step, model config and layout of a checkpoint.")
-    info_parser.add_argument("path", help="step dir, run dir or consolidated .safetensors file")
-    info_parser.set_defaults(handler=run_info)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -76,23 +59,4 @@ def run_plot(args: argparse.Namespace) -> int:
 
     out = args.out or str(Path(args.run_dirs[0]) / "curves.png")
     print(plot_runs(args.run_dirs, out))
-    return 0
-
-
-def run_consolidate(args: argparse.Namespace) -> int:
-    from gpt25.checkpoint import consolidate
-
-    print(consolidate(args.path, args.out))
-    return 0
-
-
-def run_info(args: argparse.Namespace) -> int:
-    from gpt25.checkpoint import list_checkpoints, read_meta, resolve_checkpoint
-
-    path = resolve_checkpoint(args.path)
-    meta = read_meta(path)
-    others = [found.name for found in list_checkpoints(args.path)] if Path(args.path).is_dir() else []
-    print(json.dumps({"path": str(path), **{key: meta[key] for key in
-                      ("step", "world_size", "sharded", "tokenizer_fingerprint", "model_config")},
-                      "checkpoints_in_run": others}, indent=2))
     return 0

@@ -102,7 +102,7 @@ def download_repo(
     """Download a Hub repo with huggingface_hub (into `out`, else the HF cache); returns its local folder.
 
     The one Hub download, behind `gpt25 data download` (and its alias `gpt25 export hub-download`,
-    for model repos to convert with `gpt25 export import-hf`). Under HF_HUB_OFFLINE=1 a copy already
+    for model repos to convert with `gpt25 checkpoint import`). Under HF_HUB_OFFLINE=1 a copy already
     in the Hugging Face cache is used (and copied to `out`).
     """
     if repo_type not in REPO_TYPES:

@@ -59,7 +59,9 @@ class TrainConfig:
     beta1: float = _setting(0.9, "AdamW beta1")
     beta2: float = _setting(0.95, "AdamW beta2")
     eps: float = _setting(1e-8, "AdamW epsilon")
-    weight_decay: float = _setting(0.1, "AdamW decoupled weight decay (matrices only)")
+    weight_decay: float = _setting(0.1, "AdamW decoupled weight decay (matrices only, unless --decay_all)")
+    decay_all: bool = _setting(False, "decay every parameter, RMSNorm gains and embeddings too, in one group "
+                                      "(the GPT 2.5 seed's AdamW)")
     max_grad_norm: float = _setting(1.0, "clip the global gradient norm to this (0 disables clipping)")
     # Evaluation, logging, checkpoints.
     eval_every: int = _setting(250, "evaluate every N steps and at the end (0: only at the end)")
@@ -135,6 +137,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         unset = config_field.default == ""  # --data, --checkpoint, ...: "(default: '')" would say nothing
         help_text = config_field.metadata["help"] + ("" if unset else f" (default: {config_field.default!r})")
         flags = [f"--{config_field.name}"] + [f"--{old}" for old, new in RENAMED.items() if new == config_field.name]
+        if _field_type(config_field) is bool:  # a switch: `--decay_all` alone
+            parser.add_argument(*flags, action="store_const", const=True, default=argparse.SUPPRESS, help=help_text)
+            continue
         # `--compile` alone means `--compile on`
         bare = {"nargs": "?", "const": "on"} if config_field.name == "compile" else {}
         parser.add_argument(*flags, type=_field_type(config_field), choices=CHOICES.get(config_field.name),
@@ -175,7 +180,7 @@ def _coerce(name: str, value: Any, kind: type, path: Path) -> Any:
         return "on" if value else "off"
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if isinstance(value, bool) or not isinstance(value, kind):
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise ValueError(f"{path}: setting {name} must be a {kind.__name__}, got {value!r}")
     return value
 

@@ -121,7 +121,7 @@ class Trainer:
         self.sharded = distributed.is_fsdp(self.model)
         # The loss is compiled with the forward, so the (batch, seq, vocab) logits never round-trip memory in eager.
         self.compute_loss = torch.compile(self.model_loss) if compile_setting == "on" else self.model_loss
-        self.optimizer = AdamW(parameter_groups(self.lm, config.weight_decay), lr=config.lr,
+        self.optimizer = AdamW(parameter_groups(self.lm, config.weight_decay, config.decay_all), lr=config.lr,
                                betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay)
         self.loader = ShardLoader(config.data, "train", config.batch_size, config.context_length, rank=context.rank,
                                   world_size=context.world_size, seed=config.seed, device=context.device,
@@ -166,15 +166,21 @@ class Trainer:
             raise ValueError(f"checkpoint {path} is at step {meta['step']} >= --train_steps "
                              f"{self.config.train_steps}; raise --train_steps to train further")
         train_state = ckpt.load_training_state(path, self.model, self.optimizer)
-        rank_states = train_state["ranks"]
+        self.restore_rank_state(train_state["ranks"])
+        self.step = train_state["step"]
+        self.last_checkpoint = path
+        self.log_line(f"resumed from {path} at step {self.step}")
+
+    def restore_rank_state(self, rank_states: list[dict]) -> None:
+        """This rank's data position and RNG states; an imported checkpoint has none: its data starts over."""
+        if not rank_states:
+            self.log_line("the checkpoint records no data position (imported): the data starts from the beginning")
+            return
         same_layout = len(rank_states) == self.context.world_size
         mine = rank_states[self.context.rank] if same_layout else rank_states[0]
         self.loader.load_state_dict(mine["loader"])
         if same_layout:
             ckpt.restore_rng_state(mine["rng"])
-        self.step = train_state["step"]
-        self.last_checkpoint = path
-        self.log_line(f"resumed from {path} at step {self.step}")
 
     def write_run_config(self) -> Path:
         """RUN_DIR/config.json: every resolved setting plus what was derived from them."""
