@@ -334,24 +334,26 @@ def usage(generation: GenerationRequest) -> dict:
 async def whole_reply(request: Request, events: asyncio.Queue, generation: GenerationRequest, meta: dict,
                       shape: CompletionShape | ChatShape) -> Response:
     """Wait for the end of the generation, cancelling it if the client disconnects meanwhile."""
+    watcher = asyncio.create_task(cancel_on_disconnect(request, generation))
     try:
-        while True:
-            try:
-                kind, value = await asyncio.wait_for(events.get(), DISCONNECT_POLL_SECONDS)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    generation.cancel()
-                    return Response(status_code=499)
-                continue
-            if kind == "done":
-                break
+        kind, value = await events.get()
+        while kind != "done":
+            kind, value = await events.get()
     finally:
+        watcher.cancel()
         if generation.finish_reason is None:
             generation.cancel()
     if value == FINISH_CANCELLED:
-        raise ApiError(503, "the server stopped before the reply was finished; retry", headers={"Retry-After": "5"})
+        raise ApiError(503, "the reply was cancelled (the client went away or the server is stopping)",
+                       headers={"Retry-After": "5"})
     return JSONResponse(meta | {"object": shape.object, "choices": [shape.choice(generation.text, value)],
                                 "usage": usage(generation)})
+
+
+async def cancel_on_disconnect(request: Request, generation: GenerationRequest) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+    generation.cancel()
 
 
 async def stream_events(events: asyncio.Queue, generation: GenerationRequest, meta: dict,
