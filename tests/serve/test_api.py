@@ -38,7 +38,7 @@ def chat_server(chat_model):
 
 @pytest.fixture(scope="module")
 def base_server(base_model):
-    with live_server(loader(base_model), Limits(max_tokens=40, max_prompt_tokens=100, max_body_bytes=5000)) as running:
+    with live_server(loader(base_model), Limits(max_tokens=40, max_prompt_tokens=250, max_body_bytes=5000)) as running:
         yield running
 
 
@@ -158,8 +158,8 @@ def error_of(reply: httpx.Response, status: int) -> dict:
         ({"prompt": "a", "n": 2}, "n"),
         ({"prompt": "a", "max_tokens": 0}, "max_tokens"),
         ({"prompt": "a", "max_tokens": 41}, "max_tokens"),  # over the server's cap of 40
-        ({"prompt": "a" * 101}, "messages"),  # over the 100 prompt tokens allowed
-        ({"prompt": "a" * 90, "max_tokens": 40}, "max_tokens"),  # past the context of 128
+        ({"prompt": "a" * 251}, "messages"),  # over the 250 prompt tokens allowed
+        ({"prompt": "a" * 230, "max_tokens": 40}, "max_tokens"),  # past the context of 256
         ({"prompt": "a", "stop": ["", "b"]}, "stop"),
         ({"prompt": "a", "stream": "yes"}, "stream"),
         ({"prompt": 5}, "prompt"),
