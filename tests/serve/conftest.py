@@ -75,9 +75,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(load: Callable[[], Served], limits: Limits = Limits(), wait_ready: bool = True) -> Iterator:
+def live_server(load: Callable[[], Served], limits: Limits | None = None, wait_ready: bool = True) -> Iterator:
     """(base URL, app) of a uvicorn server on 127.0.0.1 running in a thread; stopped on exit."""
-    app = create_app(load, limits)
+    app = create_app(load, limits or Limits())
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -11,11 +11,12 @@ import httpx
 import openai
 import pytest
 
-from conftest import live_server, loader, post, wait_until_idle
 from gpt25.checkpoint import load_for_inference
-from gpt25.serve.api import Limits
 from gpt25.sample import generate
+from gpt25.serve.api import Limits
 from gpt25.tokenizer.chat_format import render_prompt
+
+from conftest import live_server, loader, post, wait_until_idle
 
 PROMPTS = ["Hello", "The cat sat on the", "x", "Once upon a time, there", "1, 2, 3,", "zz", "A longer prompt, yes.", "?"]
 

@@ -6,9 +6,10 @@ import threading
 
 import torch
 
-from conftest import byte_tokenizer, tiny_lm
 from gpt25.sample import generate_tokens
 from gpt25.serve.engine import Engine, Request, held_back
+
+from conftest import byte_tokenizer, tiny_lm
 
 
 def request(prompt: bytes, max_tokens: int, temperature: float = 0.0, **settings) -> Request:
