@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from gpt25.checkpoint import load_for_inference
+from gpt25.cli import main
 from gpt25.sample import generate
 from gpt25.serve.api import Limits
 from gpt25.tokenizer.chat_format import render_prompt
@@ -159,7 +160,7 @@ def error_of(reply: httpx.Response, status: int) -> dict:
         ({"prompt": "a", "n": 2}, "n"),
         ({"prompt": "a", "max_tokens": 0}, "max_tokens"),
         ({"prompt": "a", "max_tokens": 41}, "max_tokens"),  # over the server's cap of 40
-        ({"prompt": "a" * 251}, "messages"),  # over the 250 prompt tokens allowed
+        ({"prompt": "a" * 251}, "prompt"),  # over the 250 prompt tokens allowed
         ({"prompt": "a" * 230, "max_tokens": 40}, "max_tokens"),  # past the context of 256
         ({"prompt": "a", "stop": ["", "b"]}, "stop"),
         ({"prompt": "a", "stream": "yes"}, "stream"),
@@ -225,3 +226,10 @@ def test_the_page_is_served_from_the_package(base_server) -> None:
     page = httpx.get(base_server[0] + "/")
     assert page.headers["content-type"].startswith("text/html")
     assert 'id="stop"' in page.text and "http://" not in page.text and "https://" not in page.text  # no CDN
+
+
+def test_the_command_refuses_a_missing_checkpoint_in_one_line(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--checkpoint", "no/such/run", "--tokenizer", "no/such/tok"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("pass a run dir, a step dir or a .safetensors file")

@@ -255,12 +255,12 @@ def int_field(body: dict, name: str, default: int | None, low: int | None) -> in
     return value
 
 
-def token_budget(body: dict, prompt_len: int, limits: Limits, context_length: int) -> int:
+def token_budget(body: dict, prompt_len: int, limits: Limits, context_length: int, prompt_param: str) -> int:
     """max_tokens for the request (default: what fits, up to the cap); 400 when the prompt is too long."""
     max_prompt = limits.max_prompt_tokens or context_length - 1
     if prompt_len > max_prompt:
         raise ApiError(400, f"the prompt has {prompt_len} tokens, more than the {max_prompt} allowed; shorten it",
-                       param="messages", code="context_length_exceeded")
+                       param=prompt_param, code="context_length_exceeded")
     room = min(limits.max_tokens, context_length - prompt_len)
     name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     asked = int_field(body, name, None, 1)
@@ -306,7 +306,8 @@ async def answer(request: Request, served: Served, body: dict, prompt_ids: list[
     """Check the request's fields, queue the generation, and answer whole or as a stream."""
     limits: Limits = request.app.state.limits
     fields = sampling_fields(body)
-    max_tokens = token_budget(body, len(prompt_ids), limits, served.engine.context_length)
+    prompt_param = "messages" if isinstance(shape, ChatShape) else "prompt"
+    max_tokens = token_budget(body, len(prompt_ids), limits, served.engine.context_length, prompt_param)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", param="stream")

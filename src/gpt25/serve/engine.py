@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import codecs
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,7 +134,6 @@ class Request:
     text: str = ""
     cancelled: bool = False
     finish_reason: str | None = None
-    first_token_time: float | None = None
 
     def cancel(self) -> None:
         """Ask the engine to drop this request at its next step boundary (safe from any thread)."""
@@ -169,8 +167,6 @@ class Row:
     def accept(self, token_id: int) -> bool:
         """Take a sampled token: send the text it completes; True when the row has finished."""
         request = self.request
-        if request.first_token_time is None:
-            request.first_token_time = time.perf_counter()
         if token_id in request.stop_ids:
             return self.finish(FINISH_STOP)
         request.completion_ids.append(token_id)
