@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
 from gpt25.sample import generate_tokens
-from gpt25.serve.engine import Engine, Request, held_back
+from gpt25.serve.engine import Engine, QueueFull, Request, held_back
 
 from conftest import byte_tokenizer, tiny_lm
 
@@ -60,3 +61,22 @@ def test_held_back_is_the_longest_end_that_may_start_a_stop_string() -> None:
     assert held_back("hello wor", ("world",)) == 3
     assert held_back("hello", ("xyz", "lo!")) == 2
     assert held_back("hello", ("abc",)) == 0
+
+
+def test_an_error_in_the_loop_ends_every_request_and_refuses_new_ones() -> None:
+    model, tokenizer = tiny_lm(), byte_tokenizer()
+    engine = Engine(model, tokenizer.vocab, tokenizer.vocab_size, max_batch=1)
+
+    def broken_step() -> None:
+        raise RuntimeError("out of memory")
+
+    engine._step = broken_step
+    running, waiting = request(b"abc", 10), request(b"abc", 10)
+    engine.submit(running)
+    engine.submit(waiting)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.thread.run()  # the loop, in this thread: the error comes out after the clean-up
+    assert running.done.is_set() and running.finish_reason == "cancelled"
+    assert waiting.done.is_set() and waiting.finish_reason == "cancelled"
+    with pytest.raises(QueueFull, match="stopped"):
+        engine.submit(request(b"abc", 10))

@@ -278,6 +278,8 @@ class Engine:
                 f"the context length {self.context_length}; shorten the prompt or ask for fewer tokens"
             )
         with self.wakeup:
+            if self.stopped:
+                raise QueueFull("the engine has stopped")
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self.waiting)} requests are already waiting")
             self.waiting.append(request)
@@ -289,16 +291,23 @@ class Engine:
             return len(self.rows), len(self.waiting)
 
     def _loop(self) -> None:
-        with torch.inference_mode(), sdpa_kernel(DECODING_ATTENTION_BACKENDS):
-            while self._wait_for_work():
-                self._admit()
-                self._drop_cancelled()
-                if self.rows:
-                    self._step()
-        for row in self.rows:
-            row.finish(FINISH_CANCELLED)
-        for request in self.waiting:
-            request.on_event("done", FINISH_CANCELLED)
+        """Admit, drop cancelled rows, step; on stop (or an error, which the thread then reports) cancel the rest."""
+        try:
+            with torch.inference_mode(), sdpa_kernel(DECODING_ATTENTION_BACKENDS):
+                while self._wait_for_work():
+                    self._admit()
+                    self._drop_cancelled()
+                    if self.rows:
+                        self._step()
+        finally:
+            with self.wakeup:
+                self.stopped = True
+                waiting, self.waiting = list(self.waiting), deque()
+            for row in self.rows:
+                row.finish(FINISH_CANCELLED)
+            for request in waiting:
+                request.finish_reason = FINISH_CANCELLED
+                request.on_event("done", FINISH_CANCELLED)
 
     def _wait_for_work(self) -> bool:
         with self.wakeup:
