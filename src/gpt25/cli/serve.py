@@ -1,0 +1,62 @@
+"""`gpt25 serve`: an OpenAI-compatible API and a chat page for a checkpoint, batching concurrent requests.
+
+    gpt25 serve --checkpoint runs/chat --tokenizer tok --port 8000 --api_key SECRET
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gpt25.cli.evaluate import add_model_arguments
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a checkpoint over an OpenAI-compatible HTTP API, with a chat page",
+        description="POST /v1/chat/completions (a model with chat role tokens) and /v1/completions, GET /v1/models, "
+        "/health and / (a chat page). Concurrent requests are decoded together in one batch.",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--max_batch", type=int, default=16, help="requests decoded together at most (default 16)")
+    parser.add_argument("--max_queue", type=int, default=64, help="requests waiting at most; more get 429 (default 64)")
+    parser.add_argument("--max_tokens", type=int, default=512, help="cap on max_tokens per request (default 512)")
+    parser.add_argument("--max_prompt_tokens", type=int, default=None,
+                        help="cap on prompt tokens (default: the context length less one)")
+    parser.add_argument("--max_body_bytes", type=int, default=1_000_000, help="cap on a request body (default 1 MB)")
+    parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' on every /v1 route")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default=None,
+        help="weights and KV cache dtype; default bfloat16 on CUDA, float32 on CPU",
+    )
+    parser.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import torch
+    import uvicorn
+
+    from gpt25.device import resolve_device
+    from gpt25.serve.api import Limits, create_app, load_served
+
+    for name in ("max_batch", "max_tokens", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not Path(args.checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint {args.checkpoint} not found; pass a run dir, a step dir or a .safetensors file")
+    device = resolve_device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+
+    if not Path(args.tokenizer).is_dir():
+        raise FileNotFoundError(f"tokenizer folder {args.tokenizer} not found; pass the model's tokenizer folder")
+
+    def load():
+        return load_served(args.checkpoint, args.tokenizer, device, dtype, max_batch=args.max_batch,
+                           max_queue=args.max_queue)
+
+    limits = Limits(args.api_key, args.max_body_bytes, args.max_prompt_tokens, args.max_tokens)
+    uvicorn.run(create_app(load, limits), host=args.host, port=args.port, log_level="info")
+    return 0

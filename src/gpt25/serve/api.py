@@ -1,0 +1,384 @@
+"""The HTTP API: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, /health and the chat page.
+
+Requests are parsed by hand (not by pydantic models) so that every bad field gets OpenAI's error
+JSON with one line saying what to fix. Generation runs on the `Engine`'s thread; its events come
+back to the request's coroutine through an asyncio queue. A streamed reply is server-sent events,
+`data: {chunk}` per piece of text and `data: [DONE]` at the end; a client that goes away (a
+closed stream, or a dropped connection while waiting for a whole reply) cancels its request, and
+the engine frees the row at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gpt25.checkpoint import load_for_inference
+from gpt25.sample import eot_id_or_none
+from gpt25.serve.engine import FINISH_CANCELLED, Engine, QueueFull
+from gpt25.serve.engine import Request as GenerationRequest
+from gpt25.tokenizer.chat_format import has_chat_tokens, message_problem, render_prompt, reply_stop_ids
+
+MAX_STOP_STRINGS = 4
+DISCONNECT_POLL_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; `api_key` None serves without authentication."""
+
+    api_key: str | None = None
+    max_body_bytes: int = 1_000_000
+    max_prompt_tokens: int | None = None  # None: the context length less one
+    max_tokens: int = 512
+
+
+@dataclass
+class Served:
+    """The loaded model as the API serves it."""
+
+    engine: Engine
+    tokenizer: Any
+    model_name: str
+
+    @property
+    def chat(self) -> bool:
+        return has_chat_tokens(self.tokenizer)
+
+
+def load_served(checkpoint: str | Path, tokenizer: str | Path, device: torch.device, dtype: torch.dtype, *,
+                max_batch: int, max_queue: int) -> Served:
+    """Load a checkpoint and its tokenizer (checked to match) and start an engine on them."""
+    model, tokenizer, _ = load_for_inference(checkpoint, tokenizer, device, dtype)
+    engine = Engine(model, tokenizer.vocab, tokenizer.vocab_size, max_batch=max_batch, max_queue=max_queue)
+    return Served(engine.start(), tokenizer, Path(checkpoint).resolve().name)
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI's error JSON with `status`."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+    def response(self) -> JSONResponse:
+        error_type = {401: "authentication_error", 429: "rate_limit_error", 503: "service_unavailable"}.get(
+            self.status, "invalid_request_error"
+        )
+        body = {"error": {"message": self.message, "type": error_type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def create_app(load: Callable[[], Served], limits: Limits = Limits()) -> FastAPI:
+    """The app; `load` runs in a thread at startup, and the API answers 503 until it returns."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=load_into, args=(app, load), daemon=True).start()
+        yield
+        served = app.state.served
+        if served is not None:
+            await asyncio.to_thread(served.engine.stop)
+
+    app = FastAPI(title="gpt25", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.served = None
+    app.state.load_error = None
+    app.state.limits = limits
+    add_routes(app)
+    app.add_exception_handler(ApiError, lambda _request, error: error.response())
+    app.add_exception_handler(
+        StarletteHTTPException, lambda _request, error: ApiError(error.status_code, str(error.detail)).response()
+    )
+    return app
+
+
+def load_into(app: FastAPI, load: Callable[[], Served]) -> None:
+    """Run `load` and publish its result; a failure is kept and answered as 500 by every API route."""
+    try:
+        app.state.served = load()
+    except Exception as error:  # any failure: the server stays up and says why
+        app.state.load_error = f"{type(error).__name__}: {error}"
+        print(f"gpt25 serve: error: loading the model failed: {app.state.load_error}", file=sys.stderr)
+
+
+def add_routes(app: FastAPI) -> None:
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("gpt25.serve").joinpath("page.html").read_text(encoding="utf-8"))
+
+    @app.get("/health")
+    async def health(request: Request) -> dict:
+        served: Served | None = request.app.state.served
+        if served is None:
+            return {"status": "loading"}
+        active, waiting = served.engine.load()
+        return {"status": "ok", "model": served.model_name, "chat": served.chat, "active": active, "waiting": waiting}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        served = ready(request)
+        return {"object": "list", "data": [{"id": served.model_name, "object": "model", "created": 0,
+                                            "owned_by": "gpt25"}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        served = ready(request)
+        body = await read_json(request)
+        prompt = body.get("prompt", "")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise ApiError(400, "'prompt' must be a string (one prompt per request)", param="prompt")
+        tokenizer = served.tokenizer
+        prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
+        stop_ids = frozenset(i for i in [eot_id_or_none(tokenizer)] if i is not None)
+        return await answer(request, served, body, prompt_ids, stop_ids, CompletionShape())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        served = ready(request)
+        if not served.chat:
+            raise ApiError(400, f"model {served.model_name} is a base model without chat role tokens: "
+                           "it answers /v1/completions only", code="model_not_chat")
+        body = await read_json(request)
+        messages = [dict(message, content=text_content(message)) if isinstance(message, dict) else message
+                    for message in body.get("messages") or []] or None
+        problem = message_problem(messages)
+        if problem:
+            raise ApiError(400, f"{problem}; send messages as [{{\"role\": \"user\", \"content\": \"...\"}}]",
+                           param="messages")
+        prompt_ids = render_prompt(served.tokenizer, messages)
+        stop_ids = frozenset(reply_stop_ids(served.tokenizer))
+        return await answer(request, served, body, prompt_ids, stop_ids, ChatShape())
+
+
+def ready(request: Request) -> Served:
+    """The served model, after the API key check; 401 / 503 errors otherwise."""
+    limits: Limits = request.app.state.limits
+    if limits.api_key is not None:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {limits.api_key}".encode()):
+            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                           code="invalid_api_key")
+    served = request.app.state.served
+    if request.app.state.load_error:
+        raise ApiError(500, f"the model failed to load ({request.app.state.load_error}); fix it and restart")
+    if served is None:
+        raise ApiError(503, "the model is still loading; retry in a few seconds", headers={"Retry-After": "5"})
+    return served
+
+
+async def read_json(request: Request) -> dict:
+    """The request's JSON object, read no further than the body-size cap (413 beyond it)."""
+    cap = request.app.state.limits.max_body_bytes
+    too_large = ApiError(413, f"request body larger than {cap} bytes; send a shorter prompt", code="body_too_large")
+    if int(request.headers.get("content-length") or 0) > cap:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise too_large
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except ValueError as error:
+        raise ApiError(400, f"the body is not valid JSON ({error}); send a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+def text_content(message: dict) -> object:
+    """A message's content as a string: OpenAI's list of {"type": "text", "text"} parts joined."""
+    content = message.get("content")
+    if isinstance(content, list) and all(isinstance(part, dict) and part.get("type") == "text" for part in content):
+        return "".join(str(part.get("text", "")) for part in content)
+    return content
+
+
+def sampling_fields(body: dict) -> dict:
+    """temperature, top_p, top_k, seed and stop from the body (OpenAI's defaults), checked."""
+    fields = {
+        "temperature": number_field(body, "temperature", 1.0, 0.0, 2.0),
+        "top_p": number_field(body, "top_p", 1.0, 0.0, 1.0),
+        "top_k": int_field(body, "top_k", None, 1),
+        "seed": int_field(body, "seed", None, None),
+    }
+    if fields["top_p"] == 0:
+        raise ApiError(400, "'top_p' must be in (0, 1]", param="top_p")
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop or []
+    if not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS or not all(
+        isinstance(item, str) and item for item in stop
+    ):
+        raise ApiError(400, f"'stop' must be a string or a list of at most {MAX_STOP_STRINGS} non-empty strings",
+                       param="stop")
+    if body.get("n", 1) != 1:
+        raise ApiError(400, "'n' must be 1 (one choice per request)", param="n")
+    return fields | {"stop": tuple(stop)}
+
+
+def number_field(body: dict, name: str, default: float, low: float, high: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ApiError(400, f"'{name}' must be a number in [{low}, {high}], got {value!r}", param=name)
+    return float(value)
+
+
+def int_field(body: dict, name: str, default: int | None, low: int | None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        raise ApiError(400, f"'{name}' must be an integer{f' >= {low}' if low is not None else ''}, got {value!r}",
+                       param=name)
+    return value
+
+
+def token_budget(body: dict, prompt_len: int, limits: Limits, context_length: int, prompt_param: str) -> int:
+    """max_tokens for the request (default: what fits, up to the cap); 400 when the prompt is too long."""
+    max_prompt = limits.max_prompt_tokens or context_length - 1
+    if prompt_len > max_prompt:
+        raise ApiError(400, f"the prompt has {prompt_len} tokens, more than the {max_prompt} allowed; shorten it",
+                       param=prompt_param, code="context_length_exceeded")
+    room = min(limits.max_tokens, context_length - prompt_len)
+    name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    asked = int_field(body, name, None, 1)
+    if asked is None:
+        return room
+    if asked > limits.max_tokens:
+        raise ApiError(400, f"'{name}' is {asked}, above this server's cap of {limits.max_tokens}", param=name)
+    if asked > room:
+        raise ApiError(400, f"the prompt ({prompt_len} tokens) + '{name}' ({asked}) exceed the context of "
+                       f"{context_length} tokens; shorten the prompt or ask for fewer tokens", param=name,
+                       code="context_length_exceeded")
+    return asked
+
+
+class CompletionShape:
+    """OpenAI's /v1/completions response objects."""
+
+    object, chunk_object, id_prefix = "text_completion", "text_completion", "cmpl-"
+
+    def choice(self, text: str, finish_reason: str | None) -> dict:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+    def chunk_choice(self, text: str | None, finish_reason: str | None) -> dict:
+        return self.choice(text or "", finish_reason)
+
+
+class ChatShape:
+    """OpenAI's /v1/chat/completions response objects."""
+
+    object, chunk_object, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl-"
+
+    def choice(self, text: str, finish_reason: str | None) -> dict:
+        return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": finish_reason}
+
+    def chunk_choice(self, text: str | None, finish_reason: str | None) -> dict:
+        delta = {} if text is None else {"role": "assistant", "content": text}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+async def answer(request: Request, served: Served, body: dict, prompt_ids: list[int], stop_ids: frozenset[int],
+                 shape: CompletionShape | ChatShape) -> Response:
+    """Check the request's fields, queue the generation, and answer whole or as a stream."""
+    limits: Limits = request.app.state.limits
+    fields = sampling_fields(body)
+    prompt_param = "messages" if isinstance(shape, ChatShape) else "prompt"
+    max_tokens = token_budget(body, len(prompt_ids), limits, served.engine.context_length, prompt_param)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be true or false", param="stream")
+    events: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    generation = GenerationRequest(
+        prompt_ids, max_tokens, lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value)),
+        stop_ids=stop_ids, **fields,
+    )
+    try:
+        served.engine.submit(generation)
+    except QueueFull as error:
+        raise ApiError(429, f"the server is busy ({error}); retry shortly", headers={"Retry-After": "1"}) from None
+    meta = {"id": shape.id_prefix + uuid.uuid4().hex, "created": int(time.time()), "model": served.model_name}
+    if stream:
+        return StreamingResponse(stream_events(events, generation, meta, shape), media_type="text/event-stream")
+    return await whole_reply(request, events, generation, meta, shape)
+
+
+def usage(generation: GenerationRequest) -> dict:
+    prompt, completion = len(generation.prompt_ids), len(generation.completion_ids)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def whole_reply(request: Request, events: asyncio.Queue, generation: GenerationRequest, meta: dict,
+                      shape: CompletionShape | ChatShape) -> Response:
+    """Wait for the end of the generation, cancelling it if the client disconnects meanwhile."""
+    watcher = asyncio.create_task(cancel_on_disconnect(request, generation))
+    try:
+        kind, value = await events.get()
+        while kind != "done":
+            kind, value = await events.get()
+    finally:
+        watcher.cancel()
+        if generation.finish_reason is None:
+            generation.cancel()
+    if value == FINISH_CANCELLED:
+        raise ApiError(503, "the reply was cancelled (the client went away or the server is stopping)",
+                       headers={"Retry-After": "5"})
+    return JSONResponse(meta | {"object": shape.object, "choices": [shape.choice(generation.text, value)],
+                                "usage": usage(generation)})
+
+
+async def cancel_on_disconnect(request: Request, generation: GenerationRequest) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+    generation.cancel()
+
+
+async def stream_events(events: asyncio.Queue, generation: GenerationRequest, meta: dict,
+                        shape: CompletionShape | ChatShape) -> AsyncIterator[str]:
+    """Server-sent events: a chunk per piece of text, a last chunk with finish_reason and usage, [DONE].
+
+    Starlette cancels this generator when the client goes away; the finally then cancels the row.
+    """
+    try:
+        chunk = meta | {"object": shape.chunk_object}
+        while True:
+            kind, value = await events.get()
+            if kind == "text":
+                yield sse(chunk | {"choices": [shape.chunk_choice(value, None)]})
+            elif value == FINISH_CANCELLED:
+                break
+            else:
+                yield sse(chunk | {"choices": [shape.chunk_choice(None, value)], "usage": usage(generation)})
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        if generation.finish_reason is None:
+            generation.cancel()
+
+
+def sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
