@@ -100,3 +100,25 @@ def test_ddp_two_ranks_match_one_process(corpus_data: dict[str, Path], single_ru
     for step, loss in losses(single_run).items():
         assert losses(out)[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
     assert not read_meta(out)["sharded"] and read_meta(out)["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_gpt2_preset_under_fsdp_matches_one_process_and_resumes(corpus_data: dict[str, Path], tmp_path: Path,
+                                                                 tiny_config) -> None:
+    """GPT-2's tied head and learned positions live in FSDP's root unit; the sharded checkpoint holds the
+    tied matrix once and resumes in one process with the same losses."""
+    reference = tmp_path / "single"
+    train(tiny_config(reference, arch="gpt2", batch_size=8, train_steps=6, save_every=3, eval_every=6))
+    sharded = tmp_path / "fsdp"
+    run_command(two_rank_command(corpus_data, sharded, "--parallel", "fsdp", "--arch", "gpt2"))
+    for step, loss in losses(reference).items():
+        assert losses(sharded)[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
+    assert read_meta(sharded)["model_config"]["tie_embeddings"] is True
+    model, _ = load_model(sharded)
+    assert model.lm_head is None and model.position_embeddings is not None
+    shutil.rmtree(sharded / "checkpoints" / "step_0000006")
+    summary = train(tiny_config(sharded, arch="gpt2", batch_size=8, train_steps=6, save_every=3, eval_every=6,
+                                checkpoint="latest"))
+    assert summary["start_step"] == 3
+    for step in (4, 5, 6):
+        assert losses(sharded)[step] == pytest.approx(losses(reference)[step], rel=1e-5, abs=1e-6), step
