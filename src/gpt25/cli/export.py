@@ -1,4 +1,4 @@
-"""`gpt25 export`: to and from Hugging Face `transformers` Llama folders, and the Hub.
+"""`gpt25 export`: to and from Hugging Face `transformers` folders (Llama for the recipe, GPT-2), and the Hub.
 
     gpt25 export hf --checkpoint runs/124m --tokenizer runs/tokenizer --out exports/gpt25-124m
     gpt25 export import-hf --hf exports/gpt25-124m --out models/gpt25-124m.safetensors
@@ -17,11 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export to / import from Hugging Face transformers and the Hub",
-        description="Convert between gpt25 checkpoints and transformers LlamaForCausalLM folders; move them to the Hub.",
+        description="Convert between gpt25 checkpoints and transformers folders (LlamaForCausalLM for --arch gpt25, "
+        "GPT2LMHeadModel for --arch gpt2); move them to the Hub.",
     )
     commands = parser.add_subparsers(dest="export_command", metavar="SUBCOMMAND", required=True)
 
-    hf = commands.add_parser("hf", help="write a transformers LlamaForCausalLM folder from a checkpoint",
+    hf = commands.add_parser("hf", help="write a transformers Llama or GPT-2 folder from a checkpoint",
                              description="Write config.json, model.safetensors and tokenizer.json to --out.")
     hf.add_argument("--checkpoint", required=True, help="step dir, run dir (newest checkpoint) or consolidated .safetensors")
     hf.add_argument("--tokenizer", default=None, help="gpt25 tokenizer folder (Tokenizer.save); omit to skip tokenizer.json")
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     hf.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     hf.set_defaults(handler=run_export_hf)
 
-    back = commands.add_parser("import-hf", help="convert a transformers Llama folder to a gpt25 .safetensors",
+    back = commands.add_parser("import-hf", help="convert a transformers Llama or GPT-2 folder to a gpt25 .safetensors",
                                description="Write FILE.safetensors + FILE.json, loadable by gpt25.checkpoint.load_model.")
     back.add_argument("--hf", required=True, help="transformers model folder (config.json + safetensors)")
     back.add_argument("--out", required=True, help="output file, ending in .safetensors")
