@@ -234,7 +234,8 @@ def from_gpt2_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig)
         for kind in ("weight", "bias"):
             fused = hf_state[f"h.{index}.attn.c_attn.{kind}"]  # weight (d_model, 3 d_model), bias (3 d_model,)
             parts = (fused.t() if kind == "weight" else fused).chunk(3)
-            state.update({f"layers.{index}.attn.{name}_proj.{kind}": part.contiguous() for name, part in zip("qkv", parts)})
+            for name, part in zip("qkv", parts, strict=True):
+                state[f"layers.{index}.attn.{name}_proj.{kind}"] = part.contiguous()
     if not config.tie_embeddings:
         state["lm_head.weight"] = hf_state["lm_head.weight"].contiguous()
     return state

@@ -31,7 +31,7 @@ from gpt25 import checkpoint as ckpt
 from gpt25.data import load_split
 from gpt25.data.loader import ShardLoader
 from gpt25.eval import evaluate_hellaswag, evaluate_loss, load_hellaswag
-from gpt25.model import ModelConfig, parameter_groups
+from gpt25.model import parameter_groups
 from gpt25.optim import AdamW, clip_grad_norm, cosine_lr, cross_entropy
 from gpt25.tokenizer import Tokenizer
 from gpt25.train import distributed
