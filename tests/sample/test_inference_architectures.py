@@ -69,3 +69,19 @@ def test_static_cache_step_traces_as_one_graph(model: TransformerLM) -> None:
         model(ids[:, :8], cache)
         step = torch.compile(lambda: model(tokens, kv_cache=cache), backend="eager", fullgraph=True, dynamic=False)
         torch.testing.assert_close(step()[:, 0], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.cuda
+def test_captured_decoding_with_learned_positions_gives_the_ids_of_recomputing(model: TransformerLM) -> None:
+    """The CUDA-graph step reads the learned position from the device: replays give recomputation's ids."""
+    import warnings
+
+    from gpt25.sample import generate_tokens
+
+    model = model.cuda()
+    prompts = torch.randint(0, 97, (2, 5), device="cuda")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        captured = generate_tokens(model, prompts, max_new_tokens=27)  # static_decode defaults to on for CUDA
+    assert not [warning for warning in caught if "CUDA graph" in str(warning.message)]  # no fallback
+    assert torch.equal(captured, generate_tokens(model, prompts, max_new_tokens=27, use_cache=False))
