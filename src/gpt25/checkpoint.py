@@ -145,7 +145,8 @@ def make_meta(step: int, model_config: ModelConfig | None, *, train_config: dict
 
 def check_compatible(meta: dict, model_config: ModelConfig, tokenizer_fingerprint: str | None) -> None:
     """Refuse to resume into a different model shape or tokenizer, naming every differing setting."""
-    saved = meta["model_config"] or {}  # None: saved from a module other than a TransformerLM
+    # None: saved from a module other than a TransformerLM; a meta older than a setting holds its default
+    saved = ModelConfig.from_dict(meta["model_config"]).to_dict() if meta["model_config"] else {}
     differences = [f"{name} (checkpoint {saved.get(name)!r}, now {value!r})"
                    for name, value in model_config.to_dict().items() if saved.get(name) != value]
     saved_fingerprint = meta.get("tokenizer_fingerprint")

@@ -35,7 +35,7 @@ from gpt25.checkpoint import (
     save_weights,
 )
 from gpt25.files import atomic_folder
-from gpt25.interop import import_hf
+from gpt25.interop import import_hf, read_gpt2_folder, read_hf_weights
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import CHAT_SPECIAL_TOKENS, add_chat_tokens
@@ -263,15 +263,6 @@ def is_seed_hf(path: Path) -> bool:
     return path.is_dir() and read_config_json(path).get("model_type") == SEED_HF_MODEL_TYPE
 
 
-def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
-    """model.safetensors, or pytorch_model.bin (tensors only)."""
-    if (path / "model.safetensors").is_file():
-        return read_weights(path / "model.safetensors")
-    if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {path}")
-
-
 def read_seed_hf(path: Path, settings: dict[str, Any]) -> Imported:
     """config.json (model_type "gpt2.5") + weights named `model.<seed name>`."""
     hf = read_config_json(path)
@@ -334,6 +325,16 @@ def read_llama_hf(path: Path, settings: dict[str, Any]) -> Imported:
     return Imported(model.config, model.state_dict(), tokenizer=read_hf_tokenizer(path))
 
 
+def is_gpt2_hf(path: Path) -> bool:
+    return path.is_dir() and read_config_json(path).get("model_type") == "gpt2"
+
+
+def read_gpt2_hf(path: Path, settings: dict[str, Any]) -> Imported:
+    """config.json (model_type "gpt2") + weights, with or without the `transformer.` prefix (OpenAI's gpt2)."""
+    config, weights = read_gpt2_folder(path)
+    return Imported(config, weights, tokenizer=read_hf_tokenizer(path))
+
+
 LAYOUTS = [
     Layout("seed-dcp", "the GPT 2.5 seed's torch.distributed.checkpoint folder (a .metadata file, "
            "app.model / app.optimizer / app.iteration)", is_seed_dcp, read_seed_dcp),
@@ -341,6 +342,8 @@ LAYOUTS = [
            "model.safetensors or pytorch_model.bin)", is_seed_hf, read_seed_hf),
     Layout("llama-hf", "a transformers Llama folder (config.json with model_type \"llama\" + model.safetensors), "
            "e.g. from `gpt25 export hf`", is_llama_hf, read_llama_hf),
+    Layout("gpt2-hf", "a transformers GPT-2 folder (config.json with model_type \"gpt2\" + model.safetensors), "
+           "e.g. OpenAI's gpt2 or `gpt25 export hf` of an --arch gpt2 model", is_gpt2_hf, read_gpt2_hf),
 ]
 
 

@@ -47,6 +47,7 @@ class DemoConfig:
     fresh: bool = False
     vocab_size: int = 4096
     config: Path = CPU_CONFIG
+    arch: str = "gpt25"  # the model: gpt25 (the recipe) or gpt2
     device: str = "cpu"
     prompt: str = PROMPT
     num_samples: int = 3
@@ -138,7 +139,7 @@ def train_model(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
     finished = list_checkpoints(paths["run"])
     settings = read_toml_settings(config.config) | {
         "data": str(paths["shards"]), "tokenizer": str(paths["tokenizer"]), "out": str(paths["run"]),
-        "train_steps": config.train_steps, "device": config.device,
+        "train_steps": config.train_steps, "device": config.device, "arch": config.arch,
         "eval_every": max(1, config.train_steps // 8), "save_every": max(1, config.train_steps // 4),
     }
     if finished and read_step(finished[-1]) >= config.train_steps:
@@ -195,7 +196,8 @@ def render_report(paths: dict[str, Path], config: DemoConfig, results: dict[str,
         f"{results['corpus']['bytes'] / 1e6:.2f} MB)",
         f"- tokenizer: byte-level BPE, vocab {results['tokenizer']['vocab_size']}, special `{EOT}`",
         f"- shards: {manifest['splits']['train']['tokens']:,} train tokens, {manifest['splits']['val']['tokens']:,} val tokens",
-        f"- model and optimizer: `{config.config.name}` with train_steps {config.train_steps} (--minutes {config.minutes:g})",
+        f"- model and optimizer: `{config.config.name}`, --arch {config.arch}, with train_steps {config.train_steps} "
+        f"(--minutes {config.minutes:g})",
         f"- sampling: temperature 0.8, top-p 0.9, 50 new tokens, prompt {config.prompt!r}",
         "",
         "## Timings",
@@ -237,7 +239,7 @@ def stage_commands(paths: dict[str, Path], config: DemoConfig) -> list[str]:
         f"gpt25 data prepare --source python-docs --tokenizer {paths['tokenizer']} --out {paths['shards']} "
         "--val_fraction 0.05 --workers 2",
         f"gpt25 train --config {config.config} --data {paths['shards']} --tokenizer {paths['tokenizer']} "
-        f"--out {paths['run']} --train_steps {config.train_steps} --device {config.device}",
+        f"--out {paths['run']} --train_steps {config.train_steps} --arch {config.arch} --device {config.device}",
         f"gpt25 eval --checkpoint {paths['run']} --tokenizer {paths['tokenizer']} --data {paths['shards']}",
         f'gpt25 generate --checkpoint {paths["run"]} --tokenizer {paths["tokenizer"]} --prompt "{config.prompt}" '
         f"--num_samples {config.num_samples}",

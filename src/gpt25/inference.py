@@ -99,6 +99,10 @@ class KVCache:
         end = self.position + seq_len
         return cos[self.position : end, None, None, :], sin[self.position : end, None, None, :]
 
+    def token_positions(self, seq_len: int) -> torch.Tensor:
+        """(seq,) the positions [position, position + seq) of the new tokens."""
+        return torch.arange(self.position, self.position + seq_len, device=self.keys[0].device)
+
     def update(self, layer_index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (batch, heads, seq, head_dim) at [position, position + seq); return all keys/values so far."""
         end = self.position + k.shape[-2]
@@ -150,6 +154,11 @@ class StaticKVCache(KVCache):
         cos = cos.index_select(0, self.position_tensor)  # (1, head_dim / 2)
         sin = sin.index_select(0, self.position_tensor)
         return cos[:, None, None, :], sin[:, None, None, :]
+
+    def token_positions(self, seq_len: int) -> torch.Tensor:
+        if seq_len > 1:
+            return super().token_positions(seq_len)
+        return self.position_tensor  # (1,), read on the device
 
     def update(self, layer_index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if k.shape[-2] > 1:

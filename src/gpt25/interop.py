@@ -1,10 +1,13 @@
-"""Hugging Face interop: export a gpt25 model as a `transformers` LlamaForCausalLM folder, import one back,
-and upload a folder to the Hub (downloads: gpt25.data.hub.download_repo, `gpt25 data download`).
+"""Hugging Face interop: export a gpt25 model as a `transformers` folder (LlamaForCausalLM for the recipe,
+GPT2LMHeadModel for GPT-2), import one back, and upload a folder to the Hub (downloads:
+gpt25.data.hub.download_repo, `gpt25 data download`).
 
-The architectures match one to one (RMSNorm eps 1e-5, SwiGLU, RoPE, no biases, untied head) except
+The recipe matches Llama one to one (RMSNorm eps 1e-5, SwiGLU, RoPE, no biases, untied head) except
 for the RoPE layout: gpt25 rotates interleaved pairs (x[2i], x[2i+1]) while transformers rotates
 halves (x[i], x[i + head_dim/2]). Permuting the rows of q_proj and k_proj within each head maps
 one onto the other exactly (`interleaved_to_halves`), since q.k is unchanged when both are permuted.
+GPT-2 matches GPT2LMHeadModel up to layout: its Conv1D layers store weights (in, out), and its
+attention computes q, k and v by one fused `c_attn`.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import torch
 
 from gpt25.checkpoint import load_for_inference, read_weights, save_weights, write_consolidated
 from gpt25.files import atomic_folder
-from gpt25.model import ModelConfig, TransformerLM
+from gpt25.model import ARCHITECTURES, ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import CHAT_SPECIAL_TOKENS, JINJA_CHAT_TEMPLATE, has_chat_tokens, reply_stop_ids
 
 RMS_NORM_EPS = 1e-5
+LAYER_NORM_EPS = 1e-5
 HF_WEIGHTS_FILE = "model.safetensors"
 HF_INDEX_FILE = "model.safetensors.index.json"
+HF_TORCH_WEIGHTS_FILE = "pytorch_model.bin"
 EOT_TOKEN = "<|endoftext|>"
 # gpt25 name (with {i} for the layer) -> transformers Llama name
 LAYER_NAMES = {
@@ -41,6 +46,49 @@ GLOBAL_NAMES = {
     "ln_final.weight": "model.norm.weight",
     "lm_head.weight": "lm_head.weight",
 }
+
+
+# gpt25 name (with {i} for the layer) -> transformers GPT-2 name, without the "transformer." prefix; the
+# Linear weights are transposed (Conv1D), q/k/v are fused into c_attn.
+GPT2_LAYER_NAMES = {
+    "layers.{i}.ln1.weight": "h.{i}.ln_1.weight",
+    "layers.{i}.ln1.bias": "h.{i}.ln_1.bias",
+    "layers.{i}.attn.output_proj.weight": "h.{i}.attn.c_proj.weight",
+    "layers.{i}.attn.output_proj.bias": "h.{i}.attn.c_proj.bias",
+    "layers.{i}.ln2.weight": "h.{i}.ln_2.weight",
+    "layers.{i}.ln2.bias": "h.{i}.ln_2.bias",
+    "layers.{i}.ffn.w1.weight": "h.{i}.mlp.c_fc.weight",
+    "layers.{i}.ffn.w1.bias": "h.{i}.mlp.c_fc.bias",
+    "layers.{i}.ffn.w2.weight": "h.{i}.mlp.c_proj.weight",
+    "layers.{i}.ffn.w2.bias": "h.{i}.mlp.c_proj.bias",
+}
+GPT2_GLOBAL_NAMES = {
+    "token_embeddings.weight": "wte.weight",
+    "position_embeddings.weight": "wpe.weight",
+    "ln_final.weight": "ln_f.weight",
+    "ln_final.bias": "ln_f.bias",
+}
+GPT2_PREFIX = "transformer."
+GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # the tanh approximation, under its two names
+# What each transformers class needs of the model's components (the others it represents either way).
+HF_CLASSES = {
+    "LlamaForCausalLM": {name: ARCHITECTURES["gpt25"][name] for name in ("norm", "mlp", "positions", "bias")},
+    "GPT2LMHeadModel": {name: ARCHITECTURES["gpt2"][name] for name in ("norm", "mlp", "positions")},
+}
+
+
+def hf_class(config: ModelConfig) -> str:
+    """The transformers class that represents `config`'s architecture; a ValueError naming what does not fit."""
+    misfits = {}
+    for name, needs in HF_CLASSES.items():
+        misfits[name] = [f"{component}={getattr(config, component)}" for component, value in needs.items()
+                         if getattr(config, component) != value]
+        if not misfits[name]:
+            return name
+    reasons = "; ".join(f"{name} needs {', '.join(f'{c}={v}' for c, v in HF_CLASSES[name].items())} "
+                        f"(this model has {', '.join(misfit)})" for name, misfit in misfits.items())
+    raise ValueError(f"no transformers class represents this architecture: {reasons}; train with --arch gpt25 "
+                     "or --arch gpt2 to export")
 
 
 def interleaved_to_halves(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -70,6 +118,8 @@ def to_hf_state_dict(state_dict: dict[str, torch.Tensor], config: ModelConfig) -
     """gpt25 weights -> transformers Llama weights (renamed, q/k rows permuted, contiguous)."""
     converted = {}
     for ours, theirs in name_map(config.num_layers).items():
+        if ours not in state_dict:  # lm_head of a tied model: transformers ties it on loading
+            continue
         tensor = state_dict[ours].detach()
         if ours.endswith(("attn.q_proj.weight", "attn.k_proj.weight")):
             tensor = interleaved_to_halves(tensor, config.num_heads)
@@ -81,6 +131,8 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -
     """transformers Llama weights -> gpt25 weights; a tied checkpoint without lm_head reuses the embedding."""
     state = {}
     for ours, theirs in name_map(config.num_layers).items():
+        if ours == "lm_head.weight" and config.tie_embeddings:
+            continue
         if theirs == "lm_head.weight" and theirs not in hf_state:
             theirs = "model.embed_tokens.weight"
         if theirs not in hf_state:
@@ -90,6 +142,115 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -
             tensor = halves_to_interleaved(tensor, config.num_heads)
         state[ours] = tensor.contiguous()
     return state
+
+
+def gpt2_name_map(num_layers: int) -> dict[str, str]:
+    """Every gpt25 state-dict name of a GPT-2 model but the attention inputs -> its GPT-2 name (no prefix)."""
+    names = dict(GPT2_GLOBAL_NAMES)
+    for index in range(num_layers):
+        names.update({ours.format(i=index): theirs.format(i=index) for ours, theirs in GPT2_LAYER_NAMES.items()})
+    return names
+
+
+def to_gpt2_state_dict(state_dict: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """gpt25 weights -> GPT2LMHeadModel weights: renamed, Linear weights transposed, q/k/v fused into c_attn;
+    a model without biases gets zero ones (the same function), a tied one no lm_head.weight (tied on loading)."""
+    state = {name: tensor.detach() for name, tensor in state_dict.items()}
+    for index in range(config.num_layers):
+        prefix = f"layers.{index}.attn."
+        state[f"{prefix}c_attn.weight"] = torch.cat([state[f"{prefix}{name}_proj.weight"] for name in "qkv"])
+        if config.bias:
+            state[f"{prefix}c_attn.bias"] = torch.cat([state[f"{prefix}{name}_proj.bias"] for name in "qkv"])
+    names = gpt2_name_map(config.num_layers) | {
+        f"layers.{i}.attn.c_attn.{kind}": f"h.{i}.attn.c_attn.{kind}" for i in range(config.num_layers)
+        for kind in ("weight", "bias")}
+    converted = {}
+    for ours, theirs in names.items():
+        if ours not in state:  # a bias of a model without biases: (out_features,) zeros
+            weight = state[ours.removesuffix("bias") + "weight"]
+            converted[GPT2_PREFIX + theirs] = weight.new_zeros(weight.shape[0])
+            continue
+        tensor = state[ours]
+        transposed = tensor.dim() == 2 and theirs.startswith("h.")  # Conv1D: (in, out)
+        converted[GPT2_PREFIX + theirs] = (tensor.t() if transposed else tensor).contiguous().clone()
+    if not config.tie_embeddings:
+        converted["lm_head.weight"] = state["lm_head.weight"].contiguous().clone()
+    return converted
+
+
+def gpt2_config(config: ModelConfig, eot_id: int | None = None, dtype: torch.dtype = torch.float32) -> dict:
+    """config.json for GPT2LMHeadModel (dropout 0: gpt25 trains without it)."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.context_length,
+        "n_embd": config.d_model,
+        "n_layer": config.num_layers,
+        "n_head": config.num_heads,
+        "n_inner": config.d_ff,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": config.tie_embeddings,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "use_cache": True,
+    }
+
+
+def gpt2_model_config(hf: dict) -> ModelConfig:
+    """ModelConfig of a GPT-2 config.json, refusing what gpt25's GPT-2 does not compute."""
+    checks = [
+        (hf.get("activation_function", "gelu_new") not in GPT2_ACTIVATIONS,
+         f"activation {hf.get('activation_function')!r} (only the tanh GELU, gelu_new)"),
+        (abs(hf.get("layer_norm_epsilon", LAYER_NORM_EPS) - LAYER_NORM_EPS) > 1e-12,
+         f"layer_norm_epsilon {hf.get('layer_norm_epsilon')}"),
+        (not hf.get("scale_attn_weights", True), "unscaled attention (scale_attn_weights false)"),
+        (hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx"),
+        (hf.get("add_cross_attention", False), "cross-attention"),
+    ]
+    unsupported = [description for present, description in checks if present]
+    if unsupported:
+        raise ValueError(f"cannot import: gpt25 has no {', '.join(unsupported)}")
+    return ModelConfig.preset(
+        "gpt2", vocab_size=hf["vocab_size"], context_length=hf["n_positions"], d_model=hf["n_embd"],
+        num_layers=hf["n_layer"], num_heads=hf["n_head"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
+        tie_embeddings=hf.get("tie_word_embeddings", True))
+
+
+def from_gpt2_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """GPT2LMHeadModel weights (with or without the "transformer." prefix; mask buffers ignored) -> gpt25's."""
+    hf_state = {name.removeprefix(GPT2_PREFIX): tensor for name, tensor in hf_state.items()}
+    state = {}
+    for ours, theirs in gpt2_name_map(config.num_layers).items():
+        if theirs not in hf_state:
+            raise ValueError(f"the Hugging Face weights have no {theirs}; is this a GPT-2 checkpoint?")
+        tensor = hf_state[theirs]
+        state[ours] = (tensor.t() if tensor.dim() == 2 and theirs.startswith("h.") else tensor).contiguous()
+    for index in range(config.num_layers):
+        for kind in ("weight", "bias"):
+            fused = hf_state[f"h.{index}.attn.c_attn.{kind}"]  # weight (d_model, 3 d_model), bias (3 d_model,)
+            parts = (fused.t() if kind == "weight" else fused).chunk(3)
+            for name, part in zip("qkv", parts, strict=True):
+                state[f"layers.{index}.attn.{name}_proj.{kind}"] = part.contiguous()
+    if not config.tie_embeddings:
+        state["lm_head.weight"] = hf_state["lm_head.weight"].contiguous()
+    return state
+
+
+def read_gpt2_folder(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(ModelConfig, gpt25 state dict) of a transformers GPT-2 folder (config.json + safetensors), such as
+    OpenAI's `gpt2` from the Hub; load the state with `TransformerLM(config).load_state_dict(state)`."""
+    hf = read_hf_config(path)
+    if hf.get("model_type") != "gpt2":
+        raise ValueError(f"{path}: model_type is {hf.get('model_type')!r}, not 'gpt2'")
+    config = gpt2_model_config(hf)
+    return config, from_gpt2_state_dict(read_hf_weights(path), config)
 
 
 def hf_config(config: ModelConfig, eot_id: int | None = None, dtype: torch.dtype = torch.float32) -> dict:
@@ -112,7 +273,7 @@ def hf_config(config: ModelConfig, eot_id: int | None = None, dtype: torch.dtype
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
         "attention_bias": False,
         "mlp_bias": False,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": config.tie_embeddings,
         "bos_token_id": eot_id,
         "eos_token_id": eot_id,
         "torch_dtype": dtype_name,
@@ -147,10 +308,12 @@ def export_hf(
 
 def _write_hf_folder(model: TransformerLM, tokenizer: Tokenizer | None, folder: Path, dtype: torch.dtype) -> None:
     """config.json, generation_config.json, model.safetensors and (with a tokenizer) its two files into `folder`."""
+    gpt2 = hf_class(model.config) == "GPT2LMHeadModel"
     eot_id = _write_tokenizer(tokenizer, folder) if tokenizer is not None else None
-    weights = {name: tensor.to(dtype) for name, tensor in to_hf_state_dict(model.state_dict(), model.config).items()}
+    convert = to_gpt2_state_dict if gpt2 else to_hf_state_dict
+    weights = {name: tensor.to(dtype) for name, tensor in convert(model.state_dict(), model.config).items()}
     save_weights(weights, folder / HF_WEIGHTS_FILE, metadata={"format": "pt"})
-    config = hf_config(model.config, eot_id, dtype)
+    config = (gpt2_config if gpt2 else hf_config)(model.config, eot_id, dtype)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     # A chat model's turn also ends at a role token (the model starting the next turn), as in `gpt25 chat`.
     stop_ids = reply_stop_ids(tokenizer) if tokenizer is not None and has_chat_tokens(tokenizer) else eot_id
@@ -176,7 +339,7 @@ def _write_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> int | None:
 def config_from_hf(hf: dict) -> ModelConfig:
     """ModelConfig from a Llama config.json, refusing features gpt25 does not have."""
     if hf.get("model_type") != "llama":
-        raise ValueError(f"model_type is {hf.get('model_type')!r}; only Llama checkpoints can be imported")
+        raise ValueError(f"model_type is {hf.get('model_type')!r}; only Llama and GPT-2 checkpoints can be imported")
     num_heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
     rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
@@ -200,29 +363,46 @@ def config_from_hf(hf: dict) -> ModelConfig:
         num_heads=num_heads,
         d_ff=hf["intermediate_size"],
         rope_theta=float(rope_theta),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
     )
 
 
-def import_hf(hf_dir: str | Path) -> tuple[TransformerLM, dict]:
-    """Load a LlamaForCausalLM folder (safetensors, one file or sharded) as a TransformerLM; returns (model, hf config)."""
-    hf_dir = Path(hf_dir)
-    config_path = hf_dir / "config.json"
+def read_hf_config(hf_dir: str | Path) -> dict:
+    """A transformers folder's config.json."""
+    config_path = Path(hf_dir) / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found; give a transformers model folder")
-    hf = json.loads(config_path.read_text())
-    config = config_from_hf(hf)
+    return json.loads(config_path.read_text())
+
+
+def read_hf_weights(hf_dir: str | Path) -> dict[str, torch.Tensor]:
+    """Every weight of a transformers folder: its safetensors in one file or sharded, or pytorch_model.bin."""
+    hf_dir = Path(hf_dir)
     if (hf_dir / HF_INDEX_FILE).is_file():
         shard_names = sorted(set(json.loads((hf_dir / HF_INDEX_FILE).read_text())["weight_map"].values()))
     elif (hf_dir / HF_WEIGHTS_FILE).is_file():
         shard_names = [HF_WEIGHTS_FILE]
+    elif (hf_dir / HF_TORCH_WEIGHTS_FILE).is_file():
+        return torch.load(hf_dir / HF_TORCH_WEIGHTS_FILE, map_location="cpu", weights_only=True)  # tensors only
     else:
-        raise FileNotFoundError(f"no {HF_WEIGHTS_FILE} or {HF_INDEX_FILE} in {hf_dir} (only safetensors are read)")
+        raise FileNotFoundError(f"no {HF_WEIGHTS_FILE}, {HF_INDEX_FILE} or {HF_TORCH_WEIGHTS_FILE} in {hf_dir}")
     hf_state: dict[str, torch.Tensor] = {}
     for name in shard_names:
         hf_state.update(read_weights(hf_dir / name))
+    return hf_state
+
+
+def import_hf(hf_dir: str | Path) -> tuple[TransformerLM, dict]:
+    """Load a LlamaForCausalLM or GPT2LMHeadModel folder as a TransformerLM; returns (model, hf config)."""
+    hf = read_hf_config(hf_dir)
+    if hf.get("model_type") == "gpt2":
+        config, state = read_gpt2_folder(hf_dir)
+    else:
+        config = config_from_hf(hf)
+        state = from_hf_state_dict(read_hf_weights(hf_dir), config)
     # Built on the CPU, not on meta: materialising meta tensors imports sympy (seconds), more than the init costs.
     model = TransformerLM(config)
-    model.load_state_dict(from_hf_state_dict(hf_state, config), assign=True)
+    model.load_state_dict(state, assign=True)
     return model.eval(), hf
 
 

@@ -256,3 +256,24 @@ def test_a_damaged_checkpoint_file_is_a_one_line_error_naming_another(saved, cap
                    "--device", "cpu") == 2
     assert one_line_error(capsys, command) == (
         f"{newer / file} is damaged ({detail}); use another checkpoint, e.g. --checkpoint {saved['step']}")
+
+
+def test_eval_generate_and_export_take_a_gpt2_checkpoint(saved, byte_tokenizer, tmp_path, capsys) -> None:
+    from gpt25.model import ModelConfig, TransformerLM
+
+    torch.manual_seed(0)
+    config = ModelConfig.preset("gpt2", vocab_size=257, context_length=32, d_model=32, num_layers=2, num_heads=2)
+    meta = make_meta(5, config, tokenizer_fingerprint=byte_tokenizer.fingerprint())
+    save_checkpoint(TransformerLM(config), None, 5, tmp_path / "gpt2" / "checkpoints" / "step_0000005", meta=meta)
+    run = tmp_path / "gpt2"
+    assert run_cli("eval", "--checkpoint", run, "--tokenizer", saved["tokenizer"], "--data", saved["data"],
+                   "--hellaswag", saved["hellaswag"], "--device", "cpu", "--batch_size", 2, "--out",
+                   tmp_path / "eval.json") == 0
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["val_loss"] > 0 and results["hellaswag"]["n"] == 3
+    capsys.readouterr()
+    assert run_cli("generate", "--checkpoint", run, "--tokenizer", saved["tokenizer"], "--prompt", "The cat",
+                   "--max_new_tokens", 20, "--temperature", 0, "--device", "cpu") == 0
+    assert capsys.readouterr().out.startswith("The cat")
+    assert run_cli("export", "hf", "--checkpoint", run, "--tokenizer", saved["tokenizer"], "--out", tmp_path / "hf") == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]

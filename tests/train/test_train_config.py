@@ -174,3 +174,23 @@ def test_help_shows_no_empty_defaults(capsys: pytest.CaptureFixture) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "(required)" in text and "(default: '')" not in text
     assert "(default: DATA/tokenizer when it exists)" in text and "(default: 1000)" in text
+
+
+def test_arch_presets_fill_the_components_and_single_flags_override_them() -> None:
+    from gpt25.model import ARCHITECTURES
+    from gpt25.model.config import COMPONENT_CHOICES
+    from gpt25.train.config import CHOICES
+
+    assert CHOICES["arch"] == tuple(ARCHITECTURES)
+    assert all(CHOICES[name] == allowed for name, allowed in COMPONENT_CHOICES.items())
+    recipe = parse()
+    assert (recipe.arch, recipe.norm, recipe.bias, recipe.d_ff) == ("gpt25", "rmsnorm", "off", 704)
+    assert recipe.model_config(100).components() == ARCHITECTURES["gpt25"]
+    gpt2 = parse("--arch", "gpt2")
+    assert gpt2.d_ff == 4 * gpt2.d_model
+    assert gpt2.model_config(100).components() == ARCHITECTURES["gpt2"]
+    mixed = parse("--arch", "gpt2", "--norm", "rmsnorm", "--tie-embeddings", "off", "--d_ff", "96")
+    assert mixed.model_config(100).components() == ARCHITECTURES["gpt2"] | {"norm": "rmsnorm", "tie_embeddings": False}
+    assert mixed.d_ff == 96
+    with pytest.raises(SystemExit):
+        parse("--positions", "alibi")

@@ -100,3 +100,47 @@ def test_ddp_two_ranks_match_one_process(corpus_data: dict[str, Path], single_ru
     for step, loss in losses(single_run).items():
         assert losses(out)[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
     assert not read_meta(out)["sharded"] and read_meta(out)["world_size"] == 2
+
+
+@pytest.fixture(scope="module")
+def gpt2_single_run(corpus_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`single_run` with the GPT-2 preset: tied head, learned positions, biases, LayerNorm."""
+    from gpt25.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("gpt2_single") / "run"
+    train(TrainConfig(data=str(corpus_data["data"]), tokenizer=str(corpus_data["tokenizer"]), out=str(out),
+                      arch="gpt2", d_model=32, num_layers=2, num_heads=2, d_ff=64, context_length=32, batch_size=8,
+                      lr=3e-3, warmup_steps=2, eval_every=6, eval_steps=4, log_every=1, device="cpu", seed=0,
+                      train_steps=6, save_every=3))
+    return out
+
+
+@pytest.mark.slow
+def test_gpt2_preset_under_fsdp_matches_one_process_and_resumes(corpus_data: dict[str, Path], tmp_path: Path,
+                                                                 gpt2_single_run: Path, tiny_config) -> None:
+    """GPT-2's tied head and learned positions live in FSDP's root unit; the sharded checkpoint holds the
+    tied matrix once and resumes in one process with the same losses."""
+    sharded = tmp_path / "fsdp"
+    run_command(two_rank_command(corpus_data, sharded, "--parallel", "fsdp", "--arch", "gpt2"))
+    for step, loss in losses(gpt2_single_run).items():
+        assert losses(sharded)[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
+    assert read_meta(sharded)["model_config"]["tie_embeddings"] is True
+    model, _ = load_model(sharded)
+    assert model.lm_head is None and model.position_embeddings is not None
+    shutil.rmtree(sharded / "checkpoints" / "step_0000006")
+    summary = train(tiny_config(sharded, arch="gpt2", batch_size=8, train_steps=6, save_every=3, eval_every=6,
+                                checkpoint="latest"))
+    assert summary["start_step"] == 3
+    for step in (4, 5, 6):
+        assert losses(sharded)[step] == pytest.approx(losses(gpt2_single_run)[step], rel=1e-5, abs=1e-6), step
+
+
+@pytest.mark.slow
+def test_gpt2_preset_under_ddp_matches_one_process(corpus_data: dict[str, Path], gpt2_single_run: Path,
+                                                   tmp_path: Path) -> None:
+    """The tied matrix gets its gradient from both the lookup and the head, all-reduced once."""
+    out = tmp_path / "ddp"
+    run_command(two_rank_command(corpus_data, out, "--parallel", "ddp", "--arch", "gpt2"))
+    assert list(losses(out)) == [1, 2, 3, 4, 5, 6]
+    for step, loss in losses(gpt2_single_run).items():
+        assert losses(out)[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step

@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
     parser.add_argument("--vocab_size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
     parser.add_argument("--config", type=Path, default=None, help="training config TOML (default: configs/cpu-small.toml)")
+    parser.add_argument("--arch", choices=("gpt25", "gpt2"), default="gpt25",
+                        help="model architecture: gpt25 (the recipe) or gpt2 (the original GPT-2) (default: gpt25)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.set_defaults(handler=run)
 
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from gpt25.demo import DemoConfig, run_demo
 
     config = DemoConfig(out=args.out, minutes=args.minutes, fresh=args.fresh, vocab_size=args.vocab_size,
-                        device=args.device)
+                        arch=args.arch, device=args.device)
     if args.config is not None:
         config.config = args.config
     results = run_demo(config)

@@ -1,4 +1,5 @@
-"""`gpt25 export`: to Hugging Face `transformers` Llama folders, and the Hub (`gpt25 checkpoint import` reads them back).
+"""`gpt25 export`: to Hugging Face `transformers` folders (Llama for the recipe, GPT-2 for its preset) and the Hub;
+`gpt25 checkpoint import` reads them back.
 
     gpt25 export hf --checkpoint runs/124m --tokenizer runs/tokenizer --out exports/gpt25-124m
     gpt25 export hub-upload --dir exports/gpt25-124m --repo your-name/gpt25-124m
@@ -16,12 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export to Hugging Face transformers and the Hub",
-        description="Convert gpt25 checkpoints to transformers LlamaForCausalLM folders (`gpt25 checkpoint import` "
-        "reads them back); move them to and from the Hub.",
+        description="Convert gpt25 checkpoints to transformers folders (LlamaForCausalLM for --arch gpt25, "
+        "GPT2LMHeadModel for --arch gpt2; `gpt25 checkpoint import` reads them back); move them to and from the Hub.",
     )
     commands = parser.add_subparsers(dest="export_command", metavar="SUBCOMMAND", required=True)
 
-    hf = commands.add_parser("hf", help="write a transformers LlamaForCausalLM folder from a checkpoint",
+    hf = commands.add_parser("hf", help="write a transformers Llama or GPT-2 folder from a checkpoint",
                              description="Write config.json, model.safetensors and tokenizer.json to --out.")
     hf.add_argument("--checkpoint", required=True, help="step dir, run dir (newest checkpoint) or consolidated .safetensors")
     hf.add_argument("--tokenizer", default=None, help="gpt25 tokenizer folder (Tokenizer.save); omit to skip tokenizer.json")

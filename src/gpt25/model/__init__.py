@@ -1,4 +1,5 @@
-"""gpt25.model: the GPT 2.5 decoder (Llama-style: RMSNorm, SwiGLU, RoPE, untied head), written by hand.
+"""gpt25.model: the GPT 2.5 decoder (Llama-style: RMSNorm, SwiGLU, RoPE, untied head) and GPT-2's
+(LayerNorm, GELU, learned positions, biases, tied head), any mix of the two, written by hand.
 
 The modules, each importing only those before it: `config` holds the hyper-parameters, `decoding`
 the interface a decoding state (the KV caches of `gpt25.inference`) offers the model, `layers` the
@@ -7,14 +8,17 @@ weight-decay groups. Decoding itself lives outside the model, in `gpt25.inferenc
 """
 
 from gpt25.model.attention import MultiHeadSelfAttention, causal_mask, scaled_dot_product_attention
-from gpt25.model.config import ModelConfig
+from gpt25.model.config import ARCHITECTURES, ModelConfig
 from gpt25.model.decoding import DecodingState
 from gpt25.model.layers import (
     Embedding,
+    GeluMLP,
+    LayerNorm,
     Linear,
     RMSNorm,
     RotaryEmbedding,
     SwiGLU,
+    gelu_tanh,
     linear,
     silu,
     softmax,
@@ -23,8 +27,11 @@ from gpt25.model.layers import (
 from gpt25.model.transformer import TransformerBlock, TransformerLM, parameter_groups
 
 __all__ = [
+    "ARCHITECTURES",
     "DecodingState",
     "Embedding",
+    "GeluMLP",
+    "LayerNorm",
     "Linear",
     "ModelConfig",
     "MultiHeadSelfAttention",
@@ -34,6 +41,7 @@ __all__ = [
     "TransformerBlock",
     "TransformerLM",
     "causal_mask",
+    "gelu_tanh",
     "linear",
     "parameter_groups",
     "scaled_dot_product_attention",

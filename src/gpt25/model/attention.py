@@ -1,4 +1,4 @@
-"""Causal multi-head self-attention with rotary positions.
+"""Causal multi-head self-attention, with rotary positions (or none: GPT-2 adds learned ones to its input).
 
 Two attention paths give the same numbers: the hand-written `scaled_dot_product_attention`
 (explicit scores, mask and softmax; for reading and testing) and PyTorch's fused
@@ -38,7 +38,8 @@ def causal_mask(num_queries: int, num_keys: int, device: torch.device | None = N
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Causal self-attention; RoPE on q and k per head; state dict q/k/v/output_proj (d_model, d_model) each.
+    """Causal self-attention; RoPE on q and k per head (when given); q/k/v/output_proj (d_model, d_model) each,
+    with biases when `bias`; `std`/`output_std` initialise the input and output projections as Linear's.
 
     The three input projections are concatenated at compute time into one (3 d_model, d_model)
     matmul (`fuse_qkv`), which keeps checkpoints stable while doing a single large GEMM.
@@ -50,6 +51,9 @@ class MultiHeadSelfAttention(nn.Module):
         num_heads: int,
         rope: RotaryEmbedding | None = None,
         layer_index: int = 0,
+        bias: bool = False,
+        std: float | None = None,
+        output_std: float | None = None,
         device=None,
         dtype=None,
     ) -> None:
@@ -63,10 +67,10 @@ class MultiHeadSelfAttention(nn.Module):
         self.rope = rope
         self.use_sdpa = True
         self.fuse_qkv = True
-        self.q_proj = Linear(d_model, d_model, device=device, dtype=dtype)
-        self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
-        self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
-        self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.q_proj = Linear(d_model, d_model, bias, std, device=device, dtype=dtype)
+        self.k_proj = Linear(d_model, d_model, bias, std, device=device, dtype=dtype)
+        self.v_proj = Linear(d_model, d_model, bias, std, device=device, dtype=dtype)
+        self.output_proj = Linear(d_model, d_model, bias, output_std, device=device, dtype=dtype)
 
     def project_qkv(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         """(batch, seq, d_model) -> (batch, seq, 3, heads, head_dim) holding q, k, v."""
@@ -76,11 +80,17 @@ class MultiHeadSelfAttention(nn.Module):
             qkv = linear(x, self.qkv_weight())
         else:
             qkv = kv_cache.linear(x, kv_cache.qkv_weight(self.layer_index, self.qkv_weight))
+        if self.fuse_qkv and self.q_proj.bias is not None:
+            qkv = qkv + self.qkv_bias()
         return qkv.unflatten(-1, (3, self.num_heads, self.head_dim))
 
     def qkv_weight(self) -> torch.Tensor:
         """The q, k and v weights stacked: (3 d_model, d_model)."""
         return torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+
+    def qkv_bias(self) -> torch.Tensor:
+        """The q, k and v biases stacked: (3 d_model,); small, so made again at every call."""
+        return torch.cat((self.q_proj.bias, self.k_proj.bias, self.v_proj.bias))
 
     def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         """(batch, seq, d_model) -> (batch, seq, d_model); with a cache, x holds positions [cache.position, +seq)."""

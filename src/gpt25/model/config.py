@@ -1,13 +1,32 @@
-"""The model's architecture hyper-parameters, checked on construction and saved with every checkpoint."""
+"""The model's architecture hyper-parameters, checked on construction and saved with every checkpoint.
+
+Five components are chosen independently, so each difference between GPT-2 and the GPT 2.5 recipe
+can be switched on its own; `ARCHITECTURES` names the two complete sets. The defaults are the
+recipe, so a checkpoint whose meta predates these fields loads as what it is.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+COMPONENT_CHOICES = {
+    "norm": ("rmsnorm", "layernorm"),
+    "mlp": ("swiglu", "gelu"),
+    "positions": ("rope", "learned"),
+    "init": ("gpt25", "gpt2"),
+}
+# The components of each named architecture (`--arch`); bias and tie_embeddings are booleans.
+ARCHITECTURES = {
+    "gpt25": {"norm": "rmsnorm", "mlp": "swiglu", "positions": "rope", "bias": False, "tie_embeddings": False,
+              "init": "gpt25"},
+    "gpt2": {"norm": "layernorm", "mlp": "gelu", "positions": "learned", "bias": True, "tie_embeddings": True,
+             "init": "gpt2"},
+}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture hyper-parameters; saved with every checkpoint."""
+    """Architecture hyper-parameters; saved with every checkpoint. The defaults are the GPT 2.5 recipe."""
 
     vocab_size: int
     context_length: int
@@ -16,31 +35,47 @@ class ModelConfig:
     num_heads: int
     d_ff: int
     rope_theta: float = 10000.0
+    norm: str = "rmsnorm"  # rmsnorm | layernorm (gain and bias)
+    mlp: str = "swiglu"  # swiglu | gelu (tanh approximation, GPT-2's)
+    positions: str = "rope"  # rope | learned (absolute position embeddings added to the tokens)
+    bias: bool = False  # biases in every Linear but the output head
+    tie_embeddings: bool = False  # the output head is the token embedding
+    init: str = "gpt25"  # gpt25 (truncated, fan-scaled) | gpt2 (N(0, 0.02), residual outputs / sqrt(2 layers))
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        for name, allowed in COMPONENT_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ModelConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("bias", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if self.rope_theta <= 0:
             raise ValueError(f"ModelConfig.rope_theta must be positive, got {self.rope_theta!r}")
         if self.d_model % self.num_heads != 0:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; pick a head count that divides it"
             )
-        if self.head_dim % 2 != 0:
+        if self.positions == "rope" and self.head_dim % 2 != 0:
             raise ValueError(f"head dim d_model/num_heads={self.head_dim} must be even for RoPE; change num_heads")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
 
+    def components(self) -> dict:
+        """The architecture choices (the keys of an ARCHITECTURES entry) and their values here."""
+        return {name: getattr(self, name) for name in ARCHITECTURES["gpt25"]}
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        """Build from a dict (e.g. a checkpoint's meta); unknown keys are a ValueError."""
+        """Build from a dict (e.g. a checkpoint's meta); unknown keys are a ValueError, missing components the recipe's."""
         known = {field.name for field in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -49,3 +84,22 @@ class ModelConfig:
         if "rope_theta" in values:
             values["rope_theta"] = float(values["rope_theta"])
         return cls(**values)
+
+    @classmethod
+    def preset(cls, arch: str, **shape) -> ModelConfig:
+        """A config with the components of ARCHITECTURES[arch]; `shape` gives vocab_size, d_model, ... and may
+        override single components. d_ff, when not given, is the arch's: 4 d_model for GELU, SwiGLU's
+        8/3 d_model (same parameters) rounded up to a multiple of 64."""
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        values = {**ARCHITECTURES[arch], **shape}
+        if not values.get("d_ff"):
+            values["d_ff"] = default_d_ff(values["d_model"], values["mlp"])
+        return cls(**values)
+
+
+def default_d_ff(d_model: int, mlp: str) -> int:
+    """The MLP width the recipes use: 4 d_model for GELU; for SwiGLU 8/3 d_model rounded up to 64."""
+    if mlp == "gelu":
+        return 4 * d_model
+    return -(-8 * d_model // 3 // 64) * 64

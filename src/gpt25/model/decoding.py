@@ -29,6 +29,9 @@ class DecodingState(Protocol):
     def rotary_angles(self, cos: torch.Tensor, sin: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """From RoPE's tables (max_seq_len, head_dim / 2): cos, sin (seq, 1, 1, head_dim / 2) of the new positions."""
 
+    def token_positions(self, seq_len: int) -> torch.Tensor:
+        """The positions (seq,) of the new tokens, [position, position + seq), for learned position embeddings."""
+
     def update(self, layer_index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new k, v (batch, heads, seq, head_dim); return the keys and values to attend over."""
 

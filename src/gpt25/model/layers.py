@@ -1,4 +1,5 @@
-"""Hand-written building blocks: Linear, Embedding, RMSNorm, SwiGLU, rotary embedding, silu, softmax.
+"""Hand-written building blocks: Linear, Embedding, RMSNorm, LayerNorm, SwiGLU, GeluMLP, rotary embedding,
+silu, gelu_tanh, softmax.
 
 Only tensors, autograd and `nn.Parameter` / `nn.Module` are used; every formula is written here.
 Initialisation lives in each module's `reset_parameters()` so a model built on the meta device can
@@ -28,6 +29,14 @@ def trunc_normal_(tensor: torch.Tensor, std: float, cutoff: float = 3.0) -> torc
         return tensor.clamp_(-cutoff * std, cutoff * std)
 
 
+def normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
+    """Fill `tensor` in place with N(0, std^2), untruncated (GPT-2's initialisation)."""
+    if tensor.is_meta:
+        return tensor
+    with torch.no_grad():
+        return tensor.normal_(0.0, std)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x W^T for x (..., in_features) and W (out_features, in_features)."""
     return torch.matmul(x, weight.t())
@@ -38,6 +47,11 @@ def silu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU in GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
 def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Softmax along `dim`; the max is subtracted first so large inputs (1e4) do not overflow."""
     shifted = x - x.amax(dim=dim, keepdim=True)
@@ -46,38 +60,58 @@ def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class Linear(nn.Module):
-    """y = x W^T without bias; `weight` is (out_features, in_features), std sqrt(2 / (in + out)) cut at 3 std."""
+    """y = x W^T (+ b); `weight` is (out_features, in_features).
 
-    def __init__(self, in_features: int, out_features: int, device=None, dtype=None) -> None:
+    Initialisation: with `std` None (the recipe), N(0, 2 / (in + out)) cut at 3 std; with a number
+    (GPT-2), plain N(0, std^2). The bias, when there is one, starts at zero.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, std: float | None = None,
+                 device=None, dtype=None) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
+        self.std = std
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        trunc_normal_(self.weight, std=math.sqrt(2.0 / (self.in_features + self.out_features)))
+        if self.std is None:
+            trunc_normal_(self.weight, std=math.sqrt(2.0 / (self.in_features + self.out_features)))
+        else:
+            normal_(self.weight, self.std)
+        if self.bias is not None:
+            with torch.no_grad():
+                self.bias.zero_()
 
     def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         # (..., in_features) -> (..., out_features); while decoding, the state computes the product its way
-        return linear(x, self.weight) if kv_cache is None else kv_cache.linear(x, self.weight)
+        out = linear(x, self.weight) if kv_cache is None else kv_cache.linear(x, self.weight)
+        return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 class Embedding(nn.Module):
-    """Lookup table `weight` (num_embeddings, embedding_dim), initialised N(0, 1) cut at +-3."""
+    """Lookup table `weight` (num_embeddings, embedding_dim), initialised N(0, 1) cut at +-3, or with
+    `std` given (GPT-2) plain N(0, std^2)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None) -> None:
+    def __init__(self, num_embeddings: int, embedding_dim: int, std: float | None = None,
+                 device=None, dtype=None) -> None:
         super().__init__()
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
+        self.std = std
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        trunc_normal_(self.weight, std=1.0)
+        if self.std is None:
+            trunc_normal_(self.weight, std=1.0)
+        else:
+            normal_(self.weight, self.std)
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         # (...) int -> (..., embedding_dim)
@@ -111,18 +145,60 @@ class RMSNorm(nn.Module):
         return f"d_model={self.d_model}, eps={self.eps}"
 
 
-class SwiGLU(nn.Module):
-    """Gated feed-forward: w2(silu(w1 x) * w3 x)."""
+class LayerNorm(nn.Module):
+    """(x - mean(x)) / sqrt(var(x) + eps) * weight + bias, statistics in float32, returned in the input dtype."""
 
-    def __init__(self, d_model: int, d_ff: int, device=None, dtype=None) -> None:
+    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None) -> None:
         super().__init__()
-        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
-        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
-        self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
+        self.d_model = d_model
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(d_model, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(d_model, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.fill_(1.0)
+            self.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (..., d_model) -> (..., d_model); the biased variance, as GPT-2 and torch.nn.LayerNorm use
+        x_float = x.float()
+        centred = x_float - x_float.mean(dim=-1, keepdim=True)
+        inverse_std = torch.rsqrt(centred.square().mean(dim=-1, keepdim=True) + self.eps)
+        return (centred * inverse_std).to(x.dtype) * self.weight.to(x.dtype) + self.bias.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, eps={self.eps}"
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward: w2(silu(w1 x) * w3 x); `std`/`output_std` as Linear's (None: the recipe's)."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False, std: float | None = None,
+                 output_std: float | None = None, device=None, dtype=None) -> None:
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, bias, std, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, bias, output_std, device=device, dtype=dtype)
+        self.w3 = Linear(d_model, d_ff, bias, std, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         # (..., d_model) -> (..., d_ff) -> (..., d_model)
         return self.w2(silu(self.w1(x, kv_cache)) * self.w3(x, kv_cache), kv_cache)
+
+
+class GeluMLP(nn.Module):
+    """GPT-2's feed-forward: w2(gelu_tanh(w1 x)); `std`/`output_std` as Linear's (None: the recipe's)."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False, std: float | None = None,
+                 output_std: float | None = None, device=None, dtype=None) -> None:
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, bias, std, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, bias, output_std, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
+        # (..., d_model) -> (..., d_ff) -> (..., d_model)
+        return self.w2(gelu_tanh(self.w1(x, kv_cache)), kv_cache)
 
 
 class RotaryEmbedding(nn.Module):

@@ -1,19 +1,23 @@
-"""The GPT 2.5 decoder: pre-norm block, language model, parameter counts, FLOPs and decay groups.
+"""The decoder, GPT 2.5's or GPT-2's: pre-norm block, language model, parameter counts, FLOPs and decay groups.
 
-Initialisation (each module's `reset_parameters`, re-run by `TransformerLM.init_weights()`):
+Which norm, MLP, positions, biases and head the model has is the ModelConfig's choice (`config.py`);
+each combination builds. Initialisation (each module's `reset_parameters`, re-run by
+`TransformerLM.init_weights()`), by `config.init`:
 
-| parameter                                   | init                                          |
-|---------------------------------------------|-----------------------------------------------|
-| token_embeddings.weight (vocab, d)          | N(0, 1) truncated at +-3                      |
-| attn.{q,k,v,output}_proj.weight (d, d)      | N(0, 2/(d+d)) truncated at +-3 std            |
-| ffn.w1/w3.weight (d_ff, d), ffn.w2 (d, d_ff)| N(0, 2/(d+d_ff)) truncated at +-3 std         |
-| lm_head.weight (vocab, d)                   | N(0, 2/(d+vocab)) truncated at +-3 std        |
-| ln1/ln2/ln_final.weight (d,)                | ones                                          |
+| parameter                                    | gpt25                                 | gpt2                        |
+|----------------------------------------------|---------------------------------------|-----------------------------|
+| token_embeddings.weight (vocab, d)           | N(0, 1) truncated at +-3              | N(0, 0.02^2)                |
+| position_embeddings.weight (context, d)      | N(0, 1) truncated at +-3              | N(0, 0.02^2)                |
+| attn.{q,k,v}_proj, ffn.w1/w3 weights         | N(0, 2/(in+out)) truncated at +-3 std | N(0, 0.02^2)                |
+| attn.output_proj, ffn.w2 weights             | N(0, 2/(in+out)) truncated at +-3 std | N(0, 0.02^2 / (2 layers))   |
+| lm_head.weight (vocab, d), untied            | N(0, 2/(d+vocab)) truncated at +-3 std| N(0, 0.02^2)                |
+| Linear biases; norm gains / LayerNorm biases | zeros; ones / zeros                   | zeros; ones / zeros         |
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -21,27 +25,42 @@ from torch import nn
 from gpt25.model.attention import MultiHeadSelfAttention
 from gpt25.model.config import ModelConfig
 from gpt25.model.decoding import DecodingState
-from gpt25.model.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SwiGLU
+from gpt25.model.layers import Embedding, GeluMLP, LayerNorm, Linear, RMSNorm, RotaryEmbedding, SwiGLU, linear
+
+GPT2_STD = 0.02
+
+
+def init_stds(config: ModelConfig) -> tuple[float | None, float | None]:
+    """(std of the projections, std of the residual output projections); None means the recipe's fan-scaled init."""
+    if config.init == "gpt25":
+        return None, None
+    return GPT2_STD, GPT2_STD / math.sqrt(2 * config.num_layers)
+
+
+def make_norm(config: ModelConfig, device=None, dtype=None) -> RMSNorm | LayerNorm:
+    norm_class = RMSNorm if config.norm == "rmsnorm" else LayerNorm
+    return norm_class(config.d_model, device=device, dtype=dtype)
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: x + attn(ln1(x)), then x + ffn(ln2(x))."""
+    """Pre-norm block: x + attn(ln1(x)), then x + ffn(ln2(x)); norms, MLP and biases as `config` says."""
 
     def __init__(
         self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
+        config: ModelConfig,
         rope: RotaryEmbedding | None = None,
         layer_index: int = 0,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
-        self.ln1 = RMSNorm(d_model, device=device, dtype=dtype)
-        self.attn = MultiHeadSelfAttention(d_model, num_heads, rope, layer_index, device=device, dtype=dtype)
-        self.ln2 = RMSNorm(d_model, device=device, dtype=dtype)
-        self.ffn = SwiGLU(d_model, d_ff, device=device, dtype=dtype)
+        std, output_std = init_stds(config)
+        self.ln1 = make_norm(config, device, dtype)
+        self.attn = MultiHeadSelfAttention(config.d_model, config.num_heads, rope, layer_index, config.bias, std,
+                                           output_std, device=device, dtype=dtype)
+        self.ln2 = make_norm(config, device, dtype)
+        mlp_class = SwiGLU if config.mlp == "swiglu" else GeluMLP
+        self.ffn = mlp_class(config.d_model, config.d_ff, config.bias, std, output_std, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         # (batch, seq, d_model) -> (batch, seq, d_model)
@@ -50,22 +69,31 @@ class TransformerBlock(nn.Module):
 
 
 class TransformerLM(nn.Module):
-    """Decoder-only LM: token embedding, `num_layers` blocks, final RMSNorm, untied `lm_head`."""
+    """Decoder-only LM: token (+ learned position) embedding, `num_layers` blocks, final norm, output head.
+
+    With `tie_embeddings` there is no `lm_head` module: the head multiplies by the token embedding,
+    so the state dict holds that matrix once.
+    """
 
     def __init__(self, config: ModelConfig, device: torch.device | str | None = None, dtype=None) -> None:
         super().__init__()
         self.config = config
+        std, _ = init_stds(config)
         # One shared cos/sin table: a buffer only (no parameters), so per-block FSDP wrapping is unaffected.
-        self.rope = RotaryEmbedding(config.rope_theta, config.head_dim, config.context_length, device=device)
-        self.token_embeddings = Embedding(config.vocab_size, config.d_model, device=device, dtype=dtype)
+        self.rope = None
+        if config.positions == "rope":
+            self.rope = RotaryEmbedding(config.rope_theta, config.head_dim, config.context_length, device=device)
+        self.token_embeddings = Embedding(config.vocab_size, config.d_model, std, device=device, dtype=dtype)
+        self.position_embeddings = None
+        if config.positions == "learned":
+            self.position_embeddings = Embedding(config.context_length, config.d_model, std, device=device, dtype=dtype)
         self.layers = nn.ModuleList(
-            TransformerBlock(
-                config.d_model, config.num_heads, config.d_ff, self.rope, index, device=device, dtype=dtype
-            )
-            for index in range(config.num_layers)
+            TransformerBlock(config, self.rope, index, device=device, dtype=dtype) for index in range(config.num_layers)
         )
-        self.ln_final = RMSNorm(config.d_model, device=device, dtype=dtype)
-        self.lm_head = Linear(config.d_model, config.vocab_size, device=device, dtype=dtype)
+        self.ln_final = make_norm(config, device, dtype)
+        self.lm_head = None
+        if not config.tie_embeddings:
+            self.lm_head = Linear(config.d_model, config.vocab_size, std=std, device=device, dtype=dtype)
 
     def init_weights(self) -> None:
         """(Re-)initialise every parameter and the RoPE tables in place, e.g. after `to_empty()` from meta."""
@@ -77,25 +105,41 @@ class TransformerLM(nn.Module):
         """token_ids (batch, seq) int -> logits (batch, seq, vocab); with a cache, positions continue from it."""
         self.check_inputs(token_ids, kv_cache)
         x = self.token_embeddings(token_ids)  # (batch, seq, d_model)
+        if self.position_embeddings is not None:
+            seq_len = token_ids.shape[1]
+            positions = kv_cache.token_positions(seq_len) if kv_cache is not None else slice(0, seq_len)
+            x = x + self.position_embeddings.weight[positions]  # (seq, d_model) broadcast over the batch
         for layer in self.layers:
             x = layer(x, kv_cache)
-        logits = self.lm_head(self.ln_final(x), kv_cache)  # (batch, seq, vocab)
+        logits = self.head(self.ln_final(x), kv_cache)  # (batch, seq, vocab)
         if kv_cache is not None:
             kv_cache.advance(token_ids.shape[1])
         return logits
 
+    def head(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
+        """The output head: (batch, seq, d_model) -> logits (batch, seq, vocab), by lm_head or the tied embedding."""
+        if self.lm_head is not None:
+            return self.lm_head(x, kv_cache)
+        weight = self.token_embeddings.weight  # (vocab, d_model)
+        return linear(x, weight) if kv_cache is None else kv_cache.linear(x, weight)
+
     @torch.no_grad()
     def grow_vocab(self, vocab_size: int) -> None:
         """Add rows to the token embedding and the output head up to `vocab_size` (tokens appended to the
-        tokenizer, such as chat role tokens); each new row starts at the mean of the existing rows."""
+        tokenizer, such as chat role tokens); each new row starts at the mean of the existing rows. A tied
+        head is the embedding, so it grows with it."""
         old_size = self.config.vocab_size
         if vocab_size < old_size:
             raise ValueError(f"cannot shrink the vocab from {old_size} to {vocab_size}")
         for module in (self.token_embeddings, self.lm_head):
+            if module is None:
+                continue
             weight = module.weight  # (old_size, d_model)
             new_rows = weight.mean(dim=0, keepdim=True).expand(vocab_size - old_size, -1)
             module.weight = nn.Parameter(torch.cat([weight, new_rows]), requires_grad=weight.requires_grad)
-        self.token_embeddings.num_embeddings = self.lm_head.out_features = vocab_size
+        self.token_embeddings.num_embeddings = vocab_size
+        if self.lm_head is not None:
+            self.lm_head.out_features = vocab_size
         self.config = dataclasses.replace(self.config, vocab_size=vocab_size)
 
     def check_inputs(self, token_ids: torch.Tensor, kv_cache: DecodingState | None) -> None:
@@ -125,35 +169,41 @@ class TransformerLM(nn.Module):
                 )
 
     def num_params(self, include_embeddings: bool = True) -> int:
-        """Parameter count; without embeddings excludes the token embedding table (lm_head is counted)."""
+        """Parameter count (a tied matrix once); without embeddings excludes the token and position tables
+        (an untied lm_head is counted)."""
         total = sum(parameter.numel() for parameter in self.parameters())
         if not include_embeddings:
-            total -= self.token_embeddings.weight.numel()
+            total -= sum(table.weight.numel() for table in (self.token_embeddings, self.position_embeddings)
+                         if table is not None)
         return total
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward) for MFU.
 
-        6 * N + 12 * num_layers * d_model * seq_len, with N the parameters excluding the token
-        embedding (a lookup, not a matmul; lm_head is counted). The second term is the attention
+        6 * N + 12 * num_layers * d_model * seq_len, with N the parameters excluding the token and
+        position embeddings (lookups, not matmuls) but including the head's (vocab, d_model) matmul,
+        tied or not. The second term is the attention
         scores and weighted sum (2 matmuls of 2 * seq * d_model FLOPs per token, x3 for backward),
         counted over the full seq x seq square as in PaLM / nanoGPT, not halved for causality.
         """
         seq_len = seq_len or self.config.context_length
         config = self.config
-        return 6 * self.num_params(include_embeddings=False) + 12 * config.num_layers * config.d_model * seq_len
+        head = config.vocab_size * config.d_model if config.tie_embeddings else 0  # else counted in num_params
+        return 6 * (self.num_params(include_embeddings=False) + head) + 12 * config.num_layers * config.d_model * seq_len
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict]:
-    """Optimizer groups: matrices decay, RMSNorm gains and embeddings do not (unless `decay_all`)."""
+    """Optimizer groups: matrices decay; norm gains and biases, Linear biases and embeddings (token and
+    position, and so a tied head) do not (unless `decay_all`)."""
     if decay_all:
         return [{"params": [parameter for parameter in model.parameters() if parameter.requires_grad],
                  "weight_decay": weight_decay}]
     decay, no_decay = [], []
     for module in model.modules():
-        for parameter in module.parameters(recurse=False):
+        for name, parameter in module.named_parameters(recurse=False):
             if not parameter.requires_grad:
                 continue
-            (no_decay if isinstance(module, (RMSNorm, Embedding)) else decay).append(parameter)
+            exempt = isinstance(module, (RMSNorm, LayerNorm, Embedding)) or name == "bias"
+            (no_decay if exempt else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]

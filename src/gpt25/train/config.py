@@ -13,14 +13,26 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gpt25.model import ModelConfig
 
 CHOICES = {
     "dtype": ("float32", "bfloat16"),
     "compile": ("auto", "on", "off"),
     "tracker": ("none", "tensorboard", "wandb"),
     "parallel": ("fsdp", "ddp", "none"),
+    # gpt25.model's ARCHITECTURES and COMPONENT_CHOICES, spelled out: importing the model would import torch.
+    "arch": ("gpt25", "gpt2"),
+    "norm": ("rmsnorm", "layernorm"),
+    "mlp": ("swiglu", "gelu"),
+    "positions": ("rope", "learned"),
+    "init": ("gpt25", "gpt2"),
+    "bias": ("on", "off"),
+    "tie_embeddings": ("on", "off"),
 }
+SWITCHES = ("bias", "tie_embeddings")  # on | off here, booleans in ModelConfig
 
 
 # Settings renamed since: the old name still works as a flag and a TOML key.
@@ -41,12 +53,21 @@ class TrainConfig:
     out: str = _setting("runs/gpt25", "run directory: config.json, metrics.jsonl, checkpoints/", "RUN_DIR")
     checkpoint: str = _setting("", "resume from a checkpoint: a step dir, a run dir, or 'latest' (newest in "
                                       "--out; starts fresh when there is none)", "PATH|latest")
+    # Architecture: a preset, and single components that override it (empty: the preset's).
+    arch: str = _setting("gpt25", "architecture preset: gpt25 (RMSNorm, SwiGLU, RoPE, no biases, untied head) or "
+                                  "gpt2 (LayerNorm, GELU, learned positions, biases, tied head, GPT-2 init)")
+    norm: str = _setting("", "rmsnorm or layernorm (default: the --arch's)")
+    mlp: str = _setting("", "swiglu or gelu (default: the --arch's)")
+    positions: str = _setting("", "rope or learned (default: the --arch's)")
+    bias: str = _setting("", "biases in every Linear but the head: on or off (default: the --arch's)", "on|off")
+    tie_embeddings: str = _setting("", "output head = token embedding: on or off (default: the --arch's)", "on|off")
+    init: str = _setting("", "initialisation: gpt25 or gpt2 (default: the --arch's)")
     # Model shape (vocab size comes from the tokenizer).
     context_length: int = _setting(256, "tokens per training sequence")
     num_layers: int = _setting(4, "number of transformer blocks")
     d_model: int = _setting(256, "embedding / residual width")
     num_heads: int = _setting(4, "attention heads per block")
-    d_ff: int = _setting(704, "SwiGLU hidden width")
+    d_ff: int = _setting(0, "MLP hidden width (0: the --mlp's, SwiGLU 8/3 d_model rounded up to 64, GELU 4 d_model)")
     rope_theta: float = _setting(10000.0, "RoPE base frequency")
     # Batch: global batch = batch_size x grad_accum_steps x world size sequences per step.
     batch_size: int = _setting(16, "sequences per micro-batch per process")
@@ -83,6 +104,7 @@ class TrainConfig:
     parallel: str = _setting("fsdp", "with several processes: fsdp (FSDP2 sharding), ddp, or none")
 
     def __post_init__(self) -> None:
+        self._resolve_architecture()
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -96,6 +118,29 @@ class TrainConfig:
         if self.d_model % self.num_heads:
             raise ValueError(f"--d_model ({self.d_model}) must be divisible by --num_heads ({self.num_heads})")
         self._check_ranges()
+
+    def _resolve_architecture(self) -> None:
+        """Fill the components left empty from --arch, and d_ff 0 from the MLP, so the saved config is explicit."""
+        from gpt25.model.config import ARCHITECTURES, default_d_ff
+
+        preset = ARCHITECTURES.get(self.arch)
+        if preset is None:
+            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        for name, value in preset.items():
+            if getattr(self, name) == "":
+                setattr(self, name, ("on" if value else "off") if name in SWITCHES else value)
+        if self.d_ff == 0 and self.mlp in CHOICES["mlp"]:
+            self.d_ff = default_d_ff(self.d_model, self.mlp)
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The ModelConfig these settings describe, for a tokenizer of `vocab_size` tokens."""
+        from gpt25.model import ARCHITECTURES, ModelConfig
+
+        components = {name: getattr(self, name) == "on" if name in SWITCHES else getattr(self, name)
+                      for name in ARCHITECTURES[self.arch]}
+        return ModelConfig(vocab_size=vocab_size, context_length=self.context_length, d_model=self.d_model,
+                           num_layers=self.num_layers, num_heads=self.num_heads, d_ff=self.d_ff,
+                           rope_theta=self.rope_theta, **components)
 
     def _check_ranges(self) -> None:
         """Name the flag here: the model and AdamW would refuse these values without saying which flag set them."""

@@ -31,7 +31,7 @@ from gpt25 import checkpoint as ckpt
 from gpt25.data import load_split
 from gpt25.data.loader import ShardLoader
 from gpt25.eval import evaluate_hellaswag, evaluate_loss, load_hellaswag
-from gpt25.model import ModelConfig, parameter_groups
+from gpt25.model import parameter_groups
 from gpt25.optim import AdamW, clip_grad_norm, cosine_lr, cross_entropy
 from gpt25.tokenizer import Tokenizer
 from gpt25.train import distributed
@@ -113,9 +113,7 @@ class Trainer:
         self.run_dir = Path(config.out)
         self.dtype = DTYPES[config.dtype]
         seed_everything(config.seed)
-        self.model_config = ModelConfig(vocab_size=self.tokenizer.vocab_size, context_length=config.context_length,
-                                        d_model=config.d_model, num_layers=config.num_layers,
-                                        num_heads=config.num_heads, d_ff=config.d_ff, rope_theta=config.rope_theta)
+        self.model_config = config.model_config(self.tokenizer.vocab_size)
         self.model = distributed.build_model(self.model_config, context, parallel, self.dtype)
         self.lm = distributed.unwrap(self.model)
         self.sharded = distributed.is_fsdp(self.model)
