@@ -31,7 +31,6 @@ from gpt25.checkpoint import (
     WEIGHTS_FILE,
     check_tokenizer_matches,
     make_meta,
-    read_weights,
     save_weights,
 )
 from gpt25.files import atomic_folder
