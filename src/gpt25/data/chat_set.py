@@ -80,10 +80,11 @@ def _function_questions(heading: str, summary: str) -> list[tuple[str, str]]:
     arguments = arguments[:-1]  # the heading ends with ")"
     pairs = [(f"What does `{name}` do?", f"`{name}({arguments})`: {summary}"),
              (f"What arguments does `{name}` take?", describe_arguments(name, arguments))]
-    first_word, _, task = summary.partition(" ")
-    if first_word.lower() in IMPERATIVE_VERBS and task:
-        sentence = _SENTENCE_END.split(summary, 1)[0].rstrip(".")
-        pairs.append((f"How do I {sentence[0].lower()}{sentence[1:]}?", f"Use `{name}({arguments})`. {summary}"))
+    first_word, _, task = _SENTENCE_END.split(summary, 1)[0].rstrip(".").partition(" ")
+    verb = first_word.lower()
+    verb = verb[:-1] if verb.endswith("s") and verb[:-1] in IMPERATIVE_VERBS else verb  # "Returns" -> "return"
+    if verb in IMPERATIVE_VERBS and task:
+        pairs.append((f"How do I {verb} {task}?", f"Use `{name}({arguments})`. {summary}"))
     return pairs
 
 
