@@ -45,8 +45,7 @@ PROMPT = "Return a new"
 QUESTIONS = ("What does `shutil.copytree` do?", "What arguments does `json.dumps` take?",
              "How do I return the final component of a pathname?")
 # The SFT stage: short, on 2 cores about a minute and a half (8 rows of 256 tokens a step).
-SFT_SETTINGS = {"batch_size": 8, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10, "eval_steps": 4, "log_every": 5,
-                "val_fraction": 0.02}
+SFT_SETTINGS = {"batch_size": 8, "lr": 1e-3, "min_lr": 1e-4, "eval_steps": 4, "log_every": 5, "val_fraction": 0.02}
 
 
 @dataclass
@@ -61,7 +60,7 @@ class DemoConfig:
     device: str = "cpu"
     prompt: str = PROMPT
     num_samples: int = 3
-    sft_steps: int = 150
+    sft_steps: int = 120
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -75,8 +74,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     A SIGINT/SIGTERM during training ends the demo after the trainer's checkpoint: the results then
     stop at "train", whose `stopped_by` names the signal.
     """
-    if config.minutes <= 0:
-        raise ValueError(f"--minutes must be positive, got {config.minutes}")
+    if config.minutes <= 0 or config.sft_steps < 1:
+        raise ValueError(f"--minutes and --sft_steps must be positive, got {config.minutes} and {config.sft_steps}")
     if not config.config.is_file():
         raise FileNotFoundError(f"training config {config.config} not found; pass --config FILE.toml")
     if config.fresh and config.out.exists():
@@ -199,7 +198,8 @@ def fine_tune(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
     settings = SFT_SETTINGS | {
         "checkpoint": "latest" if finished else str(paths["run"]), "tokenizer": str(paths["tokenizer"]),
         "data": CHAT_SET_SPEC, "out": str(paths["sft"]), "train_steps": config.sft_steps, "device": config.device,
-        "eval_every": max(1, config.sft_steps // 5), "save_every": max(1, config.sft_steps // 2)}
+        "warmup_steps": min(10, config.sft_steps), "eval_every": max(1, config.sft_steps // 5),
+        "save_every": max(1, config.sft_steps // 2)}
     return sft(SFTConfig(**settings))
 
 

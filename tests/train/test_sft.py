@@ -90,7 +90,8 @@ def cli_error(capsys, *argv: str) -> str:
     return error
 
 
-def test_bad_input_is_one_line_and_writes_nothing(base_run, corpus_data, chats, tmp_path, capsys) -> None:
+def test_bad_input_is_one_line_and_writes_nothing(base_run, corpus_data, chats, tmp_path, capsys,
+                                                   monkeypatch) -> None:
     common = ["--tokenizer", str(corpus_data["tokenizer"]), "--device", "cpu", "--train_steps", "2"]
     out = tmp_path / "out"
     bad = tmp_path / "bad.jsonl"
@@ -106,4 +107,7 @@ def test_bad_input_is_one_line_and_writes_nothing(base_run, corpus_data, chats, 
                                     "--out", str(out), *common)
     assert "no checkpoint in" in cli_error(capsys, "--checkpoint", "latest", "--data", str(chats),
                                            "--out", str(out), *common)
+    monkeypatch.setattr("gpt25.data.hub.hub_offline", lambda: True)
+    assert "needs the internet and offline mode is on" in cli_error(
+        capsys, "--checkpoint", str(base_run), "--data", "hf:HuggingFaceTB/smol-smoltalk", "--out", str(out), *common)
     assert not out.exists()

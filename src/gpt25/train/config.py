@@ -1,4 +1,5 @@
-"""TrainConfig: every training setting in one dataclass, and the `gpt25 train` flags made from it.
+"""TrainConfig: every training setting in one dataclass, and the `gpt25 train` flags made from it;
+SFTConfig, its subclass for `gpt25 sft`, the same way.
 
 Each field's help text lives beside it in `metadata`; `add_train_arguments` turns the fields into
 argparse flags of the same name. Precedence when resolving: dataclass defaults < `--config
@@ -149,8 +150,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, config_class: type[Trai
         flags = [f"--{config_field.name}"] + [f"--{old}" for old, new in RENAMED.items() if new == config_field.name]
         # `--compile` alone means `--compile on`
         bare = {"nargs": "?", "const": "on"} if config_field.name == "compile" else {}
-        parser.add_argument(*flags, type=_field_type(config_field, config_class), choices=CHOICES.get(config_field.name),
-                            default=argparse.SUPPRESS, metavar=config_field.metadata["metavar"], help=help_text,
+        parser.add_argument(*flags, type=_field_type(config_field, config_class),
+                            choices=CHOICES.get(config_field.name), default=argparse.SUPPRESS, metavar=config_field.metadata["metavar"], help=help_text,
                             **bare)
     parser.add_argument("--no_compile", dest="compile", action="store_const", const="off",
                         default=argparse.SUPPRESS, help="the same as --compile off")
