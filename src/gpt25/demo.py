@@ -204,21 +204,24 @@ def fine_tune(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
 
 
 def chat_samples(paths: dict[str, Path], config: DemoConfig) -> list[dict[str, str]]:
-    """Each question answered by the chat model (greedy) beside the base model's greedy continuation of it."""
+    """Each question answered by the chat model beside the base model's continuation of it (both sampled as the
+    demo's samples are: temperature 0.8, top-p 0.9, seed 1337)."""
     base, base_tokenizer, _ = load_for_inference(paths["run"], paths["tokenizer"], config.device)
     chat, chat_tokenizer, _ = load_for_inference(paths["sft"], paths["sft"] / "tokenizer", config.device)
     return [{"question": question, "chat": chat_reply(chat, chat_tokenizer, question),
-             "base": generate(base, base_tokenizer, question, max_new_tokens=40, temperature=0.0)[0]}
+             "base": generate(base, base_tokenizer, question, max_new_tokens=40, seed=1337)[0]}
             for question in QUESTIONS]
 
 
 def chat_reply(model: torch.nn.Module, tokenizer: Tokenizer, question: str, max_new_tokens: int = 60) -> str:
-    """The chat model's greedy reply to one user message, up to its end-of-turn."""
+    """The chat model's reply to one user message (temperature 0.8, top-p 0.9, seed 1337), up to its end-of-turn."""
     prompt = torch.tensor([render_prompt(tokenizer, [{"role": "user", "content": question}])],
                           device=next(model.parameters()).device)  # (1, prompt_len)
     stop_ids = set(reply_stop_ids(tokenizer))
+    generator = torch.Generator(device=prompt.device).manual_seed(1337)
     with torch.no_grad():
-        generated = generate_tokens(model, prompt, max_new_tokens=max_new_tokens, vocab_size=tokenizer.vocab_size,
+        generated = generate_tokens(model, prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_p=0.9,
+                                    vocab_size=tokenizer.vocab_size, generator=generator,
                                     on_step=lambda token: int(token[0]) in stop_ids)[0].tolist()
     reply = next((generated[:index] for index, token in enumerate(generated) if token in stop_ids), generated)
     return tokenizer.decode(reply)
@@ -271,8 +274,8 @@ def render_report(paths: dict[str, Path], config: DemoConfig, results: dict[str,
         "",
         "## Chat: the fine-tuned model beside the base model",
         "",
-        "Each question is the user's message to the chat model (greedy reply) and the prompt that the base "
-        "model continues (greedy, 40 tokens).",
+        "Each question is the user's message to the chat model and the prompt that the base model continues "
+        "(40 tokens); both sampled as above.",
         "",
         *(line for sample in results["chat"] for line in (
             f"**{sample['question']}**", "", "chat model:", "", "```text", sample["chat"], "```", "",

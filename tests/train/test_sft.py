@@ -111,3 +111,22 @@ def test_bad_input_is_one_line_and_writes_nothing(base_run, corpus_data, chats, 
     assert "needs the internet and offline mode is on" in cli_error(
         capsys, "--checkpoint", str(base_run), "--data", "hf:HuggingFaceTB/smol-smoltalk", "--out", str(out), *common)
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_fsdp_two_ranks_fine_tune_and_resume_in_one_process(base_run, corpus_data, chats, tmp_path) -> None:
+    import sys
+
+    from conftest import run_command
+
+    out = tmp_path / "fsdp"
+    run_command([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                 "gpt25", "sft", "--checkpoint", str(base_run), "--tokenizer", str(corpus_data["tokenizer"]),
+                 "--data", str(chats), "--out", str(out), "--device", "cpu", "--batch_size", "4",
+                 "--train_steps", "4", "--save_every", "4", "--eval_every", "4", "--eval_steps", "2",
+                 "--lr", "3e-3", "--parallel", "fsdp", "--seed", "0", "--val_fraction", "0.1"])
+    rows = read_metrics(out)
+    assert [row["step"] for row in rows if "train_loss" in row] == [4]
+    assert any("val_accuracy" in row for row in rows)
+    summary = sft(sft_config(base_run, corpus_data, chats, out, checkpoint="latest", tokenizer="", train_steps=6))
+    assert summary["start_step"] == 4 and summary["step"] == 6
