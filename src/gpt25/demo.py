@@ -71,8 +71,8 @@ class DemoConfig:
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage (reusing completed ones) and return the final metrics and artefact paths.
 
-    A SIGINT/SIGTERM during training ends the demo after the trainer's checkpoint: the results then
-    stop at "train", whose `stopped_by` names the signal.
+    A SIGINT/SIGTERM during training or fine-tuning ends the demo after the trainer's checkpoint: the
+    results then stop at "train" (or "sft"), whose `stopped_by` names the signal.
     """
     if config.minutes <= 0 or config.sft_steps < 1:
         raise ValueError(f"--minutes and --sft_steps must be positive, got {config.minutes} and {config.sft_steps}")
