@@ -26,7 +26,8 @@ def test_unigram_loss_of_uniform_tokens_is_log_vocab() -> None:
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "run"
-    completed = subprocess.run([sys.executable, "-m", "gpt25", "demo", "--out", str(out), "--minutes", "1"],
+    completed = subprocess.run([sys.executable, "-m", "gpt25", "demo", "--out", str(out), "--minutes", "1",
+                                "--sft_steps", "20"],
                                capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "report:" in completed.stdout
@@ -65,8 +66,18 @@ def test_demo_report_and_plot(demo_dir: Path) -> None:
         image.load()
         assert image.width > 400 and image.height > 300
     report = (demo_dir / "report.md").read_text()
-    for needle in ("val", "perplexity", "unigram", "bits per byte", "Samples", "gpt25 train --config", "| train |"):
+    for needle in ("val", "perplexity", "unigram", "bits per byte", "Samples", "gpt25 train --config", "| train |",
+                   "| sft |", "chat model:", "base model:", "What does `shutil.copytree` do?", "gpt25 sft --checkpoint"):
         assert needle in report, needle
+
+
+@pytest.mark.slow
+def test_demo_chat_model_has_role_tokens_and_its_own_tokenizer(demo_dir: Path) -> None:
+    tokenizer = Tokenizer.load(demo_dir / "sft" / "tokenizer")
+    assert tokenizer.vocab_size == Tokenizer.load(demo_dir / "tokenizer").vocab_size + 3
+    model, meta = load_model(demo_dir / "sft")
+    assert meta["step"] == 20 and model.config.vocab_size == tokenizer.vocab_size
+    assert any("val_accuracy" in row for row in map(json.loads, (demo_dir / "sft" / "metrics.jsonl").open()))
 
 
 def test_a_signal_during_training_ends_the_demo_with_its_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -85,4 +96,4 @@ def test_a_signal_during_training_ends_the_demo_with_its_status(tmp_path: Path, 
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--out", str(tmp_path / "demo")])
     assert exit_info.value.code == 143
-    assert "[4/7] train stopped by SIGTERM; run `gpt25 demo` again with the same --out" in capsys.readouterr().out
+    assert "[4/9] train stopped by SIGTERM; run `gpt25 demo` again with the same --out" in capsys.readouterr().out

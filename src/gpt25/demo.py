@@ -1,7 +1,9 @@
 """`gpt25 demo`: the whole pipeline end to end on the embedded Python-docs corpus, on a CPU.
 
 corpus -> BPE tokenizer -> train/val shards -> a small model trained for a fixed token budget ->
-validation loss vs a unigram baseline -> samples -> RUN_DIR/report.md and RUN_DIR/results.png.
+validation loss vs a unigram baseline -> samples -> supervised fine-tuning on the embedded chat set
+-> questions answered by the chat model beside the base model's continuations -> RUN_DIR/report.md
+and RUN_DIR/results.png.
 Each stage calls the same functions as the ordinary commands, which the report lists, so the
 demo doubles as a tutorial. A second run reuses the corpus, tokenizer and shards unless `fresh`.
 """
@@ -17,17 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gpt25.checkpoint import list_checkpoints, load_for_inference, read_meta
 from gpt25.data import load_split, read_manifest
+from gpt25.data.chat_set import CHAT_SET_SPEC
 from gpt25.data.prepare import PrepareConfig, prepare
 from gpt25.data.sources import iter_default_corpus, write_corpus_file
 from gpt25.eval.run import run_evaluation
 from gpt25.files import write_json_atomic, write_text_atomic
-from gpt25.sample import generate
+from gpt25.sample import generate, generate_tokens
 from gpt25.tokenizer import Tokenizer, train_bpe
+from gpt25.tokenizer.chat_format import render_prompt, reply_stop_ids
 from gpt25.train import TrainConfig, plot_runs, train
-from gpt25.train.config import read_toml_settings
+from gpt25.train.config import SFTConfig, read_toml_settings
+from gpt25.train.sft import sft
 
 EOT = "<|endoftext|>"
 CPU_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cpu-small.toml"
@@ -36,6 +42,10 @@ CPU_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cpu-small.toml"
 # tokens, whatever the machine's speed.
 STEPS_PER_MINUTE = 60
 PROMPT = "Return a new"
+QUESTIONS = ("What does `shutil.copytree` do?", "What arguments does `json.dumps` take?",
+             "How do I return the final component of a pathname?")
+# The SFT stage: short, on 2 cores about a minute and a half (8 rows of 256 tokens a step).
+SFT_SETTINGS = {"batch_size": 8, "lr": 1e-3, "min_lr": 1e-4, "eval_steps": 4, "log_every": 5, "val_fraction": 0.02}
 
 
 @dataclass
@@ -51,6 +61,7 @@ class DemoConfig:
     device: str = "cpu"
     prompt: str = PROMPT
     num_samples: int = 3
+    sft_steps: int = 120
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -61,11 +72,11 @@ class DemoConfig:
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage (reusing completed ones) and return the final metrics and artefact paths.
 
-    A SIGINT/SIGTERM during training ends the demo after the trainer's checkpoint: the results then
-    stop at "train", whose `stopped_by` names the signal.
+    A SIGINT/SIGTERM during training or fine-tuning ends the demo after the trainer's checkpoint: the
+    results then stop at "train" (or "sft"), whose `stopped_by` names the signal.
     """
-    if config.minutes <= 0:
-        raise ValueError(f"--minutes must be positive, got {config.minutes}")
+    if config.minutes <= 0 or config.sft_steps < 1:
+        raise ValueError(f"--minutes and --sft_steps must be positive, got {config.minutes} and {config.sft_steps}")
     if not config.config.is_file():
         raise FileNotFoundError(f"training config {config.config} not found; pass --config FILE.toml")
     if config.fresh and config.out.exists():
@@ -78,6 +89,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         ("train", lambda: train_model(paths, config)),
         ("evaluate", lambda: evaluate_model(paths, config)),
         ("generate", lambda: sample_model(paths, config)),
+        ("sft", lambda: fine_tune(paths, config)),
+        ("chat", lambda: chat_samples(paths, config)),
         ("report", lambda: write_report(paths, config, results)),
     ]
     results: dict[str, Any] = {}
@@ -87,8 +100,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         outcome = stage()
         config.timings[name] = time.perf_counter() - started
         results[name] = outcome
-        if name == "train" and outcome.get("stopped_by"):  # a signal: stop here, as `gpt25 train` does
-            log(f"[{number}/{len(stages)}] train stopped by {outcome['stopped_by']}; run `gpt25 demo` again "
+        if name in ("train", "sft") and outcome.get("stopped_by"):  # a signal: stop here, as `gpt25 train` does
+            log(f"[{number}/{len(stages)}] {name} stopped by {outcome['stopped_by']}; run `gpt25 demo` again "
                 "with the same --out to resume it")
             return results
         log(f"[{number}/{len(stages)}] {name} done in {config.timings[name]:.1f} s: {summarize(name, outcome)}")
@@ -102,6 +115,7 @@ def demo_paths(out: Path) -> dict[str, Path]:
         "tokenizer": out / "tokenizer",
         "shards": out / "data" / "shards",
         "run": out / "run",
+        "sft": out / "sft",
         "report": out / "report.md",
         "plot": out / "results.png",
         "eval": out / "eval.json",
@@ -177,9 +191,46 @@ def sample_model(paths: dict[str, Path], config: DemoConfig) -> list[str]:
     return generate(model, tokenizer, config.prompt, num_samples=config.num_samples, seed=1337)
 
 
+def fine_tune(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
+    """Fine-tune the base model on the embedded chat set (resuming or reusing a finished run)."""
+    finished = list_checkpoints(paths["sft"])
+    if finished and read_step(finished[-1]) >= config.sft_steps:
+        return {"reused": True, "checkpoint": str(finished[-1]), "train_steps": config.sft_steps}
+    settings = SFT_SETTINGS | {
+        "checkpoint": "latest" if finished else str(paths["run"]), "tokenizer": str(paths["tokenizer"]),
+        "data": CHAT_SET_SPEC, "out": str(paths["sft"]), "train_steps": config.sft_steps, "device": config.device,
+        "warmup_steps": min(10, config.sft_steps), "eval_every": max(1, config.sft_steps // 5),
+        "save_every": max(1, config.sft_steps // 2)}
+    return sft(SFTConfig(**settings))
+
+
+def chat_samples(paths: dict[str, Path], config: DemoConfig) -> list[dict[str, str]]:
+    """Each question answered by the chat model beside the base model's continuation of it (both sampled as the
+    demo's samples are: temperature 0.8, top-p 0.9, seed 1337)."""
+    base, base_tokenizer, _ = load_for_inference(paths["run"], paths["tokenizer"], config.device)
+    chat, chat_tokenizer, _ = load_for_inference(paths["sft"], paths["sft"] / "tokenizer", config.device)
+    return [{"question": question, "chat": chat_reply(chat, chat_tokenizer, question),
+             "base": generate(base, base_tokenizer, question, max_new_tokens=40, seed=1337)[0]}
+            for question in QUESTIONS]
+
+
+def chat_reply(model: torch.nn.Module, tokenizer: Tokenizer, question: str, max_new_tokens: int = 60) -> str:
+    """The chat model's reply to one user message (temperature 0.8, top-p 0.9, seed 1337), up to its end-of-turn."""
+    prompt = torch.tensor([render_prompt(tokenizer, [{"role": "user", "content": question}])],
+                          device=next(model.parameters()).device)  # (1, prompt_len)
+    stop_ids = set(reply_stop_ids(tokenizer))
+    generator = torch.Generator(device=prompt.device).manual_seed(1337)
+    with torch.no_grad():
+        generated = generate_tokens(model, prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_p=0.9,
+                                    vocab_size=tokenizer.vocab_size, generator=generator,
+                                    on_step=lambda token: int(token[0]) in stop_ids)[0].tolist()
+    reply = next((generated[:index] for index, token in enumerate(generated) if token in stop_ids), generated)
+    return tokenizer.decode(reply)
+
+
 def write_report(paths: dict[str, Path], config: DemoConfig, results: dict[str, Any]) -> dict[str, str]:
     """RUN_DIR/report.md (settings, timings, metrics, samples, commands) and RUN_DIR/results.png."""
-    plot_runs([paths["run"]], paths["plot"])
+    plot_runs([paths["run"], paths["sft"]], paths["plot"])
     write_text_atomic(paths["report"], render_report(paths, config, results))
     return {"report": str(paths["report"]), "plot": str(paths["plot"])}
 
@@ -199,6 +250,8 @@ def render_report(paths: dict[str, Path], config: DemoConfig, results: dict[str,
         f"- model and optimizer: `{config.config.name}`, --arch {config.arch}, with train_steps {config.train_steps} "
         f"(--minutes {config.minutes:g})",
         f"- sampling: temperature 0.8, top-p 0.9, 50 new tokens, prompt {config.prompt!r}",
+        f"- fine-tuning: `gpt25 sft` on the embedded chat set, {config.sft_steps} steps of 8 packed rows, "
+        "loss on the assistant's tokens only (curves: run `sft` in the plot)",
         "",
         "## Timings",
         "",
@@ -221,6 +274,14 @@ def render_report(paths: dict[str, Path], config: DemoConfig, results: dict[str,
         *(line for number, sample in enumerate(results["generate"], start=1)
           for line in (f"Sample {number}:", "", "```text", config.prompt + sample, "```", "")),
         "",
+        "## Chat: the fine-tuned model beside the base model",
+        "",
+        "Each question is the user's message to the chat model and the prompt that the base model continues "
+        "(40 tokens); both sampled as above.",
+        "",
+        *(line for sample in results["chat"] for line in (
+            f"**{sample['question']}**", "", "chat model:", "", "```text", sample["chat"], "```", "",
+            "base model:", "", "```text", sample["question"] + sample["base"], "```", "")),
         "## Re-run any stage by hand",
         "",
         "```bash",
@@ -243,7 +304,9 @@ def stage_commands(paths: dict[str, Path], config: DemoConfig) -> list[str]:
         f"gpt25 eval --checkpoint {paths['run']} --tokenizer {paths['tokenizer']} --data {paths['shards']}",
         f'gpt25 generate --checkpoint {paths["run"]} --tokenizer {paths["tokenizer"]} --prompt "{config.prompt}" '
         f"--num_samples {config.num_samples}",
-        f"gpt25 plot {paths['run']} --out {paths['plot']}",
+        f"gpt25 sft --checkpoint {paths['run']} --tokenizer {paths['tokenizer']} --data {CHAT_SET_SPEC} "
+        f"--out {paths['sft']} --train_steps {config.sft_steps} --batch_size 8 --lr 1e-3 --warmup_steps 10",
+        f"gpt25 plot {paths['run']} {paths['sft']} --out {paths['plot']}",
     ]
 
 
@@ -254,7 +317,7 @@ def summarize(stage: str, outcome: Any) -> str:
         return f"vocab {outcome['vocab_size']}" + (" (reused)" if outcome["reused"] else "")
     if stage == "shards":
         return f"{outcome['train']:,} train / {outcome['val']:,} val tokens"
-    if stage == "train":
+    if stage in ("train", "sft"):
         if outcome.get("reused"):
             return f"reused {outcome['checkpoint']}"
         return f"{outcome['step']} steps, final train loss {outcome['final_train_loss']:.3f}"
@@ -263,4 +326,6 @@ def summarize(stage: str, outcome: Any) -> str:
                 f"{outcome['unigram_loss']:.3f} (perplexity {outcome['unigram_perplexity']:.1f})")
     if stage == "generate":
         return f"{len(outcome)} samples"
+    if stage == "chat":
+        return f"{len(outcome)} questions answered"
     return f"report {outcome['report']}, plot {outcome['plot']}"

@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_import_raw(commands)
     _register_download(commands)
     _register_corpus(commands)
+    _register_chat_corpus(commands)
     _register_info(commands)
 
 
@@ -246,6 +247,31 @@ def _corpus(args: argparse.Namespace) -> int:
             f"the sources {args.source} yielded no documents; check --source, --doc_split and --text_field"
         )
     print(f"{args.out}: {num_documents:,} documents, {num_bytes:,} bytes of text")
+    return 0
+
+
+def _register_chat_corpus(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "chat-corpus",
+        help="write the embedded chat set (questions on the Python docs) as JSONL for `gpt25 sft`",
+        description="Write the embedded chat set, conversations about the Python standard library built from "
+        'its docstrings, one {"messages": [...]} object per line (smol-smoltalk\'s format).',
+    )
+    parser.add_argument("--out", required=True, metavar="FILE.jsonl", help="JSONL file to write")
+    parser.add_argument("--tokenizer", metavar="DIR", help="also count the tokens with this tokenizer (role "
+                        "tokens added)")
+    parser.add_argument("--val_fraction", type=float, default=0.05,
+                        help="count the conversations `gpt25 sft` holds out at this share (default: 0.05)")
+    parser.set_defaults(handler=_chat_corpus)
+
+
+def _chat_corpus(args: argparse.Namespace) -> int:
+    from gpt25.data.conversations import write_chat_set
+
+    sizes = write_chat_set(args.out, args.tokenizer, args.val_fraction)
+    tokens = f", {sizes['tokens']:,} tokens ({sizes['assistant_tokens']:,} trained)" if args.tokenizer else ""
+    print(f"{args.out}: {sizes['conversations']:,} conversations ({sizes['validation']:,} held out at "
+          f"--val_fraction {args.val_fraction:g}), {sizes['messages']:,} messages{tokens}")
     return 0
 
 

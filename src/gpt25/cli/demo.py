@@ -10,14 +10,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `gpt25 demo` to the parser."""
     parser = subparsers.add_parser(
         "demo",
-        help="run the whole pipeline on the embedded Python-docs corpus (CPU, ~7 minutes)",
+        help="run the whole pipeline on the embedded Python-docs corpus, then fine-tune a chat model (CPU, ~9 minutes)",
         description="Build the embedded corpus, train a BPE tokenizer, tokenize into shards, train a small "
-        "model, evaluate it against a unigram baseline, sample, and write RUN_DIR/report.md + results.png. "
+        "model, evaluate it against a unigram baseline, sample, fine-tune it into a chat model on the embedded chat "
+        "set, ask it a few questions, and write RUN_DIR/report.md + results.png. "
         "A second run reuses the corpus, tokenizer and shards (and a finished training run) unless --fresh.",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     parser.add_argument("--minutes", type=float, default=5.0,
                         help="training budget in minutes on 2 CPU cores, as a fixed number of steps (default: 5)")
+    parser.add_argument("--sft_steps", type=int, default=120,
+                        help="fine-tuning steps on the embedded chat set, 8 rows of 256 tokens each (default: 120)")
     parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
     parser.add_argument("--vocab_size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
     parser.add_argument("--config", type=Path, default=None, help="training config TOML (default: configs/cpu-small.toml)")
@@ -32,11 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from gpt25.demo import DemoConfig, run_demo
 
     config = DemoConfig(out=args.out, minutes=args.minutes, fresh=args.fresh, vocab_size=args.vocab_size,
-                        arch=args.arch, device=args.device)
+                        arch=args.arch, device=args.device, sft_steps=args.sft_steps)
     if args.config is not None:
         config.config = args.config
     results = run_demo(config)
-    if "report" not in results:  # training was stopped by a signal
-        return stop_status(results["train"]["stopped_by"])
+    if "report" not in results:  # training or fine-tuning was stopped by a signal
+        return stop_status(results["sft" if "sft" in results else "train"]["stopped_by"])
     print(f"\nreport: {results['report']['report']}\nplot:   {results['report']['plot']}")
     return 0

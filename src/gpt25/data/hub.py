@@ -78,11 +78,7 @@ def iter_hf_dataset(
     With `data_files` (or a local folder as NAME) the dataset is read from disk through
     `datasets`' own builders, e.g. ``hf:json`` with ``--data_files a.jsonl``; no network is used.
     """
-    check_hf_source(name, data_files)
-    import datasets
-
-    dataset = datasets.load_dataset(name, config, data_files=data_files, split=split, streaming=True)
-    for row_number, row in enumerate(dataset):
+    for row_number, row in enumerate(iter_hf_rows(name, config, data_files=data_files, split=split)):
         if text_field not in row:
             raise ValueError(
                 f"hf:{name} row {row_number}: no field {text_field!r} (found: {', '.join(row)}); pass --text_field NAME"
@@ -90,6 +86,15 @@ def iter_hf_dataset(
         text = row[text_field]
         if text is not None and str(text).strip():
             yield str(text)  # exactly as stored: edge newlines are the user's data
+
+
+def iter_hf_rows(name: str, config: str | None, *, data_files: list[str] | None = None,
+                 split: str = "train") -> Iterator[dict]:
+    """Stream the rows (dicts of fields) of a Hugging Face dataset, failing at once when it is unreachable."""
+    check_hf_source(name, data_files)
+    import datasets
+
+    yield from datasets.load_dataset(name, config, data_files=data_files, split=split, streaming=True)
 
 
 def download_repo(

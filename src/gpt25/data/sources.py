@@ -611,14 +611,19 @@ def iter_default_corpus() -> Iterator[str]:
 
 def iter_stdlib_docstrings(stdlib: Path | None = None) -> Iterator[str]:
     """Docstrings of each stdlib module, extracted with `ast` (never imported), in sorted path order."""
+    for path, module_name in iter_stdlib_modules(stdlib):
+        document = module_document(path, module_name)
+        if document:
+            yield document
+
+
+def iter_stdlib_modules(stdlib: Path | None = None) -> Iterator[tuple[Path, str]]:
+    """(file, dotted module name) of each stdlib module the embedded corpus reads, in sorted path order."""
     stdlib = stdlib or Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(stdlib.rglob("*.py")):
         relative = path.relative_to(stdlib)
-        if _skip_stdlib_path(relative):
-            continue
-        document = module_document(path, _module_name(relative))
-        if document:
-            yield document
+        if not _skip_stdlib_path(relative):
+            yield path, _module_name(relative)
 
 
 def _skip_stdlib_path(relative: Path) -> bool:
@@ -638,12 +643,18 @@ def _module_name(relative: Path) -> str:
 
 def module_document(path: Path, module_name: str) -> str:
     """The docstrings of one module as a document, or "" when it has none or cannot be parsed."""
+    sections = [f"{heading}\n\n{docstring}" for heading, docstring in module_docstrings(path, module_name)]
+    return "\n\n".join(sections)
+
+
+def module_docstrings(path: Path, module_name: str) -> list[tuple[str, str]]:
+    """(heading, docstring) of the module and each class and function in it, e.g. ("json.dumps(obj, *, ...)",
+    "Serialize ..."); empty when the file cannot be parsed."""
     try:
         tree = ast.parse(path.read_bytes(), filename=str(path))
     except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError, OSError):
-        return ""
-    sections = [f"{heading}\n\n{docstring}" for heading, docstring in _docstrings(tree, module_name)]
-    return "\n\n".join(sections)
+        return []
+    return list(_docstrings(tree, module_name))
 
 
 def _docstrings(node: ast.AST, qualified_name: str) -> Iterator[tuple[str, str]]:

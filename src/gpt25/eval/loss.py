@@ -138,3 +138,49 @@ def evaluate_loss(
         "val_bpb": text_nats / math.log(2) / text_bytes if byte_lengths is not None and text_bytes else None,
         "tokens": int(num_targets),
     }
+
+
+def evaluate_assistant_loss(
+    model: torch.nn.Module,
+    rows,
+    *,
+    batch_size: int,
+    device: torch.device | str,
+    max_rows: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict:
+    """Loss and mean token accuracy on the trained (assistant) targets of packed conversation rows
+    (`gpt25.data.conversations.PackedRows`, the first `max_rows` of them), as the GPT 2.5 project reports.
+
+    Returns {"val_loss" (nats per assistant token), "val_perplexity", "val_accuracy" (share of assistant
+    tokens that are the model's top prediction), "tokens" (assistant tokens scored)}.
+    """
+    num_rows = len(rows) if max_rows is None else min(len(rows), max_rows)
+    batches = [np.arange(first, min(first + batch_size, num_rows)) for first in range(0, num_rows, batch_size)]
+    rank, world_size = rank_and_world_size()
+    my_batches = batches[rank::world_size]
+    num_steps = max_over_ranks(len(my_batches), device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # nats, correct predictions, assistant targets
+    autocast = (torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for step in range(num_steps):
+                is_padding = step >= len(my_batches)  # FSDP needs the same forwards on every rank
+                inputs, targets = rows.batch(batches[0] if is_padding else my_batches[step], device)
+                with autocast:
+                    logits = model(inputs)  # (batch, seq, vocab)
+                if is_padding:
+                    continue
+                trained = targets >= 0  # (batch, seq); untrained targets hold a negative ignore index
+                losses = per_token_loss(logits, targets.clamp(min=0)).double()  # (batch, seq)
+                correct = (logits.argmax(dim=-1) == targets) & trained
+                sums += torch.stack([(losses * trained).sum(), correct.sum().double(), trained.sum().double()])
+    finally:
+        model.train(was_training)
+    nats, num_correct, num_targets = sum_over_ranks(sums.tolist(), device)
+    val_loss = nats / max(num_targets, 1)
+    return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 700.0)),
+            "val_accuracy": num_correct / max(num_targets, 1), "tokens": int(num_targets)}

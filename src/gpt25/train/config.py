@@ -1,4 +1,5 @@
-"""TrainConfig: every training setting in one dataclass, and the `gpt25 train` flags made from it.
+"""TrainConfig: every training setting in one dataclass, and the `gpt25 train` flags made from it;
+SFTConfig, its subclass for `gpt25 sft`, the same way.
 
 Each field's help text lives beside it in `metadata`; `add_train_arguments` turns the fields into
 argparse flags of the same name. Precedence when resolving: dataclass defaults < `--config
@@ -13,7 +14,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from gpt25.model import ModelConfig
@@ -46,6 +47,13 @@ def _setting(default: Any, help: str, metavar: str | None = None) -> Any:
 @dataclass
 class TrainConfig:
     """All settings of one training run; `gpt25 train --help` lists them with their help text."""
+
+    # Settings that must be at least 1, and those that are no flag or TOML key (SFTConfig takes them from the base).
+    POSITIVE: ClassVar[tuple[str, ...]] = ("batch_size", "grad_accum_steps", "context_length", "num_layers", "d_model",
+                                           "num_heads", "d_ff", "train_steps", "keep_checkpoints", "log_every",
+                                           "eval_steps")
+    FLAGLESS: ClassVar[tuple[str, ...]] = ()
+    COMMAND: ClassVar[str] = "train"  # the command and the TOML table of these settings
 
     # Data and output.
     data: str = _setting("", "shard directory written by `gpt25 data prepare` (required)", "DIR")
@@ -108,11 +116,10 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("batch_size", "grad_accum_steps", "context_length", "num_layers", "d_model",
-                     "num_heads", "d_ff", "train_steps", "keep_checkpoints", "log_every", "eval_steps"):
+        for name in self.POSITIVE:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.warmup_steps <= self.train_steps:
+        if self.warmup_steps < 0 or self.train_steps and self.warmup_steps > self.train_steps:
             raise ValueError(f"--warmup_steps ({self.warmup_steps}) must be between 0 and "
                              f"--train_steps ({self.train_steps})")
         if self.d_model % self.num_heads:
@@ -166,36 +173,42 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _field_type(config_field: dataclasses.Field) -> type:
-    hints = typing.get_type_hints(TrainConfig)
+def _field_type(config_field: dataclasses.Field, config_class: type[TrainConfig] = TrainConfig) -> type:
+    hints = typing.get_type_hints(config_class)
     return hints[config_field.name]
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one `--name` flag per TrainConfig field, plus `--config FILE.toml` and `--no_compile`.
+def config_fields(config_class: type[TrainConfig]) -> list[dataclasses.Field]:
+    """The fields of `config_class` that are flags and TOML keys."""
+    return [config_field for config_field in dataclasses.fields(config_class)
+            if config_field.name not in config_class.FLAGLESS]
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, config_class: type[TrainConfig] = TrainConfig) -> None:
+    """Add one `--name` flag per field of `config_class`, plus `--config FILE.toml` and `--no_compile`.
 
     Defaults are argparse.SUPPRESS so that only flags typed on the command line appear in the
     namespace; `resolve_config` layers them over the TOML file and the dataclass defaults.
     """
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file of settings; flags override it")
-    for config_field in dataclasses.fields(TrainConfig):
+    for config_field in config_fields(config_class):
         unset = config_field.default == ""  # --data, --checkpoint, ...: "(default: '')" would say nothing
         help_text = config_field.metadata["help"] + ("" if unset else f" (default: {config_field.default!r})")
         flags = [f"--{config_field.name}"] + [f"--{old}" for old, new in RENAMED.items() if new == config_field.name]
-        if _field_type(config_field) is bool:  # a switch: `--decay_all` alone
+        if _field_type(config_field, config_class) is bool:  # a switch: `--decay_all` alone
             parser.add_argument(*flags, action="store_const", const=True, default=argparse.SUPPRESS, help=help_text)
             continue
         # `--compile` alone means `--compile on`
         bare = {"nargs": "?", "const": "on"} if config_field.name == "compile" else {}
-        parser.add_argument(*flags, type=_field_type(config_field), choices=CHOICES.get(config_field.name),
-                            default=argparse.SUPPRESS, metavar=config_field.metadata["metavar"], help=help_text,
-                            **bare)
+        parser.add_argument(*flags, type=_field_type(config_field, config_class),
+                            choices=CHOICES.get(config_field.name), default=argparse.SUPPRESS,
+                            metavar=config_field.metadata["metavar"], help=help_text, **bare)
     parser.add_argument("--no_compile", dest="compile", action="store_const", const="off",
                         default=argparse.SUPPRESS, help="the same as --compile off")
 
 
-def read_toml_settings(path: str | Path) -> dict[str, Any]:
-    """The settings in a TOML config file (top-level keys, or one [train] table), checked by name."""
+def read_toml_settings(path: str | Path, config_class: type[TrainConfig] = TrainConfig) -> dict[str, Any]:
+    """The settings in a TOML config file (top-level keys, or one [train] or [sft] table), checked by name."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found")
@@ -204,11 +217,12 @@ def read_toml_settings(path: str | Path) -> dict[str, Any]:
             settings = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path} is not valid TOML: {error}") from None
-    settings = _renamed(settings.get("train", settings), path)
-    known = {config_field.name: _field_type(config_field) for config_field in dataclasses.fields(TrainConfig)}
+    settings = _renamed(settings.get(config_class.COMMAND, settings), path)
+    known = {config_field.name: _field_type(config_field, config_class) for config_field in config_fields(config_class)}
     unknown = sorted(set(settings) - set(known))
     if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}; see `gpt25 train --help` for the names")
+        raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}; see `gpt25 {config_class.COMMAND} --help` "
+                         "for the names")
     return {name: _coerce(name, value, known[name], path) for name, value in settings.items()}
 
 
@@ -230,9 +244,51 @@ def _coerce(name: str, value: Any, kind: type, path: Path) -> Any:
     return value
 
 
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
+def resolve_config(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig) -> TrainConfig:
     """Dataclass defaults, then the TOML file named by --config, then the flags given."""
-    settings = read_toml_settings(args.config) if getattr(args, "config", None) else {}
-    names = {config_field.name for config_field in dataclasses.fields(TrainConfig)}
+    settings = read_toml_settings(args.config, config_class) if getattr(args, "config", None) else {}
+    names = {config_field.name for config_field in config_fields(config_class)}
     settings.update({name: value for name, value in vars(args).items() if name in names})
-    return TrainConfig(**settings)
+    return config_class(**settings)
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Settings of one fine-tuning run (`gpt25 sft --help`): TrainConfig's, the model's shape from the base
+    checkpoint, the data a conversation source, and the GPT 2.5 recipe's defaults (configs/sft-smoltalk.toml)."""
+
+    POSITIVE: ClassVar[tuple[str, ...]] = ("batch_size", "grad_accum_steps", "keep_checkpoints", "log_every",
+                                           "eval_steps")
+    FLAGLESS: ClassVar[tuple[str, ...]] = ("arch", "norm", "mlp", "positions", "bias", "tie_embeddings", "init",
+                                           "num_layers", "d_model", "num_heads", "d_ff", "rope_theta", "hellaswag",
+                                           "hellaswag_limit")
+    COMMAND: ClassVar[str] = "sft"
+
+    data: str = _setting("", "conversations: .jsonl / .parquet files, folders or globs of them, 'hf:NAME[:CONFIG]' "
+                             "(e.g. hf:HuggingFaceTB/smol-smoltalk) or 'python-docs-chat' (embedded) (required)",
+                         "SRC")
+    tokenizer: str = _setting("", "the base model's tokenizer directory; role tokens are added when it lacks them "
+                                  "(default when resuming: RUN_DIR/tokenizer)", "DIR")
+    out: str = _setting("runs/sft", "run directory: config.json, metrics.jsonl, checkpoints/, tokenizer/", "RUN_DIR")
+    checkpoint: str = _setting("", "the base model (a run dir, step dir or .safetensors file), or 'latest' to "
+                                   "resume the newest checkpoint in --out (required)", "BASE|latest")
+    context_length: int = _setting(0, "tokens per packed row (0: the base model's context length)")
+    batch_size: int = _setting(8, "packed rows per micro-batch per process")
+    epochs: float = _setting(3.0, "passes over the training conversations (sets the steps unless --train_steps)")
+    train_steps: int = _setting(0, "optimizer steps in the whole run (0: from --epochs)")
+    lr: float = _setting(1e-5, "peak learning rate after warmup")
+    warmup_steps: int = _setting(0, "linear warmup steps")
+    weight_decay: float = _setting(0.0, "AdamW decoupled weight decay (matrices only)")
+    eval_every: int = _setting(100, "evaluate on the held-out conversations every N steps and at the end "
+                                    "(0: only at the end)")
+    eval_steps: int = _setting(20, "held-out batches (batch_size x world size rows each) per evaluation")
+    val_fraction: float = _setting(0.05, "share of the conversations held out for evaluation (chosen by hash)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.context_length < 0 or self.train_steps < 0:
+            raise ValueError("--context_length and --train_steps must be >= 0 (0: from the base model / --epochs)")
+        if not self.epochs > 0 and not self.train_steps:
+            raise ValueError(f"--epochs must be positive when --train_steps is 0, got {self.epochs}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"--val_fraction must be in [0, 1), got {self.val_fraction}")

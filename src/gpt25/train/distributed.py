@@ -74,14 +74,22 @@ def build_model(model_config: ModelConfig, context: DistributedContext, parallel
         parallel = "none"
     on_meta = parallel == "fsdp" and context.device.type == "cuda"
     model = TransformerLM(model_config, device=torch.device("meta") if on_meta else context.device)
+    model = parallelize(model, context, parallel, dtype)
+    if on_meta:
+        model.to_empty(device=context.device)
+        model.init_weights()
+    return model
+
+
+def parallelize(model: TransformerLM, context: DistributedContext, parallel: str,
+                dtype: torch.dtype) -> torch.nn.Module:
+    """`model` (on the context's device, or meta) sharded with FSDP2 or wrapped in DDP; itself in one process."""
+    if not context.is_distributed or parallel == "none":
+        return model
     if parallel == "fsdp":
         shard_model(model, dtype)
-        if on_meta:
-            model.to_empty(device=context.device)
-            model.init_weights()
-    elif parallel == "ddp":
-        model = DistributedDataParallel(model, device_ids=[context.device] if context.device.type == "cuda" else None)
-    return model
+        return model
+    return DistributedDataParallel(model, device_ids=[context.device] if context.device.type == "cuda" else None)
 
 
 def shard_model(model: TransformerLM, dtype: torch.dtype) -> None:

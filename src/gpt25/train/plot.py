@@ -18,7 +18,7 @@ PANELS = (
     ("learning rate", ("lr",), "learning rate"),
     ("throughput", ("tokens_per_second",), "tokens / s"),
     ("bits per byte", ("val_bpb",), "validation bits per byte"),
-    ("HellaSwag", ("hellaswag_acc_norm",), "acc_norm"),
+    ("accuracy", ("hellaswag_acc_norm", "val_accuracy"), "HellaSwag acc_norm / assistant token accuracy"),
 )
 
 
@@ -60,7 +60,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
                 if not steps:
                     continue
                 style = "--" if key.startswith("val") and title == "loss" else "-"
-                if title == "HellaSwag":
+                if key.startswith("hellaswag"):
                     axis.plot(steps, values, "o", color=color, alpha=0.3, markersize=3)
                     axis.plot(steps, smooth(values), style, color=color, label=f"{name} (smoothed)")
                 else:

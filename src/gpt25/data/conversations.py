@@ -1,0 +1,266 @@
+"""Conversations for fine-tuning: read from a source, checked, split, rendered and packed into rows.
+
+Sources (`--data` of `gpt25 sft`): JSONL files of {"messages": [{"role", "content"}, ...]} per line
+(smol-smoltalk's format), Parquet files with a `messages` column, folders and globs of them,
+`hf:NAME[:CONFIG]` (streamed from the Hugging Face Hub, e.g. hf:HuggingFaceTB/smol-smoltalk) or
+`python-docs-chat`, the embedded chat set. A conversation that is not one to train on (unknown role,
+empty message, no assistant turn, `messages` not a list) is skipped and counted; a line that is not
+a JSON object with `messages` makes the whole file malformed (one error naming file:line).
+
+Packing: rendered conversations (ids + loss mask, `chat_format.render_conversation`) are laid
+end to end into rows of `row_length` = context_length + 1 tokens; a conversation that does not fit
+in the row's rest starts a new row, the rest is padding (never trained). A row's first token is a
+role token, so each trained token is a target exactly once: every assistant token of every
+conversation is trained once per pass over the rows. One longer than a row is cut (and counted);
+one cut so that no trained token is left is dropped (and counted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpt25.data.chat_set import CHAT_SET_SPEC, iter_chat_set
+from gpt25.data.hub import iter_hf_rows
+from gpt25.data.sources import SourceStats, expand_paths, iter_utf8_lines
+from gpt25.files import atomic_path
+from gpt25.tokenizer import Tokenizer
+from gpt25.tokenizer.chat_format import add_chat_tokens, message_problem, render_conversation
+from gpt25.tokenizer.codec import END_OF_TEXT
+
+IGNORE_INDEX = -100  # the target of a position that is not trained (cross_entropy's ignore_index)
+LOADER_VERSION = 1
+_MESSAGE_INDEX = re.compile(r"message \d+")
+
+
+@dataclass
+class ConversationStats:
+    """What reading and packing did: conversations kept, skipped (by reason), cut, dropped."""
+
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    cut: int = 0
+    dropped: int = 0  # cut so that no assistant token was left
+
+    def report(self) -> str:
+        """One line for the log, e.g. '1,200 conversations; skipped 3 (2 no assistant turn, ...); 4 cut'."""
+        line = f"{self.kept:,} conversations"
+        if self.skipped:
+            reasons = ", ".join(f"{count} {reason}" for reason, count in self.skipped.most_common())
+            line += f"; skipped {sum(self.skipped.values()):,} ({reasons})"
+        if self.cut:
+            line += f"; {self.cut:,} longer than the context, cut"
+        if self.dropped:
+            line += f" ({self.dropped:,} of them dropped: nothing of the assistant left)"
+        return line
+
+
+def conversation_problem(messages: Any) -> str | None:
+    """Why `messages` cannot be trained on (None when it can); the message index left out, so problems count together."""
+    problem = message_problem(messages)
+    if problem is None and not any(message["role"] == "assistant" for message in messages):
+        problem = "no assistant turn"
+    return _MESSAGE_INDEX.sub("a message", problem) if problem else None
+
+
+def iter_conversations(spec: str, stats: ConversationStats) -> Iterator[list[dict]]:
+    """The usable conversations of one source spec (see the module docstring), skipped ones counted in `stats`."""
+    for messages in _iter_raw_messages(spec):
+        problem = conversation_problem(messages)
+        if problem:
+            stats.skipped[problem] += 1
+        else:
+            stats.kept += 1
+            yield messages
+
+
+def _iter_raw_messages(spec: str) -> Iterator[Any]:
+    if spec == CHAT_SET_SPEC:
+        yield from iter_chat_set()
+    elif spec.startswith("hf:"):
+        name, _, config = spec[3:].partition(":")
+        for row_number, row in enumerate(iter_hf_rows(name, config or None)):
+            if "messages" not in row:
+                raise ValueError(f"{spec} row {row_number}: no field 'messages' (found: {', '.join(row)}); "
+                                 "conversation datasets need a 'messages' list of {role, content}")
+            yield row["messages"]
+    else:
+        for path in expand_paths(spec):
+            if path.suffix == ".parquet":
+                yield from _parquet_messages(path)
+            elif path.suffix in (".jsonl", ".json"):
+                yield from _jsonl_messages(path)
+            else:
+                raise ValueError(f"{path}: conversations come from .jsonl or .parquet files, "
+                                 f"'hf:NAME[:CONFIG]' or '{CHAT_SET_SPEC}'")
+
+
+def _jsonl_messages(path: Path) -> Iterator[Any]:
+    for line_number, line in iter_utf8_lines(path, SourceStats()):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{line_number}: not a JSON object ({error.msg}); conversation files hold "
+                             'one {"messages": [...]} object per line') from None
+        if not isinstance(record, dict) or "messages" not in record:
+            raise ValueError(f"{path}:{line_number}: no 'messages' field; conversation files hold "
+                             'one {"messages": [{"role": ..., "content": ...}, ...]} object per line')
+        yield record["messages"]
+
+
+def _parquet_messages(path: Path) -> Iterator[Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        if "messages" not in parquet.schema_arrow.names:
+            raise ValueError(f"{path}: no column 'messages' (found: {', '.join(parquet.schema_arrow.names)}); "
+                             "conversation files need a 'messages' list of {role, content}")
+        for batch in parquet.iter_batches(columns=["messages"], batch_size=1024):
+            yield from batch.column(0).to_pylist()
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(f"{path} is not a readable Parquet file ({' '.join(str(error).split())})") from None
+
+
+def is_validation(messages: list[dict], val_fraction: float) -> bool:
+    """Whether a conversation is held out: a hash of its content, so the split never depends on order."""
+    digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+
+
+def write_chat_set(path: str | Path, tokenizer_dir: str | Path | None = None,
+                   val_fraction: float = 0.05) -> dict[str, int]:
+    """Write the embedded chat set as JSONL (atomically) and return its size: conversations, held-out ones,
+    messages and, with a tokenizer, tokens and trained (assistant) tokens in the chat format."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"--out {path} is a folder; give the file to write, e.g. --out {path / 'chat.jsonl'}")
+    tokenizer = add_chat_tokens(Tokenizer.load(tokenizer_dir)) if tokenizer_dir else None
+    sizes = dict.fromkeys(("conversations", "validation", "messages", "tokens", "assistant_tokens"), 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as file:
+        for messages in iter_chat_set():
+            file.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+            sizes["conversations"] += 1
+            sizes["validation"] += is_validation(messages, val_fraction)
+            sizes["messages"] += len(messages)
+            if tokenizer is not None:
+                rendered = render_conversation(tokenizer, messages)
+                sizes["tokens"] += len(rendered.ids)
+                sizes["assistant_tokens"] += sum(rendered.mask)
+    return sizes
+
+
+@dataclass
+class PackedRows:
+    """Rows of packed conversations: tokens (rows, row_length) int32 and, per token, whether it is trained."""
+
+    tokens: np.ndarray
+    trained: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def batch(self, rows: np.ndarray, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of the given rows, each (len(rows), row_length - 1) int64; untrained targets IGNORE_INDEX."""
+        tokens = torch.from_numpy(self.tokens[rows].astype(np.int64))  # (batch, row_length)
+        trained = torch.from_numpy(self.trained[rows, 1:])  # (batch, row_length - 1)
+        targets = torch.where(trained, tokens[:, 1:], IGNORE_INDEX)
+        return tokens[:, :-1].to(device), targets.to(device)
+
+
+def pack_conversations(conversations: Iterable[list[dict]], tokenizer: Tokenizer, row_length: int,
+                       stats: ConversationStats) -> PackedRows:
+    """Render and pack conversations in order into rows of `row_length` tokens (see the module docstring)."""
+    pad_id = tokenizer.token_id(END_OF_TEXT)
+    rows_ids: list[list[int]] = []
+    rows_trained: list[list[bool]] = []
+    row_ids: list[int] = []
+    row_trained: list[bool] = []
+    for messages in conversations:
+        rendered = render_conversation(tokenizer, messages)
+        ids, trained = rendered.ids, rendered.mask
+        if len(ids) > row_length:
+            stats.cut += 1
+            ids, trained = ids[:row_length], trained[:row_length]
+            if not any(trained[1:]):
+                stats.dropped += 1
+                continue
+        if len(row_ids) + len(ids) > row_length:
+            rows_ids.append(row_ids)
+            rows_trained.append(row_trained)
+            row_ids, row_trained = [], []
+        row_ids += ids
+        row_trained += trained
+    if row_ids:
+        rows_ids.append(row_ids)
+        rows_trained.append(row_trained)
+    tokens = np.full((len(rows_ids), row_length), pad_id, dtype=np.int32)
+    trained_array = np.zeros((len(rows_ids), row_length), dtype=bool)
+    for index, (ids, trained) in enumerate(zip(rows_ids, rows_trained, strict=True)):
+        tokens[index, :len(ids)] = ids
+        trained_array[index, :len(trained)] = trained
+    return PackedRows(tokens, trained_array)
+
+
+class PackedLoader:
+    """Seeded, rank-disjoint batches of packed rows, resumable to the exact batch.
+
+    The rows are read as one stream of epochs, each a fresh permutation of all rows, `batch_size`
+    rows per rank per batch; a batch may span two epochs, so every epoch is every row exactly once.
+    """
+
+    def __init__(self, rows: PackedRows, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 device: torch.device | str = "cpu") -> None:
+        if not len(rows):
+            raise ValueError("no conversations to train on")
+        self.rows, self.batch_size, self.rank, self.world_size = rows, batch_size, rank, world_size
+        self.seed, self.device = seed, device
+        self.position = 0  # rows consumed by all ranks together since the first epoch began
+        self._orders: dict[int, np.ndarray] = {}
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def epoch(self) -> float:
+        return self.position / len(self.rows)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's next (inputs, targets), each (batch_size, row_length - 1) int64 on the device."""
+        first = self.position + self.rank * self.batch_size
+        row_indices = np.array([self._row_at(position) for position in range(first, first + self.batch_size)])
+        self.position += self.global_batch_size
+        return self.rows.batch(row_indices, self.device)
+
+    def _row_at(self, position: int) -> int:
+        epoch, offset = divmod(position, len(self.rows))
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))}
+        return int(self._orders[epoch][offset])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": LOADER_VERSION, "position": self.position, "seed": self.seed, "num_rows": len(self.rows)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where `state` left off (the same packed rows and seed; any world or batch size)."""
+        expected = {"version": LOADER_VERSION, "seed": self.seed, "num_rows": len(self.rows)}
+        mismatched = {key: (state.get(key), value) for key, value in expected.items() if state.get(key) != value}
+        if mismatched:
+            details = ", ".join(f"{key} saved {saved} vs now {now}" for key, (saved, now) in mismatched.items())
+            raise ValueError(f"loader state does not fit these conversations ({details}); resume with the same "
+                             "--data, --seed, --context_length and --val_fraction")
+        self.position = int(state["position"])
