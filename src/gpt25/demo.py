@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from gpt25.chat import chat
 from gpt25.checkpoint import list_checkpoints, load_for_inference, read_meta
 from gpt25.data import load_split, read_manifest
 from gpt25.data.chat_set import CHAT_SET_SPEC
@@ -28,9 +28,8 @@ from gpt25.data.prepare import PrepareConfig, prepare
 from gpt25.data.sources import iter_default_corpus, write_corpus_file
 from gpt25.eval.run import run_evaluation
 from gpt25.files import write_json_atomic, write_text_atomic
-from gpt25.sample import generate, generate_tokens
+from gpt25.sample import generate
 from gpt25.tokenizer import Tokenizer, train_bpe
-from gpt25.tokenizer.chat_format import render_prompt, reply_stop_ids
 from gpt25.train import TrainConfig, plot_runs, train
 from gpt25.train.config import SFTConfig, read_toml_settings
 from gpt25.train.sft import sft
@@ -208,24 +207,12 @@ def chat_samples(paths: dict[str, Path], config: DemoConfig) -> list[dict[str, s
     """Each question answered by the chat model beside the base model's continuation of it (both sampled as the
     demo's samples are: temperature 0.8, top-p 0.9, seed 1337)."""
     base, base_tokenizer, _ = load_for_inference(paths["run"], paths["tokenizer"], config.device)
-    chat, chat_tokenizer, _ = load_for_inference(paths["sft"], paths["sft"] / "tokenizer", config.device)
-    return [{"question": question, "chat": chat_reply(chat, chat_tokenizer, question),
+    chat_model, chat_tokenizer, _ = load_for_inference(paths["sft"], paths["sft"] / "tokenizer", config.device)
+    return [{"question": question,
+             "chat": chat(chat_model, chat_tokenizer, [{"role": "user", "content": question}], max_new_tokens=60,
+                          seed=1337),
              "base": generate(base, base_tokenizer, question, max_new_tokens=40, seed=1337)[0]}
             for question in QUESTIONS]
-
-
-def chat_reply(model: torch.nn.Module, tokenizer: Tokenizer, question: str, max_new_tokens: int = 60) -> str:
-    """The chat model's reply to one user message (temperature 0.8, top-p 0.9, seed 1337), up to its end-of-turn."""
-    prompt = torch.tensor([render_prompt(tokenizer, [{"role": "user", "content": question}])],
-                          device=next(model.parameters()).device)  # (1, prompt_len)
-    stop_ids = set(reply_stop_ids(tokenizer))
-    generator = torch.Generator(device=prompt.device).manual_seed(1337)
-    with torch.no_grad():
-        generated = generate_tokens(model, prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_p=0.9,
-                                    vocab_size=tokenizer.vocab_size, generator=generator,
-                                    on_step=lambda token: int(token[0]) in stop_ids)[0].tolist()
-    reply = next((generated[:index] for index, token in enumerate(generated) if token in stop_ids), generated)
-    return tokenizer.decode(reply)
 
 
 def write_report(paths: dict[str, Path], config: DemoConfig, results: dict[str, Any]) -> dict[str, str]:
