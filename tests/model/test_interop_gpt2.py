@@ -134,14 +134,14 @@ def test_an_openai_gpt2_folder_imports_and_evaluates_with_the_gpt2_tokenizer(tmp
                    "--merges", GPT2_TOKENIZER / "gpt2_merges.txt", "--out", tmp_path / "tokenizer") == 0
     model = random_model(ModelConfig.preset("gpt2", **SHAPE | dict(vocab_size=50257, num_layers=1, d_model=32)))
     folder = openai_style_folder(model, tmp_path / "gpt2")
-    assert run_cli("checkpoint", "import", folder, "--tokenizer", tmp_path / "tokenizer", "--out", tmp_path / "gpt2") == 0
-    assert json.loads((tmp_path / "gpt2" / "meta.json").read_text())["imported_from"]["layout"] == "gpt2-hf"
+    assert run_cli("checkpoint", "import", folder, "--tokenizer", tmp_path / "tokenizer", "--out", tmp_path / "imported") == 0
+    assert json.loads((tmp_path / "imported" / "meta.json").read_text())["imported_from"]["layout"] == "gpt2-hf"
     examples = [{"ctx": "The cat sat on the", "endings": ["mat.", "dog", "away", "then"], "label": 0}] * 2
     (tmp_path / "hellaswag.jsonl").write_text("".join(json.dumps(example) + "\n" for example in examples))
-    assert run_cli("eval", "--checkpoint", tmp_path / "gpt2", "--tokenizer", tmp_path / "tokenizer",
+    assert run_cli("eval", "--checkpoint", tmp_path / "imported", "--tokenizer", tmp_path / "tokenizer",
                    "--hellaswag", tmp_path / "hellaswag.jsonl", "--device", "cpu", "--out", tmp_path / "eval.json") == 0
     assert json.loads((tmp_path / "eval.json").read_text())["hellaswag"]["n"] == 2
-    assert run_cli("export", "hf", "--checkpoint", tmp_path / "gpt2", "--tokenizer", tmp_path / "tokenizer",
+    assert run_cli("export", "hf", "--checkpoint", tmp_path / "imported", "--tokenizer", tmp_path / "tokenizer",
                    "--out", tmp_path / "again") == 0
     again = json.loads((tmp_path / "again" / "config.json").read_text())
     assert again["model_type"] == "gpt2" and again["eos_token_id"] == 50256
