@@ -40,13 +40,14 @@ from gpt25.serve.engine import Engine
 from gpt25.tokenizer import Tokenizer
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu-small.toml"
-MODEL_KEYS = ("context_length", "num_layers", "d_model", "num_heads", "d_ff", "rope_theta")
+MODEL_KEYS = ("context_length", "num_layers", "d_model", "num_heads", "rope_theta")  # d_ff: the preset's
 
 
 def demo_size_model() -> TransformerLM:
     settings = tomllib.loads(DEMO_CONFIG.read_text())
     torch.manual_seed(0)
-    return TransformerLM(ModelConfig(vocab_size=4096, **{key: settings[key] for key in MODEL_KEYS})).eval()
+    shape = {key: settings[key] for key in MODEL_KEYS}
+    return TransformerLM(ModelConfig.preset("gpt25", vocab_size=4096, **shape)).eval()
 
 
 def workload(clients: int, per_client: int, seed: int) -> list[list[dict]]:
