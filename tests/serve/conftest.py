@@ -26,10 +26,10 @@ def byte_tokenizer() -> Tokenizer:
     return Tokenizer({index: bytes([index]) for index in range(256)}, [], ["<|endoftext|>"])
 
 
-def tiny_lm(vocab_size: int = 257, context_length: int = 256, seed: int = 0) -> TransformerLM:
+def tiny_lm(vocab_size: int = 257, context_length: int = 256, seed: int = 0, arch: str = "gpt25") -> TransformerLM:
     torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=vocab_size, context_length=context_length, d_model=32, num_layers=2,
-                         num_heads=2, d_ff=64)
+    config = ModelConfig.preset(arch, vocab_size=vocab_size, context_length=context_length, d_model=32, num_layers=2,
+                                num_heads=2, d_ff=64)
     return TransformerLM(config).eval()
 
 

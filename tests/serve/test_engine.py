@@ -22,8 +22,9 @@ def request(prompt: bytes, max_tokens: int, temperature: float = 0.0, **settings
     return made
 
 
-def test_rows_that_join_and_leave_mid_batch_decode_as_if_alone() -> None:
-    model, tokenizer = tiny_lm(), byte_tokenizer()
+@pytest.mark.parametrize("arch", ["gpt25", "gpt2"])  # RoPE per row; learned positions per row
+def test_rows_that_join_and_leave_mid_batch_decode_as_if_alone(arch: str) -> None:
+    model, tokenizer = tiny_lm(arch=arch), byte_tokenizer()
     engine = Engine(model, tokenizer.vocab, tokenizer.vocab_size, max_batch=3)
     # Different prompt lengths and budgets: rows leave at different steps, queued ones take their slots.
     requests = [request(b"Hello", 5), request(b"a longer prompt", 30), request(b"x", 12), request(b"12345", 20),

@@ -108,7 +108,7 @@ class TransformerLM(nn.Module):
         if self.position_embeddings is not None:
             seq_len = token_ids.shape[1]
             positions = kv_cache.token_positions(seq_len) if kv_cache is not None else slice(0, seq_len)
-            x = x + self.position_embeddings.weight[positions]  # (seq, d_model) broadcast over the batch
+            x = x + self.position_embeddings.weight[positions]  # (seq, d_model) or a cache's (batch, seq, d_model)
         for layer in self.layers:
             x = layer(x, kv_cache)
         logits = self.head(self.ln_final(x), kv_cache)  # (batch, seq, vocab)

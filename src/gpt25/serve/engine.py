@@ -82,6 +82,11 @@ class BatchKVCache(KVCache):
         self.step_positions = torch.tensor(lengths, dtype=torch.long, device=self.key_positions.device)
         self.position = max(lengths)  # the model checks position + 1 fits the context
 
+    def token_positions(self, seq_len: int) -> torch.Tensor:
+        """(rows, 1): each row's position, for learned position embeddings (broadcast as (rows, 1, d_model))."""
+        self._require_one_token(seq_len)
+        return self.step_positions[:, None]
+
     def rotary_angles(self, cos: torch.Tensor, sin: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (rows, 1, 1, 1, head_dim / 2): each row's angles, broadcast over q/k (rows, 1, 2, heads, ...)."""
         self._require_one_token(seq_len)
