@@ -177,6 +177,9 @@ def test_chat_in_a_pseudo_terminal(chat_run) -> None:
     command = [sys.executable, "-m", "gpt25", "chat", "--checkpoint", str(chat_run), "--temperature", "0"]
     pid, controller = pty.fork()  # the child's controlling terminal is the pty, so Ctrl-C there is a SIGINT
     if pid == 0:
+        # An ignored SIGINT survives exec, and Python then installs no KeyboardInterrupt handler: a test that ran
+        # earlier in this process may have left it ignored.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execv(sys.executable, command)
     exit_code = None
     try:
