@@ -106,12 +106,17 @@ def halves_to_interleaved(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     return weight.reshape(num_heads, 2, head_dim // 2, d_in).transpose(1, 2).reshape(d_out, d_in)
 
 
+def expand_names(global_names: dict[str, str], layer_names: dict[str, str], num_layers: int) -> dict[str, str]:
+    """The global names and the per-layer names of every layer ({i} filled in), ours -> theirs."""
+    names = dict(global_names)
+    for index in range(num_layers):
+        names.update({ours.format(i=index): theirs.format(i=index) for ours, theirs in layer_names.items()})
+    return names
+
+
 def name_map(num_layers: int) -> dict[str, str]:
     """Every gpt25 state-dict name -> its transformers Llama name."""
-    names = dict(GLOBAL_NAMES)
-    for index in range(num_layers):
-        names.update({ours.format(i=index): theirs.format(i=index) for ours, theirs in LAYER_NAMES.items()})
-    return names
+    return expand_names(GLOBAL_NAMES, LAYER_NAMES, num_layers)
 
 
 def to_hf_state_dict(state_dict: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
@@ -146,10 +151,7 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -
 
 def gpt2_name_map(num_layers: int) -> dict[str, str]:
     """Every gpt25 state-dict name of a GPT-2 model but the attention inputs -> its GPT-2 name (no prefix)."""
-    names = dict(GPT2_GLOBAL_NAMES)
-    for index in range(num_layers):
-        names.update({ours.format(i=index): theirs.format(i=index) for ours, theirs in GPT2_LAYER_NAMES.items()})
-    return names
+    return expand_names(GPT2_GLOBAL_NAMES, GPT2_LAYER_NAMES, num_layers)
 
 
 def to_gpt2_state_dict(state_dict: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:

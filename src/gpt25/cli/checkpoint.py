@@ -37,7 +37,7 @@ def _register_import(actions: argparse._SubParsersAction) -> None:
     importer = actions.add_parser(
         "import", help="convert another project's checkpoint into a gpt25 checkpoint directory",
         description="Detect SRC's layout (the GPT 2.5 seed's DCP folder, its Hugging Face folder, or a "
-        "transformers Llama folder) and write a gpt25 checkpoint directory, with its tokenizer in "
+        "transformers Llama or GPT-2 folder) and write a gpt25 checkpoint directory, with its tokenizer in "
         "DIR/tokenizer, that eval, generate, export hf and train --checkpoint take.")
     importer.add_argument("src", metavar="SRC", help="checkpoint folder to import")
     importer.add_argument("--out", required=True, metavar="DIR", help="gpt25 checkpoint directory to write")

@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `gpt25 demo` to the parser."""
     parser = subparsers.add_parser(
         "demo",
-        help="run the whole pipeline on the embedded Python-docs corpus, then fine-tune a chat model (CPU, ~9 minutes)",
+        help="run the whole pipeline on the embedded Python-docs corpus, then fine-tune a chat model (CPU; --minutes sets the pretraining budget)",
         description="Build the embedded corpus, train a BPE tokenizer, tokenize into shards, train a small "
         "model, evaluate it against a unigram baseline, sample, fine-tune it into a chat model on the embedded chat "
         "set, ask it a few questions, and write RUN_DIR/report.md + results.png. "
