@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# The processes that tests start (the CLI, the demo) get one OpenMP thread, as the tests themselves do (below):
+# CI runs two test workers on two cores, so a second thread per process only competes for a core that the other
+# worker is using, and OpenMP's barriers then wait for it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 SHARED_DATA = Path(os.environ.get("GPT25_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
@@ -42,10 +47,17 @@ def _seed_everything() -> None:
         pass
 
 
+# The files that take minutes (their module fixtures run whole pipelines), started first: CI gives test files to its two
+# workers in collection order (`--dist loadfile --no-loadscope-reorder`), so the short files fill in around them.
+LONGEST_FILES = ("tests/test_demo.py", "tests/test_gpu_check.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `cuda` skip, with the reason, on a machine without a CUDA GPU."""
+    """The longest files first (the order within each file kept); tests marked `cuda` skip, with the reason, on a
+    machine without a CUDA GPU."""
     import torch
 
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in LONGEST_FILES)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run by benchmarks/gpu_check.sh on a GPU machine)")

@@ -1,4 +1,4 @@
-"""`gpt25 demo --minutes 1` end to end in a temporary folder, checking every artefact it leaves."""
+"""`gpt25 demo` end to end in a temporary folder, checking every artefact it leaves."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from gpt25.demo import unigram_loss
 from gpt25.tokenizer import Tokenizer
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu-tiny.toml"
 
 
 def test_unigram_loss_of_uniform_tokens_is_log_vocab() -> None:
@@ -25,9 +26,10 @@ def test_unigram_loss_of_uniform_tokens_is_log_vocab() -> None:
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo with configs/cpu-tiny.toml for 120 steps: every stage as a user runs it, in a few minutes."""
     out = tmp_path_factory.mktemp("demo") / "run"
-    completed = subprocess.run([sys.executable, "-m", "gpt25", "demo", "--out", str(out), "--minutes", "1",
-                                "--sft_steps", "20"],
+    completed = subprocess.run([sys.executable, "-m", "gpt25", "demo", "--out", str(out), "--minutes", "2",
+                                "--sft_steps", "20", "--config", str(TINY_CONFIG)],
                                capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "report:" in completed.stdout
@@ -52,7 +54,7 @@ def test_demo_checkpoint_loads_and_beats_the_unigram_baseline(demo_dir: Path) ->
     checkpoints = list_checkpoints(demo_dir / "run")
     assert checkpoints
     model, meta = load_model(demo_dir / "run")
-    assert meta["step"] == 60 and model.config.vocab_size == Tokenizer.load(demo_dir / "tokenizer").vocab_size
+    assert meta["step"] == 120 and model.config.vocab_size == Tokenizer.load(demo_dir / "tokenizer").vocab_size
     results = json.loads((demo_dir / "eval.json").read_text())
     assert results["val_loss"] < results["unigram_loss"] - 0.5, results
 
