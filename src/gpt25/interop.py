@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from gpt25.checkpoint import load_for_inference, read_weights, save_weights, write_consolidated
+from gpt25.checkpoint import load_for_inference, read_weights, save_weights
 from gpt25.files import atomic_folder
 from gpt25.model import ARCHITECTURES, ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
@@ -406,16 +406,6 @@ def import_hf(hf_dir: str | Path) -> tuple[TransformerLM, dict]:
     model = TransformerLM(config)
     model.load_state_dict(state, assign=True)
     return model.eval(), hf
-
-
-def save_consolidated(model: TransformerLM, path: str | Path, extra_meta: dict | None = None) -> Path:
-    """Write `<name>.safetensors` + `<name>.json` (gpt25-checkpoint meta) that gpt25.checkpoint.load_model reads."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"output must end in .safetensors, got {path}")
-    meta = {"format": "gpt25-checkpoint", "version": 1, "step": 0, "model_config": model.config.to_dict(),
-            "train_config": {}, "tokenizer_fingerprint": None, "world_size": 1, "sharded": False, **(extra_meta or {})}
-    return write_consolidated(model, path, meta)
 
 
 def upload_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:

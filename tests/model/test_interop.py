@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt25.checkpoint import load_model, make_meta, write_consolidated
 from gpt25.interop import (
     export_hf,
     halves_to_interleaved,
     import_hf,
     interleaved_to_halves,
-    save_consolidated,
     upload_to_hub,
 )
 from gpt25.model import ModelConfig, TransformerLM
@@ -90,10 +90,9 @@ def test_import_back_is_exact(model: TransformerLM, exported: Path) -> None:
 
 
 def test_consolidated_file_loads_with_checkpoint_module(model: TransformerLM, tmp_path: Path) -> None:
-    checkpoint = pytest.importorskip("gpt25.checkpoint")
-    path = save_consolidated(model, tmp_path / "imported.safetensors")
+    path = write_consolidated(model, tmp_path / "imported.safetensors", make_meta(0, model.config))
     assert json.loads(path.with_suffix(".json").read_text())["format"] == "gpt25-checkpoint"
-    loaded, meta = checkpoint.load_model(path)
+    loaded, meta = load_model(path)
     assert loaded.config == CONFIG and meta["model_config"] == CONFIG.to_dict()
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
     exported = export_hf(path, None, tmp_path / "from-file")  # a checkpoint path, no tokenizer
@@ -199,7 +198,7 @@ def test_safetensors_files_get_the_umask_mode(model, tmp_path, umask):
     old_umask = os.umask(umask)
     try:
         exported = export_hf(model, None, tmp_path / "hf")
-        consolidated = save_consolidated(model, tmp_path / "model.safetensors")
+        consolidated = write_consolidated(model, tmp_path / "model.safetensors", make_meta(0, model.config))
     finally:
         os.umask(old_umask)
     expected = 0o666 & ~umask
