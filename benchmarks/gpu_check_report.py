@@ -204,7 +204,7 @@ def sft_rows(table: Table, work: Path) -> dict:
     steps = max(row["step"] for row in rows)
     table.add("7 SFT, serving", "gpt25 sft tokens/s (median of log windows)", f"{statistics.median(rates):,.0f}")
     table.add("7 SFT, serving", "held-out assistant loss, token accuracy: first, last evaluation",
-              ", ".join(f"step {row['step']}: {row['val_loss']:.3f}, {row['val_accuracy']:.1%}"
+              "; ".join(f"step {row['step']}: {row['val_loss']:.3f}, {row['val_accuracy']:.1%}"
                         for row in (evaluations[0], evaluations[-1])))
     table.add("7 SFT, serving", "SFT steps done", str(steps))
     return {"tokens_per_second": statistics.median(rates), "steps": steps,
@@ -219,8 +219,7 @@ def engine_rows(table: Table, results: dict | None) -> None:
         label = f"engine {results['config']}, {row['concurrency']} concurrent x {results['max_tokens']} tokens"
         table.add("7 SFT, serving", f"{label}: tok/s", f"engine {row['engine_tokens_per_second']:,.0f}, one at a "
                   f"time {row['one_at_a_time_tokens_per_second']:,.0f} ({row['ratio']:.2f}x)")
-        table.add("7 SFT, serving", f"{label}: greedy ids, batch vs alone", "same" if row["same"] else "differ",
-                  "same", row["same"])
+        table.add("7 SFT, serving", f"{label}: greedy ids, batch vs alone", "same" if row["same"] else "differ")
 
 
 def sft_and_serve_rows(table: Table, work: Path) -> dict:

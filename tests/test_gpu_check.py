@@ -14,8 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GPT25_SHARED_DATA", ROOT.parent / "shared" / "data"))  # absent: the embedded corpus
-STAGES = ["setup", "cuda_tests", "generate", "train", "model_step", "sync_cost", "resume", "data_scaling",
-          "sft_and_serve", "suite"]
+# In the order of stages.tsv: the dry run runs the training chain (train, resume, SFT) beside the other stages.
+STAGES = ["setup", "cuda_tests", "generate", "model_step", "sync_cost", "data_scaling", "suite", "train", "resume",
+          "sft_and_serve"]
 
 
 @pytest.mark.slow
@@ -47,3 +48,11 @@ def test_the_cpu_dry_run_runs_every_stage_and_summarises_them(tmp_path: Path) ->
     assert re.search(r"\| 6 suite \| tests \| [1-9]\d* passed, 0 failed", summary)  # the dry run's one test file
     stage_headers = re.findall(r"^=== \d+s: ", (tmp_path / "out" / "log.txt").read_text(), flags=re.MULTILINE)
     assert len(stage_headers) == len(STAGES) + 1  # every stage and the summary; pytest's own "===" lines excluded
+
+
+def test_the_engine_benchmark_imports_without_the_http_packages() -> None:
+    """The GPU machine has no fastapi, uvicorn or httpx: benchmarks/engine.py must not need them."""
+    blocked = "import sys; sys.modules.update(fastapi=None, uvicorn=None, httpx=None); import engine"
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT / "src")])}
+    result = subprocess.run([sys.executable, "-c", blocked], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
