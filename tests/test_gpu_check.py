@@ -37,7 +37,8 @@ def test_the_cpu_dry_run_runs_every_stage_and_summarises_them(tmp_path: Path) ->
     sft = results["sft_and_serve"]  # 4 steps from the train stage's checkpoint, evaluated at steps 2 and 4
     assert sft["steps"] == 4 and sft["tokens_per_second"] > 0
     assert [evaluation["step"] for evaluation in sft["evaluations"]] == [2, 4]
-    assert all(evaluation["val_loss"] > 0 for evaluation in sft["evaluations"])
+    first, last = sft["evaluations"]
+    assert 0 < last["val_loss"] < first["val_loss"]  # the held-out assistant loss falls (one thread: deterministic)
     engine = results["raw"]["engine"]["rows"]
     assert [row["concurrency"] for row in engine] == [1, 8, 32] and all(row["same"] for row in engine)
     assert all(row["engine_tokens_per_second"] > 0 and row["one_at_a_time_tokens_per_second"] > 0 for row in engine)
