@@ -15,17 +15,21 @@
 # default 540; 1800 for the dry run), so a slow stage cannot eat the rest:
 #   1 the CUDA tests (-m cuda)        2 generation benchmark          3 the 124M recipe through
 #   `gpt25 train` + model step vs transformers + the NaN guard's sync  4 SIGTERM and resume
-#   5 `data prepare` with 1-16 workers  6 the whole suite               7 SFT and serving (once they exist)
+#   5 `data prepare` with 1-16 workers  7 `gpt25 sft` from stage 3's checkpoint + the serving engine
+#   (benchmarks/engine.py)              6 the whole suite, last: it takes whatever time is left
+# The dry run runs the same command lines, but stages 1 and 6 on one test file each (the suite itself
+# runs the dry run), SFT on a few written conversations instead of the embedded chat set, and the
+# training chain (train, resume, SFT) beside the other stages.
 # It ends with one summary table (benchmarks/gpu_check_report.py) and leaves in $OUT (default
-# runs/gpu_check): log.txt, summary.md, results.json, stages.tsv, tests.xml, suite.xml and the run's
-# metrics.jsonl.
+# runs/gpu_check): log.txt, summary.md, results.json, stages.tsv, tests.xml, suite.xml and the train
+# and SFT runs' metrics.jsonl.
 set -uo pipefail
 
 export mode=gpu
 case "${1:-}" in
     "") ;;
     --cpu-dry-run) mode=dry ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument '$1'; use --cpu-dry-run or nothing" >&2; exit 2 ;;
 esac
 
@@ -58,17 +62,27 @@ if [ $mode = gpu ]; then
     RESUME="--config configs/gpt25-124m.toml --batch_size 4 --grad_accum_steps 1 --train_steps 100000
             --warmup_steps 5 --save_every 20 --eval_every 0 --eval_steps 2 --log_every 1"
     DATA_COPIES=8 WORKER_COUNTS="1 2 4 8 16" SUITE_WORKERS=14
+    SFT="--context_length 1024 --batch_size 16 --train_steps 60 --warmup_steps 6 --lr 1e-4 --dtype bfloat16
+         --eval_every 30 --eval_steps 8 --save_every 60 --log_every 10"
+    SFT_DATA=python-docs-chat
+    ENGINE="--config 124m --dtype bf16 --max-tokens 64"
+    CUDA_TESTS=tests SUITE_TESTS=tests
 else
     DEVICE=cpu
     TINY="--context_length 32 --d_model 32 --num_layers 2 --num_heads 2 --d_ff 64"
     GENERATE="--configs tiny --batch-sizes 1 --new-tokens 8 --repeats 1 --dtype fp32 --skip-no-cache"
     TRAIN="$TINY --batch_size 8 --train_steps 6 --warmup_steps 2 --eval_every 3 --eval_steps 2 --save_every 6
            --log_every 1"
-    MODEL_STEP="--configs tiny --dtypes fp32 --batch-size 2 --steps 2 --warmup 1"
+    MODEL_STEP="--configs tiny --dtypes fp32 --batch-size 1 --steps 1 --warmup 0"
     SYNC="--set context_length=32 d_model=32 num_layers=2 num_heads=2 d_ff=64 batch_size=4 --steps 2 --repeats 1"
-    RESUME="$TINY --batch_size 8 --train_steps 100000 --warmup_steps 2 --save_every 5 --eval_every 0 --eval_steps 2
+    RESUME="$TINY --batch_size 4 --train_steps 100000 --warmup_steps 2 --save_every 2 --eval_every 0 --eval_steps 2
             --log_every 1"
     DATA_COPIES=1 WORKER_COUNTS="1 2" SUITE_WORKERS=0
+    SFT="--batch_size 4 --train_steps 4 --warmup_steps 1 --lr 1e-3 --val_fraction 0.25 --eval_every 2
+         --eval_steps 2 --save_every 4 --log_every 1"
+    SFT_DATA=$WORK/chat.jsonl  # the embedded set takes ~20 s of CPU to build: a few written conversations instead
+    ENGINE="--config tiny --dtype fp32 --max-tokens 8 --threads 1"
+    CUDA_TESTS=tests/model/test_model_cuda.py SUITE_TESTS=tests/test_files.py
 fi
 set +a
 
@@ -77,7 +91,8 @@ stamp() { echo; echo "=== $(( $(date +%s) - started ))s: $*"; }
 
 # stage NAME BUDGET_SECONDS COMMAND...: runs COMMAND under the smaller of its budget and the time left,
 # then SIGINT (pytest still writes its report, training saves), and records name, exit status, seconds
-# and budget in stages.tsv (status "skipped" past the deadline).
+# and budget in $STAGES_TSV (status "skipped" past the deadline).
+STAGES_TSV=$OUT/stages.tsv
 stage() {
     local name=$1 budget=$2; shift 2
     local left=$(( DEADLINE - $(date +%s) ))
@@ -85,13 +100,13 @@ stage() {
     stamp "$name (time box ${budget}s)"
     if [ "$left" -lt 15 ]; then
         echo "skipped: ${left}s left before the deadline"
-        printf '%s\tskipped\t0\t%s\n' "$name" "$budget" >> "$OUT/stages.tsv"
+        printf '%s\tskipped\t0\t%s\n' "$name" "$budget" >> "$STAGES_TSV"
         return
     fi
     local begun=$(date +%s) status=0
     timeout --signal INT --kill-after 15 "$budget" bash -c '"$@"' stage "$@" || status=$?
     [ $status = 124 ] && echo "timed out after ${budget}s"
-    printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - begun ))" "$budget" >> "$OUT/stages.tsv"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - begun ))" "$budget" >> "$STAGES_TSV"
 }
 
 # ----- 0. set-up: the machine, the C extensions, GPT-2's tokenizer and the English shards -----
@@ -123,7 +138,7 @@ setup() {
 # ----- 1. the CUDA tests -----
 
 cuda_tests() {
-    $PY -m pytest -q -p no:cacheprovider -m cuda --timeout 240 --junitxml "$OUT/tests.xml" tests
+    $PY -m pytest -q -p no:cacheprovider -m cuda --timeout 240 --junitxml "$OUT/tests.xml" $CUDA_TESTS
 }
 
 # ----- 2. generation: graph-replayed cached vs eager cached vs no cache vs transformers -----
@@ -151,7 +166,8 @@ sync_cost() {
 
 # ----- 4. SIGTERM after a checkpoint, resume with --checkpoint latest, against an uninterrupted run -----
 # All three runs have the same (never reached) --train_steps, so the schedule is the same and no run can
-# finish before its signal: the comparison does not depend on the machine's speed.
+# finish before its signal: the comparison does not depend on the machine's speed. The uninterrupted run
+# trains beside the other two.
 
 last_step() {  # the newest step in RUN_DIR/metrics.jsonl (0 when none); its last line may be half-written
     tail -n 2 "$1/metrics.jsonl" 2>/dev/null | sed -n 's/^{"step": \([0-9]*\).*/\1/p' | tail -n 1 | grep . || echo 0
@@ -164,7 +180,7 @@ train_until() {
     $G train $RESUME --device $DEVICE --data "$WORK/shards" --tokenizer "$WORK/tok" --out "$run" "$@" \
         >> "$run.log" 2>&1 &
     local trainer=$!
-    until eval "$condition" || ! kill -0 $trainer 2>/dev/null; do sleep 0.05; done
+    until eval "$condition" || ! kill -0 $trainer 2>/dev/null; do sleep 0.1; done
     kill -"$signal" $trainer 2>/dev/null
     wait $trainer
     echo $?
@@ -173,13 +189,15 @@ train_until() {
 resume() {
     local save_every=$(sed -n 's/.*--save_every \([0-9]*\).*/\1/p' <<< "$RESUME")
     local until_step=$(( 3 * save_every ))
-    train_until "$WORK/straight" TERM "[ \$(last_step $WORK/straight) -ge $until_step ]" > /dev/null
+    train_until "$WORK/straight" TERM "[ \$(last_step $WORK/straight) -ge $until_step ]" > /dev/null &
+    local straight=$!
     train_until "$WORK/resumed" TERM "[ -d $WORK/resumed/checkpoints/step_$(printf %07d "$save_every") ]" \
         > "$WORK/interrupted_status"
     ls "$WORK/resumed/checkpoints" | tail -n 1 | sed 's/step_0*//' > "$WORK/resume_step"
     echo "interrupted run: exit status $(cat "$WORK/interrupted_status") (143: stopped by SIGTERM after saving)," \
         "saved at step $(cat "$WORK/resume_step")"
     train_until "$WORK/resumed" TERM "[ \$(last_step $WORK/resumed) -ge $until_step ]" --checkpoint latest > /dev/null
+    wait $straight
     echo "compared up to step $until_step: straight run at $(last_step "$WORK/straight"), resumed at $(last_step "$WORK/resumed")"
     grep -h "error" "$WORK/straight.log" "$WORK/resumed.log" | head -5
 }
@@ -203,45 +221,65 @@ print(json.load(open(sys.argv[1]))['last_run']['seconds'])" "$WORK/scaling/manif
     done
 }
 
-# ----- 6. the whole suite on this machine -----
+# ----- 7. `gpt25 sft` from stage 3's checkpoint; the serving engine against one request at a time -----
+
+write_chat_sample() {  # FILE: a few short conversations in the --data JSONL format (the dry run's SFT data)
+    for first in $(seq 1 8); do
+        for second in $(seq 1 8); do
+            printf '{"messages": [{"role": "user", "content": "What is %s + %s?"}, ' "$first" "$second"
+            printf '{"role": "assistant", "content": "%s"}]}\n' "$(( first + second ))"
+        done
+    done > "$1"
+}
+
+sft_and_serve() {  # the engine first: it needs nothing from earlier stages
+    local status=0
+    $PY benchmarks/engine.py --device $DEVICE $ENGINE --json "$WORK/engine.json" || status=1
+    if ! ls -d "$WORK"/run/checkpoints/step_* > /dev/null 2>&1; then
+        echo "sft: stage 3 (train) left no checkpoint in $WORK/run/checkpoints, so there is no base model to fine-tune"
+        status=1
+    else
+        [ $mode = dry ] && write_chat_sample "$SFT_DATA"
+        $G sft $SFT --device $DEVICE --checkpoint "$WORK/run" --tokenizer "$WORK/tok" --data "$SFT_DATA" \
+            --out "$WORK/sft" 2>&1 | tr '\r' '\n' | grep -v "^train:"
+        [ "${PIPESTATUS[0]}" = 0 ] || status=1
+    fi
+    return $status
+}
+
+# ----- 6. the whole suite on this machine (the dry run: one file, since the suite runs the dry run) -----
 
 suite() {
-    if [ $mode = dry ]; then  # the dry run only collects: the suite runs the dry run itself
-        $PY -m pytest -q -p no:cacheprovider --collect-only tests | tail -1
-    else
-        $PY -m pytest -q -p no:cacheprovider -n $SUITE_WORKERS --timeout 300 --junitxml "$OUT/suite.xml" tests |
-            tail -25
-    fi
+    $PY -m pytest -q -p no:cacheprovider -n $SUITE_WORKERS --timeout 300 --junitxml "$OUT/suite.xml" $SUITE_TESTS |
+        tail -25
 }
 
-# ----- 7. SFT and serving: their commands join this check from the day they exist -----
-
-sft_and_serve() {
-    {
-        $G sft --help > /dev/null 2>&1 && echo "gpt25 sft exists: add its GPU run here" || echo "gpt25 sft: not in gpt25 yet"
-        [ -f benchmarks/serve.py ] && echo "benchmarks/serve.py exists: add its GPU run here" ||
-            echo "benchmarks/serve.py: not in gpt25 yet"
-    } | tee "$WORK/sft_and_serve.txt"
-}
-
-export -f stamp setup cuda_tests last_step train_until generate_benchmark train_recipe model_step sync_cost resume data_scaling suite \
-    sft_and_serve
+export -f stamp setup cuda_tests last_step train_until generate_benchmark train_recipe model_step sync_cost resume data_scaling \
+    write_chat_sample sft_and_serve suite
 if [ $mode = gpu ]; then
-    budgets=(40 75 90 140 100 70 90 45 600 10)
+    budgets=(40 75 90 140 100 70 90 45 75 600)
 else
-    budgets=(300 300 300 300 300 300 300 300 300 60)  # the dry run checks that stages work, not their time
+    budgets=(300 300 300 300 300 300 300 300 300 300)  # the dry run checks that stages work, not their speed
 fi
-stage setup "${budgets[0]}" setup
-stage cuda_tests "${budgets[1]}" cuda_tests
-stage generate "${budgets[2]}" generate_benchmark
-stage train "${budgets[3]}" train_recipe
-stage model_step "${budgets[4]}" model_step
-stage sync_cost "${budgets[5]}" sync_cost
-stage resume "${budgets[6]}" resume
-stage data_scaling "${budgets[7]}" data_scaling
-stage suite "${budgets[8]}" suite
-stage sft_and_serve "${budgets[9]}" sft_and_serve
+NAMES=(setup cuda_tests generate train model_step sync_cost resume data_scaling sft_and_serve suite)
+COMMANDS=(setup cuda_tests generate_benchmark train_recipe model_step sync_cost resume data_scaling sft_and_serve suite)
+run_stages() {  # INDEX...: those stages of NAMES, one after another
+    for index in "$@"; do stage "${NAMES[$index]}" "${budgets[$index]}" "${COMMANDS[$index]}"; done
+}
+
+run_stages 0
+if [ $mode = gpu ]; then
+    run_stages 1 2 3 4 5 6 7 8 9
+else  # two lanes side by side: the training chain (stage 3's checkpoint feeds 7) with its own log, and the rest
+    STAGES_TSV=$WORK/chain.tsv run_stages 3 6 8 > "$WORK/chain.log" 2>&1 &
+    chain=$!
+    run_stages 1 2 4 5 7 9
+    wait $chain
+    cat "$WORK/chain.log"
+    cat "$WORK/chain.tsv" >> "$STAGES_TSV"
+fi
 cp "$WORK/run/metrics.jsonl" "$OUT/run_metrics.jsonl" 2>/dev/null
+cp "$WORK/sft/metrics.jsonl" "$OUT/sft_metrics.jsonl" 2>/dev/null
 
 stamp "summary"
 $PY benchmarks/gpu_check_report.py --work "$WORK" --out "$OUT" --mode $mode

@@ -194,9 +194,39 @@ def scaling_rows(table: Table, work: Path) -> dict:
             for workers, (wall, tokenizing) in timings.items()}
 
 
-def note_rows(table: Table, stage: str, path: Path) -> None:
-    for line in path.read_text().splitlines() if path.is_file() else ["no result (see log.txt)"]:
-        table.add(stage, "status", line)
+def sft_rows(table: Table, work: Path) -> dict:
+    rows = read_jsonl(work / "sft" / "metrics.jsonl")
+    rates = [row["tokens_per_second"] for row in rows if row.get("tokens_per_second")][1:]  # first: warm-up
+    evaluations = [row for row in rows if "val_loss" in row]
+    if not rates or not evaluations:
+        table.add("7 SFT, serving", "gpt25 sft", "no metrics (see log.txt)", "", False)
+        return {}
+    steps = max(row["step"] for row in rows)
+    table.add("7 SFT, serving", "gpt25 sft tokens/s (median of log windows)", f"{statistics.median(rates):,.0f}")
+    table.add("7 SFT, serving", "held-out assistant loss, token accuracy: first, last evaluation",
+              "; ".join(f"step {row['step']}: {row['val_loss']:.3f}, {row['val_accuracy']:.1%}"
+                        for row in (evaluations[0], evaluations[-1])))
+    table.add("7 SFT, serving", "SFT steps done", str(steps))
+    return {"tokens_per_second": statistics.median(rates), "steps": steps,
+            "evaluations": [{name: row[name] for name in ("step", "val_loss", "val_accuracy")}
+                            for row in (evaluations[0], evaluations[-1])]}
+
+
+def engine_rows(table: Table, results: dict | None) -> None:
+    if results is None:
+        table.add("7 SFT, serving", "benchmarks/engine.py", "no result (see log.txt)", "", False)
+    for row in (results or {}).get("rows", []):
+        label = f"engine {results['config']}, {row['concurrency']} concurrent x {results['max_tokens']} tokens"
+        table.add("7 SFT, serving", f"{label}: tok/s", f"engine {row['engine_tokens_per_second']:,.0f}, one at a "
+                  f"time {row['one_at_a_time_tokens_per_second']:,.0f} ({row['ratio']:.2f}x)")
+        table.add("7 SFT, serving", f"{label}: greedy ids, batch vs alone", "same" if row["same"] else "differ")
+
+
+def sft_and_serve_rows(table: Table, work: Path) -> dict:
+    """The SFT run's figures (returned for results.json) and the engine's rows (in results.json's raw)."""
+    figures = sft_rows(table, work)
+    engine_rows(table, read_json(work / "engine.json"))
+    return figures
 
 
 def stage_rows(table: Table, stages: list[list[str]]) -> bool:
@@ -224,13 +254,13 @@ def main() -> None:
         ("sync_cost", lambda: sync_rows(table, read_json(args.work / "sync.json"))),
         ("resume", lambda: resume_rows(table, args.work)),
         ("data_scaling", lambda: scaling_rows(table, args.work)),
-        ("suite", lambda: tests_rows(table, "6 suite", junit_counts(args.out / "suite.xml")) if args.mode == "gpu" else None),
-        ("sft_and_serve", lambda: note_rows(table, "7 SFT, serving", args.work / "sft_and_serve.txt")),
+        ("sft_and_serve", lambda: sft_and_serve_rows(table, args.work)),
+        ("suite", lambda: tests_rows(table, "6 suite", junit_counts(args.out / "suite.xml"))),
     ]
     for name, section in sections:
         if name in ran:
             results[name] = section()
-    results["raw"] = {name: read_json(args.work / f"{name}.json") for name in ("generate", "model", "sync")}
+    results["raw"] = {name: read_json(args.work / f"{name}.json") for name in ("generate", "model", "sync", "engine")}
     all_finished = stage_rows(table, stages)
     text = table.markdown()
     print(text)
