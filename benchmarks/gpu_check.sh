@@ -18,8 +18,7 @@
 #   5 `data prepare` with 1-16 workers  7 `gpt25 sft` from stage 3's checkpoint + the serving engine
 #   (benchmarks/engine.py)              6 the whole suite, last: it takes whatever time is left
 # The dry run runs the same command lines, but stages 1 and 6 on one test file each (the suite itself
-# runs the dry run), SFT on a few written conversations instead of the embedded chat set, and the
-# training chain (train, resume, SFT) beside the other stages.
+# runs the dry run), and SFT on a few written conversations instead of the embedded chat set.
 # It ends with one summary table (benchmarks/gpu_check_report.py) and leaves in $OUT (default
 # runs/gpu_check): log.txt, summary.md, results.json, stages.tsv, tests.xml, suite.xml and the train
 # and SFT runs' metrics.jsonl.
@@ -91,8 +90,7 @@ stamp() { echo; echo "=== $(( $(date +%s) - started ))s: $*"; }
 
 # stage NAME BUDGET_SECONDS COMMAND...: runs COMMAND under the smaller of its budget and the time left,
 # then SIGINT (pytest still writes its report, training saves), and records name, exit status, seconds
-# and budget in $STAGES_TSV (status "skipped" past the deadline).
-STAGES_TSV=$OUT/stages.tsv
+# and budget in stages.tsv (status "skipped" past the deadline).
 stage() {
     local name=$1 budget=$2; shift 2
     local left=$(( DEADLINE - $(date +%s) ))
@@ -100,13 +98,13 @@ stage() {
     stamp "$name (time box ${budget}s)"
     if [ "$left" -lt 15 ]; then
         echo "skipped: ${left}s left before the deadline"
-        printf '%s\tskipped\t0\t%s\n' "$name" "$budget" >> "$STAGES_TSV"
+        printf '%s\tskipped\t0\t%s\n' "$name" "$budget" >> "$OUT/stages.tsv"
         return
     fi
     local begun=$(date +%s) status=0
     timeout --signal INT --kill-after 15 "$budget" bash -c '"$@"' stage "$@" || status=$?
     [ $status = 124 ] && echo "timed out after ${budget}s"
-    printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - begun ))" "$budget" >> "$STAGES_TSV"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - begun ))" "$budget" >> "$OUT/stages.tsv"
 }
 
 # ----- 0. set-up: the machine, the C extensions, GPT-2's tokenizer and the English shards -----
@@ -261,23 +259,16 @@ if [ $mode = gpu ]; then
 else
     budgets=(300 300 300 300 300 300 300 300 300 300)  # the dry run checks that stages work, not their speed
 fi
-NAMES=(setup cuda_tests generate train model_step sync_cost resume data_scaling sft_and_serve suite)
-COMMANDS=(setup cuda_tests generate_benchmark train_recipe model_step sync_cost resume data_scaling sft_and_serve suite)
-run_stages() {  # INDEX...: those stages of NAMES, one after another
-    for index in "$@"; do stage "${NAMES[$index]}" "${budgets[$index]}" "${COMMANDS[$index]}"; done
-}
-
-run_stages 0
-if [ $mode = gpu ]; then
-    run_stages 1 2 3 4 5 6 7 8 9
-else  # two lanes side by side: the training chain (stage 3's checkpoint feeds 7) with its own log, and the rest
-    STAGES_TSV=$WORK/chain.tsv run_stages 3 6 8 > "$WORK/chain.log" 2>&1 &
-    chain=$!
-    run_stages 1 2 4 5 7 9
-    wait $chain
-    cat "$WORK/chain.log"
-    cat "$WORK/chain.tsv" >> "$STAGES_TSV"
-fi
+stage setup "${budgets[0]}" setup
+stage cuda_tests "${budgets[1]}" cuda_tests
+stage generate "${budgets[2]}" generate_benchmark
+stage train "${budgets[3]}" train_recipe
+stage model_step "${budgets[4]}" model_step
+stage sync_cost "${budgets[5]}" sync_cost
+stage resume "${budgets[6]}" resume
+stage data_scaling "${budgets[7]}" data_scaling
+stage sft_and_serve "${budgets[8]}" sft_and_serve
+stage suite "${budgets[9]}" suite
 cp "$WORK/run/metrics.jsonl" "$OUT/run_metrics.jsonl" 2>/dev/null
 cp "$WORK/sft/metrics.jsonl" "$OUT/sft_metrics.jsonl" 2>/dev/null
 

@@ -14,9 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GPT25_SHARED_DATA", ROOT.parent / "shared" / "data"))  # absent: the embedded corpus
-# In the order of stages.tsv: the dry run runs the training chain (train, resume, SFT) beside the other stages.
-STAGES = ["setup", "cuda_tests", "generate", "model_step", "sync_cost", "data_scaling", "suite", "train", "resume",
-          "sft_and_serve"]
+STAGES = ["setup", "cuda_tests", "generate", "train", "model_step", "sync_cost", "resume", "data_scaling", "sft_and_serve",
+          "suite"]
 
 
 @pytest.mark.slow
