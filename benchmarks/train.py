@@ -48,8 +48,8 @@ SMALL_MODEL = dict(d_model=128, num_layers=2, num_heads=4, d_ff=352, context_len
 
 def prepare_data(workdir: Path, vocab_size: int, num_chars: int) -> tuple[str, str]:
     """A BPE tokenizer and train/val shards from the embedded Python-docs corpus."""
+    from gpt25.data.default_corpus import iter_default_corpus, write_corpus_file
     from gpt25.data.prepare import PrepareConfig, prepare
-    from gpt25.data.sources import iter_default_corpus, write_corpus_file
     from gpt25.tokenizer import train_bpe
 
     documents, size = [], 0

@@ -1,4 +1,4 @@
-"""Document sources: plain text, JSONL, Parquet, Hugging Face (through its local-file builders), python-docs."""
+"""Document sources: plain text, JSONL, Parquet, Hugging Face (through its local-file builders)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import warnings
-from itertools import islice
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,15 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt25.data import sources
-from gpt25.data.sources import (
-    SourceStats,
-    iter_default_corpus,
-    iter_documents,
-    iter_stdlib_docstrings,
-    iter_utf8_lines,
-    write_corpus_file,
-)
+from gpt25.data import source_tasks, sources
+from gpt25.data.sources import SourceStats, iter_documents, iter_utf8_lines
 
 
 def documents(*specs: str, **options) -> list[str]:
@@ -203,41 +195,6 @@ def test_unreachable_hub_is_one_line(tmp_path: Path) -> None:
         assert "needs the internet, and the Hugging Face Hub is unreachable (" in stderr
 
 
-def test_stdlib_extraction_skips_tests_and_bad_files(tmp_path: Path) -> None:
-    (tmp_path / "good.py").write_text(
-        '"""Module doc."""\nclass K:\n    """Class doc."""\n    def f(self, x=1):\n        """Method\n        doc."""\n'
-    )
-    (tmp_path / "latin.py").write_bytes('# -*- coding: latin-1 -*-\n"""Caf\xe9 doc."""\n'.encode("latin-1"))
-    (tmp_path / "broken.py").write_text('"""Never seen."""\ndef (:\n')
-    (tmp_path / "nodoc.py").write_text("x = 1\n")
-    for folder in ("test", "site-packages", "idlelib/idle_test"):
-        (tmp_path / folder).mkdir(parents=True)
-        (tmp_path / folder / "m.py").write_text('"""Skipped."""\n')
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "__init__.py").write_text('"""Package doc."""\n')
-    assert list(iter_stdlib_docstrings(tmp_path)) == [
-        "module good\n\nModule doc.\n\nclass good.K\n\nClass doc.\n\ngood.K.f(self, x=1)\n\nMethod\ndoc.",
-        "module latin\n\nCafé doc.",
-        "module pkg\n\nPackage doc.",
-    ]
-
-
-@pytest.fixture(scope="module")
-def default_corpus() -> list[str]:
-    return list(iter_default_corpus())
-
-
-def test_embedded_corpus(default_corpus: list[str], tmp_path: Path) -> None:
-    names = [document.split("\n", 1)[0] for document in default_corpus]
-    assert len(default_corpus) > 500 and sum(map(len, default_corpus)) > 1_500_000
-    assert "module json" in names and "module email.mime.text" in names and "if" in names
-    assert not any(name.startswith(("module test.", "module idlelib.idle_test")) for name in names)
-    assert len(set(names)) == len(names) and all(document.strip() for document in default_corpus)
-    assert write_corpus_file(default_corpus[:3], tmp_path / "c.txt")[0] == 3
-    assert (tmp_path / "c.txt").read_text(encoding="utf-8").split("<|endoftext|>") == default_corpus[:3]
-    assert list(islice(iter_documents(["python-docs"]), 20)) == default_corpus[:20]
-
-
 def test_compressed_files_are_refused(tmp_path: Path) -> None:
     """Workers read byte ranges of the raw file; a .gz would be tokenized as garbage text."""
     import gzip
@@ -267,8 +224,8 @@ def test_binary_and_utf16_files_are_refused(tmp_path: Path, name: str, data: byt
     path.write_bytes(data)
     for read in (
         lambda: documents(str(tmp_path)),
-        lambda: sources.read_paragraph_block(path, 0, 4),
-        lambda: sources.read_line_block(path, 0, 4),
+        lambda: source_tasks.read_paragraph_block(path, 0, 4),
+        lambda: source_tasks.read_line_block(path, 0, 4),
     ):
         with pytest.raises(ValueError, match=f"{path} {problem}.*convert it to UTF-8") as error:
             read()
@@ -301,17 +258,3 @@ def test_corrupt_parquet_error_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "bad.parquet").write_bytes(data[:20] + b"\xff" * (middle - 20) + data[middle:])  # damaged pages
     with pytest.raises(ValueError, match=rf"{tmp_path / 'bad.parquet'} is not a readable Parquet file"):
         documents(str(tmp_path / "bad.parquet"))
-
-
-def test_corpus_file_leaves_nothing_behind_on_errors(tmp_path: Path) -> None:
-    def interrupted():
-        yield "one"
-        raise KeyboardInterrupt
-
-    (tmp_path / "corpus.txt").write_text("earlier")
-    with pytest.raises(KeyboardInterrupt):
-        write_corpus_file(interrupted(), tmp_path / "corpus.txt")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
-    assert (tmp_path / "corpus.txt").read_text() == "earlier"
-    with pytest.raises(IsADirectoryError, match=rf"--out {tmp_path} is a folder; give the file to write"):
-        write_corpus_file(["x"], tmp_path)

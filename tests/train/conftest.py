@@ -20,8 +20,8 @@ TINY_MODEL = ["--d_model", "32", "--num_layers", "2", "--num_heads", "2", "--d_f
 @pytest.fixture(scope="session")
 def corpus_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """{"data": shard dir, "tokenizer": tokenizer dir} for ~400 kB of real English/Python-docs text."""
+    from gpt25.data.default_corpus import iter_default_corpus, write_corpus_file
     from gpt25.data.prepare import PrepareConfig, prepare
-    from gpt25.data.sources import iter_default_corpus, write_corpus_file
     from gpt25.tokenizer import Tokenizer, train_bpe
 
     root = tmp_path_factory.mktemp("train_data")

@@ -1,6 +1,8 @@
 """Data pipeline: text sources -> parallel tokenization -> token shards -> resumable batches.
 
-    gpt25.data.sources   documents from files, folders, globs, JSONL/Parquet, python-docs (embedded)
+    gpt25.data.sources   documents from files, folders, globs, JSONL/Parquet, Hugging Face, python-docs
+    gpt25.data.source_tasks    the sources cut into byte-range tasks that parallel workers read
+    gpt25.data.default_corpus  the embedded python-docs corpus (stdlib docstrings, pydoc topics)
     gpt25.data.hub       Hugging Face: streamed datasets, `gpt25 data download`, offline errors
     gpt25.data.prepare   PrepareConfig + prepare(): streaming train/val split into shards, resume
     gpt25.data.parallel  ordered, memory-bounded multi-process tokenization

@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 
-from gpt25.data.sources import iter_stdlib_modules, module_docstrings
+from gpt25.data.default_corpus import iter_stdlib_modules, module_docstrings
 
 CHAT_SET_SPEC = "python-docs-chat"
 MAX_ANSWER_CHARS = 600
