@@ -103,15 +103,6 @@ def iter_pydoc_topics() -> Iterator[str]:
             yield f"{name}\n\n{text}"
 
 
-def corpus_size(documents: Iterable[str]) -> tuple[int, int]:
-    """(number of documents, UTF-8 bytes) of a document stream."""
-    num_documents = num_bytes = 0
-    for document in documents:
-        num_documents += 1
-        num_bytes += len(document.encode("utf-8"))
-    return num_documents, num_bytes
-
-
 def write_corpus_file(documents: Iterable[str], path: str | os.PathLike) -> tuple[int, int]:
     """Write documents joined by "<|endoftext|>" (for `gpt25 tokenizer train`) atomically; returns
     (docs, bytes). On any error (or Ctrl-C) the temporary file goes and `path` is left as it was."""
