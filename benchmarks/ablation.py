@@ -17,7 +17,7 @@ cross_entropy from gpt25, and the validation score is gpt25.eval.loss.evaluate_l
 shards carry the full GPT-2 vocabulary.
 
     uv run python benchmarks/ablation.py --quick           # ~5 minutes on 2 idle cores
-    uv run python benchmarks/ablation.py                   # ~45-60 minutes: 14 variants x 3 seeds
+    uv run python benchmarks/ablation.py                   # ~35 minutes on 2 idle cores: 14 variants x 3 seeds
     uv run python benchmarks/ablation.py --variants gpt2 gpt25 --seeds 5
 """
 
