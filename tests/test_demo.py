@@ -28,7 +28,7 @@ def test_unigram_loss_of_uniform_tokens_is_log_vocab() -> None:
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo with configs/cpu-tiny.toml for 120 steps: every stage as a user runs it, in a few minutes."""
     out = tmp_path_factory.mktemp("demo") / "run"
-    completed = subprocess.run([sys.executable, "-m", "gpt25", "demo", "--out", str(out), "--minutes", "2",
+    completed = subprocess.run([sys.executable, "-m", "gpt25", "demo", "--out", str(out), "--train_steps", "120",
                                 "--sft_steps", "20", "--config", str(TINY_CONFIG)],
                                capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -99,3 +99,41 @@ def test_a_signal_during_training_ends_the_demo_with_its_status(tmp_path: Path, 
         main(["demo", "--out", str(tmp_path / "demo")])
     assert exit_info.value.code == 143
     assert "[4/9] train stopped by SIGTERM; run `gpt25 demo` again with the same --out" in capsys.readouterr().out
+
+
+def test_the_budget_buys_whole_steps_and_never_fewer_than_the_minimum() -> None:
+    from gpt25.demo import MIN_TRAIN_STEPS, steps_for_budget
+
+    assert steps_for_budget(5, 1.0) == 272  # 300 s over 1.1 s a step (the step plus the loop's overhead)
+    assert steps_for_budget(5, 2.5) == 109
+    assert steps_for_budget(0.1, 60.0) == MIN_TRAIN_STEPS
+
+
+def test_train_steps_come_from_the_flag_then_an_earlier_run_then_the_timed_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gpt25.demo as demo
+
+    paths = demo.demo_paths(tmp_path)
+    Tokenizer({index: bytes([index]) for index in range(256)}, [], ["<|endoftext|>"]).save(paths["tokenizer"])
+    settings = demo.read_toml_settings(TINY_CONFIG) | {"data": str(tmp_path), "tokenizer": str(paths["tokenizer"]),
+                                                       "out": str(paths["run"])}
+    timed = []
+    monkeypatch.setattr(demo, "time_training_step", lambda config, vocab_size: timed.append(vocab_size) or 0.5)
+    config = demo.DemoConfig(out=tmp_path, minutes=1.0)
+    assert demo.resolve_train_steps(paths, config, settings) == 109 and timed == [257]  # 60 s / (0.5 s x 1.1)
+    assert config.seconds_per_step == 0.5 and "0.50 s a step, timed on this machine" in demo.steps_source(config)
+    paths["run"].mkdir(parents=True)
+    (paths["run"] / "config.json").write_text(json.dumps({"train_steps": 77}))
+    assert demo.resolve_train_steps(paths, demo.DemoConfig(out=tmp_path), settings) == 77
+    assert demo.resolve_train_steps(paths, demo.DemoConfig(out=tmp_path, train_steps=12), settings) == 12
+    assert timed == [257]
+
+
+def test_a_training_step_is_timed_on_the_configured_model() -> None:
+    from gpt25.demo import read_toml_settings, time_training_step
+    from gpt25.train import TrainConfig
+
+    settings = read_toml_settings(TINY_CONFIG) | {"data": ".", "tokenizer": ".", "out": ".", "batch_size": 2}
+    seconds = time_training_step(TrainConfig(**settings), vocab_size=300, repeats=1)
+    assert 0 < seconds < 60
+    assert time_training_step(TrainConfig(**settings | {"grad_accum_steps": 3}), vocab_size=300, repeats=1) > seconds

@@ -10,6 +10,7 @@ demo doubles as a tutorial. A second run reuses the corpus, tokenizer and shards
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gpt25.chat import chat
 from gpt25.checkpoint import list_checkpoints, load_for_inference, read_meta
@@ -28,6 +30,8 @@ from gpt25.data.default_corpus import iter_default_corpus, write_corpus_file
 from gpt25.data.prepare import PrepareConfig, prepare
 from gpt25.eval.run import run_evaluation
 from gpt25.files import write_json_atomic, write_text_atomic
+from gpt25.model import TransformerLM, parameter_groups
+from gpt25.optim import AdamW, cross_entropy
 from gpt25.sample import generate
 from gpt25.tokenizer import Tokenizer, train_bpe
 from gpt25.train import TrainConfig, plot_runs, train
@@ -36,10 +40,12 @@ from gpt25.train.sft import sft
 
 EOT = "<|endoftext|>"
 CPU_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cpu-small.toml"
-# Optimizer steps per minute of the demo budget: cpu-small (batch 16 x 256 tokens) runs at about
-# one step per second on 2 cores. A fixed number, so the same --minutes always trains on the same
-# tokens, whatever the machine's speed.
-STEPS_PER_MINUTE = 60
+MIN_TRAIN_STEPS = 20
+# What training adds to the timed step: loading batches, 8 evaluations, 4 checkpoints, logging.
+TRAINING_OVERHEAD = 1.1
+# Fine-tuning steps per pretraining step when --sft_steps is not given: an SFT step (8 rows of 256 tokens)
+# costs about half a pretraining step (16 x 256), so fine-tuning takes about a fifth of pretraining's time.
+SFT_STEPS_PER_TRAIN_STEP = 0.4
 PROMPT = "Return a new"
 QUESTIONS = ("What does `shutil.copytree` do?", "What arguments does `json.dumps` take?",
              "How do I return the final component of a pathname?")
@@ -52,7 +58,8 @@ class DemoConfig:
     """Settings of `gpt25 demo`."""
 
     out: Path = Path("runs/demo")
-    minutes: float = 5.0  # training budget; the other stages add about a minute on 2 cores
+    minutes: float = 5.0  # the pretraining budget on this machine (timed steps decide how many fit)
+    train_steps: int | None = None  # exactly this many instead: the same tokens on any machine
     fresh: bool = False
     vocab_size: int = 4096
     config: Path = CPU_CONFIG
@@ -60,12 +67,9 @@ class DemoConfig:
     device: str = "cpu"
     prompt: str = PROMPT
     num_samples: int = 3
-    sft_steps: int = 120
+    sft_steps: int | None = None  # default: SFT_STEPS_PER_TRAIN_STEP x the pretraining steps
+    seconds_per_step: float | None = None  # measured when the steps come from --minutes
     timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def train_steps(self) -> int:
-        return max(20, round(self.minutes * STEPS_PER_MINUTE))
 
 
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -74,8 +78,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     A SIGINT/SIGTERM during training or fine-tuning ends the demo after the trainer's checkpoint: the
     results then stop at "train" (or "sft"), whose `stopped_by` names the signal.
     """
-    if config.minutes <= 0 or config.sft_steps < 1:
-        raise ValueError(f"--minutes and --sft_steps must be positive, got {config.minutes} and {config.sft_steps}")
+    if config.minutes <= 0 or min(config.train_steps or 1, config.sft_steps or 1) < 1:
+        raise ValueError(f"--minutes, --train_steps and --sft_steps must be positive, got {config.minutes}, "
+                         f"{config.train_steps} and {config.sft_steps}")
     if not config.config.is_file():
         raise FileNotFoundError(f"training config {config.config} not found; pass --config FILE.toml")
     if config.fresh and config.out.exists():
@@ -152,14 +157,58 @@ def train_model(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
     finished = list_checkpoints(paths["run"])
     settings = read_toml_settings(config.config) | {
         "data": str(paths["shards"]), "tokenizer": str(paths["tokenizer"]), "out": str(paths["run"]),
-        "train_steps": config.train_steps, "device": config.device, "arch": config.arch,
-        "eval_every": max(1, config.train_steps // 8), "save_every": max(1, config.train_steps // 4),
+        "device": config.device, "arch": config.arch,
     }
+    config.train_steps = resolve_train_steps(paths, config, settings)
+    config.sft_steps = config.sft_steps or max(MIN_TRAIN_STEPS, round(config.train_steps * SFT_STEPS_PER_TRAIN_STEP))
+    settings |= {"train_steps": config.train_steps, "eval_every": max(1, config.train_steps // 8),
+                 "save_every": max(1, config.train_steps // 4)}
     if finished and read_step(finished[-1]) >= config.train_steps:
         return {"reused": True, "checkpoint": str(finished[-1]), "train_steps": config.train_steps}
     if finished:
         settings["checkpoint"] = "latest"
     return train(TrainConfig(**settings))
+
+
+def resolve_train_steps(paths: dict[str, Path], config: DemoConfig, settings: dict[str, Any]) -> int:
+    """--train_steps when given; else an earlier run's (so that a second demo reuses or resumes it); else as many
+    steps as fit --minutes at the speed measured here."""
+    if config.train_steps:
+        return config.train_steps
+    earlier = paths["run"] / "config.json"
+    if earlier.is_file():
+        return int(json.loads(earlier.read_text())["train_steps"])
+    train_config = TrainConfig(**settings)
+    vocab_size = Tokenizer.load(paths["tokenizer"]).vocab_size
+    config.seconds_per_step = time_training_step(train_config, vocab_size)
+    return steps_for_budget(config.minutes, config.seconds_per_step)
+
+
+def steps_for_budget(minutes: float, seconds_per_step: float) -> int:
+    """Training steps that fill `minutes` at `seconds_per_step` (with the loop's overhead), at least MIN_TRAIN_STEPS."""
+    return max(MIN_TRAIN_STEPS, int(minutes * 60 / (seconds_per_step * TRAINING_OVERHEAD)))
+
+
+def time_training_step(train_config: TrainConfig, vocab_size: int, repeats: int = 2) -> float:
+    """Seconds of one optimizer step of the configured model on random tokens: the fastest of `repeats` micro-batches
+    (after a first that warms up the allocator and kernels), times grad_accum_steps."""
+    torch.manual_seed(0)
+    device = torch.device(train_config.device)
+    model = TransformerLM(train_config.model_config(vocab_size), device=device)
+    optimizer = AdamW(parameter_groups(model, train_config.weight_decay), lr=train_config.lr)
+    tokens = torch.randint(0, vocab_size, (train_config.batch_size, train_config.context_length + 1),
+                           device=device)  # (batch, context + 1)
+    timings = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        logits = model(tokens[:, :-1])  # (batch, context, vocab)
+        cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - started)
+    return min(timings[1:]) * train_config.grad_accum_steps
 
 
 def read_step(checkpoint: Path) -> int:
@@ -235,7 +284,7 @@ def render_report(paths: dict[str, Path], config: DemoConfig, results: dict[str,
         f"- tokenizer: byte-level BPE, vocab {results['tokenizer']['vocab_size']}, special `{EOT}`",
         f"- shards: {manifest['splits']['train']['tokens']:,} train tokens, {manifest['splits']['val']['tokens']:,} val tokens",
         f"- model and optimizer: `{config.config.name}`, --arch {config.arch}, with train_steps {config.train_steps} "
-        f"(--minutes {config.minutes:g})",
+        f"({steps_source(config)})",
         f"- sampling: temperature 0.8, top-p 0.9, 50 new tokens, prompt {config.prompt!r}",
         f"- fine-tuning: `gpt25 sft` on the embedded chat set, {config.sft_steps} steps of 8 packed rows, "
         "loss on the assistant's tokens only (curves: run `sft` in the plot)",
@@ -277,6 +326,12 @@ def render_report(paths: dict[str, Path], config: DemoConfig, results: dict[str,
         "",
     ]
     return "\n".join(lines)
+
+
+def steps_source(config: DemoConfig) -> str:
+    if config.seconds_per_step is None:
+        return "given, or those of the run reused"
+    return f"--minutes {config.minutes:g} at {config.seconds_per_step:.2f} s a step, timed on this machine"
 
 
 def stage_commands(paths: dict[str, Path], config: DemoConfig) -> list[str]:

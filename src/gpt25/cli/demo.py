@@ -18,9 +18,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     parser.add_argument("--minutes", type=float, default=5.0,
-                        help="training budget in minutes on 2 CPU cores, as a fixed number of steps (default: 5)")
-    parser.add_argument("--sft_steps", type=int, default=120,
-                        help="fine-tuning steps on the embedded chat set, 8 rows of 256 tokens each (default: 120)")
+                        help="pretraining budget in minutes: the demo times a training step on this machine and trains "
+                        "as many steps as fit (default: 5)")
+    parser.add_argument("--train_steps", type=int, default=None,
+                        help="train exactly this many steps instead of --minutes (the same tokens on any machine)")
+    parser.add_argument("--sft_steps", type=int, default=None,
+                        help="fine-tuning steps on the embedded chat set, 8 rows of 256 tokens each "
+                        "(default: 0.4 x the pretraining steps, at least 20)")
     parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
     parser.add_argument("--vocab_size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
     parser.add_argument("--config", type=Path, default=None, help="training config TOML (default: configs/cpu-small.toml)")
@@ -34,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from gpt25.cli.train import stop_status
     from gpt25.demo import DemoConfig, run_demo
 
-    config = DemoConfig(out=args.out, minutes=args.minutes, fresh=args.fresh, vocab_size=args.vocab_size,
-                        arch=args.arch, device=args.device, sft_steps=args.sft_steps)
+    config = DemoConfig(out=args.out, minutes=args.minutes, train_steps=args.train_steps, fresh=args.fresh,
+                        vocab_size=args.vocab_size, arch=args.arch, device=args.device, sft_steps=args.sft_steps)
     if args.config is not None:
         config.config = args.config
     results = run_demo(config)
