@@ -104,8 +104,8 @@ def test_a_signal_during_training_ends_the_demo_with_its_status(tmp_path: Path, 
 def test_the_budget_buys_whole_steps_and_never_fewer_than_the_minimum() -> None:
     from gpt25.demo import MIN_TRAIN_STEPS, steps_for_budget
 
-    assert steps_for_budget(5, 1.0) == 272  # 300 s over 1.1 s a step (the step plus the loop's overhead)
-    assert steps_for_budget(5, 2.5) == 109
+    assert steps_for_budget(5, 1.0) == 200  # 300 s over 1.5 s a step (the step plus the loop's overhead)
+    assert steps_for_budget(5, 2.5) == 80
     assert steps_for_budget(0.1, 60.0) == MIN_TRAIN_STEPS
 
 
@@ -120,7 +120,7 @@ def test_train_steps_come_from_the_flag_then_an_earlier_run_then_the_timed_budge
     timed = []
     monkeypatch.setattr(demo, "time_training_step", lambda config, vocab_size: timed.append(vocab_size) or 0.5)
     config = demo.DemoConfig(out=tmp_path, minutes=1.0)
-    assert demo.resolve_train_steps(paths, config, settings) == 109 and timed == [257]  # 60 s / (0.5 s x 1.1)
+    assert demo.resolve_train_steps(paths, config, settings) == 80 and timed == [257]  # 60 s / (0.5 s x 1.5)
     assert config.seconds_per_step == 0.5 and "0.50 s a step, timed on this machine" in demo.steps_source(config)
     paths["run"].mkdir(parents=True)
     (paths["run"] / "config.json").write_text(json.dumps({"train_steps": 77}))
