@@ -29,14 +29,14 @@ from gpt25.data.conversations import (
     pack_conversations,
 )
 from gpt25.eval.loss import evaluate_assistant_loss
-from gpt25.model import ModelConfig, parameter_groups
-from gpt25.optim import AdamW, cross_entropy
+from gpt25.model import ModelConfig
+from gpt25.optim import cross_entropy
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import add_chat_tokens
 from gpt25.train import distributed
 from gpt25.train.config import SFTConfig
 from gpt25.train.throughput import peak_flops
-from gpt25.train.trainer import DTYPES, Trainer, seed_everything
+from gpt25.train.trainer import DTYPES, Trainer, build_optimizer, seed_everything
 
 
 def sft(config: SFTConfig) -> dict[str, Any]:
@@ -73,10 +73,13 @@ class SFTTrainer(Trainer):
         compile_setting = "on" if config.compiles_on(context.device.type) else "off"
         seed_everything(config.seed)
         self.train_rows, self.val_rows, self.stats = self.load_conversations(config, context_length)
-        rows_per_step = config.batch_size * config.grad_accum_steps * context.world_size
+        grad_accum_steps = dataclasses.replace(config, context_length=context_length).accumulation_for(
+            context.world_size)
+        rows_per_step = config.batch_size * grad_accum_steps * context.world_size
         train_steps = config.train_steps or math.ceil(config.epochs * len(self.train_rows) / rows_per_step)
         self.config = dataclasses.replace(
             config, tokenizer=str(self.run_dir / "tokenizer"), context_length=context_length, train_steps=train_steps,
+            grad_accum_steps=grad_accum_steps,
             min_lr=config.resolved_min_lr, device=str(context.device), parallel=parallel, compile=compile_setting,
             **{name: getattr(base_config, name) for name in ("num_layers", "d_model", "num_heads", "d_ff",
                                                              "rope_theta")})
@@ -85,8 +88,7 @@ class SFTTrainer(Trainer):
         self.lm = distributed.unwrap(self.model)
         self.sharded = distributed.is_fsdp(self.model)
         self.compute_loss = torch.compile(self.model_loss) if compile_setting == "on" else self.model_loss
-        self.optimizer = AdamW(parameter_groups(self.lm, config.weight_decay), lr=config.lr,
-                               betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay)
+        self.optimizer = build_optimizer(self.lm, config)
         self.loader = PackedLoader(self.train_rows, config.batch_size, rank=context.rank,
                                    world_size=context.world_size, seed=config.seed, device=context.device)
         self.hellaswag = None

@@ -2,8 +2,8 @@
 
 `train(config)` runs unchanged in one CPU process and under torchrun (FSDP2 or DDP, see
 `distributed`). Each optimizer step accumulates `grad_accum_steps` micro-batches (gradients are
-synchronised on the last one only), clips the global gradient norm, sets the cosine learning
-rate and steps AdamW. Around the loop: periodic evaluation (validation loss, perplexity, bits per
+synchronised on the last one only), clips the global gradient norm, sets the learning rate
+(cosine or warmup-stable-decay) and steps the optimizer (AdamW or Muon). Around the loop: periodic evaluation (validation loss, perplexity, bits per
 byte, optional HellaSwag), periodic checkpoints, exact resume, a NaN/inf guard that stops before a
 bad update reaches the weights, and SIGTERM / SIGINT handling that saves a checkpoint and stops.
 """
@@ -32,7 +32,7 @@ from gpt25.data import load_split
 from gpt25.data.loader import ShardLoader
 from gpt25.eval import evaluate_hellaswag, evaluate_loss, load_hellaswag
 from gpt25.model import parameter_groups
-from gpt25.optim import AdamW, clip_grad_norm, cosine_lr, cross_entropy
+from gpt25.optim import AdamW, Muon, clip_grad_norm, cross_entropy, learning_rate
 from gpt25.tokenizer import Tokenizer
 from gpt25.train import distributed
 from gpt25.train.config import TrainConfig
@@ -67,6 +67,21 @@ def load_tokenizer(config: TrainConfig) -> tuple[Tokenizer, str]:
         raise FileNotFoundError(f"tokenizer directory {directory} not found; pass --tokenizer DIR "
                                 "(the one the shards were prepared with)")
     return Tokenizer.load(directory), str(directory)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> AdamW:
+    """--optimizer's: AdamW over `parameter_groups`, or Muon for the blocks' matrices and AdamW for the rest."""
+    muon = config.optimizer == "muon"
+    groups = parameter_groups(model, config.weight_decay, config.decay_all, muon=muon)
+    adam = {"lr": config.lr, "betas": (config.beta1, config.beta2), "eps": config.eps,
+            "weight_decay": config.weight_decay}
+    return Muon(groups, muon_lr=config.muon_lr, **adam) if muon else AdamW(groups, **adam)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's lr for this step: `lr`, times a Muon group's ratio of its peak to AdamW's."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_ratio", 1.0)
 
 
 def seed_everything(seed: int) -> None:
@@ -109,6 +124,7 @@ class Trainer:
         parallel = config.parallel if context.is_distributed else "none"
         compile_setting = "on" if config.compiles_on(context.device.type) else "off"
         self.config = dataclasses.replace(config, tokenizer=tokenizer_dir, min_lr=config.resolved_min_lr,
+                                          grad_accum_steps=config.accumulation_for(context.world_size),
                                           device=str(context.device), parallel=parallel, compile=compile_setting)
         self.run_dir = Path(config.out)
         self.dtype = DTYPES[config.dtype]
@@ -119,14 +135,14 @@ class Trainer:
         self.sharded = distributed.is_fsdp(self.model)
         # The loss is compiled with the forward, so the (batch, seq, vocab) logits never round-trip memory in eager.
         self.compute_loss = torch.compile(self.model_loss) if compile_setting == "on" else self.model_loss
-        self.optimizer = AdamW(parameter_groups(self.lm, config.weight_decay, config.decay_all), lr=config.lr,
-                               betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay)
+        self.optimizer = build_optimizer(self.lm, config)
         self.loader = ShardLoader(config.data, "train", config.batch_size, config.context_length, rank=context.rank,
                                   world_size=context.world_size, seed=config.seed, device=context.device,
                                   tokenizer=self.tokenizer)
         self.val_tokens = load_split(config.data, "val", self.tokenizer)
         self.hellaswag = load_hellaswag(config.hellaswag) if config.hellaswag else None
-        self.tokens_per_step = config.batch_size * config.grad_accum_steps * config.context_length * context.world_size
+        self.tokens_per_step = config.batch_size * self.config.grad_accum_steps * config.context_length * \
+            context.world_size
         # eval_steps global batches (without accumulation): the same tokens whatever the number of ranks
         self.eval_tokens = config.eval_steps * config.batch_size * context.world_size * config.context_length
         self.flops_per_token = self.lm.flops_per_token()
@@ -300,10 +316,9 @@ class Trainer:
         before the optimizer step so that a NaN/inf never reaches the weights (`check_finite`).
         """
         # Update number step + 1: the first update already gets a non-zero warmup lr.
-        lr = cosine_lr(self.step + 1, self.config.lr, self.config.min_lr, self.config.warmup_steps,
-                       self.config.train_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = learning_rate(self.config.schedule, self.step + 1, self.config.lr, self.config.min_lr,
+                           self.config.warmup_steps, self.config.train_steps)
+        set_learning_rate(self.optimizer, lr)
         num_micro = self.config.grad_accum_steps
         loss_sum = torch.zeros((), device=self.context.device)
         for micro_step in range(num_micro):
