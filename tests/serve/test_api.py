@@ -233,3 +233,11 @@ def test_the_command_refuses_a_missing_checkpoint_in_one_line(capsys) -> None:
         main(["serve", "--checkpoint", "no/such/run", "--tokenizer", "no/such/tok"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().endswith("pass a run dir, a step dir or a .safetensors file")
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1"])
+def test_the_command_refuses_a_port_outside_1_to_65535_in_one_line(chat_model, port: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--checkpoint", str(chat_model[0]), "--tokenizer", str(chat_model[1]), "--port", port])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"gpt25 serve: error: --port must be in 1-65535, got {port}"]
