@@ -68,8 +68,10 @@ def test_chat_whole_and_streamed(chat_server, chat_model) -> None:
     assert whole.choices[0].message.role == "assistant"
     stream = client(url).chat.completions.create(model="m", messages=messages, max_tokens=10, temperature=0,
                                                  stream=True)
-    pieces = [chunk.choices[0].delta.content or "" for chunk in stream]
-    assert "".join(pieces) == whole.choices[0].message.content
+    chunks = list(stream)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == whole.choices[0].message.content
+    assert [chunk.choices[0].delta.role for chunk in chunks] == ["assistant"] + [None] * (len(chunks) - 1)
+    assert len(chunks) > 2
     models = client(url).models.list()
     assert [entry.id for entry in models.data] == [app.state.served.model_name]
 

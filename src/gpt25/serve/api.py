@@ -288,16 +288,21 @@ class CompletionShape:
 
 
 class ChatShape:
-    """OpenAI's /v1/chat/completions response objects."""
+    """OpenAI's /v1/chat/completions response objects (one per request: its first chunk names the role)."""
 
     object, chunk_object, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl-"
+
+    def __init__(self) -> None:
+        self.role_sent = False
 
     def choice(self, text: str, finish_reason: str | None) -> dict:
         return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                 "finish_reason": finish_reason}
 
     def chunk_choice(self, text: str | None, finish_reason: str | None) -> dict:
-        delta = {} if text is None else {"role": "assistant", "content": text}
+        delta = {} if text is None else {"content": text}
+        if not self.role_sent:  # as OpenAI: "role" in the first chunk's delta only
+            delta, self.role_sent = {"role": "assistant", "content": text or ""}, True
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
