@@ -166,7 +166,9 @@ def add_routes(app: FastAPI) -> None:
             raise ApiError(400, f"{problem}; send messages as [{{\"role\": \"user\", \"content\": \"...\"}}]",
                            param="messages")
         fitted = {}
-        if body.get("fit_context") is True:
+        if not isinstance(body.get("fit_context", False), bool):
+            raise ApiError(400, "'fit_context' must be true or false", param="fit_context")
+        if body.get("fit_context"):
             messages, body, fitted = fit_context(served, request.app.state.limits, messages, body)
         prompt_ids = render_prompt(served.tokenizer, messages)
         stop_ids = frozenset(reply_stop_ids(served.tokenizer))
