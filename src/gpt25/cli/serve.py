@@ -45,6 +45,8 @@ def run_serve(args: argparse.Namespace) -> int:
     for name in ("max_batch", "max_tokens", "max_body_bytes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 1-65535, got {args.port}")
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"checkpoint {args.checkpoint} not found; pass a run dir, a step dir or a .safetensors file")
     device = resolve_device(args.device)
