@@ -96,11 +96,8 @@ def _register_prepare(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--shard_tokens", type=int, default=100_000_000, metavar="M", help="tokens per shard (default: 100,000,000)"
     )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="delete shards of a different earlier prepare in --out instead of refusing",
-    )
+    parser.add_argument("--force", action="store_true",
+                        help="delete shards of a different earlier prepare in --out instead of refusing")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_prepare)
 
@@ -120,7 +117,7 @@ def _prepare(args: argparse.Namespace) -> int:
         text_field=args.text_field,
         data_files=args.data_files,
         hf_split=args.hf_split,
-        overwrite=args.overwrite,
+        overwrite=args.force,
         progress=not args.no_progress,
     )
     with _one_line_warnings():

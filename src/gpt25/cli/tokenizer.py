@@ -52,7 +52,7 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
                             '"<|endoftext|>" too: `gpt25 data prepare` needs it to end documents')
     _add_out_arguments(train)
     train.add_argument("--workers", type=int, default=None, help="processes counting pre-tokens (default: up to 2)")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--no_progress", action="store_true", help="no progress bars")
     train.set_defaults(handler=run_train)
 
 
@@ -102,7 +102,7 @@ def run_train(args: argparse.Namespace) -> int:
               f'documents; add --special_token "{END_OF_TEXT}"', file=sys.stderr)
     started = time.perf_counter()
     vocab, merges = train_bpe(args.input, args.vocab_size, special_tokens,
-                              num_workers=args.workers, progress=not args.quiet)
+                              num_workers=args.workers, progress=not args.no_progress)
     tokenizer = Tokenizer(vocab, merges, special_tokens)
     _check_out(args.out, args.force, [])  # again: DIR may have changed while training
     _save_replacing(tokenizer, args.out)
