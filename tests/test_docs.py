@@ -81,16 +81,16 @@ def test_readme_stays_short_and_keeps_the_two_commands():
     assert "uv run gpt25 demo" in readme and "uv run pytest" in readme
 
 
-def readme_block_after(heading: str) -> str:
-    """The first fenced block below the README's `heading`."""
+def readme_block_after(heading: str, language: str = "") -> str:
+    """The first fenced block (of `language`, when given) below the README's `heading`."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    return readme.split(heading, 1)[1].split("```", 2)[1]
+    return readme.split(heading, 1)[1].split(f"```{language}\n", 1)[1].split("```", 1)[0]
 
 
 def test_the_demo_transcript_shows_the_demos_own_stages():
     from gpt25.demo import STAGES
 
-    lines = [line for line in readme_block_after("## Two commands").splitlines() if line.startswith("[")]
+    lines = [line for line in readme_block_after("## Two commands", "text").splitlines() if line.startswith("[")]
     shown = [re.match(r"\[(\d+)/(\d+)\] (\w+) done in", line).groups() for line in lines]
     assert shown == [(str(number), str(len(STAGES)), name) for number, name in enumerate(STAGES, start=1)]
 
