@@ -27,8 +27,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True,
                         "(default: the run's tokenizer/ or the one its training used)")
     if device:
         parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                        help=f"{dtype_help}; default bfloat16 on CUDA, float32 on CPU")
+    default = "bfloat16 on CUDA, float32 on CPU" if device else "float32"  # without --device: the CPU
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help=f"{dtype_help} (default: {default})")
 
 
 def model_inputs(args: argparse.Namespace, tokenizer_required: bool = True) -> tuple[str, str | None, torch.device,
