@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from generate import CONFIGS, DTYPES, synchronize
 
+from gpt25.engine import generate_tokens
 from gpt25.model import TransformerLM
-from gpt25.sample import generate_tokens
 from gpt25.serve.engine import Engine, Request
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
+from gpt25.engine import generate_tokens
 from gpt25.interop import export_hf
 from gpt25.model import ModelConfig, TransformerLM
-from gpt25.sample import generate_tokens
 
 CONFIGS = {
     "tiny": ModelConfig(vocab_size=8192, context_length=256, d_model=256, num_layers=4, num_heads=4, d_ff=704),

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from gpt25.sample import generate_tokens
+from gpt25.engine import generate_tokens
 from gpt25.serve.engine import Engine, QueueFull, Request, held_back
 
 from conftest import byte_tokenizer, tiny_lm

@@ -75,11 +75,11 @@ class MultiHeadSelfAttention(nn.Module):
     def project_qkv(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         """(batch, seq, d_model) -> (batch, seq, 3, heads, head_dim) holding q, k, v."""
         if not self.fuse_qkv:
-            qkv = torch.cat((self.q_proj(x, kv_cache), self.k_proj(x, kv_cache), self.v_proj(x, kv_cache)), dim=-1)
+            qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)
         elif kv_cache is None:
             qkv = linear(x, self.qkv_weight())
         else:
-            qkv = kv_cache.linear(x, kv_cache.qkv_weight(self.layer_index, self.qkv_weight))
+            qkv = linear(x, kv_cache.qkv_weight(self.layer_index, self.qkv_weight))
         if self.fuse_qkv and self.q_proj.bias is not None:
             qkv = qkv + self.qkv_bias()
         return qkv.unflatten(-1, (3, self.num_heads, self.head_dim))
@@ -114,7 +114,7 @@ class MultiHeadSelfAttention(nn.Module):
             mask, is_causal = kv_cache.attention_mask(seq_len)
             attended = self.attend(q, k, v, mask=mask, is_causal=is_causal)
         attended = attended.transpose(1, 2).reshape(batch_size, seq_len, self.d_model)  # (batch, seq, d_model)
-        return self.output_proj(attended, kv_cache)
+        return self.output_proj(attended)
 
     def attend(
         self,
