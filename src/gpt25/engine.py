@@ -94,12 +94,34 @@ def sample_next_token(
     """Pick one token per row from `logits` (batch, vocab): argmax when temperature is 0."""
     if temperature == 0:
         return logits.argmax(dim=-1)
+    probabilities = sampling_probabilities(logits, temperature, top_k, top_p)
+    return torch.multinomial(probabilities, num_samples=1, generator=generator).squeeze(-1)  # (batch,)
+
+
+def sampling_probabilities(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:
+    """(batch, vocab) the distribution sampling draws from: logits / temperature, cut by top-k and top-p."""
     logits = logits.float() / temperature
     if top_k is not None:
         logits = apply_top_k(logits, top_k)
-    logits = apply_top_p(logits, top_p)
-    probabilities = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probabilities, num_samples=1, generator=generator).squeeze(-1)  # (batch,)
+    return torch.softmax(apply_top_p(logits, top_p), dim=-1)
+
+
+def sample_rows(logits: torch.Tensor, settings: list[tuple[float, int | None, float]],
+                generators: list[torch.Generator]) -> list[int]:
+    """One token per row of `logits` (rows, vocab), each row with its own (temperature, top_k, top_p) and
+    generator, drawing exactly as `sample_next_token` would alone; rows that share settings are filtered together."""
+    tokens = [0] * len(settings)
+    for temperature, top_k, top_p in set(settings):
+        rows = [row for row, setting in enumerate(settings) if setting == (temperature, top_k, top_p)]
+        if temperature == 0:
+            picked = logits[rows].argmax(dim=-1).tolist()
+        else:
+            probabilities = sampling_probabilities(logits[rows], temperature, top_k, top_p)  # (len(rows), vocab)
+            picked = [int(torch.multinomial(probabilities[index : index + 1], 1, generator=generators[row]))
+                      for index, row in enumerate(rows)]
+        for row, token in zip(rows, picked, strict=True):
+            tokens[row] = token
+    return tokens
 
 
 class TextStream:

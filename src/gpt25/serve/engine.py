@@ -24,7 +24,7 @@ from gpt25.engine import (
     BatchKVCache,
     TextStream,
     check_fits,
-    sample_next_token,
+    sample_rows,
     seeded_generator,
     validate_sampling,
 )
@@ -246,15 +246,10 @@ class Engine:
     def _accept(self, logits: torch.Tensor, first: int) -> None:
         """Sample a token for rows[first:] from their logits (rows, vocab); drop the rows that finished."""
         rows = self.rows[first:]
-        greedy = logits.argmax(dim=-1).tolist() if any(row.request.temperature == 0 for row in rows) else None
-        finished = []
-        for index, row in enumerate(rows):
-            request = row.request
-            token = greedy[index] if request.temperature == 0 else int(sample_next_token(
-                logits[index : index + 1], temperature=request.temperature, top_k=request.top_k,
-                top_p=request.top_p, generator=row.generator))
-            if row.accept(token):
-                finished.append(first + index)
+        settings = [(row.request.temperature, row.request.top_k, row.request.top_p) for row in rows]
+        tokens = sample_rows(logits, settings, [row.generator for row in rows])
+        finished = [first + index for index, (row, token) in enumerate(zip(rows, tokens, strict=True))
+                    if row.accept(token)]
         self._remove(finished)
 
     def _drop_cancelled(self) -> None:
