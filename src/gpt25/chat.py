@@ -77,7 +77,7 @@ def stream_chat(
     tokenizer has the role tokens). A reply has at most `max_new_tokens` tokens (default: 256, or half
     the context when that is less); temperature 0 is greedy, `seed` makes sampling reproducible. A
     history too long for the context loses its oldest turns, with a warning. `static_decode` (default:
-    on a CUDA device) replays the decoding step as a CUDA graph, as `gpt25.sample.generate_tokens` does.
+    on a CUDA device) replays the decoding step as a CUDA graph, as `gpt25.engine.generate_tokens` does.
     """
     validate_sampling(temperature, top_p, top_k)
     max_new_tokens = reply_budget(max_new_tokens, model.config.context_length)

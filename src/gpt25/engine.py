@@ -12,8 +12,9 @@ and asks it where the new tokens sit, what they attend to and where their keys a
   `gpt25.serve.engine`): prompts that arrive together are prefilled in one padded forward and
   then decode with the others, one forward of (rows, 1) tokens per step.
 
-`check_fits` is the one check that a request fits the context; `TextStream` turns token ids
-into whole characters; `seeded_generator` makes sampling reproducible.
+`sample_next_token` samples a batch with one setting, `sample_rows` rows with their own settings
+and generators; `check_fits` is the one check that a request fits the context; `TextStream` turns
+token ids into whole characters; `seeded_generator` makes sampling reproducible.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def test_captured_decoding_with_learned_positions_gives_the_ids_of_recomputing(m
     """The CUDA-graph step reads the learned position from the device: replays give recomputation's ids."""
     import warnings
 
-    from gpt25.sample import generate_tokens
+    from gpt25.engine import generate_tokens
 
     model = model.cuda()
     prompts = torch.randint(0, 97, (2, 5), device="cuda")
