@@ -114,10 +114,11 @@ def sample_rows(logits: torch.Tensor, settings: list[tuple[float, int | None, fl
     tokens = [0] * len(settings)
     for temperature, top_k, top_p in set(settings):
         rows = [row for row, setting in enumerate(settings) if setting == (temperature, top_k, top_p)]
+        chosen = logits if len(rows) == len(settings) else logits[rows]  # (len(rows), vocab)
         if temperature == 0:
-            picked = logits[rows].argmax(dim=-1).tolist()
+            picked = chosen.argmax(dim=-1).tolist()
         else:
-            probabilities = sampling_probabilities(logits[rows], temperature, top_k, top_p)  # (len(rows), vocab)
+            probabilities = sampling_probabilities(chosen, temperature, top_k, top_p)
             picked = [int(torch.multinomial(probabilities[index : index + 1], 1, generator=generators[row]))
                       for index, row in enumerate(rows)]
         for row, token in zip(rows, picked, strict=True):
