@@ -64,7 +64,7 @@ if [ $mode = gpu ]; then
     SFT="--context_length 1024 --batch_size 16 --train_steps 60 --warmup_steps 6 --lr 1e-4 --dtype bfloat16
          --eval_every 30 --eval_steps 8 --save_every 60 --log_every 10"
     SFT_DATA=python-docs-chat
-    ENGINE="--config 124m --dtype bf16 --max-tokens 64"
+    ENGINE="--config 124m --dtype bf16 --max-tokens 64 --concurrency 1,16"
     CUDA_TESTS=tests SUITE_TESTS=tests
 else
     DEVICE=cpu

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_chat(args: argparse.Namespace) -> int:
     from gpt25.chat import reply_budget
     from gpt25.checkpoint import load_for_inference
-    from gpt25.sample import validate_sampling
+    from gpt25.engine import validate_sampling
     from gpt25.tokenizer.chat_format import require_chat_tokens
 
     validate_sampling(args.temperature, args.top_p, args.top_k)

@@ -76,7 +76,8 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     from gpt25.checkpoint import load_for_inference
-    from gpt25.sample import generate, validate_sampling
+    from gpt25.engine import validate_sampling
+    from gpt25.sample import generate
 
     validate_sampling(args.temperature, args.top_p, args.top_k)
     if args.stream and args.num_samples != 1:

@@ -73,7 +73,7 @@ class MultiHeadSelfAttention(nn.Module):
         if kv_cache is None:
             qkv = linear(x, self.qkv_weight())
         else:
-            qkv = kv_cache.linear(x, kv_cache.qkv_weight(self.layer_index, self.qkv_weight))
+            qkv = linear(x, kv_cache.qkv_weight(self.layer_index, self.qkv_weight))
         if self.q_proj.bias is not None:
             qkv = qkv + self.qkv_bias()
         return qkv.unflatten(-1, (3, self.num_heads, self.head_dim))
@@ -108,7 +108,7 @@ class MultiHeadSelfAttention(nn.Module):
             mask, is_causal = kv_cache.attention_mask(seq_len)
             attended = self.attend(q, k, v, mask=mask, is_causal=is_causal)
         attended = attended.transpose(1, 2).reshape(batch_size, seq_len, self.d_model)  # (batch, seq, d_model)
-        return self.output_proj(attended, kv_cache)
+        return self.output_proj(attended)
 
     def attend(
         self,

@@ -13,8 +13,6 @@ import math
 import torch
 from torch import nn
 
-from gpt25.model.decoding import DecodingState
-
 
 def trunc_normal_(tensor: torch.Tensor, std: float, cutoff: float = 3.0) -> torch.Tensor:
     """Fill `tensor` in place with N(0, std^2) truncated to [-cutoff*std, cutoff*std] (inverse-CDF sampling)."""
@@ -85,9 +83,8 @@ class Linear(nn.Module):
             with torch.no_grad():
                 self.bias.zero_()
 
-    def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
-        # (..., in_features) -> (..., out_features); while decoding, the state computes the product its way
-        out = linear(x, self.weight) if kv_cache is None else kv_cache.linear(x, self.weight)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = linear(x, self.weight)  # (..., in_features) -> (..., out_features)
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:
@@ -182,9 +179,9 @@ class SwiGLU(nn.Module):
         self.w2 = Linear(d_ff, d_model, bias, output_std, device=device, dtype=dtype)
         self.w3 = Linear(d_model, d_ff, bias, std, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (..., d_model) -> (..., d_ff) -> (..., d_model)
-        return self.w2(silu(self.w1(x, kv_cache)) * self.w3(x, kv_cache), kv_cache)
+        return self.w2(silu(self.w1(x)) * self.w3(x))
 
 
 class GeluMLP(nn.Module):
@@ -196,9 +193,9 @@ class GeluMLP(nn.Module):
         self.w1 = Linear(d_model, d_ff, bias, std, device=device, dtype=dtype)
         self.w2 = Linear(d_ff, d_model, bias, output_std, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (..., d_model) -> (..., d_ff) -> (..., d_model)
-        return self.w2(gelu_tanh(self.w1(x, kv_cache)), kv_cache)
+        return self.w2(gelu_tanh(self.w1(x)))
 
 
 class RotaryEmbedding(nn.Module):

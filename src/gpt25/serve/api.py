@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpt25.chat import trim_history
 from gpt25.checkpoint import load_for_inference
+from gpt25.engine import check_fits
 from gpt25.sample import eot_id_or_none
 from gpt25.serve.engine import FINISH_CANCELLED, Engine, QueueFull
 from gpt25.serve.engine import Request as GenerationRequest
@@ -269,17 +270,16 @@ def token_budget(body: dict, prompt_len: int, limits: Limits, context_length: in
     if prompt_len > max_prompt:
         raise ApiError(400, f"the prompt has {prompt_len} tokens, more than the {max_prompt} allowed; shorten it",
                        param=prompt_param, code="context_length_exceeded")
-    room = min(limits.max_tokens, context_length - prompt_len)
     name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     asked = int_field(body, name, None, 1)
     if asked is None:
-        return room
+        return min(limits.max_tokens, context_length - prompt_len)
     if asked > limits.max_tokens:
         raise ApiError(400, f"'{name}' is {asked}, above this server's cap of {limits.max_tokens}", param=name)
-    if asked > room:
-        raise ApiError(400, f"the prompt ({prompt_len} tokens) + '{name}' ({asked}) exceed the context of "
-                       f"{context_length} tokens; shorten the prompt or ask for fewer tokens", param=name,
-                       code="context_length_exceeded")
+    try:
+        check_fits(prompt_len, asked, context_length, f"'{name}'")
+    except ValueError as error:
+        raise ApiError(400, str(error), param=name, code="context_length_exceeded") from None
     return asked
 
 
