@@ -97,6 +97,9 @@ class TrainConfig:
     eval_steps: int = _setting(20, "validation batches (batch_size x world size sequences each) per evaluation")
     hellaswag: str = _setting("", "HellaSwag jsonl file (or 'download') to score at each evaluation", "FILE")
     hellaswag_limit: int = _setting(0, "score only the first N HellaSwag examples (0: all)")
+    core_every: int = _setting(0, "score CORE every N steps and at the end (0: never)")
+    core_limit: int = _setting(0, "score N examples per CORE task (0: all; nanochat's seeded shuffle, then the first N)")
+    core_bundle: str = _setting("", "unpacked CORE eval bundle (default: downloaded once into ~/.cache/gpt25)", "DIR")
     log_every: int = _setting(10, "write a metrics.jsonl training row every N steps")
     save_every: int = _setting(1000, "checkpoint every N steps and at the end (0: only at the end)")
     keep_checkpoints: int = _setting(3, "keep the newest K checkpoints")
@@ -261,7 +264,7 @@ class SFTConfig(TrainConfig):
                                            "eval_steps")
     FLAGLESS: ClassVar[tuple[str, ...]] = ("arch", "norm", "mlp", "positions", "bias", "tie_embeddings", "init",
                                            "num_layers", "d_model", "num_heads", "d_ff", "rope_theta", "hellaswag",
-                                           "hellaswag_limit")
+                                           "hellaswag_limit", "core_every", "core_limit", "core_bundle")
     COMMAND: ClassVar[str] = "sft"
 
     data: str = _setting("", "conversations: .jsonl / .parquet files, folders or globs of them, 'hf:NAME[:CONFIG]' "

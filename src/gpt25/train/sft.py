@@ -89,7 +89,7 @@ class SFTTrainer(Trainer):
                                betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay)
         self.loader = PackedLoader(self.train_rows, config.batch_size, rank=context.rank,
                                    world_size=context.world_size, seed=config.seed, device=context.device)
-        self.hellaswag = None
+        self.hellaswag = self.core_tasks = None
         self.tokens_per_step = rows_per_step * context_length
         self.eval_rows = config.eval_steps * config.batch_size * context.world_size
         self.flops_per_token = self.lm.flops_per_token()

@@ -31,6 +31,7 @@ from gpt25 import checkpoint as ckpt
 from gpt25.data import load_split
 from gpt25.data.loader import ShardLoader
 from gpt25.eval import evaluate_hellaswag, evaluate_loss, load_hellaswag
+from gpt25.eval.core import evaluate_core, load_core_tasks
 from gpt25.model import parameter_groups
 from gpt25.optim import AdamW, clip_grad_norm, cosine_lr, cross_entropy
 from gpt25.tokenizer import Tokenizer
@@ -126,6 +127,7 @@ class Trainer:
                                   tokenizer=self.tokenizer)
         self.val_tokens = load_split(config.data, "val", self.tokenizer)
         self.hellaswag = load_hellaswag(config.hellaswag) if config.hellaswag else None
+        self.core_tasks = load_core_tasks(config.core_bundle, config.core_limit) if config.core_every else None
         self.tokens_per_step = config.batch_size * config.grad_accum_steps * config.context_length * context.world_size
         # eval_steps global batches (without accumulation): the same tokens whatever the number of ranks
         self.eval_tokens = config.eval_steps * config.batch_size * context.world_size * config.context_length
@@ -250,12 +252,19 @@ class Trainer:
                     window_seconds, window_steps = 0.0, 0
 
                 # ----- evaluate -----
-                if self.is_due(self.config.eval_every):
-                    self.last_eval = self.evaluate()
+                core_due = self.core_tasks is not None and self.is_due(self.config.core_every)
+                if self.is_due(self.config.eval_every) or core_due:
+                    metrics = self.evaluate() if self.is_due(self.config.eval_every) else {}
+                    if core_due:
+                        with self.autocast():
+                            metrics["core"] = evaluate_core(self.model if self.sharded else self.lm, self.tokenizer,
+                                                            self.core_tasks, batch_size=self.config.batch_size,
+                                                            device=self.context.device)["core"]
+                    self.last_eval |= metrics
                     if tracker is not None:
-                        tracker.log(self.step, self.last_eval)
+                        tracker.log(self.step, metrics)
                     self.log_line(f"step {self.step}: " + ", ".join(
-                        f"{name} {value:.4f}" for name, value in self.last_eval.items() if value is not None))
+                        f"{name} {value:.4f}" for name, value in metrics.items() if value is not None))
 
                 # ----- save (a stop request on any rank saves here too) -----
                 if self.is_due(self.config.save_every) or stopped:
@@ -279,7 +288,7 @@ class Trainer:
                 "final_train_loss": train_loss, "final_val_loss": self.last_eval.get("val_loss"),
                 "final_val_perplexity": self.last_eval.get("val_perplexity"),
                 "final_val_bpb": self.last_eval.get("val_bpb"),
-                "hellaswag_acc_norm": self.last_eval.get("hellaswag_acc_norm"),
+                "hellaswag_acc_norm": self.last_eval.get("hellaswag_acc_norm"), "core": self.last_eval.get("core"),
                 "tokens_seen": self.step * self.tokens_per_step, "tokens_per_second": mean_rate,
                 "mfu": self.mfu(mean_rate) if mean_rate else None, "memory_gb": self.memory_gb(),
                 "elapsed_s": time.perf_counter() - started, "num_params": self.lm.num_params(),
