@@ -179,8 +179,8 @@ def centred(accuracy: float, random_baseline: float) -> float:
 def evaluate_core(model: torch.nn.Module, tokenizer, tasks: list[CoreTask], *, batch_size: int,
                   device: torch.device | str) -> dict:
     """{"core": mean centred accuracy, "tasks": {label: {"acc", "centered", "n", "kind", "shots"}}}."""
-    if any(not task.examples for task in tasks) or not tasks:
-        raise ValueError("a CORE task has no examples (empty bundle file or --core_limit 0)")
+    if not tasks or any(not task.examples for task in tasks):
+        raise ValueError("no CORE tasks, or a task without examples (an empty jsonl file in the bundle)")
     show_progress = rank_and_world_size()[0] == 0
     was_training = model.training
     model.eval()
