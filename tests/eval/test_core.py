@@ -249,3 +249,11 @@ def test_core_every_logs_core_into_the_run_metrics(tmp_path, bundle, byte_tokeni
     rows = [row for row in read_metrics(tmp_path / "run") if "core" in row]
     assert [row["step"] for row in rows] == [2, 4]
     assert all(-3 <= row["core"] <= 1 for row in rows) and summary["core"] == rows[-1]["core"]
+
+
+def test_negative_core_settings_are_refused() -> None:
+    from gpt25.train import TrainConfig
+
+    for name in ("core_every", "core_limit"):
+        with pytest.raises(ValueError, match=f"--{name} must be >= 0"):
+            TrainConfig(**{name: -1})

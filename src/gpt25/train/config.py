@@ -157,7 +157,7 @@ class TrainConfig:
         # `not x >= 0` rather than `x < 0`: NaN fails every comparison and must be refused too.
         if not self.rope_theta > 0:
             raise ValueError(f"--rope_theta must be positive, got {self.rope_theta}")
-        for name in ("lr", "eps", "weight_decay", "max_grad_norm"):
+        for name in ("lr", "eps", "weight_decay", "max_grad_norm", "core_every", "core_limit"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         for name in ("beta1", "beta2"):
