@@ -133,7 +133,7 @@ setup() {
     if [ -f "$DATA/gpt2/gpt2_vocab.json" ]; then
         $G tokenizer import --vocab "$DATA/gpt2/gpt2_vocab.json" --merges "$DATA/gpt2/gpt2_merges.txt" --out "$WORK/tok"
     else
-        $G tokenizer train --input "$WORK"/text/*.txt --vocab_size 512 --special_token "<|endoftext|>" --out "$WORK/tok" --quiet
+        $G tokenizer train --input "$WORK"/text/*.txt --vocab_size 512 --special_token "<|endoftext|>" --out "$WORK/tok" --no_progress
     fi
     $G data prepare --source "$WORK/text" --tokenizer "$WORK/tok" --out "$WORK/shards" --val_fraction 0.02 --no_progress
 }

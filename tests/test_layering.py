@@ -108,10 +108,10 @@ def test_eval_and_sampling_do_not_import_the_trainer(layer: str) -> None:
         assert "train" not in imported_gpt25_modules(path), f"{path.relative_to(PACKAGE)} imports gpt25.train"
 
 
-def test_serving_sits_on_sampling_and_checkpoints_and_nothing_but_the_cli_imports_it() -> None:
+def test_serving_sits_on_sampling_chat_and_checkpoints_and_nothing_but_the_cli_imports_it() -> None:
     for path in module_files("serve"):
         imported = imported_gpt25_modules(path)
-        assert imported <= {"serve", "sample", "checkpoint", "inference", *BUILDING_BLOCKS}, f"{path} imports {imported}"
+        assert imported <= {"serve", "sample", "chat", "checkpoint", "inference", *BUILDING_BLOCKS}, f"{path} imports {imported}"
     for path in PACKAGE.rglob("*.py"):
         if path.parent.name not in ("serve", "cli"):
             assert "serve" not in imported_gpt25_modules(path), f"{path.relative_to(PACKAGE)} imports gpt25.serve"

@@ -252,10 +252,14 @@ def seed_param_group(entries: dict[str, Any]) -> dict[str, Any]:
 # ----- the seed's Hugging Face folder (itskoma/MyGPT) -----
 
 def read_config_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    """PATH/config.json ({} when there is none); one that is there but not JSON is a one-line error naming it."""
+    file = path / "config.json"
+    if not file.is_file():
         return {}
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{file} is not valid JSON ({error}); fix or replace that file") from None
 
 
 def is_seed_hf(path: Path) -> bool:
@@ -353,8 +357,8 @@ def detect_layout(path: Path) -> Layout:
     for layout in LAYOUTS:
         if layout.detect(path):
             return layout
-    known = "; ".join(f"{layout.name}: {layout.description}" for layout in LAYOUTS)
-    raise ValueError(f"cannot tell what {path} holds; the known layouts are {known}")
+    raise ValueError(f"cannot tell what {path} holds; the known layouts are {', '.join(l.name for l in LAYOUTS)} "
+                     "(see `gpt25 checkpoint import --help`)")
 
 
 # ----- writing the gpt25 checkpoint directory -----

@@ -301,7 +301,7 @@ def export_hf(
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --force")
     model, tokenizer, _ = load_for_inference(checkpoint, tokenizer_dir)
     with atomic_folder(out_dir) as temporary:
         _write_hf_folder(model, tokenizer, temporary, dtype)

@@ -138,7 +138,7 @@ def test_different_settings_refuse_then_overwrite(
     source = prepared[0].parent / "source.txt"
     run_prepare(source, tokenizer_dir, tmp_path / "out")
     with pytest.raises(
-        FileExistsError, match=r"different prepare \(shard_tokens changed\); choose another --out or pass --overwrite"
+        FileExistsError, match=r"different prepare \(shard_tokens changed\); choose another --out or pass --force"
     ):
         run_prepare(source, tokenizer_dir, tmp_path / "out", shard_tokens=700)
     manifest = run_prepare(source, tokenizer_dir, tmp_path / "out", shard_tokens=700, overwrite=True)

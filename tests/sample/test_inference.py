@@ -85,10 +85,7 @@ def test_cache_chunks_match_full_forward_and_reset(model: TransformerLM) -> None
         KVCache(CONFIG, batch_size=1, max_seq_len=CONFIG.context_length + 1)
 
 
-@pytest.mark.parametrize("use_sdpa", [True, False])
-def test_static_cache_steps_match_the_full_forward(model: TransformerLM, use_sdpa: bool) -> None:
-    for layer in model.layers:
-        layer.attn.use_sdpa = use_sdpa
+def test_static_cache_steps_match_the_full_forward(model: TransformerLM) -> None:
     ids = torch.randint(0, CONFIG.vocab_size, (2, 20))
     chunks = ((0, 6), (6, 7), (7, 8), (8, 9), (9, 14), (14, 15), (15, 16), (16, 20))  # one-token steps between prompts
     with torch.no_grad():

@@ -8,7 +8,7 @@
     gpt25.data.parallel  ordered, memory-bounded multi-process tokenization
     gpt25.data.shards    the shard format, its writers, validating reader and manifest.json
     gpt25.data.raw       import-raw: headerless token files checked, then referenced or copied
-    gpt25.data.loader    get_batch (random windows) and ShardLoader (rank-aware, resumable)
+    gpt25.data.loader    ShardLoader (rank-aware, resumable)
     gpt25.data.chat_set  the embedded chat set: questions on the Python docs, answered from docstrings
     gpt25.data.conversations  conversation sources, skip counts, packing with a loss mask, PackedLoader
 

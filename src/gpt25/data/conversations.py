@@ -83,18 +83,27 @@ def iter_conversations(spec: str, stats: ConversationStats) -> Iterator[list[dic
             yield messages
 
 
+# `gpt25 sft`'s own flags for local conversations, where a Hub dataset cannot be read
+LOCAL_CHATS = (f"give conversation files (--data 'DIR/*.jsonl', .jsonl / .parquet rows with a 'messages' list) or "
+               f"--data {CHAT_SET_SPEC} (the embedded chat set)")
+
+
 def _iter_raw_messages(spec: str) -> Iterator[Any]:
     if spec == CHAT_SET_SPEC:
         yield from iter_chat_set()
     elif spec.startswith("hf:"):
         name, _, config = spec[3:].partition(":")
-        for row_number, row in enumerate(iter_hf_rows(name, config or None)):
+        for row_number, row in enumerate(iter_hf_rows(name, config or None, alternative=LOCAL_CHATS)):
             if "messages" not in row:
                 raise ValueError(f"{spec} row {row_number}: no field 'messages' (found: {', '.join(row)}); "
                                  "conversation datasets need a 'messages' list of {role, content}")
             yield row["messages"]
     else:
-        for path in expand_paths(spec):
+        try:
+            paths = expand_paths(spec)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--data {spec!r} matched no files; {LOCAL_CHATS}") from None
+        for path in paths:
             if path.suffix == ".parquet":
                 yield from _parquet_messages(path)
             elif path.suffix in (".jsonl", ".json"):

@@ -58,10 +58,11 @@ def check_hub_reachable(repo_id: str, repo_type: str, what: str, alternative: st
         ) from None
 
 
-def check_hf_source(name: str, data_files: list[str] | None) -> None:
-    """Fail at once when a Hub dataset cannot be reached; local builders (data_files, a folder) need no check."""
+def check_hf_source(name: str, data_files: list[str] | None, alternative: str = LOCAL_ALTERNATIVE) -> None:
+    """Fail at once when a Hub dataset cannot be reached; local builders (data_files, a folder) need no check.
+    `alternative` names the calling command's own local-file flags."""
     if not data_files and not Path(name).exists():
-        check_hub_reachable(name, "dataset", f"hf:{name}")
+        check_hub_reachable(name, "dataset", f"hf:{name}", alternative)
 
 
 def iter_hf_dataset(
@@ -89,9 +90,9 @@ def iter_hf_dataset(
 
 
 def iter_hf_rows(name: str, config: str | None, *, data_files: list[str] | None = None,
-                 split: str = "train") -> Iterator[dict]:
+                 split: str = "train", alternative: str = LOCAL_ALTERNATIVE) -> Iterator[dict]:
     """Stream the rows (dicts of fields) of a Hugging Face dataset, failing at once when it is unreachable."""
-    check_hf_source(name, data_files)
+    check_hf_source(name, data_files, alternative)
     import datasets
 
     yield from datasets.load_dataset(name, config, data_files=data_files, split=split, streaming=True)

@@ -1,4 +1,4 @@
-"""Batches for training: random windows (`get_batch`) and a resumable, rank-aware `ShardLoader`.
+"""Batches for training: a resumable, rank-aware `ShardLoader`.
 
 ShardLoader's order: the split (all its shards, end to end) is cut into windows of
 ``context_length + 1`` tokens starting every ``context_length`` tokens (inputs never overlap;
@@ -22,23 +22,6 @@ import torch
 from gpt25.data.shards import check_tokenizer, iter_shards, read_manifest
 
 STATE_VERSION = 1
-
-
-def get_batch(
-    tokens: np.ndarray, batch_size: int, context_length: int, device: str | torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random (inputs, targets), each (batch_size, context_length) int64 on `device`; targets are inputs shifted by one.
-
-    Every start index 0 .. len(tokens) - context_length - 1 is equally likely (numpy's global RNG).
-    """
-    num_tokens = len(tokens)
-    if num_tokens <= context_length:
-        raise ValueError(
-            f"context length {context_length} needs more than {num_tokens} tokens; use a shorter context or more data"
-        )
-    starts = np.random.randint(0, num_tokens - context_length, size=batch_size)
-    windows = np.stack([np.asarray(tokens[start : start + context_length + 1], dtype=np.int64) for start in starts])
-    return _to_device(windows, device)
 
 
 def _to_device(windows: np.ndarray, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -235,7 +235,7 @@ def _start_or_resume(out_dir: Path, settings: dict[str, Any], overwrite: bool) -
             return manifest
         changed = ", ".join(key for key in settings if manifest["settings"].get(key) != settings[key])
         raise FileExistsError(
-            f"--out {out_dir} holds shards from a different prepare ({changed} changed); choose another --out or pass --overwrite"
+            f"--out {out_dir} holds shards from a different prepare ({changed} changed); choose another --out or pass --force"
         )
     for old in [*out_dir.glob("train_*.bin"), *out_dir.glob("val_*.bin"), out_dir / MANIFEST_NAME]:
         old.unlink(missing_ok=True)

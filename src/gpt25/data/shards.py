@@ -195,7 +195,7 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-_REBUILD = "rebuild the folder with `gpt25 data prepare ... --overwrite`"
+_REBUILD = "rebuild the folder with `gpt25 data prepare ... --force`"
 
 
 def _manifest_problem(manifest: dict[str, Any]) -> str | None:

@@ -38,7 +38,6 @@ from gpt25.data.hub import check_hf_source, iter_hf_dataset
 
 DOC_SPLITS = ("blank-line", "file")
 JSONL_SUFFIXES = (".jsonl", ".json")
-STRUCTURED_SUFFIXES = (*JSONL_SUFFIXES, ".parquet")  # files of records, not plain text
 DEFAULT_CORPUS_SPEC = "python-docs"
 # Refused by name: workers read byte ranges of the raw file, which a compressed stream does not allow.
 COMPRESSED_SUFFIXES = frozenset(

@@ -1,8 +1,8 @@
 """Causal multi-head self-attention, with rotary positions (or none: GPT-2 adds learned ones to its input).
 
-Two attention paths give the same numbers: the hand-written `scaled_dot_product_attention`
-(explicit scores, mask and softmax; for reading and testing) and PyTorch's fused
-`torch.nn.functional.scaled_dot_product_attention(is_causal=True)` (the flash path, used by default).
+The model attends with PyTorch's fused `torch.nn.functional.scaled_dot_product_attention` (the flash
+path); the hand-written `scaled_dot_product_attention` (explicit scores, mask and softmax) says what it
+computes, and the tests hold the two to the same numbers.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class MultiHeadSelfAttention(nn.Module):
     with biases when `bias`; `std`/`output_std` initialise the input and output projections as Linear's.
 
     The three input projections are concatenated at compute time into one (3 d_model, d_model)
-    matmul (`fuse_qkv`), which keeps checkpoints stable while doing a single large GEMM.
+    matmul, which keeps checkpoints stable while doing a single large GEMM.
     """
 
     def __init__(
@@ -57,16 +57,12 @@ class MultiHeadSelfAttention(nn.Module):
         device=None,
         dtype=None,
     ) -> None:
-        super().__init__()
-        if num_heads <= 0 or d_model % num_heads != 0:
-            raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}; pick another head count")
+        super().__init__()  # d_model % num_heads == 0 is ModelConfig's to check
         self.d_model = d_model
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
         self.layer_index = layer_index
         self.rope = rope
-        self.use_sdpa = True
-        self.fuse_qkv = True
         self.q_proj = Linear(d_model, d_model, bias, std, device=device, dtype=dtype)
         self.k_proj = Linear(d_model, d_model, bias, std, device=device, dtype=dtype)
         self.v_proj = Linear(d_model, d_model, bias, std, device=device, dtype=dtype)
@@ -74,13 +70,11 @@ class MultiHeadSelfAttention(nn.Module):
 
     def project_qkv(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         """(batch, seq, d_model) -> (batch, seq, 3, heads, head_dim) holding q, k, v."""
-        if not self.fuse_qkv:
-            qkv = torch.cat((self.q_proj(x, kv_cache), self.k_proj(x, kv_cache), self.v_proj(x, kv_cache)), dim=-1)
-        elif kv_cache is None:
+        if kv_cache is None:
             qkv = linear(x, self.qkv_weight())
         else:
             qkv = kv_cache.linear(x, kv_cache.qkv_weight(self.layer_index, self.qkv_weight))
-        if self.fuse_qkv and self.q_proj.bias is not None:
+        if self.q_proj.bias is not None:
             qkv = qkv + self.qkv_bias()
         return qkv.unflatten(-1, (3, self.num_heads, self.head_dim))
 
@@ -125,8 +119,4 @@ class MultiHeadSelfAttention(nn.Module):
         is_causal: bool = False,
     ) -> torch.Tensor:
         """Attention over (batch, heads, seq, head_dim) inputs, causal or under a boolean mask (True = may attend)."""
-        if self.use_sdpa:
-            return fused_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
-        if is_causal:
-            mask = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
-        return scaled_dot_product_attention(q, k, v, mask)
+        return fused_attention(q, k, v, attn_mask=mask, is_causal=is_causal)

@@ -210,9 +210,7 @@ class RotaryEmbedding(nn.Module):
     """
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None) -> None:
-        super().__init__()
-        if d_k % 2 != 0:
-            raise ValueError(f"rotary embedding needs an even head dimension, got d_k={d_k}; change d_model or num_heads")
+        super().__init__()  # an even d_k is ModelConfig's to check
         self.theta = theta
         self.d_k = d_k
         self.max_seq_len = max_seq_len
@@ -241,15 +239,6 @@ class RotaryEmbedding(nn.Module):
             self.sin = torch.empty_like(self.sin, dtype=torch.float32)
             self.reset_parameters()
         return self
-
-    def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Rotate x (..., seq, d_k); positions (..., seq) broadcastable to x's leading dims, or None for 0..seq-1."""
-        seq_len = x.shape[-2]
-        if token_positions is None:
-            cos, sin = self.cos[:seq_len], self.sin[:seq_len]  # (seq, d_k / 2)
-        else:
-            cos, sin = self.cos[token_positions], self.sin[token_positions]  # (..., seq, d_k / 2)
-        return apply_rotary(x, cos, sin)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
