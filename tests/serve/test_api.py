@@ -266,5 +266,5 @@ def test_fit_context_keeps_the_newest_turns_and_caps_the_reply_others_get_a_clea
                                                                           max_new_tokens=cap)
         too_long = {"messages": [{"role": "user", "content": "x" * 120}], "fit_context": True}
         error = error_of(post(url, "/v1/chat/completions", too_long), 400)
-        assert error["code"] == "context_length_exceeded" and "shorten the message" in error["message"]
+        assert error["code"] == "context_length_exceeded" and "shorten the prompt" in error["message"]
         assert error_of(post(url, "/v1/chat/completions", body | {"fit_context": "yes"}), 400)["param"] == "fit_context"

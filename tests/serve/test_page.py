@@ -137,7 +137,7 @@ def test_ten_turns_on_a_small_context_model_all_get_their_reply(small_chat_model
 
             send_message(browser, "x" * 100, 200)  # alone more than the 64 tokens the history may take
             browser.wait_for('document.body.dataset.state === "idle"')
-            assert "shorten the message" in browser.js('document.querySelector(".error").textContent')
+            assert "shorten the prompt" in browser.js('document.querySelector(".error").textContent')
             assert browser.js('document.querySelectorAll(".assistant").length') == 10  # no empty bubble
             assert browser.js('document.querySelectorAll(".user").length') == 10
             assert browser.js('document.getElementById("input").value') == "x" * 100  # back to send again

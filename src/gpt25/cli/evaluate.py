@@ -1,6 +1,7 @@
-"""`gpt25 eval` (validation loss / perplexity / bits per byte, HellaSwag) and `gpt25 generate` (sampling).
+"""`gpt25 eval` (validation loss / perplexity / bits per byte, HellaSwag, CORE) and `gpt25 generate` (sampling).
 
     gpt25 eval --checkpoint runs/124m --tokenizer tok --data data/ --hellaswag download
+    gpt25 eval --checkpoint runs/124m --core --core_limit 500
     gpt25 generate --checkpoint runs/124m --tokenizer tok --prompt "Once upon a time, " --stream
 """
 
@@ -24,9 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="validation loss, perplexity, bits per byte and HellaSwag of a checkpoint",
-        description="Score a checkpoint on the whole validation split (fixed non-overlapping windows) and/or "
-        "HellaSwag; print a table and write eval.json beside the checkpoint (or --out).",
+        help="validation loss, perplexity, bits per byte, HellaSwag and CORE of a checkpoint",
+        description="Score a checkpoint on the whole validation split (fixed non-overlapping windows), HellaSwag "
+        "and/or CORE (DCLM's 22 in-context tasks, as nanochat scores them); print a table and write eval.json "
+        "beside the checkpoint (or --out).",
     )
     add_model_arguments(parser, dtype_help="compute dtype (autocast)")
     parser.add_argument("--data", default=None, help="prepared data folder; its val split gives loss/perplexity/bpb")
@@ -36,6 +38,14 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--limit", type=int, default=None, help="score only the first N HellaSwag examples")
     parser.add_argument("--max_tokens", type=int, default=None, help="score only the first N validation tokens")
+    parser.add_argument(
+        "--core", action="store_true",
+        help="score CORE; the eval bundle is downloaded once into ~/.cache/gpt25 ($GPT25_CACHE) unless --core_bundle",
+    )
+    parser.add_argument("--core_bundle", default=None, metavar="DIR",
+                        help="an unpacked eval bundle (core.yaml, eval_meta_data.csv, eval_data/), for offline use")
+    parser.add_argument("--core_limit", type=int, default=None,
+                        help="score N examples per CORE task (nanochat's seeded shuffle, then the first N)")
     parser.add_argument("--out", default=None, help="JSON file to write (default: eval.json beside the checkpoint)")
     parser.add_argument(
         "--batch_size", type=int, default=8,
@@ -51,6 +61,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     checkpoint, tokenizer, device, dtype = model_inputs(args)
     results = run_evaluation(checkpoint, tokenizer, data_dir=args.data, hellaswag=args.hellaswag, limit=args.limit,
+                             core=args.core, core_bundle=args.core_bundle, core_limit=args.core_limit,
                              max_tokens=args.max_tokens, out=args.out, batch_size=args.batch_size, device=device,
                              autocast_dtype=None if dtype == torch.float32 else dtype)
     print(format_table(results))

@@ -52,6 +52,7 @@ class RunConfig:
 
     POSITIVE: ClassVar[tuple[str, ...]] = ("batch_size", "grad_accum_steps", "keep_checkpoints", "log_every",
                                            "eval_steps")  # settings that must be at least 1
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("lr", "eps", "weight_decay", "max_grad_norm")
     COMMAND: ClassVar[str] = ""  # the command and the TOML table of these settings
 
     # Data and output (each command says what its data is).
@@ -102,9 +103,9 @@ class RunConfig:
         if self.warmup_steps < 0 or self.train_steps and self.warmup_steps > self.train_steps:
             raise ValueError(f"--warmup_steps ({self.warmup_steps}) must be between 0 and "
                              f"--train_steps ({self.train_steps})")
-        # Name the flag here: AdamW would refuse these values without saying which flag set them.
+        # Name the flag here: AdamW and the evaluations would not say which flag set a bad value.
         # `not x >= 0` rather than `x < 0`: NaN fails every comparison and must be refused too.
-        for name in ("lr", "eps", "weight_decay", "max_grad_norm"):
+        for name in self.NON_NEGATIVE:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         for name in ("beta1", "beta2"):
@@ -129,6 +130,7 @@ class TrainConfig(RunConfig):
 
     POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("context_length", "num_layers", "d_model",
                                                                 "num_heads", "d_ff", "train_steps")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("core_every", "core_limit")
     COMMAND: ClassVar[str] = "train"
 
     data: str = _setting("", "shard directory written by `gpt25 data prepare` (required)", "DIR")
@@ -152,6 +154,9 @@ class TrainConfig(RunConfig):
     rope_theta: float = _setting(10000.0, "RoPE base frequency")
     hellaswag: str = _setting("", "HellaSwag jsonl file (or 'download') to score at each evaluation", "FILE")
     hellaswag_limit: int = _setting(0, "score only the first N HellaSwag examples (0: all)")
+    core_every: int = _setting(0, "score CORE every N steps and at the end (0: never)")
+    core_limit: int = _setting(0, "score N examples per CORE task (0: all; nanochat's seeded shuffle, then the first N)")
+    core_bundle: str = _setting("", "unpacked CORE eval bundle (default: downloaded once into ~/.cache/gpt25)", "DIR")
 
     def __post_init__(self) -> None:
         self._resolve_architecture()

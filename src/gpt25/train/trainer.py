@@ -4,7 +4,7 @@
 `distributed`). Each optimizer step accumulates `grad_accum_steps` micro-batches (gradients are
 synchronised on the last one only), clips the global gradient norm, sets the cosine learning
 rate and steps AdamW. Around the loop: periodic evaluation (validation loss, perplexity, bits per
-byte, optional HellaSwag), periodic checkpoints, exact resume, a NaN/inf guard that stops before a
+byte, optional HellaSwag and CORE), periodic checkpoints, exact resume, a NaN/inf guard that stops before a
 bad update reaches the weights, and SIGTERM / SIGINT handling that saves a checkpoint and stops.
 
 What a run trains on is a `Task` the trainer is given, not a subclass: `Pretraining` (token shards,
@@ -34,6 +34,7 @@ from gpt25 import checkpoint as ckpt
 from gpt25.data import load_split
 from gpt25.data.loader import ShardLoader
 from gpt25.eval import evaluate_hellaswag, evaluate_loss, load_hellaswag
+from gpt25.eval.core import CoreTask, evaluate_core, load_core_tasks
 from gpt25.files import write_json_atomic
 from gpt25.model import ModelConfig, TransformerLM, parameter_groups
 from gpt25.optim import AdamW, clip_grad_norm, cosine_lr, cross_entropy
@@ -98,9 +99,11 @@ class StopSignal:
 
 class Task:
     """What a run trains on. The trainer calls `setup`, `base_model`, `loader`, then, as the run goes,
-    `on_start`, `evaluate` and `summary`; `ignore_index` marks the targets left out of the loss."""
+    `on_start`, `evaluate` and `summary`; `ignore_index` marks the targets left out of the loss, and
+    `core_tasks` are scored every --core_every steps (pretraining only)."""
 
     ignore_index: int | None = None
+    core_tasks: list[CoreTask] | None = None
 
     def setup(self, config: RunConfig, context: distributed.DistributedContext) -> tuple[RunConfig, Tokenizer,
                                                                                           ModelConfig]:
@@ -131,7 +134,7 @@ class Task:
 
 
 class Pretraining(Task):
-    """`gpt25 train`: token shards in, validation loss / perplexity / bits per byte (and HellaSwag) out."""
+    """`gpt25 train`: token shards in, validation loss / perplexity / bits per byte (HellaSwag, CORE) out."""
 
     def setup(self, config: TrainConfig, context: distributed.DistributedContext) -> tuple[TrainConfig, Tokenizer,
                                                                                             ModelConfig]:
@@ -149,6 +152,7 @@ class Pretraining(Task):
         config, context = trainer.config, trainer.context
         self.val_tokens = load_split(config.data, "val", trainer.tokenizer)
         self.hellaswag = load_hellaswag(config.hellaswag) if config.hellaswag else None
+        self.core_tasks = load_core_tasks(config.core_bundle, config.core_limit) if config.core_every else None
         # eval_steps global batches (without accumulation): the same tokens whatever the number of ranks
         self.eval_tokens = config.eval_steps * config.batch_size * context.world_size * config.context_length
         return ShardLoader(config.data, "train", config.batch_size, config.context_length, rank=context.rank,
@@ -313,13 +317,20 @@ class Trainer:
                                             "memory_gb": self.memory_gb(), "elapsed_s": time.perf_counter() - started})
                     window_seconds, window_steps = 0.0, 0
 
-                # ----- evaluate -----
-                if self.is_due(self.config.eval_every):
-                    self.last_eval = self.evaluate()
+                # ----- evaluate (CORE on its own schedule) -----
+                core_due = self.task.core_tasks is not None and self.is_due(self.config.core_every)
+                if self.is_due(self.config.eval_every) or core_due:
+                    metrics = self.evaluate() if self.is_due(self.config.eval_every) else {}
+                    if core_due:
+                        with self.autocast():
+                            metrics["core"] = evaluate_core(self.eval_model(), self.tokenizer, self.task.core_tasks,
+                                                            batch_size=self.config.batch_size,
+                                                            device=self.context.device)["core"]
+                    self.last_eval |= metrics
                     if tracker is not None:
-                        tracker.log(self.step, self.last_eval)
+                        tracker.log(self.step, metrics)
                     self.log_line(f"step {self.step}: " + ", ".join(
-                        f"{name} {value:.4f}" for name, value in self.last_eval.items() if value is not None))
+                        f"{name} {value:.4f}" for name, value in metrics.items() if value is not None))
 
                 # ----- save (a stop request on any rank saves here too) -----
                 if self.is_due(self.config.save_every) or stopped:
@@ -343,7 +354,7 @@ class Trainer:
                 "final_train_loss": train_loss, "final_val_loss": self.last_eval.get("val_loss"),
                 "final_val_perplexity": self.last_eval.get("val_perplexity"),
                 "final_val_bpb": self.last_eval.get("val_bpb"),
-                "hellaswag_acc_norm": self.last_eval.get("hellaswag_acc_norm"),
+                "hellaswag_acc_norm": self.last_eval.get("hellaswag_acc_norm"), "core": self.last_eval.get("core"),
                 "tokens_seen": self.step * self.tokens_per_step, "tokens_per_second": mean_rate,
                 "mfu": self.mfu(mean_rate) if mean_rate else None, "memory_gb": self.memory_gb(),
                 "elapsed_s": time.perf_counter() - started, "num_params": self.lm.num_params(),
