@@ -163,7 +163,8 @@ def _register_corpus(commands: argparse._SubParsersAction) -> None:
 
 def _corpus(args: argparse.Namespace) -> int:
     from gpt25.data.default_corpus import write_corpus_file
-    from gpt25.data.sources import check_sources, iter_documents
+    from gpt25.data.source_tasks import iter_documents
+    from gpt25.data.sources import check_sources
 
     check_sources(args.source, args.data_files)
     documents = iter_documents(args.source, doc_split=args.doc_split, text_field=args.text_field,

@@ -47,8 +47,16 @@ from gpt25.data.shards import (
     read_manifest,
     shard_is_valid,
 )
-from gpt25.data.source_tasks import BlockReport, SourceTask, TaskLines, plan_tasks, range_task_bytes, read_task
-from gpt25.data.sources import SourceStats, check_sources, iter_documents, source_signature
+from gpt25.data.source_tasks import (
+    BlockReport,
+    SourceTask,
+    TaskLines,
+    iter_documents,
+    plan_tasks,
+    range_task_bytes,
+    read_task,
+)
+from gpt25.data.sources import SourceStats, check_sources, source_signature
 from gpt25.files import write_json_atomic
 
 DEFAULT_VAL_FRACTION = 0.01

@@ -16,8 +16,9 @@ included; only blank (empty or whitespace-only) records and nulls are skipped. P
 at blank (whitespace-only) lines, and each paragraph (or whole file) loses its leading and
 trailing newlines; blank ones are skipped.
 
-Every function here yields plain ``str`` documents in a deterministic order. For parallel readers,
-gpt25.data.source_tasks cuts the sources into tasks that workers read.
+Documents come in a deterministic order from gpt25.data.source_tasks.iter_documents, which reads
+text and JSONL files in the byte ranges that parallel workers read; this module checks the sources
+and reads their lines, records and Parquet columns.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from gpt25.data.default_corpus import iter_default_corpus
-from gpt25.data.hub import check_hf_source, iter_hf_dataset
+from gpt25.data.hub import check_hf_source
 
 DOC_SPLITS = ("blank-line", "file")
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -46,11 +45,6 @@ COMPRESSED_SUFFIXES = frozenset(
 BINARY_CHECK_BYTES = 8000  # as git does: a NUL in a file's first 8000 bytes makes it binary
 UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-32LE's starts with UTF-16LE's
 MAX_WARNINGS_PER_FILE = 3
-TEXT_BLOCK_BYTES = 1 << 20
-_BLANK_LINE = re.compile(r"^[^\S\n]*\n", re.MULTILINE)
-_BLANK_LINE_OR_END = re.compile(r"^[^\S\n]*(?:\n|\Z)", re.MULTILINE)  # a last line without "\n" can be blank too
-_WHITESPACE_LINE = re.compile(r"\n[^\S\n]+(?:\n|\Z)")  # a blank line that is not empty (but for the first)
-_CARRIAGE_RETURNS = re.compile(r"\r+\n")  # "\r\n" line ends (iter_utf8_lines drops every "\r" before the "\n")
 
 
 class NonUtf8Warning(UserWarning):
@@ -63,33 +57,6 @@ class SourceStats:
 
     skipped_lines: int = 0
     files: int = 0
-
-
-def iter_documents(
-    specs: Iterable[str],
-    *,
-    doc_split: str = "blank-line",
-    text_field: str = "text",
-    data_files: list[str] | None = None,
-    hf_split: str = "train",
-    stats: SourceStats | None = None,
-    exclude: str | os.PathLike | None = None,
-) -> Iterator[str]:
-    """Yield the documents of every source spec in turn (see the module docstring for the specs);
-    folders and globs leave out the files inside `exclude` (see expand_paths)."""
-    if doc_split not in DOC_SPLITS:
-        raise ValueError(f"--doc_split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
-    stats = stats if stats is not None else SourceStats()
-    for spec in specs:
-        if spec == DEFAULT_CORPUS_SPEC:
-            yield from iter_default_corpus()
-        elif spec.startswith("hf:"):
-            name, _, config = spec[3:].partition(":")
-            yield from iter_hf_dataset(name, config or None, text_field, data_files=data_files, split=hf_split)
-        else:
-            for path in expand_paths(spec, exclude):
-                stats.files += 1
-                yield from iter_file_documents(path, doc_split=doc_split, text_field=text_field, stats=stats)
 
 
 def check_sources(
@@ -182,16 +149,6 @@ def open_text_file(path: Path) -> BinaryIO:
     return file
 
 
-def iter_file_documents(path: Path, *, doc_split: str, text_field: str, stats: SourceStats) -> Iterator[str]:
-    """Documents of one local file, chosen by its extension (JSONL, Parquet or plain text)."""
-    suffix = path.suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        return iter_jsonl_documents(path, text_field, stats)
-    if suffix == ".parquet":
-        return iter_parquet_documents(path, text_field)
-    return iter_text_documents(path, doc_split, stats)
-
-
 class SkippedLines:
     """Counts the non-UTF-8 lines of one file; warns for the first few, and sums up at the end."""
 
@@ -240,109 +197,6 @@ def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]
                 line = line.rstrip("\r\n") + "\n"
             yield line_number, line
     bad_lines.close()
-
-
-def iter_utf8_blocks(path: Path, stats: SourceStats) -> Iterator[str]:
-    """The file as str blocks of whole lines: exactly the lines iter_utf8_lines gives, joined."""
-    bad_lines = SkippedLines(path, stats)
-    line_number = 1  # of the block's first line
-    for block in _line_blocks(path, TEXT_BLOCK_BYTES):
-        text, skipped = decode_text_block(block, at_file_start=line_number == 1)
-        for index, reason in skipped:
-            bad_lines.record(line_number + index, reason)
-        line_number += block.count(b"\n")
-        yield text
-    bad_lines.close()
-
-
-def decode_text_block(block: bytes, at_file_start: bool) -> tuple[str, list[tuple[int, str]]]:
-    """Whole lines of a file as str, as iter_utf8_lines gives them ("\r\n" ends made "\n", a
-    leading BOM dropped at the file's start), and (line index in the block, reason) for each line
-    skipped because it is not UTF-8. The block is decoded at once unless it holds such a line."""
-    skipped: list[tuple[int, str]] = []
-    try:
-        text = block.decode("utf-8")
-    except UnicodeDecodeError:
-        lines = []
-        for index, line in enumerate(_lines(block)):
-            try:
-                lines.append(line.decode("utf-8"))
-            except UnicodeDecodeError as error:
-                skipped.append((index, error.reason))
-        text = "".join(lines)
-    if at_file_start and not (skipped and skipped[0][0] == 0):
-        text = text.removeprefix("\ufeff")
-    if "\r" in text:
-        text = _CARRIAGE_RETURNS.sub("\n", text) if "\r\r" in text else text.replace("\r\n", "\n")
-    return text, skipped
-
-
-def _line_blocks(path: Path, block_bytes: int) -> Iterator[bytes]:
-    """The file's bytes in blocks of about block_bytes that end with a "\\n" (but for the last)."""
-    pending: list[bytes] = []  # bytes after the last "\\n" so far
-    with open_text_file(path) as file:
-        while data := file.read(block_bytes):
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                pending.append(data)
-                continue
-            yield b"".join([*pending, data[:cut]])
-            pending = [data[cut:]]
-    last = b"".join(pending)
-    if last:
-        yield last
-
-
-def _lines(block: bytes) -> list[bytes]:
-    """The lines of `block`, each with its "\\n" (the last may have none); only "\\n" ends a line."""
-    lines = [line + b"\n" for line in block.split(b"\n")]
-    lines[-1] = lines[-1][:-1]
-    return lines if lines[-1] else lines[:-1]
-
-
-def iter_text_documents(path: Path, doc_split: str, stats: SourceStats) -> Iterator[str]:
-    """Plain text: paragraphs separated by blank (whitespace-only) lines, or the whole file, as documents."""
-    if doc_split == "file":
-        yield from text_documents("".join(iter_utf8_blocks(path, stats)), doc_split)
-        return
-    pending = ""  # the start of a paragraph that may go on in the next block
-    for text in iter_utf8_blocks(path, stats):
-        pieces = _split_at_blank_lines(pending + text, _BLANK_LINE)
-        pending = pieces.pop()
-        for piece in pieces:
-            yield from _non_empty(piece)
-    yield from text_documents(pending, doc_split)
-
-
-def text_documents(text: str, doc_split: str) -> list[str]:
-    """The documents of a whole plain text (a file, or a block of one from read_paragraph_block):
-    its paragraphs, or the text itself for doc_split "file"; blank ones left out."""
-    if doc_split == "file":
-        return list(_non_empty(text))
-    pieces = [piece.strip("\n") for piece in _split_at_blank_lines(text, _BLANK_LINE_OR_END)]
-    return [piece for piece in pieces if piece and not piece.isspace()]  # what _non_empty keeps
-
-
-def _split_at_blank_lines(text: str, blank_line: re.Pattern) -> list[str]:
-    """`text` (which starts a line) cut at its blank lines, by str.split when they are all empty."""
-    if _WHITESPACE_LINE.search(text) is None and not (text[:1].isspace() and text[0] != "\n"):
-        return text.split("\n\n")  # the pieces differ only in newlines at their ends, which _non_empty strips
-    return blank_line.split(text)
-
-
-def _non_empty(text: str) -> Iterator[str]:
-    text = text.strip("\n")
-    if text.strip():
-        yield text
-
-
-def iter_jsonl_documents(path: Path, text_field: str, stats: SourceStats) -> Iterator[str]:
-    """One JSON object per line; yields its `text_field` (a missing field is an error, a null is skipped)."""
-    for line_number, line in iter_utf8_lines(path, stats):
-        try:
-            yield from record_documents(line, text_field)
-        except ValueError as error:
-            raise ValueError(f"{path}:{line_number}: {error}") from None
 
 
 def record_documents(line: str, text_field: str) -> list[str]:
