@@ -12,7 +12,7 @@ import pytest
 
 from gpt25.checkpoint import list_checkpoints, load_for_inference
 from gpt25.cli import main
-from gpt25.data.chat_set import iter_chat_set
+from gpt25.data.default_corpus import iter_chat_set
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import has_chat_tokens
 from gpt25.train import train

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt25.data.chat_set import CHAT_SET_SPEC, iter_chat_set
+from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set
 from gpt25.data.hub import iter_hf_rows
 from gpt25.data.sources import SourceStats, expand_paths, iter_utf8_lines
 from gpt25.files import atomic_path
