@@ -263,13 +263,13 @@ def test_end_of_text_written_in_a_document_is_ordinary_text(
     from gpt25.data import prepare as prepare_module
 
     monkeypatch.setenv("GPT25_PURE_PYTHON", "1" if pure_python else "0")
-    loaded = []
+    loaded, load = [], Tokenizer.load
 
     def load_tokenizer(folder: str) -> Tokenizer:  # built after the env var is set; the workers fork it
-        loaded.append(Tokenizer.load(folder))
+        loaded.append(load(folder))
         return loaded[-1]
 
-    monkeypatch.setattr(prepare_module, "_load_tokenizer", load_tokenizer)
+    monkeypatch.setattr(Tokenizer, "load", staticmethod(load_tokenizer))
     monkeypatch.setattr(prepare_module, "BATCH_CHARS", 200)  # many tasks, so the workers take most
     documents = [f"doc {i} says {EOT} here" if i % 3 else f"{EOT}doc {i}{EOT}{EOT}" for i in range(60)]
     source = write_text_source_quietly(tmp_path / "docs.txt", documents)

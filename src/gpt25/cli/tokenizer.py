@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gpt25.files import atomic_folder
+
 END_OF_TEXT = "<|endoftext|>"  # gpt25.tokenizer.END_OF_TEXT, which this module does not import: `gpt25 --help` stays fast
 
 
@@ -97,7 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
                               num_workers=args.workers, progress=not args.no_progress)
     tokenizer = Tokenizer(vocab, merges, special_tokens)
     _check_out(args.out, args.force, [])  # again: DIR may have changed while training
-    _save_replacing(tokenizer, args.out)
+    with atomic_folder(args.out) as staging:  # DIR is never left half-written
+        tokenizer.save(staging)
     print(f"trained {tokenizer.vocab_size} tokens ({len(merges)} merges) in "
           f"{time.perf_counter() - started:.1f} s -> {args.out}", file=sys.stderr)
     return 0
@@ -108,7 +111,8 @@ def run_import(args: argparse.Namespace) -> int:
 
     _check_out(args.out, args.force, [args.vocab, args.merges])
     tokenizer = Tokenizer.from_files(args.vocab, args.merges, _special_tokens(args))
-    _save_replacing(tokenizer, args.out)
+    with atomic_folder(args.out) as staging:  # DIR is never left half-written
+        tokenizer.save(staging)
     print(f"imported {tokenizer.vocab_size} tokens ({len(tokenizer.merges)} merges) -> {args.out}", file=sys.stderr)
     return 0
 
@@ -160,15 +164,6 @@ def _check_parent(out: Path) -> None:
                               "choose another --out") from None
 
 
-def _save_replacing(tokenizer, out: Path) -> None:
-    """Save into a temporary sibling folder, then swap it in, so DIR is never left half-written."""
-    from gpt25.files import atomic_folder, set_usual_mode
-
-    with atomic_folder(out) as staging:
-        set_usual_mode(staging)
-        tokenizer.save(staging)
-
-
 def _read_stdin_text() -> str:
     data = sys.stdin.buffer.read()
     try:
@@ -196,7 +191,7 @@ def run_decode(args: argparse.Namespace) -> int:
             ids.append(int(word))
         except ValueError:
             raise ValueError(f"stdin: {word!r} is not a token id (expected integers separated by spaces)") from None
-    sys.stdout.buffer.write(tokenizer.decode_bytes(ids).decode("utf-8", errors="replace").encode("utf-8"))
+    sys.stdout.buffer.write(tokenizer.decode(ids).encode("utf-8"))
     sys.stdout.flush()
     return 0
 

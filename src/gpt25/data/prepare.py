@@ -57,7 +57,8 @@ from gpt25.data.source_tasks import (
     read_task,
 )
 from gpt25.data.sources import SourceStats, check_sources, source_signature
-from gpt25.files import write_json_atomic
+from gpt25.files import new_folders, write_json_atomic
+from gpt25.tokenizer import Tokenizer
 
 DEFAULT_VAL_FRACTION = 0.01
 BATCH_CHARS = 1 << 19  # text per worker task: large enough to amortise IPC, small enough to stay ordered
@@ -143,45 +144,17 @@ def val_threshold_for_docs(hashes: Iterable[int], val_docs: int) -> tuple[int, i
     return (-largest_kept[0] if largest_kept else -1), num_documents
 
 
-def _load_tokenizer(tokenizer_dir: str) -> Any:
-    from gpt25.tokenizer import Tokenizer
-
-    return Tokenizer.load(tokenizer_dir)
-
-
 def prepare(config: PrepareConfig) -> dict[str, Any]:
     """Tokenize the configured sources into `config.out_dir`; resumes an interrupted run. Returns the
     manifest. A run that fails leaves no folder it created empty behind."""
     check_sources(config.sources, config.data_files, exclude=config.out_dir)
-    tokenizer = _load_tokenizer(config.tokenizer_dir)
+    tokenizer = Tokenizer.load(config.tokenizer_dir)
     out_dir = Path(config.out_dir)
-    created = _make_folder(out_dir)
-    try:
+    blocking = next((folder for folder in (out_dir, *out_dir.parents) if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        raise NotADirectoryError(f"--out {out_dir}: {blocking} is a file, not a folder; choose another --out")
+    with new_folders(out_dir):
         return _prepare_into(config, tokenizer, out_dir)
-    except BaseException:
-        _remove_empty(created)
-        raise
-
-
-def _make_folder(out_dir: Path) -> list[Path]:
-    """Create --out (and its missing parents); returns the folders created, innermost first."""
-    missing = []
-    for folder in (out_dir, *out_dir.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise NotADirectoryError(f"--out {out_dir}: {folder} is a file, not a folder; choose another --out")
-            break
-        missing.append(folder)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return missing
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove these folders (innermost first) while they are empty."""
-    for folder in folders:
-        if any(folder.iterdir()):
-            return
-        folder.rmdir()
 
 
 def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[str, Any]:

@@ -10,7 +10,6 @@ windows across the separators inside a file as it does across a prepared split's
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from gpt25.data.shards import (
     file_fingerprint,
 )
 from gpt25.files import atomic_folder, write_json_atomic
+from gpt25.tokenizer import Tokenizer
 
 RAW_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 CHUNK_BYTES = 1 << 24  # per read: large enough for disk speed, small enough to keep memory flat
@@ -60,20 +60,11 @@ def import_raw(config: RawImportConfig) -> dict[str, Any]:
     files = {"train": _token_files(config.train, "--train"), "val": _token_files(config.val, "--val")}
     out_dir = Path(config.out_dir).absolute()
     _check_out(out_dir, [path for paths in files.values() for path in paths], config.force)
-    from gpt25.tokenizer import Tokenizer
-
     tokenizer = Tokenizer.load(config.tokenizer_dir)
-    missing_parents = [folder for folder in out_dir.parents if not folder.exists()]  # innermost first
-    try:
-        with atomic_folder(out_dir) as temporary:
-            manifest = _import_into(temporary, files, tokenizer, config)
-            tokenizer.save(temporary / "tokenizer")  # `gpt25 train --data` takes DATA/tokenizer by default
-            write_json_atomic(temporary / MANIFEST_NAME, manifest)
-    except BaseException:
-        for folder in missing_parents:
-            with contextlib.suppress(OSError):  # not empty: something else lives there now
-                folder.rmdir()
-        raise
+    with atomic_folder(out_dir) as temporary:
+        manifest = _import_into(temporary, files, tokenizer, config)
+        tokenizer.save(temporary / "tokenizer")  # `gpt25 train --data` takes DATA/tokenizer by default
+        write_json_atomic(temporary / MANIFEST_NAME, manifest)
     return manifest
 
 
