@@ -31,6 +31,7 @@ import torch
 
 from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set
 from gpt25.data.hub import iter_hf_rows
+from gpt25.data.loader import SeededBatches
 from gpt25.data.sources import SourceStats, expand_paths, iter_utf8_lines
 from gpt25.files import atomic_path
 from gpt25.tokenizer import Tokenizer
@@ -224,7 +225,7 @@ def pack_conversations(conversations: Iterable[list[dict]], tokenizer: Tokenizer
     return PackedRows(tokens, trained_array)
 
 
-class PackedLoader:
+class PackedLoader(SeededBatches):
     """Seeded, rank-disjoint batches of packed rows, resumable to the exact batch.
 
     The rows are read as one stream of epochs, each a fresh permutation of all rows, `batch_size`
@@ -235,14 +236,8 @@ class PackedLoader:
                  device: torch.device | str = "cpu") -> None:
         if not len(rows):
             raise ValueError("no conversations to train on")
-        self.rows, self.batch_size, self.rank, self.world_size = rows, batch_size, rank, world_size
-        self.seed, self.device = seed, device
-        self.position = 0  # rows consumed by all ranks together since the first epoch began
-        self._orders: dict[int, np.ndarray] = {}
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
+        super().__init__(batch_size, rank, world_size, seed, device)
+        self.rows = rows  # self.position: rows consumed by all ranks together since the first epoch began
 
     @property
     def epoch(self) -> float:
@@ -257,9 +252,7 @@ class PackedLoader:
 
     def _row_at(self, position: int) -> int:
         epoch, offset = divmod(position, len(self.rows))
-        if epoch not in self._orders:
-            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))}
-        return int(self._orders[epoch][offset])
+        return int(self._permutation(epoch, len(self.rows))[offset])
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": LOADER_VERSION, "position": self.position, "seed": self.seed, "num_rows": len(self.rows)}
@@ -267,9 +260,6 @@ class PackedLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where `state` left off (the same packed rows and seed; any world or batch size)."""
         expected = {"version": LOADER_VERSION, "seed": self.seed, "num_rows": len(self.rows)}
-        mismatched = {key: (state.get(key), value) for key, value in expected.items() if state.get(key) != value}
-        if mismatched:
-            details = ", ".join(f"{key} saved {saved} vs now {now}" for key, (saved, now) in mismatched.items())
-            raise ValueError(f"loader state does not fit these conversations ({details}); resume with the same "
-                             "--data, --seed, --context_length and --val_fraction")
+        self._check_state(state, expected, "these conversations",
+                          "resume with the same --data, --seed, --context_length and --val_fraction")
         self.position = int(state["position"])
