@@ -32,7 +32,7 @@ import torch
 from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set
 from gpt25.data.hub import iter_hf_rows
 from gpt25.data.loader import SeededBatches
-from gpt25.data.sources import SourceStats, expand_paths, iter_utf8_lines
+from gpt25.data.sources import SourceStats, expand_paths, iter_parquet_column, iter_utf8_lines
 from gpt25.files import atomic_path
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import add_chat_tokens, message_problem, render_conversation
@@ -106,7 +106,8 @@ def _iter_raw_messages(spec: str) -> Iterator[Any]:
             raise FileNotFoundError(f"--data {spec!r} matched no files; {LOCAL_CHATS}") from None
         for path in paths:
             if path.suffix == ".parquet":
-                yield from _parquet_messages(path)
+                yield from iter_parquet_column(path, "messages", "conversation files need a 'messages' list of "
+                                               "{role, content}")
             elif path.suffix in (".jsonl", ".json"):
                 yield from _jsonl_messages(path)
             else:
@@ -127,21 +128,6 @@ def _jsonl_messages(path: Path) -> Iterator[Any]:
             raise ValueError(f"{path}:{line_number}: no 'messages' field; conversation files hold "
                              'one {"messages": [{"role": ..., "content": ...}, ...]} object per line')
         yield record["messages"]
-
-
-def _parquet_messages(path: Path) -> Iterator[Any]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-        if "messages" not in parquet.schema_arrow.names:
-            raise ValueError(f"{path}: no column 'messages' (found: {', '.join(parquet.schema_arrow.names)}); "
-                             "conversation files need a 'messages' list of {role, content}")
-        for batch in parquet.iter_batches(columns=["messages"], batch_size=1024):
-            yield from batch.column(0).to_pylist()
-    except (pa.ArrowException, OSError) as error:
-        raise ValueError(f"{path} is not a readable Parquet file ({' '.join(str(error).split())})") from None
 
 
 def is_validation(messages: list[dict], val_fraction: float) -> bool:

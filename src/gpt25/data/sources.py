@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from gpt25.data.hub import check_hf_source
 
@@ -228,41 +228,36 @@ def _record_text(text: str) -> list[str]:
 
 
 def iter_parquet_documents(path: Path, text_field: str) -> Iterator[str]:
-    """The `text_field` column of a Parquet file (a string column; nulls skipped), a record batch at a time."""
+    """The `text_field` column of a Parquet file (a string column) as documents; nulls and blank texts skipped."""
+    for text in iter_parquet_column(path, text_field, "pass --text_field NAME", strings=True):
+        if text is not None:
+            yield from _record_text(text)
+
+
+def iter_parquet_column(path: Path, column: str, fix: str, strings: bool = False) -> Iterator[Any]:
+    """The values of `column` of a Parquet file, a record batch at a time. One-line errors for an
+    unreadable file, a missing column (ending in `fix`) and, with `strings`, a column of another type."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
+        _check_column(path, parquet.schema_arrow, column, fix, strings)
+        for batch in parquet.iter_batches(columns=[column], batch_size=1024):
+            yield from batch.column(0).to_pylist()
     except (pa.ArrowException, OSError) as error:
-        raise _unreadable_parquet(path, error) from None
-    _check_text_column(path, parquet.schema_arrow, text_field)
-    try:
-        for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
-            for text in batch.column(0).to_pylist():
-                if text is not None:
-                    yield from _record_text(text)
-    except (pa.ArrowException, OSError) as error:
-        raise _unreadable_parquet(path, error) from None
+        reason = " ".join(str(error).split()) or type(error).__name__  # on one line
+        raise ValueError(f"{path} is not a readable Parquet file ({reason}); repair or re-export it, "
+                         "or leave it out") from None
 
 
-def _unreadable_parquet(path: Path, error: Exception) -> ValueError:
-    reason = " ".join(str(error).split()) or type(error).__name__  # on one line
-    return ValueError(
-        f"{path} is not a readable Parquet file ({reason}); repair or re-export it, or leave it out of --source"
-    )
-
-
-def _check_text_column(path: Path, schema, text_field: str) -> None:
-    """ValueError unless `schema` has a column `text_field` of strings."""
+def _check_column(path: Path, schema, column: str, fix: str, strings: bool) -> None:
     import pyarrow as pa
 
-    if text_field not in schema.names:
-        raise ValueError(f"{path}: no column {text_field!r} (found: {', '.join(schema.names)}); pass --text_field NAME")
-    column_type = schema.field(text_field).type
+    if column not in schema.names:
+        raise ValueError(f"{path}: no column {column!r} (found: {', '.join(schema.names)}); {fix}")
+    column_type = schema.field(column).type
     value_type = column_type.value_type if pa.types.is_dictionary(column_type) else column_type
     text_types = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
-    if not any(is_text(value_type) for is_text in text_types):
-        raise ValueError(
-            f"{path}: column {text_field!r} holds {column_type}, not strings; pass --text_field NAME of a text column"
-        )
+    if strings and not any(is_text(value_type) for is_text in text_types):
+        raise ValueError(f"{path}: column {column!r} holds {column_type}, not strings; {fix} of a text column")
