@@ -209,10 +209,7 @@ def _start_or_resume(out_dir: Path, settings: dict[str, Any], overwrite: bool) -
     if (out_dir / MANIFEST_NAME).is_file() and not overwrite:
         manifest = read_manifest(out_dir)
         if manifest["settings"] == settings:
-            if not manifest["complete"] or not all(
-                shard_is_valid(out_dir / e["file"], e) for s in SPLITS for e in manifest["splits"][s]["shards"]
-            ):
-                _keep_valid_prefix(out_dir, manifest)
+            _keep_valid_prefix(out_dir, manifest)
             return manifest
         changed = ", ".join(key for key in settings if manifest["settings"].get(key) != settings[key])
         raise FileExistsError(
@@ -234,13 +231,15 @@ def _start_or_resume(out_dir: Path, settings: dict[str, Any], overwrite: bool) -
 
 
 def _keep_valid_prefix(out_dir: Path, manifest: dict[str, Any]) -> None:
-    manifest["complete"] = False
+    """Cut each split's shards at the first one damaged or missing; the run is then unfinished."""
     for split in SPLITS:
         entries = manifest["splits"][split]["shards"]
         num_valid = next(
             (i for i, entry in enumerate(entries) if not shard_is_valid(out_dir / entry["file"], entry)), len(entries)
         )
-        del entries[num_valid:]
+        if num_valid < len(entries):
+            manifest["complete"] = False
+            del entries[num_valid:]
 
 
 def _val_threshold(config: PrepareConfig) -> tuple[int, int | None]:
@@ -279,11 +278,8 @@ def _silenced(documents: Iterator[str]) -> Iterator[str]:
 
 
 def _resume_points(manifest: dict[str, Any]) -> dict[str, ResumePoint]:
-    points = {}
-    for split in SPLITS:
-        entries = manifest["splits"][split]["shards"]
-        points[split] = ResumePoint(**entries[-1]["next"]) if entries else ResumePoint()
-    return points
+    shards = {split: manifest["splits"][split]["shards"] for split in SPLITS}
+    return {split: ResumePoint(**entries[-1]["next"]) if entries else ResumePoint() for split, entries in shards.items()}
 
 
 def _run(
@@ -300,18 +296,9 @@ def _run(
     `counts_file_bytes`, else in the documents' text bytes."""
     resume = _resume_points(manifest)
     manifest_path = out_dir / MANIFEST_NAME
-    writers = {
-        split: SplitWriter(
-            split,
-            out_dir,
-            config.shard_tokens,
-            dtype,
-            manifest["splits"][split]["shards"],
-            resume[split],
-            lambda: write_json_atomic(manifest_path, manifest),
-        )
-        for split in SPLITS
-    }
+    writers = {split: SplitWriter(split, out_dir, config.shard_tokens, dtype, manifest["splits"][split]["shards"],
+                                  resume[split], lambda: write_json_atomic(manifest_path, manifest))
+               for split in SPLITS}
     stats = SourceStats()
     task_lines = TaskLines(stats)
     counters = {"documents": 0, "bytes": 0, "tokens": 0, "tokenized": 0}
@@ -339,12 +326,8 @@ def _run(
             for writer in writers.values():
                 writer.discard()
             raise
-    source = {
-        "documents": counters["documents"],
-        "bytes": counters["bytes"],
-        "skipped_lines": stats.skipped_lines,
-        "files": stats.files,
-    }
+    source = {"documents": counters["documents"], "bytes": counters["bytes"], "skipped_lines": stats.skipped_lines,
+              "files": stats.files}
     return source, counters["tokenized"]
 
 

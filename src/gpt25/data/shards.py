@@ -65,9 +65,7 @@ class ShardFile:
     """A shard being written: header placeholder, tokens appended, then finished atomically."""
 
     def __init__(self, path: Path, dtype: np.dtype):
-        self.path = path
-        self.dtype = dtype
-        self.num_tokens = 0
+        self.path, self.dtype, self.num_tokens = path, dtype, 0
         self.temporary = path.with_name(f".{path.name}.tmp")
         self.file = open(self.temporary, "wb")
         self.file.write(HEADER.pack(MAGIC, FORMAT_VERSION, dtype.itemsize, 0))
@@ -322,28 +320,22 @@ class ResumePoint:
 RESUME_FIELDS = {name: int for name in asdict(ResumePoint())}  # a shard entry's "next"
 
 
+@dataclass
 class SplitWriter:
-    """Cuts one split's token stream into shards of `shard_tokens` and records each in the manifest."""
+    """Cuts one split's token stream into shards of `shard_tokens` and records each in `entries`
+    (the manifest's), calling `on_shard` after each."""
 
-    def __init__(
-        self,
-        split: str,
-        out_dir: Path,
-        shard_tokens: int,
-        dtype: np.dtype,
-        entries: list[dict],
-        resume: ResumePoint,
-        on_shard: Callable[[], None],
-    ):
-        self.split = split
-        self.out_dir = out_dir
-        self.shard_tokens = shard_tokens
-        self.dtype = dtype
-        self.entries = entries
-        self.resume = resume
-        self.num_docs = resume.num_docs
-        self.current: ShardFile | None = None
-        self.on_shard = on_shard
+    split: str
+    out_dir: Path
+    shard_tokens: int
+    dtype: np.dtype
+    entries: list[dict]
+    resume: ResumePoint
+    on_shard: Callable[[], None]
+    current: ShardFile | None = None
+
+    def __post_init__(self) -> None:
+        self.num_docs = self.resume.num_docs
 
     def add_document(self, doc_index: int, tokens: np.ndarray) -> None:
         """Append one document's tokens (already cut at the resume offset when it is the resume document)."""
