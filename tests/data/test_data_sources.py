@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt25.data import source_tasks, sources
-from gpt25.data.source_tasks import iter_documents, iter_file_documents
+from gpt25.data.source_tasks import iter_documents
 from gpt25.data.sources import SourceStats, iter_utf8_lines
 
 
@@ -67,8 +67,8 @@ def test_block_reader_equals_the_line_by_line_split(tmp_path_factory, content: b
         original_block_bytes = source_tasks.TEXT_BLOCK_BYTES
         try:
             source_tasks.TEXT_BLOCK_BYTES = block_bytes
-            assert list(iter_file_documents(path, doc_split="blank-line", text_field="text", stats=stats)) == expected
-            assert list(iter_file_documents(path, doc_split="file", text_field="text", stats=SourceStats())) == expected_file
+            assert list(iter_documents([str(path)], stats=stats)) == expected
+            assert list(iter_documents([str(path)], doc_split="file")) == expected_file
         finally:
             source_tasks.TEXT_BLOCK_BYTES = original_block_bytes
     assert stats.skipped_lines == expected_stats.skipped_lines

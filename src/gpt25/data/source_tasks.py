@@ -5,7 +5,7 @@ plan_tasks cuts the sources into SourceTasks for `gpt25 data prepare`'s workers:
 plain-text and JSONL files, which the main process never reads, and groups of documents for the
 rest (Parquet, Hugging Face, python-docs). read_task gives a task's documents; a range is moved to
 paragraph or line starts (read_paragraph_block, read_line_block), so ranges can be cut blindly.
-iter_documents reads a local file through the same tasks, so both give exactly the same documents.
+iter_documents reads the sources through the same tasks, so both give exactly the same documents.
 TaskLines numbers within their files the lines a worker reports by their index in its block.
 """
 
@@ -74,32 +74,12 @@ def iter_documents(
     stats: SourceStats | None = None,
     exclude: str | os.PathLike | None = None,
 ) -> Iterator[str]:
-    """Yield the documents of every source spec in turn (see gpt25.data.sources for the specs);
-    folders and globs leave out the files inside `exclude` (see expand_paths)."""
-    if doc_split not in DOC_SPLITS:
-        raise ValueError(f"--doc_split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
+    """Yield the documents of every source spec in turn (see gpt25.data.sources for the specs), read
+    through the tasks the workers read; folders and globs leave out the files inside `exclude`."""
     stats = stats if stats is not None else SourceStats()
-    for spec in specs:
-        if spec == DEFAULT_CORPUS_SPEC:
-            yield from iter_default_corpus()
-        elif spec.startswith("hf:"):
-            name, _, config = spec[3:].partition(":")
-            yield from iter_hf_dataset(name, config or None, text_field, data_files=data_files, split=hf_split)
-        else:
-            for path in expand_paths(spec, exclude):
-                stats.files += 1
-                yield from iter_file_documents(path, doc_split=doc_split, text_field=text_field, stats=stats)
-
-
-def iter_file_documents(path: Path, *, doc_split: str, text_field: str, stats: SourceStats) -> Iterator[str]:
-    """Documents of one local file, chosen by its extension (JSONL, Parquet or plain text); text and
-    JSONL files are read as the workers read them, one byte-range task after another."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        yield from iter_parquet_documents(path, text_field)
-        return
     task_lines = TaskLines(stats)
-    for task in _range_tasks(path, doc_split, text_field if suffix in JSONL_SUFFIXES else None, TEXT_BLOCK_BYTES):
+    for task in plan_tasks(specs, TEXT_BLOCK_BYTES, doc_split=doc_split, text_field=text_field,
+                           data_files=data_files, hf_split=hf_split, stats=stats, exclude=exclude):
         documents, block = read_task(task)
         yield from documents  # before a bad JSONL line's error, the documents ahead of it
         task_lines.report(task, block)
@@ -112,20 +92,25 @@ def plan_tasks(specs: Iterable[str], task_bytes: int, *, doc_split: str = "blank
     """The tasks of every source in order, of about `task_bytes` each (the options are iter_documents'):
     byte ranges of plain-text and JSONL files, which the main process never reads; documents for the
     rest (Parquet, Hugging Face, python-docs), read here."""
+    if doc_split not in DOC_SPLITS:
+        raise ValueError(f"--doc_split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
     stats = stats if stats is not None else SourceStats()
     for spec in specs:
-        if spec == DEFAULT_CORPUS_SPEC or spec.startswith("hf:"):
-            documents = iter_documents([spec], doc_split=doc_split, text_field=text_field, data_files=data_files,
-                                       hf_split=hf_split, stats=stats)
+        if spec == DEFAULT_CORPUS_SPEC:
+            yield from _document_tasks(iter_default_corpus(), task_bytes)
+        elif spec.startswith("hf:"):
+            name, _, config = spec[3:].partition(":")
+            documents = iter_hf_dataset(name, config or None, text_field, data_files=data_files, split=hf_split)
             yield from _document_tasks(documents, task_bytes)
-            continue
-        for path in expand_paths(spec, exclude):
-            stats.files += 1
-            suffix = path.suffix.lower()
-            if suffix == ".parquet":
-                yield from _document_tasks(iter_parquet_documents(path, text_field), task_bytes)
-            else:
-                yield from _range_tasks(path, doc_split, text_field if suffix in JSONL_SUFFIXES else None, task_bytes)
+        else:
+            for path in expand_paths(spec, exclude):
+                stats.files += 1
+                suffix = path.suffix.lower()
+                if suffix == ".parquet":
+                    yield from _document_tasks(iter_parquet_documents(path, text_field), task_bytes)
+                else:
+                    jsonl_field = text_field if suffix in JSONL_SUFFIXES else None
+                    yield from _range_tasks(path, doc_split, jsonl_field, task_bytes)
 
 
 def range_task_bytes(specs: Iterable[str], signature: list[list]) -> int | None:
