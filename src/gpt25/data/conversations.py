@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set
-from gpt25.data.hub import iter_hf_rows
+from gpt25.data.hub import iter_hf_field
 from gpt25.data.loader import SeededBatches
 from gpt25.data.sources import SourceStats, expand_paths, iter_parquet_column, iter_utf8_lines
 from gpt25.files import atomic_path
@@ -94,11 +94,8 @@ def _iter_raw_messages(spec: str) -> Iterator[Any]:
         yield from iter_chat_set()
     elif spec.startswith("hf:"):
         name, _, config = spec[3:].partition(":")
-        for row_number, row in enumerate(iter_hf_rows(name, config or None, alternative=LOCAL_CHATS)):
-            if "messages" not in row:
-                raise ValueError(f"{spec} row {row_number}: no field 'messages' (found: {', '.join(row)}); "
-                                 "conversation datasets need a 'messages' list of {role, content}")
-            yield row["messages"]
+        yield from iter_hf_field(name, config or None, "messages", "conversation datasets need a 'messages' list "
+                                 "of {role, content}", alternative=LOCAL_CHATS)
     else:
         try:
             paths = expand_paths(spec)

@@ -57,9 +57,9 @@ def iter_default_corpus() -> Iterator[str]:
 def iter_stdlib_docstrings(stdlib: Path | None = None) -> Iterator[str]:
     """Docstrings of each stdlib module, extracted with `ast` (never imported), in sorted path order."""
     for path, module_name in iter_stdlib_modules(stdlib):
-        document = module_document(path, module_name)
-        if document:
-            yield document
+        sections = [f"{heading}\n\n{docstring}" for heading, docstring in module_docstrings(path, module_name)]
+        if sections:
+            yield "\n\n".join(sections)
 
 
 def iter_stdlib_modules(stdlib: Path | None = None) -> Iterator[tuple[Path, str]]:
@@ -84,12 +84,6 @@ def _module_name(relative: Path) -> str:
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
-
-
-def module_document(path: Path, module_name: str) -> str:
-    """The docstrings of one module as a document, or "" when it has none or cannot be parsed."""
-    sections = [f"{heading}\n\n{docstring}" for heading, docstring in module_docstrings(path, module_name)]
-    return "\n\n".join(sections)
 
 
 def module_docstrings(path: Path, module_name: str) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 RECIPE_REPO = "itskoma/GPT2.5"
 REPO_TYPES = ("dataset", "model")
@@ -65,37 +66,28 @@ def check_hf_source(name: str, data_files: list[str] | None, alternative: str = 
         check_hub_reachable(name, "dataset", f"hf:{name}", alternative)
 
 
-def iter_hf_dataset(
-    name: str,
-    config: str | None,
-    text_field: str,
-    *,
-    data_files: list[str] | None = None,
-    split: str = "train",
-) -> Iterator[str]:
+def iter_hf_dataset(name: str, config: str | None, text_field: str, *, data_files: list[str] | None = None,
+                    split: str = "train") -> Iterator[str]:
     """Stream the `text_field` of a Hugging Face dataset (``hf:NAME[:CONFIG]``), each row's text exactly
-    (blank and null ones skipped).
-
-    With `data_files` (or a local folder as NAME) the dataset is read from disk through
-    `datasets`' own builders, e.g. ``hf:json`` with ``--data_files a.jsonl``; no network is used.
-    """
-    for row_number, row in enumerate(iter_hf_rows(name, config, data_files=data_files, split=split)):
-        if text_field not in row:
-            raise ValueError(
-                f"hf:{name} row {row_number}: no field {text_field!r} (found: {', '.join(row)}); pass --text_field NAME"
-            )
-        text = row[text_field]
+    (blank and null ones skipped). With `data_files` (or a local folder as NAME) the dataset is read
+    from disk through `datasets`' own builders, e.g. ``hf:json`` with ``--data_files a.jsonl``."""
+    for text in iter_hf_field(name, config, text_field, "pass --text_field NAME", data_files=data_files, split=split):
         if text is not None and str(text).strip():
             yield str(text)  # exactly as stored: edge newlines are the user's data
 
 
-def iter_hf_rows(name: str, config: str | None, *, data_files: list[str] | None = None,
-                 split: str = "train", alternative: str = LOCAL_ALTERNATIVE) -> Iterator[dict]:
-    """Stream the rows (dicts of fields) of a Hugging Face dataset, failing at once when it is unreachable."""
+def iter_hf_field(name: str, config: str | None, field: str, fix: str, *, data_files: list[str] | None = None,
+                  split: str = "train", alternative: str = LOCAL_ALTERNATIVE) -> Iterator[Any]:
+    """Stream `field` of each row of a Hugging Face dataset, failing at once when it is unreachable
+    (`alternative` names the local-file flags) and at a row without the field (`fix` says what to do)."""
     check_hf_source(name, data_files, alternative)
     import datasets
 
-    yield from datasets.load_dataset(name, config, data_files=data_files, split=split, streaming=True)
+    rows = datasets.load_dataset(name, config, data_files=data_files, split=split, streaming=True)
+    for row_number, row in enumerate(rows):
+        if field not in row:
+            raise ValueError(f"hf:{name} row {row_number}: no field {field!r} (found: {', '.join(row)}); {fix}")
+        yield row[field]
 
 
 def download_repo(

@@ -122,11 +122,6 @@ def _is_val(documents: list[bytes], val_threshold: int) -> np.ndarray:
     return np.frombuffer(b"".join(map(_digest, documents)), dtype=">u8") <= np.uint64(val_threshold)
 
 
-def val_threshold_for_fraction(val_fraction: float) -> int:
-    """Documents whose hash is below this go to validation; -1 when none should."""
-    return int(val_fraction * 2**64) - 1
-
-
 def val_threshold_for_docs(hashes: Iterable[int], val_docs: int) -> tuple[int, int]:
     """(N-th smallest hash, number of documents) with memory O(N): documents at or below it are validation."""
     largest_kept: list[int] = []  # max-heap (negated) of the val_docs smallest hashes so far
@@ -245,7 +240,7 @@ def _keep_valid_prefix(out_dir: Path, manifest: dict[str, Any]) -> None:
 def _val_threshold(config: PrepareConfig) -> tuple[int, int | None]:
     """(validation hash threshold, total source bytes when a pre-pass counted them)."""
     if config.val_docs is None:
-        return val_threshold_for_fraction(config.val_fraction), None
+        return int(config.val_fraction * 2**64) - 1, None  # hashes below the fraction; -1 (none) for 0
     total_bytes = 0
 
     def hashes() -> Iterator[int]:
