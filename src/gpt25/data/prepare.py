@@ -180,16 +180,11 @@ def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[
 
 def _settings(config: PrepareConfig, tokenizer: Any, dtype: np.dtype) -> dict[str, Any]:
     """What must match for a rerun to resume the shards already in --out."""
+    options = ("doc_split", "text_field", "data_files", "hf_split", "val_fraction", "val_docs", "shard_tokens")
     return {
         "sources": list(config.sources),
         "source_files": source_signature(config.sources, exclude=config.out_dir),
-        "doc_split": config.doc_split,
-        "text_field": config.text_field,
-        "data_files": config.data_files,
-        "hf_split": config.hf_split,
-        "val_fraction": config.val_fraction,
-        "val_docs": config.val_docs,
-        "shard_tokens": config.shard_tokens,
+        **{name: getattr(config, name) for name in options},
         "tokenizer_fingerprint": tokenizer.fingerprint(),
         "vocab_size": tokenizer.vocab_size,
         "eot_id": tokenizer.eot_id,
@@ -297,8 +292,7 @@ def _run(
     stats = SourceStats()
     task_lines = TaskLines(stats)
     counters = {"documents": 0, "bytes": 0, "tokens": 0, "tokenized": 0}
-    settings = _BatchSettings(manifest["val_threshold"], resume, dtype)
-    tasks = (_Task(settings, task) for task in plan_tasks(config.sources, BATCH_CHARS, stats=stats,
+    tasks = (_Task(task, manifest["val_threshold"], resume, dtype) for task in plan_tasks(config.sources, BATCH_CHARS, stats=stats,
                                                           **_source_options(config)))
     caught_up_at = max(point.doc_index for point in resume.values())
     with tqdm(
@@ -327,21 +321,14 @@ def _run(
 
 
 @dataclass
-class _BatchSettings:
-    """What a worker needs besides the texts to encode a batch."""
-
-    val_threshold: int
-    resume: dict[str, ResumePoint]
-    dtype: np.dtype
-
-
-@dataclass
 class _Task:
     """One worker task: the sources' documents to encode, what encoding needs besides them, and
     while resuming the number of their first document."""
 
-    settings: _BatchSettings
     source: SourceTask
+    val_threshold: int
+    resume: dict[str, ResumePoint]
+    dtype: np.dtype
     first_doc_index: int | None = None
 
 
@@ -377,19 +364,18 @@ def _encoded_in_order(
 def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
     """Assign each document its split, drop those already in that split's finished shards, tokenize the rest."""
     texts, block = read_task(task.source)
-    settings = task.settings
     data = [text.encode("utf-8") for text in texts]
-    is_val = _is_val(data, settings.val_threshold)
+    is_val = _is_val(data, task.val_threshold)
     offsets = np.zeros(len(data), dtype=np.int64)  # tokens of a document already in finished shards
     if task.first_doc_index is not None:
         doc_indices = np.arange(task.first_doc_index, task.first_doc_index + len(data))
-        for split_is_val, point in ((False, settings.resume["train"]), (True, settings.resume["val"])):
+        for split_is_val, point in ((False, task.resume["train"]), (True, task.resume["val"])):
             in_split = is_val == split_is_val
             offsets[in_split & (doc_indices < point.doc_index)] = -1  # all of it
             offsets[in_split & (doc_indices == point.doc_index)] = point.token_offset
     keep = np.flatnonzero(offsets >= 0)
     kept_texts = texts if len(keep) == len(data) else [texts[index] for index in keep.tolist()]
-    lengths, tokens = encode_documents(tokenizer, kept_texts, settings.dtype)
+    lengths, tokens = encode_documents(tokenizer, kept_texts, task.dtype)
     if offsets[keep].any():
         lengths, tokens = _drop_leading_tokens(lengths, tokens, offsets[keep])
     return _EncodedBatch(keep, is_val[keep], lengths, tokens, sum(map(len, data)), len(data), block)

@@ -156,14 +156,6 @@ class SkippedLines:
         self.path, self.stats = path, stats
         self.count = self.first = 0
 
-    def decode(self, raw: bytes, line_number: int) -> str | None:
-        """The line as str, or None (with a warning) when it is not UTF-8."""
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            self.record(line_number, error.reason)
-            return None
-
     def record(self, line_number: int, reason: str) -> None:
         """Count a skipped line (warning for the first MAX_WARNINGS_PER_FILE)."""
         self.count += 1
@@ -176,11 +168,8 @@ class SkippedLines:
     def close(self) -> None:
         self.stats.skipped_lines += self.count
         if self.count > MAX_WARNINGS_PER_FILE:
-            warnings.warn(
-                f"{self.path}: skipped {self.count} lines that are not UTF-8 in all (first at line {self.first})",
-                NonUtf8Warning,
-                stacklevel=3,
-            )
+            warnings.warn(f"{self.path}: skipped {self.count} lines that are not UTF-8 in all (first at line "
+                          f"{self.first})", NonUtf8Warning, stacklevel=3)
 
 
 def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]:
@@ -188,8 +177,10 @@ def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]
     bad_lines = SkippedLines(path, stats)
     with open_text_file(path) as file:
         for line_number, raw in enumerate(file, start=1):
-            line = bad_lines.decode(raw, line_number)
-            if line is None:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                bad_lines.record(line_number, error.reason)
                 continue
             if line_number == 1:
                 line = line.removeprefix("\ufeff")
