@@ -168,10 +168,13 @@ def monkeypatch_chunk():
     codec.STREAM_CHUNK_CHARS = saved
 
 
-def test_encode_file_matches_encode(gpt2_tokenizer, fixtures_dir, tmp_path, monkeypatch):
+def test_encode_many_and_encode_file_match_encode(gpt2_tokenizer, fixtures_dir, tmp_path, monkeypatch):
     from gpt25.tokenizer import codec
 
     texts = (fixtures_dir / "corpus.en").read_text(encoding="utf-8").split(" .\n")[:300]
+    expected = [gpt2_tokenizer.encode(text) for text in texts]
+    assert gpt2_tokenizer.encode_many(texts) == expected
+    assert gpt2_tokenizer.encode_many(texts, num_workers=2) == expected
     path = tmp_path / "joined.txt"
     path.write_text(EOT.join(texts), encoding="utf-8")
     monkeypatch.setattr(codec, "FILE_CHUNK_BYTES", 5_000)

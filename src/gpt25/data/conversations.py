@@ -30,9 +30,8 @@ import numpy as np
 import torch
 
 from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set
-from gpt25.data.hub import iter_hf_field
 from gpt25.data.loader import SeededBatches
-from gpt25.data.sources import SourceStats, expand_paths, iter_parquet_column, iter_utf8_lines
+from gpt25.data.sources import SourceStats, expand_paths, iter_hf_field, iter_parquet_column, iter_utf8_lines
 from gpt25.files import atomic_path
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import add_chat_tokens, message_problem, render_conversation

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gpt25.data.default_corpus import iter_default_corpus
-from gpt25.data.hub import iter_hf_dataset
 from gpt25.data.sources import (
     DEFAULT_CORPUS_SPEC,
     DOC_SPLITS,
@@ -27,6 +26,7 @@ from gpt25.data.sources import (
     SkippedLines,
     SourceStats,
     expand_paths,
+    iter_hf_dataset,
     iter_parquet_documents,
     open_text_file,
     record_documents,

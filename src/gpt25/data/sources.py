@@ -18,7 +18,13 @@ trailing newlines; blank ones are skipped.
 
 Documents come in a deterministic order from gpt25.data.source_tasks.iter_documents, which reads
 text and JSONL files in the byte ranges that parallel workers read; this module checks the sources
-and reads their lines, records and Parquet columns.
+and reads their lines, records, Parquet columns and Hub rows.
+
+The Hugging Face Hub (streamed datasets, and the one download behind `gpt25 data download`) needs
+the internet unless the libraries read local files (`datasets` packaged builders such as ``json``
+/ ``parquet`` with ``data_files``, or a cached snapshot under ``HF_HUB_OFFLINE=1``). Offline it
+fails at once with one line that says so and names the local-file alternative, instead of the
+libraries' minute of retries.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
@@ -33,14 +40,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gpt25.data.hub import check_hf_source
-
 DOC_SPLITS = ("blank-line", "file")
 JSONL_SUFFIXES = (".jsonl", ".json")
 DEFAULT_CORPUS_SPEC = "python-docs"
 # Refused by name: workers read byte ranges of the raw file, which a compressed stream does not allow.
 COMPRESSED_SUFFIXES = frozenset(
     {".gz", ".tgz", ".bz2", ".xz", ".lzma", ".zst", ".lz4", ".br", ".z", ".zip", ".7z", ".rar", ".tar"}
+)
+RECIPE_REPO = "itskoma/GPT2.5"
+REPO_TYPES = ("dataset", "model")
+TRUE_VALUES = ("1", "ON", "YES", "TRUE")
+LOCAL_ALTERNATIVE = (
+    "offline, use local files instead: --source 'DIR/*.jsonl' --text_field text "
+    "(or --source python-docs, the embedded corpus)"
+)
+DOWNLOAD_ALTERNATIVE = (
+    "offline, copy the files by hand and pass local paths, e.g. gpt25 data prepare --source DIR "
+    "(or --source python-docs, the embedded corpus)"
 )
 BINARY_CHECK_BYTES = 8000  # as git does: a NUL in a file's first 8000 bytes makes it binary
 UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-32LE's starts with UTF-16LE's
@@ -252,3 +268,105 @@ def _check_column(path: Path, schema, column: str, fix: str, strings: bool) -> N
     text_types = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
     if strings and not any(is_text(value_type) for is_text in text_types):
         raise ValueError(f"{path}: column {column!r} holds {column_type}, not strings; {fix} of a text column")
+
+
+# ---- the Hugging Face Hub ----
+
+
+def hub_offline() -> bool:
+    """True when the user switched the Hub off (HF_HUB_OFFLINE, or HF_DATASETS_OFFLINE for `datasets`)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_DATASETS_OFFLINE", "").upper() in TRUE_VALUES
+
+
+def check_hub_reachable(repo_id: str, repo_type: str, what: str, alternative: str = LOCAL_ALTERNATIVE) -> None:
+    """Ask the Hub for the repo's info (one fast request) so an offline machine fails at once.
+
+    `datasets` retries for about half a minute before giving up; huggingface_hub's info call
+    fails within a second. A missing repo is the user's typo (ValueError); anything else from
+    that request means the Hub cannot be reached (ConnectionError).
+    """
+    if hub_offline():
+        raise ConnectionError(f"{what} needs the internet and offline mode is on (HF_HUB_OFFLINE); {alternative}")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().repo_info(repo_id, repo_type=repo_type, timeout=10)
+    except GatedRepoError:
+        return  # it exists; `datasets` reports the missing token itself
+    except RepositoryNotFoundError:
+        raise ValueError(f"no {repo_type} named {repo_id!r} on the Hugging Face Hub; check the name") from None
+    except Exception as error:  # the HTTP client's own connect/timeout errors have no common base
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConnectionError(
+            f"{what} needs the internet, and the Hugging Face Hub is unreachable ({reason}); {alternative}"
+        ) from None
+
+
+def check_hf_source(name: str, data_files: list[str] | None, alternative: str = LOCAL_ALTERNATIVE) -> None:
+    """Fail at once when a Hub dataset cannot be reached; local builders (data_files, a folder) need no check.
+    `alternative` names the calling command's own local-file flags."""
+    if not data_files and not Path(name).exists():
+        check_hub_reachable(name, "dataset", f"hf:{name}", alternative)
+
+
+def iter_hf_dataset(name: str, config: str | None, text_field: str, *, data_files: list[str] | None = None,
+                    split: str = "train") -> Iterator[str]:
+    """Stream the `text_field` of a Hugging Face dataset (``hf:NAME[:CONFIG]``), each row's text exactly
+    (blank and null ones skipped). With `data_files` (or a local folder as NAME) the dataset is read
+    from disk through `datasets`' own builders, e.g. ``hf:json`` with ``--data_files a.jsonl``."""
+    for text in iter_hf_field(name, config, text_field, "pass --text_field NAME", data_files=data_files, split=split):
+        if text is not None and str(text).strip():
+            yield str(text)  # exactly as stored: edge newlines are the user's data
+
+
+def iter_hf_field(name: str, config: str | None, field: str, fix: str, *, data_files: list[str] | None = None,
+                  split: str = "train", alternative: str = LOCAL_ALTERNATIVE) -> Iterator[Any]:
+    """Stream `field` of each row of a Hugging Face dataset, failing at once when it is unreachable
+    (`alternative` names the local-file flags) and at a row without the field (`fix` says what to do)."""
+    check_hf_source(name, data_files, alternative)
+    import datasets
+
+    rows = datasets.load_dataset(name, config, data_files=data_files, split=split, streaming=True)
+    for row_number, row in enumerate(rows):
+        if field not in row:
+            raise ValueError(f"hf:{name} row {row_number}: no field {field!r} (found: {', '.join(row)}); {fix}")
+        yield row[field]
+
+
+def download_repo(
+    repo_id: str = RECIPE_REPO,
+    repo_type: str = "dataset",
+    out: str | os.PathLike | None = None,
+    include: list[str] | None = None,
+    revision: str | None = None,
+) -> Path:
+    """Download a Hub repo with huggingface_hub (into `out`, else the HF cache); returns its local folder.
+
+    The one Hub download, behind `gpt25 data download` (and its alias `gpt25 export hub-download`,
+    for model repos to convert with `gpt25 checkpoint import`). Under HF_HUB_OFFLINE=1 a copy already
+    in the Hugging Face cache is used (and copied to `out`).
+    """
+    if repo_type not in REPO_TYPES:
+        raise ValueError(f"--repo_type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    what = f"downloading {repo_type} {repo_id}"
+    try:
+        if hub_offline():
+            cached = Path(snapshot_download(repo_id, repo_type=repo_type, allow_patterns=include, revision=revision))
+            if out is None:
+                return cached
+            shutil.copytree(cached, out, dirs_exist_ok=True)
+            return Path(out)
+        check_hub_reachable(repo_id, repo_type, what, DOWNLOAD_ALTERNATIVE)
+        return Path(
+            snapshot_download(repo_id, repo_type=repo_type, local_dir=out, allow_patterns=include, revision=revision)
+        )
+    except LocalEntryNotFoundError:
+        raise ConnectionError(
+            f"{what} needs the internet and offline mode is on (HF_HUB_OFFLINE) with no cached copy; {DOWNLOAD_ALTERNATIVE}"
+        ) from None

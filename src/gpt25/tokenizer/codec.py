@@ -330,6 +330,14 @@ class Tokenizer:
         for chunk in self._safe_text_chunks(texts, STREAM_CHUNK_CHARS):
             yield from self.encode(chunk)
 
+    def encode_many(self, texts: list[str], num_workers: int = 1) -> list[list[int]]:
+        """Encode each text; with num_workers > 1 the texts are shared out to a process pool."""
+        if num_workers <= 1 or len(texts) < 2:
+            return [self.encode(text) for text in texts]
+        chunksize = max(1, len(texts) // (num_workers * 8))
+        with _worker_pool(self, num_workers) as pool:
+            return [ids.tolist() for ids in pool.imap(_encode_in_worker, texts, chunksize=chunksize)]
+
     def encode_file(self, path: str | Path, num_workers: int = 1) -> Iterator[np.ndarray]:
         """Encode a UTF-8 text file of any size; yields the ids in order as numpy arrays of uint32.
 
