@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tokenizer", help="train, inspect and run a byte-level BPE tokenizer",
         description="Train a byte-level BPE tokenizer (GPT-2's pre-tokenizer) and encode/decode with it.")
     commands = parser.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
-    for register_command in (_register_train, _register_import, _register_encode, _register_decode):
+    for register_command in (_register_train, _register_import, _register_encode_decode):
         register_command(commands)
     info = commands.add_parser("info", help="print vocab size, special tokens and the longest tokens",
                                description="Describe a saved tokenizer.")
@@ -70,18 +70,16 @@ def _add_out_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace DIR if it is empty or holds a gpt25 tokenizer (a folder with other files is refused)")
 
 
-def _register_encode(commands: argparse._SubParsersAction) -> None:
-    encode = commands.add_parser("encode", help="encode UTF-8 text from stdin to ids on stdout",
-                                 description="Read UTF-8 text on stdin, write token ids separated by spaces.")
-    encode.add_argument("--tokenizer", type=Path, required=True, metavar="DIR", help="saved tokenizer folder")
-    encode.set_defaults(handler=run_encode)
-
-
-def _register_decode(commands: argparse._SubParsersAction) -> None:
-    decode = commands.add_parser("decode", help="decode ids from stdin to text on stdout",
-                                 description="Read whitespace-separated token ids on stdin, write the text.")
-    decode.add_argument("--tokenizer", type=Path, required=True, metavar="DIR", help="saved tokenizer folder")
-    decode.set_defaults(handler=run_decode)
+def _register_encode_decode(commands: argparse._SubParsersAction) -> None:
+    for name, help_text, description, handler in (
+        ("encode", "encode UTF-8 text from stdin to ids on stdout",
+         "Read UTF-8 text on stdin, write token ids separated by spaces.", run_encode),
+        ("decode", "decode ids from stdin to text on stdout",
+         "Read whitespace-separated token ids on stdin, write the text.", run_decode),
+    ):
+        parser = commands.add_parser(name, help=help_text, description=description)
+        parser.add_argument("--tokenizer", type=Path, required=True, metavar="DIR", help="saved tokenizer folder")
+        parser.set_defaults(handler=handler)
 
 
 def run_train(args: argparse.Namespace) -> int:
