@@ -177,10 +177,7 @@ def pack_conversations(conversations: Iterable[list[dict]], tokenizer: Tokenizer
                        stats: ConversationStats) -> PackedRows:
     """Render and pack conversations in order into rows of `row_length` tokens (see the module docstring)."""
     pad_id = tokenizer.token_id(END_OF_TEXT)
-    rows_ids: list[list[int]] = []
-    rows_trained: list[list[bool]] = []
-    row_ids: list[int] = []
-    row_trained: list[bool] = []
+    rows: list[tuple[list[int], list[bool]]] = []  # (ids, trained) of each row
     for messages in conversations:
         rendered = render_conversation(tokenizer, messages)
         ids, trained = rendered.ids, rendered.mask
@@ -190,18 +187,13 @@ def pack_conversations(conversations: Iterable[list[dict]], tokenizer: Tokenizer
             if not any(trained[1:]):
                 stats.dropped += 1
                 continue
-        if len(row_ids) + len(ids) > row_length:
-            rows_ids.append(row_ids)
-            rows_trained.append(row_trained)
-            row_ids, row_trained = [], []
-        row_ids += ids
-        row_trained += trained
-    if row_ids:
-        rows_ids.append(row_ids)
-        rows_trained.append(row_trained)
-    tokens = np.full((len(rows_ids), row_length), pad_id, dtype=np.int32)
-    trained_array = np.zeros((len(rows_ids), row_length), dtype=bool)
-    for index, (ids, trained) in enumerate(zip(rows_ids, rows_trained, strict=True)):
+        if not rows or len(rows[-1][0]) + len(ids) > row_length:
+            rows.append(([], []))
+        rows[-1][0].extend(ids)
+        rows[-1][1].extend(trained)
+    tokens = np.full((len(rows), row_length), pad_id, dtype=np.int32)
+    trained_array = np.zeros((len(rows), row_length), dtype=bool)
+    for index, (ids, trained) in enumerate(rows):
         tokens[index, :len(ids)] = ids
         trained_array[index, :len(trained)] = trained
     return PackedRows(tokens, trained_array)
