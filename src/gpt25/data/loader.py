@@ -128,22 +128,18 @@ class ShardLoader(SeededBatches):
             shard_index += 1
         return np.concatenate(pieces).astype(np.int64) if len(pieces) > 1 else pieces[0].astype(np.int64)
 
+    def _identity(self) -> dict[str, Any]:
+        """What a saved state must match: the same windows, visited in the same order."""
+        return {"version": STATE_VERSION, "split": self.split, "seed": self.seed,
+                "context_length": self.context_length, "num_windows": self.num_windows}
+
     def state_dict(self) -> dict[str, Any]:
         """Plain ints and strings (safe for torch.save(weights_only=True)); rank and world size are not in it."""
-        return {
-            "version": STATE_VERSION,
-            "split": self.split,
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "context_length": self.context_length,
-            "num_windows": self.num_windows,
-        }
+        return self._identity() | {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where `state` left off; the world size and batch size may differ from the saved run."""
-        expected = {"version": STATE_VERSION, "split": self.split, "seed": self.seed,
-                    "context_length": self.context_length, "num_windows": self.num_windows}
-        self._check_state(state, expected, "this data/loader", "resume with the same data, seed and context length")
+        self._check_state(state, self._identity(), "this data/loader",
+                          "resume with the same data, seed and context length")
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
