@@ -211,12 +211,10 @@ def seed_optimizer_state(entries: dict[str, Any], config: ModelConfig,
     if not per_parameter:
         return None, {}
     state = {ours: seed_moments(per_parameter.get(theirs, {}), theirs, config, source) for ours, theirs in names.items()}
-    group = seed_param_group(entries)
-    group_settings = {"lr": group["lr"], "betas": group["betas"], "eps": group["eps"],
-                      "weight_decay": group["weight_decay"]}
+    group = seed_param_group(entries)  # lr, betas, eps, weight_decay
     train_config = {"lr": group["lr"], "beta1": group["betas"][0], "beta2": group["betas"][1], "eps": group["eps"],
                     "weight_decay": group["weight_decay"], "decay_all": True}
-    return {"state": state, "param_groups": [group_settings | {"params": list(names)}]}, train_config
+    return {"state": state, "param_groups": [group | {"params": list(names)}]}, train_config
 
 
 def seed_moments(moments: dict[str, Any], seed_name: str, config: ModelConfig, source: Path) -> dict[str, Any]:
