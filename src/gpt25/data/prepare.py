@@ -38,12 +38,12 @@ from tqdm import tqdm
 
 from gpt25.data.parallel import encode_documents, map_in_order
 from gpt25.data.shards import (
-    MANIFEST_FORMAT,
     MANIFEST_NAME,
     SPLITS,
     ResumePoint,
     SplitWriter,
     dtype_for_vocab,
+    new_manifest,
     read_manifest,
     shard_is_valid,
 )
@@ -155,7 +155,7 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
 def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[str, Any]:
     dtype = dtype_for_vocab(tokenizer.vocab_size)
     settings = _settings(config, tokenizer, dtype)
-    manifest = _start_or_resume(out_dir, settings, config.overwrite)
+    manifest = _start_or_resume(out_dir, settings, config.overwrite, tokenizer, dtype)
     if manifest["complete"]:
         return manifest
     file_bytes = range_task_bytes(config.sources, settings["source_files"])
@@ -192,7 +192,8 @@ def _settings(config: PrepareConfig, tokenizer: Any, dtype: np.dtype) -> dict[st
     }
 
 
-def _start_or_resume(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, Any]:
+def _start_or_resume(out_dir: Path, settings: dict[str, Any], overwrite: bool, tokenizer: Any,
+                     dtype: np.dtype) -> dict[str, Any]:
     """A fresh manifest, or the earlier run's one with only its valid prefix of shards kept."""
     for leftover in out_dir.glob(".*.tmp"):
         leftover.unlink()
@@ -207,17 +208,7 @@ def _start_or_resume(out_dir: Path, settings: dict[str, Any], overwrite: bool) -
         )
     for old in [*out_dir.glob("train_*.bin"), *out_dir.glob("val_*.bin"), out_dir / MANIFEST_NAME]:
         old.unlink(missing_ok=True)
-    return {
-        "format": MANIFEST_FORMAT,
-        "complete": False,
-        "tokenizer_fingerprint": settings["tokenizer_fingerprint"],
-        "vocab_size": settings["vocab_size"],
-        "eot_id": settings["eot_id"],
-        "dtype": settings["dtype"],
-        "settings": settings,
-        "source": {},
-        "splits": {split: {"tokens": 0, "documents": 0, "shards": []} for split in SPLITS},
-    }
+    return new_manifest(tokenizer, dtype, settings)
 
 
 def _keep_valid_prefix(out_dir: Path, manifest: dict[str, Any]) -> None:

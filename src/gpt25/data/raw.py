@@ -19,13 +19,13 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt25.data.shards import (
-    MANIFEST_FORMAT,
     MANIFEST_NAME,
     SPLITS,
     ResumePoint,
     SplitWriter,
     dtype_for_vocab,
     file_fingerprint,
+    new_manifest,
 )
 from gpt25.files import atomic_folder, write_json_atomic
 from gpt25.tokenizer import Tokenizer
@@ -99,19 +99,10 @@ def _import_into(out_dir: Path, files: dict[str, list[Path]], tokenizer: Any, co
         writers = {split: SplitWriter(split, out_dir, config.shard_tokens, dtype, [], ResumePoint(), lambda: None)
                    if config.copy else None for split in SPLITS}
         splits = {split: _import_split(files[split], tokenizer, config.dtype, bar, writers[split]) for split in SPLITS}
-    return {
-        "format": MANIFEST_FORMAT,
-        "complete": True,
-        "tokenizer_fingerprint": tokenizer.fingerprint(),
-        "vocab_size": tokenizer.vocab_size,
-        "eot_id": tokenizer.eot_id,
-        "dtype": dtype.name,
-        "settings": {"raw_files": {split: [str(path) for path in files[split]] for split in SPLITS},
-                     "raw_dtype": config.dtype, "copy": config.copy},
-        "source": {"documents": sum(info["documents"] for info in splits.values()), "bytes": total_bytes,
-                   "skipped_lines": 0},
-        "splits": splits,
-    }
+    settings = {"raw_files": {split: [str(path) for path in files[split]] for split in SPLITS},
+                "raw_dtype": config.dtype, "copy": config.copy}
+    source = {"documents": sum(info["documents"] for info in splits.values()), "bytes": total_bytes, "skipped_lines": 0}
+    return new_manifest(tokenizer, dtype, settings) | {"complete": True, "source": source, "splits": splits}
 
 
 def _import_split(

@@ -57,6 +57,21 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
     return DTYPES[2] if vocab_size <= 2**16 else DTYPES[4]
 
 
+def new_manifest(tokenizer: Any, dtype: np.dtype, settings: dict[str, Any]) -> dict[str, Any]:
+    """An unfinished manifest, with no shards yet, for `tokenizer`'s ids stored as `dtype`."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "complete": False,
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": dtype.name,
+        "settings": settings,
+        "source": {},
+        "splits": {split: {"tokens": 0, "documents": 0, "shards": []} for split in SPLITS},
+    }
+
+
 def shard_name(split: str, index: int) -> str:
     return f"{split}_{index:06d}.bin"
 
