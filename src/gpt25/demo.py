@@ -25,8 +25,7 @@ import numpy as np
 from gpt25.chat import chat
 from gpt25.checkpoint import list_checkpoints, load_for_inference, read_meta
 from gpt25.data import load_split, read_manifest
-from gpt25.data.chat_set import CHAT_SET_SPEC
-from gpt25.data.default_corpus import iter_default_corpus, write_corpus_file
+from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_default_corpus, write_corpus_file
 from gpt25.data.prepare import PrepareConfig, prepare
 from gpt25.eval.run import run_evaluation
 from gpt25.files import write_json_atomic, write_text_atomic

@@ -12,7 +12,7 @@ import pytest
 
 from gpt25.checkpoint import list_checkpoints, load_for_inference
 from gpt25.cli import main
-from gpt25.data.chat_set import iter_chat_set
+from gpt25.data.default_corpus import iter_chat_set
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import has_chat_tokens
 from gpt25.train import train
@@ -123,7 +123,7 @@ def test_bad_input_is_one_line_and_writes_nothing(base_run, corpus_data, chats, 
                                     "--out", str(out), *common)
     assert "no checkpoint in" in cli_error(capsys, "--checkpoint", "latest", "--data", str(chats),
                                            "--out", str(out), *common)
-    monkeypatch.setattr("gpt25.data.hub.hub_offline", lambda: True)
+    monkeypatch.setattr("gpt25.data.sources.hub_offline", lambda: True)
     hub = cli_error(capsys, "--checkpoint", str(base_run), "--data", "hf:HuggingFaceTB/smol-smoltalk", "--out",
                     str(out), *common)
     local = cli_error(capsys, "--checkpoint", str(base_run), "--data", "python-docs", "--out", str(out), *common)

@@ -66,7 +66,7 @@ def run_hub_upload(args: argparse.Namespace) -> int:
 
 
 def run_hub_download(args: argparse.Namespace) -> int:
-    from gpt25.data.hub import download_repo
+    from gpt25.data.sources import download_repo
 
     print(f"downloaded to {download_repo(args.repo, 'model', args.out)}")
     return 0

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gpt25.files import atomic_folder
+
 END_OF_TEXT = "<|endoftext|>"  # gpt25.tokenizer.END_OF_TEXT, which this module does not import: `gpt25 --help` stays fast
 
 
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tokenizer", help="train, inspect and run a byte-level BPE tokenizer",
         description="Train a byte-level BPE tokenizer (GPT-2's pre-tokenizer) and encode/decode with it.")
     commands = parser.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
-    for register_command in (_register_train, _register_import, _register_encode, _register_decode):
+    for register_command in (_register_train, _register_import, _register_encode_decode):
         register_command(commands)
     info = commands.add_parser("info", help="print vocab size, special tokens and the longest tokens",
                                description="Describe a saved tokenizer.")
@@ -68,18 +70,16 @@ def _add_out_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace DIR if it is empty or holds a gpt25 tokenizer (a folder with other files is refused)")
 
 
-def _register_encode(commands: argparse._SubParsersAction) -> None:
-    encode = commands.add_parser("encode", help="encode UTF-8 text from stdin to ids on stdout",
-                                 description="Read UTF-8 text on stdin, write token ids separated by spaces.")
-    encode.add_argument("--tokenizer", type=Path, required=True, metavar="DIR", help="saved tokenizer folder")
-    encode.set_defaults(handler=run_encode)
-
-
-def _register_decode(commands: argparse._SubParsersAction) -> None:
-    decode = commands.add_parser("decode", help="decode ids from stdin to text on stdout",
-                                 description="Read whitespace-separated token ids on stdin, write the text.")
-    decode.add_argument("--tokenizer", type=Path, required=True, metavar="DIR", help="saved tokenizer folder")
-    decode.set_defaults(handler=run_decode)
+def _register_encode_decode(commands: argparse._SubParsersAction) -> None:
+    for name, help_text, description, handler in (
+        ("encode", "encode UTF-8 text from stdin to ids on stdout",
+         "Read UTF-8 text on stdin, write token ids separated by spaces.", run_encode),
+        ("decode", "decode ids from stdin to text on stdout",
+         "Read whitespace-separated token ids on stdin, write the text.", run_decode),
+    ):
+        parser = commands.add_parser(name, help=help_text, description=description)
+        parser.add_argument("--tokenizer", type=Path, required=True, metavar="DIR", help="saved tokenizer folder")
+        parser.set_defaults(handler=handler)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -97,7 +97,8 @@ def run_train(args: argparse.Namespace) -> int:
                               num_workers=args.workers, progress=not args.no_progress)
     tokenizer = Tokenizer(vocab, merges, special_tokens)
     _check_out(args.out, args.force, [])  # again: DIR may have changed while training
-    _save_replacing(tokenizer, args.out)
+    with atomic_folder(args.out) as staging:  # DIR is never left half-written
+        tokenizer.save(staging)
     print(f"trained {tokenizer.vocab_size} tokens ({len(merges)} merges) in "
           f"{time.perf_counter() - started:.1f} s -> {args.out}", file=sys.stderr)
     return 0
@@ -108,7 +109,8 @@ def run_import(args: argparse.Namespace) -> int:
 
     _check_out(args.out, args.force, [args.vocab, args.merges])
     tokenizer = Tokenizer.from_files(args.vocab, args.merges, _special_tokens(args))
-    _save_replacing(tokenizer, args.out)
+    with atomic_folder(args.out) as staging:  # DIR is never left half-written
+        tokenizer.save(staging)
     print(f"imported {tokenizer.vocab_size} tokens ({len(tokenizer.merges)} merges) -> {args.out}", file=sys.stderr)
     return 0
 
@@ -160,15 +162,6 @@ def _check_parent(out: Path) -> None:
                               "choose another --out") from None
 
 
-def _save_replacing(tokenizer, out: Path) -> None:
-    """Save into a temporary sibling folder, then swap it in, so DIR is never left half-written."""
-    from gpt25.files import atomic_folder, set_usual_mode
-
-    with atomic_folder(out) as staging:
-        set_usual_mode(staging)
-        tokenizer.save(staging)
-
-
 def _read_stdin_text() -> str:
     data = sys.stdin.buffer.read()
     try:
@@ -196,7 +189,7 @@ def run_decode(args: argparse.Namespace) -> int:
             ids.append(int(word))
         except ValueError:
             raise ValueError(f"stdin: {word!r} is not a token id (expected integers separated by spaces)") from None
-    sys.stdout.buffer.write(tokenizer.decode_bytes(ids).decode("utf-8", errors="replace").encode("utf-8"))
+    sys.stdout.buffer.write(tokenizer.decode(ids).encode("utf-8"))
     sys.stdout.flush()
     return 0
 
