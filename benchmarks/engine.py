@@ -3,7 +3,7 @@
 A random-weight model (`--config`, the sizes of benchmarks/generate.py) and, for 1, 8 and 32
 concurrent requests, one thread per request submitting a greedy `Request` (random prompt ids of
 8-32 tokens, a fixed seed each, exactly `--max-tokens` new tokens, no stop ids) to one running
-Engine, against the same prompts one after another through `gpt25.sample.generate_tokens` (the
+Engine, against the same prompts one after another through `gpt25.engine.generate_tokens` (the
 cached generation; on CUDA its graph-replayed decoding step). Aggregate tokens/s = all generated
 tokens / wall time of the level. "same" means every request's tokens in the batch equal its tokens
 alone. Imports torch and gpt25 only (no fastapi, uvicorn or httpx), so it runs on the GPU machine.
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from generate import CONFIGS, DTYPES, synchronize
 
+from gpt25.engine import generate_tokens
 from gpt25.model import TransformerLM
-from gpt25.sample import generate_tokens
 from gpt25.serve.engine import Engine, Request
 
 

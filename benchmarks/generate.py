@@ -1,13 +1,13 @@
-"""Generation speed: gpt25.sample with and without the KV cache vs transformers' generate(), one run.
+"""Generation speed: gpt25.engine with and without the KV cache vs transformers' generate(), one run.
 
 For each config (tiny, 124m) and batch size (1, 8), the same weights run three ways, greedy, for
 exactly `--new-tokens` tokens after a random `--prompt-tokens` prompt (no end-of-text stop on either
 side, so the work is identical):
 
-- gpt25 cached:    gpt25.sample.generate_tokens(use_cache=True)   (preallocated KV cache; on CUDA
+- gpt25 cached:    gpt25.engine.generate_tokens(use_cache=True)   (preallocated KV cache; on CUDA
                    a StaticKVCache whose one-token step is captured in a CUDA graph and replayed)
 - gpt25 eager:     on CUDA only, generate_tokens(static_decode=False): the cached path without the graph
-- gpt25 no cache:  gpt25.sample.generate_tokens(use_cache=False)  (recomputes the prefix each token)
+- gpt25 no cache:  gpt25.engine.generate_tokens(use_cache=False)  (recomputes the prefix each token)
 - transformers:    LlamaForCausalLM.generate(do_sample=False, min_new_tokens=max_new_tokens=N)
 
 The Llama model is our model exported with gpt25.interop.export_hf and loaded with
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
+from gpt25.engine import generate_tokens
 from gpt25.interop import export_hf
 from gpt25.model import ModelConfig, TransformerLM
-from gpt25.sample import generate_tokens
 
 CONFIGS = {
     "tiny": ModelConfig(vocab_size=8192, context_length=256, d_model=256, num_layers=4, num_heads=4, d_ff=704),

@@ -16,9 +16,12 @@
 #   1 the CUDA tests (-m cuda)        2 generation benchmark          3 the 124M recipe and gpt25x through
 #   `gpt25 train` + model step vs transformers + the NaN guard's sync  4 SIGTERM and resume
 #   5 `data prepare` with 1-16 workers  7 `gpt25 sft` from stage 3's checkpoint + the serving engine
-#   (benchmarks/engine.py)              6 the whole suite, last: it takes whatever time is left
+#   (benchmarks/engine.py)              8 CORE (`gpt25 eval --core --core_limit`) on stage 3's checkpoint
+#   6 the whole suite, last: it takes whatever time is left
 # The dry run runs the same command lines, but stages 1 and 6 on one test file each (the suite itself
 # runs the dry run), and SFT on a few written conversations instead of the embedded chat set.
+# CORE reads the real eval bundle from $DATA/eval_bundle when it is there (nanochat's eval_bundle.zip,
+# unpacked; the GPU machine has no internet), else a small bundle of every task kind written here.
 # It ends with one summary table (benchmarks/gpu_check_report.py) and leaves in $OUT (default
 # runs/gpu_check): log.txt, summary.md, results.json, stages.tsv, tests.xml, suite.xml and the train
 # and SFT runs' metrics.jsonl.
@@ -65,7 +68,8 @@ if [ $mode = gpu ]; then
     SFT="--context_length 1024 --batch_size 16 --train_steps 60 --warmup_steps 6 --lr 1e-4 --dtype bfloat16
          --eval_every 30 --eval_steps 8 --save_every 60 --log_every 10"
     SFT_DATA=python-docs-chat
-    ENGINE="--config 124m --dtype bf16 --max-tokens 64"
+    ENGINE="--config 124m --dtype bf16 --max-tokens 64 --concurrency 1,16"
+    CORE_LIMIT=100
     CUDA_TESTS=tests SUITE_TESTS=tests
 else
     DEVICE=cpu
@@ -83,6 +87,7 @@ else
          --eval_steps 2 --save_every 4 --log_every 1"
     SFT_DATA=$WORK/chat.jsonl  # the embedded set takes ~20 s of CPU to build: a few written conversations instead
     ENGINE="--config tiny --dtype fp32 --max-tokens 8 --threads 1"
+    CORE_LIMIT=4
     CUDA_TESTS=tests/model/test_model_cuda.py SUITE_TESTS=tests/test_files.py
 fi
 set +a
@@ -130,7 +135,7 @@ setup() {
     if [ -f "$DATA/gpt2/gpt2_vocab.json" ]; then
         $G tokenizer import --vocab "$DATA/gpt2/gpt2_vocab.json" --merges "$DATA/gpt2/gpt2_merges.txt" --out "$WORK/tok"
     else
-        $G tokenizer train --input "$WORK"/text/*.txt --vocab_size 512 --special_token "<|endoftext|>" --out "$WORK/tok" --quiet
+        $G tokenizer train --input "$WORK"/text/*.txt --vocab_size 512 --special_token "<|endoftext|>" --out "$WORK/tok" --no_progress
     fi
     $G data prepare --source "$WORK/text" --tokenizer "$WORK/tok" --out "$WORK/shards" --val_fraction 0.02 --no_progress
 }
@@ -250,6 +255,40 @@ sft_and_serve() {  # the engine first: it needs nothing from earlier stages
     return $status
 }
 
+# ----- 8. CORE on stage 3's checkpoint: the real bundle when sent along, else a small written one -----
+
+write_core_bundle() {  # DIR: core.yaml, eval_meta_data.csv and eval_data/ with one task of each kind
+    mkdir -p "$1/eval_data"
+    printf '%s\n' "icl_tasks:" \
+        "- {label: sample_mc, dataset_uri: mc.jsonl, num_fewshot: [2], icl_task_type: multiple_choice}" \
+        "- {label: sample_schema, dataset_uri: schema.jsonl, num_fewshot: [1], icl_task_type: schema}" \
+        "- {label: sample_lm, dataset_uri: lm.jsonl, num_fewshot: [1], icl_task_type: language_modeling," \
+        "   continuation_delimiter: \"\\nAnswer: \"}" > "$1/core.yaml"
+    printf '%s\n' "Eval Task,Random baseline" "sample_mc,50" "sample_schema,50" "sample_lm,0" > "$1/eval_meta_data.csv"
+    for n in $(seq 1 8); do
+        printf '{"query": "What is %s plus %s?", "choices": ["%s", "%s"], "gold": 0}\n' $n $n $((n + n)) $((n + n + 1))
+    done > "$1/eval_data/mc.jsonl"
+    for n in $(seq 1 8); do
+        printf '{"context_options": ["The %s cats sat", "The %s dogs sat"], "continuation": "on the mat.", "gold": %s}\n' \
+            $n $n $((n % 2))
+    done > "$1/eval_data/schema.jsonl"
+    for n in $(seq 1 8); do
+        printf '{"context": "Count on from %s: %s, %s,", "continuation": "%s"}\n' $n $((n + 1)) $((n + 2)) $((n + 3))
+    done > "$1/eval_data/lm.jsonl"
+}
+
+core_eval() {
+    local bundle=$DATA/eval_bundle
+    if [ ! -f "$bundle/core.yaml" ]; then
+        bundle=$WORK/core_bundle
+        write_core_bundle "$bundle"
+        echo "no $DATA/eval_bundle: CORE runs on a small written bundle (the pipeline, not a comparable number)"
+    fi
+    echo "$bundle" > "$WORK/core_bundle_used"
+    $G eval --checkpoint "$WORK/run" --tokenizer "$WORK/tok" --device $DEVICE --core --core_bundle "$bundle" \
+        --core_limit $CORE_LIMIT --out "$WORK/core.json"
+}
+
 # ----- 6. the whole suite on this machine (the dry run: one file, since the suite runs the dry run) -----
 
 suite() {
@@ -258,11 +297,11 @@ suite() {
 }
 
 export -f stamp setup cuda_tests last_step train_until generate_benchmark train_recipe model_step sync_cost resume data_scaling \
-    write_chat_sample sft_and_serve suite
+    write_chat_sample sft_and_serve write_core_bundle core_eval suite
 if [ $mode = gpu ]; then
-    budgets=(40 75 90 140 100 70 90 45 75 600)
+    budgets=(40 75 90 140 100 70 90 45 75 60 600)
 else
-    budgets=(300 300 300 300 300 300 300 300 300 300)  # the dry run checks that stages work, not their speed
+    budgets=(300 300 300 300 300 300 300 300 300 300 300)  # the dry run checks that stages work, not their speed
 fi
 stage setup "${budgets[0]}" setup
 stage cuda_tests "${budgets[1]}" cuda_tests
@@ -273,7 +312,8 @@ stage sync_cost "${budgets[5]}" sync_cost
 stage resume "${budgets[6]}" resume
 stage data_scaling "${budgets[7]}" data_scaling
 stage sft_and_serve "${budgets[8]}" sft_and_serve
-stage suite "${budgets[9]}" suite
+stage core "${budgets[9]}" core_eval
+stage suite "${budgets[10]}" suite
 cp "$WORK/run/metrics.jsonl" "$OUT/run_metrics.jsonl" 2>/dev/null
 cp "$WORK/sft/metrics.jsonl" "$OUT/sft_metrics.jsonl" 2>/dev/null
 

@@ -246,6 +246,20 @@ def sft_and_serve_rows(table: Table, work: Path) -> dict:
     return figures
 
 
+def core_rows(table: Table, work: Path) -> dict:
+    """CORE of stage 3's checkpoint (`gpt25 eval --core`): on the real bundle, or the small written one."""
+    results = read_json(work / "core.json")
+    if not results or not results.get("core"):
+        table.add("8 CORE", "gpt25 eval --core", "no result (see log.txt)", "", False)
+        return {}
+    bundle = (work / "core_bundle_used").read_text().strip() if (work / "core_bundle_used").is_file() else "?"
+    core = results["core"]
+    sizes = sorted({task["n"] for task in core["tasks"].values()})
+    table.add("8 CORE", f"CORE of the train stage's checkpoint ({len(core['tasks'])} tasks, {sizes[-1]} examples "
+              f"each at most; bundle {bundle})", f"{core['core']:.4f}")
+    return {"core": core["core"], "tasks": len(core["tasks"]), "bundle": bundle}
+
+
 def stage_rows(table: Table, stages: list[list[str]]) -> bool:
     """The stages' exit statuses; True when all finished with 0."""
     for name, status, seconds, budget in stages:
@@ -272,6 +286,7 @@ def main() -> None:
         ("resume", lambda: resume_rows(table, args.work)),
         ("data_scaling", lambda: scaling_rows(table, args.work)),
         ("sft_and_serve", lambda: sft_and_serve_rows(table, args.work)),
+        ("core", lambda: core_rows(table, args.work)),
         ("suite", lambda: tests_rows(table, "6 suite", junit_counts(args.out / "suite.xml"))),
     ]
     for name, section in sections:

@@ -118,22 +118,42 @@ def test_train_steps_come_from_the_flag_then_an_earlier_run_then_the_timed_budge
     settings = demo.read_toml_settings(TINY_CONFIG) | {"data": str(tmp_path), "tokenizer": str(paths["tokenizer"]),
                                                        "out": str(paths["run"])}
     timed = []
-    monkeypatch.setattr(demo, "time_training_step", lambda config, vocab_size: timed.append(vocab_size) or 0.5)
+    monkeypatch.setattr(demo, "time_training_step", lambda config: timed.append(config.out) or 0.5)
     config = demo.DemoConfig(out=tmp_path, minutes=1.0)
-    assert demo.resolve_train_steps(paths, config, settings) == 80 and timed == [257]  # 60 s / (0.5 s x 1.5)
+    assert demo.resolve_train_steps(paths, config, settings) == 80 and timed == [str(paths["run"])]  # 60 s / 0.75
     assert config.seconds_per_step == 0.5 and "0.50 s a step, timed on this machine" in demo.steps_source(config)
     paths["run"].mkdir(parents=True)
     (paths["run"] / "config.json").write_text(json.dumps({"train_steps": 77}))
     assert demo.resolve_train_steps(paths, demo.DemoConfig(out=tmp_path), settings) == 77
     assert demo.resolve_train_steps(paths, demo.DemoConfig(out=tmp_path, train_steps=12), settings) == 12
-    assert timed == [257]
+    assert len(timed) == 1
 
 
-def test_a_training_step_is_timed_on_the_configured_model() -> None:
-    from gpt25.demo import read_toml_settings, time_training_step
-    from gpt25.train import TrainConfig
+def test_a_stage_is_reused_only_when_made_from_the_same_inputs(tmp_path: Path) -> None:
+    import gpt25.demo as demo
 
-    settings = read_toml_settings(TINY_CONFIG) | {"data": ".", "tokenizer": ".", "out": ".", "batch_size": 2}
-    seconds = time_training_step(TrainConfig(**settings), vocab_size=300, repeats=1)
-    assert 0 < seconds < 60
-    assert time_training_step(TrainConfig(**settings | {"grad_accum_steps": 3}), vocab_size=300, repeats=1) > seconds
+    paths = demo.demo_paths(tmp_path)
+    output = paths["run"] / "config.json"
+    assert not demo.made_from(paths, "train", {"lr": 1.0}, paths["run"])  # nothing yet: made now
+    output.parent.mkdir(parents=True)
+    output.write_text("{}")
+    assert demo.made_from(paths, "train", {"lr": 1.0}, paths["run"]) and output.is_file()
+    assert not demo.made_from(paths, "train", {"lr": 2.0}, paths["run"]) and not paths["run"].exists()
+    assert json.loads(paths["stages"].read_text()) == {"train": {"lr": 2.0}}
+
+
+def test_a_new_vocab_size_retrains_the_tokenizer(tmp_path: Path) -> None:
+    import gpt25.demo as demo
+
+    paths = demo.demo_paths(tmp_path)
+    paths["corpus"].parent.mkdir(parents=True)
+    paths["corpus"].write_text(" ".join(f"word{index} x{index * 7 % 13}y" for index in range(2000)))
+    assert demo.build_tokenizer(paths, 290) == {"reused": False, "vocab_size": 290}
+    assert demo.build_tokenizer(paths, 290) == {"reused": True, "vocab_size": 290}
+    assert demo.build_tokenizer(paths, 280) == {"reused": False, "vocab_size": 280}
+
+
+def test_the_stage_list_is_the_demos_own() -> None:
+    from gpt25.demo import STAGES
+
+    assert STAGES[0] == "corpus" and STAGES[-1] == "report" and len(STAGES) == len(set(STAGES)) == 9

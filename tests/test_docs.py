@@ -81,6 +81,37 @@ def test_readme_stays_short_and_keeps_the_two_commands():
     assert "uv run gpt25 demo" in readme and "uv run pytest" in readme
 
 
+def readme_block_after(heading: str, language: str = "") -> str:
+    """The first fenced block (of `language`, when given) below the README's `heading`."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    return readme.split(heading, 1)[1].split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_demo_transcript_shows_the_demos_own_stages():
+    from gpt25.demo import STAGES
+
+    lines = [line for line in readme_block_after("## Two commands", "text").splitlines() if line.startswith("[")]
+    shown = [re.match(r"\[(\d+)/(\d+)\] (\w+) done in", line).groups() for line in lines]
+    assert shown == [(str(number), str(len(STAGES)), name) for number, name in enumerate(STAGES, start=1)]
+
+
+def test_the_workflow_uses_each_run_after_the_step_that_makes_it():
+    made = set()
+    for line in readme_block_after("## The real workflow, at full scale").splitlines():
+        used = re.findall(r"--checkpoint (runs/[\w-]+)", line)
+        assert set(used) <= made, f"{line!r} uses a run that no earlier step makes"
+        made |= set(re.findall(r"--out (runs/[\w-]+)", line))
+
+
+def test_the_layout_lists_every_package_and_module():
+    layout = readme_block_after("## Layout")
+    listed = set(re.findall(r"^  ([\w.]+/?)", layout, re.M))
+    package = ROOT / "src" / "gpt25"
+    present = {f"{path.name}/" for path in package.iterdir() if (path / "__init__.py").is_file()}
+    present |= {path.name for path in package.glob("*.py") if not path.name.startswith("__")}
+    assert present <= listed, present - listed
+
+
 @pytest.fixture
 def workspace(shared_data, tmp_path) -> Path:
     (tmp_path / "data").mkdir()

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GPT25_SHARED_DATA", ROOT.parent / "shared" / "data"))  # absent: the embedded corpus
 STAGES = ["setup", "cuda_tests", "generate", "train", "model_step", "sync_cost", "resume", "data_scaling", "sft_and_serve",
-          "suite"]
+          "core", "suite"]
 
 
 @pytest.mark.slow
@@ -42,9 +42,10 @@ def test_the_cpu_dry_run_runs_every_stage_and_summarises_them(tmp_path: Path) ->
     engine = results["raw"]["engine"]["rows"]
     assert [row["concurrency"] for row in engine] == [1, 8, 32] and all(row["same"] for row in engine)
     assert all(row["engine_tokens_per_second"] > 0 and row["one_at_a_time_tokens_per_second"] > 0 for row in engine)
+    assert results["core"]["tasks"] == 3 and -1 <= results["core"]["core"] <= 1  # the small written bundle
     summary = (tmp_path / "out" / "summary.md").read_text()
     for stage in ("1 CUDA tests", "2 generate", "3 train", "3 model step", "3 NaN guard", "4 resume", "5 data",
-                  "7 SFT, serving", "6 suite"):
+                  "7 SFT, serving", "8 CORE", "6 suite"):
         assert f"| {stage} |" in summary, stage
     assert re.search(r"\| 6 suite \| tests \| [1-9]\d* passed, 0 failed", summary)  # the dry run's one test file
     stage_headers = re.findall(r"^=== \d+s: ", (tmp_path / "out" / "log.txt").read_text(), flags=re.MULTILINE)

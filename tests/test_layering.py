@@ -12,7 +12,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "gpt25"
 BUILDING_BLOCKS = ("tokenizer", "data", "model", "optim")
-USERS = ("inference", "train", "checkpoint", "eval", "sample", "chat", "interop", "cli", "demo", "serve")
+USERS = ("engine", "train", "checkpoint", "eval", "sample", "chat", "interop", "cli", "demo", "serve")
 BOTTOM = ("files",)
 
 
@@ -96,22 +96,22 @@ def test_building_blocks_do_not_import_their_users(block: str) -> None:
         assert not forbidden, f"{path.relative_to(PACKAGE)} imports {sorted(forbidden)}"
 
 
-def test_inference_sits_just_above_the_model() -> None:
+def test_the_engine_sits_just_above_the_model() -> None:
     """The decoding state uses the model (which does not know it) and none of the layers that drive it."""
-    imported = imported_gpt25_modules(PACKAGE / "inference.py")
-    assert "model" in imported and imported <= set(BUILDING_BLOCKS), f"gpt25.inference imports {sorted(imported)}"
+    imported = imported_gpt25_modules(PACKAGE / "engine.py")
+    assert "model" in imported and imported <= set(BUILDING_BLOCKS), f"gpt25.engine imports {sorted(imported)}"
 
 
-@pytest.mark.parametrize("layer", ["eval", "sample", "checkpoint", "inference"])
+@pytest.mark.parametrize("layer", ["eval", "sample", "checkpoint", "engine"])
 def test_eval_and_sampling_do_not_import_the_trainer(layer: str) -> None:
     for path in module_files(layer):
         assert "train" not in imported_gpt25_modules(path), f"{path.relative_to(PACKAGE)} imports gpt25.train"
 
 
-def test_serving_sits_on_sampling_and_checkpoints_and_nothing_but_the_cli_imports_it() -> None:
+def test_serving_sits_on_sampling_chat_and_checkpoints_and_nothing_but_the_cli_imports_it() -> None:
     for path in module_files("serve"):
         imported = imported_gpt25_modules(path)
-        assert imported <= {"serve", "sample", "checkpoint", "inference", *BUILDING_BLOCKS}, f"{path} imports {imported}"
+        assert imported <= {"serve", "sample", "chat", "engine", "checkpoint", *BUILDING_BLOCKS}, f"{path} imports {imported}"
     for path in PACKAGE.rglob("*.py"):
         if path.parent.name not in ("serve", "cli"):
             assert "serve" not in imported_gpt25_modules(path), f"{path.relative_to(PACKAGE)} imports gpt25.serve"

@@ -12,16 +12,13 @@ message nor the last message; `stream_chat` warns when it drops any.
 
 from __future__ import annotations
 
-import codecs
 import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.nn.attention import sdpa_kernel
 
 from gpt25.checkpoint import check_tokenizer_matches
-from gpt25.inference import DecodeStep, KVCache, StaticKVCache
-from gpt25.sample import DECODING_ATTENTION_BACKENDS, sample_next_token, validate_sampling
+from gpt25.engine import TextStream, check_fits, decode, seeded_generator, validate_sampling
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import message_problem, render_prompt, reply_stop_ids, require_chat_tokens
 
@@ -43,12 +40,7 @@ def trim_history(
     room = context_length - max_new_tokens
     while len(render_prompt(tokenizer, system + turns)) > room:
         if len(turns) <= 1:
-            raise ValueError(
-                f"the last message{' and the system message' if system else ''} take "
-                f"{len(render_prompt(tokenizer, system + turns))} tokens, but only {room} fit beside "
-                f"max_new_tokens={max_new_tokens} in the context of {context_length}; "
-                "shorten the message or ask for fewer new tokens"
-            )
+            check_fits(len(render_prompt(tokenizer, system + turns)), max_new_tokens, context_length)
         turns = turns[1:]
         while len(turns) > 1 and turns[0]["role"] == "assistant":
             turns = turns[1:]
@@ -60,9 +52,9 @@ def reply_budget(max_new_tokens: int | None, context_length: int) -> int:
     None gives DEFAULT_MAX_NEW_TOKENS, or half the context when that is less."""
     if max_new_tokens is None:
         return min(DEFAULT_MAX_NEW_TOKENS, context_length // 2)
-    if not 0 < max_new_tokens < context_length:
-        raise ValueError(f"max_new_tokens must be in 1..{context_length - 1} (below the context length "
-                         f"{context_length}), got {max_new_tokens}")
+    check_fits(1, max_new_tokens, context_length)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     return max_new_tokens
 
 
@@ -85,33 +77,29 @@ def stream_chat(
     tokenizer has the role tokens). A reply has at most `max_new_tokens` tokens (default: 256, or half
     the context when that is less); temperature 0 is greedy, `seed` makes sampling reproducible. A
     history too long for the context loses its oldest turns, with a warning. `static_decode` (default:
-    on a CUDA device) replays the decoding step as a CUDA graph, as `gpt25.sample.generate_tokens` does.
+    on a CUDA device) replays the decoding step as a CUDA graph, as `gpt25.engine.generate_tokens` does.
     """
     validate_sampling(temperature, top_p, top_k)
     max_new_tokens = reply_budget(max_new_tokens, model.config.context_length)
     prompt_ids = _prompt_ids(model, tokenizer, messages, max_new_tokens)
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    static_decode = device.type == "cuda" if static_decode is None else static_decode
-    token_ids = _reply_token_ids(
-        model, prompt_ids, max_new_tokens, set(reply_stop_ids(tokenizer)), tokenizer.vocab_size, static_decode,
-        temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+    steps = decode(
+        model, torch.tensor([prompt_ids], device=device), max_new_tokens=max_new_tokens, temperature=temperature,
+        top_k=top_k, top_p=top_p, vocab_size=tokenizer.vocab_size, generator=seeded_generator(device, seed),
+        static_decode=static_decode,
     )
-    return _whole_characters(token_ids, tokenizer.vocab)
+    return _reply_text(steps, TextStream(tokenizer.vocab, set(reply_stop_ids(tokenizer))))
 
 
-def _whole_characters(token_ids: Iterator[int], token_bytes: dict[int, bytes]) -> Iterator[str]:
-    """The text of `token_ids` in pieces as they come, holding back a character until its last byte has come."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for token_id in token_ids:
-        piece = decoder.decode(token_bytes[token_id])
+def _reply_text(steps: Iterator[torch.Tensor], stream: TextStream) -> Iterator[str]:
+    """The text of the decoded tokens in pieces as they come, until a stop token."""
+    for token in steps:
+        piece = stream.push(int(token))
         if piece:
             yield piece
-    tail = decoder.decode(b"", final=True)
+        if stream.stopped:
+            return
+    tail = stream.close()
     if tail:
         yield tail
 
@@ -146,31 +134,3 @@ def _prompt_ids(model: torch.nn.Module, tokenizer: Tokenizer, messages: Sequence
         warnings.warn(f"dropped the {num_dropped} oldest messages so the conversation fits the context of "
                       f"{context_length} tokens", stacklevel=3)
     return render_prompt(tokenizer, kept)
-
-
-@torch.inference_mode()  # entered anew at each resumption, so the caller's code between tokens runs without it
-def _reply_token_ids(
-    model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int], vocab_size: int,
-    static_decode: bool, **sampling,
-) -> Iterator[int]:
-    """Sampled ids after `prompt_ids`, one per step on a KV cache, until a stop id (not yielded) or max_new_tokens."""
-    parameter = next(model.parameters())
-    prompt = torch.tensor([prompt_ids], dtype=torch.long, device=parameter.device)  # (1, prompt_len)
-    cache_type = StaticKVCache if static_decode else KVCache
-    cache = cache_type(model.config, 1, len(prompt_ids) + max_new_tokens, parameter.device, parameter.dtype)
-    step = DecodeStep(model, cache, vocab_size, capture=static_decode and parameter.device.type == "cuda")
-    was_training = model.training
-    model.eval()
-    try:
-        with sdpa_kernel(DECODING_ATTENTION_BACKENDS):
-            logits = model(prompt, kv_cache=cache)[:, -1, :vocab_size]  # (1, vocab)
-        for generated in range(max_new_tokens):
-            next_token = sample_next_token(logits, **sampling)  # (1,)
-            if int(next_token) in stop_ids:
-                return
-            yield int(next_token)
-            if generated < max_new_tokens - 1:
-                with sdpa_kernel(DECODING_ATTENTION_BACKENDS):
-                    logits = step(next_token)
-    finally:
-        model.train(was_training)

@@ -24,7 +24,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -185,12 +185,11 @@ def _write_state_and_meta(folder: Path, train_state: dict, meta: dict) -> None:
 
 
 def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, iteration: int,
-                    out: str | os.PathLike | BinaryIO, *, meta: dict | None = None,
-                    rank_states: list[dict] | None = None) -> Path | None:
+                    out: str | os.PathLike, *, meta: dict | None = None,
+                    rank_states: list[dict] | None = None) -> Path:
     """Save the weights, optimizer state and iteration of any module; returns the folder written.
 
-    `out` is a path, which becomes a checkpoint dir (model.safetensors, train_state.pt, meta.json),
-    or a binary file object, which gets the same contents as one torch.save payload. The model may
+    `out` becomes a checkpoint dir (model.safetensors, train_state.pt, meta.json). The model may
     be wrapped by DDP (every rank holds the full model, so rank 0 alone calls this). The optimizer
     state is stored keyed by parameter name (the layout of torch.distributed.checkpoint's full
     optimizer state dict), so FSDP runs can resume from it too. The model's config goes into the
@@ -202,9 +201,6 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
     train_state = {"step": iteration, "optimizer": optimizer_state, "ranks": rank_states or []}
     config = getattr(model, "config", None)
     meta = meta or make_meta(iteration, config if isinstance(config, ModelConfig) else None)
-    if hasattr(out, "write"):
-        torch.save({"meta": meta, "model": weights, "train_state": train_state}, out)
-        return None
     with atomic_folder(Path(out)) as temporary:
         save_weights(weights, temporary / WEIGHTS_FILE)
         _write_state_and_meta(temporary, train_state, meta)
@@ -232,35 +228,15 @@ def save_sharded_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optim
     return final
 
 
-def load_checkpoint(src: str | os.PathLike | BinaryIO, model: torch.nn.Module,
+def load_checkpoint(src: str | os.PathLike, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None) -> int:
     """Load weights (and optimizer state when given) from any training checkpoint; returns its step.
 
-    `src` is a path (a step dir, or a run dir for its newest checkpoint) or a binary file object
-    save_checkpoint wrote to. Paths work across layouts: a sharded (FSDP) checkpoint loads into one
-    process or any number of FSDP ranks, and a single-process checkpoint loads into an FSDP model.
+    `src` is a step dir, or a run dir for its newest checkpoint. It works across layouts: a sharded
+    (FSDP) checkpoint loads into one process or any number of FSDP ranks, and a single-process
+    checkpoint loads into an FSDP model.
     """
-    if hasattr(src, "read"):
-        return _load_from_file_object(src, model, optimizer)["step"]
     return load_training_state(src, model, optimizer)["step"]
-
-
-def _load_from_file_object(file: BinaryIO, model: torch.nn.Module,
-                           optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Restore model (+ optimizer) from save_checkpoint's one-payload form; returns its train state."""
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        raise ValueError(f"not a gpt25 checkpoint file object ({type(error).__name__}); "
-                         "give what save_checkpoint wrote") from None
-    if not isinstance(payload, dict) or payload.get("meta", {}).get("format") != FORMAT:
-        raise ValueError("not a gpt25 checkpoint file object; give what save_checkpoint wrote")
-    model = model.module if hasattr(model, "module") else model
-    model.load_state_dict(payload["model"])
-    train_state = payload["train_state"]
-    if optimizer:
-        load_named_optimizer_state(model, optimizer, train_state["optimizer"])
-    return train_state
 
 
 def load_training_state(path: str | Path, model: torch.nn.Module,

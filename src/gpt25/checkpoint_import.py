@@ -77,7 +77,6 @@ class Imported:
 @dataclass(frozen=True)
 class Layout:
     name: str
-    description: str
     detect: Callable[[Path], bool]
     read: Callable[[Path, dict[str, Any]], Imported]  # (SRC, model settings the user gave) -> Imported
 
@@ -183,8 +182,9 @@ def read_seed_dcp(path: Path, settings: dict[str, Any]) -> Imported:
     """The seed's `dcp.save({"app": {"model", "optimizer", "iteration"}})` folder."""
     entries = {strip_dcp_key(key): value for key, value in read_dcp_entries(path).items()}
     model_state = {key.removeprefix("model."): value for key, value in entries.items() if key.startswith("model.")}
-    check_seed_tensors({name: tuple(tensor.shape) for name, tensor in model_state.items()}, path)
-    config = seed_config({name: tuple(tensor.shape) for name, tensor in model_state.items()}, settings)
+    shapes = {name: tuple(tensor.shape) for name, tensor in model_state.items()}
+    check_seed_tensors(shapes, path)
+    config = seed_config(shapes, settings)
     optimizer, train_config = seed_optimizer_state(entries, config, path)
     step = int(entries.get("iteration") or 0)
     return Imported(config, from_seed_weights(model_state, config), step, optimizer, train_config=train_config)
@@ -211,12 +211,10 @@ def seed_optimizer_state(entries: dict[str, Any], config: ModelConfig,
     if not per_parameter:
         return None, {}
     state = {ours: seed_moments(per_parameter.get(theirs, {}), theirs, config, source) for ours, theirs in names.items()}
-    group = seed_param_group(entries)
-    group_settings = {"lr": group["lr"], "betas": group["betas"], "eps": group["eps"],
-                      "weight_decay": group["weight_decay"]}
+    group = seed_param_group(entries)  # lr, betas, eps, weight_decay
     train_config = {"lr": group["lr"], "beta1": group["betas"][0], "beta2": group["betas"][1], "eps": group["eps"],
                     "weight_decay": group["weight_decay"], "decay_all": True}
-    return {"state": state, "param_groups": [group_settings | {"params": list(names)}]}, train_config
+    return {"state": state, "param_groups": [group | {"params": list(names)}]}, train_config
 
 
 def seed_moments(moments: dict[str, Any], seed_name: str, config: ModelConfig, source: Path) -> dict[str, Any]:
@@ -252,14 +250,19 @@ def seed_param_group(entries: dict[str, Any]) -> dict[str, Any]:
 # ----- the seed's Hugging Face folder (itskoma/MyGPT) -----
 
 def read_config_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    """PATH/config.json ({} when there is none); one that is there but not JSON is a one-line error naming it."""
+    file = path / "config.json"
+    if not file.is_file():
         return {}
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{file} is not valid JSON ({error}); fix or replace that file") from None
 
 
-def is_seed_hf(path: Path) -> bool:
-    return path.is_dir() and read_config_json(path).get("model_type") == SEED_HF_MODEL_TYPE
+def has_model_type(model_type: str) -> Callable[[Path], bool]:
+    """A layout's detect: `path` is a folder whose config.json names `model_type`."""
+    return lambda path: path.is_dir() and read_config_json(path).get("model_type") == model_type
 
 
 def read_seed_hf(path: Path, settings: dict[str, Any]) -> Imported:
@@ -314,18 +317,10 @@ def read_tokenizer_json(file: Path) -> Tokenizer | None:
 
 # ----- a transformers Llama folder (what `gpt25 export hf` writes) -----
 
-def is_llama_hf(path: Path) -> bool:
-    return path.is_dir() and read_config_json(path).get("model_type") == "llama"
-
-
 def read_llama_hf(path: Path, settings: dict[str, Any]) -> Imported:
     """config.json (model_type "llama") + model.safetensors or its sharded index, via gpt25.interop."""
     model, _ = import_hf(path)
     return Imported(model.config, model.state_dict(), tokenizer=read_hf_tokenizer(path))
-
-
-def is_gpt2_hf(path: Path) -> bool:
-    return path.is_dir() and read_config_json(path).get("model_type") == "gpt2"
 
 
 def read_gpt2_hf(path: Path, settings: dict[str, Any]) -> Imported:
@@ -334,15 +329,11 @@ def read_gpt2_hf(path: Path, settings: dict[str, Any]) -> Imported:
     return Imported(config, weights, tokenizer=read_hf_tokenizer(path))
 
 
-LAYOUTS = [
-    Layout("seed-dcp", "the GPT 2.5 seed's torch.distributed.checkpoint folder (a .metadata file, "
-           "app.model / app.optimizer / app.iteration)", is_seed_dcp, read_seed_dcp),
-    Layout("seed-hf", "the GPT 2.5 seed's Hugging Face folder (config.json with model_type \"gpt2.5\" + "
-           "model.safetensors or pytorch_model.bin)", is_seed_hf, read_seed_hf),
-    Layout("llama-hf", "a transformers Llama folder (config.json with model_type \"llama\" + model.safetensors), "
-           "e.g. from `gpt25 export hf`", is_llama_hf, read_llama_hf),
-    Layout("gpt2-hf", "a transformers GPT-2 folder (config.json with model_type \"gpt2\" + model.safetensors), "
-           "e.g. OpenAI's gpt2 or `gpt25 export hf` of an --arch gpt2 model", is_gpt2_hf, read_gpt2_hf),
+LAYOUTS = [  # in the order they are tried
+    Layout("seed-dcp", is_seed_dcp, read_seed_dcp),  # .metadata; app.model / app.optimizer / app.iteration
+    Layout("seed-hf", has_model_type(SEED_HF_MODEL_TYPE), read_seed_hf),  # + model.safetensors or pytorch_model.bin
+    Layout("llama-hf", has_model_type("llama"), read_llama_hf),  # e.g. from `gpt25 export hf`
+    Layout("gpt2-hf", has_model_type("gpt2"), read_gpt2_hf),  # OpenAI's gpt2, `gpt25 export hf` of --arch gpt2
 ]
 
 
@@ -353,8 +344,8 @@ def detect_layout(path: Path) -> Layout:
     for layout in LAYOUTS:
         if layout.detect(path):
             return layout
-    known = "; ".join(f"{layout.name}: {layout.description}" for layout in LAYOUTS)
-    raise ValueError(f"cannot tell what {path} holds; the known layouts are {known}")
+    raise ValueError(f"cannot tell what {path} holds; the known layouts are {', '.join(l.name for l in LAYOUTS)} "
+                     "(see `gpt25 checkpoint import --help`)")
 
 
 # ----- writing the gpt25 checkpoint directory -----
@@ -388,7 +379,6 @@ def import_checkpoint(source: str | Path, out: str | Path, *, tokenizer_dir: str
                      tokenizer_fingerprint=tokenizer.fingerprint() if tokenizer else None)
     meta["imported_from"] = {"layout": layout.name, "source": str(source.resolve())}
     train_state = {"step": imported.step, "optimizer": imported.optimizer, "ranks": []}
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_folder(out) as temporary:
         save_weights(weights, temporary / WEIGHTS_FILE)
         torch.save(train_state, temporary / STATE_FILE)

@@ -5,7 +5,8 @@ validation loss vs a unigram baseline -> samples -> supervised fine-tuning on th
 -> questions answered by the chat model beside the base model's continuations -> RUN_DIR/report.md
 and RUN_DIR/results.png.
 Each stage calls the same functions as the ordinary commands, which the report lists, so the
-demo doubles as a tutorial. A second run reuses the corpus, tokenizer and shards unless `fresh`.
+demo doubles as a tutorial. A second run reuses a stage's output (and resumes a training run) only when
+everything it was made from is unchanged, as OUT/stages.json records; otherwise it redoes that stage.
 """
 
 from __future__ import annotations
@@ -20,23 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from gpt25.chat import chat
 from gpt25.checkpoint import list_checkpoints, load_for_inference, read_meta
 from gpt25.data import load_split, read_manifest
-from gpt25.data.chat_set import CHAT_SET_SPEC
-from gpt25.data.default_corpus import iter_default_corpus, write_corpus_file
+from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_default_corpus, write_corpus_file
 from gpt25.data.prepare import PrepareConfig, prepare
 from gpt25.eval.run import run_evaluation
 from gpt25.files import write_json_atomic, write_text_atomic
-from gpt25.model import TransformerLM, parameter_groups
-from gpt25.optim import AdamW, cross_entropy
 from gpt25.sample import generate
 from gpt25.tokenizer import Tokenizer, train_bpe
 from gpt25.train import TrainConfig, plot_runs, train
 from gpt25.train.config import SFTConfig, read_toml_settings
+from gpt25.train.distributed import init_distributed
 from gpt25.train.sft import sft
+from gpt25.train.trainer import Trainer
 
 EOT = "<|endoftext|>"
 CPU_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cpu-small.toml"
@@ -52,6 +51,10 @@ QUESTIONS = ("What does `shutil.copytree` do?", "What arguments does `json.dumps
              "How do I return the final component of a pathname?")
 # The SFT stage: short, on 2 cores about a minute and a half (8 rows of 256 tokens a step).
 SFT_SETTINGS = {"batch_size": 8, "lr": 1e-3, "min_lr": 1e-4, "eval_steps": 4, "log_every": 5, "val_fraction": 0.02}
+# The stages in order; the README's transcript is checked against these names.
+STAGES = ("corpus", "tokenizer", "shards", "train", "evaluate", "generate", "sft", "chat", "report")
+# Settings that only say how long a run goes and how often it reports: a longer run resumes the earlier one.
+RUN_LENGTH = ("train_steps", "eval_every", "save_every")
 
 
 @dataclass
@@ -87,17 +90,17 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     if config.fresh and config.out.exists():
         shutil.rmtree(config.out)
     paths = demo_paths(config.out)
-    stages = [
-        ("corpus", lambda: build_corpus(paths)),
-        ("tokenizer", lambda: build_tokenizer(paths, config.vocab_size)),
-        ("shards", lambda: build_shards(paths)),
-        ("train", lambda: train_model(paths, config)),
-        ("evaluate", lambda: evaluate_model(paths, config)),
-        ("generate", lambda: sample_model(paths, config)),
-        ("sft", lambda: fine_tune(paths, config)),
-        ("chat", lambda: chat_samples(paths, config)),
-        ("report", lambda: write_report(paths, config, results)),
-    ]
+    stages = list(zip(STAGES, (
+        lambda: build_corpus(paths),
+        lambda: build_tokenizer(paths, config.vocab_size),
+        lambda: build_shards(paths),
+        lambda: train_model(paths, config),
+        lambda: evaluate_model(paths, config),
+        lambda: sample_model(paths, config),
+        lambda: fine_tune(paths, config),
+        lambda: chat_samples(paths, config),
+        lambda: write_report(paths, config, results),
+    ), strict=True))
     results: dict[str, Any] = {}
     for number, (name, stage) in enumerate(stages, start=1):
         log(f"[{number}/{len(stages)}] {name} ...")
@@ -124,7 +127,22 @@ def demo_paths(out: Path) -> dict[str, Path]:
         "report": out / "report.md",
         "plot": out / "results.png",
         "eval": out / "eval.json",
+        "stages": out / "stages.json",
     }
+
+
+def made_from(paths: dict[str, Path], stage: str, inputs: dict[str, Any], output: Path) -> bool:
+    """Whether `output` (a stage's file or folder) was made from exactly `inputs`, as OUT/stages.json records;
+    when not, it is deleted so the stage starts over, and `inputs` recorded for the run about to make it."""
+    recorded = json.loads(paths["stages"].read_text()) if paths["stages"].is_file() else {}
+    if recorded.get(stage) == inputs and output.exists():
+        return True
+    if output.is_dir():
+        shutil.rmtree(output)
+    elif output.exists():
+        output.unlink()
+    write_json_atomic(paths["stages"], recorded | {stage: inputs})
+    return False
 
 
 def build_corpus(paths: dict[str, Path]) -> dict[str, Any]:
@@ -137,7 +155,9 @@ def build_corpus(paths: dict[str, Path]) -> dict[str, Any]:
 
 
 def build_tokenizer(paths: dict[str, Path], vocab_size: int) -> dict[str, Any]:
-    if (paths["tokenizer"] / "gpt25_tokenizer.json").is_file():
+    corpus = paths["corpus"].stat()
+    inputs = {"vocab_size": vocab_size, "corpus_bytes": corpus.st_size, "corpus_mtime_ns": corpus.st_mtime_ns}
+    if made_from(paths, "tokenizer", inputs, paths["tokenizer"]):
         tokenizer = Tokenizer.load(paths["tokenizer"])
         return {"reused": True, "vocab_size": tokenizer.vocab_size}
     vocab, merges = train_bpe(paths["corpus"], vocab_size, [EOT], progress=True)
@@ -147,6 +167,7 @@ def build_tokenizer(paths: dict[str, Path], vocab_size: int) -> dict[str, Any]:
 
 def build_shards(paths: dict[str, Path]) -> dict[str, Any]:
     """Tokenize the corpus into train/val shards (prepare itself resumes or skips finished work)."""
+    made_from(paths, "shards", {"tokenizer": Tokenizer.load(paths["tokenizer"]).fingerprint()}, paths["shards"])
     manifest = prepare(PrepareConfig(
         sources=["python-docs"], tokenizer_dir=str(paths["tokenizer"]), out_dir=str(paths["shards"]),
         val_fraction=0.05, workers=2,
@@ -155,11 +176,14 @@ def build_shards(paths: dict[str, Path]) -> dict[str, Any]:
 
 
 def train_model(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
-    finished = list_checkpoints(paths["run"])
     settings = read_toml_settings(config.config) | {
         "data": str(paths["shards"]), "tokenizer": str(paths["tokenizer"]), "out": str(paths["run"]),
         "device": config.device, "arch": config.arch,
     }
+    inputs = {name: value for name, value in settings.items() if name not in RUN_LENGTH} | {
+        "shards": read_manifest(paths["shards"])["splits"], "config": str(config.config)}
+    made_from(paths, "train", inputs, paths["run"])
+    finished = list_checkpoints(paths["run"])
     config.train_steps = resolve_train_steps(paths, config, settings)
     config.sft_steps = config.sft_steps or max(MIN_TRAIN_STEPS, round(config.train_steps * SFT_STEPS_PER_TRAIN_STEP))
     settings |= {"train_steps": config.train_steps, "eval_every": max(1, config.train_steps // 8),
@@ -179,9 +203,7 @@ def resolve_train_steps(paths: dict[str, Path], config: DemoConfig, settings: di
     earlier = paths["run"] / "config.json"
     if earlier.is_file():
         return int(json.loads(earlier.read_text())["train_steps"])
-    train_config = TrainConfig(**settings)
-    vocab_size = Tokenizer.load(paths["tokenizer"]).vocab_size
-    config.seconds_per_step = time_training_step(train_config, vocab_size)
+    config.seconds_per_step = time_training_step(TrainConfig(**settings))
     return steps_for_budget(config.minutes, config.seconds_per_step)
 
 
@@ -190,26 +212,16 @@ def steps_for_budget(minutes: float, seconds_per_step: float) -> int:
     return max(MIN_TRAIN_STEPS, int(minutes * 60 / (seconds_per_step * TRAINING_OVERHEAD)))
 
 
-def time_training_step(train_config: TrainConfig, vocab_size: int, repeats: int = 2) -> float:
-    """Seconds of one optimizer step of the configured model on random tokens: the fastest of `repeats` micro-batches
-    (after a first that warms up the allocator and kernels), times grad_accum_steps."""
-    torch.manual_seed(0)
-    device = torch.device(train_config.device)
-    model = TransformerLM(train_config.model_config(vocab_size), device=device)
-    optimizer = AdamW(parameter_groups(model, train_config.weight_decay), lr=train_config.lr)
-    tokens = torch.randint(0, vocab_size, (train_config.batch_size, train_config.context_length + 1),
-                           device=device)  # (batch, context + 1)
+def time_training_step(train_config: TrainConfig, repeats: int = 2) -> float:
+    """Seconds of one optimizer step of the configured run, timed with the trainer's own step on its data: the
+    fastest of `repeats` steps (after a first that warms up the allocator and kernels). Nothing is written."""
+    trainer = Trainer(train_config, init_distributed(train_config.device))
     timings = []
     for _ in range(repeats + 1):
         started = time.perf_counter()
-        logits = model(tokens[:, :-1])  # (batch, context, vocab)
-        cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        trainer.train_step(stop_requested=False)  # its losses and norms come back to the host: the step is done
         timings.append(time.perf_counter() - started)
-    return min(timings[1:]) * train_config.grad_accum_steps
+    return min(timings[1:])
 
 
 def read_step(checkpoint: Path) -> int:
@@ -241,7 +253,10 @@ def sample_model(paths: dict[str, Path], config: DemoConfig) -> list[str]:
 
 
 def fine_tune(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
-    """Fine-tune the base model on the embedded chat set (resuming or reusing a finished run)."""
+    """Fine-tune the base model on the embedded chat set (resuming or reusing a run made from this base model)."""
+    base = list_checkpoints(paths["run"])[-1]
+    made_from(paths, "sft", {"base": str(base), "base_step": read_step(base), "device": config.device,
+                             "tokenizer": Tokenizer.load(paths["tokenizer"]).fingerprint()}, paths["sft"])
     finished = list_checkpoints(paths["sft"])
     if finished and read_step(finished[-1]) >= config.sft_steps:
         return {"reused": True, "checkpoint": str(finished[-1]), "train_steps": config.sft_steps}

@@ -85,13 +85,28 @@ def replace_folder(temporary: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
+def new_folders(folder: Path) -> Iterator[None]:
+    """Create `folder` and its missing parents; when the block fails, remove those it left empty."""
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]  # innermost first
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in missing:
+            with contextlib.suppress(OSError):  # not empty: something else lives there now
+                path.rmdir()
+        raise
+
+
+@contextlib.contextmanager
 def atomic_folder(final: Path) -> Iterator[Path]:
     """A fresh temporary folder for the block to fill; it replaces `final` when the block succeeds
-    and is removed when it fails."""
-    temporary = fresh_temporary(final)
-    try:
-        yield temporary
-        replace_folder(temporary, final)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+    and is removed (with the parents it needed created) when it fails."""
+    with new_folders(final.parent):
+        temporary = fresh_temporary(final)
+        try:
+            yield temporary
+            replace_folder(temporary, final)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise

@@ -1,6 +1,6 @@
 """Hugging Face interop: export a gpt25 model as a `transformers` folder (LlamaForCausalLM for the recipe,
 GPT2LMHeadModel for GPT-2), import one back, and upload a folder to the Hub (downloads:
-gpt25.data.hub.download_repo, `gpt25 data download`).
+gpt25.data.sources.download_repo, `gpt25 data download`).
 
 The recipe matches Llama one to one (RMSNorm eps 1e-5, SwiGLU, RoPE, no biases, untied head) except
 for the RoPE layout: gpt25 rotates interleaved pairs (x[2i], x[2i+1]) while transformers rotates
@@ -303,7 +303,7 @@ def export_hf(
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --force")
     model, tokenizer, _ = load_for_inference(checkpoint, tokenizer_dir)
     with atomic_folder(out_dir) as temporary:
         _write_hf_folder(model, tokenizer, temporary, dtype)

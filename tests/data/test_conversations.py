@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt25.data.chat_set import describe_arguments, iter_chat_set
 from gpt25.data.conversations import (
     IGNORE_INDEX,
     ConversationStats,
@@ -21,6 +20,7 @@ from gpt25.data.conversations import (
     iter_conversations,
     pack_conversations,
 )
+from gpt25.data.default_corpus import describe_arguments, iter_chat_set
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import add_chat_tokens, render_conversation
 

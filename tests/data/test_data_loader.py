@@ -1,4 +1,4 @@
-"""get_batch and ShardLoader: window contents, rank-disjointness, exact resume (also across world sizes)."""
+"""ShardLoader: window contents, rank-disjointness, exact resume (also across world sizes)."""
 
 from __future__ import annotations
 
@@ -10,35 +10,10 @@ import pytest
 import torch
 
 from gpt25.data import load_split
-from gpt25.data.loader import ShardLoader, get_batch
+from gpt25.data.loader import ShardLoader
 from gpt25.tokenizer import Tokenizer
 
 CONTEXT = 16
-
-
-def test_get_batch_shapes_and_shift() -> None:
-    tokens = np.arange(1000, dtype=np.uint16)
-    inputs, targets = get_batch(tokens, 8, CONTEXT, "cpu")
-    assert inputs.shape == targets.shape == (8, CONTEXT)
-    assert inputs.dtype == targets.dtype == torch.int64
-    assert torch.equal(targets, inputs + 1)
-    assert torch.equal(inputs[:, 1:], inputs[:, :-1] + 1)
-
-
-def test_get_batch_reaches_every_start_index() -> None:
-    tokens = np.arange(CONTEXT + 3, dtype=np.uint16)
-    starts = {int(row[0]) for _ in range(50) for row in get_batch(tokens, 4, CONTEXT, "cpu")[0]}
-    assert starts == {0, 1, 2}
-
-
-def test_get_batch_bad_input() -> None:
-    with pytest.raises(ValueError, match="context length 16 needs more than 16 tokens"):
-        get_batch(np.arange(CONTEXT), 2, CONTEXT, "cpu")
-    with pytest.raises(RuntimeError) as torch_error:
-        torch.device("not-a-device")
-    with pytest.raises(type(torch_error.value)) as our_error:
-        get_batch(np.arange(100), 2, CONTEXT, "not-a-device")
-    assert str(our_error.value) == str(torch_error.value)
 
 
 def collect(loader: ShardLoader, num_batches: int) -> list[torch.Tensor]:

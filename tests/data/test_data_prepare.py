@@ -138,7 +138,7 @@ def test_different_settings_refuse_then_overwrite(
     source = prepared[0].parent / "source.txt"
     run_prepare(source, tokenizer_dir, tmp_path / "out")
     with pytest.raises(
-        FileExistsError, match=r"different prepare \(shard_tokens changed\); choose another --out or pass --overwrite"
+        FileExistsError, match=r"different prepare \(shard_tokens changed\); choose another --out or pass --force"
     ):
         run_prepare(source, tokenizer_dir, tmp_path / "out", shard_tokens=700)
     manifest = run_prepare(source, tokenizer_dir, tmp_path / "out", shard_tokens=700, overwrite=True)
@@ -263,13 +263,13 @@ def test_end_of_text_written_in_a_document_is_ordinary_text(
     from gpt25.data import prepare as prepare_module
 
     monkeypatch.setenv("GPT25_PURE_PYTHON", "1" if pure_python else "0")
-    loaded = []
+    loaded, load = [], Tokenizer.load
 
     def load_tokenizer(folder: str) -> Tokenizer:  # built after the env var is set; the workers fork it
-        loaded.append(Tokenizer.load(folder))
+        loaded.append(load(folder))
         return loaded[-1]
 
-    monkeypatch.setattr(prepare_module, "_load_tokenizer", load_tokenizer)
+    monkeypatch.setattr(Tokenizer, "load", staticmethod(load_tokenizer))
     monkeypatch.setattr(prepare_module, "BATCH_CHARS", 200)  # many tasks, so the workers take most
     documents = [f"doc {i} says {EOT} here" if i % 3 else f"{EOT}doc {i}{EOT}{EOT}" for i in range(60)]
     source = write_text_source_quietly(tmp_path / "docs.txt", documents)
@@ -351,13 +351,14 @@ def paragraph_blocks(path: Path, block_bytes: int) -> list[bytes]:
 
 
 def documents_of_blocks(blocks: list[bytes]) -> list[str]:
-    from gpt25.data.sources import decode_text_block, text_documents
+    from gpt25.data.source_tasks import decode_text_block, text_documents
 
     return [doc for i, block in enumerate(blocks) for doc in text_documents(decode_text_block(block, i == 0)[0], "blank-line")]
 
 
 def iter_documents_quietly(path: Path) -> list[str]:
-    from gpt25.data.sources import SourceStats, iter_documents
+    from gpt25.data.source_tasks import iter_documents
+    from gpt25.data.sources import SourceStats
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonUtf8Warning)
@@ -391,8 +392,7 @@ JSONL_PIECES = [
 @given(pieces=st.lists(st.sampled_from(JSONL_PIECES), max_size=30), block_bytes=st.integers(1, 40))
 def test_jsonl_line_blocks_equal_iter_documents(tmp_path: Path, pieces: list[bytes], block_bytes: int) -> None:
     """Workers read JSONL as byte ranges moved to line starts; they find the documents the main process would."""
-    from gpt25.data.source_tasks import jsonl_block_documents, read_line_block
-    from gpt25.data.sources import decode_text_block
+    from gpt25.data.source_tasks import decode_text_block, jsonl_block_documents, read_line_block
 
     path = tmp_path / "rows.jsonl"
     data = b"".join(pieces)

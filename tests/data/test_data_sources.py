@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt25.data import source_tasks, sources
-from gpt25.data.sources import SourceStats, iter_documents, iter_utf8_lines
+from gpt25.data.source_tasks import iter_documents
+from gpt25.data.sources import SourceStats, iter_utf8_lines
 
 
 def documents(*specs: str, **options) -> list[str]:
@@ -63,13 +64,13 @@ def test_block_reader_equals_the_line_by_line_split(tmp_path_factory, content: b
         expected = paragraphs_line_by_line(path, expected_stats)
         whole = "".join(line for _, line in iter_utf8_lines(path, SourceStats()))
         expected_file = [whole.strip("\n")] if whole.strip() else []
-        original_block_bytes = sources.TEXT_BLOCK_BYTES
+        original_block_bytes = source_tasks.TEXT_BLOCK_BYTES
         try:
-            sources.TEXT_BLOCK_BYTES = block_bytes
-            assert list(sources.iter_text_documents(path, "blank-line", stats)) == expected
-            assert list(sources.iter_text_documents(path, "file", SourceStats())) == expected_file
+            source_tasks.TEXT_BLOCK_BYTES = block_bytes
+            assert list(iter_documents([str(path)], stats=stats)) == expected
+            assert list(iter_documents([str(path)], doc_split="file")) == expected_file
         finally:
-            sources.TEXT_BLOCK_BYTES = original_block_bytes
+            source_tasks.TEXT_BLOCK_BYTES = original_block_bytes
     assert stats.skipped_lines == expected_stats.skipped_lines
 
 

@@ -165,7 +165,9 @@ def one_line_error(capsys, command: str) -> str:
 def test_a_stream_that_fails_validation_prints_nothing_to_stdout(saved, capsys) -> None:
     assert run_cli("generate", "--checkpoint", saved["run"], "--tokenizer", saved["tokenizer"], "--prompt", "Hello",
                    "--stream", "--max_new_tokens", 100, "--device", "cpu") == 2
-    assert one_line_error(capsys, "generate") == "max_new_tokens (100) must be below the model's context length (32)"
+    assert one_line_error(capsys, "generate") == (
+        "the prompt (1 tokens) + max_new_tokens (100) must fit the context of 32 tokens; shorten the prompt or ask "
+        "for fewer tokens")
 
 
 def test_a_stream_that_ends_at_once_still_prints_the_prompt(saved, capsys, monkeypatch) -> None:

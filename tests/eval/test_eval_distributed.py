@@ -1,4 +1,5 @@
-"""Under torch.distributed (2 CPU processes, gloo) the ranks split the work and agree with one process."""
+"""Under torch.distributed (2 CPU processes, gloo) the ranks split the work (loss, HellaSwag, CORE) and agree with
+one process."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from gpt25.eval import evaluate_hellaswag, evaluate_loss
+from gpt25.eval.core import CoreTask, evaluate_core
 
 WORLD_SIZE = 2
 WORDS = ["cat", "sat", "on", "the", "mat", "dog", "ran", "far", "away", "home"]
@@ -30,7 +32,14 @@ def make_examples(count: int) -> list[dict]:
 def evaluate_all(model, tokenizer, tokens, examples) -> dict:
     loss = evaluate_loss(model, tokens, tokenizer, batch_size=2, context_length=16, device="cpu")
     hellaswag = evaluate_hellaswag(model, tokenizer, examples, batch_size=3, device="cpu")
-    return {"loss": loss, "hellaswag": hellaswag}
+    core_tasks = [
+        CoreTask("mc", "multiple_choice", 1, " ", 25.0,
+                 [{"query": e["ctx"], "choices": e["endings"], "gold": e["label"]} for e in examples]),
+        CoreTask("lm", "language_modeling", 2, " ", 0.0,
+                 [{"context": e["ctx"], "continuation": e["endings"][0]} for e in examples]),
+    ]
+    core = evaluate_core(model, tokenizer, core_tasks, batch_size=3, device="cpu")
+    return {"loss": loss, "hellaswag": hellaswag, "core": core}
 
 
 def worker(rank: int, folder: str, model, tokenizer, tokens, examples) -> None:
@@ -54,6 +63,7 @@ def test_two_ranks_split_the_work_and_all_reduce_the_counts(tmp_path, byte_token
     single = evaluate_all(model, byte_tokenizer, tokens, examples)
     for result in ranks:
         assert result["hellaswag"] == single["hellaswag"] and result["hellaswag"]["n"] == 7
+        assert result["core"] == single["core"] and result["core"]["tasks"]["mc"]["n"] == 7
         assert result["loss"]["tokens"] == single["loss"]["tokens"] == 332
         assert result["loss"]["val_loss"] == pytest.approx(single["loss"]["val_loss"], rel=1e-6)
         assert result["loss"]["val_bpb"] == pytest.approx(single["loss"]["val_bpb"], rel=1e-6)

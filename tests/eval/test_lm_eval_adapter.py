@@ -13,8 +13,8 @@ lm_eval = pytest.importorskip("lm_eval")
 
 from lm_eval.tasks import TaskManager  # noqa: E402
 
+from gpt25.engine import generate_tokens  # noqa: E402
 from gpt25.eval.lm_eval_adapter import GPT25LM  # noqa: E402
-from gpt25.sample import generate_tokens  # noqa: E402
 
 ROWS = [
     {"ctx": "The cat sat on the", "endings": ["mat.", "hat and a very long thing.", "dog", "x"], "label": 0},

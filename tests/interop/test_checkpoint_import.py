@@ -335,6 +335,13 @@ def test_unknown_layout_lists_the_known_ones(tmp_path, capsys) -> None:
                    match="cannot tell what", before={"junk"})
 
 
+def test_a_config_json_that_is_not_json_is_named(tmp_path, capsys) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"model_type": "llama",')
+    assert_refused(capsys, tmp_path, tmp_path / "broken", "--out", tmp_path / "out",
+                   match=f"{tmp_path / 'broken' / 'config.json'} is not valid JSON", before={"broken"})
+
+
 def test_unknown_layout_message_names_every_layout(tmp_path) -> None:
     from gpt25.checkpoint_import import LAYOUTS
 

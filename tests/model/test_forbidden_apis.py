@@ -4,7 +4,7 @@ Allowed: nn.Parameter and the containers, torch.optim.Optimizer (the base class)
 torch.nn.functional.scaled_dot_product_attention (the flash path) with torch.nn.attention's choice of
 its kernels, and
 torch.nn.parallel.DistributedDataParallel (the trainer's DDP option). gpt25.model and its decoding
-state (gpt25.inference) must also stay free of torch.distributed so they run unchanged on one device.
+state (gpt25.engine) must also stay free of torch.distributed so they run unchanged on one device.
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ def test_package_uses_only_allowed_torch_nn_and_optim(path: Path) -> None:
     assert not found, f"{path.relative_to(PACKAGE)} uses forbidden torch.nn/torch.optim names: {found}"
 
 
-def test_model_and_inference_have_no_torch_distributed_import() -> None:
-    for path in [*sorted((PACKAGE / "model").rglob("*.py")), PACKAGE / "inference.py"]:
+def test_model_and_engine_have_no_torch_distributed_import() -> None:
+    for path in [*sorted((PACKAGE / "model").rglob("*.py")), PACKAGE / "engine.py"]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

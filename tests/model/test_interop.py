@@ -100,7 +100,7 @@ def test_consolidated_file_loads_with_checkpoint_module(model: TransformerLM, tm
 
 
 def test_export_refuses_to_overwrite(model: TransformerLM, exported: Path) -> None:
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(FileExistsError, match="--force"):
         export_hf(model, None, exported)
 
 

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
+from gpt25.engine import generate_tokens
 from gpt25.interop import hf_class
 from gpt25.model import ModelConfig, TransformerLM, parameter_groups
 from gpt25.optim import AdamW, Muon, cross_entropy, newton_schulz, wsd_lr
-from gpt25.sample import generate_tokens
 from gpt25.train.config import TrainConfig
 from gpt25.train.trainer import build_optimizer, set_learning_rate
 

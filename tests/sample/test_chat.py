@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gpt25.chat import chat, stream_chat, trim_history
-from gpt25.sample import generate_tokens
+from gpt25.engine import generate_tokens
 from gpt25.tokenizer.chat_format import add_chat_tokens, render_prompt, reply_stop_ids
 
 EOT, USER, ASSISTANT, SYSTEM = 256, 257, 258, 259  # the byte tokenizer's end-of-text, then the role tokens added
@@ -96,7 +96,7 @@ def test_bad_conversations_and_settings_are_refused(chat_tokenizer, random_chat_
     model = random_chat_model()
     with pytest.raises(ValueError, match="message 0 has unknown role 'robot'"):
         chat(model, chat_tokenizer, [{"role": "robot", "content": "beep"}])
-    with pytest.raises(ValueError, match=r"max_new_tokens must be in 1\.\.63"):
+    with pytest.raises(ValueError, match=r"max_new_tokens \(64\) must fit the context of 64 tokens"):
         chat(model, chat_tokenizer, QUESTION, max_new_tokens=64)
     with pytest.raises(ValueError, match="top_p"):
         chat(model, chat_tokenizer, QUESTION, top_p=0)
@@ -123,7 +123,7 @@ def test_trimming_drops_the_oldest_turns_and_keeps_the_system_message(chat_token
 
 
 def test_trimming_refuses_a_last_message_that_cannot_fit(chat_tokenizer) -> None:
-    with pytest.raises(ValueError, match="the last message and the system message take 48 tokens, but only 44 fit"):
+    with pytest.raises(ValueError, match=r"the prompt \(48 tokens\) \+ max_new_tokens \(20\) must fit the context of 64 tokens"):
         trim_history(chat_tokenizer, [{"role": "system", "content": "S" * 6}, *turns("a" * 32)], 64, 20)
 
 

@@ -140,7 +140,7 @@ def test_a_message_too_long_is_refused_and_the_chat_goes_on(chat_run, monkeypatc
     arguments = ["--checkpoint", str(chat_run), "--temperature", "0", "--max_new_tokens", "30"]
     status, out, err = run_chat(arguments, stdin, monkeypatch, capsys)
     assert status == 0 and out.split(BANNER_END)[1] == "> > OK\n> \n"
-    assert err.startswith("gpt25 chat: error: the last message take 46 tokens, but only 34 fit")
+    assert err.startswith("gpt25 chat: error: the prompt (46 tokens) + max_new_tokens (30) must fit the context of 64")
 
 
 def test_a_base_model_is_refused_in_one_line(tmp_path, byte_tokenizer, random_lm, save_run, monkeypatch, capsys) -> None:

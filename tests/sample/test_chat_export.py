@@ -13,8 +13,8 @@ import torch
 
 from gpt25 import cli
 from gpt25.chat import chat
+from gpt25.engine import generate_tokens
 from gpt25.interop import export_hf
-from gpt25.sample import generate_tokens
 from gpt25.tokenizer.chat_format import CHAT_SPECIAL_TOKENS, JINJA_CHAT_TEMPLATE, add_chat_tokens, render_prompt
 
 CONVERSATION = [

@@ -1,4 +1,4 @@
-"""gpt25.inference: the KV caches against the full forward, the split product, the captured decoding step."""
+"""gpt25.engine: the KV caches against the full forward, the captured decoding step."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import warnings
 import pytest
 import torch
 
-from gpt25.inference import DecodeStep, KVCache, StaticKVCache, split_linear
+from gpt25.engine import DecodeStep, KVCache, StaticKVCache, generate_tokens
 from gpt25.model import ModelConfig, TransformerLM
-from gpt25.sample import generate_tokens
 
 CONFIG = ModelConfig(vocab_size=97, context_length=32, d_model=64, num_layers=2, num_heads=4, d_ff=96)
 
@@ -18,31 +17,6 @@ CONFIG = ModelConfig(vocab_size=97, context_length=32, d_model=64, num_layers=2,
 def model() -> TransformerLM:
     torch.manual_seed(0)
     return TransformerLM(CONFIG).eval()
-
-
-@pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("leading_shape", [(1,), (1, 1), (8, 1), (2, 5), (64,), (65,), (4, 3, 2)])
-def test_split_linear_equals_the_plain_product(
-    threads: int, leading_shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    torch.manual_seed(0)
-    weight = torch.randn(96, 40)
-    x = torch.randn(*leading_shape, 40)
-    bmm_calls = []
-    bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda *args: bmm_calls.append(1) or bmm(*args))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            split = split_linear(x, weight)  # rows <= 64 and 96 % threads == 0: the bmm path
-            uneven = split_linear(x, weight[:95])  # 95 rows do not split evenly: the plain product
-    finally:
-        torch.set_num_threads(previous)
-    assert len(bmm_calls) == (1 if x.numel() // 40 <= 64 else 0)
-    assert split.shape == (*leading_shape, 96)
-    torch.testing.assert_close(split, x @ weight.T)
-    torch.testing.assert_close(uneven, x @ weight[:95].T)
 
 
 def test_greedy_decoding_with_cache_equals_recompute(model: TransformerLM) -> None:
@@ -85,10 +59,7 @@ def test_cache_chunks_match_full_forward_and_reset(model: TransformerLM) -> None
         KVCache(CONFIG, batch_size=1, max_seq_len=CONFIG.context_length + 1)
 
 
-@pytest.mark.parametrize("use_sdpa", [True, False])
-def test_static_cache_steps_match_the_full_forward(model: TransformerLM, use_sdpa: bool) -> None:
-    for layer in model.layers:
-        layer.attn.use_sdpa = use_sdpa
+def test_static_cache_steps_match_the_full_forward(model: TransformerLM) -> None:
     ids = torch.randint(0, CONFIG.vocab_size, (2, 20))
     chunks = ((0, 6), (6, 7), (7, 8), (8, 9), (9, 14), (14, 15), (15, 16), (16, 20))  # one-token steps between prompts
     with torch.no_grad():

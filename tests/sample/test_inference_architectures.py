@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt25.inference import KVCache, StaticKVCache
+from gpt25.engine import KVCache, StaticKVCache
 from gpt25.model import ModelConfig, TransformerLM
 
 SHAPE = dict(vocab_size=97, context_length=32, d_model=64, num_layers=2, num_heads=4)
@@ -29,7 +29,7 @@ def model(request) -> TransformerLM:
 @pytest.mark.parametrize("threads", [1, 2])
 def test_greedy_decoding_with_cache_equals_recompute(model: TransformerLM, threads: int) -> None:
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)  # 2 threads: split_linear's bmm path for the 64-wide products
+    torch.set_num_threads(threads)  # the products split over threads or not: the same tokens
     try:
         prompt = torch.randint(0, 97, (2, 5))
         with torch.no_grad():
@@ -76,7 +76,7 @@ def test_captured_decoding_with_learned_positions_gives_the_ids_of_recomputing(m
     """The CUDA-graph step reads the learned position from the device: replays give recomputation's ids."""
     import warnings
 
-    from gpt25.sample import generate_tokens
+    from gpt25.engine import generate_tokens
 
     model = model.cuda()
     prompts = torch.randint(0, 97, (2, 5), device="cuda")

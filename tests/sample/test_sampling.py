@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from gpt25.sample import apply_top_k, apply_top_p, generate, generate_tokens
+from gpt25.engine import apply_top_k, apply_top_p, generate_tokens
+from gpt25.sample import generate
 
 NEG_INF = float("-inf")
 EOT = 256  # <|endoftext|> in the byte tokenizer
@@ -143,7 +144,7 @@ def test_a_prompt_longer_than_the_context_is_cut_from_the_left(byte_tokenizer, b
         ({"top_k": 0}, "top_k must be >= 1"),
         ({"num_samples": 0}, "num_samples must be >= 1"),
         ({"max_new_tokens": -1}, "max_new_tokens must be >= 0"),
-        ({"max_new_tokens": 64}, "below the model's context length"),
+        ({"max_new_tokens": 64}, "max_new_tokens \\(64\\) must fit the context of 64 tokens"),
     ],
 )
 def test_bad_settings_are_one_line_value_errors(byte_tokenizer, options, message, random_lm) -> None:

@@ -33,9 +33,9 @@ def tiny_lm(vocab_size: int = 257, context_length: int = 256, seed: int = 0, arc
     return TransformerLM(config).eval()
 
 
-def save_model(folder: Path, chat: bool) -> tuple[Path, Path]:
+def save_model(folder: Path, chat: bool, context_length: int = 256) -> tuple[Path, Path]:
     """(checkpoint dir, tokenizer dir) of a tiny random model; `chat` adds the role tokens to both."""
-    tokenizer, model = byte_tokenizer(), tiny_lm()
+    tokenizer, model = byte_tokenizer(), tiny_lm(context_length=context_length)
     if chat:
         tokenizer = add_chat_tokens(tokenizer)
         model.grow_vocab(tokenizer.vocab_size)
@@ -47,6 +47,12 @@ def save_model(folder: Path, chat: bool) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def chat_model(tmp_path_factory) -> tuple[Path, Path]:
     return save_model(tmp_path_factory.mktemp("chat"), chat=True)
+
+
+@pytest.fixture(scope="session")
+def small_chat_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A chat model with a context of 128 byte tokens: a few turns of conversation fill it."""
+    return save_model(tmp_path_factory.mktemp("small-chat"), chat=True, context_length=128)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from gpt25.chat import chat, trim_history
 from gpt25.checkpoint import load_for_inference
 from gpt25.cli import main
 from gpt25.sample import generate
@@ -68,8 +69,10 @@ def test_chat_whole_and_streamed(chat_server, chat_model) -> None:
     assert whole.choices[0].message.role == "assistant"
     stream = client(url).chat.completions.create(model="m", messages=messages, max_tokens=10, temperature=0,
                                                  stream=True)
-    pieces = [chunk.choices[0].delta.content or "" for chunk in stream]
-    assert "".join(pieces) == whole.choices[0].message.content
+    chunks = list(stream)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == whole.choices[0].message.content
+    assert [chunk.choices[0].delta.role for chunk in chunks] == ["assistant"] + [None] * (len(chunks) - 1)
+    assert len(chunks) > 2
     models = client(url).models.list()
     assert [entry.id for entry in models.data] == [app.state.served.model_name]
 
@@ -233,3 +236,35 @@ def test_the_command_refuses_a_missing_checkpoint_in_one_line(capsys) -> None:
         main(["serve", "--checkpoint", "no/such/run", "--tokenizer", "no/such/tok"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().endswith("pass a run dir, a step dir or a .safetensors file")
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1"])
+def test_the_command_refuses_a_port_outside_1_to_65535_in_one_line(chat_model, port: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--checkpoint", str(chat_model[0]), "--tokenizer", str(chat_model[1]), "--port", port])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"gpt25 serve: error: --port must be in 1-65535, got {port}"]
+
+
+def test_fit_context_keeps_the_newest_turns_and_caps_the_reply_others_get_a_clear_error(small_chat_model) -> None:
+    """The chat page's `"fit_context": true`: the turns `gpt25 chat` would keep, the reply capped at what fits
+    (both reported in headers); an OpenAI client sending the same over-long request gets context_length_exceeded."""
+    turns = [{"role": ("user", "assistant")[index % 2], "content": f"message {index} " * 4} for index in range(9)]
+    model, tokenizer, _ = load_for_inference(*small_chat_model)
+    kept, dropped = trim_history(tokenizer, turns, 128, 64)  # 64: the reply's share, half the context
+    prompt_len = len(render_prompt(tokenizer, kept))
+    cap = min(100, 128 - prompt_len)
+    with live_server(loader(small_chat_model)) as (url, _):
+        body = {"messages": turns, "max_tokens": 100, "temperature": 0}
+        assert error_of(post(url, "/v1/chat/completions", body), 400)["code"] == "context_length_exceeded"
+        reply = post(url, "/v1/chat/completions", body | {"fit_context": True})
+        assert reply.status_code == 200, reply.text
+        assert (reply.headers["x-gpt25-dropped-messages"], reply.headers["x-gpt25-max-tokens"]) == (str(dropped), str(cap))
+        assert dropped == 8 and kept == turns[-1:] and (prompt_len, cap) == (46, 82)  # 128 - 46 < the 100 asked
+        assert reply.json()["usage"]["prompt_tokens"] == prompt_len
+        assert reply.json()["choices"][0]["message"]["content"] == chat(model, tokenizer, kept, temperature=0,
+                                                                          max_new_tokens=cap)
+        too_long = {"messages": [{"role": "user", "content": "x" * 120}], "fit_context": True}
+        error = error_of(post(url, "/v1/chat/completions", too_long), 400)
+        assert error["code"] == "context_length_exceeded" and "shorten the prompt" in error["message"]
+        assert error_of(post(url, "/v1/chat/completions", body | {"fit_context": "yes"}), 400)["param"] == "fit_context"

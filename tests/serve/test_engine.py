@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from gpt25.sample import generate_tokens
+from gpt25.engine import generate_tokens
 from gpt25.serve.engine import Engine, QueueFull, Request, held_back
 
 from conftest import byte_tokenizer, tiny_lm
@@ -26,9 +26,12 @@ def request(prompt: bytes, max_tokens: int, temperature: float = 0.0, **settings
 def test_rows_that_join_and_leave_mid_batch_decode_as_if_alone(arch: str) -> None:
     model, tokenizer = tiny_lm(arch=arch), byte_tokenizer()
     engine = Engine(model, tokenizer.vocab, tokenizer.vocab_size, max_batch=3)
-    # Different prompt lengths and budgets: rows leave at different steps, queued ones take their slots.
-    requests = [request(b"Hello", 5), request(b"a longer prompt", 30), request(b"x", 12), request(b"12345", 20),
-                request(b"seeded", 15, temperature=0.9, seed=3), request(b"zz", 25)]
+    # The first three, queued before the engine starts, are prefilled together (two sampled rows with the same
+    # settings, filtered together); different prompt lengths and budgets: rows leave at different steps,
+    # queued ones take their slots.
+    requests = [request(b"seeded", 15, temperature=0.9, seed=3), request(b"same settings", 9, temperature=0.9, seed=4),
+                request(b"Hello", 5), request(b"a longer prompt", 30), request(b"x", 12), request(b"12345", 20),
+                request(b"zz", 25)]
     for made in requests:
         engine.submit(made)
     engine.start()

@@ -109,3 +109,43 @@ def test_the_page_streams_a_reply_and_stops_another(chat_model, tmp_path: Path) 
             (tmp_path / "serve.png").write_bytes(base64.b64decode(screenshot))
         finally:
             browser.close()
+
+
+def test_ten_turns_on_a_small_context_model_all_get_their_reply(small_chat_model, tmp_path: Path) -> None:
+    """Context 128, max tokens 200 on the page: the server keeps the newest turns that fit and caps each reply,
+    every reply is the greedy one for the turns kept, and a turn that cannot fit fails alone and leaves nothing."""
+    with live_server(loader(small_chat_model)) as (url, _):
+        browser = Browser(url + "/", tmp_path / "profile")
+        try:
+            browser.wait_for('document.getElementById("mode").textContent.includes("chat")')
+            notes = []
+            for turn in range(10):
+                messages = [*browser.js("conversation"), {"role": "user", "content": f"Turn {turn}: and then?"}]
+                expected = post(url, "/v1/chat/completions", {"messages": messages, "temperature": 0, "max_tokens": 200,
+                                                              "fit_context": True}).json()
+                send_message(browser, messages[-1]["content"], 200)
+                browser.wait_for('document.body.dataset.state === "idle"')
+                reply = expected["choices"][0]["message"]["content"]
+                assert browser.js(f"{LAST_REPLY}.textContent") == reply
+                assert browser.js("conversation") == [*messages, {"role": "assistant", "content": reply}]
+                notes.append(browser.js('document.getElementById("rate").textContent'))
+            assert browser.js('document.querySelectorAll(".error").length') == 0
+            assert browser.js('document.querySelectorAll(".user").length') == 10
+            assert browser.js('document.querySelectorAll(".assistant").length') == 10
+            assert all("reply capped at" in note for note in notes)  # 200 never fits beside a prompt in 128
+            assert "oldest messages left out" in notes[-1]
+
+            send_message(browser, "x" * 100, 200)  # alone more than the 64 tokens the history may take
+            browser.wait_for('document.body.dataset.state === "idle"')
+            assert "shorten the prompt" in browser.js('document.querySelector(".error").textContent')
+            assert browser.js('document.querySelectorAll(".assistant").length') == 10  # no empty bubble
+            assert browser.js('document.querySelectorAll(".user").length') == 10
+            assert browser.js('document.getElementById("input").value') == "x" * 100  # back to send again
+            assert len(browser.js("conversation")) == 20
+
+            send_message(browser, "Short again.", 200)
+            browser.wait_for('document.body.dataset.state === "idle"')
+            assert browser.js('document.querySelectorAll(".assistant").length') == 11
+            assert browser.js("conversation")[-2:][0] == {"role": "user", "content": "Short again."}
+        finally:
+            browser.close()

@@ -79,7 +79,7 @@ def test_existing_output_needs_force(trained_dir, fixtures_dir, tmp_path, capsys
     trained_dir = shutil.copytree(trained_dir, tmp_path / "tok")
     before = (trained_dir / "merges.txt").read_bytes()
     argv = ["tokenizer", "train", "--input", str(fixtures_dir / "corpus.en"), "--vocab-size", "300",
-            "--out", str(trained_dir), "--quiet"]
+            "--out", str(trained_dir), "--no_progress"]
     code, _, err = run_main(argv, capsys)
     assert code == 2 and err == f"gpt25 tokenizer: error: {trained_dir} already exists; pass --force to replace it\n"
     assert (trained_dir / "merges.txt").read_bytes() == before
@@ -103,7 +103,7 @@ def test_train_bad_input(tmp_path, capsys, content, vocab_size, message):
         path.write_bytes(content)
     out = tmp_path / "out"
     code, _, err = run_main(["tokenizer", "train", "--input", str(path), "--vocab-size", vocab_size,
-                             "--out", str(out), "--quiet"], capsys)
+                             "--out", str(out), "--no_progress"], capsys)
     assert code == 2 and err.startswith("gpt25 tokenizer: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == (["missing.txt"] if content is not None else [])
@@ -124,7 +124,7 @@ def test_corrupt_tokenizer_dir(tmp_path, capsys):
 
 
 def train_argv(input_path: Path, out: Path, *extra: str) -> list[str]:
-    return ["tokenizer", "train", "--input", str(input_path), "--vocab-size", "300", "--out", str(out), "--quiet", *extra]
+    return ["tokenizer", "train", "--input", str(input_path), "--vocab-size", "300", "--out", str(out), "--no_progress", *extra]
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -250,7 +250,7 @@ def test_ctrl_c_while_counting_prints_one_line_and_leaves_nothing(english_dir, t
     out = tmp_path / "tok"
     inputs = [str(path) for path in sorted(english_dir.glob("pg*.txt"))]  # > 4 MB: counted by a pool
     command = [sys.executable, "-m", "gpt25", "tokenizer", "train", "--input", *inputs, "--vocab_size", "8192",
-               "--out", str(out), "--quiet", "--workers", "2"]
+               "--out", str(out), "--no_progress", "--workers", "2"]
     process = _popen_taking_ctrl_c(command, stderr=subprocess.PIPE, start_new_session=True)
 
     def counting() -> bool:  # both workers started and past their set-up, which makes them ignore Ctrl-C

@@ -302,16 +302,17 @@ def test_encode_iterable_without_whitespace_is_exact(gpt2_tokenizer, monkeypatch
 
 
 def test_batch_merger_equals_one_by_one(gpt2_tokenizer, small_tokenizer, fixtures_dir):
-    from gpt25.tokenizer.bpe import BatchMerger, merge_word
+    from gpt25.tokenizer.bpe import BatchMerger, merge_values, merge_word
 
     text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8") + " ".join(SAMPLES) + " x" + "y" * 300
     words = sorted(set(pretokenize_for_test(text)))
     for tokenizer in (gpt2_tokenizer, small_tokenizer):
-        lengths, ids = BatchMerger(tokenizer._merge_values, tokenizer._byte_ids).merge([word.encode() for word in words])
-        one_by_one = [merge_word([tokenizer._byte_ids[b] for b in word.encode()], tokenizer._merge_values) for word in words]
+        values = merge_values(tokenizer._merge_ids)
+        lengths, ids = BatchMerger(values, tokenizer._byte_ids).merge([word.encode() for word in words])
+        one_by_one = [merge_word([tokenizer._byte_ids[b] for b in word.encode()], values) for word in words]
         assert lengths.tolist() == [len(word_ids) for word_ids in one_by_one]
         assert ids.tolist() == [token_id for word_ids in one_by_one for token_id in word_ids]
-    lengths, ids = BatchMerger(gpt2_tokenizer._merge_values, gpt2_tokenizer._byte_ids).merge([])
+    lengths, ids = BatchMerger(merge_values(gpt2_tokenizer._merge_ids), gpt2_tokenizer._byte_ids).merge([])
     assert lengths.size == ids.size == 0
 
 

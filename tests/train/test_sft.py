@@ -12,14 +12,15 @@ import pytest
 
 from gpt25.checkpoint import list_checkpoints, load_for_inference
 from gpt25.cli import main
-from gpt25.data.chat_set import iter_chat_set
+from gpt25.data.default_corpus import iter_chat_set
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import has_chat_tokens
 from gpt25.train import train
 from gpt25.train.config import SFTConfig
 from gpt25.train.distributed import init_distributed
-from gpt25.train.sft import SFTTrainer, sft
+from gpt25.train.sft import FineTuning, sft
 from gpt25.train.tracking import read_metrics
+from gpt25.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,8 @@ def sft_config(base_run: Path, corpus_data, chats: Path, out: Path, **overrides)
 
 def test_sft_lowers_the_held_out_assistant_loss_and_saves_a_chat_tokenizer(base_run, corpus_data, chats,
                                                                              tmp_path) -> None:
-    trainer = SFTTrainer(sft_config(base_run, corpus_data, chats, tmp_path / "sft", train_steps=40),
-                         init_distributed("cpu"))
+    trainer = Trainer(sft_config(base_run, corpus_data, chats, tmp_path / "sft", train_steps=40),
+                      init_distributed("cpu"), FineTuning())
     before = trainer.evaluate()
     summary = trainer.run()
     assert summary["final_val_loss"] < before["val_loss"] - 0.5
@@ -73,6 +74,21 @@ def test_resume_repeats_the_same_losses(base_run, corpus_data, chats, tmp_path) 
     assert summary["start_step"] == 6 and summary["step"] == 12
     resumed = {row["step"]: row["train_loss"] for row in read_metrics(tmp_path / "resumed") if "train_loss" in row}
     assert resumed == whole
+
+
+def test_decay_all_puts_every_parameter_in_one_decayed_group(base_run, corpus_data, chats, tmp_path) -> None:
+    for decay_all, num_groups in ((False, 2), (True, 1)):
+        trainer = Trainer(sft_config(base_run, corpus_data, chats, tmp_path / "sft", decay_all=decay_all,
+                                     weight_decay=0.1), init_distributed("cpu"), FineTuning())
+        groups = trainer.optimizer.param_groups
+        assert len(groups) == num_groups and groups[0]["weight_decay"] == 0.1
+
+
+def test_the_tokenizer_defaults_to_the_base_runs(base_run, corpus_data, chats, tmp_path) -> None:
+    trainer = Trainer(sft_config(base_run, corpus_data, chats, tmp_path / "sft", tokenizer=""),
+                      init_distributed("cpu"), FineTuning())
+    base = Tokenizer.load(corpus_data["tokenizer"])
+    assert trainer.tokenizer.vocab_size == base.vocab_size + 3
 
 
 def test_epochs_set_the_steps(base_run, corpus_data, chats, tmp_path) -> None:
@@ -107,9 +123,13 @@ def test_bad_input_is_one_line_and_writes_nothing(base_run, corpus_data, chats, 
                                     "--out", str(out), *common)
     assert "no checkpoint in" in cli_error(capsys, "--checkpoint", "latest", "--data", str(chats),
                                            "--out", str(out), *common)
-    monkeypatch.setattr("gpt25.data.hub.hub_offline", lambda: True)
-    assert "needs the internet and offline mode is on" in cli_error(
-        capsys, "--checkpoint", str(base_run), "--data", "hf:HuggingFaceTB/smol-smoltalk", "--out", str(out), *common)
+    monkeypatch.setattr("gpt25.data.sources.hub_offline", lambda: True)
+    hub = cli_error(capsys, "--checkpoint", str(base_run), "--data", "hf:HuggingFaceTB/smol-smoltalk", "--out",
+                    str(out), *common)
+    local = cli_error(capsys, "--checkpoint", str(base_run), "--data", "python-docs", "--out", str(out), *common)
+    assert "needs the internet and offline mode is on" in hub and "--data 'python-docs' matched no files" in local
+    for error in (hub, local):  # each hint names sft's own flags and its embedded set
+        assert "--data python-docs-chat" in error and "--source" not in error and "--text_field" not in error
     assert not out.exists()
 
 

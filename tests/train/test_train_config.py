@@ -86,7 +86,7 @@ def test_recipe_compiles_on_cuda_only() -> None:
     config = TrainConfig(**read_toml_settings(CONFIGS / "gpt25-124m.toml"))
     assert config.compile == "auto"
     assert config.compiles_on("cuda") and not config.compiles_on("cpu")
-    assert not parse("--config", str(CONFIGS / "gpt25-124m.toml"), "--no-compile").compiles_on("cuda")
+    assert not parse("--config", str(CONFIGS / "gpt25-124m.toml"), "--compile", "off").compiles_on("cuda")
 
 
 @pytest.mark.parametrize(("flags", "setting", "on_cuda", "on_cpu"), [
@@ -95,8 +95,6 @@ def test_recipe_compiles_on_cuda_only() -> None:
     (["--compile", "on"], "on", True, True),
     (["--compile", "auto"], "auto", True, False),
     (["--compile", "off"], "off", False, False),
-    (["--compile", "--no_compile"], "off", False, False),
-    (["--compile", "--no-compile"], "off", False, False),
 ])
 def test_compile_flags_and_where_they_compile(flags: list[str], setting: str, on_cuda: bool, on_cpu: bool) -> None:
     config = parse(*flags)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -179,3 +180,12 @@ def test_wandb_tracker_runs_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     tracker.close()
     assert list((tmp_path / "wandb").glob("offline-run-*"))
     assert read_metrics(tmp_path) == [{"step": 1, "train_loss": 2.0}]
+
+
+def test_the_demo_times_the_trainers_own_step(tiny_config, tmp_path) -> None:
+    from gpt25.demo import time_training_step
+
+    config = tiny_config(tmp_path / "timed", batch_size=2)
+    seconds = time_training_step(config, repeats=1)
+    assert 0 < seconds < 60 and not (tmp_path / "timed").exists()  # timed, nothing written
+    assert time_training_step(dataclasses.replace(config, grad_accum_steps=3), repeats=1) > seconds

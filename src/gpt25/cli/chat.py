@@ -10,13 +10,8 @@ import argparse
 import sys
 from typing import TextIO
 
-from gpt25.cli.evaluate import (
-    add_decoding_arguments,
-    add_model_arguments,
-    add_sampling_arguments,
-    one_line_warnings,
-    tokenizer_dir,
-)
+from gpt25.cli.evaluate import one_line_warnings
+from gpt25.cli.flags import add_model_arguments, add_sampling_arguments, model_inputs
 
 COMMANDS_HELP = ("/reset clears the history, /system TEXT sets the system message (/system alone removes it), "
                  "/quit or Ctrl-D leaves; Ctrl-C stops a reply")
@@ -35,25 +30,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", default=None, help="answer this one message and exit (the reply alone on stdout)")
     parser.add_argument("--system", default=None, help="system message that opens the conversation")
     add_sampling_arguments(parser, None, "per reply (default: half the context, at most 256)")
-    add_decoding_arguments(parser)
     parser.set_defaults(handler=run_chat)
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    import torch
-
     from gpt25.chat import reply_budget
     from gpt25.checkpoint import load_for_inference
-    from gpt25.device import resolve_device
-    from gpt25.sample import validate_sampling
+    from gpt25.engine import validate_sampling
     from gpt25.tokenizer.chat_format import require_chat_tokens
 
     validate_sampling(args.temperature, args.top_p, args.top_k)
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("--prompt is empty; give the message to answer")
-    device = resolve_device(args.device)
-    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    model, tokenizer, _ = load_for_inference(args.checkpoint, tokenizer_dir(args), device, getattr(torch, dtype_name))
+    model, tokenizer, _ = load_for_inference(*model_inputs(args))
     require_chat_tokens(tokenizer)
     args.max_new_tokens = reply_budget(args.max_new_tokens, model.config.context_length)
     session = ChatSession(model, tokenizer, args)

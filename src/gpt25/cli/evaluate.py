@@ -1,6 +1,7 @@
-"""`gpt25 eval` (validation loss / perplexity / bits per byte, HellaSwag) and `gpt25 generate` (sampling).
+"""`gpt25 eval` (validation loss / perplexity / bits per byte, HellaSwag, CORE) and `gpt25 generate` (sampling).
 
     gpt25 eval --checkpoint runs/124m --tokenizer tok --data data/ --hellaswag download
+    gpt25 eval --checkpoint runs/124m --core --core_limit 500
     gpt25 generate --checkpoint runs/124m --tokenizer tok --prompt "Once upon a time, " --stream
 """
 
@@ -12,6 +13,8 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from gpt25.cli.flags import add_model_arguments, add_sampling_arguments, model_inputs
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this module's commands to the `gpt25` parser."""
@@ -19,57 +22,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     register_generate(subparsers)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint", required=True, help="run dir (its newest checkpoint), step dir or .safetensors file"
-    )
-    parser.add_argument(
-        "--tokenizer", default=None,
-        help="tokenizer folder the model was trained with (default: the run's tokenizer/ or the one its training used)",
-    )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-
-
-def tokenizer_dir(args: argparse.Namespace) -> str:
-    """--tokenizer, or the tokenizer folder the checkpoint's run holds or recorded."""
-    from gpt25.checkpoint import find_tokenizer_dir
-
-    return args.tokenizer or str(find_tokenizer_dir(args.checkpoint))
-
-
-def add_sampling_arguments(
-    parser: argparse.ArgumentParser, max_new_tokens: int | None = 50, max_new_tokens_help: str = "per sample (default 50)"
-) -> None:
-    """--max_new_tokens --temperature --top_p --top_k --seed, as `generate` and `chat` take them."""
-    parser.add_argument(
-        "--max_new_tokens", type=int, default=max_new_tokens, help=f"tokens to generate {max_new_tokens_help}"
-    )
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
-    parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass in (0, 1] (default 0.9)")
-    parser.add_argument("--top_k", type=int, default=None, help="sample among the K most likely tokens only")
-    parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
-
-
-def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """--dtype and --no_cuda_graph, as `generate` and `chat` take them."""
-    parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16"], default=None,
-        help="weights and KV cache dtype; default bfloat16 on CUDA, float32 on CPU",
-    )
-    parser.add_argument(
-        "--no_cuda_graph", action="store_true",
-        help="on a GPU, run each decoding step eagerly instead of replaying a captured CUDA graph",
-    )
-
-
 def register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="validation loss, perplexity, bits per byte and HellaSwag of a checkpoint",
-        description="Score a checkpoint on the whole validation split (fixed non-overlapping windows) and/or "
-        "HellaSwag; print a table and write eval.json beside the checkpoint (or --out).",
+        help="validation loss, perplexity, bits per byte, HellaSwag and CORE of a checkpoint",
+        description="Score a checkpoint on the whole validation split (fixed non-overlapping windows), HellaSwag "
+        "and/or CORE (DCLM's 22 in-context tasks, as nanochat scores them); print a table and write eval.json "
+        "beside the checkpoint (or --out).",
     )
-    add_model_arguments(parser)
+    add_model_arguments(parser, dtype_help="compute dtype (autocast)")
     parser.add_argument("--data", default=None, help="prepared data folder; its val split gives loss/perplexity/bpb")
     parser.add_argument(
         "--hellaswag", default=None, metavar="FILE|download",
@@ -77,14 +38,18 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--limit", type=int, default=None, help="score only the first N HellaSwag examples")
     parser.add_argument("--max_tokens", type=int, default=None, help="score only the first N validation tokens")
+    parser.add_argument(
+        "--core", action="store_true",
+        help="score CORE; the eval bundle is downloaded once into ~/.cache/gpt25 ($GPT25_CACHE) unless --core_bundle",
+    )
+    parser.add_argument("--core_bundle", default=None, metavar="DIR",
+                        help="an unpacked eval bundle (core.yaml, eval_meta_data.csv, eval_data/), for offline use")
+    parser.add_argument("--core_limit", type=int, default=None,
+                        help="score N examples per CORE task (nanochat's seeded shuffle, then the first N)")
     parser.add_argument("--out", default=None, help="JSON file to write (default: eval.json beside the checkpoint)")
     parser.add_argument(
         "--batch_size", type=int, default=8,
         help="context windows per forward pass (default 8); HellaSwag packs 4x as many of its short sequences",
-    )
-    parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16"], default=None,
-        help="compute dtype (autocast); default bfloat16 on CUDA, float32 on CPU",
     )
     parser.set_defaults(handler=run_eval)
 
@@ -92,23 +57,13 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from gpt25.device import resolve_device
     from gpt25.eval.run import format_table, run_evaluation
 
-    device = resolve_device(args.device)
-    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    results = run_evaluation(
-        args.checkpoint,
-        tokenizer_dir(args),
-        data_dir=args.data,
-        hellaswag=args.hellaswag,
-        limit=args.limit,
-        max_tokens=args.max_tokens,
-        out=args.out,
-        batch_size=args.batch_size,
-        device=device,
-        autocast_dtype=None if dtype_name == "float32" else getattr(torch, dtype_name),
-    )
+    checkpoint, tokenizer, device, dtype = model_inputs(args)
+    results = run_evaluation(checkpoint, tokenizer, data_dir=args.data, hellaswag=args.hellaswag, limit=args.limit,
+                             core=args.core, core_bundle=args.core_bundle, core_limit=args.core_limit,
+                             max_tokens=args.max_tokens, out=args.out, batch_size=args.batch_size, device=device,
+                             autocast_dtype=None if dtype == torch.float32 else dtype)
     print(format_table(results))
     return 0
 
@@ -127,39 +82,25 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num_samples", type=int, default=1, help="samples, generated together as one batch")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are produced (one sample)")
     parser.add_argument("--no_cache", action="store_true", help="recompute the whole prefix each step (slow)")
-    add_decoding_arguments(parser)
     parser.set_defaults(handler=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    import torch
-
     from gpt25.checkpoint import load_for_inference
-    from gpt25.device import resolve_device
-    from gpt25.sample import generate, validate_sampling
+    from gpt25.engine import validate_sampling
+    from gpt25.sample import generate
 
     validate_sampling(args.temperature, args.top_p, args.top_k)
     if args.stream and args.num_samples != 1:
         raise ValueError("--stream prints one sample as it is produced; drop --stream or use --num_samples 1")
-    device = resolve_device(args.device)
-    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    model, tokenizer, _ = load_for_inference(args.checkpoint, tokenizer_dir(args), device, getattr(torch, dtype_name))
+    model, tokenizer, _ = load_for_inference(*model_inputs(args))
     print_piece = stream_printer(args.prompt)
     with one_line_warnings("generate"):
-        samples = generate(
-            model,
-            tokenizer,
-            args.prompt,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            num_samples=args.num_samples,
-            seed=args.seed,
-            use_cache=not args.no_cache,
-            static_decode=False if args.no_cuda_graph else None,
-            on_token=print_piece if args.stream else None,
-        )
+        samples = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                           num_samples=args.num_samples, seed=args.seed, use_cache=not args.no_cache,
+                           static_decode=False if args.no_cuda_graph else None,
+                           on_token=print_piece if args.stream else None)
     if args.stream:
         print_piece(0, "\n")
     elif len(samples) == 1:

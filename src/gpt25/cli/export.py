@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gpt25.cli.flags import add_model_arguments, model_inputs
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `gpt25 export {hf,hub-upload,hub-download}`."""
@@ -24,11 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     hf = commands.add_parser("hf", help="write a transformers Llama or GPT-2 folder from a checkpoint",
                              description="Write config.json, model.safetensors and tokenizer.json to --out.")
-    hf.add_argument("--checkpoint", required=True, help="step dir, run dir (newest checkpoint) or consolidated .safetensors")
-    hf.add_argument("--tokenizer", default=None, help="gpt25 tokenizer folder (Tokenizer.save); omit to skip tokenizer.json")
+    add_model_arguments(hf, device=False, dtype_help="weight dtype on disk")
     hf.add_argument("--out", required=True, help="output folder")
-    hf.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weight dtype on disk")
-    hf.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    hf.add_argument("--force", action="store_true", help="replace --out if it exists")
     hf.set_defaults(handler=run_export_hf)
 
     upload = commands.add_parser("hub-upload", help="upload an exported folder to the Hugging Face Hub",
@@ -47,13 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export_hf(args: argparse.Namespace) -> int:
-    import torch
-
     from gpt25.interop import export_hf
 
-    if args.tokenizer is None:
-        print("gpt25 export: note: no --tokenizer given, writing weights and config only", file=sys.stderr)
-    out = export_hf(args.checkpoint, args.tokenizer, args.out, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
+    checkpoint, tokenizer, _, dtype = model_inputs(args, tokenizer_required=False)
+    if tokenizer is None:
+        print("gpt25 export: note: the run has no tokenizer and no --tokenizer was given, writing weights and "
+              "config only", file=sys.stderr)
+    out = export_hf(checkpoint, tokenizer, args.out, dtype=dtype, overwrite=args.force)
     print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")
     return 0
 
@@ -66,7 +66,7 @@ def run_hub_upload(args: argparse.Namespace) -> int:
 
 
 def run_hub_download(args: argparse.Namespace) -> int:
-    from gpt25.data.hub import download_repo
+    from gpt25.data.sources import download_repo
 
     print(f"downloaded to {download_repo(args.repo, 'model', args.out)}")
     return 0

@@ -1,14 +1,73 @@
-"""One flag style for every command: `--vocab_size`, as the recipe's TrainConfig fields are spelled.
+"""The flags several commands share, and one flag style for every command.
 
-Each multi-word flag also accepts its dashed spelling (`--vocab-size`), so commands written
-before the style was settled keep working; help lists only the first spelling of each flag.
+`add_model_arguments` / `model_inputs` are the one preamble of every command that loads a model for
+inference (generate, chat, serve, eval, export): the checkpoint, its tokenizer (default: the run's),
+the device and the dtype. Flags are spelled `--vocab_size`, as the recipe's TrainConfig fields are;
+each multi-word flag also accepts its dashed spelling (`--vocab-size`), so commands written before
+the style was settled keep working; help lists only the first spelling of each flag.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True,
+                        dtype_help: str = "weights and KV cache dtype") -> None:
+    """--checkpoint --tokenizer [--device] --dtype: what `model_inputs` reads."""
+    parser.add_argument("--checkpoint", required=True,
+                        help="run dir (its newest checkpoint), step dir or .safetensors file")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder the model was trained with "
+                        "(default: the run's tokenizer/ or the one its training used)")
+    if device:
+        parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    default = "bfloat16 on CUDA, float32 on CPU" if device else "float32"  # without --device: the CPU
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help=f"{dtype_help} (default: {default})")
+
+
+def model_inputs(args: argparse.Namespace, tokenizer_required: bool = True) -> tuple[str, str | None, torch.device,
+                                                                                     torch.dtype]:
+    """(checkpoint, tokenizer folder, device, dtype) from `add_model_arguments`' flags, each checked in one line.
+    Without --tokenizer, the run's; with none found, None where `tokenizer_required` is false."""
+    import torch
+
+    from gpt25.checkpoint import find_tokenizer_dir
+    from gpt25.device import resolve_device
+
+    if not Path(args.checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint {args.checkpoint} not found; pass a run dir, a step dir or a "
+                                ".safetensors file")
+    tokenizer = args.tokenizer
+    if tokenizer is None:
+        try:
+            tokenizer = str(find_tokenizer_dir(args.checkpoint))
+        except FileNotFoundError:
+            if tokenizer_required:
+                raise
+    elif not Path(tokenizer).is_dir():
+        raise FileNotFoundError(f"tokenizer folder {tokenizer} not found; pass the model's tokenizer folder")
+    device = resolve_device(getattr(args, "device", "cpu"))
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    return args.checkpoint, tokenizer, device, dtype
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int | None = 50,
+                           max_new_tokens_help: str = "per sample (default 50)") -> None:
+    """--max_new_tokens --temperature --top_p --top_k --seed --no_cuda_graph, as `generate` and `chat` take them."""
+    parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens,
+                        help=f"tokens to generate {max_new_tokens_help}")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass in (0, 1] (default 0.9)")
+    parser.add_argument("--top_k", type=int, default=None, help="sample among the K most likely tokens only")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
+    parser.add_argument("--no_cuda_graph", action="store_true",
+                        help="on a GPU, run each decoding step eagerly instead of replaying a captured CUDA graph")
 
 
 def dashed_aliases(option_strings: list[str]) -> list[str]:

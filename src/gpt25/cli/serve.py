@@ -6,9 +6,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from gpt25.cli.evaluate import add_model_arguments
+from gpt25.cli.flags import add_model_arguments, model_inputs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,34 +27,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="cap on prompt tokens (default: the context length less one)")
     parser.add_argument("--max_body_bytes", type=int, default=1_000_000, help="cap on a request body (default 1 MB)")
     parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' on every /v1 route")
-    parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16"], default=None,
-        help="weights and KV cache dtype; default bfloat16 on CUDA, float32 on CPU",
-    )
     parser.set_defaults(handler=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import torch
     import uvicorn
 
-    from gpt25.device import resolve_device
     from gpt25.serve.api import Limits, create_app, load_served
 
     for name in ("max_batch", "max_tokens", "max_body_bytes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if not Path(args.checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint {args.checkpoint} not found; pass a run dir, a step dir or a .safetensors file")
-    device = resolve_device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-
-    if not Path(args.tokenizer).is_dir():
-        raise FileNotFoundError(f"tokenizer folder {args.tokenizer} not found; pass the model's tokenizer folder")
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 1-65535, got {args.port}")
+    checkpoint, tokenizer, device, dtype = model_inputs(args)
 
     def load():
-        return load_served(args.checkpoint, args.tokenizer, device, dtype, max_batch=args.max_batch,
-                           max_queue=args.max_queue)
+        return load_served(checkpoint, tokenizer, device, dtype, max_batch=args.max_batch, max_queue=args.max_queue)
 
     limits = Limits(args.api_key, args.max_body_bytes, args.max_prompt_tokens, args.max_tokens)
     uvicorn.run(create_app(load, limits), host=args.host, port=args.port, log_level="info")

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from gpt25.files import atomic_folder
 
 END_OF_TEXT = "<|endoftext|>"  # gpt25.tokenizer.END_OF_TEXT, which this module does not import: `gpt25 --help` stays fast
 
@@ -23,15 +24,11 @@ END_OF_TEXT = "<|endoftext|>"  # gpt25.tokenizer.END_OF_TEXT, which this module 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `gpt25 tokenizer ...` to the `gpt25` parser."""
     parser = subparsers.add_parser(
-        "tokenizer",
-        help="train, inspect and run a byte-level BPE tokenizer",
-        description="Train a byte-level BPE tokenizer (GPT-2's pre-tokenizer) and encode/decode with it.",
-    )
+        "tokenizer", help="train, inspect and run a byte-level BPE tokenizer",
+        description="Train a byte-level BPE tokenizer (GPT-2's pre-tokenizer) and encode/decode with it.")
     commands = parser.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
-    _register_train(commands)
-    _register_import(commands)
-    _register_encode(commands)
-    _register_decode(commands)
+    for register_command in (_register_train, _register_import, _register_encode_decode):
+        register_command(commands)
     info = commands.add_parser("info", help="print vocab size, special tokens and the longest tokens",
                                description="Describe a saved tokenizer.")
     info.add_argument("tokenizer_dir", type=Path, metavar="DIR", help="folder written by `gpt25 tokenizer train`")
@@ -40,11 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_train(commands: argparse._SubParsersAction) -> None:
-    train = commands.add_parser(
-        "train",
-        help="train a tokenizer on text files",
-        description="Train a byte-level BPE tokenizer on UTF-8 text files (any size: they are streamed).",
-    )
+    train = commands.add_parser("train", help="train a tokenizer on text files", description="Train a byte-level "
+                                "BPE tokenizer on UTF-8 text files (any size: they are streamed).")
     train.add_argument("--input", type=Path, nargs="+", required=True, metavar="PATH", help="UTF-8 text file(s)")
     train.add_argument("--vocab_size", type=int, required=True, help="final vocab size (>= 256 + special tokens)")
     train.add_argument("--special_token", action="append", default=None, metavar="TOKEN",
@@ -52,7 +46,7 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
                             '"<|endoftext|>" too: `gpt25 data prepare` needs it to end documents')
     _add_out_arguments(train)
     train.add_argument("--workers", type=int, default=None, help="processes counting pre-tokens (default: up to 2)")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--no_progress", action="store_true", help="no progress bars")
     train.set_defaults(handler=run_train)
 
 
@@ -76,18 +70,16 @@ def _add_out_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace DIR if it is empty or holds a gpt25 tokenizer (a folder with other files is refused)")
 
 
-def _register_encode(commands: argparse._SubParsersAction) -> None:
-    encode = commands.add_parser("encode", help="encode UTF-8 text from stdin to ids on stdout",
-                                 description="Read UTF-8 text on stdin, write token ids separated by spaces.")
-    encode.add_argument("--tokenizer", type=Path, required=True, metavar="DIR", help="saved tokenizer folder")
-    encode.set_defaults(handler=run_encode)
-
-
-def _register_decode(commands: argparse._SubParsersAction) -> None:
-    decode = commands.add_parser("decode", help="decode ids from stdin to text on stdout",
-                                 description="Read whitespace-separated token ids on stdin, write the text.")
-    decode.add_argument("--tokenizer", type=Path, required=True, metavar="DIR", help="saved tokenizer folder")
-    decode.set_defaults(handler=run_decode)
+def _register_encode_decode(commands: argparse._SubParsersAction) -> None:
+    for name, help_text, description, handler in (
+        ("encode", "encode UTF-8 text from stdin to ids on stdout",
+         "Read UTF-8 text on stdin, write token ids separated by spaces.", run_encode),
+        ("decode", "decode ids from stdin to text on stdout",
+         "Read whitespace-separated token ids on stdin, write the text.", run_decode),
+    ):
+        parser = commands.add_parser(name, help=help_text, description=description)
+        parser.add_argument("--tokenizer", type=Path, required=True, metavar="DIR", help="saved tokenizer folder")
+        parser.set_defaults(handler=handler)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -102,10 +94,11 @@ def run_train(args: argparse.Namespace) -> int:
               f'documents; add --special_token "{END_OF_TEXT}"', file=sys.stderr)
     started = time.perf_counter()
     vocab, merges = train_bpe(args.input, args.vocab_size, special_tokens,
-                              num_workers=args.workers, progress=not args.quiet)
+                              num_workers=args.workers, progress=not args.no_progress)
     tokenizer = Tokenizer(vocab, merges, special_tokens)
     _check_out(args.out, args.force, [])  # again: DIR may have changed while training
-    _save_replacing(tokenizer, args.out)
+    with atomic_folder(args.out) as staging:  # DIR is never left half-written
+        tokenizer.save(staging)
     print(f"trained {tokenizer.vocab_size} tokens ({len(merges)} merges) in "
           f"{time.perf_counter() - started:.1f} s -> {args.out}", file=sys.stderr)
     return 0
@@ -116,7 +109,8 @@ def run_import(args: argparse.Namespace) -> int:
 
     _check_out(args.out, args.force, [args.vocab, args.merges])
     tokenizer = Tokenizer.from_files(args.vocab, args.merges, _special_tokens(args))
-    _save_replacing(tokenizer, args.out)
+    with atomic_folder(args.out) as staging:  # DIR is never left half-written
+        tokenizer.save(staging)
     print(f"imported {tokenizer.vocab_size} tokens ({len(tokenizer.merges)} merges) -> {args.out}", file=sys.stderr)
     return 0
 
@@ -164,40 +158,8 @@ def _check_parent(out: Path) -> None:
     try:  # a real folder, not os.access: root may "access" read-only file systems such as /proc
         os.rmdir(tempfile.mkdtemp(dir=ancestor, prefix=".gpt25-check."))
     except OSError as error:
-        raise PermissionError(
-            f"cannot create --out {out}: cannot write in {ancestor} ({error.strerror}); choose another --out"
-        ) from None
-
-
-def _save_replacing(tokenizer, out: Path) -> None:
-    """Save into a fresh sibling folder, then swap it in, so DIR is never left half-written."""
-    from gpt25.files import set_usual_mode
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        set_usual_mode(staging)
-        tokenizer.save(staging)
-        _swap_in(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    """Rename `staging` to `out`; an existing `out` (checked to be a tokenizer) is moved aside first and
-    put back if the rename fails, then deleted (POSIX cannot rename onto a non-empty folder)."""
-    if not out.exists():
-        staging.rename(out)
-        return
-    old = staging.with_name(staging.name + ".old")
-    out.rename(old)
-    try:
-        staging.rename(out)
-    except BaseException:
-        old.rename(out)
-        raise
-    shutil.rmtree(old)
+        raise PermissionError(f"cannot create --out {out}: cannot write in {ancestor} ({error.strerror}); "
+                              "choose another --out") from None
 
 
 def _read_stdin_text() -> str:
@@ -227,7 +189,7 @@ def run_decode(args: argparse.Namespace) -> int:
             ids.append(int(word))
         except ValueError:
             raise ValueError(f"stdin: {word!r} is not a token id (expected integers separated by spaces)") from None
-    sys.stdout.buffer.write(tokenizer.decode_bytes(ids).decode("utf-8", errors="replace").encode("utf-8"))
+    sys.stdout.buffer.write(tokenizer.decode(ids).encode("utf-8"))
     sys.stdout.flush()
     return 0
 

@@ -1,15 +1,14 @@
 """Data pipeline: text sources -> parallel tokenization -> token shards -> resumable batches.
 
-    gpt25.data.sources   documents from files, folders, globs, JSONL/Parquet, Hugging Face, python-docs
-    gpt25.data.source_tasks    the sources cut into byte-range tasks that parallel workers read
-    gpt25.data.default_corpus  the embedded python-docs corpus (stdlib docstrings, pydoc topics)
-    gpt25.data.hub       Hugging Face: streamed datasets, `gpt25 data download`, offline errors
+    gpt25.data.sources   source specs checked and read: files, JSONL/Parquet, the Hugging Face Hub (streamed,
+                         `gpt25 data download`, offline errors)
+    gpt25.data.source_tasks    iter_documents: the sources cut into the byte-range tasks workers read
+    gpt25.data.default_corpus  the embedded python-docs corpus and python-docs-chat set (stdlib docstrings)
     gpt25.data.prepare   PrepareConfig + prepare(): streaming train/val split into shards, resume
     gpt25.data.parallel  ordered, memory-bounded multi-process tokenization
     gpt25.data.shards    the shard format, its writers, validating reader and manifest.json
     gpt25.data.raw       import-raw: headerless token files checked, then referenced or copied
-    gpt25.data.loader    get_batch (random windows) and ShardLoader (rank-aware, resumable)
-    gpt25.data.chat_set  the embedded chat set: questions on the Python docs, answered from docstrings
+    gpt25.data.loader    ShardLoader (rank-aware, resumable); SeededBatches, shared with PackedLoader
     gpt25.data.conversations  conversation sources, skip counts, packing with a loss mask, PackedLoader
 
 The loaders import torch; this package's top level does not.

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt25.data.chat_set import CHAT_SET_SPEC, iter_chat_set
-from gpt25.data.hub import iter_hf_rows
-from gpt25.data.sources import SourceStats, expand_paths, iter_utf8_lines
+from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set
+from gpt25.data.loader import SeededBatches
+from gpt25.data.sources import SourceStats, expand_paths, iter_hf_field, iter_parquet_column, iter_utf8_lines
 from gpt25.files import atomic_path
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import add_chat_tokens, message_problem, render_conversation
@@ -83,20 +83,27 @@ def iter_conversations(spec: str, stats: ConversationStats) -> Iterator[list[dic
             yield messages
 
 
+# `gpt25 sft`'s own flags for local conversations, where a Hub dataset cannot be read
+LOCAL_CHATS = (f"give conversation files (--data 'DIR/*.jsonl', .jsonl / .parquet rows with a 'messages' list) or "
+               f"--data {CHAT_SET_SPEC} (the embedded chat set)")
+
+
 def _iter_raw_messages(spec: str) -> Iterator[Any]:
     if spec == CHAT_SET_SPEC:
         yield from iter_chat_set()
     elif spec.startswith("hf:"):
         name, _, config = spec[3:].partition(":")
-        for row_number, row in enumerate(iter_hf_rows(name, config or None)):
-            if "messages" not in row:
-                raise ValueError(f"{spec} row {row_number}: no field 'messages' (found: {', '.join(row)}); "
-                                 "conversation datasets need a 'messages' list of {role, content}")
-            yield row["messages"]
+        yield from iter_hf_field(name, config or None, "messages", "conversation datasets need a 'messages' list "
+                                 "of {role, content}", alternative=LOCAL_CHATS)
     else:
-        for path in expand_paths(spec):
+        try:
+            paths = expand_paths(spec)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--data {spec!r} matched no files; {LOCAL_CHATS}") from None
+        for path in paths:
             if path.suffix == ".parquet":
-                yield from _parquet_messages(path)
+                yield from iter_parquet_column(path, "messages", "conversation files need a 'messages' list of "
+                                               "{role, content}")
             elif path.suffix in (".jsonl", ".json"):
                 yield from _jsonl_messages(path)
             else:
@@ -117,21 +124,6 @@ def _jsonl_messages(path: Path) -> Iterator[Any]:
             raise ValueError(f"{path}:{line_number}: no 'messages' field; conversation files hold "
                              'one {"messages": [{"role": ..., "content": ...}, ...]} object per line')
         yield record["messages"]
-
-
-def _parquet_messages(path: Path) -> Iterator[Any]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-        if "messages" not in parquet.schema_arrow.names:
-            raise ValueError(f"{path}: no column 'messages' (found: {', '.join(parquet.schema_arrow.names)}); "
-                             "conversation files need a 'messages' list of {role, content}")
-        for batch in parquet.iter_batches(columns=["messages"], batch_size=1024):
-            yield from batch.column(0).to_pylist()
-    except (pa.ArrowException, OSError) as error:
-        raise ValueError(f"{path} is not a readable Parquet file ({' '.join(str(error).split())})") from None
 
 
 def is_validation(messages: list[dict], val_fraction: float) -> bool:
@@ -185,10 +177,7 @@ def pack_conversations(conversations: Iterable[list[dict]], tokenizer: Tokenizer
                        stats: ConversationStats) -> PackedRows:
     """Render and pack conversations in order into rows of `row_length` tokens (see the module docstring)."""
     pad_id = tokenizer.token_id(END_OF_TEXT)
-    rows_ids: list[list[int]] = []
-    rows_trained: list[list[bool]] = []
-    row_ids: list[int] = []
-    row_trained: list[bool] = []
+    rows: list[tuple[list[int], list[bool]]] = []  # (ids, trained) of each row
     for messages in conversations:
         rendered = render_conversation(tokenizer, messages)
         ids, trained = rendered.ids, rendered.mask
@@ -198,24 +187,19 @@ def pack_conversations(conversations: Iterable[list[dict]], tokenizer: Tokenizer
             if not any(trained[1:]):
                 stats.dropped += 1
                 continue
-        if len(row_ids) + len(ids) > row_length:
-            rows_ids.append(row_ids)
-            rows_trained.append(row_trained)
-            row_ids, row_trained = [], []
-        row_ids += ids
-        row_trained += trained
-    if row_ids:
-        rows_ids.append(row_ids)
-        rows_trained.append(row_trained)
-    tokens = np.full((len(rows_ids), row_length), pad_id, dtype=np.int32)
-    trained_array = np.zeros((len(rows_ids), row_length), dtype=bool)
-    for index, (ids, trained) in enumerate(zip(rows_ids, rows_trained, strict=True)):
+        if not rows or len(rows[-1][0]) + len(ids) > row_length:
+            rows.append(([], []))
+        rows[-1][0].extend(ids)
+        rows[-1][1].extend(trained)
+    tokens = np.full((len(rows), row_length), pad_id, dtype=np.int32)
+    trained_array = np.zeros((len(rows), row_length), dtype=bool)
+    for index, (ids, trained) in enumerate(rows):
         tokens[index, :len(ids)] = ids
         trained_array[index, :len(trained)] = trained
     return PackedRows(tokens, trained_array)
 
 
-class PackedLoader:
+class PackedLoader(SeededBatches):
     """Seeded, rank-disjoint batches of packed rows, resumable to the exact batch.
 
     The rows are read as one stream of epochs, each a fresh permutation of all rows, `batch_size`
@@ -226,14 +210,8 @@ class PackedLoader:
                  device: torch.device | str = "cpu") -> None:
         if not len(rows):
             raise ValueError("no conversations to train on")
-        self.rows, self.batch_size, self.rank, self.world_size = rows, batch_size, rank, world_size
-        self.seed, self.device = seed, device
-        self.position = 0  # rows consumed by all ranks together since the first epoch began
-        self._orders: dict[int, np.ndarray] = {}
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
+        super().__init__(batch_size, rank, world_size, seed, device)
+        self.rows = rows  # self.position: rows consumed by all ranks together since the first epoch began
 
     @property
     def epoch(self) -> float:
@@ -248,9 +226,7 @@ class PackedLoader:
 
     def _row_at(self, position: int) -> int:
         epoch, offset = divmod(position, len(self.rows))
-        if epoch not in self._orders:
-            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))}
-        return int(self._orders[epoch][offset])
+        return int(self._permutation(epoch, len(self.rows))[offset])
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": LOADER_VERSION, "position": self.position, "seed": self.seed, "num_rows": len(self.rows)}
@@ -258,9 +234,6 @@ class PackedLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where `state` left off (the same packed rows and seed; any world or batch size)."""
         expected = {"version": LOADER_VERSION, "seed": self.seed, "num_rows": len(self.rows)}
-        mismatched = {key: (state.get(key), value) for key, value in expected.items() if state.get(key) != value}
-        if mismatched:
-            details = ", ".join(f"{key} saved {saved} vs now {now}" for key, (saved, now) in mismatched.items())
-            raise ValueError(f"loader state does not fit these conversations ({details}); resume with the same "
-                             "--data, --seed, --context_length and --val_fraction")
+        self._check_state(state, expected, "these conversations",
+                          "resume with the same --data, --seed, --context_length and --val_fraction")
         self.position = int(state["position"])

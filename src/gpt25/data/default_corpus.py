@@ -1,15 +1,26 @@
-"""The embedded default corpus (source spec ``python-docs``): the docstrings of the Python standard
-library, one document per module, plus the help topics of ``pydoc_data.topics``. It needs no
-download: every Python installation holds it. Modules are parsed with `ast`, never imported.
+"""The embedded data sets, built from what every Python installation holds (no download).
 
-Also here: write_corpus_file, which writes documents as one text file for `gpt25 tokenizer train`.
+The corpus (source spec ``python-docs``): the docstrings of the Python standard library, one
+document per module, plus the help topics of ``pydoc_data.topics``. Modules are parsed with `ast`,
+never imported. write_corpus_file writes documents as one text file for `gpt25 tokenizer train`.
+
+The chat set (``python-docs-chat``): question-and-answer conversations built from the same
+docstrings and topics. Each public module, class and function gives questions ("What does
+`shutil.copytree` do?", "What arguments does `json.dumps` take?", "How do I return the base name of
+pathname?") answered from its docstring's first paragraph and its signature; each pydoc topic
+("the "if" statement") one more. Consecutive questions about one module sometimes form a multi-turn
+conversation, and some conversations open with a system message. Every choice is a hash of the
+text, so the set is the same on every run of one Python version. The train/validation split is
+`conversations.is_validation`.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import inspect
 import os
+import re
 import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,6 +28,22 @@ from pathlib import Path
 from gpt25.files import atomic_path
 
 EOT_TEXT = "<|endoftext|>"
+CHAT_SET_SPEC = "python-docs-chat"
+MAX_ANSWER_CHARS = 600
+SYSTEM_PROMPTS = (
+    "You are a helpful assistant who knows the Python standard library.",
+    "Answer questions about Python briefly and precisely.",
+    "You are a Python documentation assistant.",
+)
+# A docstring that starts with one of these verbs says what to do: it also answers "How do I ...?".
+IMPERATIVE_VERBS = frozenset(
+    "return create get convert copy remove read write open close compute calculate check test find make parse "
+    "format encode decode split join set add delete send run load dump build generate start stop wait change "
+    "rename move search replace compress decompress sort print register escape quote normalize shuffle choose "
+    "list count extract call apply update insert append clear reset initialize save restore fetch".split()
+)
+_PARAGRAPH_END = re.compile(r"\n\s*\n")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 # Folders of the standard library that hold tests, demos of tests or installed third-party code.
 SKIPPED_STDLIB_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 
@@ -30,9 +57,9 @@ def iter_default_corpus() -> Iterator[str]:
 def iter_stdlib_docstrings(stdlib: Path | None = None) -> Iterator[str]:
     """Docstrings of each stdlib module, extracted with `ast` (never imported), in sorted path order."""
     for path, module_name in iter_stdlib_modules(stdlib):
-        document = module_document(path, module_name)
-        if document:
-            yield document
+        sections = [f"{heading}\n\n{docstring}" for heading, docstring in module_docstrings(path, module_name)]
+        if sections:
+            yield "\n\n".join(sections)
 
 
 def iter_stdlib_modules(stdlib: Path | None = None) -> Iterator[tuple[Path, str]]:
@@ -57,12 +84,6 @@ def _module_name(relative: Path) -> str:
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
-
-
-def module_document(path: Path, module_name: str) -> str:
-    """The docstrings of one module as a document, or "" when it has none or cannot be parsed."""
-    sections = [f"{heading}\n\n{docstring}" for heading, docstring in module_docstrings(path, module_name)]
-    return "\n\n".join(sections)
 
 
 def module_docstrings(path: Path, module_name: str) -> list[tuple[str, str]]:
@@ -119,3 +140,119 @@ def write_corpus_file(documents: Iterable[str], path: str | os.PathLike) -> tupl
             num_documents += 1
             num_bytes += len(document.encode("utf-8"))
     return num_documents, num_bytes
+
+
+# ---- the chat set ----
+
+def iter_chat_set() -> Iterator[list[dict]]:
+    """The conversations (lists of {"role", "content"} messages) of the embedded chat set, in a fixed order."""
+    for path, module_name in iter_stdlib_modules():
+        if _is_private(module_name):
+            continue
+        yield from _conversations(_module_questions(module_docstrings(path, module_name)))
+    yield from _conversations(_topic_questions())
+
+
+def _conversations(pairs: list[tuple[str, str]]) -> Iterator[list[dict]]:
+    """Question/answer pairs grouped into conversations: one pair each, or (by hash) two or three in a row."""
+    index = 0
+    while index < len(pairs):
+        question = pairs[index][0]
+        turns = 1 + _hash(question) % 3 if _hash(question) % 4 == 0 else 1
+        messages = [{"role": "system", "content": SYSTEM_PROMPTS[_hash(question) % len(SYSTEM_PROMPTS)]}] \
+            if _hash(question + "system") % 3 == 0 else []
+        for asked, answer in pairs[index:index + turns]:
+            messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answer}]
+        index += turns
+        yield messages
+
+
+def _module_questions(entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(question, answer) pairs of one module's docstring entries (headings as `module_docstrings` gives them)."""
+    pairs: list[tuple[str, str]] = []
+    for heading, docstring in entries:
+        summary = first_paragraph(docstring)
+        kind, _, rest = heading.partition(" ")
+        if kind == "module" and summary:
+            pairs.append((f"What is the `{rest}` module for?", f"`{rest}` is a standard-library module. {summary}"))
+        elif kind == "class" and summary and not _is_private(rest):
+            module = rest.rsplit(".", 1)[0]
+            pairs.append((f"What is `{rest}`?", f"`{rest}` is a class of `{module}`. {summary}"))
+        elif "(" in heading and summary and not _is_private(heading.partition("(")[0]):
+            pairs += _function_questions(heading, summary)
+    return pairs
+
+
+def _function_questions(heading: str, summary: str) -> list[tuple[str, str]]:
+    name, _, arguments = heading.partition("(")
+    arguments = arguments[:-1]  # the heading ends with ")"
+    pairs = [(f"What does `{name}` do?", f"`{name}({arguments})`: {summary}"),
+             (f"What arguments does `{name}` take?", describe_arguments(name, arguments))]
+    first_word, _, task = _SENTENCE_END.split(summary, 1)[0].rstrip(".").partition(" ")
+    verb = first_word.lower()
+    verb = verb[:-1] if verb.endswith("s") and verb[:-1] in IMPERATIVE_VERBS else verb  # "Returns" -> "return"
+    if verb in IMPERATIVE_VERBS and task:
+        pairs.append((f"How do I {verb} {task}?", f"Use `{name}({arguments})`. {summary}"))
+    return pairs
+
+
+def describe_arguments(name: str, arguments: str) -> str:
+    """A sentence naming a function's parameters, which are optional (with their defaults) and keyword-only."""
+    try:
+        parsed = ast.parse(f"def f({arguments}): pass").body[0].args
+    except SyntaxError:
+        return f"Its signature is `{name}({arguments})`."
+    positional = parsed.posonlyargs + parsed.args
+    defaults = [None] * (len(positional) - len(parsed.defaults)) + parsed.defaults
+    parts = [_parameter(arg.arg, default) for arg, default in zip(positional, defaults, strict=True)
+             if arg.arg not in ("self", "cls")]
+    if parsed.vararg:
+        parts.append(f"any number of extra positional arguments (`*{parsed.vararg.arg}`)")
+    parts += [_parameter(arg.arg, default) + " (keyword-only)"
+              for arg, default in zip(parsed.kwonlyargs, parsed.kw_defaults, strict=True)]
+    if parsed.kwarg:
+        parts.append(f"any keyword arguments (`**{parsed.kwarg.arg}`)")
+    if not parts:
+        return f"`{name}` takes no arguments."
+    return f"`{name}({arguments})` takes {_join(parts)}."
+
+
+def _parameter(name: str, default: ast.expr | None) -> str:
+    return f"`{name}`" if default is None else f"`{name}` (optional, default `{ast.unparse(default)}`)"
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _topic_questions() -> list[tuple[str, str]]:
+    """One question per pydoc topic with a title line, e.g. 'Explain the "if" statement in Python.'"""
+    from pydoc_data.topics import topics
+
+    pairs = []
+    for name in sorted(topics):
+        lines = topics[name].strip().splitlines()
+        if len(lines) > 2 and set(lines[1]) <= set("*=-") and lines[1]:
+            title, body = lines[0].strip(), "\n".join(lines[2:])
+            answer = first_paragraph(body)
+            if title and answer:
+                pairs.append((f"Explain {title[0].lower()}{title[1:]} in Python.", answer))
+    return pairs
+
+
+def first_paragraph(text: str) -> str:
+    """The text up to its first blank line, on one line, cut after a sentence near MAX_ANSWER_CHARS."""
+    paragraph = " ".join(_PARAGRAPH_END.split(text.strip(), 1)[0].split())
+    if len(paragraph) <= MAX_ANSWER_CHARS:
+        return paragraph
+    cut = paragraph[:MAX_ANSWER_CHARS]
+    sentence_end = max(cut.rfind(". "), cut.rfind("? "), cut.rfind("! "))
+    return cut[:sentence_end + 1] if sentence_end > 0 else cut.rsplit(" ", 1)[0] + " ..."
+
+
+def _is_private(dotted_name: str) -> bool:
+    return any(part.startswith("_") for part in dotted_name.split("."))
+
+
+def _hash(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")

@@ -1,4 +1,4 @@
-"""Batches for training: random windows (`get_batch`) and a resumable, rank-aware `ShardLoader`.
+"""Batches for training: a resumable, rank-aware `ShardLoader`.
 
 ShardLoader's order: the split (all its shards, end to end) is cut into windows of
 ``context_length + 1`` tokens starting every ``context_length`` tokens (inputs never overlap;
@@ -24,23 +24,6 @@ from gpt25.data.shards import check_tokenizer, iter_shards, read_manifest
 STATE_VERSION = 1
 
 
-def get_batch(
-    tokens: np.ndarray, batch_size: int, context_length: int, device: str | torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random (inputs, targets), each (batch_size, context_length) int64 on `device`; targets are inputs shifted by one.
-
-    Every start index 0 .. len(tokens) - context_length - 1 is equally likely (numpy's global RNG).
-    """
-    num_tokens = len(tokens)
-    if num_tokens <= context_length:
-        raise ValueError(
-            f"context length {context_length} needs more than {num_tokens} tokens; use a shorter context or more data"
-        )
-    starts = np.random.randint(0, num_tokens - context_length, size=batch_size)
-    windows = np.stack([np.asarray(tokens[start : start + context_length + 1], dtype=np.int64) for start in starts])
-    return _to_device(windows, device)
-
-
 def _to_device(windows: np.ndarray, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Split (batch, context+1) windows into inputs/targets; pinned, non-blocking copies to CUDA."""
     device = torch.device(device)
@@ -51,7 +34,38 @@ def _to_device(windows: np.ndarray, device: str | torch.device) -> tuple[torch.T
     return inputs.to(device), targets.to(device)
 
 
-class ShardLoader:
+class SeededBatches:
+    """What both loaders share: rank-disjoint batches from a permutation seeded by (seed, epoch),
+    and a state of plain ints checked against the data before a resume."""
+
+    def __init__(self, batch_size: int, rank: int, world_size: int, seed: int, device: str | torch.device) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} with world_size {world_size}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.rank, self.world_size, self.seed, self.device = batch_size, rank, world_size, seed, device
+        self.position = 0
+        self._orders: dict[int, np.ndarray] = {}
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    def _permutation(self, epoch: int, size: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(size)}
+        return self._orders[epoch]
+
+    @staticmethod
+    def _check_state(state: dict[str, Any], expected: dict[str, Any], what: str, fix: str) -> None:
+        """ValueError naming each saved value that differs from this loader's."""
+        mismatched = {key: (state.get(key), value) for key, value in expected.items() if state.get(key) != value}
+        if mismatched:
+            details = ", ".join(f"{key} saved {saved} vs now {now}" for key, (saved, now) in mismatched.items())
+            raise ValueError(f"loader state does not fit {what} ({details}); {fix}")
+
+
+class ShardLoader(SeededBatches):
     """Sequential, seeded, rank-disjoint batches over a prepared split, resumable to the exact batch."""
 
     def __init__(
@@ -67,14 +81,12 @@ class ShardLoader:
         device: str | torch.device = "cpu",
         tokenizer: Any = None,
     ):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} with world_size {world_size}")
-        if batch_size < 1 or context_length < 1:
-            raise ValueError(f"batch_size and context_length must be >= 1, got {batch_size} and {context_length}")
+        super().__init__(batch_size, rank, world_size, seed, device)
+        if context_length < 1:
+            raise ValueError(f"context_length must be >= 1, got {context_length}")
         if tokenizer is not None:
             check_tokenizer(read_manifest(data_dir), tokenizer, data_dir)
-        self.split, self.batch_size, self.context_length = split, batch_size, context_length
-        self.rank, self.world_size, self.seed, self.device = rank, world_size, seed, device
+        self.split, self.context_length = split, context_length
         self.shards = [shard for shard in iter_shards(data_dir, split) if len(shard)]
         self.shard_starts = np.cumsum([0] + [len(shard) for shard in self.shards])
         self.num_tokens = int(self.shard_starts[-1])
@@ -84,14 +96,7 @@ class ShardLoader:
                 f"split {split!r} of {data_dir} has {self.num_tokens} tokens: too few for one global batch of "
                 f"{world_size} x {batch_size} windows of {context_length} tokens; use a shorter context, a smaller batch or more data"
             )
-        self.epoch = 0
-        self.position = 0  # windows of this epoch's permutation consumed by all ranks together
-        self._order_epoch = -1
-        self._order = np.empty(0, dtype=np.int64)
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
+        self.epoch = 0  # self.position: windows of this epoch's permutation consumed by all ranks together
 
     @property
     def batches_per_epoch(self) -> int:
@@ -103,18 +108,12 @@ class ShardLoader:
             self.epoch += 1
             self.position = 0
         first = self.position + self.rank * self.batch_size
-        window_indices = self._epoch_order()[first : first + self.batch_size]
+        window_indices = self._permutation(self.epoch, self.num_windows)[first : first + self.batch_size]
         self.position += self.global_batch_size
         windows = np.stack(
             [self._read(int(index) * self.context_length, self.context_length + 1) for index in window_indices]
         )
         return _to_device(windows, self.device)
-
-    def _epoch_order(self) -> np.ndarray:
-        if self._order_epoch != self.epoch:
-            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_windows)
-            self._order_epoch = self.epoch
-        return self._order
 
     def _read(self, start: int, length: int) -> np.ndarray:
         """Tokens [start, start + length) of the split as int64, crossing shard boundaries as needed."""
@@ -129,31 +128,18 @@ class ShardLoader:
             shard_index += 1
         return np.concatenate(pieces).astype(np.int64) if len(pieces) > 1 else pieces[0].astype(np.int64)
 
+    def _identity(self) -> dict[str, Any]:
+        """What a saved state must match: the same windows, visited in the same order."""
+        return {"version": STATE_VERSION, "split": self.split, "seed": self.seed,
+                "context_length": self.context_length, "num_windows": self.num_windows}
+
     def state_dict(self) -> dict[str, Any]:
         """Plain ints and strings (safe for torch.save(weights_only=True)); rank and world size are not in it."""
-        return {
-            "version": STATE_VERSION,
-            "split": self.split,
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "context_length": self.context_length,
-            "num_windows": self.num_windows,
-        }
+        return self._identity() | {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where `state` left off; the world size and batch size may differ from the saved run."""
-        expected = {
-            "split": self.split,
-            "seed": self.seed,
-            "context_length": self.context_length,
-            "num_windows": self.num_windows,
-        }
-        mismatched = {key: (state.get(key), value) for key, value in expected.items() if state.get(key) != value}
-        if state.get("version") != STATE_VERSION or mismatched:
-            details = ", ".join(f"{key} saved {saved} vs now {now}" for key, (saved, now) in mismatched.items())
-            raise ValueError(
-                f"loader state does not fit this data/loader ({details or 'unknown state version'}); resume with the same data, seed and context length"
-            )
+        self._check_state(state, self._identity(), "this data/loader",
+                          "resume with the same data, seed and context length")
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])

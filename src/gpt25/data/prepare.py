@@ -38,18 +38,27 @@ from tqdm import tqdm
 
 from gpt25.data.parallel import encode_documents, map_in_order
 from gpt25.data.shards import (
-    MANIFEST_FORMAT,
     MANIFEST_NAME,
     SPLITS,
     ResumePoint,
     SplitWriter,
     dtype_for_vocab,
+    new_manifest,
     read_manifest,
     shard_is_valid,
 )
-from gpt25.data.source_tasks import BlockReport, SourceTask, TaskLines, plan_tasks, range_task_bytes, read_task
-from gpt25.data.sources import SourceStats, check_sources, iter_documents, source_signature
-from gpt25.files import write_json_atomic
+from gpt25.data.source_tasks import (
+    BlockReport,
+    SourceTask,
+    TaskLines,
+    iter_documents,
+    plan_tasks,
+    range_task_bytes,
+    read_task,
+)
+from gpt25.data.sources import SourceStats, check_sources, source_signature
+from gpt25.files import new_folders, write_json_atomic
+from gpt25.tokenizer import Tokenizer
 
 DEFAULT_VAL_FRACTION = 0.01
 BATCH_CHARS = 1 << 19  # text per worker task: large enough to amortise IPC, small enough to stay ordered
@@ -113,11 +122,6 @@ def _is_val(documents: list[bytes], val_threshold: int) -> np.ndarray:
     return np.frombuffer(b"".join(map(_digest, documents)), dtype=">u8") <= np.uint64(val_threshold)
 
 
-def val_threshold_for_fraction(val_fraction: float) -> int:
-    """Documents whose hash is below this go to validation; -1 when none should."""
-    return int(val_fraction * 2**64) - 1
-
-
 def val_threshold_for_docs(hashes: Iterable[int], val_docs: int) -> tuple[int, int]:
     """(N-th smallest hash, number of documents) with memory O(N): documents at or below it are validation."""
     largest_kept: list[int] = []  # max-heap (negated) of the val_docs smallest hashes so far
@@ -135,51 +139,23 @@ def val_threshold_for_docs(hashes: Iterable[int], val_docs: int) -> tuple[int, i
     return (-largest_kept[0] if largest_kept else -1), num_documents
 
 
-def _load_tokenizer(tokenizer_dir: str) -> Any:
-    from gpt25.tokenizer import Tokenizer
-
-    return Tokenizer.load(tokenizer_dir)
-
-
 def prepare(config: PrepareConfig) -> dict[str, Any]:
     """Tokenize the configured sources into `config.out_dir`; resumes an interrupted run. Returns the
     manifest. A run that fails leaves no folder it created empty behind."""
     check_sources(config.sources, config.data_files, exclude=config.out_dir)
-    tokenizer = _load_tokenizer(config.tokenizer_dir)
+    tokenizer = Tokenizer.load(config.tokenizer_dir)
     out_dir = Path(config.out_dir)
-    created = _make_folder(out_dir)
-    try:
+    blocking = next((folder for folder in (out_dir, *out_dir.parents) if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        raise NotADirectoryError(f"--out {out_dir}: {blocking} is a file, not a folder; choose another --out")
+    with new_folders(out_dir):
         return _prepare_into(config, tokenizer, out_dir)
-    except BaseException:
-        _remove_empty(created)
-        raise
-
-
-def _make_folder(out_dir: Path) -> list[Path]:
-    """Create --out (and its missing parents); returns the folders created, innermost first."""
-    missing = []
-    for folder in (out_dir, *out_dir.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise NotADirectoryError(f"--out {out_dir}: {folder} is a file, not a folder; choose another --out")
-            break
-        missing.append(folder)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return missing
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove these folders (innermost first) while they are empty."""
-    for folder in folders:
-        if any(folder.iterdir()):
-            return
-        folder.rmdir()
 
 
 def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[str, Any]:
     dtype = dtype_for_vocab(tokenizer.vocab_size)
     settings = _settings(config, tokenizer, dtype)
-    manifest = _start_or_resume(out_dir, settings, config.overwrite)
+    manifest = _start_or_resume(out_dir, settings, config.overwrite, tokenizer, dtype)
     if manifest["complete"]:
         return manifest
     file_bytes = range_task_bytes(config.sources, settings["source_files"])
@@ -204,16 +180,11 @@ def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[
 
 def _settings(config: PrepareConfig, tokenizer: Any, dtype: np.dtype) -> dict[str, Any]:
     """What must match for a rerun to resume the shards already in --out."""
+    options = ("doc_split", "text_field", "data_files", "hf_split", "val_fraction", "val_docs", "shard_tokens")
     return {
         "sources": list(config.sources),
         "source_files": source_signature(config.sources, exclude=config.out_dir),
-        "doc_split": config.doc_split,
-        "text_field": config.text_field,
-        "data_files": config.data_files,
-        "hf_split": config.hf_split,
-        "val_fraction": config.val_fraction,
-        "val_docs": config.val_docs,
-        "shard_tokens": config.shard_tokens,
+        **{name: getattr(config, name) for name in options},
         "tokenizer_fingerprint": tokenizer.fingerprint(),
         "vocab_size": tokenizer.vocab_size,
         "eot_id": tokenizer.eot_id,
@@ -221,51 +192,41 @@ def _settings(config: PrepareConfig, tokenizer: Any, dtype: np.dtype) -> dict[st
     }
 
 
-def _start_or_resume(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, Any]:
+def _start_or_resume(out_dir: Path, settings: dict[str, Any], overwrite: bool, tokenizer: Any,
+                     dtype: np.dtype) -> dict[str, Any]:
     """A fresh manifest, or the earlier run's one with only its valid prefix of shards kept."""
     for leftover in out_dir.glob(".*.tmp"):
         leftover.unlink()
     if (out_dir / MANIFEST_NAME).is_file() and not overwrite:
         manifest = read_manifest(out_dir)
         if manifest["settings"] == settings:
-            if not manifest["complete"] or not all(
-                shard_is_valid(out_dir / e["file"], e) for s in SPLITS for e in manifest["splits"][s]["shards"]
-            ):
-                _keep_valid_prefix(out_dir, manifest)
+            _keep_valid_prefix(out_dir, manifest)
             return manifest
         changed = ", ".join(key for key in settings if manifest["settings"].get(key) != settings[key])
         raise FileExistsError(
-            f"--out {out_dir} holds shards from a different prepare ({changed} changed); choose another --out or pass --overwrite"
+            f"--out {out_dir} holds shards from a different prepare ({changed} changed); choose another --out or pass --force"
         )
     for old in [*out_dir.glob("train_*.bin"), *out_dir.glob("val_*.bin"), out_dir / MANIFEST_NAME]:
         old.unlink(missing_ok=True)
-    return {
-        "format": MANIFEST_FORMAT,
-        "complete": False,
-        "tokenizer_fingerprint": settings["tokenizer_fingerprint"],
-        "vocab_size": settings["vocab_size"],
-        "eot_id": settings["eot_id"],
-        "dtype": settings["dtype"],
-        "settings": settings,
-        "source": {},
-        "splits": {split: {"tokens": 0, "documents": 0, "shards": []} for split in SPLITS},
-    }
+    return new_manifest(tokenizer, dtype, settings)
 
 
 def _keep_valid_prefix(out_dir: Path, manifest: dict[str, Any]) -> None:
-    manifest["complete"] = False
+    """Cut each split's shards at the first one damaged or missing; the run is then unfinished."""
     for split in SPLITS:
         entries = manifest["splits"][split]["shards"]
         num_valid = next(
             (i for i, entry in enumerate(entries) if not shard_is_valid(out_dir / entry["file"], entry)), len(entries)
         )
-        del entries[num_valid:]
+        if num_valid < len(entries):
+            manifest["complete"] = False
+            del entries[num_valid:]
 
 
 def _val_threshold(config: PrepareConfig) -> tuple[int, int | None]:
     """(validation hash threshold, total source bytes when a pre-pass counted them)."""
     if config.val_docs is None:
-        return val_threshold_for_fraction(config.val_fraction), None
+        return int(config.val_fraction * 2**64) - 1, None  # hashes below the fraction; -1 (none) for 0
     total_bytes = 0
 
     def hashes() -> Iterator[int]:
@@ -298,11 +259,8 @@ def _silenced(documents: Iterator[str]) -> Iterator[str]:
 
 
 def _resume_points(manifest: dict[str, Any]) -> dict[str, ResumePoint]:
-    points = {}
-    for split in SPLITS:
-        entries = manifest["splits"][split]["shards"]
-        points[split] = ResumePoint(**entries[-1]["next"]) if entries else ResumePoint()
-    return points
+    shards = {split: manifest["splits"][split]["shards"] for split in SPLITS}
+    return {split: ResumePoint(**entries[-1]["next"]) if entries else ResumePoint() for split, entries in shards.items()}
 
 
 def _run(
@@ -319,23 +277,13 @@ def _run(
     `counts_file_bytes`, else in the documents' text bytes."""
     resume = _resume_points(manifest)
     manifest_path = out_dir / MANIFEST_NAME
-    writers = {
-        split: SplitWriter(
-            split,
-            out_dir,
-            config.shard_tokens,
-            dtype,
-            manifest["splits"][split]["shards"],
-            resume[split],
-            lambda: write_json_atomic(manifest_path, manifest),
-        )
-        for split in SPLITS
-    }
+    writers = {split: SplitWriter(split, out_dir, config.shard_tokens, dtype, manifest["splits"][split]["shards"],
+                                  resume[split], lambda: write_json_atomic(manifest_path, manifest))
+               for split in SPLITS}
     stats = SourceStats()
     task_lines = TaskLines(stats)
     counters = {"documents": 0, "bytes": 0, "tokens": 0, "tokenized": 0}
-    settings = _BatchSettings(manifest["val_threshold"], resume, dtype)
-    tasks = (_Task(settings, task) for task in plan_tasks(config.sources, BATCH_CHARS, stats=stats,
+    tasks = (_Task(task, manifest["val_threshold"], resume, dtype) for task in plan_tasks(config.sources, BATCH_CHARS, stats=stats,
                                                           **_source_options(config)))
     caught_up_at = max(point.doc_index for point in resume.values())
     with tqdm(
@@ -358,22 +306,9 @@ def _run(
             for writer in writers.values():
                 writer.discard()
             raise
-    source = {
-        "documents": counters["documents"],
-        "bytes": counters["bytes"],
-        "skipped_lines": stats.skipped_lines,
-        "files": stats.files,
-    }
+    source = {"documents": counters["documents"], "bytes": counters["bytes"], "skipped_lines": stats.skipped_lines,
+              "files": stats.files}
     return source, counters["tokenized"]
-
-
-@dataclass
-class _BatchSettings:
-    """What a worker needs besides the texts to encode a batch."""
-
-    val_threshold: int
-    resume: dict[str, ResumePoint]
-    dtype: np.dtype
 
 
 @dataclass
@@ -381,8 +316,10 @@ class _Task:
     """One worker task: the sources' documents to encode, what encoding needs besides them, and
     while resuming the number of their first document."""
 
-    settings: _BatchSettings
     source: SourceTask
+    val_threshold: int
+    resume: dict[str, ResumePoint]
+    dtype: np.dtype
     first_doc_index: int | None = None
 
 
@@ -418,19 +355,18 @@ def _encoded_in_order(
 def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
     """Assign each document its split, drop those already in that split's finished shards, tokenize the rest."""
     texts, block = read_task(task.source)
-    settings = task.settings
     data = [text.encode("utf-8") for text in texts]
-    is_val = _is_val(data, settings.val_threshold)
+    is_val = _is_val(data, task.val_threshold)
     offsets = np.zeros(len(data), dtype=np.int64)  # tokens of a document already in finished shards
     if task.first_doc_index is not None:
         doc_indices = np.arange(task.first_doc_index, task.first_doc_index + len(data))
-        for split_is_val, point in ((False, settings.resume["train"]), (True, settings.resume["val"])):
+        for split_is_val, point in ((False, task.resume["train"]), (True, task.resume["val"])):
             in_split = is_val == split_is_val
             offsets[in_split & (doc_indices < point.doc_index)] = -1  # all of it
             offsets[in_split & (doc_indices == point.doc_index)] = point.token_offset
     keep = np.flatnonzero(offsets >= 0)
     kept_texts = texts if len(keep) == len(data) else [texts[index] for index in keep.tolist()]
-    lengths, tokens = encode_documents(tokenizer, kept_texts, settings.dtype)
+    lengths, tokens = encode_documents(tokenizer, kept_texts, task.dtype)
     if offsets[keep].any():
         lengths, tokens = _drop_leading_tokens(lengths, tokens, offsets[keep])
     return _EncodedBatch(keep, is_val[keep], lengths, tokens, sum(map(len, data)), len(data), block)

@@ -10,9 +10,8 @@ windows across the separators inside a file as it does across a prepared split's
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,16 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt25.data.shards import (
-    MANIFEST_FORMAT,
     MANIFEST_NAME,
     SPLITS,
     ResumePoint,
-    ShardFile,
+    SplitWriter,
     dtype_for_vocab,
     file_fingerprint,
-    shard_name,
+    new_manifest,
 )
 from gpt25.files import atomic_folder, write_json_atomic
+from gpt25.tokenizer import Tokenizer
 
 RAW_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 CHUNK_BYTES = 1 << 24  # per read: large enough for disk speed, small enough to keep memory flat
@@ -61,20 +60,11 @@ def import_raw(config: RawImportConfig) -> dict[str, Any]:
     files = {"train": _token_files(config.train, "--train"), "val": _token_files(config.val, "--val")}
     out_dir = Path(config.out_dir).absolute()
     _check_out(out_dir, [path for paths in files.values() for path in paths], config.force)
-    from gpt25.tokenizer import Tokenizer
-
     tokenizer = Tokenizer.load(config.tokenizer_dir)
-    missing_parents = [folder for folder in out_dir.parents if not folder.exists()]  # innermost first
-    try:
-        with atomic_folder(out_dir) as temporary:
-            manifest = _import_into(temporary, files, tokenizer, config)
-            tokenizer.save(temporary / "tokenizer")  # `gpt25 train --data` takes DATA/tokenizer by default
-            write_json_atomic(temporary / MANIFEST_NAME, manifest)
-    except BaseException:
-        for folder in missing_parents:
-            with contextlib.suppress(OSError):  # not empty: something else lives there now
-                folder.rmdir()
-        raise
+    with atomic_folder(out_dir) as temporary:
+        manifest = _import_into(temporary, files, tokenizer, config)
+        tokenizer.save(temporary / "tokenizer")  # `gpt25 train --data` takes DATA/tokenizer by default
+        write_json_atomic(temporary / MANIFEST_NAME, manifest)
     return manifest
 
 
@@ -105,38 +95,31 @@ def _import_into(out_dir: Path, files: dict[str, list[Path]], tokenizer: Any, co
     total_bytes = sum(path.stat().st_size for paths in files.values() for path in paths)
     with tqdm(total=total_bytes, desc="import-raw", unit="B", unit_scale=True, disable=not config.progress,
               mininterval=0.5) as bar:
-        writers = {split: _ShardWriter(out_dir, split, dtype, config.shard_tokens) if config.copy else None
-                   for split in SPLITS}
+        # "next" in the copied shards' entries is for a resuming prepare; import-raw does not resume
+        writers = {split: SplitWriter(split, out_dir, config.shard_tokens, dtype, [], ResumePoint(), lambda: None)
+                   if config.copy else None for split in SPLITS}
         splits = {split: _import_split(files[split], tokenizer, config.dtype, bar, writers[split]) for split in SPLITS}
-    return {
-        "format": MANIFEST_FORMAT,
-        "complete": True,
-        "tokenizer_fingerprint": tokenizer.fingerprint(),
-        "vocab_size": tokenizer.vocab_size,
-        "eot_id": tokenizer.eot_id,
-        "dtype": dtype.name,
-        "settings": {"raw_files": {split: [str(path) for path in files[split]] for split in SPLITS},
-                     "raw_dtype": config.dtype, "copy": config.copy},
-        "source": {"documents": sum(info["documents"] for info in splits.values()), "bytes": total_bytes,
-                   "skipped_lines": 0},
-        "splits": splits,
-    }
+    settings = {"raw_files": {split: [str(path) for path in files[split]] for split in SPLITS},
+                "raw_dtype": config.dtype, "copy": config.copy}
+    source = {"documents": sum(info["documents"] for info in splits.values()), "bytes": total_bytes, "skipped_lines": 0}
+    return new_manifest(tokenizer, dtype, settings) | {"complete": True, "source": source, "splits": splits}
 
 
 def _import_split(
-    paths: list[Path], tokenizer: Any, raw_dtype_name: str, bar: tqdm, writer: _ShardWriter | None
+    paths: list[Path], tokenizer: Any, raw_dtype_name: str, bar: tqdm, writer: SplitWriter | None
 ) -> dict[str, Any]:
     """One split's manifest entry: its files scanned in order, referenced, or copied by `writer`."""
     raw_dtype = RAW_DTYPES[raw_dtype_name]
     entries, num_documents = [], 0
     for path in paths:
         num_tokens, num_eot = scan_token_file(path, raw_dtype, tokenizer.vocab_size, tokenizer.eot_id, bar,
-                                              writer.append if writer else None)
+                                              (lambda tokens: writer.add_document(0, tokens)) if writer else None)
         num_documents += num_eot
         if writer is None:
             entries.append(_reference_entry(path, num_tokens * raw_dtype.itemsize, num_tokens))
     if writer is not None:
-        entries = writer.finish()
+        writer.close(0)
+        entries = writer.entries
     return {"tokens": sum(entry["tokens"] for entry in entries), "documents": num_documents, "shards": entries}
 
 
@@ -185,33 +168,3 @@ def _bad_id_message(path: Path, first_token: int, tokens: np.ndarray, vocab_size
         f"token file {path}: the token at offset {first_token + offset:,} is id {int(tokens[offset])}, "
         f"beyond the tokenizer's vocab of {vocab_size}; pass the tokenizer the file was made with, or the right --dtype"
     )
-
-
-class _ShardWriter:
-    """--copy: one split's tokens cut into shards of `shard_tokens`."""
-
-    def __init__(self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int):
-        self.out_dir, self.split, self.dtype, self.shard_tokens = out_dir, split, dtype, shard_tokens
-        self.entries: list[dict[str, Any]] = []
-        self.current: ShardFile | None = None
-
-    def append(self, tokens: np.ndarray) -> None:
-        while len(tokens):
-            if self.current is None:
-                self.current = ShardFile(self.out_dir / shard_name(self.split, len(self.entries)), self.dtype)
-            piece = tokens[: self.shard_tokens - self.current.num_tokens]
-            self.current.append(piece)
-            tokens = tokens[len(piece):]
-            if self.current.num_tokens == self.shard_tokens:
-                self._finish_shard()
-
-    def finish(self) -> list[dict[str, Any]]:
-        if self.current is not None:
-            self._finish_shard()
-        return self.entries
-
-    def _finish_shard(self) -> None:
-        assert self.current is not None
-        # "next" only tells a resuming `gpt25 data prepare` where to go on; import-raw does not resume
-        self.entries.append(self.current.finish() | {"next": asdict(ResumePoint())})
-        self.current = None

@@ -57,6 +57,21 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
     return DTYPES[2] if vocab_size <= 2**16 else DTYPES[4]
 
 
+def new_manifest(tokenizer: Any, dtype: np.dtype, settings: dict[str, Any]) -> dict[str, Any]:
+    """An unfinished manifest, with no shards yet, for `tokenizer`'s ids stored as `dtype`."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "complete": False,
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": dtype.name,
+        "settings": settings,
+        "source": {},
+        "splits": {split: {"tokens": 0, "documents": 0, "shards": []} for split in SPLITS},
+    }
+
+
 def shard_name(split: str, index: int) -> str:
     return f"{split}_{index:06d}.bin"
 
@@ -65,9 +80,7 @@ class ShardFile:
     """A shard being written: header placeholder, tokens appended, then finished atomically."""
 
     def __init__(self, path: Path, dtype: np.dtype):
-        self.path = path
-        self.dtype = dtype
-        self.num_tokens = 0
+        self.path, self.dtype, self.num_tokens = path, dtype, 0
         self.temporary = path.with_name(f".{path.name}.tmp")
         self.file = open(self.temporary, "wb")
         self.file.write(HEADER.pack(MAGIC, FORMAT_VERSION, dtype.itemsize, 0))
@@ -97,11 +110,8 @@ class ShardFile:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def file_fingerprint(path: Path) -> str:
@@ -195,7 +205,7 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-_REBUILD = "rebuild the folder with `gpt25 data prepare ... --overwrite`"
+_REBUILD = "rebuild the folder with `gpt25 data prepare ... --force`"
 
 
 def _manifest_problem(manifest: dict[str, Any]) -> str | None:
@@ -322,28 +332,22 @@ class ResumePoint:
 RESUME_FIELDS = {name: int for name in asdict(ResumePoint())}  # a shard entry's "next"
 
 
+@dataclass
 class SplitWriter:
-    """Cuts one split's token stream into shards of `shard_tokens` and records each in the manifest."""
+    """Cuts one split's token stream into shards of `shard_tokens` and records each in `entries`
+    (the manifest's), calling `on_shard` after each."""
 
-    def __init__(
-        self,
-        split: str,
-        out_dir: Path,
-        shard_tokens: int,
-        dtype: np.dtype,
-        entries: list[dict],
-        resume: ResumePoint,
-        on_shard: Callable[[], None],
-    ):
-        self.split = split
-        self.out_dir = out_dir
-        self.shard_tokens = shard_tokens
-        self.dtype = dtype
-        self.entries = entries
-        self.resume = resume
-        self.num_docs = resume.num_docs
-        self.current: ShardFile | None = None
-        self.on_shard = on_shard
+    split: str
+    out_dir: Path
+    shard_tokens: int
+    dtype: np.dtype
+    entries: list[dict]
+    resume: ResumePoint
+    on_shard: Callable[[], None]
+    current: ShardFile | None = None
+
+    def __post_init__(self) -> None:
+        self.num_docs = self.resume.num_docs
 
     def add_document(self, doc_index: int, tokens: np.ndarray) -> None:
         """Append one document's tokens (already cut at the resume offset when it is the resume document)."""

@@ -1,38 +1,43 @@
-"""The sources cut into tasks for parallel readers (`gpt25 data prepare`'s workers).
+"""Documents from the source specs, read in byte ranges that parallel workers can take.
 
-plan_tasks cuts the sources into SourceTasks: byte ranges of plain-text and JSONL files, which the
-main process never reads, and groups of documents for the rest (Parquet, Hugging Face, python-docs).
-read_task gives a task's documents in a worker; a range is moved to paragraph or line starts
-(read_paragraph_block, read_line_block), so ranges can be cut blindly and still yield exactly the
-documents gpt25.data.sources.iter_documents gives. TaskLines numbers within their files the lines
-a worker reports by their index in its block.
+iter_documents gives every document of the sources in order (see gpt25.data.sources for the specs).
+plan_tasks cuts the sources into SourceTasks for `gpt25 data prepare`'s workers: byte ranges of
+plain-text and JSONL files, which the main process never reads, and groups of documents for the
+rest (Parquet, Hugging Face, python-docs). read_task gives a task's documents; a range is moved to
+paragraph or line starts (read_paragraph_block, read_line_block), so ranges can be cut blindly.
+iter_documents reads the sources through the same tasks, so both give exactly the same documents.
+TaskLines numbers within their files the lines a worker reports by their index in its block.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from gpt25.data.default_corpus import iter_default_corpus
 from gpt25.data.sources import (
     DEFAULT_CORPUS_SPEC,
+    DOC_SPLITS,
     JSONL_SUFFIXES,
     SkippedLines,
     SourceStats,
-    decode_text_block,
     expand_paths,
-    iter_documents,
+    iter_hf_dataset,
     iter_parquet_documents,
     open_text_file,
     record_documents,
-    text_documents,
 )
 from gpt25.tokenizer.codec import text_groups
 
+TEXT_BLOCK_BYTES = 1 << 20  # the byte ranges iter_documents reads a file in
 BLOCK_SEARCH_BYTES = 1 << 13  # read_paragraph_block / read_line_block search windows from this size up
 EMPTY_LINE_ENDS = (b"\n\n", b"\n\r\n")  # an empty line ends just after these
+_BLANK_LINE_OR_END = re.compile(r"^[^\S\n]*(?:\n|\Z)", re.MULTILINE)  # a last line without "\n" can be blank too
+_CARRIAGE_RETURNS = re.compile(r"\r+\n")  # "\r\n" line ends (iter_utf8_lines drops every "\r" before the "\n")
 
 
 @dataclass
@@ -59,26 +64,53 @@ class BlockReport:
     bad_line: tuple[int, str] | None = None  # (line index, problem): a JSONL line that is no record
 
 
+def iter_documents(
+    specs: Iterable[str],
+    *,
+    doc_split: str = "blank-line",
+    text_field: str = "text",
+    data_files: list[str] | None = None,
+    hf_split: str = "train",
+    stats: SourceStats | None = None,
+    exclude: str | os.PathLike | None = None,
+) -> Iterator[str]:
+    """Yield the documents of every source spec in turn (see gpt25.data.sources for the specs), read
+    through the tasks the workers read; folders and globs leave out the files inside `exclude`."""
+    stats = stats if stats is not None else SourceStats()
+    task_lines = TaskLines(stats)
+    for task in plan_tasks(specs, TEXT_BLOCK_BYTES, doc_split=doc_split, text_field=text_field,
+                           data_files=data_files, hf_split=hf_split, stats=stats, exclude=exclude):
+        documents, block = read_task(task)
+        yield from documents  # before a bad JSONL line's error, the documents ahead of it
+        task_lines.report(task, block)
+    task_lines.close()
+
+
 def plan_tasks(specs: Iterable[str], task_bytes: int, *, doc_split: str = "blank-line", text_field: str = "text",
                data_files: list[str] | None = None, hf_split: str = "train", stats: SourceStats | None = None,
                exclude: str | os.PathLike | None = None) -> Iterator[SourceTask]:
     """The tasks of every source in order, of about `task_bytes` each (the options are iter_documents'):
     byte ranges of plain-text and JSONL files, which the main process never reads; documents for the
     rest (Parquet, Hugging Face, python-docs), read here."""
+    if doc_split not in DOC_SPLITS:
+        raise ValueError(f"--doc_split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
     stats = stats if stats is not None else SourceStats()
     for spec in specs:
-        if spec == DEFAULT_CORPUS_SPEC or spec.startswith("hf:"):
-            documents = iter_documents([spec], doc_split=doc_split, text_field=text_field, data_files=data_files,
-                                       hf_split=hf_split, stats=stats)
+        if spec == DEFAULT_CORPUS_SPEC:
+            yield from _document_tasks(iter_default_corpus(), task_bytes)
+        elif spec.startswith("hf:"):
+            name, _, config = spec[3:].partition(":")
+            documents = iter_hf_dataset(name, config or None, text_field, data_files=data_files, split=hf_split)
             yield from _document_tasks(documents, task_bytes)
-            continue
-        for path in expand_paths(spec, exclude):
-            stats.files += 1
-            suffix = path.suffix.lower()
-            if suffix == ".parquet":
-                yield from _document_tasks(iter_parquet_documents(path, text_field), task_bytes)
-            else:
-                yield from _range_tasks(path, doc_split, text_field if suffix in JSONL_SUFFIXES else None, task_bytes)
+        else:
+            for path in expand_paths(spec, exclude):
+                stats.files += 1
+                suffix = path.suffix.lower()
+                if suffix == ".parquet":
+                    yield from _document_tasks(iter_parquet_documents(path, text_field), task_bytes)
+                else:
+                    jsonl_field = text_field if suffix in JSONL_SUFFIXES else None
+                    yield from _range_tasks(path, doc_split, jsonl_field, task_bytes)
 
 
 def range_task_bytes(specs: Iterable[str], signature: list[list]) -> int | None:
@@ -118,6 +150,42 @@ def read_task(task: SourceTask) -> tuple[list[str], BlockReport | None]:
         return text_documents(text, task.doc_split), BlockReport(skipped, block.count(b"\n"))
     documents, bad_line = jsonl_block_documents(text, task.text_field, skipped)
     return documents, BlockReport(skipped, block.count(b"\n"), bad_line)
+
+
+def decode_text_block(block: bytes, at_file_start: bool) -> tuple[str, list[tuple[int, str]]]:
+    """Whole lines of a file as str, as iter_utf8_lines gives them ("\r\n" ends made "\n", a
+    leading BOM dropped at the file's start), and (line index in the block, reason) for each line
+    skipped because it is not UTF-8. The block is decoded at once unless it holds such a line."""
+    skipped: list[tuple[int, str]] = []
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        lines = []
+        for index, line in enumerate(_lines(block)):
+            try:
+                lines.append(line.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                skipped.append((index, error.reason))
+        text = "".join(lines)
+    if at_file_start and not (skipped and skipped[0][0] == 0):
+        text = text.removeprefix("\ufeff")
+    if "\r" in text:
+        text = _CARRIAGE_RETURNS.sub("\n", text) if "\r\r" in text else text.replace("\r\n", "\n")
+    return text, skipped
+
+
+def _lines(block: bytes) -> list[bytes]:
+    """The lines of `block`, each with its "\\n" (the last may have none); only "\\n" ends a line."""
+    lines = [line + b"\n" for line in block.split(b"\n")]
+    lines[-1] = lines[-1][:-1]
+    return lines if lines[-1] else lines[:-1]
+
+
+def text_documents(text: str, doc_split: str) -> list[str]:
+    """The documents of a plain text that starts a paragraph (a block from read_paragraph_block):
+    its paragraphs, or the text itself for doc_split "file"; blank ones left out."""
+    pieces = [text] if doc_split == "file" else _BLANK_LINE_OR_END.split(text)
+    return [piece.strip("\n") for piece in pieces if piece.strip()]
 
 
 class TaskLines:

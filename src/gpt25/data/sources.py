@@ -16,8 +16,15 @@ included; only blank (empty or whitespace-only) records and nulls are skipped. P
 at blank (whitespace-only) lines, and each paragraph (or whole file) loses its leading and
 trailing newlines; blank ones are skipped.
 
-Every function here yields plain ``str`` documents in a deterministic order. For parallel readers,
-gpt25.data.source_tasks cuts the sources into tasks that workers read.
+Documents come in a deterministic order from gpt25.data.source_tasks.iter_documents, which reads
+text and JSONL files in the byte ranges that parallel workers read; this module checks the sources
+and reads their lines, records, Parquet columns and Hub rows.
+
+The Hugging Face Hub (streamed datasets, and the one download behind `gpt25 data download`) needs
+the internet unless the libraries read local files (`datasets` packaged builders such as ``json``
+/ ``parquet`` with ``data_files``, or a cached snapshot under ``HF_HUB_OFFLINE=1``). Offline it
+fails at once with one line that says so and names the local-file alternative, instead of the
+libraries' minute of retries.
 """
 
 from __future__ import annotations
@@ -25,33 +32,35 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
+import shutil
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-from gpt25.data.default_corpus import iter_default_corpus
-from gpt25.data.hub import check_hf_source, iter_hf_dataset
+from typing import Any, BinaryIO
 
 DOC_SPLITS = ("blank-line", "file")
 JSONL_SUFFIXES = (".jsonl", ".json")
-STRUCTURED_SUFFIXES = (*JSONL_SUFFIXES, ".parquet")  # files of records, not plain text
 DEFAULT_CORPUS_SPEC = "python-docs"
 # Refused by name: workers read byte ranges of the raw file, which a compressed stream does not allow.
 COMPRESSED_SUFFIXES = frozenset(
     {".gz", ".tgz", ".bz2", ".xz", ".lzma", ".zst", ".lz4", ".br", ".z", ".zip", ".7z", ".rar", ".tar"}
 )
+RECIPE_REPO = "itskoma/GPT2.5"
+REPO_TYPES = ("dataset", "model")
+TRUE_VALUES = ("1", "ON", "YES", "TRUE")
+LOCAL_ALTERNATIVE = (
+    "offline, use local files instead: --source 'DIR/*.jsonl' --text_field text "
+    "(or --source python-docs, the embedded corpus)"
+)
+DOWNLOAD_ALTERNATIVE = (
+    "offline, copy the files by hand and pass local paths, e.g. gpt25 data prepare --source DIR "
+    "(or --source python-docs, the embedded corpus)"
+)
 BINARY_CHECK_BYTES = 8000  # as git does: a NUL in a file's first 8000 bytes makes it binary
 UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-32LE's starts with UTF-16LE's
 MAX_WARNINGS_PER_FILE = 3
-TEXT_BLOCK_BYTES = 1 << 20
-_BLANK_LINE = re.compile(r"^[^\S\n]*\n", re.MULTILINE)
-_BLANK_LINE_OR_END = re.compile(r"^[^\S\n]*(?:\n|\Z)", re.MULTILINE)  # a last line without "\n" can be blank too
-_WHITESPACE_LINE = re.compile(r"\n[^\S\n]+(?:\n|\Z)")  # a blank line that is not empty (but for the first)
-_CARRIAGE_RETURNS = re.compile(r"\r+\n")  # "\r\n" line ends (iter_utf8_lines drops every "\r" before the "\n")
 
 
 class NonUtf8Warning(UserWarning):
@@ -64,33 +73,6 @@ class SourceStats:
 
     skipped_lines: int = 0
     files: int = 0
-
-
-def iter_documents(
-    specs: Iterable[str],
-    *,
-    doc_split: str = "blank-line",
-    text_field: str = "text",
-    data_files: list[str] | None = None,
-    hf_split: str = "train",
-    stats: SourceStats | None = None,
-    exclude: str | os.PathLike | None = None,
-) -> Iterator[str]:
-    """Yield the documents of every source spec in turn (see the module docstring for the specs);
-    folders and globs leave out the files inside `exclude` (see expand_paths)."""
-    if doc_split not in DOC_SPLITS:
-        raise ValueError(f"--doc_split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
-    stats = stats if stats is not None else SourceStats()
-    for spec in specs:
-        if spec == DEFAULT_CORPUS_SPEC:
-            yield from iter_default_corpus()
-        elif spec.startswith("hf:"):
-            name, _, config = spec[3:].partition(":")
-            yield from iter_hf_dataset(name, config or None, text_field, data_files=data_files, split=hf_split)
-        else:
-            for path in expand_paths(spec, exclude):
-                stats.files += 1
-                yield from iter_file_documents(path, doc_split=doc_split, text_field=text_field, stats=stats)
 
 
 def check_sources(
@@ -183,30 +165,12 @@ def open_text_file(path: Path) -> BinaryIO:
     return file
 
 
-def iter_file_documents(path: Path, *, doc_split: str, text_field: str, stats: SourceStats) -> Iterator[str]:
-    """Documents of one local file, chosen by its extension (JSONL, Parquet or plain text)."""
-    suffix = path.suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        return iter_jsonl_documents(path, text_field, stats)
-    if suffix == ".parquet":
-        return iter_parquet_documents(path, text_field)
-    return iter_text_documents(path, doc_split, stats)
-
-
 class SkippedLines:
     """Counts the non-UTF-8 lines of one file; warns for the first few, and sums up at the end."""
 
     def __init__(self, path: Path, stats: SourceStats) -> None:
         self.path, self.stats = path, stats
         self.count = self.first = 0
-
-    def decode(self, raw: bytes, line_number: int) -> str | None:
-        """The line as str, or None (with a warning) when it is not UTF-8."""
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            self.record(line_number, error.reason)
-            return None
 
     def record(self, line_number: int, reason: str) -> None:
         """Count a skipped line (warning for the first MAX_WARNINGS_PER_FILE)."""
@@ -220,11 +184,8 @@ class SkippedLines:
     def close(self) -> None:
         self.stats.skipped_lines += self.count
         if self.count > MAX_WARNINGS_PER_FILE:
-            warnings.warn(
-                f"{self.path}: skipped {self.count} lines that are not UTF-8 in all (first at line {self.first})",
-                NonUtf8Warning,
-                stacklevel=3,
-            )
+            warnings.warn(f"{self.path}: skipped {self.count} lines that are not UTF-8 in all (first at line "
+                          f"{self.first})", NonUtf8Warning, stacklevel=3)
 
 
 def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]:
@@ -232,8 +193,10 @@ def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]
     bad_lines = SkippedLines(path, stats)
     with open_text_file(path) as file:
         for line_number, raw in enumerate(file, start=1):
-            line = bad_lines.decode(raw, line_number)
-            if line is None:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                bad_lines.record(line_number, error.reason)
                 continue
             if line_number == 1:
                 line = line.removeprefix("\ufeff")
@@ -241,109 +204,6 @@ def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]
                 line = line.rstrip("\r\n") + "\n"
             yield line_number, line
     bad_lines.close()
-
-
-def iter_utf8_blocks(path: Path, stats: SourceStats) -> Iterator[str]:
-    """The file as str blocks of whole lines: exactly the lines iter_utf8_lines gives, joined."""
-    bad_lines = SkippedLines(path, stats)
-    line_number = 1  # of the block's first line
-    for block in _line_blocks(path, TEXT_BLOCK_BYTES):
-        text, skipped = decode_text_block(block, at_file_start=line_number == 1)
-        for index, reason in skipped:
-            bad_lines.record(line_number + index, reason)
-        line_number += block.count(b"\n")
-        yield text
-    bad_lines.close()
-
-
-def decode_text_block(block: bytes, at_file_start: bool) -> tuple[str, list[tuple[int, str]]]:
-    """Whole lines of a file as str, as iter_utf8_lines gives them ("\r\n" ends made "\n", a
-    leading BOM dropped at the file's start), and (line index in the block, reason) for each line
-    skipped because it is not UTF-8. The block is decoded at once unless it holds such a line."""
-    skipped: list[tuple[int, str]] = []
-    try:
-        text = block.decode("utf-8")
-    except UnicodeDecodeError:
-        lines = []
-        for index, line in enumerate(_lines(block)):
-            try:
-                lines.append(line.decode("utf-8"))
-            except UnicodeDecodeError as error:
-                skipped.append((index, error.reason))
-        text = "".join(lines)
-    if at_file_start and not (skipped and skipped[0][0] == 0):
-        text = text.removeprefix("\ufeff")
-    if "\r" in text:
-        text = _CARRIAGE_RETURNS.sub("\n", text) if "\r\r" in text else text.replace("\r\n", "\n")
-    return text, skipped
-
-
-def _line_blocks(path: Path, block_bytes: int) -> Iterator[bytes]:
-    """The file's bytes in blocks of about block_bytes that end with a "\\n" (but for the last)."""
-    pending: list[bytes] = []  # bytes after the last "\\n" so far
-    with open_text_file(path) as file:
-        while data := file.read(block_bytes):
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                pending.append(data)
-                continue
-            yield b"".join([*pending, data[:cut]])
-            pending = [data[cut:]]
-    last = b"".join(pending)
-    if last:
-        yield last
-
-
-def _lines(block: bytes) -> list[bytes]:
-    """The lines of `block`, each with its "\\n" (the last may have none); only "\\n" ends a line."""
-    lines = [line + b"\n" for line in block.split(b"\n")]
-    lines[-1] = lines[-1][:-1]
-    return lines if lines[-1] else lines[:-1]
-
-
-def iter_text_documents(path: Path, doc_split: str, stats: SourceStats) -> Iterator[str]:
-    """Plain text: paragraphs separated by blank (whitespace-only) lines, or the whole file, as documents."""
-    if doc_split == "file":
-        yield from text_documents("".join(iter_utf8_blocks(path, stats)), doc_split)
-        return
-    pending = ""  # the start of a paragraph that may go on in the next block
-    for text in iter_utf8_blocks(path, stats):
-        pieces = _split_at_blank_lines(pending + text, _BLANK_LINE)
-        pending = pieces.pop()
-        for piece in pieces:
-            yield from _non_empty(piece)
-    yield from text_documents(pending, doc_split)
-
-
-def text_documents(text: str, doc_split: str) -> list[str]:
-    """The documents of a whole plain text (a file, or a block of one from read_paragraph_block):
-    its paragraphs, or the text itself for doc_split "file"; blank ones left out."""
-    if doc_split == "file":
-        return list(_non_empty(text))
-    pieces = [piece.strip("\n") for piece in _split_at_blank_lines(text, _BLANK_LINE_OR_END)]
-    return [piece for piece in pieces if piece and not piece.isspace()]  # what _non_empty keeps
-
-
-def _split_at_blank_lines(text: str, blank_line: re.Pattern) -> list[str]:
-    """`text` (which starts a line) cut at its blank lines, by str.split when they are all empty."""
-    if _WHITESPACE_LINE.search(text) is None and not (text[:1].isspace() and text[0] != "\n"):
-        return text.split("\n\n")  # the pieces differ only in newlines at their ends, which _non_empty strips
-    return blank_line.split(text)
-
-
-def _non_empty(text: str) -> Iterator[str]:
-    text = text.strip("\n")
-    if text.strip():
-        yield text
-
-
-def iter_jsonl_documents(path: Path, text_field: str, stats: SourceStats) -> Iterator[str]:
-    """One JSON object per line; yields its `text_field` (a missing field is an error, a null is skipped)."""
-    for line_number, line in iter_utf8_lines(path, stats):
-        try:
-            yield from record_documents(line, text_field)
-        except ValueError as error:
-            raise ValueError(f"{path}:{line_number}: {error}") from None
 
 
 def record_documents(line: str, text_field: str) -> list[str]:
@@ -375,41 +235,138 @@ def _record_text(text: str) -> list[str]:
 
 
 def iter_parquet_documents(path: Path, text_field: str) -> Iterator[str]:
-    """The `text_field` column of a Parquet file (a string column; nulls skipped), a record batch at a time."""
+    """The `text_field` column of a Parquet file (a string column) as documents; nulls and blank texts skipped."""
+    for text in iter_parquet_column(path, text_field, "pass --text_field NAME", strings=True):
+        if text is not None:
+            yield from _record_text(text)
+
+
+def iter_parquet_column(path: Path, column: str, fix: str, strings: bool = False) -> Iterator[Any]:
+    """The values of `column` of a Parquet file, a record batch at a time. One-line errors for an
+    unreadable file, a missing column (ending in `fix`) and, with `strings`, a column of another type."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
+        _check_column(path, parquet.schema_arrow, column, fix, strings)
+        for batch in parquet.iter_batches(columns=[column], batch_size=1024):
+            yield from batch.column(0).to_pylist()
     except (pa.ArrowException, OSError) as error:
-        raise _unreadable_parquet(path, error) from None
-    _check_text_column(path, parquet.schema_arrow, text_field)
-    try:
-        for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
-            for text in batch.column(0).to_pylist():
-                if text is not None:
-                    yield from _record_text(text)
-    except (pa.ArrowException, OSError) as error:
-        raise _unreadable_parquet(path, error) from None
+        reason = " ".join(str(error).split()) or type(error).__name__  # on one line
+        raise ValueError(f"{path} is not a readable Parquet file ({reason}); repair or re-export it, "
+                         "or leave it out") from None
 
 
-def _unreadable_parquet(path: Path, error: Exception) -> ValueError:
-    reason = " ".join(str(error).split()) or type(error).__name__  # on one line
-    return ValueError(
-        f"{path} is not a readable Parquet file ({reason}); repair or re-export it, or leave it out of --source"
-    )
-
-
-def _check_text_column(path: Path, schema, text_field: str) -> None:
-    """ValueError unless `schema` has a column `text_field` of strings."""
+def _check_column(path: Path, schema, column: str, fix: str, strings: bool) -> None:
     import pyarrow as pa
 
-    if text_field not in schema.names:
-        raise ValueError(f"{path}: no column {text_field!r} (found: {', '.join(schema.names)}); pass --text_field NAME")
-    column_type = schema.field(text_field).type
+    if column not in schema.names:
+        raise ValueError(f"{path}: no column {column!r} (found: {', '.join(schema.names)}); {fix}")
+    column_type = schema.field(column).type
     value_type = column_type.value_type if pa.types.is_dictionary(column_type) else column_type
     text_types = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
-    if not any(is_text(value_type) for is_text in text_types):
-        raise ValueError(
-            f"{path}: column {text_field!r} holds {column_type}, not strings; pass --text_field NAME of a text column"
+    if strings and not any(is_text(value_type) for is_text in text_types):
+        raise ValueError(f"{path}: column {column!r} holds {column_type}, not strings; {fix} of a text column")
+
+
+# ---- the Hugging Face Hub ----
+
+
+def hub_offline() -> bool:
+    """True when the user switched the Hub off (HF_HUB_OFFLINE, or HF_DATASETS_OFFLINE for `datasets`)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_DATASETS_OFFLINE", "").upper() in TRUE_VALUES
+
+
+def check_hub_reachable(repo_id: str, repo_type: str, what: str, alternative: str = LOCAL_ALTERNATIVE) -> None:
+    """Ask the Hub for the repo's info (one fast request) so an offline machine fails at once.
+
+    `datasets` retries for about half a minute before giving up; huggingface_hub's info call
+    fails within a second. A missing repo is the user's typo (ValueError); anything else from
+    that request means the Hub cannot be reached (ConnectionError).
+    """
+    if hub_offline():
+        raise ConnectionError(f"{what} needs the internet and offline mode is on (HF_HUB_OFFLINE); {alternative}")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().repo_info(repo_id, repo_type=repo_type, timeout=10)
+    except GatedRepoError:
+        return  # it exists; `datasets` reports the missing token itself
+    except RepositoryNotFoundError:
+        raise ValueError(f"no {repo_type} named {repo_id!r} on the Hugging Face Hub; check the name") from None
+    except Exception as error:  # the HTTP client's own connect/timeout errors have no common base
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConnectionError(
+            f"{what} needs the internet, and the Hugging Face Hub is unreachable ({reason}); {alternative}"
+        ) from None
+
+
+def check_hf_source(name: str, data_files: list[str] | None, alternative: str = LOCAL_ALTERNATIVE) -> None:
+    """Fail at once when a Hub dataset cannot be reached; local builders (data_files, a folder) need no check.
+    `alternative` names the calling command's own local-file flags."""
+    if not data_files and not Path(name).exists():
+        check_hub_reachable(name, "dataset", f"hf:{name}", alternative)
+
+
+def iter_hf_dataset(name: str, config: str | None, text_field: str, *, data_files: list[str] | None = None,
+                    split: str = "train") -> Iterator[str]:
+    """Stream the `text_field` of a Hugging Face dataset (``hf:NAME[:CONFIG]``), each row's text exactly
+    (blank and null ones skipped). With `data_files` (or a local folder as NAME) the dataset is read
+    from disk through `datasets`' own builders, e.g. ``hf:json`` with ``--data_files a.jsonl``."""
+    for text in iter_hf_field(name, config, text_field, "pass --text_field NAME", data_files=data_files, split=split):
+        if text is not None and str(text).strip():
+            yield str(text)  # exactly as stored: edge newlines are the user's data
+
+
+def iter_hf_field(name: str, config: str | None, field: str, fix: str, *, data_files: list[str] | None = None,
+                  split: str = "train", alternative: str = LOCAL_ALTERNATIVE) -> Iterator[Any]:
+    """Stream `field` of each row of a Hugging Face dataset, failing at once when it is unreachable
+    (`alternative` names the local-file flags) and at a row without the field (`fix` says what to do)."""
+    check_hf_source(name, data_files, alternative)
+    import datasets
+
+    rows = datasets.load_dataset(name, config, data_files=data_files, split=split, streaming=True)
+    for row_number, row in enumerate(rows):
+        if field not in row:
+            raise ValueError(f"hf:{name} row {row_number}: no field {field!r} (found: {', '.join(row)}); {fix}")
+        yield row[field]
+
+
+def download_repo(
+    repo_id: str = RECIPE_REPO,
+    repo_type: str = "dataset",
+    out: str | os.PathLike | None = None,
+    include: list[str] | None = None,
+    revision: str | None = None,
+) -> Path:
+    """Download a Hub repo with huggingface_hub (into `out`, else the HF cache); returns its local folder.
+
+    The one Hub download, behind `gpt25 data download` (and its alias `gpt25 export hub-download`,
+    for model repos to convert with `gpt25 checkpoint import`). Under HF_HUB_OFFLINE=1 a copy already
+    in the Hugging Face cache is used (and copied to `out`).
+    """
+    if repo_type not in REPO_TYPES:
+        raise ValueError(f"--repo_type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    what = f"downloading {repo_type} {repo_id}"
+    try:
+        if hub_offline():
+            cached = Path(snapshot_download(repo_id, repo_type=repo_type, allow_patterns=include, revision=revision))
+            if out is None:
+                return cached
+            shutil.copytree(cached, out, dirs_exist_ok=True)
+            return Path(out)
+        check_hub_reachable(repo_id, repo_type, what, DOWNLOAD_ALTERNATIVE)
+        return Path(
+            snapshot_download(repo_id, repo_type=repo_type, local_dir=out, allow_patterns=include, revision=revision)
         )
+    except LocalEntryNotFoundError:
+        raise ConnectionError(
+            f"{what} needs the internet and offline mode is on (HF_HUB_OFFLINE) with no cached copy; {DOWNLOAD_ALTERNATIVE}"
+        ) from None

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from gpt25.eval.distributed import max_over_ranks, rank_and_world_size, sum_over_ranks
-from gpt25.eval.scoring import score_sequences
+from gpt25.eval.distributed import rank_and_world_size, sum_over_ranks
+from gpt25.eval.scoring import score_rows
 from gpt25.files import atomic_path
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -38,9 +37,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GPT25_CACHE", Path.home() / ".cache" / "gpt25"))
 
 
-def download_hellaswag(url: str = HELLASWAG_VAL_URL) -> Path:
-    """Download the validation jsonl once into the cache folder and return its path."""
-    path = cache_dir() / "hellaswag_val.jsonl"
+def download_file(url: str, path: Path, offline_hint: str) -> Path:
+    """Download `url` to `path` once (atomically); ConnectionError with `offline_hint` when it cannot."""
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,13 +46,16 @@ def download_hellaswag(url: str = HELLASWAG_VAL_URL) -> Path:
         with urllib.request.urlopen(url, timeout=60) as response:
             payload = response.read()
     except (urllib.error.URLError, OSError) as error:
-        raise ConnectionError(
-            f"could not download HellaSwag from {url} ({error}); fetch hellaswag_val.jsonl elsewhere "
-            "and pass it with --hellaswag FILE"
-        ) from None
+        raise ConnectionError(f"could not download {url} ({error}); {offline_hint}") from None
     with atomic_path(path) as temporary:
         temporary.write_bytes(payload)
     return path
+
+
+def download_hellaswag(url: str = HELLASWAG_VAL_URL) -> Path:
+    """Download the validation jsonl once into the cache folder and return its path."""
+    return download_file(url, cache_dir() / "hellaswag_val.jsonl",
+                         "fetch hellaswag_val.jsonl elsewhere and pass it with --hellaswag FILE")
 
 
 def parse_example(line: str, where: str) -> dict:
@@ -97,21 +98,6 @@ def scoring_rows(tokenizer, examples: list[dict], context_length: int) -> list[t
     return rows
 
 
-def score_rows(model, rows, *, batch_size: int, device, show_progress: bool) -> list[float]:
-    """Summed log-likelihood of each row's ending tokens; every rank runs the same number of forwards."""
-    scores = []
-    num_steps = max_over_ranks((len(rows) + batch_size - 1) // batch_size, device)
-    for step in tqdm(range(num_steps), desc="hellaswag", leave=False, disable=None if show_progress else True):
-        batch = rows[step * batch_size : (step + 1) * batch_size]
-        if not batch:
-            # This rank is out of work: FSDP needs matching forwards, so run a dropped one.
-            score_sequences(model, [[0, 0]], [1], device)
-            continue
-        sums, _ = score_sequences(model, [row[2] for row in batch], [row[3] for row in batch], device)
-        scores.extend(sums)
-    return scores
-
-
 def evaluate_hellaswag(
     model: torch.nn.Module,
     tokenizer,
@@ -137,7 +123,8 @@ def evaluate_hellaswag(
     model.eval()
     try:
         with torch.no_grad():
-            scores = score_rows(model, rows, batch_size=batch_size, device=device, show_progress=rank == 0)
+            scores, _ = score_rows(model, rows, batch_size=batch_size, device=device, desc="hellaswag",
+                                   show_progress=rank == 0)
     finally:
         model.train(was_training)
 

@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from gpt25.checkpoint import load_for_inference
 from gpt25.device import resolve_device
+from gpt25.engine import generate_tokens, validate_sampling
 from gpt25.eval.scoring import score_sequences
-from gpt25.sample import generate_tokens, validate_sampling
 from gpt25.tokenizer import Tokenizer
 
 DEFAULT_BATCH_SIZE = 16

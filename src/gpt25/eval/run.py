@@ -4,7 +4,8 @@
 and HellaSwag, prints a table and writes eval.json beside the checkpoint:
 
     {"val_loss", "val_perplexity", "val_bpb", "val_tokens",
-     "hellaswag": {"acc", "acc_norm", "n"}, "checkpoint", "step"}
+     "hellaswag": {"acc", "acc_norm", "n"},
+     "core": {"core", "tasks": {label: {"acc", "centered", "n", "kind", "shots"}}}, "checkpoint", "step"}
 
 Parts not asked for are null.
 """
@@ -18,6 +19,7 @@ import torch
 
 from gpt25.checkpoint import load_for_inference, resolve_checkpoint
 from gpt25.device import resolve_device
+from gpt25.eval.core import evaluate_core, load_core_tasks
 from gpt25.eval.hellaswag import evaluate_hellaswag, load_hellaswag
 from gpt25.eval.loss import evaluate_loss
 from gpt25.files import write_json_atomic
@@ -32,11 +34,16 @@ def default_output_path(checkpoint: str | Path) -> Path:
 
 
 def check_arguments(data_dir: str | Path | None, hellaswag: str | None, limit: int | None, max_tokens: int | None,
-                    out: str | Path | None, batch_size: int) -> None:
+                    out: str | Path | None, batch_size: int, core: bool = False, core_bundle: str | Path | None = None,
+                    core_limit: int | None = None) -> None:
     """One-line errors for settings that are wrong or would be ignored, before any work is done."""
-    if data_dir is None and hellaswag is None:
-        raise ValueError("nothing to evaluate: pass --data DIR (validation loss) and/or --hellaswag FILE|download")
-    for name, value in (("--batch_size", batch_size), ("--limit", limit), ("--max_tokens", max_tokens)):
+    if data_dir is None and hellaswag is None and not core:
+        raise ValueError("nothing to evaluate: pass --data DIR (validation loss), --hellaswag FILE|download "
+                         "and/or --core")
+    if not core and (core_bundle is not None or core_limit is not None):
+        raise ValueError("--core_bundle and --core_limit apply to --core; add --core or drop them")
+    for name, value in (("--batch_size", batch_size), ("--limit", limit), ("--max_tokens", max_tokens),
+                        ("--core_limit", core_limit)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if limit is not None and hellaswag is None:
@@ -64,6 +71,11 @@ def format_table(results: dict) -> str:
             ("hellaswag_acc_norm", f"{hellaswag['acc_norm']:.4f}"),
             ("hellaswag_n", f"{hellaswag['n']:,}"),
         ]
+    if results.get("core") is not None:
+        rows += [(f"core {label}", f"acc {task['acc']:.4f}  centered {task['centered']:+.4f}  "
+                                   f"({task['n']:,} examples, {task['shots']}-shot {task['kind']})")
+                 for label, task in results["core"]["tasks"].items()]
+        rows.append(("CORE", f"{results['core']['core']:.4f}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -75,22 +87,27 @@ def run_evaluation(
     data_dir: str | Path | None = None,
     hellaswag: str | None = None,
     limit: int | None = None,
+    core: bool = False,
+    core_bundle: str | Path | None = None,
+    core_limit: int | None = None,
     max_tokens: int | None = None,
     out: str | Path | None = None,
     batch_size: int = 8,
     device: str | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> dict:
-    """Score a checkpoint on the validation split of `data_dir` and/or HellaSwag; write and return eval.json."""
-    check_arguments(data_dir, hellaswag, limit, max_tokens, out, batch_size)
+    """Score a checkpoint on the validation split of `data_dir`, HellaSwag and/or CORE; write and return eval.json."""
+    check_arguments(data_dir, hellaswag, limit, max_tokens, out, batch_size, core, core_bundle, core_limit)
     device = resolve_device(device)
     examples = load_hellaswag(hellaswag) if hellaswag is not None else None
+    core_tasks = load_core_tasks(core_bundle, core_limit) if core else None
     model, tokenizer, meta = load_for_inference(checkpoint, tokenizer_dir, device)
     checkpoint = resolve_checkpoint(checkpoint)
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     )
-    results = {"val_loss": None, "val_perplexity": None, "val_bpb": None, "val_tokens": None, "hellaswag": None}
+    results = {"val_loss": None, "val_perplexity": None, "val_bpb": None, "val_tokens": None, "hellaswag": None,
+               "core": None}
     if data_dir is not None:
         from gpt25.data import load_split
 
@@ -106,6 +123,9 @@ def run_evaluation(
             results["hellaswag"] = evaluate_hellaswag(
                 model, tokenizer, examples, batch_size=batch_size * 4, device=device, limit=limit
             )
+    if core_tasks is not None:
+        with autocast:
+            results["core"] = evaluate_core(model, tokenizer, core_tasks, batch_size=batch_size * 4, device=device)
     results |= {"checkpoint": str(checkpoint), "step": meta.get("step")}
     out = Path(out) if out else default_output_path(checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)

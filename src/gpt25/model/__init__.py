@@ -2,9 +2,9 @@
 (LayerNorm, GELU, learned positions, biases, tied head), any mix of the two, written by hand.
 
 The modules, each importing only those before it: `config` holds the hyper-parameters, `decoding`
-the interface a decoding state (the KV caches of `gpt25.inference`) offers the model, `layers` the
+the interface a decoding state (the KV caches of `gpt25.engine`) offers the model, `layers` the
 elementary modules, `attention` the attention, `transformer` the block, full model, FLOP count and
-weight-decay groups. Decoding itself lives outside the model, in `gpt25.inference`.
+weight-decay groups. Decoding itself lives outside the model, in `gpt25.engine`.
 """
 
 from gpt25.model.attention import MultiHeadSelfAttention, causal_mask, scaled_dot_product_attention

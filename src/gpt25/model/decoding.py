@@ -1,6 +1,6 @@
-"""What the model asks of a decoding state: the small interface a KV cache (`gpt25.inference`) implements.
+"""What the model asks of a decoding state: the small interface a KV cache (`gpt25.engine`) implements.
 
-`TransformerLM.forward(token_ids, kv_cache)` hands the state down to every block, so one forward
+`TransformerLM.forward(token_ids, kv_cache)` hands the state down to every attention block, so one forward
 can continue a sequence from where the last one stopped. The model only calls these methods and
 never imports an implementation: training passes no state and reads none of it.
 """
@@ -19,9 +19,6 @@ class DecodingState(Protocol):
     batch_size: int
     max_seq_len: int
     position: int  # positions filled so far; the next forward computes [position, position + seq)
-
-    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """x W^T for x (..., in_features) and W (out_features, in_features), computed as decoding is fastest."""
 
     def qkv_weight(self, layer_index: int, stack: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The layer's q, k and v weights stacked (3 d_model, d_model): `stack()`, or what it gave before."""

@@ -13,8 +13,6 @@ import math
 import torch
 from torch import nn
 
-from gpt25.model.decoding import DecodingState
-
 
 def trunc_normal_(tensor: torch.Tensor, std: float, cutoff: float = 3.0) -> torch.Tensor:
     """Fill `tensor` in place with N(0, std^2) truncated to [-cutoff*std, cutoff*std] (inverse-CDF sampling)."""
@@ -85,9 +83,8 @@ class Linear(nn.Module):
             with torch.no_grad():
                 self.bias.zero_()
 
-    def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
-        # (..., in_features) -> (..., out_features); while decoding, the state computes the product its way
-        out = linear(x, self.weight) if kv_cache is None else kv_cache.linear(x, self.weight)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = linear(x, self.weight)  # (..., in_features) -> (..., out_features)
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:
@@ -182,9 +179,9 @@ class SwiGLU(nn.Module):
         self.w2 = Linear(d_ff, d_model, bias, output_std, device=device, dtype=dtype)
         self.w3 = Linear(d_model, d_ff, bias, std, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (..., d_model) -> (..., d_ff) -> (..., d_model)
-        return self.w2(silu(self.w1(x, kv_cache)) * self.w3(x, kv_cache), kv_cache)
+        return self.w2(silu(self.w1(x)) * self.w3(x))
 
 
 class GeluMLP(nn.Module):
@@ -196,17 +193,17 @@ class GeluMLP(nn.Module):
         self.w1 = Linear(d_model, d_ff, bias, std, device=device, dtype=dtype)
         self.w2 = Linear(d_ff, d_model, bias, output_std, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (..., d_model) -> (..., d_ff) -> (..., d_model)
-        return self.w2(gelu_tanh(self.w1(x, kv_cache)), kv_cache)
+        return self.w2(gelu_tanh(self.w1(x)))
 
 
 class ReLU2MLP(GeluMLP):
     """modded-nanogpt's feed-forward: w2(relu(w1 x)^2), as cheap as GELU's and sparse."""
 
-    def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (..., d_model) -> (..., d_ff) -> (..., d_model)
-        return self.w2(self.w1(x, kv_cache).clamp_min(0.0).square(), kv_cache)
+        return self.w2(self.w1(x).clamp_min(0.0).square())
 
 
 class RotaryEmbedding(nn.Module):
@@ -218,9 +215,7 @@ class RotaryEmbedding(nn.Module):
     """
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None) -> None:
-        super().__init__()
-        if d_k % 2 != 0:
-            raise ValueError(f"rotary embedding needs an even head dimension, got d_k={d_k}; change d_model or num_heads")
+        super().__init__()  # an even d_k is ModelConfig's to check
         self.theta = theta
         self.d_k = d_k
         self.max_seq_len = max_seq_len
@@ -249,15 +244,6 @@ class RotaryEmbedding(nn.Module):
             self.sin = torch.empty_like(self.sin, dtype=torch.float32)
             self.reset_parameters()
         return self
-
-    def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Rotate x (..., seq, d_k); positions (..., seq) broadcastable to x's leading dims, or None for 0..seq-1."""
-        seq_len = x.shape[-2]
-        if token_positions is None:
-            cos, sin = self.cos[:seq_len], self.sin[:seq_len]  # (seq, d_k / 2)
-        else:
-            cos, sin = self.cos[token_positions], self.sin[token_positions]  # (..., seq, d_k / 2)
-        return apply_rotary(x, cos, sin)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,7 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         # (batch, seq, d_model) -> (batch, seq, d_model)
         x = x + self.attn(self.ln1(x), kv_cache)
-        return x + self.ffn(self.ln2(x), kv_cache)
+        return x + self.ffn(self.ln2(x))
 
 
 class TransformerLM(nn.Module):
@@ -111,19 +111,18 @@ class TransformerLM(nn.Module):
             x = x + self.position_embeddings.weight[positions]  # (seq, d_model) or a cache's (batch, seq, d_model)
         for layer in self.layers:
             x = layer(x, kv_cache)
-        logits = self.head(self.ln_final(x), kv_cache)  # (batch, seq, vocab)
+        logits = self.head(self.ln_final(x))  # (batch, seq, vocab)
         if self.config.logit_softcap:  # bounds the logits smoothly, so no token's grows without limit
             logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
         if kv_cache is not None:
             kv_cache.advance(token_ids.shape[1])
         return logits
 
-    def head(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
+    def head(self, x: torch.Tensor) -> torch.Tensor:
         """The output head: (batch, seq, d_model) -> logits (batch, seq, vocab), by lm_head or the tied embedding."""
         if self.lm_head is not None:
-            return self.lm_head(x, kv_cache)
-        weight = self.token_embeddings.weight  # (vocab, d_model)
-        return linear(x, weight) if kv_cache is None else kv_cache.linear(x, weight)
+            return self.lm_head(x)
+        return linear(x, self.token_embeddings.weight)  # weight (vocab, d_model)
 
     @torch.no_grad()
     def grow_vocab(self, vocab_size: int) -> None:

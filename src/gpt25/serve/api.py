@@ -29,7 +29,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gpt25.chat import trim_history
 from gpt25.checkpoint import load_for_inference
+from gpt25.engine import check_fits
 from gpt25.sample import eot_id_or_none
 from gpt25.serve.engine import FINISH_CANCELLED, Engine, QueueFull
 from gpt25.serve.engine import Request as GenerationRequest
@@ -164,9 +166,16 @@ def add_routes(app: FastAPI) -> None:
         if problem:
             raise ApiError(400, f"{problem}; send messages as [{{\"role\": \"user\", \"content\": \"...\"}}]",
                            param="messages")
+        fitted = {}
+        if not isinstance(body.get("fit_context", False), bool):
+            raise ApiError(400, "'fit_context' must be true or false", param="fit_context")
+        if body.get("fit_context"):
+            messages, body, fitted = fit_context(served, request.app.state.limits, messages, body)
         prompt_ids = render_prompt(served.tokenizer, messages)
         stop_ids = frozenset(reply_stop_ids(served.tokenizer))
-        return await answer(request, served, body, prompt_ids, stop_ids, ChatShape())
+        response = await answer(request, served, body, prompt_ids, stop_ids, ChatShape())
+        response.headers.update(fitted)
+        return response
 
 
 def ready(request: Request) -> Served:
@@ -261,18 +270,34 @@ def token_budget(body: dict, prompt_len: int, limits: Limits, context_length: in
     if prompt_len > max_prompt:
         raise ApiError(400, f"the prompt has {prompt_len} tokens, more than the {max_prompt} allowed; shorten it",
                        param=prompt_param, code="context_length_exceeded")
-    room = min(limits.max_tokens, context_length - prompt_len)
     name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     asked = int_field(body, name, None, 1)
     if asked is None:
-        return room
+        return min(limits.max_tokens, context_length - prompt_len)
     if asked > limits.max_tokens:
         raise ApiError(400, f"'{name}' is {asked}, above this server's cap of {limits.max_tokens}", param=name)
-    if asked > room:
-        raise ApiError(400, f"the prompt ({prompt_len} tokens) + '{name}' ({asked}) exceed the context of "
-                       f"{context_length} tokens; shorten the prompt or ask for fewer tokens", param=name,
-                       code="context_length_exceeded")
+    try:
+        check_fits(prompt_len, asked, context_length, f"'{name}'")
+    except ValueError as error:
+        raise ApiError(400, str(error), param=name, code="context_length_exceeded") from None
     return asked
+
+
+def fit_context(served: Served, limits: Limits, messages: list[dict], body: dict) -> tuple[list[dict], dict, dict]:
+    """For a client that asks (`"fit_context": true`, as the chat page does): the newest messages that fit as
+    `gpt25 chat` keeps them (`trim_history`, leaving the reply the asked max_tokens or half the context, the
+    smaller) and the body with max_tokens capped at what fits beside them; headers report both. Without it a
+    request that does not fit is refused (context_length_exceeded), as OpenAI's API does."""
+    context_length = served.engine.context_length
+    name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    asked = min(int_field(body, name, limits.max_tokens, 1), limits.max_tokens)
+    try:
+        kept, dropped = trim_history(served.tokenizer, messages, context_length, min(asked, context_length // 2))
+    except ValueError as error:
+        raise ApiError(400, str(error), param="messages", code="context_length_exceeded") from None
+    cap = min(asked, context_length - len(render_prompt(served.tokenizer, kept)))
+    body = {key: value for key, value in body.items() if key != "max_completion_tokens"} | {"max_tokens": cap}
+    return kept, body, {"x-gpt25-dropped-messages": str(dropped), "x-gpt25-max-tokens": str(cap)}
 
 
 class CompletionShape:
@@ -288,16 +313,21 @@ class CompletionShape:
 
 
 class ChatShape:
-    """OpenAI's /v1/chat/completions response objects."""
+    """OpenAI's /v1/chat/completions response objects (one per request: its first chunk names the role)."""
 
     object, chunk_object, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl-"
+
+    def __init__(self) -> None:
+        self.role_sent = False
 
     def choice(self, text: str, finish_reason: str | None) -> dict:
         return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                 "finish_reason": finish_reason}
 
     def chunk_choice(self, text: str | None, finish_reason: str | None) -> dict:
-        delta = {} if text is None else {"role": "assistant", "content": text}
+        delta = {} if text is None else {"content": text}
+        if not self.role_sent:  # as OpenAI: "role" in the first chunk's delta only
+            delta, self.role_sent = {"role": "assistant", "content": text or ""}, True
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 

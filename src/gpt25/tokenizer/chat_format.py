@@ -3,11 +3,19 @@ GPT 2.5 chat model's: each message is `<|role|>` "\\n" content `<|endoftext|>` "
 starts after the generation prompt `<|assistant|>` "\\n" and ends at its `<|endoftext|>`.
 
 Role tokens are special tokens appended after a tokenizer's own (`add_chat_tokens`): GPT-2's tokenizer
-gets 50257, 50258, 50259 for user, assistant, system, the ids the GPT 2.5 chat model has. Message
-contents are encoded as ordinary text, so a user who types "<|assistant|>" cannot forge a turn.
+gets 50257, 50258, 50259 for user, assistant, system, the ids the GPT 2.5 chat model has.
+
+The ids are exactly those of the template's text (`JINJA_CHAT_TEMPLATE`, what transformers'
+apply_chat_template renders) through the tokenizer: the text between two special tokens, here the
+header's "\\n" and the content, is encoded as one piece, so content starting with "\\n" or spaces merges
+with the header's newline as it does there ("\\n\\n" is one GPT-2 token). One difference is kept on
+purpose: a message's content is always ordinary text, so a user who types "<|assistant|>" cannot forge a
+turn (transformers would turn it into the role token).
 
 A rendered conversation comes with a loss mask: `mask[i]` says whether `ids[i]` is a training target.
-Only the assistant's content and its closing `<|endoftext|>` are.
+Only the assistant's content and its closing `<|endoftext|>` are; the token carrying the header's
+newline belongs to the prompt (the model is always given `<|assistant|>` "\\n") even when it also
+carries the content's leading whitespace.
 """
 
 from __future__ import annotations
@@ -78,10 +86,11 @@ def render_conversation(tokenizer: Tokenizer, messages: Sequence[dict]) -> Rende
     mask: list[bool] = []
     for message in messages:
         trained = message["role"] == "assistant"
-        content = tokenizer.encode_ordinary(message["content"])
-        header = [tokenizer.token_id(ROLE_TOKENS[message["role"]]), *newline]
-        ids += header + content + [eot_id] + newline
-        mask += [False] * len(header) + [trained] * (len(content) + 1) + [False] * len(newline)
+        # The header's newline and the content, one piece of text as in the template's rendering.
+        body = tokenizer.encode_ordinary("\n" + message["content"])
+        ids += [tokenizer.token_id(ROLE_TOKENS[message["role"]]), *body, eot_id, *newline]
+        # untrained: the role token and body[0] (it carries the header's newline); trained: the rest and the eot
+        mask += [False, False] + [trained] * len(body) + [False] * len(newline)
     return RenderedConversation(ids, mask)
 
 

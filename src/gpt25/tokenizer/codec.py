@@ -9,7 +9,6 @@ C extension is built, the regex, a dict and numpy where it is not (see gpt25.tok
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Iterator
 from numbers import Integral
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from gpt25.files import write_text_atomic
 from gpt25.tokenizer import io
-from gpt25.tokenizer.bpe import ID_MASK, merge_values
+from gpt25.tokenizer.bpe import ID_MASK
 from gpt25.tokenizer.encoder import PythonEncoder, new_encoder
 from gpt25.tokenizer.pretokenize import (
     decode_utf8,
@@ -99,11 +98,6 @@ class Tokenizer:
         """(merges, 3) int64: the left, right and merged id of each merge, in rank order."""
         lefts, rights = [left for left, _ in self.merges], [right for _, right in self.merges]
         return io.merge_ids(lefts, rights, self._token_to_id, lambda rank: f"merge {rank} {self.merges[rank]!r}")
-
-    @functools.cached_property
-    def _merge_values(self) -> dict[int, int]:
-        """The merges as the pure-Python code looks them up (see gpt25.tokenizer.bpe.merge_values)."""
-        return merge_values(self._merge_ids)
 
     def _new_encoder(self):
         """A fresh encoder (its cache empty), in C where the extension is built (see gpt25.tokenizer.encoder)."""

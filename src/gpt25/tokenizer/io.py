@@ -152,13 +152,18 @@ def save_folder(directory: str | Path, vocab: Vocab, merges: Merges, special_tok
     write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
 
-def _read_json(path: Path) -> object:
+def _read_text(path: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text (invalid byte at offset {error.start})") from None
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(_read_text(path))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
 
@@ -188,12 +193,7 @@ def _read_merge_tokens(path: str | Path) -> list[str]:
     """The printable tokens of a GPT-2-style merges.txt (optional '#version' header, then 'left right'
     per line), checked: left and right of each merge in rank order."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text (invalid byte at offset {error.start})") from None
+    lines = _read_text(path).splitlines()
     first = 1 if lines and lines[0].startswith("#version") else 0
     rules = [line for line in lines[first:] if line]
     if not rules:

@@ -110,25 +110,17 @@ def only_fast_characters(text: str) -> bool:
 
 
 def special_token_regex(special_tokens: list[str]) -> regex.Pattern | None:
-    """A regex matching any special token, trying longer ones first; None when there are none."""
+    """A regex matching any special token, trying longer ones first; None when there are none. Its one
+    group captures the token, so its split() keeps them (see split_on_specials)."""
     if not special_tokens:
         return None
     ordered = sorted(set(special_tokens), key=len, reverse=True)
-    return regex.compile("|".join(regex.escape(token) for token in ordered))
+    return regex.compile("(" + "|".join(regex.escape(token) for token in ordered) + ")")
 
 
 def split_on_specials(text: str, special_regex: regex.Pattern | None) -> list[str]:
     """Split `text` into alternating [piece, special, piece, special, ..., piece]."""
-    if special_regex is None:
-        return [text]
-    parts: list[str] = []
-    position = 0
-    for match in special_regex.finditer(text):
-        parts.append(text[position : match.start()])
-        parts.append(match.group())
-        position = match.end()
-    parts.append(text[position:])
-    return parts
+    return [text] if special_regex is None else special_regex.split(text)
 
 
 def last_safe_cut(text: str, min_index: int = 0) -> int:

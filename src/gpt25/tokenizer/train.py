@@ -312,23 +312,17 @@ class _BpeMerger:
                     before = word[position - 1]
                     pair_counts[before + a] -= count
                     left_pair = (merged if position == previous_end else before) + merged
-                    entry = gained.get(left_pair)
-                    if entry is None:
-                        gained[left_pair] = [count, index]
-                    else:
-                        entry[0] += count
-                        entry.append(index)
+                    entry = gained.setdefault(left_pair, [0])
+                    entry[0] += count
+                    entry.append(index)
                 previous_end = position + 2
                 if position + 2 <= last and next_position != previous_end:
                     after = word[position + 2]
                     pair_counts[b + after] -= count
                     right_pair = merged + after
-                    entry = gained.get(right_pair)
-                    if entry is None:
-                        gained[right_pair] = [count, index]
-                    else:
-                        entry[0] += count
-                        entry.append(index)
+                    entry = gained.setdefault(right_pair, [0])
+                    entry[0] += count
+                    entry.append(index)
                 position = next_position
             words[index] = word.replace(pair, merged)
         del pair_counts[pair]

@@ -1,5 +1,7 @@
-"""TrainConfig: every training setting in one dataclass, and the `gpt25 train` flags made from it;
-SFTConfig, its subclass for `gpt25 sft`, the same way.
+"""The settings of a run, in dataclasses, and the flags made from them: RunConfig holds what every run of
+the training loop takes (output, batch, optimisation, evaluation, execution); TrainConfig adds pretraining's
+data and model shape (`gpt25 train`), SFTConfig fine-tuning's conversations and epochs (`gpt25 sft`, whose
+model shape comes from the base checkpoint).
 
 Each field's help text lives beside it in `metadata`; `add_train_arguments` turns the fields into
 argparse flags of the same name. Precedence when resolving: dataclass defaults < `--config
@@ -48,42 +50,21 @@ def _setting(default: Any, help: str, metavar: str | None = None) -> Any:
 
 
 @dataclass
-class TrainConfig:
-    """All settings of one training run; `gpt25 train --help` lists them with their help text."""
+class RunConfig:
+    """What every run of the training loop takes; TrainConfig and SFTConfig add their data and model."""
 
-    # Settings that must be at least 1, and those that are no flag or TOML key (SFTConfig takes them from the base).
-    POSITIVE: ClassVar[tuple[str, ...]] = ("batch_size", "grad_accum_steps", "context_length", "num_layers", "d_model",
-                                           "num_heads", "d_ff", "train_steps", "keep_checkpoints", "log_every",
-                                           "eval_steps")
-    FLAGLESS: ClassVar[tuple[str, ...]] = ()
-    COMMAND: ClassVar[str] = "train"  # the command and the TOML table of these settings
+    POSITIVE: ClassVar[tuple[str, ...]] = ("batch_size", "grad_accum_steps", "keep_checkpoints", "log_every",
+                                           "eval_steps")  # settings that must be at least 1
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("lr", "muon_lr", "eps", "weight_decay", "max_grad_norm",
+                                               "total_batch_tokens")
+    COMMAND: ClassVar[str] = ""  # the command and the TOML table of these settings
 
-    # Data and output.
-    data: str = _setting("", "shard directory written by `gpt25 data prepare` (required)", "DIR")
-    tokenizer: str = _setting("", "tokenizer directory (default: DATA/tokenizer when it exists)", "DIR")
+    # Data and output (each command says what its data is).
+    data: str = _setting("", "", "DIR")
+    tokenizer: str = _setting("", "", "DIR")
     out: str = _setting("runs/gpt25", "run directory: config.json, metrics.jsonl, checkpoints/", "RUN_DIR")
-    checkpoint: str = _setting("", "resume from a checkpoint: a step dir, a run dir, or 'latest' (newest in "
-                                      "--out; starts fresh when there is none)", "PATH|latest")
-    # Architecture: a preset, and single components that override it (empty: the preset's).
-    arch: str = _setting("gpt25", "architecture preset: gpt25 (RMSNorm, SwiGLU, RoPE, no biases, untied head), "
-                                  "gpt2 (LayerNorm, GELU, learned positions, biases, tied head, GPT-2 init) or "
-                                  "gpt25x (gpt25 with modded-nanogpt's changes: see docs/model.md)")
-    norm: str = _setting("", "rmsnorm or layernorm (default: the --arch's)")
-    mlp: str = _setting("", "swiglu, gelu or relu2 (default: the --arch's)")
-    positions: str = _setting("", "rope or learned (default: the --arch's)")
-    bias: str = _setting("", "biases in every Linear but the head: on or off (default: the --arch's)", "on|off")
-    tie_embeddings: str = _setting("", "output head = token embedding: on or off (default: the --arch's)", "on|off")
-    init: str = _setting("", "initialisation: gpt25, gpt2 or zero (gpt25's, output projections zero) "
-                             "(default: the --arch's)")
-    qk_norm: str = _setting("", "RMSNorm on each head's queries and keys: on or off (default: the --arch's)", "on|off")
-    logit_softcap: float = _setting(-1.0, "logits = cap * tanh(logits / cap); 0: off (negative: the --arch's)")
-    # Model shape (vocab size comes from the tokenizer).
+    checkpoint: str = _setting("", "", "PATH|latest")
     context_length: int = _setting(256, "tokens per training sequence")
-    num_layers: int = _setting(4, "number of transformer blocks")
-    d_model: int = _setting(256, "embedding / residual width")
-    num_heads: int = _setting(4, "attention heads per block")
-    d_ff: int = _setting(0, "MLP hidden width (0: the --mlp's, SwiGLU 8/3 d_model rounded up to 64, GELU 4 d_model)")
-    rope_theta: float = _setting(10000.0, "RoPE base frequency")
     # Batch: global batch = batch_size x grad_accum_steps x world size sequences per step.
     batch_size: int = _setting(16, "sequences per micro-batch per process")
     grad_accum_steps: int = _setting(1, "micro-batches accumulated per optimizer step")
@@ -110,8 +91,6 @@ class TrainConfig:
     # Evaluation, logging, checkpoints.
     eval_every: int = _setting(250, "evaluate every N steps and at the end (0: only at the end)")
     eval_steps: int = _setting(20, "validation batches (batch_size x world size sequences each) per evaluation")
-    hellaswag: str = _setting("", "HellaSwag jsonl file (or 'download') to score at each evaluation", "FILE")
-    hellaswag_limit: int = _setting(0, "score only the first N HellaSwag examples (0: all)")
     log_every: int = _setting(10, "write a metrics.jsonl training row every N steps")
     save_every: int = _setting(1000, "checkpoint every N steps and at the end (0: only at the end)")
     keep_checkpoints: int = _setting(3, "keep the newest K checkpoints")
@@ -127,9 +106,8 @@ class TrainConfig:
     parallel: str = _setting("fsdp", "with several processes: fsdp (FSDP2 sharding), ddp, or none")
 
     def __post_init__(self) -> None:
-        self._resolve_architecture()
         for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
+            if hasattr(self, name) and getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in self.POSITIVE:
             if getattr(self, name) < 1:
@@ -137,39 +115,9 @@ class TrainConfig:
         if self.warmup_steps < 0 or self.train_steps and self.warmup_steps > self.train_steps:
             raise ValueError(f"--warmup_steps ({self.warmup_steps}) must be between 0 and "
                              f"--train_steps ({self.train_steps})")
-        if self.d_model % self.num_heads:
-            raise ValueError(f"--d_model ({self.d_model}) must be divisible by --num_heads ({self.num_heads})")
-        self._check_ranges()
-
-    def _resolve_architecture(self) -> None:
-        """Fill the components left empty from --arch, and d_ff 0 from the MLP, so the saved config is explicit."""
-        from gpt25.model.config import ARCHITECTURES, default_d_ff
-
-        preset = ARCHITECTURES.get(self.arch)
-        if preset is None:
-            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
-        for name, value in preset.items():
-            if getattr(self, name) == "" or name == "logit_softcap" and self.logit_softcap < 0:
-                setattr(self, name, ("on" if value else "off") if name in SWITCHES else value)
-        if self.d_ff == 0 and self.mlp in CHOICES["mlp"]:
-            self.d_ff = default_d_ff(self.d_model, self.mlp)
-
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        """The ModelConfig these settings describe, for a tokenizer of `vocab_size` tokens."""
-        from gpt25.model import ARCHITECTURES, ModelConfig
-
-        components = {name: getattr(self, name) == "on" if name in SWITCHES else getattr(self, name)
-                      for name in ARCHITECTURES[self.arch]}
-        return ModelConfig(vocab_size=vocab_size, context_length=self.context_length, d_model=self.d_model,
-                           num_layers=self.num_layers, num_heads=self.num_heads, d_ff=self.d_ff,
-                           rope_theta=self.rope_theta, **components)
-
-    def _check_ranges(self) -> None:
-        """Name the flag here: the model and AdamW would refuse these values without saying which flag set them."""
+        # Name the flag here: AdamW and the evaluations would not say which flag set a bad value.
         # `not x >= 0` rather than `x < 0`: NaN fails every comparison and must be refused too.
-        if not self.rope_theta > 0:
-            raise ValueError(f"--rope_theta must be positive, got {self.rope_theta}")
-        for name in ("lr", "muon_lr", "eps", "weight_decay", "max_grad_norm", "total_batch_tokens"):
+        for name in self.NON_NEGATIVE:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         for name in ("beta1", "beta2"):
@@ -202,41 +150,104 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _field_type(config_field: dataclasses.Field, config_class: type[TrainConfig] = TrainConfig) -> type:
+@dataclass
+class TrainConfig(RunConfig):
+    """All settings of one pretraining run; `gpt25 train --help` lists them with their help text."""
+
+    POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("context_length", "num_layers", "d_model",
+                                                                "num_heads", "d_ff", "train_steps")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("core_every", "core_limit")
+    COMMAND: ClassVar[str] = "train"
+
+    data: str = _setting("", "shard directory written by `gpt25 data prepare` (required)", "DIR")
+    tokenizer: str = _setting("", "tokenizer directory (default: DATA/tokenizer when it exists)", "DIR")
+    checkpoint: str = _setting("", "resume from a checkpoint: a step dir, a run dir, or 'latest' (newest in "
+                                      "--out; starts fresh when there is none)", "PATH|latest")
+    # Architecture: a preset, and single components that override it (empty: the preset's).
+    arch: str = _setting("gpt25", "architecture preset: gpt25 (RMSNorm, SwiGLU, RoPE, no biases, untied head), "
+                                  "gpt2 (LayerNorm, GELU, learned positions, biases, tied head, GPT-2 init) or "
+                                  "gpt25x (gpt25 with modded-nanogpt's changes: see docs/model.md)")
+    norm: str = _setting("", "rmsnorm or layernorm (default: the --arch's)")
+    mlp: str = _setting("", "swiglu, gelu or relu2 (default: the --arch's)")
+    positions: str = _setting("", "rope or learned (default: the --arch's)")
+    bias: str = _setting("", "biases in every Linear but the head: on or off (default: the --arch's)", "on|off")
+    tie_embeddings: str = _setting("", "output head = token embedding: on or off (default: the --arch's)", "on|off")
+    init: str = _setting("", "initialisation: gpt25, gpt2 or zero (gpt25's, output projections zero) "
+                             "(default: the --arch's)")
+    qk_norm: str = _setting("", "RMSNorm on each head's queries and keys: on or off (default: the --arch's)", "on|off")
+    logit_softcap: float = _setting(-1.0, "logits = cap * tanh(logits / cap); 0: off (negative: the --arch's)")
+    # Model shape (vocab size comes from the tokenizer).
+    num_layers: int = _setting(4, "number of transformer blocks")
+    d_model: int = _setting(256, "embedding / residual width")
+    num_heads: int = _setting(4, "attention heads per block")
+    d_ff: int = _setting(0, "MLP hidden width (0: the --mlp's, SwiGLU 8/3 d_model rounded up to 64, GELU 4 d_model)")
+    rope_theta: float = _setting(10000.0, "RoPE base frequency")
+    hellaswag: str = _setting("", "HellaSwag jsonl file (or 'download') to score at each evaluation", "FILE")
+    hellaswag_limit: int = _setting(0, "score only the first N HellaSwag examples (0: all)")
+    core_every: int = _setting(0, "score CORE every N steps and at the end (0: never)")
+    core_limit: int = _setting(0, "score N examples per CORE task (0: all; nanochat's seeded shuffle, then the first N)")
+    core_bundle: str = _setting("", "unpacked CORE eval bundle (default: downloaded once into ~/.cache/gpt25)", "DIR")
+
+    def __post_init__(self) -> None:
+        self._resolve_architecture()
+        super().__post_init__()
+        if not self.rope_theta > 0:
+            raise ValueError(f"--rope_theta must be positive, got {self.rope_theta}")
+        self.model_config(1)  # the model's own invariants (d_model % num_heads, ...), checked once, there
+
+    def _resolve_architecture(self) -> None:
+        """Fill the components left empty from --arch, and d_ff 0 from the MLP, so the saved config is explicit."""
+        from gpt25.model.config import ARCHITECTURES, default_d_ff
+
+        preset = ARCHITECTURES.get(self.arch)
+        if preset is None:
+            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        for name, value in preset.items():
+            if getattr(self, name) == "" or name == "logit_softcap" and self.logit_softcap < 0:
+                setattr(self, name, ("on" if value else "off") if name in SWITCHES else value)
+        if self.d_ff == 0 and self.mlp in CHOICES["mlp"]:
+            self.d_ff = default_d_ff(self.d_model, self.mlp)
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The ModelConfig these settings describe, for a tokenizer of `vocab_size` tokens."""
+        from gpt25.model import ARCHITECTURES, ModelConfig
+
+        components = {name: getattr(self, name) == "on" if name in SWITCHES else getattr(self, name)
+                      for name in ARCHITECTURES[self.arch]}
+        return ModelConfig(vocab_size=vocab_size, context_length=self.context_length, d_model=self.d_model,
+                           num_layers=self.num_layers, num_heads=self.num_heads, d_ff=self.d_ff,
+                           rope_theta=self.rope_theta, **components)
+
+
+def _field_types(config_class: type[RunConfig]) -> dict[str, type]:
+    """Each field's name and type: the flags and TOML keys of `config_class`."""
     hints = typing.get_type_hints(config_class)
-    return hints[config_field.name]
+    return {config_field.name: hints[config_field.name] for config_field in dataclasses.fields(config_class)}
 
 
-def config_fields(config_class: type[TrainConfig]) -> list[dataclasses.Field]:
-    """The fields of `config_class` that are flags and TOML keys."""
-    return [config_field for config_field in dataclasses.fields(config_class)
-            if config_field.name not in config_class.FLAGLESS]
-
-
-def add_train_arguments(parser: argparse.ArgumentParser, config_class: type[TrainConfig] = TrainConfig) -> None:
-    """Add one `--name` flag per field of `config_class`, plus `--config FILE.toml` and `--no_compile`.
+def add_train_arguments(parser: argparse.ArgumentParser, config_class: type[RunConfig] = TrainConfig) -> None:
+    """Add one `--name` flag per field of `config_class`, plus `--config FILE.toml`.
 
     Defaults are argparse.SUPPRESS so that only flags typed on the command line appear in the
     namespace; `resolve_config` layers them over the TOML file and the dataclass defaults.
     """
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file of settings; flags override it")
-    for config_field in config_fields(config_class):
+    types = _field_types(config_class)
+    for config_field in dataclasses.fields(config_class):
         unset = config_field.default == ""  # --data, --checkpoint, ...: "(default: '')" would say nothing
         help_text = config_field.metadata["help"] + ("" if unset else f" (default: {config_field.default!r})")
         flags = [f"--{config_field.name}"] + [f"--{old}" for old, new in RENAMED.items() if new == config_field.name]
-        if _field_type(config_field, config_class) is bool:  # a switch: `--decay_all` alone
+        if types[config_field.name] is bool:  # a switch: `--decay_all` alone
             parser.add_argument(*flags, action="store_const", const=True, default=argparse.SUPPRESS, help=help_text)
             continue
         # `--compile` alone means `--compile on`
         bare = {"nargs": "?", "const": "on"} if config_field.name == "compile" else {}
-        parser.add_argument(*flags, type=_field_type(config_field, config_class),
-                            choices=CHOICES.get(config_field.name), default=argparse.SUPPRESS,
-                            metavar=config_field.metadata["metavar"], help=help_text, **bare)
-    parser.add_argument("--no_compile", dest="compile", action="store_const", const="off",
-                        default=argparse.SUPPRESS, help="the same as --compile off")
+        parser.add_argument(*flags, type=types[config_field.name], choices=CHOICES.get(config_field.name),
+                            default=argparse.SUPPRESS, metavar=config_field.metadata["metavar"], help=help_text,
+                            **bare)
 
 
-def read_toml_settings(path: str | Path, config_class: type[TrainConfig] = TrainConfig) -> dict[str, Any]:
+def read_toml_settings(path: str | Path, config_class: type[RunConfig] = TrainConfig) -> dict[str, Any]:
     """The settings in a TOML config file (top-level keys, or one [train] or [sft] table), checked by name."""
     path = Path(path)
     if not path.is_file():
@@ -247,7 +258,7 @@ def read_toml_settings(path: str | Path, config_class: type[TrainConfig] = Train
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path} is not valid TOML: {error}") from None
     settings = _renamed(settings.get(config_class.COMMAND, settings), path)
-    known = {config_field.name: _field_type(config_field, config_class) for config_field in config_fields(config_class)}
+    known = _field_types(config_class)
     unknown = sorted(set(settings) - set(known))
     if unknown:
         raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}; see `gpt25 {config_class.COMMAND} --help` "
@@ -273,32 +284,25 @@ def _coerce(name: str, value: Any, kind: type, path: Path) -> Any:
     return value
 
 
-def resolve_config(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig) -> TrainConfig:
+def resolve_config(args: argparse.Namespace, config_class: type[RunConfig] = TrainConfig) -> RunConfig:
     """Dataclass defaults, then the TOML file named by --config, then the flags given."""
     settings = read_toml_settings(args.config, config_class) if getattr(args, "config", None) else {}
-    names = {config_field.name for config_field in config_fields(config_class)}
-    settings.update({name: value for name, value in vars(args).items() if name in names})
+    settings.update({name: value for name, value in vars(args).items() if name in _field_types(config_class)})
     return config_class(**settings)
 
 
 @dataclass
-class SFTConfig(TrainConfig):
-    """Settings of one fine-tuning run (`gpt25 sft --help`): TrainConfig's, the model's shape from the base
-    checkpoint, the data a conversation source, and the GPT 2.5 recipe's defaults (configs/sft-smoltalk.toml)."""
+class SFTConfig(RunConfig):
+    """Settings of one fine-tuning run (`gpt25 sft --help`): the model's shape comes from the base checkpoint,
+    the data is a conversation source, and the defaults are the GPT 2.5 recipe's (configs/sft-smoltalk.toml)."""
 
-    POSITIVE: ClassVar[tuple[str, ...]] = ("batch_size", "grad_accum_steps", "keep_checkpoints", "log_every",
-                                           "eval_steps")
-    FLAGLESS: ClassVar[tuple[str, ...]] = ("arch", "norm", "mlp", "positions", "bias", "tie_embeddings", "init",
-                                           "qk_norm", "logit_softcap",
-                                           "num_layers", "d_model", "num_heads", "d_ff", "rope_theta", "hellaswag",
-                                           "hellaswag_limit")
     COMMAND: ClassVar[str] = "sft"
 
     data: str = _setting("", "conversations: .jsonl / .parquet files, folders or globs of them, 'hf:NAME[:CONFIG]' "
                              "(e.g. hf:HuggingFaceTB/smol-smoltalk) or 'python-docs-chat' (embedded) (required)",
                          "SRC")
     tokenizer: str = _setting("", "the base model's tokenizer directory; role tokens are added when it lacks them "
-                                  "(default when resuming: RUN_DIR/tokenizer)", "DIR")
+                                  "(default: the base run's tokenizer; when resuming, RUN_DIR/tokenizer)", "DIR")
     out: str = _setting("runs/sft", "run directory: config.json, metrics.jsonl, checkpoints/, tokenizer/", "RUN_DIR")
     checkpoint: str = _setting("", "the base model (a run dir, step dir or .safetensors file), or 'latest' to "
                                    "resume the newest checkpoint in --out (required)", "BASE|latest")
@@ -308,7 +312,7 @@ class SFTConfig(TrainConfig):
     train_steps: int = _setting(0, "optimizer steps in the whole run (0: from --epochs)")
     lr: float = _setting(1e-5, "peak learning rate after warmup")
     warmup_steps: int = _setting(0, "linear warmup steps")
-    weight_decay: float = _setting(0.0, "AdamW decoupled weight decay (matrices only)")
+    weight_decay: float = _setting(0.0, "AdamW decoupled weight decay (matrices only, unless --decay_all)")
     eval_every: int = _setting(100, "evaluate on the held-out conversations every N steps and at the end "
                                     "(0: only at the end)")
     eval_steps: int = _setting(20, "held-out batches (batch_size x world size rows each) per evaluation")

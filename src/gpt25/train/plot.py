@@ -1,7 +1,7 @@
 """Training curves like the recipe's results figure, several runs overlaid, as one image (PNG, PDF or SVG).
 
 Panels: train and validation loss, validation perplexity, learning rate, throughput (tokens/s),
-validation bits per byte, and HellaSwag accuracy with a smoothed line (one evaluation is noisy).
+validation bits per byte, and HellaSwag accuracy with a smoothed line (one evaluation is noisy) beside CORE.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ PANELS = (
     ("learning rate", ("lr",), "learning rate"),
     ("throughput", ("tokens_per_second",), "tokens / s"),
     ("bits per byte", ("val_bpb",), "validation bits per byte"),
-    ("accuracy", ("hellaswag_acc_norm", "val_accuracy"), "HellaSwag acc_norm / assistant token accuracy"),
+    ("accuracy", ("hellaswag_acc_norm", "core", "val_accuracy"), "HellaSwag acc_norm / CORE / assistant token accuracy"),
 )
 
 

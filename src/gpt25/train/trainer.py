@@ -2,19 +2,22 @@
 
 `train(config)` runs unchanged in one CPU process and under torchrun (FSDP2 or DDP, see
 `distributed`). Each optimizer step accumulates `grad_accum_steps` micro-batches (gradients are
-synchronised on the last one only), clips the global gradient norm, sets the learning rate
-(cosine or warmup-stable-decay) and steps the optimizer (AdamW or Muon). Around the loop: periodic evaluation (validation loss, perplexity, bits per
-byte, optional HellaSwag), periodic checkpoints, exact resume, a NaN/inf guard that stops before a
-bad update reaches the weights, and SIGTERM / SIGINT handling that saves a checkpoint and stops.
+synchronised on the last one only), clips the global gradient norm, sets the learning rate (cosine or
+warmup-stable-decay) and steps the optimizer (AdamW or Muon). Around the loop: periodic evaluation
+(validation loss, perplexity, bits per byte, optional HellaSwag and CORE), periodic checkpoints, exact
+resume, a NaN/inf guard that stops before a bad update reaches the weights, and SIGTERM / SIGINT handling that saves a checkpoint and stops.
+
+What a run trains on is a `Task` the trainer is given, not a subclass: `Pretraining` (token shards,
+`gpt25 train`) here, `gpt25.train.sft.FineTuning` (packed conversations from a base checkpoint,
+`gpt25 sft`) there. A task names the tokenizer and model, the loader, the loss mask and the
+evaluation; the loop, optimizer, checkpoints and resume are the trainer's alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
 import random
 import signal
 import sys
@@ -31,11 +34,13 @@ from gpt25 import checkpoint as ckpt
 from gpt25.data import load_split
 from gpt25.data.loader import ShardLoader
 from gpt25.eval import evaluate_hellaswag, evaluate_loss, load_hellaswag
-from gpt25.model import parameter_groups
+from gpt25.eval.core import CoreTask, evaluate_core, load_core_tasks
+from gpt25.files import write_json_atomic
+from gpt25.model import ModelConfig, TransformerLM, parameter_groups
 from gpt25.optim import AdamW, Muon, clip_grad_norm, cross_entropy, learning_rate
 from gpt25.tokenizer import Tokenizer
 from gpt25.train import distributed
-from gpt25.train.config import TrainConfig
+from gpt25.train.config import RunConfig, TrainConfig
 from gpt25.train.throughput import peak_flops
 from gpt25.train.tracking import Tracker
 
@@ -46,30 +51,20 @@ class TrainingDiverged(ValueError):
     """The loss, gradient norm or weights became NaN or inf; the last good checkpoint is left as it was."""
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) one training run; returns a summary of losses, speed and paths.
-
-    Under torchrun this joins (and afterwards leaves) the process group, unless the caller made it.
-    """
+def train(config: RunConfig, task: Task | None = None) -> dict[str, Any]:
+    """Run (or resume) one training run (pretraining unless `task` says otherwise); returns a summary of
+    losses, speed and paths. Under torchrun this joins (and afterwards leaves) the process group, unless
+    the caller made it."""
     caller_owns_group = torch.distributed.is_initialized()
     context = distributed.init_distributed(config.device)
     try:
-        return Trainer(config, context).run()
+        return Trainer(config, context, task).run()
     finally:
         if not caller_owns_group:
             distributed.shutdown_distributed()
 
 
-def load_tokenizer(config: TrainConfig) -> tuple[Tokenizer, str]:
-    """The tokenizer named by --tokenizer, else DATA/tokenizer; and its resolved directory."""
-    directory = Path(config.tokenizer) if config.tokenizer else Path(config.data) / "tokenizer"
-    if not directory.is_dir():
-        raise FileNotFoundError(f"tokenizer directory {directory} not found; pass --tokenizer DIR "
-                                "(the one the shards were prepared with)")
-    return Tokenizer.load(directory), str(directory)
-
-
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> AdamW:
+def build_optimizer(model: torch.nn.Module, config: RunConfig) -> AdamW:
     """--optimizer's: AdamW over `parameter_groups`, or Muon for the blocks' matrices and AdamW for the rest."""
     muon = config.optimizer == "muon"
     groups = parameter_groups(model, config.weight_decay, config.decay_all, muon=muon)
@@ -111,40 +106,111 @@ class StopSignal:
             signal.signal(number, handler)
 
 
+class Task:
+    """What a run trains on. The trainer calls `setup`, `base_model`, `loader`, then, as the run goes,
+    `on_start`, `evaluate` and `summary`; `ignore_index` marks the targets left out of the loss, and
+    `core_tasks` are scored every --core_every steps (pretraining only)."""
+
+    ignore_index: int | None = None
+    core_tasks: list[CoreTask] | None = None
+
+    def setup(self, config: RunConfig, context: distributed.DistributedContext) -> tuple[RunConfig, Tokenizer,
+                                                                                          ModelConfig]:
+        """The resolved config (the one config.json records), the tokenizer, and the model's config."""
+        raise NotImplementedError
+
+    def base_model(self, config: RunConfig) -> TransformerLM | None:
+        """Weights to start from, or None for a freshly initialised model."""
+        return None
+
+    def resume_source(self, config: RunConfig) -> str:
+        """The checkpoint to resume (a path, 'latest', or '' to start fresh)."""
+        return config.checkpoint
+
+    def loader(self, trainer: Trainer) -> Any:
+        """The training batches: `next_batch()` gives (inputs, targets), each (batch, seq)."""
+        raise NotImplementedError
+
+    def on_start(self, trainer: Trainer) -> None:
+        """Written beside RUN_DIR/config.json on the main rank before the first step."""
+
+    def evaluate(self, trainer: Trainer) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def summary(self, trainer: Trainer) -> dict[str, Any]:
+        """What this task adds to the run's summary."""
+        return {}
+
+
+class Pretraining(Task):
+    """`gpt25 train`: token shards in, validation loss / perplexity / bits per byte (HellaSwag, CORE) out."""
+
+    def setup(self, config: TrainConfig, context: distributed.DistributedContext) -> tuple[TrainConfig, Tokenizer,
+                                                                                            ModelConfig]:
+        if not config.data:
+            raise ValueError("--data is required: a directory made by `gpt25 data prepare`")
+        # --tokenizer, else the one `gpt25 data prepare` left beside the shards
+        directory = Path(config.tokenizer) if config.tokenizer else Path(config.data) / "tokenizer"
+        if not directory.is_dir():
+            raise FileNotFoundError(f"tokenizer directory {directory} not found; pass --tokenizer DIR "
+                                    "(the one the shards were prepared with)")
+        tokenizer = Tokenizer.load(directory)
+        return dataclasses.replace(config, tokenizer=str(directory)), tokenizer, config.model_config(tokenizer.vocab_size)
+
+    def loader(self, trainer: Trainer) -> ShardLoader:
+        config, context = trainer.config, trainer.context
+        self.val_tokens = load_split(config.data, "val", trainer.tokenizer)
+        self.hellaswag = load_hellaswag(config.hellaswag) if config.hellaswag else None
+        self.core_tasks = load_core_tasks(config.core_bundle, config.core_limit) if config.core_every else None
+        # eval_steps global batches (without accumulation): the same tokens whatever the number of ranks
+        self.eval_tokens = config.eval_steps * config.batch_size * context.world_size * config.context_length
+        return ShardLoader(config.data, "train", config.batch_size, config.context_length, rank=context.rank,
+                           world_size=context.world_size, seed=config.seed, device=context.device,
+                           tokenizer=trainer.tokenizer)
+
+    def evaluate(self, trainer: Trainer) -> dict[str, Any]:
+        """Validation loss / perplexity / bits per byte (and HellaSwag) on every rank, each scoring a share."""
+        config, device = trainer.config, trainer.context.device
+        result = evaluate_loss(trainer.eval_model(), self.val_tokens, trainer.tokenizer,
+                               batch_size=config.batch_size, context_length=config.context_length, device=device,
+                               max_tokens=self.eval_tokens, autocast_dtype=trainer.eval_autocast_dtype())
+        metrics = {name: result[name] for name in ("val_loss", "val_perplexity", "val_bpb")}
+        if self.hellaswag is not None:
+            with trainer.autocast():
+                scores = evaluate_hellaswag(trainer.eval_model(), trainer.tokenizer, self.hellaswag,
+                                            batch_size=config.batch_size, device=device,
+                                            limit=config.hellaswag_limit or None)
+            metrics |= {"hellaswag_acc": scores["acc"], "hellaswag_acc_norm": scores["acc_norm"]}
+        return metrics
+
+
 class Trainer:
     """Everything one run holds: model, optimizer, data, tracker; `loop()` is the training loop."""
 
-    def __init__(self, config: TrainConfig, context: distributed.DistributedContext) -> None:
-        self.context = context
-        if not config.data:
-            raise ValueError("--data is required: a directory made by `gpt25 data prepare`")
+    def __init__(self, config: RunConfig, context: distributed.DistributedContext, task: Task | None = None) -> None:
+        self.context, self.task = context, task or Pretraining()
         if Path(config.out).exists() and not Path(config.out).is_dir():
             raise NotADirectoryError(f"--out {config.out} is a file; give a directory for the run")
-        self.tokenizer, tokenizer_dir = load_tokenizer(config)
+        config, self.tokenizer, self.model_config = self.task.setup(config, context)
         parallel = config.parallel if context.is_distributed else "none"
         compile_setting = "on" if config.compiles_on(context.device.type) else "off"
-        self.config = dataclasses.replace(config, tokenizer=tokenizer_dir, min_lr=config.resolved_min_lr,
+        self.config = dataclasses.replace(config, min_lr=config.resolved_min_lr, device=str(context.device),
                                           grad_accum_steps=config.accumulation_for(context.world_size),
-                                          device=str(context.device), parallel=parallel, compile=compile_setting)
+                                          parallel=parallel, compile=compile_setting)
         self.run_dir = Path(config.out)
         self.dtype = DTYPES[config.dtype]
         seed_everything(config.seed)
-        self.model_config = config.model_config(self.tokenizer.vocab_size)
-        self.model = distributed.build_model(self.model_config, context, parallel, self.dtype)
+        base = self.task.base_model(self.config)
+        self.model = distributed.build_model(self.model_config, context, parallel, self.dtype) if base is None \
+            else distributed.parallelize(base.to(context.device), context, parallel, self.dtype)
         self.lm = distributed.unwrap(self.model)
         self.sharded = distributed.is_fsdp(self.model)
         # The loss is compiled with the forward, so the (batch, seq, vocab) logits never round-trip memory in eager.
         self.compute_loss = torch.compile(self.model_loss) if compile_setting == "on" else self.model_loss
-        self.optimizer = build_optimizer(self.lm, config)
-        self.loader = ShardLoader(config.data, "train", config.batch_size, config.context_length, rank=context.rank,
-                                  world_size=context.world_size, seed=config.seed, device=context.device,
-                                  tokenizer=self.tokenizer)
-        self.val_tokens = load_split(config.data, "val", self.tokenizer)
-        self.hellaswag = load_hellaswag(config.hellaswag) if config.hellaswag else None
-        self.tokens_per_step = config.batch_size * self.config.grad_accum_steps * config.context_length * \
-            context.world_size
-        # eval_steps global batches (without accumulation): the same tokens whatever the number of ranks
-        self.eval_tokens = config.eval_steps * config.batch_size * context.world_size * config.context_length
+        self.optimizer = build_optimizer(self.lm, self.config)
+        self.loader = self.task.loader(self)
+        self.tokens_per_step = (config.batch_size * self.config.grad_accum_steps * config.context_length
+                                * context.world_size)
         self.flops_per_token = self.lm.flops_per_token()
         self.peak_flops, self.peak_source = peak_flops(context.device, self.dtype)
         self.step = 0
@@ -161,7 +227,7 @@ class Trainer:
 
     def resume(self) -> None:
         """Load --checkpoint (a path, or 'latest' in --out; 'latest' with none there starts fresh)."""
-        source = self.config.checkpoint
+        source = self.task.resume_source(self.config)
         if not source:
             if ckpt.list_checkpoints(self.run_dir):
                 raise FileExistsError(f"{self.run_dir} already holds checkpoints; pass --checkpoint latest to resume "
@@ -196,7 +262,7 @@ class Trainer:
         if same_layout:
             ckpt.restore_rng_state(mine["rng"])
 
-    def write_run_config(self) -> Path:
+    def write_run_config(self) -> None:
         """RUN_DIR/config.json: every resolved setting plus what was derived from them."""
         derived = {"model": self.model_config.to_dict(), "world_size": self.context.world_size,
                    "tokens_per_step": self.tokens_per_step,
@@ -204,11 +270,7 @@ class Trainer:
                    "num_params": self.lm.num_params(), "flops_per_token": self.flops_per_token,
                    "peak_flops": self.peak_flops, "peak_flops_source": self.peak_source,
                    "tokenizer_fingerprint": self.tokenizer.fingerprint(), "torch_version": torch.__version__}
-        path = self.run_dir / "config.json"
-        temporary = path.with_name(f".tmp-{path.name}")
-        temporary.write_text(json.dumps(self.config.to_dict() | {"derived": derived}, indent=2) + "\n")
-        os.replace(temporary, path)
-        return path
+        write_json_atomic(self.run_dir / "config.json", self.config.to_dict() | {"derived": derived})
 
     def log_line(self, message: str) -> None:
         if self.context.is_main:
@@ -222,6 +284,7 @@ class Trainer:
         tracker = None
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.task.on_start(self)
             self.write_run_config()
             tracker = Tracker(self.run_dir, self.config.tracker, self.config.to_dict(), resume_step=self.step)
             self.log_line(f"{self.lm.num_params():,} parameters, {self.tokens_per_step:,} tokens/step, "
@@ -265,13 +328,20 @@ class Trainer:
                                             "memory_gb": self.memory_gb(), "elapsed_s": time.perf_counter() - started})
                     window_seconds, window_steps = 0.0, 0
 
-                # ----- evaluate -----
-                if self.is_due(self.config.eval_every):
-                    self.last_eval = self.evaluate()
+                # ----- evaluate (CORE on its own schedule) -----
+                core_due = self.task.core_tasks is not None and self.is_due(self.config.core_every)
+                if self.is_due(self.config.eval_every) or core_due:
+                    metrics = self.evaluate() if self.is_due(self.config.eval_every) else {}
+                    if core_due:
+                        with self.autocast():
+                            metrics["core"] = evaluate_core(self.eval_model(), self.tokenizer, self.task.core_tasks,
+                                                            batch_size=self.config.batch_size,
+                                                            device=self.context.device)["core"]
+                    self.last_eval |= metrics
                     if tracker is not None:
-                        tracker.log(self.step, self.last_eval)
+                        tracker.log(self.step, metrics)
                     self.log_line(f"step {self.step}: " + ", ".join(
-                        f"{name} {value:.4f}" for name, value in self.last_eval.items() if value is not None))
+                        f"{name} {value:.4f}" for name, value in metrics.items() if value is not None))
 
                 # ----- save (a stop request on any rank saves here too) -----
                 if self.is_due(self.config.save_every) or stopped:
@@ -295,18 +365,20 @@ class Trainer:
                 "final_train_loss": train_loss, "final_val_loss": self.last_eval.get("val_loss"),
                 "final_val_perplexity": self.last_eval.get("val_perplexity"),
                 "final_val_bpb": self.last_eval.get("val_bpb"),
-                "hellaswag_acc_norm": self.last_eval.get("hellaswag_acc_norm"),
+                "hellaswag_acc_norm": self.last_eval.get("hellaswag_acc_norm"), "core": self.last_eval.get("core"),
                 "tokens_seen": self.step * self.tokens_per_step, "tokens_per_second": mean_rate,
                 "mfu": self.mfu(mean_rate) if mean_rate else None, "memory_gb": self.memory_gb(),
                 "elapsed_s": time.perf_counter() - started, "num_params": self.lm.num_params(),
                 "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
-                "metrics": str(self.run_dir / "metrics.jsonl"), "config": str(self.run_dir / "config.json")}
+                "metrics": str(self.run_dir / "metrics.jsonl"), "config": str(self.run_dir / "config.json"),
+                **self.task.summary(self)}
 
     # ----- what the loop calls: one optimizer step, evaluation, checkpoint -----
 
     def model_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the model's next-token predictions; inputs, targets (batch, seq)."""
-        return cross_entropy(self.model(inputs), targets)
+        """Mean cross-entropy of the model's next-token predictions (over the targets the task keeps);
+        inputs, targets (batch, seq)."""
+        return cross_entropy(self.model(inputs), targets, ignore_index=self.task.ignore_index)
 
     def train_step(self, stop_requested: bool) -> tuple[float, float, float, bool]:
         """One optimizer step over grad_accum_steps micro-batches.
@@ -351,19 +423,14 @@ class Trainer:
         return TrainingDiverged(f"{what}, training stopped: {kept}")
 
     def evaluate(self) -> dict[str, Any]:
-        """Validation loss / perplexity / bits per byte (and HellaSwag) on every rank, each scoring a share."""
-        autocast_dtype = None if self.dtype == torch.float32 or self.sharded else self.dtype
-        result = evaluate_loss(self.model if self.sharded else self.lm, self.val_tokens, self.tokenizer,
-                               batch_size=self.config.batch_size, context_length=self.config.context_length,
-                               device=self.context.device, max_tokens=self.eval_tokens, autocast_dtype=autocast_dtype)
-        metrics = {name: result[name] for name in ("val_loss", "val_perplexity", "val_bpb")}
-        if self.hellaswag is not None:
-            with self.autocast():
-                scores = evaluate_hellaswag(self.model if self.sharded else self.lm, self.tokenizer, self.hellaswag,
-                                            batch_size=self.config.batch_size, device=self.context.device,
-                                            limit=self.config.hellaswag_limit or None)
-            metrics |= {"hellaswag_acc": scores["acc"], "hellaswag_acc_norm": scores["acc_norm"]}
-        return metrics
+        return self.task.evaluate(self)
+
+    def eval_model(self) -> torch.nn.Module:
+        """The model evaluation runs: FSDP's wrapper (it gathers the shards), else the uncompiled, unwrapped model."""
+        return self.model if self.sharded else self.lm
+
+    def eval_autocast_dtype(self) -> torch.dtype | None:
+        return None if self.dtype == torch.float32 or self.sharded else self.dtype
 
     def save(self) -> Path:
         """Checkpoint the current step (collective: every rank calls it), then drop old ones.
