@@ -13,7 +13,7 @@
 #
 # Stages run in priority order, each time-boxed and all inside one deadline (GPU_CHECK_SECONDS,
 # default 540; 1800 for the dry run), so a slow stage cannot eat the rest:
-#   1 the CUDA tests (-m cuda)        2 generation benchmark          3 the 124M recipe through
+#   1 the CUDA tests (-m cuda)        2 generation benchmark          3 the 124M recipe and gpt25x through
 #   `gpt25 train` + model step vs transformers + the NaN guard's sync  4 SIGTERM and resume
 #   5 `data prepare` with 1-16 workers  7 `gpt25 sft` from stage 3's checkpoint + the serving engine
 #   (benchmarks/engine.py)              8 CORE (`gpt25 eval --core --core_limit`) on stage 3's checkpoint
@@ -57,8 +57,9 @@ G="$PY -m gpt25"
 if [ $mode = gpu ]; then
     DEVICE=cuda
     GENERATE="--configs 124m --batch-sizes 1,8 --new-tokens 200 --repeats 2 --dtype bf16"
-    TRAIN="--config configs/gpt25-124m.toml --batch_size 32 --grad_accum_steps 1 --train_steps 300
+    TRAIN="--batch_size 32 --grad_accum_steps 1 --total_batch_tokens 0 --train_steps 300
            --warmup_steps 30 --eval_every 150 --eval_steps 8 --save_every 300 --log_every 25 --compile"
+    RECIPE="--config configs/gpt25-124m.toml" PRESET="--config configs/gpt25x-124m.toml"
     MODEL_STEP="--configs 124m --dtypes bf16 --batch-size 32 --steps 10 --warmup 3 --compile"
     SYNC="--config configs/gpt25-124m.toml --set compile=on --steps 20 --repeats 3"
     RESUME="--config configs/gpt25-124m.toml --batch_size 4 --grad_accum_steps 1 --train_steps 100000
@@ -76,6 +77,7 @@ else
     GENERATE="--configs tiny --batch-sizes 1 --new-tokens 8 --repeats 1 --dtype fp32 --skip-no-cache"
     TRAIN="$TINY --batch_size 8 --train_steps 6 --warmup_steps 2 --eval_every 3 --eval_steps 2 --save_every 6
            --log_every 1"
+    RECIPE="" PRESET="--arch gpt25x --optimizer muon --schedule wsd"
     MODEL_STEP="--configs tiny --dtypes fp32 --batch-size 1 --steps 1 --warmup 0"
     SYNC="--set context_length=32 d_model=32 num_layers=2 num_heads=2 d_ff=64 batch_size=4 --steps 2 --repeats 1"
     RESUME="$TINY --batch_size 4 --train_steps 100000 --warmup_steps 2 --save_every 2 --eval_every 0 --eval_steps 2
@@ -150,10 +152,13 @@ generate_benchmark() {
     $PY benchmarks/generate.py --device $DEVICE $GENERATE --json "$WORK/generate.json"
 }
 
-# ----- 3. the recipe's model through `gpt25 train`, the bare step vs transformers, the NaN guard's sync -----
+# ----- 3. the recipe's model and the gpt25x preset's through `gpt25 train` (the same steps and tokens), the bare
+# step vs transformers, the NaN guard's sync -----
 
 train_recipe() {
-    $G train $TRAIN --device $DEVICE --data "$WORK/shards" --tokenizer "$WORK/tok" --out "$WORK/run" 2>&1 |
+    $G train $RECIPE $TRAIN --device $DEVICE --data "$WORK/shards" --tokenizer "$WORK/tok" --out "$WORK/run" 2>&1 |
+        tr '\r' '\n' | grep -v "^train:"
+    $G train $PRESET $TRAIN --device $DEVICE --data "$WORK/shards" --tokenizer "$WORK/tok" --out "$WORK/run_x" 2>&1 |
         tr '\r' '\n' | grep -v "^train:"
 }
 

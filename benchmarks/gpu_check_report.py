@@ -111,6 +111,23 @@ def generate_rows(table: Table, results: dict | None) -> None:
             f"{name} {'same' if same else 'differ'}" for name, same in agreement.items()))
 
 
+def preset_rows(table: Table, work: Path) -> dict:
+    """The gpt25x preset's run beside the recipe's: val loss at each evaluation (equal tokens) and tokens/s."""
+    recipe, preset = (read_jsonl(work / name / "metrics.jsonl") for name in ("run", "run_x"))
+    rates = [row["tokens_per_second"] for row in preset if row.get("tokens_per_second")][1:]
+    if not rates:
+        table.add("3 train", "gpt25x run", "no metrics (see log.txt)", "", False)
+        return {}
+    recipe_loss = {row["step"]: row["val_loss"] for row in recipe if "val_loss" in row}
+    pairs = [(row["step"], recipe_loss.get(row["step"]), row["val_loss"]) for row in preset if "val_loss" in row]
+    table.add("3 train", "val loss recipe / gpt25x at equal tokens", ", ".join(
+        f"{step}: {mine:.3f} / {theirs:.3f}" if mine is not None else f"{step}: - / {theirs:.3f}"
+        for step, mine, theirs in pairs))
+    table.add("3 train", "gpt25x train tokens/s (median of log windows)", f"{statistics.median(rates):,.0f}")
+    return {"tokens_per_second": statistics.median(rates),
+            "val_loss": [{"step": step, "recipe": mine, "gpt25x": theirs} for step, mine, theirs in pairs]}
+
+
 def train_rows(table: Table, work: Path) -> dict:
     rows = read_jsonl(work / "run" / "metrics.jsonl")
     config = read_json(work / "run" / "config.json") or {}
@@ -263,7 +280,7 @@ def main() -> None:
     sections: list[tuple[str, Callable[[], Any]]] = [
         ("cuda_tests", lambda: tests_rows(table, "1 CUDA tests", junit_counts(args.out / "tests.xml"))),
         ("generate", lambda: generate_rows(table, read_json(args.work / "generate.json"))),
-        ("train", lambda: train_rows(table, args.work)),
+        ("train", lambda: train_rows(table, args.work) | {"preset": preset_rows(table, args.work)}),
         ("model_step", lambda: model_step_rows(table, read_json(args.work / "model.json"))),
         ("sync_cost", lambda: sync_rows(table, read_json(args.work / "sync.json"))),
         ("resume", lambda: resume_rows(table, args.work)),

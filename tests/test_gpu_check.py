@@ -29,6 +29,7 @@ def test_the_cpu_dry_run_runs_every_stage_and_summarises_them(tmp_path: Path) ->
     assert [(name, status) for name, status, _, _ in stages] == [(name, "0") for name in STAGES]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["mode"] == "dry" and results["train"]["tokens_per_second"] > 0
+    assert results["train"]["preset"]["tokens_per_second"] > 0 and results["train"]["preset"]["val_loss"]
     assert results["resume"]["compared_steps"] > 0
     assert results["resume"]["identical"] == results["resume"]["compared_steps"]  # one thread: bit for bit
     assert set(results["data_scaling"]) == {"1", "2"}

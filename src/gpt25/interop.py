@@ -72,8 +72,10 @@ GPT2_PREFIX = "transformer."
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # the tanh approximation, under its two names
 # What each transformers class needs of the model's components (the others it represents either way).
 HF_CLASSES = {
-    "LlamaForCausalLM": {name: ARCHITECTURES["gpt25"][name] for name in ("norm", "mlp", "positions", "bias")},
-    "GPT2LMHeadModel": {name: ARCHITECTURES["gpt2"][name] for name in ("norm", "mlp", "positions")},
+    "LlamaForCausalLM": {name: ARCHITECTURES["gpt25"][name]
+                         for name in ("norm", "mlp", "positions", "bias", "qk_norm", "logit_softcap")},
+    "GPT2LMHeadModel": {name: ARCHITECTURES["gpt2"][name] for name in ("norm", "mlp", "positions", "qk_norm",
+                                                                       "logit_softcap")},
 }
 
 

@@ -1,9 +1,10 @@
-"""Loss, optimizer and schedule, written by hand: cross_entropy, AdamW, cosine_lr, clip_grad_norm.
+"""Loss, optimizers and schedules, written by hand: cross_entropy, AdamW, Muon, cosine_lr, wsd_lr, clip_grad_norm.
 
 AdamW follows Loshchilov & Hutter (decoupled weight decay) with bias correction, in the same
 operation order as `torch.optim.AdamW`, so the two trajectories agree to float32 rounding. It
 updates all tensors of a group at once with `torch._foreach_*` ops (one kernel launch per op and
-group on GPU instead of one per parameter).
+group on GPU instead of one per parameter). Muon (modded-nanogpt's) is AdamW plus groups marked
+"muon", whose matrices step along their Nesterov momentum orthogonalised by a Newton-Schulz iteration.
 """
 
 from __future__ import annotations
@@ -98,9 +99,12 @@ class AdamW(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for (step, _device, _dtype), tensors in self._buckets(group).items():
-                self._update(group, step, *tensors)
+            self._step_group(group)
         return loss
+
+    def _step_group(self, group: dict) -> None:
+        for (step, _device, _dtype), tensors in self._buckets(group).items():
+            self._update(group, step, *tensors)
 
     def _buckets(self, group: dict) -> dict[tuple, tuple[list, list, list, list]]:
         """Advance each parameter's step and bucket (param, grad, m, v) by (step, device, dtype) for foreach ops."""
@@ -134,6 +138,88 @@ class AdamW(Optimizer):
         torch._foreach_div_(denominators, math.sqrt(1.0 - beta2**step))
         torch._foreach_add_(denominators, eps)
         torch._foreach_addcdiv_(params, exp_avgs, denominators, -step_size)
+
+
+def newton_schulz(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """The nearest semi-orthogonal matrix U V^T to matrix = U S V^T, roughly: modded-nanogpt's quintic iteration
+    x <- a x + (b A + c A^2) x, A = x x^T, whose coefficients push every singular value into about [0.7, 1.2]
+    in 5 steps (not exactly to 1, which trains as well and converges faster). (rows, cols) -> (rows, cols)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = matrix.bfloat16() if matrix.is_cuda else matrix.float()  # bfloat16 is fast on GPUs, slow on CPUs
+    tall = x.shape[-2] > x.shape[-1]
+    if tall:  # iterate on the wide orientation: the Gram matrix is the smaller one
+        x = x.mT
+    x = x / (x.norm() + 1e-7)  # singular values <= 1, where the iteration converges
+    for _ in range(steps):
+        gram = x @ x.mT  # (rows, rows)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.mT if tall else x).to(matrix.dtype)
+
+
+def orthogonalise(update: torch.Tensor) -> torch.Tensor:
+    """newton_schulz of a matrix; an FSDP2-sharded DTensor is gathered whole, and each rank keeps its shard."""
+    if not hasattr(update, "full_tensor"):
+        return newton_schulz(update)
+    from torch.distributed.tensor import distribute_tensor
+
+    # every rank computes the same full result, so each takes its own shard without communicating
+    return distribute_tensor(newton_schulz(update.full_tensor()), update.device_mesh, update.placements,
+                             src_data_rank=None)
+
+
+class Muon(AdamW):
+    """Muon for the groups marked {"muon": True} (the hidden 2-D matrices), AdamW for the rest.
+
+    Per matrix W (rows, cols) with gradient g: m = momentum m + (1 - momentum) g; the Nesterov update
+    u = (1 - momentum) g + momentum m is orthogonalised, then W <- W (1 - lr wd) - lr sqrt(max(1, rows/cols)) NS(u).
+    A Muon group's lr is its own; `lr_ratio` (its lr / the AdamW lr) lets one schedule drive both.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, muon_lr: float = 0.02, momentum: float = 0.95,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01) -> None:
+        if not 0.0 <= momentum < 1.0 or muon_lr < 0:
+            raise ValueError(f"need momentum in [0, 1) and muon_lr >= 0, got momentum={momentum}, muon_lr={muon_lr}")
+        super().__init__(params, lr, betas, eps, weight_decay)
+        for group in self.param_groups:
+            if group.setdefault("muon", False):
+                group.update(lr=muon_lr, momentum=momentum, lr_ratio=muon_lr / lr if lr else 1.0)
+
+    def _step_group(self, group: dict) -> None:
+        if not group["muon"]:
+            return super()._step_group(group)
+        lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            state = self.state[param]
+            if not state:
+                state["momentum_buffer"] = torch.zeros_like(param)
+            buffer = state["momentum_buffer"]
+            buffer.lerp_(param.grad, 1.0 - momentum)
+            update = orthogonalise(param.grad.lerp(buffer, momentum))  # Nesterov: a step past the momentum
+            rows, cols = param.shape
+            param.mul_(1.0 - lr * weight_decay)
+            param.add_(update, alpha=-lr * max(1.0, rows / cols) ** 0.5)
+        return None
+
+
+def learning_rate(schedule: str, step: int, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """`schedule` (cosine or wsd) at `step` of `total_steps`."""
+    return (wsd_lr if schedule == "wsd" else cosine_lr)(step, max_lr, min_lr, warmup_steps, total_steps)
+
+
+def wsd_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int,
+           decay_fraction: float = 0.4) -> float:
+    """Warmup-stable-decay (modded-nanogpt's): linear warmup, max_lr held, then a linear decay to min_lr over
+    the last `decay_fraction` of the steps (at least those after warmup): most steps at the peak lr."""
+    decay_start = max(warmup_steps, round(total_steps * (1.0 - decay_fraction)))
+    if step < warmup_steps:
+        return max_lr * step / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    if step < decay_start:
+        return max_lr
+    return max_lr + (min_lr - max_lr) * (step - decay_start) / (total_steps - decay_start)
 
 
 def cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, cosine_steps: int) -> float:

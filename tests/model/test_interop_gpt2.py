@@ -115,8 +115,8 @@ def test_gpt2_reader_refuses_what_it_cannot_compute(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("changes", "named"), [
     (dict(arch="gpt2", mlp="swiglu"), "this model has mlp=swiglu"),
     (dict(arch="gpt25", norm="layernorm"), "this model has norm=layernorm"),
-    (dict(arch="gpt25", bias=True), "LlamaForCausalLM needs norm=rmsnorm, mlp=swiglu, positions=rope, bias=False "
-                                    "(this model has bias=True)"),
+    (dict(arch="gpt25", bias=True), "LlamaForCausalLM needs norm=rmsnorm, mlp=swiglu, positions=rope, bias=False, "
+                                    "qk_norm=False, logit_softcap=0.0 (this model has bias=True)"),
 ])
 def test_export_refuses_a_mix_no_transformers_class_represents(changes: dict, named: str, tmp_path: Path) -> None:
     components = {name: value for name, value in changes.items() if name != "arch"}

@@ -144,3 +144,22 @@ def test_gpt2_preset_under_ddp_matches_one_process(corpus_data: dict[str, Path],
     assert list(losses(out)) == [1, 2, 3, 4, 5, 6]
     for step, loss in losses(gpt2_single_run).items():
         assert losses(out)[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
+
+
+def test_muon_under_fsdp_matches_one_process_and_resumes(corpus_data: dict[str, Path], tmp_path: Path,
+                                                         tiny_config) -> None:
+    """Muon gathers each sharded matrix for its iteration; 2 ranks take the same steps as 1 process, and the
+    sharded momentum resumes in one process."""
+    muon = ["--optimizer", "muon", "--muon_lr", "0.02", "--schedule", "wsd"]
+    single, sharded = tmp_path / "single", tmp_path / "fsdp"
+    settings = {"train_steps": 6, "save_every": 3, "eval_every": 6, "optimizer": "muon", "muon_lr": 0.02,
+                "schedule": "wsd"}
+    train(tiny_config(single, **settings))
+    run_command(two_rank_command(corpus_data, sharded, "--parallel", "fsdp", *muon))
+    assert list(losses(sharded)) == [1, 2, 3, 4, 5, 6] and losses(single)[6] < losses(single)[1]
+    for step, loss in losses(single).items():
+        assert losses(sharded)[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
+    shutil.rmtree(sharded / "checkpoints" / "step_0000006")
+    train(tiny_config(sharded, checkpoint="latest", **settings))
+    for step in (4, 5, 6):
+        assert losses(sharded)[step] == pytest.approx(losses(single)[step], rel=1e-5, abs=1e-6), step

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.functional import scaled_dot_product_attention as fused_attention
 
 from gpt25.model.decoding import DecodingState
-from gpt25.model.layers import Linear, RotaryEmbedding, apply_rotary, linear, softmax
+from gpt25.model.layers import Linear, RMSNorm, RotaryEmbedding, apply_rotary, linear, softmax
 
 
 def scaled_dot_product_attention(
@@ -39,7 +39,8 @@ def causal_mask(num_queries: int, num_keys: int, device: torch.device | None = N
 
 class MultiHeadSelfAttention(nn.Module):
     """Causal self-attention; RoPE on q and k per head (when given); q/k/v/output_proj (d_model, d_model) each,
-    with biases when `bias`; `std`/`output_std` initialise the input and output projections as Linear's.
+    with biases when `bias`; `std`/`output_std` initialise the input and output projections as Linear's;
+    `qk_norm`: RMSNorm (a gain per head dim, shared by the heads) on each head's q and k before RoPE.
 
     The three input projections are concatenated at compute time into one (3 d_model, d_model)
     matmul, which keeps checkpoints stable while doing a single large GEMM.
@@ -54,6 +55,7 @@ class MultiHeadSelfAttention(nn.Module):
         bias: bool = False,
         std: float | None = None,
         output_std: float | None = None,
+        qk_norm: bool = False,
         device=None,
         dtype=None,
     ) -> None:
@@ -67,6 +69,8 @@ class MultiHeadSelfAttention(nn.Module):
         self.k_proj = Linear(d_model, d_model, bias, std, device=device, dtype=dtype)
         self.v_proj = Linear(d_model, d_model, bias, std, device=device, dtype=dtype)
         self.output_proj = Linear(d_model, d_model, bias, output_std, device=device, dtype=dtype)
+        self.q_norm = RMSNorm(self.head_dim, device=device, dtype=dtype) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, device=device, dtype=dtype) if qk_norm else None
 
     def project_qkv(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         """(batch, seq, d_model) -> (batch, seq, 3, heads, head_dim) holding q, k, v."""
@@ -92,6 +96,9 @@ class MultiHeadSelfAttention(nn.Module):
         qkv = self.project_qkv(x, kv_cache)  # (batch, seq, 3, heads, head_dim)
         # split (not slicing) so the backward is one cat rather than zero-filled scatters
         qk, v = qkv.split((2, 1), dim=2)  # (batch, seq, 2, heads, head_dim), (batch, seq, 1, heads, head_dim)
+        if self.q_norm is not None:  # bounds the attention logits whatever the weights' scale
+            q, k = qk.unbind(2)
+            qk = torch.stack((self.q_norm(q), self.k_norm(k)), dim=2)
         if self.rope is not None:
             if kv_cache is None:
                 cos = self.rope.cos[:seq_len, None, None, :]  # (seq, 1, 1, head_dim / 2)

@@ -1,7 +1,7 @@
 """The model's architecture hyper-parameters, checked on construction and saved with every checkpoint.
 
-Five components are chosen independently, so each difference between GPT-2 and the GPT 2.5 recipe
-can be switched on its own; `ARCHITECTURES` names the two complete sets. The defaults are the
+Each component is chosen independently, so each difference between GPT-2 and the GPT 2.5 recipe, and
+each of modded-nanogpt's changes to it, can be switched on its own; `ARCHITECTURES` names the complete sets. The defaults are the
 recipe, so a checkpoint whose meta predates these fields loads as what it is.
 """
 
@@ -11,16 +11,20 @@ from dataclasses import asdict, dataclass, fields
 
 COMPONENT_CHOICES = {
     "norm": ("rmsnorm", "layernorm"),
-    "mlp": ("swiglu", "gelu"),
+    "mlp": ("swiglu", "gelu", "relu2"),
     "positions": ("rope", "learned"),
-    "init": ("gpt25", "gpt2"),
+    "init": ("gpt25", "gpt2", "zero"),
 }
-# The components of each named architecture (`--arch`); bias and tie_embeddings are booleans.
+# The components of each named architecture (`--arch`); bias, tie_embeddings and qk_norm are booleans,
+# logit_softcap a number (0: off).
 ARCHITECTURES = {
     "gpt25": {"norm": "rmsnorm", "mlp": "swiglu", "positions": "rope", "bias": False, "tie_embeddings": False,
-              "init": "gpt25"},
+              "init": "gpt25", "qk_norm": False, "logit_softcap": 0.0},
     "gpt2": {"norm": "layernorm", "mlp": "gelu", "positions": "learned", "bias": True, "tie_embeddings": True,
-             "init": "gpt2"},
+             "init": "gpt2", "qk_norm": False, "logit_softcap": 0.0},
+    # The recipe with modded-nanogpt's changes: the one dict to edit when the ablation (docs/ablation.md) decides.
+    "gpt25x": {"norm": "rmsnorm", "mlp": "relu2", "positions": "rope", "bias": False, "tie_embeddings": False,
+               "init": "zero", "qk_norm": True, "logit_softcap": 15.0},
 }
 
 
@@ -36,11 +40,14 @@ class ModelConfig:
     d_ff: int
     rope_theta: float = 10000.0
     norm: str = "rmsnorm"  # rmsnorm | layernorm (gain and bias)
-    mlp: str = "swiglu"  # swiglu | gelu (tanh approximation, GPT-2's)
+    mlp: str = "swiglu"  # swiglu | gelu (tanh approximation, GPT-2's) | relu2 (relu(x)^2, modded-nanogpt's)
     positions: str = "rope"  # rope | learned (absolute position embeddings added to the tokens)
     bias: bool = False  # biases in every Linear but the output head
     tie_embeddings: bool = False  # the output head is the token embedding
     init: str = "gpt25"  # gpt25 (truncated, fan-scaled) | gpt2 (N(0, 0.02), residual outputs / sqrt(2 layers))
+    # | zero (gpt25's, but attention's and the MLP's output projections start at zero)
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE
+    logit_softcap: float = 0.0  # logits = cap * tanh(logits / cap); 0: off
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff"):
@@ -50,9 +57,11 @@ class ModelConfig:
         for name, allowed in COMPONENT_CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("bias", "tie_embeddings"):
+        for name in ("bias", "tie_embeddings", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if not self.logit_softcap >= 0:
+            raise ValueError(f"ModelConfig.logit_softcap must be >= 0 (0: off), got {self.logit_softcap!r}")
         if self.rope_theta <= 0:
             raise ValueError(f"ModelConfig.rope_theta must be positive, got {self.rope_theta!r}")
         if self.d_model % self.num_heads != 0:
@@ -81,14 +90,15 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig keys {sorted(unknown)}; expected a subset of {sorted(known)}")
         values = dict(data)
-        if "rope_theta" in values:
-            values["rope_theta"] = float(values["rope_theta"])
+        for name in ("rope_theta", "logit_softcap"):
+            if name in values:
+                values[name] = float(values[name])
         return cls(**values)
 
     @classmethod
     def preset(cls, arch: str, **shape) -> ModelConfig:
         """A config with the components of ARCHITECTURES[arch]; `shape` gives vocab_size, d_model, ... and may
-        override single components. d_ff, when not given, is the arch's: 4 d_model for GELU, SwiGLU's
+        override single components. d_ff, when not given, is the arch's: 4 d_model for GELU and ReLU^2, SwiGLU's
         8/3 d_model (same parameters) rounded up to a multiple of 64."""
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -99,7 +109,7 @@ class ModelConfig:
 
 
 def default_d_ff(d_model: int, mlp: str) -> int:
-    """The MLP width the recipes use: 4 d_model for GELU; for SwiGLU 8/3 d_model rounded up to 64."""
-    if mlp == "gelu":
+    """The MLP width the recipes use: 4 d_model for GELU and ReLU^2; for SwiGLU 8/3 d_model rounded up to 64."""
+    if mlp in ("gelu", "relu2"):
         return 4 * d_model
     return -(-8 * d_model // 3 // 64) * 64

@@ -1,5 +1,5 @@
-"""Hand-written building blocks: Linear, Embedding, RMSNorm, LayerNorm, SwiGLU, GeluMLP, rotary embedding,
-silu, gelu_tanh, softmax.
+"""Hand-written building blocks: Linear, Embedding, RMSNorm, LayerNorm, SwiGLU, GeluMLP, ReLU2MLP, rotary
+embedding, silu, gelu_tanh, softmax.
 
 Only tensors, autograd and `nn.Parameter` / `nn.Module` are used; every formula is written here.
 Initialisation lives in each module's `reset_parameters()` so a model built on the meta device can
@@ -61,7 +61,7 @@ class Linear(nn.Module):
     """y = x W^T (+ b); `weight` is (out_features, in_features).
 
     Initialisation: with `std` None (the recipe), N(0, 2 / (in + out)) cut at 3 std; with a number
-    (GPT-2), plain N(0, std^2). The bias, when there is one, starts at zero.
+    (GPT-2), plain N(0, std^2) (0: zeros). The bias, when there is one, starts at zero.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, std: float | None = None,
@@ -196,6 +196,14 @@ class GeluMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (..., d_model) -> (..., d_ff) -> (..., d_model)
         return self.w2(gelu_tanh(self.w1(x)))
+
+
+class ReLU2MLP(GeluMLP):
+    """modded-nanogpt's feed-forward: w2(relu(w1 x)^2), as cheap as GELU's and sparse."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (..., d_model) -> (..., d_ff) -> (..., d_model)
+        return self.w2(self.w1(x).clamp_min(0.0).square())
 
 
 class RotaryEmbedding(nn.Module):

@@ -2,7 +2,7 @@
 
 Which norm, MLP, positions, biases and head the model has is the ModelConfig's choice (`config.py`);
 each combination builds. Initialisation (each module's `reset_parameters`, re-run by
-`TransformerLM.init_weights()`), by `config.init`:
+`TransformerLM.init_weights()`), by `config.init` (`zero`: gpt25's, with attn.output_proj and ffn.w2 zero):
 
 | parameter                                    | gpt25                                 | gpt2                        |
 |----------------------------------------------|---------------------------------------|-----------------------------|
@@ -25,15 +25,15 @@ from torch import nn
 from gpt25.model.attention import MultiHeadSelfAttention
 from gpt25.model.config import ModelConfig
 from gpt25.model.decoding import DecodingState
-from gpt25.model.layers import Embedding, GeluMLP, LayerNorm, Linear, RMSNorm, RotaryEmbedding, SwiGLU, linear
+from gpt25.model.layers import Embedding, GeluMLP, LayerNorm, Linear, ReLU2MLP, RMSNorm, RotaryEmbedding, SwiGLU, linear
 
 GPT2_STD = 0.02
 
 
 def init_stds(config: ModelConfig) -> tuple[float | None, float | None]:
     """(std of the projections, std of the residual output projections); None means the recipe's fan-scaled init."""
-    if config.init == "gpt25":
-        return None, None
+    if config.init != "gpt2":
+        return None, (0.0 if config.init == "zero" else None)
     return GPT2_STD, GPT2_STD / math.sqrt(2 * config.num_layers)
 
 
@@ -57,9 +57,9 @@ class TransformerBlock(nn.Module):
         std, output_std = init_stds(config)
         self.ln1 = make_norm(config, device, dtype)
         self.attn = MultiHeadSelfAttention(config.d_model, config.num_heads, rope, layer_index, config.bias, std,
-                                           output_std, device=device, dtype=dtype)
+                                           output_std, config.qk_norm, device=device, dtype=dtype)
         self.ln2 = make_norm(config, device, dtype)
-        mlp_class = SwiGLU if config.mlp == "swiglu" else GeluMLP
+        mlp_class = {"swiglu": SwiGLU, "gelu": GeluMLP, "relu2": ReLU2MLP}[config.mlp]
         self.ffn = mlp_class(config.d_model, config.d_ff, config.bias, std, output_std, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
@@ -112,6 +112,8 @@ class TransformerLM(nn.Module):
         for layer in self.layers:
             x = layer(x, kv_cache)
         logits = self.head(self.ln_final(x))  # (batch, seq, vocab)
+        if self.config.logit_softcap:  # bounds the logits smoothly, so no token's grows without limit
+            logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
         if kv_cache is not None:
             kv_cache.advance(token_ids.shape[1])
         return logits
@@ -191,18 +193,21 @@ class TransformerLM(nn.Module):
         return 6 * (self.num_params(include_embeddings=False) + head) + 12 * config.num_layers * config.d_model * seq_len
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool = False, muon: bool = False) -> list[dict]:
     """Optimizer groups: matrices decay; norm gains and biases, Linear biases and embeddings (token and
-    position, and so a tied head) do not (unless `decay_all`)."""
-    if decay_all:
+    position, and so a tied head) do not (unless `decay_all`). With `muon`, the blocks' matrices (every
+    Linear weight but the output head's) form a group of their own marked {"muon": True}."""
+    if decay_all and not muon:
         return [{"params": [parameter for parameter in model.parameters() if parameter.requires_grad],
                  "weight_decay": weight_decay}]
-    decay, no_decay = [], []
+    hidden, decay, no_decay = [], [], []
     for module in model.modules():
         for name, parameter in module.named_parameters(recurse=False):
             if not parameter.requires_grad:
                 continue
             exempt = isinstance(module, (RMSNorm, LayerNorm, Embedding)) or name == "bias"
-            (no_decay if exempt else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            matrix = muon and isinstance(module, Linear) and name == "weight" and module is not model.lm_head
+            (hidden if matrix else no_decay if exempt and not decay_all else decay).append(parameter)
+    groups = [{"params": hidden, "weight_decay": weight_decay, "muon": True},
+              {"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]

@@ -27,15 +27,18 @@ CHOICES = {
     "tracker": ("none", "tensorboard", "wandb"),
     "parallel": ("fsdp", "ddp", "none"),
     # gpt25.model's ARCHITECTURES and COMPONENT_CHOICES, spelled out: importing the model would import torch.
-    "arch": ("gpt25", "gpt2"),
+    "arch": ("gpt25", "gpt2", "gpt25x"),
     "norm": ("rmsnorm", "layernorm"),
-    "mlp": ("swiglu", "gelu"),
+    "mlp": ("swiglu", "gelu", "relu2"),
     "positions": ("rope", "learned"),
-    "init": ("gpt25", "gpt2"),
+    "init": ("gpt25", "gpt2", "zero"),
     "bias": ("on", "off"),
     "tie_embeddings": ("on", "off"),
+    "qk_norm": ("on", "off"),
+    "optimizer": ("adamw", "muon"),
+    "schedule": ("cosine", "wsd"),
 }
-SWITCHES = ("bias", "tie_embeddings")  # on | off here, booleans in ModelConfig
+SWITCHES = ("bias", "tie_embeddings", "qk_norm")  # on | off here, booleans in ModelConfig
 
 
 # Settings renamed since: the old name still works as a flag and a TOML key.
@@ -52,7 +55,8 @@ class RunConfig:
 
     POSITIVE: ClassVar[tuple[str, ...]] = ("batch_size", "grad_accum_steps", "keep_checkpoints", "log_every",
                                            "eval_steps")  # settings that must be at least 1
-    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("lr", "eps", "weight_decay", "max_grad_norm")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("lr", "muon_lr", "eps", "weight_decay", "max_grad_norm",
+                                               "total_batch_tokens")
     COMMAND: ClassVar[str] = ""  # the command and the TOML table of these settings
 
     # Data and output (each command says what its data is).
@@ -64,10 +68,18 @@ class RunConfig:
     # Batch: global batch = batch_size x grad_accum_steps x world size sequences per step.
     batch_size: int = _setting(16, "sequences per micro-batch per process")
     grad_accum_steps: int = _setting(1, "micro-batches accumulated per optimizer step")
+    total_batch_tokens: int = _setting(0, "tokens per optimizer step, whatever the number of processes: sets "
+                                          "--grad_accum_steps to N / (world size x batch_size x context_length) "
+                                          "(0: use --grad_accum_steps)")
     # Optimisation.
     train_steps: int = _setting(1000, "optimizer steps in the whole run (sets the LR schedule length)")
+    optimizer: str = _setting("adamw", "adamw, or muon (Muon for the blocks' matrices, AdamW at --lr for "
+                                       "embeddings, head, norm gains and biases)")
+    muon_lr: float = _setting(0.02, "Muon's peak learning rate (--optimizer muon), scaled by sqrt(max(1, rows/cols))")
+    schedule: str = _setting("cosine", "lr schedule after warmup: cosine, or wsd (held at the peak, then a linear "
+                                       "decay over the last 0.4 of the steps)")
     lr: float = _setting(1e-3, "peak learning rate after warmup")
-    min_lr: float = _setting(-1.0, "learning rate at the end of the cosine decay (negative: lr / 10)")
+    min_lr: float = _setting(-1.0, "learning rate at the end of the decay (negative: lr / 10)")
     warmup_steps: int = _setting(100, "linear warmup steps")
     beta1: float = _setting(0.9, "AdamW beta1")
     beta2: float = _setting(0.95, "AdamW beta2")
@@ -112,6 +124,20 @@ class RunConfig:
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
 
+    def accumulation_for(self, world_size: int) -> int:
+        """The micro-batches per step: --total_batch_tokens / tokens per micro-batch of all ranks when it is set;
+        a ValueError naming the nearest values that divide evenly when it does not."""
+        if not self.total_batch_tokens:
+            return self.grad_accum_steps
+        micro = world_size * self.batch_size * self.context_length
+        steps, remainder = divmod(self.total_batch_tokens, micro)
+        if remainder or not steps:
+            nearest = " or ".join(f"{value:,}" for value in sorted({max(steps, 1) * micro, (steps + 1) * micro}))
+            raise ValueError(f"--total_batch_tokens {self.total_batch_tokens:,} is not a multiple of world size "
+                             f"{world_size} x batch_size {self.batch_size} x context_length {self.context_length} "
+                             f"= {micro:,}; use {nearest}")
+        return steps
+
     def compiles_on(self, device_type: str) -> bool:
         """Whether the training forward is compiled on this device type: auto means on for CUDA only."""
         return self.compile == "on" or self.compile == "auto" and device_type == "cuda"
@@ -138,14 +164,18 @@ class TrainConfig(RunConfig):
     checkpoint: str = _setting("", "resume from a checkpoint: a step dir, a run dir, or 'latest' (newest in "
                                       "--out; starts fresh when there is none)", "PATH|latest")
     # Architecture: a preset, and single components that override it (empty: the preset's).
-    arch: str = _setting("gpt25", "architecture preset: gpt25 (RMSNorm, SwiGLU, RoPE, no biases, untied head) or "
-                                  "gpt2 (LayerNorm, GELU, learned positions, biases, tied head, GPT-2 init)")
+    arch: str = _setting("gpt25", "architecture preset: gpt25 (RMSNorm, SwiGLU, RoPE, no biases, untied head), "
+                                  "gpt2 (LayerNorm, GELU, learned positions, biases, tied head, GPT-2 init) or "
+                                  "gpt25x (gpt25 with modded-nanogpt's changes: see docs/model.md)")
     norm: str = _setting("", "rmsnorm or layernorm (default: the --arch's)")
-    mlp: str = _setting("", "swiglu or gelu (default: the --arch's)")
+    mlp: str = _setting("", "swiglu, gelu or relu2 (default: the --arch's)")
     positions: str = _setting("", "rope or learned (default: the --arch's)")
     bias: str = _setting("", "biases in every Linear but the head: on or off (default: the --arch's)", "on|off")
     tie_embeddings: str = _setting("", "output head = token embedding: on or off (default: the --arch's)", "on|off")
-    init: str = _setting("", "initialisation: gpt25 or gpt2 (default: the --arch's)")
+    init: str = _setting("", "initialisation: gpt25, gpt2 or zero (gpt25's, output projections zero) "
+                             "(default: the --arch's)")
+    qk_norm: str = _setting("", "RMSNorm on each head's queries and keys: on or off (default: the --arch's)", "on|off")
+    logit_softcap: float = _setting(-1.0, "logits = cap * tanh(logits / cap); 0: off (negative: the --arch's)")
     # Model shape (vocab size comes from the tokenizer).
     num_layers: int = _setting(4, "number of transformer blocks")
     d_model: int = _setting(256, "embedding / residual width")
@@ -173,7 +203,7 @@ class TrainConfig(RunConfig):
         if preset is None:
             raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
         for name, value in preset.items():
-            if getattr(self, name) == "":
+            if getattr(self, name) == "" or name == "logit_softcap" and self.logit_softcap < 0:
                 setattr(self, name, ("on" if value else "off") if name in SWITCHES else value)
         if self.d_ff == 0 and self.mlp in CHOICES["mlp"]:
             self.d_ff = default_d_ff(self.d_model, self.mlp)

@@ -60,10 +60,10 @@ class FineTuning(Task):
             raise ValueError(f"--context_length {context_length} is longer than the base model's "
                              f"{base_config.context_length}; give at most that")
         self.train_rows, self.val_rows, self.stats = self.load_conversations(config, context_length)
-        rows_per_step = config.batch_size * config.grad_accum_steps * context.world_size
+        config = dataclasses.replace(config, tokenizer=str(self.run_dir / "tokenizer"), context_length=context_length)
+        rows_per_step = config.batch_size * config.accumulation_for(context.world_size) * context.world_size
         train_steps = config.train_steps or math.ceil(config.epochs * len(self.train_rows) / rows_per_step)
-        config = dataclasses.replace(config, tokenizer=str(self.run_dir / "tokenizer"), context_length=context_length,
-                                     train_steps=train_steps)
+        config = dataclasses.replace(config, train_steps=train_steps)
         return config, self.tokenizer, model_config
 
     def source_checkpoint(self, config: SFTConfig) -> tuple[Path | None, dict]:

@@ -2,10 +2,10 @@
 
 `train(config)` runs unchanged in one CPU process and under torchrun (FSDP2 or DDP, see
 `distributed`). Each optimizer step accumulates `grad_accum_steps` micro-batches (gradients are
-synchronised on the last one only), clips the global gradient norm, sets the cosine learning
-rate and steps AdamW. Around the loop: periodic evaluation (validation loss, perplexity, bits per
-byte, optional HellaSwag and CORE), periodic checkpoints, exact resume, a NaN/inf guard that stops before a
-bad update reaches the weights, and SIGTERM / SIGINT handling that saves a checkpoint and stops.
+synchronised on the last one only), clips the global gradient norm, sets the learning rate (cosine or
+warmup-stable-decay) and steps the optimizer (AdamW or Muon). Around the loop: periodic evaluation
+(validation loss, perplexity, bits per byte, optional HellaSwag and CORE), periodic checkpoints, exact
+resume, a NaN/inf guard that stops before a bad update reaches the weights, and SIGTERM / SIGINT handling that saves a checkpoint and stops.
 
 What a run trains on is a `Task` the trainer is given, not a subclass: `Pretraining` (token shards,
 `gpt25 train`) here, `gpt25.train.sft.FineTuning` (packed conversations from a base checkpoint,
@@ -37,7 +37,7 @@ from gpt25.eval import evaluate_hellaswag, evaluate_loss, load_hellaswag
 from gpt25.eval.core import CoreTask, evaluate_core, load_core_tasks
 from gpt25.files import write_json_atomic
 from gpt25.model import ModelConfig, TransformerLM, parameter_groups
-from gpt25.optim import AdamW, clip_grad_norm, cosine_lr, cross_entropy
+from gpt25.optim import AdamW, Muon, clip_grad_norm, cross_entropy, learning_rate
 from gpt25.tokenizer import Tokenizer
 from gpt25.train import distributed
 from gpt25.train.config import RunConfig, TrainConfig
@@ -64,10 +64,19 @@ def train(config: RunConfig, task: Task | None = None) -> dict[str, Any]:
             distributed.shutdown_distributed()
 
 
-def build_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
-    """The run's optimizer: AdamW over the model's weight-decay groups (the one place to choose another)."""
-    return AdamW(parameter_groups(model, config.weight_decay, config.decay_all), lr=config.lr,
-                 betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay)
+def build_optimizer(model: torch.nn.Module, config: RunConfig) -> AdamW:
+    """--optimizer's: AdamW over `parameter_groups`, or Muon for the blocks' matrices and AdamW for the rest."""
+    muon = config.optimizer == "muon"
+    groups = parameter_groups(model, config.weight_decay, config.decay_all, muon=muon)
+    adam = {"lr": config.lr, "betas": (config.beta1, config.beta2), "eps": config.eps,
+            "weight_decay": config.weight_decay}
+    return Muon(groups, muon_lr=config.muon_lr, **adam) if muon else AdamW(groups, **adam)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's lr for this step: `lr`, times a Muon group's ratio of its peak to AdamW's."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_ratio", 1.0)
 
 
 def seed_everything(seed: int) -> None:
@@ -186,6 +195,7 @@ class Trainer:
         parallel = config.parallel if context.is_distributed else "none"
         compile_setting = "on" if config.compiles_on(context.device.type) else "off"
         self.config = dataclasses.replace(config, min_lr=config.resolved_min_lr, device=str(context.device),
+                                          grad_accum_steps=config.accumulation_for(context.world_size),
                                           parallel=parallel, compile=compile_setting)
         self.run_dir = Path(config.out)
         self.dtype = DTYPES[config.dtype]
@@ -199,7 +209,8 @@ class Trainer:
         self.compute_loss = torch.compile(self.model_loss) if compile_setting == "on" else self.model_loss
         self.optimizer = build_optimizer(self.lm, self.config)
         self.loader = self.task.loader(self)
-        self.tokens_per_step = config.batch_size * config.grad_accum_steps * config.context_length * context.world_size
+        self.tokens_per_step = (config.batch_size * self.config.grad_accum_steps * config.context_length
+                                * context.world_size)
         self.flops_per_token = self.lm.flops_per_token()
         self.peak_flops, self.peak_source = peak_flops(context.device, self.dtype)
         self.step = 0
@@ -377,10 +388,9 @@ class Trainer:
         before the optimizer step so that a NaN/inf never reaches the weights (`check_finite`).
         """
         # Update number step + 1: the first update already gets a non-zero warmup lr.
-        lr = cosine_lr(self.step + 1, self.config.lr, self.config.min_lr, self.config.warmup_steps,
-                       self.config.train_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = learning_rate(self.config.schedule, self.step + 1, self.config.lr, self.config.min_lr,
+                           self.config.warmup_steps, self.config.train_steps)
+        set_learning_rate(self.optimizer, lr)
         num_micro = self.config.grad_accum_steps
         loss_sum = torch.zeros((), device=self.context.device)
         for micro_step in range(num_micro):
