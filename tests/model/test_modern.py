@@ -39,7 +39,9 @@ def test_each_component_generates_the_same_with_and_without_the_cache(changes: d
 
 
 def test_components_build_what_they_name() -> None:
-    model = TransformerLM(ModelConfig.preset("gpt25x", **SHAPE))
+    preset = ModelConfig.preset("gpt25x", **SHAPE)  # the changes the ablation kept: zero init beside the recipe
+    assert (preset.init, preset.mlp, preset.qk_norm, preset.logit_softcap) == ("zero", "swiglu", False, 0.0)
+    model = TransformerLM(ModelConfig.preset("gpt25", **SHAPE, mlp="relu2", init="zero", qk_norm=True))
     block = model.layers[0]
     assert model.config.d_ff == 4 * SHAPE["d_model"] and block.attn.q_norm is not None
     assert not block.attn.output_proj.weight.any() and not block.ffn.w2.weight.any()
