@@ -196,12 +196,17 @@ train_until() {
 
 resume() {
     local save_every=$(sed -n 's/.*--save_every \([0-9]*\).*/\1/p' <<< "$RESUME")
-    local until_step=$(( 3 * save_every ))
-    train_until "$WORK/straight" TERM "[ \$(last_step $WORK/straight) -ge $until_step ]" > /dev/null &
+    # The straight run stops at the step written to until_step once the interrupted run has saved: on a loaded
+    # machine that run may get past its first checkpoint before the signal lands, so the comparison counts
+    # from where it really saved, never from a fixed step (which it could already have passed).
+    echo 1000000000 > "$WORK/until_step"
+    train_until "$WORK/straight" TERM "[ \$(last_step $WORK/straight) -ge \$(cat $WORK/until_step) ]" > /dev/null &
     local straight=$!
     train_until "$WORK/resumed" TERM "[ -d $WORK/resumed/checkpoints/step_$(printf %07d "$save_every") ]" \
         > "$WORK/interrupted_status"
     ls "$WORK/resumed/checkpoints" | tail -n 1 | sed 's/step_0*//' > "$WORK/resume_step"
+    local until_step=$(( $(cat "$WORK/resume_step") + 2 * save_every ))
+    echo "$until_step" > "$WORK/until_step"
     echo "interrupted run: exit status $(cat "$WORK/interrupted_status") (143: stopped by SIGTERM after saving)," \
         "saved at step $(cat "$WORK/resume_step")"
     train_until "$WORK/resumed" TERM "[ \$(last_step $WORK/resumed) -ge $until_step ]" --checkpoint latest > /dev/null
