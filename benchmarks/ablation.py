@@ -86,7 +86,7 @@ class Settings:
     eval_tokens: int = 65_536
     corpus_bytes: int = 5_000_000
     lr: float = 3e-3
-    muon_lr: float = 0.02
+    muon_lr: float = 0.04
     min_lr: float = 3e-4
     warmup_steps: int = 10
     weight_decay: float = 0.1
@@ -196,6 +196,14 @@ def train_variant(variant: str, seed: int, corpus: Corpus, settings: Settings) -
             "val_bpb": scores["val_bpb"], "step_seconds": seconds / settings.train_steps,
             "params": model.num_params(), "flops": model.flops_per_token(), "model": model_config.to_dict(),
             "optimizer": train_config.optimizer, "schedule": train_config.schedule}
+
+
+def run_key(variant: str, settings: Settings) -> dict:
+    """The settings a saved run is reused under: all of them, less Muon's lr for a variant without Muon."""
+    key = asdict(settings)
+    if VARIANTS[variant][2].get("optimizer") != "muon":
+        del key["muon_lr"]
+    return key
 
 
 def reach(curve: list, target: float) -> tuple[float, float] | None:
@@ -339,10 +347,10 @@ def main() -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {}
     todo = len(variants) * args.seeds
-    for variant in variants:
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):  # each seed's variants one after another: their wall times share conditions
+        for variant in variants:
             path = run_dir / f"{variant.replace(' ', '_')}-seed{seed}.json"
-            if path.is_file() and json.loads(path.read_text())["settings"] == asdict(settings):
+            if path.is_file() and json.loads(path.read_text())["settings"] == run_key(variant, settings):
                 results.setdefault(variant, []).append(json.loads(path.read_text())["run"])
                 todo -= 1
                 continue
@@ -350,7 +358,7 @@ def main() -> None:
             run = train_variant(variant, seed, corpus, settings)
             results.setdefault(variant, []).append(run)
             temporary = path.with_suffix(".tmp")
-            temporary.write_text(json.dumps({"settings": asdict(settings), "run": run}))
+            temporary.write_text(json.dumps({"settings": run_key(variant, settings), "run": run}))
             temporary.replace(path)
             todo -= 1
             elapsed = time.perf_counter() - run_started

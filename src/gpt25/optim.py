@@ -175,7 +175,7 @@ class Muon(AdamW):
     A Muon group's lr is its own; `lr_ratio` (its lr / the AdamW lr) lets one schedule drive both.
     """
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, muon_lr: float = 0.02, momentum: float = 0.95,
+    def __init__(self, params: Iterable, lr: float = 1e-3, muon_lr: float = 0.04, momentum: float = 0.95,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01) -> None:
         if not 0.0 <= momentum < 1.0 or muon_lr < 0:
             raise ValueError(f"need momentum in [0, 1) and muon_lr >= 0, got momentum={momentum}, muon_lr={muon_lr}")

@@ -150,9 +150,9 @@ def test_muon_under_fsdp_matches_one_process_and_resumes(corpus_data: dict[str, 
                                                          tiny_config) -> None:
     """Muon gathers each sharded matrix for its iteration; 2 ranks take the same steps as 1 process, and the
     sharded momentum resumes in one process."""
-    muon = ["--optimizer", "muon", "--muon_lr", "0.02", "--schedule", "wsd"]
+    muon = ["--optimizer", "muon", "--muon_lr", "0.04", "--schedule", "wsd"]
     single, sharded = tmp_path / "single", tmp_path / "fsdp"
-    settings = {"train_steps": 6, "save_every": 3, "eval_every": 6, "optimizer": "muon", "muon_lr": 0.02,
+    settings = {"train_steps": 6, "save_every": 3, "eval_every": 6, "optimizer": "muon", "muon_lr": 0.04,
                 "schedule": "wsd"}
     train(tiny_config(single, **settings))
     run_command(two_rank_command(corpus_data, sharded, "--parallel", "fsdp", *muon))

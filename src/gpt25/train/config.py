@@ -75,7 +75,7 @@ class RunConfig:
     train_steps: int = _setting(1000, "optimizer steps in the whole run (sets the LR schedule length)")
     optimizer: str = _setting("adamw", "adamw, or muon (Muon for the blocks' matrices, AdamW at --lr for "
                                        "embeddings, head, norm gains and biases)")
-    muon_lr: float = _setting(0.02, "Muon's peak learning rate (--optimizer muon), scaled by sqrt(max(1, rows/cols))")
+    muon_lr: float = _setting(0.04, "Muon's peak learning rate (--optimizer muon), scaled by sqrt(max(1, rows/cols))")
     schedule: str = _setting("cosine", "lr schedule after warmup: cosine, or wsd (held at the peak, then a linear "
                                        "decay over the last 0.4 of the steps)")
     lr: float = _setting(1e-3, "peak learning rate after warmup")
