@@ -5,8 +5,10 @@ vocab 4096) over a byte tokenizer without an end-of-text token, so that every re
 exactly --max-tokens tokens on both sides. For 1, 4 and 16 concurrent clients, each client sends
 --requests streaming completion requests one after another (prompts of 20-60 bytes, temperature
 0.8, a seed each) to a live server on 127.0.0.1 and records the time to the first token and the
-total latency. The baseline serves the same requests one at a time through `gpt25.sample.generate`
-(a lock around it, the GPT 2.5 project's design), in-process, without HTTP, which only favours it.
+total latency. The clients run in a process of their own, as a server's clients do (they share
+the machine's two cores with the server, not its interpreter). The baseline serves the same
+requests one at a time through `gpt25.sample.generate` (a lock around it, the GPT 2.5 project's
+design), in-process, without HTTP, which only favours it.
 Aggregate tokens/s = all generated tokens / wall time of the level.
 
 Then a soak: --soak requests from 16 clients, a quarter of them cancelled mid-stream, a quarter
@@ -23,10 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import random
 import threading
 import time
 import tomllib
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -94,6 +98,11 @@ async def served_level(url: str, requests: list[list[dict]], max_tokens: int) ->
         started = time.perf_counter()
         results = await asyncio.gather(*(client(own) for own in requests))
         return [result for own in results for result in own], time.perf_counter() - started
+
+
+def run_clients(url: str, requests: list[list[dict]], max_tokens: int) -> tuple[list[dict], float]:
+    """`served_level` in the clients' process."""
+    return asyncio.run(served_level(url, requests, max_tokens))
 
 
 def baseline_level(model, tokenizer, requests: list[list[dict]], max_tokens: int) -> tuple[list[dict], float]:
@@ -195,13 +204,14 @@ def main() -> None:
     engine = Engine(model, tokenizer.vocab, tokenizer.vocab_size, max_batch=16, max_queue=512).start()
     url, server, thread = start_server(Served(engine, tokenizer, "demo-size"))
     print(f"torch threads {torch.get_num_threads()}; {per_client} request(s) per client of {args.max_tokens} tokens")
-    asyncio.run(served_level(url, workload(2, 1, seed=99), args.max_tokens))  # warm-up
+    clients_process = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    clients_process.submit(run_clients, url, workload(2, 1, seed=99), args.max_tokens).result()  # warm-up
     print("| clients | server tok/s | baseline tok/s | speed-up | TTFT p50 / p95 server | TTFT p50 / p95 baseline "
           "| latency p50 / p95 server | latency p50 / p95 baseline |")
     print("|---|---|---|---|---|---|---|---|")
     for clients in (1, 4, 16):
         requests = workload(clients, per_client, seed=clients)
-        served = summary(*asyncio.run(served_level(url, requests, args.max_tokens)))
+        served = summary(*clients_process.submit(run_clients, url, requests, args.max_tokens).result())
         base = summary(*baseline_level(model, tokenizer, requests, args.max_tokens))
         assert served["tokens"] == base["tokens"], (served["tokens"], base["tokens"])
         print(f"| {clients} | {served['tokens_per_s']:.0f} | {base['tokens_per_s']:.0f} | "
@@ -209,6 +219,7 @@ def main() -> None:
               f"{served['ttft_p50']:.3f} / {served['ttft_p95']:.3f} s | {base['ttft_p50']:.3f} / {base['ttft_p95']:.3f} s"
               f" | {served['latency_p50']:.2f} / {served['latency_p95']:.2f} s | "
               f"{base['latency_p50']:.2f} / {base['latency_p95']:.2f} s |", flush=True)
+    clients_process.shutdown()
     result = asyncio.run(soak(url, engine, soak_total, warmup=min(50, soak_total // 5)))
     growth = result["rss_end_mib"] / result["rss_after_warmup_mib"] - 1
     print(f"soak: {result['requests']} requests, {result['answered']} answered, {result['cancelled']} cancelled, "

@@ -2,7 +2,7 @@
 
 Requests are parsed by hand (not by pydantic models) so that every bad field gets OpenAI's error
 JSON with one line saying what to fix. Generation runs on the `Engine`'s thread; its events come
-back to the request's coroutine through an asyncio queue. A streamed reply is server-sent events,
+back to the request's coroutine through a `Mailbox`. A streamed reply is server-sent events,
 `data: {chunk}` per piece of text and `data: [DONE]` at the end; a client that goes away (a
 closed stream, or a dropped connection while waiting for a whole reply) cancels its request, and
 the engine frees the row at its next step.
@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -341,12 +342,8 @@ async def answer(request: Request, served: Served, body: dict, prompt_ids: list[
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", param="stream")
-    events: asyncio.Queue = asyncio.Queue()
-    loop = asyncio.get_running_loop()
-    generation = GenerationRequest(
-        prompt_ids, max_tokens, lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value)),
-        stop_ids=stop_ids, **fields,
-    )
+    events = Mailbox(asyncio.get_running_loop())
+    generation = GenerationRequest(prompt_ids, max_tokens, events.post, stop_ids=stop_ids, **fields)
     try:
         served.engine.submit(generation)
     except QueueFull as error:
@@ -357,27 +354,64 @@ async def answer(request: Request, served: Served, body: dict, prompt_ids: list[
     return await whole_reply(request, events, generation, meta, shape)
 
 
+class Mailbox:
+    """The engine thread's events for one request, taken by the request's coroutine.
+
+    `post` (the engine's thread) wakes the event loop only when the coroutine waits for it, so the
+    tokens that arrive while it is busy writing cost no wake-up each, and `take` hands them over
+    together: the loop's work per token stays small beside the decoding step it shares the GIL with.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.events: deque[tuple[str, str]] = deque()
+        self.lock = threading.Lock()
+        self.waiter: asyncio.Future | None = None
+
+    def post(self, kind: str, value: str) -> None:
+        with self.lock:
+            self.events.append((kind, value))
+            waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            self.loop.call_soon_threadsafe(wake, waiter)
+
+    async def take(self) -> list[tuple[str, str]]:
+        """Every event posted so far (waiting for one when there is none), oldest first."""
+        while True:
+            with self.lock:
+                if self.events:
+                    events, self.events = list(self.events), deque()
+                    return events
+                self.waiter = waiter = self.loop.create_future()
+            await waiter
+
+
+def wake(waiter: asyncio.Future) -> None:
+    if not waiter.done():  # a request cancelled while waiting has cancelled its future
+        waiter.set_result(None)
+
+
 def usage(generation: GenerationRequest) -> dict:
     prompt, completion = len(generation.prompt_ids), len(generation.completion_ids)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def whole_reply(request: Request, events: asyncio.Queue, generation: GenerationRequest, meta: dict,
+async def whole_reply(request: Request, events: Mailbox, generation: GenerationRequest, meta: dict,
                       shape: CompletionShape | ChatShape) -> Response:
     """Wait for the end of the generation, cancelling it if the client disconnects meanwhile."""
     watcher = asyncio.create_task(cancel_on_disconnect(request, generation))
     try:
-        kind, value = await events.get()
-        while kind != "done":
-            kind, value = await events.get()
+        finish_reason = None
+        while finish_reason is None:
+            finish_reason = next((value for kind, value in await events.take() if kind == "done"), None)
     finally:
         watcher.cancel()
         if generation.finish_reason is None:
             generation.cancel()
-    if value == FINISH_CANCELLED:
+    if finish_reason == FINISH_CANCELLED:
         raise ApiError(503, "the reply was cancelled (the client went away or the server is stopping)",
                        headers={"Retry-After": "5"})
-    return JSONResponse(meta | {"object": shape.object, "choices": [shape.choice(generation.text, value)],
+    return JSONResponse(meta | {"object": shape.object, "choices": [shape.choice(generation.text, finish_reason)],
                                 "usage": usage(generation)})
 
 
@@ -387,24 +421,28 @@ async def cancel_on_disconnect(request: Request, generation: GenerationRequest) 
     generation.cancel()
 
 
-async def stream_events(events: asyncio.Queue, generation: GenerationRequest, meta: dict,
+async def stream_events(events: Mailbox, generation: GenerationRequest, meta: dict,
                         shape: CompletionShape | ChatShape) -> AsyncIterator[str]:
     """Server-sent events: a chunk per piece of text, a last chunk with finish_reason and usage, [DONE].
 
-    Starlette cancels this generator when the client goes away; the finally then cancels the row.
+    The chunks of the pieces taken together go out in one write. Starlette cancels this generator
+    when the client goes away; the finally then cancels the row.
     """
     try:
         chunk = meta | {"object": shape.chunk_object}
-        while True:
-            kind, value = await events.get()
-            if kind == "text":
-                yield sse(chunk | {"choices": [shape.chunk_choice(value, None)]})
-            elif value == FINISH_CANCELLED:
-                break
-            else:
-                yield sse(chunk | {"choices": [shape.chunk_choice(None, value)], "usage": usage(generation)})
-                break
-        yield "data: [DONE]\n\n"
+        finish_reason = None
+        while finish_reason is None:
+            written = []
+            for kind, value in await events.take():
+                if kind == "text":
+                    written.append(sse(chunk | {"choices": [shape.chunk_choice(value, None)]}))
+                elif value != FINISH_CANCELLED:
+                    finish_reason = value
+                    written.append(sse(chunk | {"choices": [shape.chunk_choice(None, value)], "usage": usage(generation)}))
+                    written.append("data: [DONE]\n\n")
+                else:
+                    return
+            yield "".join(written)
     finally:
         if generation.finish_reason is None:
             generation.cancel()
