@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -38,9 +39,9 @@ def trim_history(
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     turns = messages[len(system) :]
     room = context_length - max_new_tokens
-    while len(render_prompt(tokenizer, system + turns)) > room:
+    while (prompt_length := len(render_prompt(tokenizer, system + turns))) > room:
         if len(turns) <= 1:
-            check_fits(len(render_prompt(tokenizer, system + turns)), max_new_tokens, context_length)
+            check_fits(prompt_length, max_new_tokens, context_length)
         turns = turns[1:]
         while len(turns) > 1 and turns[0]["role"] == "assistant":
             turns = turns[1:]
@@ -73,11 +74,10 @@ def stream_chat(
     """The model's reply to `messages` ({"role", "content"} dicts), as text pieces while it is generated.
 
     The pieces join to `chat`'s string for the same arguments. Bad arguments raise ValueError here, before
-    any token is generated. The model must be a chat model (its
-    tokenizer has the role tokens). A reply has at most `max_new_tokens` tokens (default: 256, or half
-    the context when that is less); temperature 0 is greedy, `seed` makes sampling reproducible. A
-    history too long for the context loses its oldest turns, with a warning. `static_decode` (default:
-    on a CUDA device) replays the decoding step as a CUDA graph, as `gpt25.engine.generate_tokens` does.
+    any token is generated. The model must be a chat model (its tokenizer has the role tokens). A reply has
+    at most `max_new_tokens` tokens (default: 256, or half the context when that is less); temperature 0 is
+    greedy, `seed` makes sampling reproducible. A history too long for the context loses its oldest turns,
+    with a warning. `static_decode` (default: on a CUDA device) replays the decoding step as a CUDA graph.
     """
     validate_sampling(temperature, top_p, top_k)
     max_new_tokens = reply_budget(max_new_tokens, model.config.context_length)
@@ -104,21 +104,9 @@ def _reply_text(steps: Iterator[torch.Tensor], stream: TextStream) -> Iterator[s
         yield tail
 
 
-def chat(
-    model: torch.nn.Module,
-    tokenizer: Tokenizer,
-    messages: Sequence[dict],
-    *,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.8,
-    top_p: float = 0.9,
-    top_k: int | None = None,
-    seed: int | None = None,
-    static_decode: bool | None = None,
-) -> str:
-    """The model's whole reply to `messages`; see `stream_chat`."""
-    return "".join(stream_chat(model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, top_k=top_k, seed=seed, static_decode=static_decode))
+def chat(model: torch.nn.Module, tokenizer: Tokenizer, messages: Sequence[dict], **settings: Any) -> str:
+    """The model's whole reply to `messages`; `settings` and the rest as for `stream_chat`."""
+    return "".join(stream_chat(model, tokenizer, messages, **settings))
 
 
 def _prompt_ids(model: torch.nn.Module, tokenizer: Tokenizer, messages: Sequence[dict], max_new_tokens: int) -> list[int]:
