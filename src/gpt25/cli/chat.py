@@ -10,17 +10,15 @@ import argparse
 import sys
 from typing import TextIO
 
-from gpt25.cli.evaluate import one_line_warnings
-from gpt25.cli.flags import add_model_arguments, add_sampling_arguments, model_inputs
+from gpt25.cli.flags import add_command, add_model_arguments, add_sampling_arguments, model_inputs, one_line_warnings
 
 COMMANDS_HELP = ("/reset clears the history, /system TEXT sets the system message (/system alone removes it), "
                  "/quit or Ctrl-D leaves; Ctrl-C stops a reply")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `gpt25 chat` to the `gpt25` parser."""
-    parser = subparsers.add_parser(
-        "chat",
+    parser = add_command(
+        subparsers, "chat", run_chat,
         help="talk to a chat model (streamed replies), or answer one --prompt",
         description="An interactive chat with a model fine-tuned by `gpt25 sft`: replies are streamed, the history "
         "stays inside the context by dropping the oldest turns. " + COMMANDS_HELP + ". With --prompt, answer "
@@ -30,7 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", default=None, help="answer this one message and exit (the reply alone on stdout)")
     parser.add_argument("--system", default=None, help="system message that opens the conversation")
     add_sampling_arguments(parser, None, "per reply (default: half the context, at most 256)")
-    parser.set_defaults(handler=run_chat)
 
 
 def run_chat(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The flags several commands share, and one flag style for every command.
+"""What every command shares: one way to declare it, the flags several take, one flag style, one-line warnings.
 
 `add_model_arguments` / `model_inputs` are the one preamble of every command that loads a model for
 inference (generate, chat, serve, eval, export): the checkpoint, its tokenizer (default: the run's),
@@ -10,12 +10,35 @@ the style was settled keep working; help lists only the first spelling of each f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import sys
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], int],
+                help: str, description: str) -> argparse.ArgumentParser:
+    """The parser of the sub-command `name`, which runs `handler(args)`."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """Show every warning (a prompt cut to fit the context, non-UTF-8 lines, ...) as one line on stderr:
+    `gpt25 COMMAND: warning: ...`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *_: print(f"gpt25 {command}: warning: {message}", file=sys.stderr,
+                                                         flush=True)
+        yield
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True,
