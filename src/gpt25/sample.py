@@ -61,13 +61,10 @@ def generate(
     eos_id = eot_id_or_none(tokenizer)
     streams = [TextStream(tokenizer.vocab, {eos_id}) for _ in range(num_samples)]
 
-    def emit(row: int, text: str) -> None:
-        if text:
-            on_token(row, text)
-
     def stream(tokens: torch.Tensor) -> None:
         for row, token_id in enumerate(tokens.tolist()):
-            emit(row, streams[row].push(token_id))
+            if text := streams[row].push(token_id):
+                on_token(row, text)
 
     generated = generate_tokens(
         model, torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device),
@@ -76,7 +73,8 @@ def generate(
         static_decode=static_decode, on_step=stream if on_token else None,
     )
     for row in range(num_samples if on_token else 0):
-        emit(row, streams[row].close())
+        if text := streams[row].close():
+            on_token(row, text)
     return [tokenizer.decode(row[: row.index(eos_id)] if eos_id in row else row) for row in generated.tolist()]
 
 

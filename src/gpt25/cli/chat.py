@@ -116,9 +116,11 @@ class ChatSession:
                 stdout.flush()
                 pieces.append(piece)
         finally:
-            self.remember_reply("".join(pieces))
+            reply = "".join(pieces)
+            if reply.strip():  # after a blank reply the user's message stays alone: a conversation takes no empty turn
+                self.history.append({"role": "assistant", "content": reply})
             print(file=stdout, flush=True)
-        return "".join(pieces)
+        return reply
 
     def conversation(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
@@ -134,12 +136,6 @@ class ChatSession:
             self.history = kept[1:] if self.system else kept
             print(f"gpt25 chat: note: dropped the {num_dropped} oldest messages to stay within the context of "
                   f"{context_length} tokens", file=sys.stderr, flush=True)
-
-    def remember_reply(self, reply: str) -> None:
-        """Keep a non-blank reply; after a blank one the user's message stays alone (a conversation takes no empty turn)."""
-        if reply.strip():
-            self.history.append({"role": "assistant", "content": reply})
-
 
 def read_line(stdin: TextIO, stdout: TextIO) -> str | None:
     """One line typed after the prompt (with line editing on a terminal), or None at end of input (Ctrl-D)."""

@@ -93,19 +93,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int 
                         help="on a GPU, run each decoding step eagerly instead of replaying a captured CUDA graph")
 
 
-def dashed_aliases(option_strings: list[str]) -> list[str]:
-    """`--a-b` for every `--a_b` among the option strings that is not already there."""
-    dashed = [f"--{name[2:].replace('_', '-')}" for name in option_strings if name.startswith("--") and "_" in name]
-    return [name for name in dashed if name not in option_strings]
-
-
 class FlagHelpFormatter(argparse.HelpFormatter):
     """Help shows a flag's short form and its first long spelling, not the aliases after it."""
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
         long_names = [name for name in action.option_strings if name.startswith("--")]
-        if len(long_names) < 2:
-            return super()._format_action_invocation(action)
         shown = copy.copy(action)
         shown.option_strings = [name for name in action.option_strings if not name.startswith("--")] + long_names[:1]
         return super()._format_action_invocation(shown)
@@ -119,6 +111,8 @@ class FlagParser(argparse.ArgumentParser):
 
     def _add_action(self, action: argparse.Action) -> argparse.Action:
         # Here rather than in add_argument: flags added through a mutually exclusive group arrive here too.
-        action.option_strings = action.option_strings + dashed_aliases(action.option_strings)
+        names = action.option_strings
+        dashed = [f"--{name[2:].replace('_', '-')}" for name in names if name.startswith("--") and "_" in name]
+        action.option_strings = names + [name for name in dashed if name not in names]
         return super()._add_action(action)
 
