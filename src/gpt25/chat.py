@@ -71,13 +71,10 @@ def stream_chat(
     seed: int | None = None,
     static_decode: bool | None = None,
 ) -> Iterator[str]:
-    """The model's reply to `messages` ({"role", "content"} dicts), as text pieces while it is generated.
-
-    The pieces join to `chat`'s string for the same arguments. Bad arguments raise ValueError here, before
-    any token is generated. The model must be a chat model (its tokenizer has the role tokens). A reply has
-    at most `max_new_tokens` tokens (default: 256, or half the context when that is less); temperature 0 is
-    greedy, `seed` makes sampling reproducible. A history too long for the context loses its oldest turns,
-    with a warning. `static_decode` (default: on a CUDA device) replays the decoding step as a CUDA graph.
+    """The model's reply to `messages` ({"role", "content"} dicts), as text pieces while it is generated (they
+    join to `chat`'s string). Bad arguments, or a model without chat role tokens, raise ValueError here, before
+    any token is generated. `max_new_tokens` as `reply_budget` reads it; `static_decode` (default: on a CUDA
+    device) replays the decoding step as a CUDA graph.
     """
     validate_sampling(temperature, top_p, top_k)
     max_new_tokens = reply_budget(max_new_tokens, model.config.context_length)
@@ -94,13 +91,11 @@ def stream_chat(
 def _reply_text(steps: Iterator[torch.Tensor], stream: TextStream) -> Iterator[str]:
     """The text of the decoded tokens in pieces as they come, until a stop token."""
     for token in steps:
-        piece = stream.push(int(token))
-        if piece:
+        if piece := stream.push(int(token)):
             yield piece
         if stream.stopped:
             return
-    tail = stream.close()
-    if tail:
+    if tail := stream.close():  # the steps ended at max_new_tokens: an unfinished character as U+FFFD
         yield tail
 
 
