@@ -99,16 +99,18 @@ class ChatSession:
                 print(f"gpt25 chat: error: {error}", file=sys.stderr, flush=True)
 
     def reply(self, message: str, stdout: TextIO) -> str:
-        """Stream the model's reply to `message` onto `stdout`; the exchange joins the history.
-        A Ctrl-C keeps what was printed of the reply in the history and passes the interrupt on."""
-        from gpt25.chat import stream_chat
+        """Stream the model's reply to `message` onto `stdout`; the exchange joins the history, whose oldest turns
+        go (with a note on stderr) when they leave too little room for the reply. A Ctrl-C keeps what was printed
+        of the reply in the history and passes the interrupt on."""
+        from gpt25.chat import stream_chat, trim_history
 
-        self.history.append({"role": "user", "content": message})
-        try:
-            self.fit_history()
-        except ValueError:
-            self.history.pop()
-            raise
+        context_length = self.model.config.context_length
+        kept, num_dropped = trim_history(self.tokenizer, [*self.conversation(), {"role": "user", "content": message}],
+                                         context_length, self.sampling["max_new_tokens"])  # ValueError: no change
+        self.history = kept[1:] if self.system else kept
+        if num_dropped:
+            print(f"gpt25 chat: note: dropped the {num_dropped} oldest messages to stay within the context of "
+                  f"{context_length} tokens", file=sys.stderr, flush=True)
         pieces: list[str] = []
         try:
             for piece in stream_chat(self.model, self.tokenizer, self.conversation(), seed=self.seed, **self.sampling):
@@ -125,17 +127,6 @@ class ChatSession:
     def conversation(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
 
-    def fit_history(self) -> None:
-        """Drop the oldest turns that leave too little room for a reply, saying so on stderr."""
-        from gpt25.chat import trim_history
-
-        context_length = self.model.config.context_length
-        kept, num_dropped = trim_history(self.tokenizer, self.conversation(), context_length,
-                                         self.sampling["max_new_tokens"])
-        if num_dropped:
-            self.history = kept[1:] if self.system else kept
-            print(f"gpt25 chat: note: dropped the {num_dropped} oldest messages to stay within the context of "
-                  f"{context_length} tokens", file=sys.stderr, flush=True)
 
 def read_line(stdin: TextIO, stdout: TextIO) -> str | None:
     """One line typed after the prompt (with line editing on a terminal), or None at end of input (Ctrl-D)."""
