@@ -65,7 +65,7 @@ def _prepare(args: argparse.Namespace) -> int:
                            shard_tokens=args.shard_tokens, doc_split=args.doc_split, text_field=args.text_field,
                            data_files=args.data_files, hf_split=args.hf_split, overwrite=args.force,
                            progress=not args.no_progress)
-    with one_line_warnings("data"):
+    with one_line_warnings("data", every_time=True):
         manifest = prepare(config)
     print(_summary(args.out, manifest))
     return 0
@@ -153,7 +153,7 @@ def _corpus(args: argparse.Namespace) -> int:
     check_sources(args.source, args.data_files)
     documents = iter_documents(args.source, doc_split=args.doc_split, text_field=args.text_field,
                                data_files=args.data_files, hf_split=args.hf_split)
-    with one_line_warnings("data"):
+    with one_line_warnings("data", every_time=True):
         num_documents, num_bytes = write_corpus_file(documents, args.out)
     if num_documents == 0:
         os.remove(args.out)

@@ -31,11 +31,13 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, handler: Call
 
 
 @contextlib.contextmanager
-def one_line_warnings(command: str) -> Iterator[None]:
-    """Show every warning (a prompt cut to fit the context, non-UTF-8 lines, ...) as one line on stderr:
-    `gpt25 COMMAND: warning: ...`."""
+def one_line_warnings(command: str, every_time: bool = False) -> Iterator[None]:
+    """Show warnings (a prompt cut to fit the context, non-UTF-8 lines, ...) as `gpt25 COMMAND: warning: ...` on
+    stderr; with `every_time`, each time one is raised, not once per place (a chat's many replies would repeat
+    one that every reply raises, such as a failed CUDA-graph capture)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("always")
+        if every_time:
+            warnings.simplefilter("always")
         warnings.showwarning = lambda message, *_: print(f"gpt25 {command}: warning: {message}", file=sys.stderr,
                                                          flush=True)
         yield
