@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -38,9 +39,9 @@ def trim_history(
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     turns = messages[len(system) :]
     room = context_length - max_new_tokens
-    while len(render_prompt(tokenizer, system + turns)) > room:
+    while (prompt_length := len(render_prompt(tokenizer, system + turns))) > room:
         if len(turns) <= 1:
-            check_fits(len(render_prompt(tokenizer, system + turns)), max_new_tokens, context_length)
+            check_fits(prompt_length, max_new_tokens, context_length)
         turns = turns[1:]
         while len(turns) > 1 and turns[0]["role"] == "assistant":
             turns = turns[1:]
@@ -70,14 +71,10 @@ def stream_chat(
     seed: int | None = None,
     static_decode: bool | None = None,
 ) -> Iterator[str]:
-    """The model's reply to `messages` ({"role", "content"} dicts), as text pieces while it is generated.
-
-    The pieces join to `chat`'s string for the same arguments. Bad arguments raise ValueError here, before
-    any token is generated. The model must be a chat model (its
-    tokenizer has the role tokens). A reply has at most `max_new_tokens` tokens (default: 256, or half
-    the context when that is less); temperature 0 is greedy, `seed` makes sampling reproducible. A
-    history too long for the context loses its oldest turns, with a warning. `static_decode` (default:
-    on a CUDA device) replays the decoding step as a CUDA graph, as `gpt25.engine.generate_tokens` does.
+    """The model's reply to `messages` ({"role", "content"} dicts), as text pieces while it is generated (they
+    join to `chat`'s string). Bad arguments, or a model without chat role tokens, raise ValueError here, before
+    any token is generated. `max_new_tokens` as `reply_budget` reads it; `static_decode` (default: on a CUDA
+    device) replays the decoding step as a CUDA graph.
     """
     validate_sampling(temperature, top_p, top_k)
     max_new_tokens = reply_budget(max_new_tokens, model.config.context_length)
@@ -94,31 +91,17 @@ def stream_chat(
 def _reply_text(steps: Iterator[torch.Tensor], stream: TextStream) -> Iterator[str]:
     """The text of the decoded tokens in pieces as they come, until a stop token."""
     for token in steps:
-        piece = stream.push(int(token))
-        if piece:
+        if piece := stream.push(int(token)):
             yield piece
         if stream.stopped:
             return
-    tail = stream.close()
-    if tail:
+    if tail := stream.close():  # the steps ended at max_new_tokens: an unfinished character as U+FFFD
         yield tail
 
 
-def chat(
-    model: torch.nn.Module,
-    tokenizer: Tokenizer,
-    messages: Sequence[dict],
-    *,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.8,
-    top_p: float = 0.9,
-    top_k: int | None = None,
-    seed: int | None = None,
-    static_decode: bool | None = None,
-) -> str:
-    """The model's whole reply to `messages`; see `stream_chat`."""
-    return "".join(stream_chat(model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, top_k=top_k, seed=seed, static_decode=static_decode))
+def chat(model: torch.nn.Module, tokenizer: Tokenizer, messages: Sequence[dict], **settings: Any) -> str:
+    """The model's whole reply to `messages`; `settings` and the rest as for `stream_chat`."""
+    return "".join(stream_chat(model, tokenizer, messages, **settings))
 
 
 def _prompt_ids(model: torch.nn.Module, tokenizer: Tokenizer, messages: Sequence[dict], max_new_tokens: int) -> list[int]:

@@ -241,8 +241,7 @@ def evaluate_model(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]
     tokenizer = Tokenizer.load(paths["tokenizer"])
     baseline = unigram_loss(load_split(paths["shards"], "train", tokenizer), load_split(paths["shards"], "val", tokenizer),
                             tokenizer.vocab_size)
-    results["unigram_loss"] = baseline
-    results["unigram_perplexity"] = math.exp(baseline)
+    results |= {"unigram_loss": baseline, "unigram_perplexity": math.exp(baseline)}
     write_json_atomic(paths["eval"], results)
     return results
 

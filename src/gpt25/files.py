@@ -19,16 +19,11 @@ from pathlib import Path
 from typing import Any
 
 
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def set_usual_mode(path: str | os.PathLike) -> None:
     """Give `path` the mode open() or mkdir() would have given it under the current umask."""
-    full_mode = 0o777 if os.path.isdir(path) else 0o666
-    os.chmod(path, full_mode & ~current_umask())
+    umask = os.umask(0)  # the only way to read the umask is to set it: put it straight back
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
 
 
 @contextlib.contextmanager

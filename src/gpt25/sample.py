@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from gpt25.engine import TextStream, check_fits, generate_tokens, seeded_generator, validate_sampling
+from gpt25.engine import TextStream, check_fits, generate_tokens, seeded_generator
 
 
 def encode_prompt(tokenizer, prompt: str, context_length: int, max_new_tokens: int) -> list[int]:
@@ -54,21 +54,17 @@ def generate(
     `seed` makes sampling reproducible; temperature 0 is greedy (and ignores top_k/top_p).
     `use_cache` and `static_decode` choose the decoding path, as in `generate_tokens`.
     """
-    validate_sampling(temperature, top_p, top_k)
-    if num_samples < 1:
+    if num_samples < 1:  # the sampling settings are checked by `decode`
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     device = next(model.parameters()).device
     prompt_ids = encode_prompt(tokenizer, prompt, model.config.context_length, max_new_tokens)
     eos_id = eot_id_or_none(tokenizer)
     streams = [TextStream(tokenizer.vocab, {eos_id}) for _ in range(num_samples)]
 
-    def emit(row: int, text: str) -> None:
-        if text:
-            on_token(row, text)
-
     def stream(tokens: torch.Tensor) -> None:
         for row, token_id in enumerate(tokens.tolist()):
-            emit(row, streams[row].push(token_id))
+            if text := streams[row].push(token_id):
+                on_token(row, text)
 
     generated = generate_tokens(
         model, torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device),
@@ -77,8 +73,9 @@ def generate(
         static_decode=static_decode, on_step=stream if on_token else None,
     )
     for row in range(num_samples if on_token else 0):
-        emit(row, streams[row].close())
-    return [tokenizer.decode(cut_at_eos(row, eos_id)) for row in generated.tolist()]
+        if text := streams[row].close():
+            on_token(row, text)
+    return [tokenizer.decode(row[: row.index(eos_id)] if eos_id in row else row) for row in generated.tolist()]
 
 
 def eot_id_or_none(tokenizer) -> int | None:
@@ -88,9 +85,3 @@ def eot_id_or_none(tokenizer) -> int | None:
     except ValueError:
         return None
 
-
-def cut_at_eos(token_ids: list[int], eos_id: int | None) -> list[int]:
-    """The ids before the first `eos_id`."""
-    if eos_id is not None and eos_id in token_ids:
-        return token_ids[: token_ids.index(eos_id)]
-    return token_ids

@@ -11,10 +11,10 @@ import os
 import sys
 
 from gpt25 import __version__
-from gpt25.cli import chat, checkpoint, data, demo, evaluate, export, serve, sft, tokenizer, train
+from gpt25.cli import chat, checkpoint, data, demo, evaluate, export, serve, tokenizer, train
 from gpt25.cli.flags import FlagParser
 
-COMMAND_MODULES = (demo, tokenizer, data, train, sft, checkpoint, evaluate, chat, export, serve)
+COMMAND_MODULES = (demo, tokenizer, data, train, checkpoint, evaluate, chat, export, serve)
 # Exceptions that mean bad input (a wrong path, value or permission): one line, exit status 2.
 USER_ERRORS = (
     ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,

@@ -10,17 +10,15 @@ import argparse
 import sys
 from typing import TextIO
 
-from gpt25.cli.evaluate import one_line_warnings
-from gpt25.cli.flags import add_model_arguments, add_sampling_arguments, model_inputs
+from gpt25.cli.flags import add_command, add_model_arguments, add_sampling_arguments, model_inputs, one_line_warnings
 
 COMMANDS_HELP = ("/reset clears the history, /system TEXT sets the system message (/system alone removes it), "
                  "/quit or Ctrl-D leaves; Ctrl-C stops a reply")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `gpt25 chat` to the `gpt25` parser."""
-    parser = subparsers.add_parser(
-        "chat",
+    parser = add_command(
+        subparsers, "chat", run_chat,
         help="talk to a chat model (streamed replies), or answer one --prompt",
         description="An interactive chat with a model fine-tuned by `gpt25 sft`: replies are streamed, the history "
         "stays inside the context by dropping the oldest turns. " + COMMANDS_HELP + ". With --prompt, answer "
@@ -30,7 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", default=None, help="answer this one message and exit (the reply alone on stdout)")
     parser.add_argument("--system", default=None, help="system message that opens the conversation")
     add_sampling_arguments(parser, None, "per reply (default: half the context, at most 256)")
-    parser.set_defaults(handler=run_chat)
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -102,16 +99,18 @@ class ChatSession:
                 print(f"gpt25 chat: error: {error}", file=sys.stderr, flush=True)
 
     def reply(self, message: str, stdout: TextIO) -> str:
-        """Stream the model's reply to `message` onto `stdout`; the exchange joins the history.
-        A Ctrl-C keeps what was printed of the reply in the history and passes the interrupt on."""
-        from gpt25.chat import stream_chat
+        """Stream the model's reply to `message` onto `stdout`; the exchange joins the history, whose oldest turns
+        go (with a note on stderr) when they leave too little room for the reply. A Ctrl-C keeps what was printed
+        of the reply in the history and passes the interrupt on."""
+        from gpt25.chat import stream_chat, trim_history
 
-        self.history.append({"role": "user", "content": message})
-        try:
-            self.fit_history()
-        except ValueError:
-            self.history.pop()
-            raise
+        context_length = self.model.config.context_length
+        kept, num_dropped = trim_history(self.tokenizer, [*self.conversation(), {"role": "user", "content": message}],
+                                         context_length, self.sampling["max_new_tokens"])  # ValueError: no change
+        self.history = kept[1:] if self.system else kept
+        if num_dropped:
+            print(f"gpt25 chat: note: dropped the {num_dropped} oldest messages to stay within the context of "
+                  f"{context_length} tokens", file=sys.stderr, flush=True)
         pieces: list[str] = []
         try:
             for piece in stream_chat(self.model, self.tokenizer, self.conversation(), seed=self.seed, **self.sampling):
@@ -119,29 +118,14 @@ class ChatSession:
                 stdout.flush()
                 pieces.append(piece)
         finally:
-            self.remember_reply("".join(pieces))
+            reply = "".join(pieces)
+            if reply.strip():  # after a blank reply the user's message stays alone: a conversation takes no empty turn
+                self.history.append({"role": "assistant", "content": reply})
             print(file=stdout, flush=True)
-        return "".join(pieces)
+        return reply
 
     def conversation(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
-
-    def fit_history(self) -> None:
-        """Drop the oldest turns that leave too little room for a reply, saying so on stderr."""
-        from gpt25.chat import trim_history
-
-        context_length = self.model.config.context_length
-        kept, num_dropped = trim_history(self.tokenizer, self.conversation(), context_length,
-                                         self.sampling["max_new_tokens"])
-        if num_dropped:
-            self.history = kept[1:] if self.system else kept
-            print(f"gpt25 chat: note: dropped the {num_dropped} oldest messages to stay within the context of "
-                  f"{context_length} tokens", file=sys.stderr, flush=True)
-
-    def remember_reply(self, reply: str) -> None:
-        """Keep a non-blank reply; after a blank one the user's message stays alone (a conversation takes no empty turn)."""
-        if reply.strip():
-            self.history.append({"role": "assistant", "content": reply})
 
 
 def read_line(stdin: TextIO, stdout: TextIO) -> str | None:

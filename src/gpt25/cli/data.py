@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import sys
-import warnings
-from collections.abc import Iterator
+
+from gpt25.cli.flags import add_command, one_line_warnings
 
 RECIPE_REPO = "itskoma/GPT2.5"  # the recipe's published data and checkpoints (gpt25.data.sources.RECIPE_REPO)
 SOURCE_HELP = "files, folders, globs, 'python-docs' (the embedded corpus) or 'hf:NAME[:CONFIG]' (Hugging Face, streamed)"
 
 
-@contextlib.contextmanager
-def _one_line_warnings() -> Iterator[None]:
-    """Show warnings (non-UTF-8 lines, an empty split) as `gpt25 data: warning: ...` lines on stderr."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = lambda message, *_: print(f"gpt25 data: warning: {message}", file=sys.stderr)
-        yield
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `gpt25 data ...` to the `gpt25` parser."""
     parser = subparsers.add_parser(
         "data", help="prepare token shards from text, download the recipe's data, write the embedded corpus",
         description="Turn corpora into training-ready token shards (see `gpt25 data prepare --help`).")
@@ -47,8 +35,8 @@ def _add_source_arguments(parser: argparse.ArgumentParser, default: list[str] | 
 
 
 def _register_prepare(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "prepare", help="tokenize sources into train/val token shards (resumable)",
+    parser = add_command(
+        commands, "prepare", _prepare, help="tokenize sources into train/val token shards (resumable)",
         description="Tokenize documents in parallel into train/val shards of uint16/uint32 tokens plus manifest.json. "
         "Every document ends with <|endoftext|>; its split is decided by a hash of its text. "
         "Rerunning the same command resumes an interrupted run.")
@@ -66,7 +54,6 @@ def _register_prepare(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--force", action="store_true",
                         help="delete shards of a different earlier prepare in --out instead of refusing")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    parser.set_defaults(handler=_prepare)
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -78,15 +65,15 @@ def _prepare(args: argparse.Namespace) -> int:
                            shard_tokens=args.shard_tokens, doc_split=args.doc_split, text_field=args.text_field,
                            data_files=args.data_files, hf_split=args.hf_split, overwrite=args.force,
                            progress=not args.no_progress)
-    with _one_line_warnings():
+    with one_line_warnings("data", every_time=True):
         manifest = prepare(config)
     print(_summary(args.out, manifest))
     return 0
 
 
 def _register_import_raw(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "import-raw", help="use headerless token files (the recipe's fineweb_train.bin / fineweb_test.bin) as a data folder",
+    parser = add_command(
+        commands, "import-raw", _import_raw, help="use headerless token files (the recipe's fineweb_train.bin / fineweb_test.bin) as a data folder",
         description="Check raw little-endian token files (size a whole number of tokens, every id below the "
         "tokenizer's vocab size) and write a data folder for `gpt25 train --data` whose manifest references "
         "them where they lie (or, with --copy, holds their tokens as ordinary shards). A referenced file that "
@@ -101,7 +88,6 @@ def _register_import_raw(commands: argparse._SubParsersAction) -> None:
                         help="with --copy: tokens per shard (default: 100,000,000)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    parser.set_defaults(handler=_import_raw)
 
 
 def _import_raw(args: argparse.Namespace) -> int:
@@ -133,8 +119,8 @@ def _summary(data_dir: str, manifest: dict) -> str:
 
 
 def _register_download(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "download", help=f"download the recipe's published dataset or checkpoints ({RECIPE_REPO}) from the Hugging Face Hub",
+    parser = add_command(
+        commands, "download", _download, help=f"download the recipe's published dataset or checkpoints ({RECIPE_REPO}) from the Hugging Face Hub",
         description="Download a Hugging Face Hub repo with huggingface_hub (needs the internet; with "
         "HF_HUB_OFFLINE=1 a cached copy is used).")
     parser.add_argument("--repo", default=RECIPE_REPO, help=f"Hub repo id (default: {RECIPE_REPO})")
@@ -142,7 +128,6 @@ def _register_download(commands: argparse._SubParsersAction) -> None:
                         help="dataset (token shards/text) or model (checkpoints) (default: dataset)")
     parser.add_argument("--out", metavar="DIR", help="copy the files into DIR (default: the Hugging Face cache)")
     parser.add_argument("--include", nargs="+", metavar="PATTERN", help="only files matching these globs")
-    parser.set_defaults(handler=_download)
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -153,12 +138,11 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _register_corpus(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "corpus", help="write documents (default: the embedded Python-docs corpus) as one text file for "
+    parser = add_command(
+        commands, "corpus", _corpus, help="write documents (default: the embedded Python-docs corpus) as one text file for "
         "`gpt25 tokenizer train`", description="Write the documents of --source joined by <|endoftext|> into one UTF-8 file.")
     _add_source_arguments(parser, default=["python-docs"])
     parser.add_argument("--out", required=True, metavar="FILE", help="text file to write")
-    parser.set_defaults(handler=_corpus)
 
 
 def _corpus(args: argparse.Namespace) -> int:
@@ -169,7 +153,7 @@ def _corpus(args: argparse.Namespace) -> int:
     check_sources(args.source, args.data_files)
     documents = iter_documents(args.source, doc_split=args.doc_split, text_field=args.text_field,
                                data_files=args.data_files, hf_split=args.hf_split)
-    with _one_line_warnings():
+    with one_line_warnings("data", every_time=True):
         num_documents, num_bytes = write_corpus_file(documents, args.out)
     if num_documents == 0:
         os.remove(args.out)
@@ -179,8 +163,8 @@ def _corpus(args: argparse.Namespace) -> int:
 
 
 def _register_chat_corpus(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "chat-corpus", help="write the embedded chat set (questions on the Python docs) as JSONL for `gpt25 sft`",
+    parser = add_command(
+        commands, "chat-corpus", _chat_corpus, help="write the embedded chat set (questions on the Python docs) as JSONL for `gpt25 sft`",
         description="Write the embedded chat set, conversations about the Python standard library built from "
         'its docstrings, one {"messages": [...]} object per line (smol-smoltalk\'s format).')
     parser.add_argument("--out", required=True, metavar="FILE.jsonl", help="JSONL file to write")
@@ -188,7 +172,6 @@ def _register_chat_corpus(commands: argparse._SubParsersAction) -> None:
                         "tokens added)")
     parser.add_argument("--val_fraction", type=float, default=0.05,
                         help="count the conversations `gpt25 sft` holds out at this share (default: 0.05)")
-    parser.set_defaults(handler=_chat_corpus)
 
 
 def _chat_corpus(args: argparse.Namespace) -> int:
@@ -202,11 +185,10 @@ def _chat_corpus(args: argparse.Namespace) -> int:
 
 
 def _register_info(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("info", help="summarise a prepared data folder (and check its shards with --verify)",
-                                 description="Print the manifest summary of a `gpt25 data prepare` output folder.")
+    parser = add_command(commands, "info", _info, help="summarise a prepared data folder (and check its shards with --verify)",
+                         description="Print the manifest summary of a `gpt25 data prepare` output folder.")
     parser.add_argument("data_dir", metavar="DIR")
     parser.add_argument("--verify", action="store_true", help="also check every shard's header, size and sha256")
-    parser.set_defaults(handler=_info)
 
 
 def _info(args: argparse.Namespace) -> int:

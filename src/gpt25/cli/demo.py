@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gpt25.cli.flags import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `gpt25 demo` to the parser."""
-    parser = subparsers.add_parser(
-        "demo",
+    parser = add_command(
+        subparsers, "demo", run,
         help="run the whole pipeline on the embedded Python-docs corpus, then fine-tune a chat model (CPU; --minutes sets the pretraining budget)",
         description="Build the embedded corpus, train a BPE tokenizer, tokenize into shards, train a small "
         "model, evaluate it against a unigram baseline, sample, fine-tune it into a chat model on the embedded chat "
@@ -31,18 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--arch", choices=("gpt25", "gpt2"), default="gpt25",
                         help="model architecture: gpt25 (the recipe) or gpt2 (the original GPT-2) (default: gpt25)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from gpt25.cli.train import stop_status
-    from gpt25.demo import DemoConfig, run_demo
+    from gpt25.demo import CPU_CONFIG, DemoConfig, run_demo
 
-    config = DemoConfig(out=args.out, minutes=args.minutes, train_steps=args.train_steps, fresh=args.fresh,
-                        vocab_size=args.vocab_size, arch=args.arch, device=args.device, sft_steps=args.sft_steps)
-    if args.config is not None:
-        config.config = args.config
-    results = run_demo(config)
+    settings = {name: value for name, value in vars(args).items() if name not in ("command", "handler")}
+    results = run_demo(DemoConfig(**settings | {"config": args.config or CPU_CONFIG}))
     if "report" not in results:  # training or fine-tuning was stopped by a signal
         return stop_status(results["sft" if "sft" in results else "train"]["stopped_by"])
     print(f"\nreport: {results['report']['report']}\nplot:   {results['report']['plot']}")

@@ -8,23 +8,20 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import warnings
 from collections.abc import Callable
 
-from gpt25.cli.flags import add_model_arguments, add_sampling_arguments, model_inputs
+from gpt25.cli.flags import add_command, add_model_arguments, add_sampling_arguments, model_inputs, one_line_warnings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's commands to the `gpt25` parser."""
     register_eval(subparsers)
     register_generate(subparsers)
 
 
 def register_eval(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "eval",
+    parser = add_command(
+        subparsers, "eval", run_eval,
         help="validation loss, perplexity, bits per byte, HellaSwag and CORE of a checkpoint",
         description="Score a checkpoint on the whole validation split (fixed non-overlapping windows), HellaSwag "
         "and/or CORE (DCLM's 22 in-context tasks, as nanochat scores them); print a table and write eval.json "
@@ -51,7 +48,6 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
         "--batch_size", type=int, default=8,
         help="context windows per forward pass (default 8); HellaSwag packs 4x as many of its short sequences",
     )
-    parser.set_defaults(handler=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -69,8 +65,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def register_generate(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "generate",
+    parser = add_command(
+        subparsers, "generate", run_generate,
         help="sample text from a checkpoint",
         description="Continue a prompt with temperature / top-k / nucleus sampling and a KV cache; stops at "
         "end-of-text or --max_new_tokens. An empty prompt starts from end-of-text; a prompt too long for the "
@@ -82,7 +78,6 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num_samples", type=int, default=1, help="samples, generated together as one batch")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are produced (one sample)")
     parser.add_argument("--no_cache", action="store_true", help="recompute the whole prefix each step (slow)")
-    parser.set_defaults(handler=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -123,17 +118,3 @@ def stream_printer(prompt: str) -> Callable[[int, str], None]:
 
     return print_piece
 
-
-@contextlib.contextmanager
-def one_line_warnings(command: str):
-    """Show warnings (e.g. a prompt cut to fit the context) as `gpt25 COMMAND: warning: ...` on stderr."""
-    original = warnings.showwarning
-
-    def show(message, *_args, **_kwargs) -> None:
-        print(f"gpt25 {command}: warning: {message}", file=sys.stderr, flush=True)
-
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = original

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gpt25.cli.flags import add_model_arguments, model_inputs
+from gpt25.cli.flags import add_command, add_model_arguments, model_inputs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `gpt25 export {hf,hub-upload,hub-download}`."""
     parser = subparsers.add_parser(
         "export",
         help="export to Hugging Face transformers and the Hub",
@@ -24,26 +23,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     commands = parser.add_subparsers(dest="export_command", metavar="SUBCOMMAND", required=True)
 
-    hf = commands.add_parser("hf", help="write a transformers Llama or GPT-2 folder from a checkpoint",
-                             description="Write config.json, model.safetensors and tokenizer.json to --out.")
+    hf = add_command(commands, "hf", run_export_hf, help="write a transformers Llama or GPT-2 folder from a checkpoint",
+                     description="Write config.json, model.safetensors and tokenizer.json to --out.")
     add_model_arguments(hf, device=False, dtype_help="weight dtype on disk")
     hf.add_argument("--out", required=True, help="output folder")
     hf.add_argument("--force", action="store_true", help="replace --out if it exists")
-    hf.set_defaults(handler=run_export_hf)
 
-    upload = commands.add_parser("hub-upload", help="upload an exported folder to the Hugging Face Hub",
-                                 description="Create the repo if needed and upload the folder (needs a login token).")
+    upload = add_command(commands, "hub-upload", run_hub_upload, help="upload an exported folder to the Hugging Face Hub",
+                         description="Create the repo if needed and upload the folder (needs a login token).")
     upload.add_argument("--dir", required=True, help="folder written by `gpt25 export hf`")
     upload.add_argument("--repo", required=True, help="Hub repo id, e.g. your-name/gpt25-124m")
     upload.add_argument("--private", action="store_true", help="create the repo as private")
-    upload.set_defaults(handler=run_hub_upload)
 
-    download = commands.add_parser("hub-download", help="download a model repo from the Hub",
-                                   description="Download a snapshot of a Hub model repo into --out: an alias of "
-                                   "`gpt25 data download --repo_type model`.")
+    download = add_command(commands, "hub-download", run_hub_download, help="download a model repo from the Hub",
+                           description="Download a snapshot of a Hub model repo into --out: an alias of "
+                           "`gpt25 data download --repo_type model`.")
     download.add_argument("--repo", required=True, help="Hub repo id")
     download.add_argument("--out", required=True, help="local folder")
-    download.set_defaults(handler=run_hub_download)
 
 
 def run_export_hf(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The flags several commands share, and one flag style for every command.
+"""What every command shares: one way to declare it, the flags several take, one flag style, one-line warnings.
 
 `add_model_arguments` / `model_inputs` are the one preamble of every command that loads a model for
 inference (generate, chat, serve, eval, export): the checkpoint, its tokenizer (default: the run's),
@@ -10,12 +10,37 @@ the style was settled keep working; help lists only the first spelling of each f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import sys
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], int],
+                help: str, description: str) -> argparse.ArgumentParser:
+    """The parser of the sub-command `name`, which runs `handler(args)`."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str, every_time: bool = False) -> Iterator[None]:
+    """Show warnings (a prompt cut to fit the context, non-UTF-8 lines, ...) as `gpt25 COMMAND: warning: ...` on
+    stderr; with `every_time`, each time one is raised, not once per place (a chat's many replies would repeat
+    one that every reply raises, such as a failed CUDA-graph capture)."""
+    with warnings.catch_warnings():
+        if every_time:
+            warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *_: print(f"gpt25 {command}: warning: {message}", file=sys.stderr,
+                                                         flush=True)
+        yield
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True,
@@ -70,19 +95,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int 
                         help="on a GPU, run each decoding step eagerly instead of replaying a captured CUDA graph")
 
 
-def dashed_aliases(option_strings: list[str]) -> list[str]:
-    """`--a-b` for every `--a_b` among the option strings that is not already there."""
-    dashed = [f"--{name[2:].replace('_', '-')}" for name in option_strings if name.startswith("--") and "_" in name]
-    return [name for name in dashed if name not in option_strings]
-
-
 class FlagHelpFormatter(argparse.HelpFormatter):
     """Help shows a flag's short form and its first long spelling, not the aliases after it."""
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
         long_names = [name for name in action.option_strings if name.startswith("--")]
-        if len(long_names) < 2:
-            return super()._format_action_invocation(action)
         shown = copy.copy(action)
         shown.option_strings = [name for name in action.option_strings if not name.startswith("--")] + long_names[:1]
         return super()._format_action_invocation(shown)
@@ -96,6 +113,8 @@ class FlagParser(argparse.ArgumentParser):
 
     def _add_action(self, action: argparse.Action) -> argparse.Action:
         # Here rather than in add_argument: flags added through a mutually exclusive group arrive here too.
-        action.option_strings = action.option_strings + dashed_aliases(action.option_strings)
+        names = action.option_strings
+        dashed = [f"--{name[2:].replace('_', '-')}" for name in names if name.startswith("--") and "_" in name]
+        action.option_strings = names + [name for name in dashed if name not in names]
         return super()._add_action(action)
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 
-from gpt25.cli.flags import add_model_arguments, model_inputs
+from gpt25.cli.flags import add_command, add_model_arguments, model_inputs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "serve",
+    parser = add_command(
+        subparsers, "serve", run_serve,
         help="serve a checkpoint over an OpenAI-compatible HTTP API, with a chat page",
         description="POST /v1/chat/completions (a model with chat role tokens) and /v1/completions, GET /v1/models, "
         "/health and / (a chat page). Concurrent requests are decoded together in one batch.",
@@ -27,7 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="cap on prompt tokens (default: the context length less one)")
     parser.add_argument("--max_body_bytes", type=int, default=1_000_000, help="cap on a request body (default 1 MB)")
     parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' on every /v1 route")
-    parser.set_defaults(handler=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:

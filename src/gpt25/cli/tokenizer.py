@@ -16,70 +16,52 @@ import tempfile
 import time
 from pathlib import Path
 
+from gpt25.cli.flags import add_command
 from gpt25.files import atomic_folder
 
 END_OF_TEXT = "<|endoftext|>"  # gpt25.tokenizer.END_OF_TEXT, which this module does not import: `gpt25 --help` stays fast
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `gpt25 tokenizer ...` to the `gpt25` parser."""
     parser = subparsers.add_parser(
         "tokenizer", help="train, inspect and run a byte-level BPE tokenizer",
         description="Train a byte-level BPE tokenizer (GPT-2's pre-tokenizer) and encode/decode with it.")
     commands = parser.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
-    for register_command in (_register_train, _register_import, _register_encode_decode):
-        register_command(commands)
-    info = commands.add_parser("info", help="print vocab size, special tokens and the longest tokens",
-                               description="Describe a saved tokenizer.")
-    info.add_argument("tokenizer_dir", type=Path, metavar="DIR", help="folder written by `gpt25 tokenizer train`")
-    info.add_argument("--longest", type=int, default=10, help="how many of the longest tokens to show")
-    info.set_defaults(handler=run_info)
-
-
-def _register_train(commands: argparse._SubParsersAction) -> None:
-    train = commands.add_parser("train", help="train a tokenizer on text files", description="Train a byte-level "
-                                "BPE tokenizer on UTF-8 text files (any size: they are streamed).")
+    train = add_command(commands, "train", run_train, help="train a tokenizer on text files",
+                        description="Train a byte-level BPE tokenizer on UTF-8 text files (any size: they are streamed).")
     train.add_argument("--input", type=Path, nargs="+", required=True, metavar="PATH", help="UTF-8 text file(s)")
     train.add_argument("--vocab_size", type=int, required=True, help="final vocab size (>= 256 + special tokens)")
-    train.add_argument("--special_token", action="append", default=None, metavar="TOKEN",
-                       help='special token, repeatable (default: "<|endoftext|>"); when you give any, include '
-                            '"<|endoftext|>" too: `gpt25 data prepare` needs it to end documents')
-    _add_out_arguments(train)
+    _add_output_arguments(train, 'special token, repeatable (default: "<|endoftext|>"); when you give any, include '
+                          '"<|endoftext|>" too: `gpt25 data prepare` needs it to end documents')
     train.add_argument("--workers", type=int, default=None, help="processes counting pre-tokens (default: up to 2)")
     train.add_argument("--no_progress", action="store_true", help="no progress bars")
-    train.set_defaults(handler=run_train)
-
-
-def _register_import(commands: argparse._SubParsersAction) -> None:
-    imported = commands.add_parser(
-        "import", help="convert GPT-2-style vocab.json + merges.txt into a gpt25 tokenizer folder",
+    imported = add_command(
+        commands, "import", run_import, help="convert GPT-2-style vocab.json + merges.txt into a gpt25 tokenizer folder",
         description="Write a gpt25 tokenizer folder from GPT-2-style files (e.g. OpenAI's GPT-2 vocab.json "
-                    "and merges.txt); it encodes exactly as Tokenizer.from_files does.",
-    )
+                    "and merges.txt); it encodes exactly as Tokenizer.from_files does.")
     imported.add_argument("--vocab", type=Path, required=True, metavar="FILE", help="GPT-2-style vocab.json")
     imported.add_argument("--merges", type=Path, required=True, metavar="FILE", help="GPT-2-style merges.txt")
-    imported.add_argument("--special_token", action="append", default=None, metavar="TOKEN",
-                          help='special token, repeatable (default: "<|endoftext|>", which GPT-2 has as id 50256)')
-    _add_out_arguments(imported)
-    imported.set_defaults(handler=run_import)
+    _add_output_arguments(imported, 'special token, repeatable (default: "<|endoftext|>", which GPT-2 has as id 50256)')
+    for name, handler, help_text, description in (
+        ("encode", run_encode, "encode UTF-8 text from stdin to ids on stdout",
+         "Read UTF-8 text on stdin, write token ids separated by spaces."),
+        ("decode", run_decode, "decode ids from stdin to text on stdout",
+         "Read whitespace-separated token ids on stdin, write the text."),
+    ):
+        add_command(commands, name, handler, help=help_text, description=description).add_argument(
+            "--tokenizer", type=Path, required=True, metavar="DIR", help="saved tokenizer folder")
+    info = add_command(commands, "info", run_info, help="print vocab size, special tokens and the longest tokens",
+                       description="Describe a saved tokenizer.")
+    info.add_argument("tokenizer_dir", type=Path, metavar="DIR", help="folder written by `gpt25 tokenizer train`")
+    info.add_argument("--longest", type=int, default=10, help="how many of the longest tokens to show")
 
 
-def _add_out_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_output_arguments(parser: argparse.ArgumentParser, special_token_help: str) -> None:
+    """--special_token, --out and --force, as `train` and `import` take them."""
+    parser.add_argument("--special_token", action="append", default=None, metavar="TOKEN", help=special_token_help)
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the tokenizer to")
     parser.add_argument("--force", action="store_true",
                         help="replace DIR if it is empty or holds a gpt25 tokenizer (a folder with other files is refused)")
-
-
-def _register_encode_decode(commands: argparse._SubParsersAction) -> None:
-    for name, help_text, description, handler in (
-        ("encode", "encode UTF-8 text from stdin to ids on stdout",
-         "Read UTF-8 text on stdin, write token ids separated by spaces.", run_encode),
-        ("decode", "decode ids from stdin to text on stdout",
-         "Read whitespace-separated token ids on stdin, write the text.", run_decode),
-    ):
-        parser = commands.add_parser(name, help=help_text, description=description)
-        parser.add_argument("--tokenizer", type=Path, required=True, metavar="DIR", help="saved tokenizer folder")
-        parser.set_defaults(handler=handler)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -1,7 +1,10 @@
-"""CLI commands `gpt25 train` and `gpt25 plot`.
+"""CLI commands `gpt25 train`, `gpt25 sft` (fine-tune a base checkpoint into a chat model) and `gpt25 plot`.
 
     gpt25 train --config configs/cpu-small.toml --data data/ --out runs/small
     torchrun --nproc_per_node 4 -m gpt25 train --config configs/gpt25-124m.toml --data data/
+    gpt25 sft --checkpoint runs/small --tokenizer data/tokenizer --data python-docs-chat --out runs/chat
+    gpt25 sft --config configs/sft-smoltalk.toml --checkpoint runs/base --tokenizer tok/ --out runs/chat
+    gpt25 sft --checkpoint latest --out runs/chat --data python-docs-chat    # resume
     gpt25 plot runs/small runs/other --out curves.png
 """
 
@@ -12,25 +15,31 @@ import os
 import signal
 from pathlib import Path
 
-from gpt25.train.config import add_train_arguments
+from gpt25.cli.flags import add_command
+from gpt25.train.config import SFTConfig, add_train_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `train` and `plot` to the `gpt25` parser."""
-    train_parser = subparsers.add_parser(
-        "train", help="train (or resume) a model on prepared shards",
+    train_parser = add_command(
+        subparsers, "train", run_train, help="train (or resume) a model on prepared shards",
         description="Train a GPT 2.5 model on shards from `gpt25 data prepare`. Settings come from the "
         "defaults, then --config FILE.toml, then flags. Under torchrun the model is sharded with FSDP2 "
         "(or DDP); global batch = batch_size x grad_accum_steps x world size.")
     add_train_arguments(train_parser)
-    train_parser.set_defaults(handler=run_train)
-
-    plot_parser = subparsers.add_parser("plot", help="draw training curves of one or more runs as a PNG (or PDF, SVG)",
-                                        description="Loss, perplexity, LR, throughput, bits per byte and "
-                                        "HellaSwag from each RUN_DIR/metrics.jsonl, runs overlaid.")
+    plot_parser = add_command(subparsers, "plot", run_plot,
+                              help="draw training curves of one or more runs as a PNG (or PDF, SVG)",
+                              description="Loss, perplexity, LR, throughput, bits per byte and "
+                              "HellaSwag from each RUN_DIR/metrics.jsonl, runs overlaid.")
     plot_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
     plot_parser.add_argument("--out", default=None, help="image to write, .png, .pdf or .svg (default: FIRST_RUN_DIR/curves.png)")
-    plot_parser.set_defaults(handler=run_plot)
+    sft_parser = add_command(
+        subparsers, "sft", run_sft,
+        help="fine-tune a base checkpoint on conversations (loss on the assistant's tokens only)",
+        description="Supervised fine-tuning: conversations packed into rows of --context_length, loss on the "
+        "assistant's tokens only, held-out assistant loss and token accuracy every --eval_every steps. A "
+        "tokenizer without role tokens gets them and the model the matching rows; the run saves that tokenizer "
+        "as RUN_DIR/tokenizer. Settings: defaults, then --config FILE.toml, then flags; torchrun as `gpt25 train`.")
+    add_train_arguments(sft_parser, SFTConfig)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -38,10 +47,23 @@ def run_train(args: argparse.Namespace) -> int:
     from gpt25.train.trainer import train
 
     summary = train(resolve_config(args))
-    is_main_rank = os.environ.get("RANK", "0") == "0"
-    if is_main_rank and summary["stopped_by"] is None and summary["final_val_loss"] is not None:
+    if os.environ.get("RANK", "0") == "0" and summary["stopped_by"] is None and summary["final_val_loss"] is not None:
         print(f"done: step {summary['step']}, train loss {summary['final_train_loss']:.4f}, "
               f"val loss {summary['final_val_loss']:.4f}, checkpoint {summary['checkpoint']}")
+    return stop_status(summary["stopped_by"])
+
+
+def run_sft(args: argparse.Namespace) -> int:
+    from gpt25.train.config import resolve_config
+    from gpt25.train.sft import sft
+
+    summary = sft(resolve_config(args, SFTConfig))
+    if os.environ.get("RANK", "0") == "0" and summary["stopped_by"] is None:
+        held_out = (f", held-out assistant loss {summary['final_val_loss']:.4f}, token accuracy "
+                    f"{summary['val_accuracy']:.1%}" if summary["final_val_loss"] is not None else "")
+        print(f"done: step {summary['step']} ({summary['epochs']:.2f} epochs), train loss "
+              f"{summary['final_train_loss']:.4f}{held_out}; checkpoint {summary['checkpoint']}, "
+              f"tokenizer {summary['tokenizer']}")
     return stop_status(summary["stopped_by"])
 
 
