@@ -331,12 +331,12 @@ def test_raw_blocks_give_the_documents_that_iter_documents_gives(tmp_path: Path,
 def test_raw_blocks_equal_iter_documents_on_any_bytes(
     tmp_path: Path, pieces: list[bytes], block_bytes: int, search_bytes: int
 ) -> None:
-    from gpt25.data import source_tasks
+    from gpt25.data import sources
 
     path = tmp_path / "any.txt"
     path.write_bytes(b"".join(pieces))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(source_tasks, "BLOCK_SEARCH_BYTES", search_bytes)
+        patch.setattr(sources, "BLOCK_SEARCH_BYTES", search_bytes)
         blocks = paragraph_blocks(path, block_bytes)
     assert b"".join(blocks) == path.read_bytes()
     assert documents_of_blocks(blocks) == iter_documents_quietly(path)
@@ -344,21 +344,20 @@ def test_raw_blocks_equal_iter_documents_on_any_bytes(
 
 def paragraph_blocks(path: Path, block_bytes: int) -> list[bytes]:
     """The blocks that prepare's workers read for consecutive byte ranges of block_bytes."""
-    from gpt25.data.source_tasks import read_paragraph_block
+    from gpt25.data.sources import read_paragraph_block
 
     size = path.stat().st_size
     return [read_paragraph_block(path, start, start + block_bytes) for start in range(0, size, block_bytes)]
 
 
 def documents_of_blocks(blocks: list[bytes]) -> list[str]:
-    from gpt25.data.source_tasks import decode_text_block, text_documents
+    from gpt25.data.sources import decode_text_block, text_documents
 
     return [doc for i, block in enumerate(blocks) for doc in text_documents(decode_text_block(block, i == 0)[0], "blank-line")]
 
 
 def iter_documents_quietly(path: Path) -> list[str]:
-    from gpt25.data.source_tasks import iter_documents
-    from gpt25.data.sources import SourceStats
+    from gpt25.data.sources import SourceStats, iter_documents
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonUtf8Warning)
@@ -392,7 +391,7 @@ JSONL_PIECES = [
 @given(pieces=st.lists(st.sampled_from(JSONL_PIECES), max_size=30), block_bytes=st.integers(1, 40))
 def test_jsonl_line_blocks_equal_iter_documents(tmp_path: Path, pieces: list[bytes], block_bytes: int) -> None:
     """Workers read JSONL as byte ranges moved to line starts; they find the documents the main process would."""
-    from gpt25.data.source_tasks import decode_text_block, jsonl_block_documents, read_line_block
+    from gpt25.data.sources import decode_text_block, jsonl_block_documents, read_line_block
 
     path = tmp_path / "rows.jsonl"
     data = b"".join(pieces)
@@ -412,7 +411,7 @@ def test_jsonl_line_blocks_equal_iter_documents(tmp_path: Path, pieces: list[byt
 
 
 def test_block_line_index_skips_the_lines_removed_as_not_utf8() -> None:
-    from gpt25.data.source_tasks import _block_line_index
+    from gpt25.data.sources import _block_line_index
 
     skipped = [(0, "bad"), (1, "bad"), (4, "bad")]  # block lines 2, 3, 5 remain as text lines 0, 1, 2
     assert [_block_line_index(index, skipped) for index in range(3)] == [2, 3, 5]

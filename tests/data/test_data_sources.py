@@ -15,9 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt25.data import source_tasks, sources
-from gpt25.data.source_tasks import iter_documents
-from gpt25.data.sources import SourceStats, iter_utf8_lines
+from gpt25.data import sources
+from gpt25.data.sources import SourceStats, iter_documents, iter_utf8_lines
 
 
 def documents(*specs: str, **options) -> list[str]:
@@ -64,13 +63,13 @@ def test_block_reader_equals_the_line_by_line_split(tmp_path_factory, content: b
         expected = paragraphs_line_by_line(path, expected_stats)
         whole = "".join(line for _, line in iter_utf8_lines(path, SourceStats()))
         expected_file = [whole.strip("\n")] if whole.strip() else []
-        original_block_bytes = source_tasks.TEXT_BLOCK_BYTES
+        original_block_bytes = sources.TEXT_BLOCK_BYTES
         try:
-            source_tasks.TEXT_BLOCK_BYTES = block_bytes
+            sources.TEXT_BLOCK_BYTES = block_bytes
             assert list(iter_documents([str(path)], stats=stats)) == expected
             assert list(iter_documents([str(path)], doc_split="file")) == expected_file
         finally:
-            source_tasks.TEXT_BLOCK_BYTES = original_block_bytes
+            sources.TEXT_BLOCK_BYTES = original_block_bytes
     assert stats.skipped_lines == expected_stats.skipped_lines
 
 
@@ -225,8 +224,8 @@ def test_binary_and_utf16_files_are_refused(tmp_path: Path, name: str, data: byt
     path.write_bytes(data)
     for read in (
         lambda: documents(str(tmp_path)),
-        lambda: source_tasks.read_paragraph_block(path, 0, 4),
-        lambda: source_tasks.read_line_block(path, 0, 4),
+        lambda: sources.read_paragraph_block(path, 0, 4),
+        lambda: sources.read_line_block(path, 0, 4),
     ):
         with pytest.raises(ValueError, match=f"{path} {problem}.*convert it to UTF-8") as error:
             read()

@@ -47,16 +47,18 @@ from gpt25.data.shards import (
     read_manifest,
     shard_is_valid,
 )
-from gpt25.data.source_tasks import (
+from gpt25.data.sources import (
     BlockReport,
+    SourceStats,
     SourceTask,
     TaskLines,
+    check_sources,
     iter_documents,
     plan_tasks,
     range_task_bytes,
     read_task,
+    source_signature,
 )
-from gpt25.data.sources import SourceStats, check_sources, source_signature
 from gpt25.files import new_folders, write_json_atomic
 from gpt25.tokenizer import Tokenizer
 
