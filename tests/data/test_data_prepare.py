@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gpt25.data import load_split, read_manifest
-from gpt25.data.prepare import PrepareConfig, document_hash, prepare
+from gpt25.data.prepare import PrepareConfig, prepare
 from gpt25.data.sources import NonUtf8Warning
 from gpt25.tokenizer import Tokenizer
 
@@ -32,6 +33,11 @@ def run_prepare(source: Path | list[str], tokenizer_dir: Path, out: Path, **over
     sources = [str(source)] if isinstance(source, Path) else source
     settings = {"val_fraction": 0.1, "workers": 1, "shard_tokens": 500, "progress": False} | overrides
     return prepare(PrepareConfig(sources=sources, tokenizer_dir=str(tokenizer_dir), out_dir=str(out), **settings))
+
+
+def document_hash(text: str) -> int:
+    """The hash that decides a document's split, as prepare's docstring defines it (64-bit BLAKE2b)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
 def shard_checksums(out: Path) -> dict[str, str]:

@@ -104,28 +104,20 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def document_hash(text: str) -> int:
-    """The 64-bit hash that decides a document's split (stable across runs, machines and Pythons)."""
-    return _hash_utf8(text.encode("utf-8"))
-
-
-def _hash_utf8(data: bytes) -> int:
-    return int.from_bytes(_digest(data), "big")
-
-
 def _digest(data: bytes) -> bytes:
+    """The 64-bit BLAKE2b hash that decides a document's split (stable across runs, machines and Pythons)."""
     return hashlib.blake2b(data, digest_size=8).digest()
 
 
 def _is_val(documents: list[bytes], val_threshold: int) -> np.ndarray:
-    """(documents,) bool: whether each UTF-8 document goes to validation (_hash_utf8 <= val_threshold)."""
+    """(documents,) bool: whether each UTF-8 document goes to validation (its hash <= val_threshold)."""
     if val_threshold < 0:
         return np.zeros(len(documents), dtype=bool)
     return np.frombuffer(b"".join(map(_digest, documents)), dtype=">u8") <= np.uint64(val_threshold)
 
 
-def val_threshold_for_docs(hashes: Iterable[int], val_docs: int) -> tuple[int, int]:
-    """(N-th smallest hash, number of documents) with memory O(N): documents at or below it are validation."""
+def val_threshold_for_docs(hashes: Iterable[int], val_docs: int) -> int:
+    """The N-th smallest hash, with memory O(N): documents at or below it are validation."""
     largest_kept: list[int] = []  # max-heap (negated) of the val_docs smallest hashes so far
     num_documents = 0
     for value in hashes:
@@ -138,7 +130,7 @@ def val_threshold_for_docs(hashes: Iterable[int], val_docs: int) -> tuple[int, i
         raise ValueError(
             f"--val_docs {val_docs} leaves no training documents (the sources hold {num_documents}); pass a smaller --val_docs"
         )
-    return (-largest_kept[0] if largest_kept else -1), num_documents
+    return -largest_kept[0] if largest_kept else -1
 
 
 def prepare(config: PrepareConfig) -> dict[str, Any]:
@@ -160,8 +152,7 @@ def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[
     manifest = _start_or_resume(out_dir, settings, config.overwrite, tokenizer, dtype)
     if manifest["complete"]:
         return manifest
-    file_bytes = range_task_bytes(config.sources, settings["source_files"])
-    total_bytes = file_bytes
+    total_bytes = file_bytes = range_task_bytes(config.sources, settings["source_files"])
     if "val_threshold" not in manifest:
         manifest["val_threshold"], counted_bytes = _val_threshold(config)
         total_bytes = counted_bytes if file_bytes is None else file_bytes
@@ -233,18 +224,15 @@ def _val_threshold(config: PrepareConfig) -> tuple[int, int | None]:
 
     def hashes() -> Iterator[int]:
         nonlocal total_bytes
-        for text in tqdm(
-            _silenced(iter_documents(config.sources, **_source_options(config))),
-            desc="hash (val split)",
-            unit=" docs",
-            disable=not config.progress,
-        ):
-            data = text.encode("utf-8")
-            total_bytes += len(data)
-            yield _hash_utf8(data)
+        documents = iter_documents(config.sources, **_source_options(config))
+        with warnings.catch_warnings():  # the main pass warns about the same non-UTF-8 lines
+            warnings.simplefilter("ignore")
+            for text in tqdm(documents, desc="hash (val split)", unit=" docs", disable=not config.progress):
+                data = text.encode("utf-8")
+                total_bytes += len(data)
+                yield int.from_bytes(_digest(data), "big")
 
-    threshold, _ = val_threshold_for_docs(hashes(), config.val_docs)
-    return threshold, total_bytes
+    return val_threshold_for_docs(hashes(), config.val_docs), total_bytes
 
 
 def _source_options(config: PrepareConfig) -> dict[str, Any]:
@@ -253,27 +241,13 @@ def _source_options(config: PrepareConfig) -> dict[str, Any]:
             "hf_split": config.hf_split, "exclude": config.out_dir}
 
 
-def _silenced(documents: Iterator[str]) -> Iterator[str]:
-    """The hashing pre-pass reads the same lines again; its non-UTF-8 warnings would be duplicates."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield from documents
-
-
 def _resume_points(manifest: dict[str, Any]) -> dict[str, ResumePoint]:
     shards = {split: manifest["splits"][split]["shards"] for split in SPLITS}
     return {split: ResumePoint(**entries[-1]["next"]) if entries else ResumePoint() for split, entries in shards.items()}
 
 
-def _run(
-    config: PrepareConfig,
-    tokenizer: Any,
-    dtype: np.dtype,
-    out_dir: Path,
-    manifest: dict[str, Any],
-    total_bytes: int | None,
-    counts_file_bytes: bool,
-) -> tuple[dict[str, Any], int]:
+def _run(config: PrepareConfig, tokenizer: Any, dtype: np.dtype, out_dir: Path, manifest: dict[str, Any],
+         total_bytes: int | None, counts_file_bytes: bool) -> tuple[dict[str, Any], int]:
     """The streaming pass: read, assign, tokenize in order, write shards; returns (source counters, documents
     tokenized). The progress bar counts to `total_bytes` in file bytes (byte-range tasks) when
     `counts_file_bytes`, else in the documents' text bytes."""
@@ -285,12 +259,11 @@ def _run(
     stats = SourceStats()
     task_lines = TaskLines(stats)
     counters = {"documents": 0, "bytes": 0, "tokens": 0, "tokenized": 0}
-    tasks = (_Task(task, manifest["val_threshold"], resume, dtype) for task in plan_tasks(config.sources, BATCH_CHARS, stats=stats,
-                                                          **_source_options(config)))
+    planned = plan_tasks(config.sources, BATCH_CHARS, stats=stats, **_source_options(config))
+    tasks = (_Task(task, manifest["val_threshold"], resume, dtype) for task in planned)
     caught_up_at = max(point.doc_index for point in resume.values())
-    with tqdm(
-        total=total_bytes, desc="prepare", unit="B", unit_scale=True, disable=not config.progress, mininterval=0.5
-    ) as bar:
+    with tqdm(total=total_bytes, desc="prepare", unit="B", unit_scale=True, disable=not config.progress,
+              mininterval=0.5) as bar:
         try:
             for task, encoded in _encoded_in_order(tasks, config.workers, tokenizer, counters, caught_up_at):
                 task_lines.report(task.source, encoded.block)
