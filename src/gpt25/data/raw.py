@@ -43,7 +43,7 @@ class RawImportConfig:
     val: list[str]
     tokenizer_dir: str  # the tokenizer the files were made with (its vocab size bounds the ids)
     out_dir: str
-    dtype: str = "uint16"  # the files' token type, little-endian
+    dtype: str = "uint16"  # the files' token type, little-endian: a key of RAW_DTYPES
     copy: bool = False  # write shards instead of referencing the files
     shard_tokens: int = SHARD_TOKENS  # with copy: tokens per shard
     force: bool = False  # replace an existing out_dir
@@ -53,8 +53,6 @@ class RawImportConfig:
 def import_raw(config: RawImportConfig) -> dict[str, Any]:
     """Check the token files and write `config.out_dir` (manifest, and shards with `copy`); returns the
     manifest. A run that fails leaves nothing behind."""
-    if config.dtype not in RAW_DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(RAW_DTYPES)}, got {config.dtype!r}")
     if config.shard_tokens < 1:
         raise ValueError(f"--shard_tokens must be >= 1, got {config.shard_tokens}")
     files = {"train": _token_files(config.train, "--train"), "val": _token_files(config.val, "--val")}

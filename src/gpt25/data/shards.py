@@ -72,10 +72,6 @@ def new_manifest(tokenizer: Any, dtype: np.dtype, settings: dict[str, Any]) -> d
     }
 
 
-def shard_name(split: str, index: int) -> str:
-    return f"{split}_{index:06d}.bin"
-
-
 class ShardFile:
     """A shard being written: header placeholder, tokens appended, then finished atomically."""
 
@@ -354,13 +350,11 @@ class SplitWriter:
         self.num_docs += 1
         position = 0
         while position < len(tokens):
-            if self.current is None:
-                self.current = ShardFile(self.out_dir / shard_name(self.split, len(self.entries)), self.dtype)
-            room = self.shard_tokens - self.current.num_tokens
-            piece = tokens[position : position + room]
-            self.current.append(piece)
+            shard = self._open_shard()
+            piece = tokens[position : position + self.shard_tokens - shard.num_tokens]
+            shard.append(piece)
             position += len(piece)
-            if self.current.num_tokens == self.shard_tokens:
+            if shard.num_tokens == self.shard_tokens:
                 offset = self.resume.token_offset if doc_index == self.resume.doc_index else 0
                 at_end = position == len(tokens)
                 next_point = (
@@ -377,10 +371,13 @@ class SplitWriter:
             for doc_index, doc_tokens in zip(doc_indices, np.split(tokens, np.cumsum(lengths)[:-1]), strict=True):
                 self.add_document(doc_index, doc_tokens)
             return
-        if self.current is None:
-            self.current = ShardFile(self.out_dir / shard_name(self.split, len(self.entries)), self.dtype)
-        self.current.append(tokens)
+        self._open_shard().append(tokens)
         self.num_docs += len(doc_indices)
+
+    def _open_shard(self) -> ShardFile:
+        if self.current is None:
+            self.current = ShardFile(self.out_dir / f"{self.split}_{len(self.entries):06d}.bin", self.dtype)
+        return self.current
 
     def close(self, num_source_docs: int) -> None:
         if self.current is not None:
