@@ -29,16 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set
-from gpt25.data.loader import SeededBatches
+from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set, open_out_file
+from gpt25.data.loader import STATE_VERSION, SeededBatches
 from gpt25.data.sources import SourceStats, expand_paths, iter_hf_field, iter_parquet_column, iter_utf8_lines
-from gpt25.files import atomic_path
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import add_chat_tokens, message_problem, render_conversation
 from gpt25.tokenizer.codec import END_OF_TEXT
 
 IGNORE_INDEX = -100  # the target of a position that is not trained (cross_entropy's ignore_index)
-LOADER_VERSION = 1
 _MESSAGE_INDEX = re.compile(r"message \d+")
 
 
@@ -136,13 +134,9 @@ def write_chat_set(path: str | Path, tokenizer_dir: str | Path | None = None,
                    val_fraction: float = 0.05) -> dict[str, int]:
     """Write the embedded chat set as JSONL (atomically) and return its size: conversations, held-out ones,
     messages and, with a tokenizer, tokens and trained (assistant) tokens in the chat format."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"--out {path} is a folder; give the file to write, e.g. --out {path / 'chat.jsonl'}")
     tokenizer = add_chat_tokens(Tokenizer.load(tokenizer_dir)) if tokenizer_dir else None
     sizes = dict.fromkeys(("conversations", "validation", "messages", "tokens", "assistant_tokens"), 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as file:
+    with open_out_file(path, "chat.jsonl") as file:
         for messages in iter_chat_set():
             file.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
             sizes["conversations"] += 1
@@ -229,11 +223,11 @@ class PackedLoader(SeededBatches):
         return int(self._permutation(epoch, len(self.rows))[offset])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": LOADER_VERSION, "position": self.position, "seed": self.seed, "num_rows": len(self.rows)}
+        return {"version": STATE_VERSION, "position": self.position, "seed": self.seed, "num_rows": len(self.rows)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where `state` left off (the same packed rows and seed; any world or batch size)."""
-        expected = {"version": LOADER_VERSION, "seed": self.seed, "num_rows": len(self.rows)}
+        expected = {"version": STATE_VERSION, "seed": self.seed, "num_rows": len(self.rows)}
         self._check_state(state, expected, "these conversations",
                           "resume with the same --data, --seed, --context_length and --val_fraction")
         self.position = int(state["position"])

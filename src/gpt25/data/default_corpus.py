@@ -17,6 +17,7 @@ text, so the set is the same on every run of one Python version. The train/valid
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import inspect
 import os
@@ -24,10 +25,11 @@ import re
 import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 from gpt25.files import atomic_path
+from gpt25.tokenizer.codec import END_OF_TEXT
 
-EOT_TEXT = "<|endoftext|>"
 CHAT_SET_SPEC = "python-docs-chat"
 MAX_ANSWER_CHARS = 600
 SYSTEM_PROMPTS = (
@@ -127,19 +129,26 @@ def iter_pydoc_topics() -> Iterator[str]:
 def write_corpus_file(documents: Iterable[str], path: str | os.PathLike) -> tuple[int, int]:
     """Write documents joined by "<|endoftext|>" (for `gpt25 tokenizer train`) atomically; returns
     (docs, bytes). On any error (or Ctrl-C) the temporary file goes and `path` is left as it was."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"--out {path} is a folder; give the file to write, e.g. --out {path / 'corpus.txt'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     num_documents = num_bytes = 0
-    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as file:
+    with open_out_file(path, "corpus.txt") as file:
         for document in documents:
             if num_documents:
-                file.write(EOT_TEXT)
+                file.write(END_OF_TEXT)
             file.write(document)
             num_documents += 1
             num_bytes += len(document.encode("utf-8"))
     return num_documents, num_bytes
+
+
+@contextlib.contextmanager
+def open_out_file(path: str | os.PathLike, example_name: str) -> Iterator[TextIO]:
+    """--out `path` open for writing UTF-8 text through atomic_path; a folder is a one-line error."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"--out {path} is a folder; give the file to write, e.g. --out {path / example_name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as file:
+        yield file
 
 
 # ---- the chat set ----
