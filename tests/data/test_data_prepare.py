@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -397,7 +398,7 @@ JSONL_PIECES = [
 @given(pieces=st.lists(st.sampled_from(JSONL_PIECES), max_size=30), block_bytes=st.integers(1, 40))
 def test_jsonl_line_blocks_equal_iter_documents(tmp_path: Path, pieces: list[bytes], block_bytes: int) -> None:
     """Workers read JSONL as byte ranges moved to line starts; they find the documents the main process would."""
-    from gpt25.data.sources import decode_text_block, jsonl_block_documents, read_line_block
+    from gpt25.data.sources import decode_text_block, jsonl_block_documents, read_line_block, record_documents
 
     path = tmp_path / "rows.jsonl"
     data = b"".join(pieces)
@@ -407,7 +408,7 @@ def test_jsonl_line_blocks_equal_iter_documents(tmp_path: Path, pieces: list[byt
     documents = []
     for index, block in enumerate(blocks):
         text, skipped = decode_text_block(block, at_file_start=index == 0)
-        found, bad_line = jsonl_block_documents(text, "text", skipped)
+        found, bad_line = jsonl_block_documents(text, partial(record_documents, text_field="text"), skipped)
         documents += found
         if bad_line is not None:  # a BOM that is not at the file's start makes a line invalid JSON
             with pytest.raises(ValueError, match="not a JSON object per line"):

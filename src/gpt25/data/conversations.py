@@ -31,7 +31,7 @@ import torch
 
 from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set, open_out_file
 from gpt25.data.loader import STATE_VERSION, SeededBatches
-from gpt25.data.sources import SourceStats, expand_paths, iter_hf_field, iter_parquet_column, iter_utf8_lines
+from gpt25.data.sources import JSONL_SUFFIXES, expand_paths, iter_hf_field, iter_jsonl_records, iter_parquet_column
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import add_chat_tokens, message_problem, render_conversation
 from gpt25.tokenizer.codec import END_OF_TEXT
@@ -102,26 +102,26 @@ def _iter_raw_messages(spec: str) -> Iterator[Any]:
             if path.suffix == ".parquet":
                 yield from iter_parquet_column(path, "messages", "conversation files need a 'messages' list of "
                                                "{role, content}")
-            elif path.suffix in (".jsonl", ".json"):
-                yield from _jsonl_messages(path)
+            elif path.suffix in JSONL_SUFFIXES:
+                yield from iter_jsonl_records(path, _line_messages)
             else:
                 raise ValueError(f"{path}: conversations come from .jsonl or .parquet files, "
                                  f"'hf:NAME[:CONFIG]' or '{CHAT_SET_SPEC}'")
 
 
-def _jsonl_messages(path: Path) -> Iterator[Any]:
-    for line_number, line in iter_utf8_lines(path, SourceStats()):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{line_number}: not a JSON object ({error.msg}); conversation files hold "
-                             'one {"messages": [...]} object per line') from None
-        if not isinstance(record, dict) or "messages" not in record:
-            raise ValueError(f"{path}:{line_number}: no 'messages' field; conversation files hold "
-                             'one {"messages": [{"role": ..., "content": ...}, ...]} object per line')
-        yield record["messages"]
+def _line_messages(line: str) -> list[Any]:
+    """The `messages` of one line of a conversation file ([] for a blank line)."""
+    if not line.strip():
+        return []
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not a JSON object ({error.msg}); conversation files hold "
+                         'one {"messages": [...]} object per line') from None
+    if not isinstance(record, dict) or "messages" not in record:
+        raise ValueError("no 'messages' field; conversation files hold "
+                         'one {"messages": [{"role": ..., "content": ...}, ...]} object per line')
+    return [record["messages"]]
 
 
 def is_validation(messages: list[dict], val_fraction: float) -> bool:

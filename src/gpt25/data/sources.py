@@ -39,8 +39,9 @@ import re
 import shutil
 import sys
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -71,7 +72,7 @@ BLOCK_SEARCH_BYTES = 1 << 13  # read_paragraph_block / read_line_block search wi
 EMPTY_LINE_ENDS = (b"\n\n", b"\n\r\n")  # an empty line ends just after these
 _BLANK_LINE_OR_END = re.compile(r"^[^\S\n]*(?:\n|\Z)", re.MULTILINE)  # a last line without "\n" can be blank too
 _LINES = re.compile(rb"[^\n]*\n|[^\n]+\Z")  # each with its "\n" (the last may have none); only "\n" ends one
-_CARRIAGE_RETURNS = re.compile(r"\r+\n")  # "\r\n" line ends (iter_utf8_lines drops every "\r" before the "\n")
+_CARRIAGE_RETURNS = re.compile(r"\r+\n")  # "\r\n" line ends: every "\r" before a "\n" goes
 
 
 class NonUtf8Warning(UserWarning):
@@ -96,7 +97,7 @@ class SourceTask:
     start: int = 0
     end: int = 0
     doc_split: str = "blank-line"  # how a plain-text range splits into documents
-    text_field: str | None = None  # the field holding the text, when the file is JSONL
+    parse_line: Callable[[str], list] | None = None  # what a JSONL line holds (record_documents); None: plain text
 
 
 @dataclass
@@ -220,24 +221,6 @@ class SkippedLines:
                           f"{self.first})", NonUtf8Warning, stacklevel=3)
 
 
-def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]:
-    """(line number, line) pairs with newlines normalised to "\\n"; non-UTF-8 lines are skipped with a warning."""
-    bad_lines = SkippedLines(path, stats)
-    with open_text_file(path) as file:
-        for line_number, raw in enumerate(file, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                bad_lines.record(line_number, error.reason)
-                continue
-            if line_number == 1:
-                line = line.removeprefix("\ufeff")
-            if line.endswith("\n"):
-                line = line.rstrip("\r\n") + "\n"
-            yield line_number, line
-    bad_lines.close()
-
-
 def record_documents(line: str, text_field: str) -> list[str]:
     """The document of one JSONL line, its text exactly ([] for a blank line or a null or blank
     text); ValueError saying what is wrong with a line that is not an object with `text_field`, or
@@ -302,8 +285,18 @@ def iter_documents(specs: Iterable[str], *, stats: SourceStats | None = None, **
     """Yield the documents of every source spec in turn, read through the tasks the workers read
     (`options` are plan_tasks')."""
     stats = stats if stats is not None else SourceStats()
+    return _read_tasks(plan_tasks(specs, TEXT_BLOCK_BYTES, stats=stats, **options), stats)
+
+
+def iter_jsonl_records(path: Path, parse_line: Callable[[str], list]) -> Iterator[Any]:
+    """What `parse_line` makes of each line of a JSONL file, read as the documents of a JSONL source
+    are: a ValueError from it is raised naming file:line, and non-UTF-8 lines are skipped with a warning."""
+    return _read_tasks(_range_tasks(path, "blank-line", parse_line, TEXT_BLOCK_BYTES), SourceStats())
+
+
+def _read_tasks(tasks: Iterable[SourceTask], stats: SourceStats) -> Iterator[Any]:
     task_lines = TaskLines(stats)
-    for task in plan_tasks(specs, TEXT_BLOCK_BYTES, stats=stats, **options):
+    for task in tasks:
         documents, block = read_task(task)
         yield from documents  # before a bad JSONL line's error, the documents ahead of it
         task_lines.report(task, block)
@@ -335,8 +328,8 @@ def plan_tasks(specs: Iterable[str], task_bytes: int, *, doc_split: str = "blank
                     column = iter_parquet_column(path, text_field, "pass --text_field NAME", strings=True)
                     yield from _document_tasks(_texts(column), task_bytes)
                 else:
-                    jsonl_field = text_field if suffix in JSONL_SUFFIXES else None
-                    yield from _range_tasks(path, doc_split, jsonl_field, task_bytes)
+                    parse_line = partial(record_documents, text_field=text_field) if suffix in JSONL_SUFFIXES else None
+                    yield from _range_tasks(path, doc_split, parse_line, task_bytes)
 
 
 def range_task_bytes(specs: Iterable[str], signature: list[list]) -> int | None:
@@ -349,14 +342,15 @@ def range_task_bytes(specs: Iterable[str], signature: list[list]) -> int | None:
     return sum(size for _, size, _ in signature)
 
 
-def _range_tasks(path: Path, doc_split: str, text_field: str | None, task_bytes: int) -> Iterator[SourceTask]:
-    """Byte-range tasks over a plain-text file (text_field None) or a JSONL file; a whole file is one
+def _range_tasks(path: Path, doc_split: str, parse_line: Callable[[str], list] | None,
+                 task_bytes: int) -> Iterator[SourceTask]:
+    """Byte-range tasks over a plain-text file (parse_line None) or a JSONL file; a whole file is one
     task when each file is one document."""
     size = path.stat().st_size
-    task_bytes = max(size, 1) if doc_split == "file" and text_field is None else task_bytes
+    task_bytes = max(size, 1) if doc_split == "file" and parse_line is None else task_bytes
     for start in range(0, size, task_bytes):
         end = min(start + task_bytes, size)
-        yield SourceTask(path=str(path), start=start, end=end, doc_split=doc_split, text_field=text_field)
+        yield SourceTask(path=str(path), start=start, end=end, doc_split=doc_split, parse_line=parse_line)
 
 
 def _document_tasks(documents: Iterable[str], task_bytes: int) -> Iterator[SourceTask]:
@@ -369,16 +363,16 @@ def read_task(task: SourceTask) -> tuple[list[str], BlockReport | None]:
     (see TaskLines)."""
     if task.texts is not None:
         return task.texts, None
-    read_block = read_paragraph_block if task.text_field is None else read_line_block
+    read_block = read_paragraph_block if task.parse_line is None else read_line_block
     block = read_block(Path(task.path), task.start, task.end)
     text, skipped = decode_text_block(block, task.start == 0)
-    documents, bad_line = ((text_documents(text, task.doc_split), None) if task.text_field is None
-                           else jsonl_block_documents(text, task.text_field, skipped))
+    documents, bad_line = ((text_documents(text, task.doc_split), None) if task.parse_line is None
+                           else jsonl_block_documents(text, task.parse_line, skipped))
     return documents, BlockReport(skipped, block.count(b"\n"), bad_line)
 
 
 def decode_text_block(block: bytes, at_file_start: bool) -> tuple[str, list[tuple[int, str]]]:
-    """Whole lines of a file as str, as iter_utf8_lines gives them ("\r\n" ends made "\n", a
+    """Whole lines of a file as str ("\r\n" ends made "\n", a
     leading BOM dropped at the file's start), and (line index in the block, reason) for each line
     skipped because it is not UTF-8. The block is decoded at once unless it holds such a line."""
     skipped: list[tuple[int, str]] = []
@@ -477,14 +471,14 @@ def _block_start(file: BinaryIO, position: int, size: int, boundaries: tuple[byt
 
 
 def jsonl_block_documents(
-    text: str, text_field: str, skipped: list[tuple[int, str]]
-) -> tuple[list[str], tuple[int, str] | None]:
-    """The documents of a decoded block of JSONL lines (decode_text_block gives `text` and the lines
-    it `skipped`), and (line index in the block, problem) of its first bad line, or None."""
-    documents: list[str] = []
+    text: str, parse_line: Callable[[str], list], skipped: list[tuple[int, str]]
+) -> tuple[list, tuple[int, str] | None]:
+    """What `parse_line` makes of each line of a decoded block of JSONL lines (decode_text_block gives
+    `text` and the lines it `skipped`), and (line index in the block, problem) of its first bad line, or None."""
+    documents: list = []
     for index, line in enumerate(text.split("\n")):
         try:
-            documents += record_documents(line, text_field)
+            documents += parse_line(line)
         except ValueError as error:
             return documents, (_block_line_index(index, skipped), str(error))
     return documents, None
