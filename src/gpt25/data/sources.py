@@ -109,9 +109,8 @@ class BlockReport:
     bad_line: tuple[int, str] | None = None  # (line index, problem): a JSONL line that is no record
 
 
-def check_sources(
-    specs: Iterable[str], data_files: list[str] | None = None, exclude: str | os.PathLike | None = None
-) -> None:
+def check_sources(specs: Iterable[str], data_files: list[str] | None = None,
+                  exclude: str | os.PathLike | None = None) -> None:
     """Fail before any work when a local spec matches nothing (or a compressed file) or a Hub dataset
     is unreachable."""
     for spec in specs:
@@ -143,7 +142,8 @@ def expand_paths(spec: str, exclude: str | os.PathLike | None = None) -> list[Pa
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(path))]
+        files = [p for p in path.rglob("*") if p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(path).parts)]
     else:
         files = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
     if exclude is not None and not path.is_file():
@@ -157,10 +157,6 @@ def expand_paths(spec: str, exclude: str | os.PathLike | None = None) -> list[Pa
     for file in files:
         check_source_file(file)
     return sorted(files)
-
-
-def _is_hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
 
 
 def check_source_file(path: Path, head: bytes | None = None) -> None:
@@ -197,28 +193,6 @@ def open_text_file(path: Path) -> BinaryIO:
         file.close()
         raise
     return file
-
-
-class SkippedLines:
-    """Counts the non-UTF-8 lines of one file; warns for the first few, and sums up at the end."""
-
-    def __init__(self, path: Path, stats: SourceStats) -> None:
-        self.path, self.stats = path, stats
-        self.count = self.first = 0
-
-    def record(self, line_number: int, reason: str) -> None:
-        self.count += 1
-        self.first = self.first or line_number
-        if self.count <= MAX_WARNINGS_PER_FILE:
-            warnings.warn(
-                f"{self.path}:{line_number}: skipped a line that is not UTF-8 ({reason})", NonUtf8Warning, stacklevel=4
-            )
-
-    def close(self) -> None:
-        self.stats.skipped_lines += self.count
-        if self.count > MAX_WARNINGS_PER_FILE:
-            warnings.warn(f"{self.path}: skipped {self.count} lines that are not UTF-8 in all (first at line "
-                          f"{self.first})", NonUtf8Warning, stacklevel=3)
 
 
 def record_documents(line: str, text_field: str) -> list[str]:
@@ -402,26 +376,35 @@ def text_documents(text: str, doc_split: str) -> list[str]:
 
 class TaskLines:
     """Numbers within their files the lines that read_task reports by their index in a block (tasks
-    reported in order): warnings for the lines skipped as not UTF-8, the error for a bad JSONL line."""
+    reported in order): warnings for the first few lines of a file skipped as not UTF-8 (and at the
+    end how many in all), the error for a bad JSONL line."""
 
     def __init__(self, stats: SourceStats) -> None:
         self.stats = stats
-        self.files: dict[str, tuple[SkippedLines, int]] = {}  # path -> (its reporter, line number of the next block)
+        self.next_line: dict[str, int] = {}  # path -> line number of its next block
+        self.skipped: dict[str, tuple[int, int]] = {}  # path -> (lines skipped as not UTF-8, the first one)
 
     def report(self, task: SourceTask, block: BlockReport | None) -> None:
         if block is None:
             return
-        reporter, first_line = self.files.get(task.path) or (SkippedLines(Path(task.path), self.stats), 1)
+        first_line = self.next_line.get(task.path, 1)
         for index, reason in block.skipped_lines:
-            reporter.record(first_line + index, reason)
+            count, first = self.skipped.get(task.path, (0, first_line + index))
+            self.skipped[task.path] = count + 1, first
+            if count < MAX_WARNINGS_PER_FILE:
+                warnings.warn(f"{task.path}:{first_line + index}: skipped a line that is not UTF-8 ({reason})",
+                              NonUtf8Warning, stacklevel=3)
         if block.bad_line is not None:
             index, problem = block.bad_line
             raise ValueError(f"{task.path}:{first_line + index}: {problem}")
-        self.files[task.path] = reporter, first_line + block.num_lines
+        self.next_line[task.path] = first_line + block.num_lines
 
     def close(self) -> None:
-        for reporter, _ in self.files.values():
-            reporter.close()
+        for path, (count, first) in self.skipped.items():
+            self.stats.skipped_lines += count
+            if count > MAX_WARNINGS_PER_FILE:
+                warnings.warn(f"{path}: skipped {count} lines that are not UTF-8 in all (first at line {first})",
+                              NonUtf8Warning, stacklevel=3)
 
 
 def read_paragraph_block(path: Path, start: int, end: int) -> bytes:
@@ -470,9 +453,8 @@ def _block_start(file: BinaryIO, position: int, size: int, boundaries: tuple[byt
     return size
 
 
-def jsonl_block_documents(
-    text: str, parse_line: Callable[[str], list], skipped: list[tuple[int, str]]
-) -> tuple[list, tuple[int, str] | None]:
+def jsonl_block_documents(text: str, parse_line: Callable[[str], list],
+                          skipped: list[tuple[int, str]]) -> tuple[list, tuple[int, str] | None]:
     """What `parse_line` makes of each line of a decoded block of JSONL lines (decode_text_block gives
     `text` and the lines it `skipped`), and (line index in the block, problem) of its first bad line, or None."""
     documents: list = []
