@@ -28,7 +28,7 @@ import heapq
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,23 +116,6 @@ def _is_val(documents: list[bytes], val_threshold: int) -> np.ndarray:
     return np.frombuffer(b"".join(map(_digest, documents)), dtype=">u8") <= np.uint64(val_threshold)
 
 
-def val_threshold_for_docs(hashes: Iterable[int], val_docs: int) -> int:
-    """The N-th smallest hash, with memory O(N): documents at or below it are validation."""
-    largest_kept: list[int] = []  # max-heap (negated) of the val_docs smallest hashes so far
-    num_documents = 0
-    for value in hashes:
-        num_documents += 1
-        if len(largest_kept) < val_docs:
-            heapq.heappush(largest_kept, -value)
-        elif val_docs and value < -largest_kept[0]:
-            heapq.heapreplace(largest_kept, -value)
-    if val_docs and val_docs >= num_documents:
-        raise ValueError(
-            f"--val_docs {val_docs} leaves no training documents (the sources hold {num_documents}); pass a smaller --val_docs"
-        )
-    return -largest_kept[0] if largest_kept else -1
-
-
 def prepare(config: PrepareConfig) -> dict[str, Any]:
     """Tokenize the configured sources into `config.out_dir`; resumes an interrupted run. Returns the
     manifest. A run that fails leaves no folder it created empty behind."""
@@ -218,21 +201,25 @@ def _keep_valid_prefix(out_dir: Path, manifest: dict[str, Any]) -> None:
 
 def _val_threshold(config: PrepareConfig) -> tuple[int, int | None]:
     """(validation hash threshold, total source bytes when a pre-pass counted them)."""
-    if config.val_docs is None:
-        return int(config.val_fraction * 2**64) - 1, None  # hashes below the fraction; -1 (none) for 0
-    total_bytes = 0
+    if not config.val_docs:
+        return int((config.val_fraction or 0.0) * 2**64) - 1, None  # hashes below the fraction; -1 (none) for 0
+    totals = {"documents": 0, "bytes": 0}
 
     def hashes() -> Iterator[int]:
-        nonlocal total_bytes
         documents = iter_documents(config.sources, **_source_options(config))
         with warnings.catch_warnings():  # the main pass warns about the same non-UTF-8 lines
             warnings.simplefilter("ignore")
             for text in tqdm(documents, desc="hash (val split)", unit=" docs", disable=not config.progress):
                 data = text.encode("utf-8")
-                total_bytes += len(data)
+                totals["documents"] += 1
+                totals["bytes"] += len(data)
                 yield int.from_bytes(_digest(data), "big")
 
-    return val_threshold_for_docs(hashes(), config.val_docs), total_bytes
+    smallest = heapq.nsmallest(config.val_docs, hashes())  # memory O(val_docs); those at or below the last are val
+    if config.val_docs >= totals["documents"]:
+        raise ValueError(f"--val_docs {config.val_docs} leaves no training documents (the sources hold "
+                         f"{totals['documents']}); pass a smaller --val_docs")
+    return smallest[-1], totals["bytes"]
 
 
 def _source_options(config: PrepareConfig) -> dict[str, Any]:

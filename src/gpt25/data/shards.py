@@ -195,7 +195,8 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON ({error}); {_REBUILD}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path} is not a gpt25 token-shard manifest; point at a folder made by `gpt25 data prepare`")
-    problem = _manifest_problem(manifest)
+    problems = (_fields_problem(value, fields, prefix) for prefix, value, fields in _manifest_parts(manifest))
+    problem = next(filter(None, problems), None)
     if problem:
         raise ValueError(f"{path} is damaged: {problem}; {_REBUILD}")
     return manifest
@@ -204,33 +205,20 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
 _REBUILD = "rebuild the folder with `gpt25 data prepare ... --force`"
 
 
-def _manifest_problem(manifest: dict[str, Any]) -> str | None:
-    """The first field a manifest lacks or holds with the wrong type (as far as readers and a
-    resuming prepare go), or None."""
-    problem = _fields_problem(manifest, MANIFEST_FIELDS, "")
-    if problem is None and manifest["source"]:  # {} until a run completes
-        problem = _fields_problem(manifest["source"], SOURCE_FIELDS, "source.")
-    if problem is not None:
-        return problem
-    problems = (_split_problem(manifest["splits"].get(split), f"splits.{split}.") for split in SPLITS)
-    return next((problem for problem in problems if problem is not None), None)
-
-
-def _split_problem(info: Any, prefix: str) -> str | None:
-    problem = _fields_problem(info, SPLIT_FIELDS, prefix)
-    if problem is not None:
-        return problem
-    for index, entry in enumerate(info["shards"]):
-        entry_prefix = f"{prefix}shards[{index}]."
-        if isinstance(entry, dict) and is_raw_entry(entry):
-            problem = _fields_problem(entry, RAW_FILE_FIELDS, entry_prefix)
-        else:
-            problem = _fields_problem(entry, SHARD_FIELDS, entry_prefix) or _fields_problem(
-                entry["next"], RESUME_FIELDS, f"{entry_prefix}next."
-            )
-        if problem is not None:
-            return problem
-    return None
+def _manifest_parts(manifest: dict[str, Any]) -> Iterator[tuple[str, Any, dict[str, type]]]:
+    """(name prefix, JSON object, its fields) of each part of a manifest that readers and a resuming
+    prepare use, outer parts first: a part is looked into only once the parts before it passed."""
+    yield "", manifest, MANIFEST_FIELDS
+    if manifest["source"]:  # {} until a run completes
+        yield "source.", manifest["source"], SOURCE_FIELDS
+    for split in SPLITS:
+        prefix = f"splits.{split}."
+        yield prefix, manifest["splits"].get(split), SPLIT_FIELDS
+        for index, entry in enumerate(manifest["splits"][split]["shards"]):
+            raw = isinstance(entry, dict) and is_raw_entry(entry)
+            yield f"{prefix}shards[{index}].", entry, RAW_FILE_FIELDS if raw else SHARD_FIELDS
+            if not raw:
+                yield f"{prefix}shards[{index}].next.", entry["next"], RESUME_FIELDS
 
 
 def _fields_problem(value: Any, fields: dict[str, type], prefix: str) -> str | None:
