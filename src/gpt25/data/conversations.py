@@ -62,20 +62,15 @@ class ConversationStats:
         return line
 
 
-def conversation_problem(messages: Any) -> str | None:
-    """Why `messages` cannot be trained on (None when it can); the message index left out, so problems count together."""
-    problem = message_problem(messages)
-    if problem is None and not any(message["role"] == "assistant" for message in messages):
-        problem = "no assistant turn"
-    return _MESSAGE_INDEX.sub("a message", problem) if problem else None
-
-
 def iter_conversations(spec: str, stats: ConversationStats) -> Iterator[list[dict]]:
-    """The usable conversations of one source spec (see the module docstring), skipped ones counted in `stats`."""
+    """The usable conversations of one source spec (see the module docstring), skipped ones counted in
+    `stats` by their problem (the message index left out, so problems count together)."""
     for messages in _iter_raw_messages(spec):
-        problem = conversation_problem(messages)
+        problem = message_problem(messages)
+        if problem is None and not any(message["role"] == "assistant" for message in messages):
+            problem = "no assistant turn"
         if problem:
-            stats.skipped[problem] += 1
+            stats.skipped[_MESSAGE_INDEX.sub("a message", problem)] += 1
         else:
             stats.kept += 1
             yield messages

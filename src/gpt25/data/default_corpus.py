@@ -69,23 +69,11 @@ def iter_stdlib_modules(stdlib: Path | None = None) -> Iterator[tuple[Path, str]
     stdlib = stdlib or Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(stdlib.rglob("*.py")):
         relative = path.relative_to(stdlib)
-        if not _skip_stdlib_path(relative):
-            yield path, _module_name(relative)
-
-
-def _skip_stdlib_path(relative: Path) -> bool:
-    folders = relative.parts[:-1]
-    return (
-        any(part in SKIPPED_STDLIB_DIRS or part.startswith(("config-", ".")) for part in folders)
-        or relative.parts[0] == "pydoc_data"  # its topics come in as separate documents
-    )
-
-
-def _module_name(relative: Path) -> str:
-    parts = list(relative.with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
+        skipped_folder = any(part in SKIPPED_STDLIB_DIRS or part.startswith(("config-", ".")) for part in relative.parts[:-1])
+        if skipped_folder or relative.parts[0] == "pydoc_data":  # pydoc_data's topics come in as separate documents
+            continue
+        parts = relative.with_suffix("").parts
+        yield path, ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def module_docstrings(path: Path, module_name: str) -> list[tuple[str, str]]:

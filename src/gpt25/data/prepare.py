@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gpt25.data.parallel import encode_documents, map_in_order
+from gpt25.data.parallel import map_in_order
 from gpt25.data.shards import (
     MANIFEST_NAME,
     SPLITS,
@@ -328,7 +328,11 @@ def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
             offsets[in_split & (doc_indices == point.doc_index)] = point.token_offset
     keep = np.flatnonzero(offsets >= 0)
     kept_texts = texts if len(keep) == len(data) else [texts[index] for index in keep.tolist()]
-    lengths, tokens = encode_documents(tokenizer, kept_texts, task.dtype)
+    # <|endoftext|> after every document; one written in a document is ordinary text, so the EOT ids are the ends
+    tokens = tokenizer.encode_documents(kept_texts, task.dtype, specials_in_text=False)
+    ends = np.flatnonzero(tokens == tokenizer.eot_id) + 1
+    assert len(ends) == len(kept_texts), "ordinary text never encodes to <|endoftext|>"
+    lengths = np.diff(ends, prepend=0)  # (documents kept,)
     if offsets[keep].any():
         lengths, tokens = _drop_leading_tokens(lengths, tokens, offsets[keep])
     return _EncodedBatch(keep, is_val[keep], lengths, tokens, sum(map(len, data)), len(data), block)
