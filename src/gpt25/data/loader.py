@@ -64,19 +64,8 @@ class SeededBatches:
 class ShardLoader(SeededBatches):
     """Sequential, seeded, rank-disjoint batches over a prepared split, resumable to the exact batch."""
 
-    def __init__(
-        self,
-        data_dir: str | os.PathLike,
-        split: str,
-        batch_size: int,
-        context_length: int,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        tokenizer: Any = None,
-    ):
+    def __init__(self, data_dir: str | os.PathLike, split: str, batch_size: int, context_length: int, *, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, device: str | torch.device = "cpu", tokenizer: Any = None) -> None:
         super().__init__(batch_size, rank, world_size, seed, device)
         if tokenizer is not None:
             check_tokenizer(read_manifest(data_dir), tokenizer, data_dir)

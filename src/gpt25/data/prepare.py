@@ -338,9 +338,7 @@ def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
     return _EncodedBatch(keep, is_val[keep], lengths, tokens, sum(map(len, data)), len(data), block)
 
 
-def _drop_leading_tokens(
-    lengths: np.ndarray, tokens: np.ndarray, offsets: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _drop_leading_tokens(lengths: np.ndarray, tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Remove the first offsets[i] tokens of document i."""
     starts = np.cumsum(lengths) - lengths
     dropped = np.concatenate([np.arange(start, start + offset) for start, offset in zip(starts, offsets, strict=True) if offset])

@@ -128,14 +128,8 @@ def _reference_entry(path: Path, scanned_bytes: int, num_tokens: int) -> dict[st
     return {"file": str(path), "tokens": num_tokens, "bytes": scanned_bytes, "fingerprint": file_fingerprint(path)}
 
 
-def scan_token_file(
-    path: Path,
-    dtype: np.dtype,
-    vocab_size: int,
-    eot_id: int,
-    bar: tqdm | None = None,
-    sink: Callable[[np.ndarray], None] | None = None,
-) -> tuple[int, int]:
+def scan_token_file(path: Path, dtype: np.dtype, vocab_size: int, eot_id: int, bar: tqdm | None = None,
+                    sink: Callable[[np.ndarray], None] | None = None) -> tuple[int, int]:
     """(tokens, <|endoftext|> ids) of the token file at `path`, read in blocks of CHUNK_BYTES into one
     buffer, every id checked against `vocab_size`; each block's tokens also go to `sink`."""
     size = path.stat().st_size
@@ -150,7 +144,11 @@ def scan_token_file(
         while num_bytes := file.readinto(buffer):
             tokens = buffer[: num_bytes // dtype.itemsize]
             if int(tokens.max()) >= vocab_size:
-                raise ValueError(_bad_id_message(path, num_tokens, tokens, vocab_size))
+                offset = int(np.argmax(tokens >= vocab_size))
+                raise ValueError(
+                    f"token file {path}: the token at offset {num_tokens + offset:,} is id {int(tokens[offset])}, beyond "
+                    f"the tokenizer's vocab of {vocab_size}; pass the tokenizer the file was made with, or the right --dtype"
+                )
             num_eot += int(np.count_nonzero(tokens == eot_id))
             if sink is not None:
                 sink(tokens)
@@ -159,10 +157,3 @@ def scan_token_file(
                 bar.update(num_bytes)
     return num_tokens, num_eot
 
-
-def _bad_id_message(path: Path, first_token: int, tokens: np.ndarray, vocab_size: int) -> str:
-    offset = int(np.argmax(tokens >= vocab_size))
-    return (
-        f"token file {path}: the token at offset {first_token + offset:,} is id {int(tokens[offset])}, "
-        f"beyond the tokenizer's vocab of {vocab_size}; pass the tokenizer the file was made with, or the right --dtype"
-    )
