@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt25.data.shards import check_tokenizer, iter_shards, read_manifest
+from gpt25.data.shards import iter_shards
 
 STATE_VERSION = 1
 
@@ -67,10 +67,8 @@ class ShardLoader(SeededBatches):
     def __init__(self, data_dir: str | os.PathLike, split: str, batch_size: int, context_length: int, *, rank: int = 0,
                  world_size: int = 1, seed: int = 0, device: str | torch.device = "cpu", tokenizer: Any = None) -> None:
         super().__init__(batch_size, rank, world_size, seed, device)
-        if tokenizer is not None:
-            check_tokenizer(read_manifest(data_dir), tokenizer, data_dir)
         self.split, self.context_length = split, context_length
-        self.shards = [shard for shard in iter_shards(data_dir, split) if len(shard)]
+        self.shards = [shard for shard in iter_shards(data_dir, split, tokenizer) if len(shard)]
         self.shard_starts = np.cumsum([0] + [len(shard) for shard in self.shards])
         self.num_tokens = int(self.shard_starts[-1])
         self.num_windows = max(self.num_tokens - 1, 0) // context_length

@@ -232,15 +232,6 @@ def _fields_problem(value: Any, fields: dict[str, type], prefix: str) -> str | N
     return None
 
 
-def _complete_manifest(data_dir: str | os.PathLike, split: str) -> dict[str, Any]:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    manifest = read_manifest(data_dir)
-    if not manifest["complete"]:
-        raise ValueError(f"{data_dir} holds an unfinished `gpt25 data prepare`; rerun the same command to resume it")
-    return manifest
-
-
 def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, data_dir: str | os.PathLike) -> None:
     """Refuse shards made with another tokenizer than `tokenizer` (compared by fingerprint)."""
     fingerprint = tokenizer.fingerprint()
@@ -251,9 +242,14 @@ def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, data_dir: str | os
         )
 
 
-def iter_shards(data_dir: str | os.PathLike, split: str) -> Iterator[np.ndarray]:
-    """Yield each shard of `split` ("train" or "val") memory-mapped, in order, checked against the manifest."""
-    manifest = _complete_manifest(data_dir, split)
+def iter_shards(data_dir: str | os.PathLike, split: str, tokenizer: Any = None) -> Iterator[np.ndarray]:
+    """Yield each shard of `split` ("train" or "val") memory-mapped, in order, checked against the manifest
+    (and, given a `tokenizer`, refused when they were made with another)."""
+    manifest = read_manifest(data_dir)
+    if not manifest["complete"]:
+        raise ValueError(f"{data_dir} holds an unfinished `gpt25 data prepare`; rerun the same command to resume it")
+    if tokenizer is not None:
+        check_tokenizer(manifest, tokenizer, data_dir)
     for entry in manifest["splits"][split]["shards"]:
         tokens = _read_entry(data_dir, manifest, entry)
         if len(tokens) != entry["tokens"]:
@@ -273,10 +269,7 @@ def _read_entry(data_dir: str | os.PathLike, manifest: dict[str, Any], entry: di
 
 def load_split(data_dir: str | os.PathLike, split: str, tokenizer: Any = None) -> np.ndarray:
     """All tokens of a split as one 1-D array (a memmap when it is a single shard)."""
-    manifest = _complete_manifest(data_dir, split)
-    if tokenizer is not None:
-        check_tokenizer(manifest, tokenizer, data_dir)
-    shards = list(iter_shards(data_dir, split))
+    shards = list(iter_shards(data_dir, split, tokenizer))
     if not shards:
         raise ValueError(
             f"split {split!r} in {data_dir} is empty; prepare more documents or a larger --val_fraction / --val_docs"
