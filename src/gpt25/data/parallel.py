@@ -54,7 +54,7 @@ def map_in_order(
         in_flight: deque[tuple[Task, _Worker]] = deque()
         for index, task in enumerate(tasks):
             worker = pool[index % workers]
-            worker.send(task)
+            worker.task_writer.send(task)
             in_flight.append((task, worker))
             if len(in_flight) >= TASKS_IN_FLIGHT_PER_WORKER * workers:
                 done_task, done_worker = in_flight.popleft()
@@ -95,9 +95,6 @@ class _Worker:
         self.process.start()
         task_reader.close()
         result_writer.close()
-
-    def send(self, task: Any) -> None:
-        self.task_writer.send(task)
 
     def receive(self) -> Any:
         try:
