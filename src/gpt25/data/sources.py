@@ -183,18 +183,6 @@ def check_source_file(path: Path, head: bytes | None = None) -> None:
         )
 
 
-def open_text_file(path: Path) -> BinaryIO:
-    """`path` opened for reading bytes, once check_source_file has passed it and its first bytes."""
-    file = open(path, "rb")
-    try:
-        check_source_file(path, file.read(BINARY_CHECK_BYTES))
-        file.seek(0)
-    except BaseException:
-        file.close()
-        raise
-    return file
-
-
 def record_documents(line: str, text_field: str) -> list[str]:
     """The document of one JSONL line, its text exactly ([] for a blank line or a null or blank
     text); ValueError saying what is wrong with a line that is not an object with `text_field`, or
@@ -422,7 +410,9 @@ def read_line_block(path: Path, start: int, end: int) -> bytes:
 
 
 def _read_block(path: Path, start: int, end: int, boundaries: tuple[bytes, ...]) -> bytes:
-    with open_text_file(path) if start <= 0 else open(path, "rb") as file:
+    with open(path, "rb") as file:
+        if start <= 0:  # the file's first block: its start tells a binary or UTF-16/UTF-32 file
+            check_source_file(path, file.read(BINARY_CHECK_BYTES))
         size = os.fstat(file.fileno()).st_size
         first = _block_start(file, start, size, boundaries)
         last = _block_start(file, end, size, boundaries)
