@@ -33,8 +33,7 @@ from pathlib import Path
 
 from gpt25.data.loader import ShardLoader
 from gpt25.data.prepare import PrepareConfig, prepare
-from gpt25.data.source_tasks import iter_documents
-from gpt25.data.sources import expand_paths
+from gpt25.data.sources import expand_paths, iter_documents
 from gpt25.tokenizer import Tokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

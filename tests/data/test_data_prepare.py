@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gpt25.data import load_split, read_manifest
-from gpt25.data.prepare import PrepareConfig, document_hash, prepare
+from gpt25.data.prepare import PrepareConfig, prepare
 from gpt25.data.sources import NonUtf8Warning
 from gpt25.tokenizer import Tokenizer
 
@@ -32,6 +34,11 @@ def run_prepare(source: Path | list[str], tokenizer_dir: Path, out: Path, **over
     sources = [str(source)] if isinstance(source, Path) else source
     settings = {"val_fraction": 0.1, "workers": 1, "shard_tokens": 500, "progress": False} | overrides
     return prepare(PrepareConfig(sources=sources, tokenizer_dir=str(tokenizer_dir), out_dir=str(out), **settings))
+
+
+def document_hash(text: str) -> int:
+    """The hash that decides a document's split, as prepare's docstring defines it (64-bit BLAKE2b)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
 def shard_checksums(out: Path) -> dict[str, str]:
@@ -331,12 +338,12 @@ def test_raw_blocks_give_the_documents_that_iter_documents_gives(tmp_path: Path,
 def test_raw_blocks_equal_iter_documents_on_any_bytes(
     tmp_path: Path, pieces: list[bytes], block_bytes: int, search_bytes: int
 ) -> None:
-    from gpt25.data import source_tasks
+    from gpt25.data import sources
 
     path = tmp_path / "any.txt"
     path.write_bytes(b"".join(pieces))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(source_tasks, "BLOCK_SEARCH_BYTES", search_bytes)
+        patch.setattr(sources, "BLOCK_SEARCH_BYTES", search_bytes)
         blocks = paragraph_blocks(path, block_bytes)
     assert b"".join(blocks) == path.read_bytes()
     assert documents_of_blocks(blocks) == iter_documents_quietly(path)
@@ -344,21 +351,20 @@ def test_raw_blocks_equal_iter_documents_on_any_bytes(
 
 def paragraph_blocks(path: Path, block_bytes: int) -> list[bytes]:
     """The blocks that prepare's workers read for consecutive byte ranges of block_bytes."""
-    from gpt25.data.source_tasks import read_paragraph_block
+    from gpt25.data.sources import read_paragraph_block
 
     size = path.stat().st_size
     return [read_paragraph_block(path, start, start + block_bytes) for start in range(0, size, block_bytes)]
 
 
 def documents_of_blocks(blocks: list[bytes]) -> list[str]:
-    from gpt25.data.source_tasks import decode_text_block, text_documents
+    from gpt25.data.sources import decode_text_block, text_documents
 
     return [doc for i, block in enumerate(blocks) for doc in text_documents(decode_text_block(block, i == 0)[0], "blank-line")]
 
 
 def iter_documents_quietly(path: Path) -> list[str]:
-    from gpt25.data.source_tasks import iter_documents
-    from gpt25.data.sources import SourceStats
+    from gpt25.data.sources import SourceStats, iter_documents
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonUtf8Warning)
@@ -392,7 +398,7 @@ JSONL_PIECES = [
 @given(pieces=st.lists(st.sampled_from(JSONL_PIECES), max_size=30), block_bytes=st.integers(1, 40))
 def test_jsonl_line_blocks_equal_iter_documents(tmp_path: Path, pieces: list[bytes], block_bytes: int) -> None:
     """Workers read JSONL as byte ranges moved to line starts; they find the documents the main process would."""
-    from gpt25.data.source_tasks import decode_text_block, jsonl_block_documents, read_line_block
+    from gpt25.data.sources import decode_text_block, jsonl_block_documents, read_line_block, record_documents
 
     path = tmp_path / "rows.jsonl"
     data = b"".join(pieces)
@@ -402,7 +408,7 @@ def test_jsonl_line_blocks_equal_iter_documents(tmp_path: Path, pieces: list[byt
     documents = []
     for index, block in enumerate(blocks):
         text, skipped = decode_text_block(block, at_file_start=index == 0)
-        found, bad_line = jsonl_block_documents(text, "text", skipped)
+        found, bad_line = jsonl_block_documents(text, partial(record_documents, text_field="text"), skipped)
         documents += found
         if bad_line is not None:  # a BOM that is not at the file's start makes a line invalid JSON
             with pytest.raises(ValueError, match="not a JSON object per line"):
@@ -412,7 +418,7 @@ def test_jsonl_line_blocks_equal_iter_documents(tmp_path: Path, pieces: list[byt
 
 
 def test_block_line_index_skips_the_lines_removed_as_not_utf8() -> None:
-    from gpt25.data.source_tasks import _block_line_index
+    from gpt25.data.sources import _block_line_index
 
     skipped = [(0, "bad"), (1, "bad"), (4, "bad")]  # block lines 2, 3, 5 remain as text lines 0, 1, 2
     assert [_block_line_index(index, skipped) for index in range(3)] == [2, 3, 5]

@@ -15,9 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt25.data import source_tasks, sources
-from gpt25.data.source_tasks import iter_documents
-from gpt25.data.sources import SourceStats, iter_utf8_lines
+from gpt25.data import sources
+from gpt25.data.sources import SourceStats, iter_documents
 
 
 def documents(*specs: str, **options) -> list[str]:
@@ -35,10 +34,27 @@ def test_plain_text_blank_line_and_file_splits(tmp_path: Path) -> None:
     assert documents(str(tmp_path / "*.txt")) == ["First para\nline two", "Second para", "Third", "B one", "B two"]
 
 
+def iter_utf8_lines(path: Path, stats: SourceStats) -> list[str]:
+    """The lines of a file as the readers must see them, one at a time: newlines normalised to "\\n",
+    a leading BOM dropped, a line that is not UTF-8 skipped (and counted)."""
+    lines = []
+    with open(path, "rb") as file:
+        for line_number, raw in enumerate(file, start=1):  # binary files split at "\\n" only
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                stats.skipped_lines += 1
+                continue
+            if line_number == 1:
+                line = line.removeprefix("\ufeff")
+            lines.append(line.rstrip("\r\n") + "\n" if line.endswith("\n") else line)
+    return lines
+
+
 def paragraphs_line_by_line(path: Path, stats: SourceStats) -> list[str]:
     """The definition of the blank-line split, one line at a time (what the block reader must equal)."""
     found, lines = [], []
-    for _, line in iter_utf8_lines(path, stats):
+    for line in iter_utf8_lines(path, stats):
         if line.strip():
             lines.append(line)
         else:
@@ -62,15 +78,15 @@ def test_block_reader_equals_the_line_by_line_split(tmp_path_factory, content: b
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = paragraphs_line_by_line(path, expected_stats)
-        whole = "".join(line for _, line in iter_utf8_lines(path, SourceStats()))
+        whole = "".join(iter_utf8_lines(path, SourceStats()))
         expected_file = [whole.strip("\n")] if whole.strip() else []
-        original_block_bytes = source_tasks.TEXT_BLOCK_BYTES
+        original_block_bytes = sources.TEXT_BLOCK_BYTES
         try:
-            source_tasks.TEXT_BLOCK_BYTES = block_bytes
+            sources.TEXT_BLOCK_BYTES = block_bytes
             assert list(iter_documents([str(path)], stats=stats)) == expected
             assert list(iter_documents([str(path)], doc_split="file")) == expected_file
         finally:
-            source_tasks.TEXT_BLOCK_BYTES = original_block_bytes
+            sources.TEXT_BLOCK_BYTES = original_block_bytes
     assert stats.skipped_lines == expected_stats.skipped_lines
 
 
@@ -225,8 +241,8 @@ def test_binary_and_utf16_files_are_refused(tmp_path: Path, name: str, data: byt
     path.write_bytes(data)
     for read in (
         lambda: documents(str(tmp_path)),
-        lambda: source_tasks.read_paragraph_block(path, 0, 4),
-        lambda: source_tasks.read_line_block(path, 0, 4),
+        lambda: sources.read_paragraph_block(path, 0, 4),
+        lambda: sources.read_line_block(path, 0, 4),
     ):
         with pytest.raises(ValueError, match=f"{path} {problem}.*convert it to UTF-8") as error:
             read()

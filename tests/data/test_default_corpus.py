@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gpt25.data.default_corpus import iter_default_corpus, iter_stdlib_docstrings, write_corpus_file
-from gpt25.data.source_tasks import iter_documents
+from gpt25.data.sources import iter_documents
 
 
 def test_stdlib_extraction_skips_tests_and_bad_files(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import os
 
 from gpt25.cli.flags import add_command, one_line_warnings
 
-RECIPE_REPO = "itskoma/GPT2.5"  # the recipe's published data and checkpoints (gpt25.data.sources.RECIPE_REPO)
+RECIPE_REPO = "itskoma/GPT2.5"  # the recipe's published data and checkpoints
 SOURCE_HELP = "files, folders, globs, 'python-docs' (the embedded corpus) or 'hf:NAME[:CONFIG]' (Hugging Face, streamed)"
 
 
@@ -147,8 +147,7 @@ def _register_corpus(commands: argparse._SubParsersAction) -> None:
 
 def _corpus(args: argparse.Namespace) -> int:
     from gpt25.data.default_corpus import write_corpus_file
-    from gpt25.data.source_tasks import iter_documents
-    from gpt25.data.sources import check_sources
+    from gpt25.data.sources import check_sources, iter_documents
 
     check_sources(args.source, args.data_files)
     documents = iter_documents(args.source, doc_split=args.doc_split, text_field=args.text_field,

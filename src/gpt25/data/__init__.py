@@ -1,8 +1,7 @@
 """Data pipeline: text sources -> parallel tokenization -> token shards -> resumable batches.
 
-    gpt25.data.sources   source specs checked and read: files, JSONL/Parquet, the Hugging Face Hub (streamed,
-                         `gpt25 data download`, offline errors)
-    gpt25.data.source_tasks    iter_documents: the sources cut into the byte-range tasks workers read
+    gpt25.data.sources   source specs checked and read (files, JSONL/Parquet, the Hugging Face Hub, offline
+                         errors, `gpt25 data download`), cut into the byte-range tasks workers read
     gpt25.data.default_corpus  the embedded python-docs corpus and python-docs-chat set (stdlib docstrings)
     gpt25.data.prepare   PrepareConfig + prepare(): streaming train/val split into shards, resume
     gpt25.data.parallel  ordered, memory-bounded multi-process tokenization

@@ -29,16 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set
-from gpt25.data.loader import SeededBatches
-from gpt25.data.sources import SourceStats, expand_paths, iter_hf_field, iter_parquet_column, iter_utf8_lines
-from gpt25.files import atomic_path
+from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set, open_out_file
+from gpt25.data.loader import STATE_VERSION, SeededBatches
+from gpt25.data.sources import JSONL_SUFFIXES, expand_paths, iter_hf_field, iter_jsonl_records, iter_parquet_column
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import add_chat_tokens, message_problem, render_conversation
 from gpt25.tokenizer.codec import END_OF_TEXT
 
 IGNORE_INDEX = -100  # the target of a position that is not trained (cross_entropy's ignore_index)
-LOADER_VERSION = 1
 _MESSAGE_INDEX = re.compile(r"message \d+")
 
 
@@ -64,20 +62,15 @@ class ConversationStats:
         return line
 
 
-def conversation_problem(messages: Any) -> str | None:
-    """Why `messages` cannot be trained on (None when it can); the message index left out, so problems count together."""
-    problem = message_problem(messages)
-    if problem is None and not any(message["role"] == "assistant" for message in messages):
-        problem = "no assistant turn"
-    return _MESSAGE_INDEX.sub("a message", problem) if problem else None
-
-
 def iter_conversations(spec: str, stats: ConversationStats) -> Iterator[list[dict]]:
-    """The usable conversations of one source spec (see the module docstring), skipped ones counted in `stats`."""
+    """The usable conversations of one source spec (see the module docstring), skipped ones counted in
+    `stats` by their problem (the message index left out, so problems count together)."""
     for messages in _iter_raw_messages(spec):
-        problem = conversation_problem(messages)
+        problem = message_problem(messages)
+        if problem is None and not any(message["role"] == "assistant" for message in messages):
+            problem = "no assistant turn"
         if problem:
-            stats.skipped[problem] += 1
+            stats.skipped[_MESSAGE_INDEX.sub("a message", problem)] += 1
         else:
             stats.kept += 1
             yield messages
@@ -104,26 +97,26 @@ def _iter_raw_messages(spec: str) -> Iterator[Any]:
             if path.suffix == ".parquet":
                 yield from iter_parquet_column(path, "messages", "conversation files need a 'messages' list of "
                                                "{role, content}")
-            elif path.suffix in (".jsonl", ".json"):
-                yield from _jsonl_messages(path)
+            elif path.suffix in JSONL_SUFFIXES:
+                yield from iter_jsonl_records(path, _line_messages)
             else:
                 raise ValueError(f"{path}: conversations come from .jsonl or .parquet files, "
                                  f"'hf:NAME[:CONFIG]' or '{CHAT_SET_SPEC}'")
 
 
-def _jsonl_messages(path: Path) -> Iterator[Any]:
-    for line_number, line in iter_utf8_lines(path, SourceStats()):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{line_number}: not a JSON object ({error.msg}); conversation files hold "
-                             'one {"messages": [...]} object per line') from None
-        if not isinstance(record, dict) or "messages" not in record:
-            raise ValueError(f"{path}:{line_number}: no 'messages' field; conversation files hold "
-                             'one {"messages": [{"role": ..., "content": ...}, ...]} object per line')
-        yield record["messages"]
+def _line_messages(line: str) -> list[Any]:
+    """The `messages` of one line of a conversation file ([] for a blank line)."""
+    if not line.strip():
+        return []
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not a JSON object ({error.msg}); conversation files hold "
+                         'one {"messages": [...]} object per line') from None
+    if not isinstance(record, dict) or "messages" not in record:
+        raise ValueError("no 'messages' field; conversation files hold "
+                         'one {"messages": [{"role": ..., "content": ...}, ...]} object per line')
+    return [record["messages"]]
 
 
 def is_validation(messages: list[dict], val_fraction: float) -> bool:
@@ -136,13 +129,9 @@ def write_chat_set(path: str | Path, tokenizer_dir: str | Path | None = None,
                    val_fraction: float = 0.05) -> dict[str, int]:
     """Write the embedded chat set as JSONL (atomically) and return its size: conversations, held-out ones,
     messages and, with a tokenizer, tokens and trained (assistant) tokens in the chat format."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"--out {path} is a folder; give the file to write, e.g. --out {path / 'chat.jsonl'}")
     tokenizer = add_chat_tokens(Tokenizer.load(tokenizer_dir)) if tokenizer_dir else None
     sizes = dict.fromkeys(("conversations", "validation", "messages", "tokens", "assistant_tokens"), 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as file:
+    with open_out_file(path, "chat.jsonl") as file:
         for messages in iter_chat_set():
             file.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
             sizes["conversations"] += 1
@@ -229,11 +218,11 @@ class PackedLoader(SeededBatches):
         return int(self._permutation(epoch, len(self.rows))[offset])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": LOADER_VERSION, "position": self.position, "seed": self.seed, "num_rows": len(self.rows)}
+        return {"version": STATE_VERSION, "position": self.position, "seed": self.seed, "num_rows": len(self.rows)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where `state` left off (the same packed rows and seed; any world or batch size)."""
-        expected = {"version": LOADER_VERSION, "seed": self.seed, "num_rows": len(self.rows)}
+        expected = {"version": STATE_VERSION, "seed": self.seed, "num_rows": len(self.rows)}
         self._check_state(state, expected, "these conversations",
                           "resume with the same --data, --seed, --context_length and --val_fraction")
         self.position = int(state["position"])

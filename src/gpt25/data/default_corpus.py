@@ -17,6 +17,7 @@ text, so the set is the same on every run of one Python version. The train/valid
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import inspect
 import os
@@ -24,10 +25,11 @@ import re
 import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 from gpt25.files import atomic_path
+from gpt25.tokenizer.codec import END_OF_TEXT
 
-EOT_TEXT = "<|endoftext|>"
 CHAT_SET_SPEC = "python-docs-chat"
 MAX_ANSWER_CHARS = 600
 SYSTEM_PROMPTS = (
@@ -67,23 +69,11 @@ def iter_stdlib_modules(stdlib: Path | None = None) -> Iterator[tuple[Path, str]
     stdlib = stdlib or Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(stdlib.rglob("*.py")):
         relative = path.relative_to(stdlib)
-        if not _skip_stdlib_path(relative):
-            yield path, _module_name(relative)
-
-
-def _skip_stdlib_path(relative: Path) -> bool:
-    folders = relative.parts[:-1]
-    return (
-        any(part in SKIPPED_STDLIB_DIRS or part.startswith(("config-", ".")) for part in folders)
-        or relative.parts[0] == "pydoc_data"  # its topics come in as separate documents
-    )
-
-
-def _module_name(relative: Path) -> str:
-    parts = list(relative.with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
+        skipped_folder = any(part in SKIPPED_STDLIB_DIRS or part.startswith(("config-", ".")) for part in relative.parts[:-1])
+        if skipped_folder or relative.parts[0] == "pydoc_data":  # pydoc_data's topics come in as separate documents
+            continue
+        parts = relative.with_suffix("").parts
+        yield path, ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def module_docstrings(path: Path, module_name: str) -> list[tuple[str, str]]:
@@ -127,19 +117,26 @@ def iter_pydoc_topics() -> Iterator[str]:
 def write_corpus_file(documents: Iterable[str], path: str | os.PathLike) -> tuple[int, int]:
     """Write documents joined by "<|endoftext|>" (for `gpt25 tokenizer train`) atomically; returns
     (docs, bytes). On any error (or Ctrl-C) the temporary file goes and `path` is left as it was."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"--out {path} is a folder; give the file to write, e.g. --out {path / 'corpus.txt'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     num_documents = num_bytes = 0
-    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as file:
+    with open_out_file(path, "corpus.txt") as file:
         for document in documents:
             if num_documents:
-                file.write(EOT_TEXT)
+                file.write(END_OF_TEXT)
             file.write(document)
             num_documents += 1
             num_bytes += len(document.encode("utf-8"))
     return num_documents, num_bytes
+
+
+@contextlib.contextmanager
+def open_out_file(path: str | os.PathLike, example_name: str) -> Iterator[TextIO]:
+    """--out `path` open for writing UTF-8 text through atomic_path; a folder is a one-line error."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"--out {path} is a folder; give the file to write, e.g. --out {path / example_name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as file:
+        yield file
 
 
 # ---- the chat set ----

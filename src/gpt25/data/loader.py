@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt25.data.shards import check_tokenizer, iter_shards, read_manifest
+from gpt25.data.shards import iter_shards
 
 STATE_VERSION = 1
 
@@ -39,10 +39,6 @@ class SeededBatches:
     and a state of plain ints checked against the data before a resume."""
 
     def __init__(self, batch_size: int, rank: int, world_size: int, seed: int, device: str | torch.device) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} with world_size {world_size}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.rank, self.world_size, self.seed, self.device = batch_size, rank, world_size, seed, device
         self.position = 0
         self._orders: dict[int, np.ndarray] = {}
@@ -68,26 +64,11 @@ class SeededBatches:
 class ShardLoader(SeededBatches):
     """Sequential, seeded, rank-disjoint batches over a prepared split, resumable to the exact batch."""
 
-    def __init__(
-        self,
-        data_dir: str | os.PathLike,
-        split: str,
-        batch_size: int,
-        context_length: int,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        tokenizer: Any = None,
-    ):
+    def __init__(self, data_dir: str | os.PathLike, split: str, batch_size: int, context_length: int, *, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, device: str | torch.device = "cpu", tokenizer: Any = None) -> None:
         super().__init__(batch_size, rank, world_size, seed, device)
-        if context_length < 1:
-            raise ValueError(f"context_length must be >= 1, got {context_length}")
-        if tokenizer is not None:
-            check_tokenizer(read_manifest(data_dir), tokenizer, data_dir)
         self.split, self.context_length = split, context_length
-        self.shards = [shard for shard in iter_shards(data_dir, split) if len(shard)]
+        self.shards = [shard for shard in iter_shards(data_dir, split, tokenizer) if len(shard)]
         self.shard_starts = np.cumsum([0] + [len(shard) for shard in self.shards])
         self.num_tokens = int(self.shard_starts[-1])
         self.num_windows = max(self.num_tokens - 1, 0) // context_length
@@ -97,10 +78,6 @@ class ShardLoader(SeededBatches):
                 f"{world_size} x {batch_size} windows of {context_length} tokens; use a shorter context, a smaller batch or more data"
             )
         self.epoch = 0  # self.position: windows of this epoch's permutation consumed by all ranks together
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.num_windows // self.global_batch_size
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's next (inputs, targets), each (batch_size, context_length) int64 on the device."""

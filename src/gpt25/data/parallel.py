@@ -25,22 +25,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, TypeVar
 
-import numpy as np
-
 TASKS_IN_FLIGHT_PER_WORKER = 4
 WARM_UP_TASKS = 1
 
 Task = TypeVar("Task")
 Result = TypeVar("Result")
-
-
-def encode_documents(tokenizer: Any, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(per-document lengths, all tokens concatenated) with <|endoftext|> after every document. An
-    "<|endoftext|>" written in a document is ordinary text, so the EOT ids are exactly the ends."""
-    tokens = tokenizer.encode_documents(texts, dtype, specials_in_text=False)
-    ends = np.flatnonzero(tokens == tokenizer.eot_id) + 1
-    assert len(ends) == len(texts), "ordinary text never encodes to <|endoftext|>"
-    return np.diff(ends, prepend=0), tokens
 
 
 def map_in_order(
@@ -65,7 +54,7 @@ def map_in_order(
         in_flight: deque[tuple[Task, _Worker]] = deque()
         for index, task in enumerate(tasks):
             worker = pool[index % workers]
-            worker.send(task)
+            worker.task_writer.send(task)
             in_flight.append((task, worker))
             if len(in_flight) >= TASKS_IN_FLIGHT_PER_WORKER * workers:
                 done_task, done_worker = in_flight.popleft()
@@ -106,9 +95,6 @@ class _Worker:
         self.process.start()
         task_reader.close()
         result_writer.close()
-
-    def send(self, task: Any) -> None:
-        self.task_writer.send(task)
 
     def receive(self) -> Any:
         try:

@@ -28,7 +28,7 @@ import heapq
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gpt25.data.parallel import encode_documents, map_in_order
+from gpt25.data.parallel import map_in_order
 from gpt25.data.shards import (
     MANIFEST_NAME,
     SPLITS,
@@ -47,16 +47,18 @@ from gpt25.data.shards import (
     read_manifest,
     shard_is_valid,
 )
-from gpt25.data.source_tasks import (
+from gpt25.data.sources import (
     BlockReport,
+    SourceStats,
     SourceTask,
     TaskLines,
+    check_sources,
     iter_documents,
     plan_tasks,
     range_task_bytes,
     read_task,
+    source_signature,
 )
-from gpt25.data.sources import SourceStats, check_sources, source_signature
 from gpt25.files import new_folders, write_json_atomic
 from gpt25.tokenizer import Tokenizer
 
@@ -102,41 +104,16 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def document_hash(text: str) -> int:
-    """The 64-bit hash that decides a document's split (stable across runs, machines and Pythons)."""
-    return _hash_utf8(text.encode("utf-8"))
-
-
-def _hash_utf8(data: bytes) -> int:
-    return int.from_bytes(_digest(data), "big")
-
-
 def _digest(data: bytes) -> bytes:
+    """The 64-bit BLAKE2b hash that decides a document's split (stable across runs, machines and Pythons)."""
     return hashlib.blake2b(data, digest_size=8).digest()
 
 
 def _is_val(documents: list[bytes], val_threshold: int) -> np.ndarray:
-    """(documents,) bool: whether each UTF-8 document goes to validation (_hash_utf8 <= val_threshold)."""
+    """(documents,) bool: whether each UTF-8 document goes to validation (its hash <= val_threshold)."""
     if val_threshold < 0:
         return np.zeros(len(documents), dtype=bool)
     return np.frombuffer(b"".join(map(_digest, documents)), dtype=">u8") <= np.uint64(val_threshold)
-
-
-def val_threshold_for_docs(hashes: Iterable[int], val_docs: int) -> tuple[int, int]:
-    """(N-th smallest hash, number of documents) with memory O(N): documents at or below it are validation."""
-    largest_kept: list[int] = []  # max-heap (negated) of the val_docs smallest hashes so far
-    num_documents = 0
-    for value in hashes:
-        num_documents += 1
-        if len(largest_kept) < val_docs:
-            heapq.heappush(largest_kept, -value)
-        elif val_docs and value < -largest_kept[0]:
-            heapq.heapreplace(largest_kept, -value)
-    if val_docs and val_docs >= num_documents:
-        raise ValueError(
-            f"--val_docs {val_docs} leaves no training documents (the sources hold {num_documents}); pass a smaller --val_docs"
-        )
-    return (-largest_kept[0] if largest_kept else -1), num_documents
 
 
 def prepare(config: PrepareConfig) -> dict[str, Any]:
@@ -158,8 +135,7 @@ def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[
     manifest = _start_or_resume(out_dir, settings, config.overwrite, tokenizer, dtype)
     if manifest["complete"]:
         return manifest
-    file_bytes = range_task_bytes(config.sources, settings["source_files"])
-    total_bytes = file_bytes
+    total_bytes = file_bytes = range_task_bytes(config.sources, settings["source_files"])
     if "val_threshold" not in manifest:
         manifest["val_threshold"], counted_bytes = _val_threshold(config)
         total_bytes = counted_bytes if file_bytes is None else file_bytes
@@ -225,24 +201,25 @@ def _keep_valid_prefix(out_dir: Path, manifest: dict[str, Any]) -> None:
 
 def _val_threshold(config: PrepareConfig) -> tuple[int, int | None]:
     """(validation hash threshold, total source bytes when a pre-pass counted them)."""
-    if config.val_docs is None:
-        return int(config.val_fraction * 2**64) - 1, None  # hashes below the fraction; -1 (none) for 0
-    total_bytes = 0
+    if not config.val_docs:
+        return int((config.val_fraction or 0.0) * 2**64) - 1, None  # hashes below the fraction; -1 (none) for 0
+    totals = {"documents": 0, "bytes": 0}
 
     def hashes() -> Iterator[int]:
-        nonlocal total_bytes
-        for text in tqdm(
-            _silenced(iter_documents(config.sources, **_source_options(config))),
-            desc="hash (val split)",
-            unit=" docs",
-            disable=not config.progress,
-        ):
-            data = text.encode("utf-8")
-            total_bytes += len(data)
-            yield _hash_utf8(data)
+        documents = iter_documents(config.sources, **_source_options(config))
+        with warnings.catch_warnings():  # the main pass warns about the same non-UTF-8 lines
+            warnings.simplefilter("ignore")
+            for text in tqdm(documents, desc="hash (val split)", unit=" docs", disable=not config.progress):
+                data = text.encode("utf-8")
+                totals["documents"] += 1
+                totals["bytes"] += len(data)
+                yield int.from_bytes(_digest(data), "big")
 
-    threshold, _ = val_threshold_for_docs(hashes(), config.val_docs)
-    return threshold, total_bytes
+    smallest = heapq.nsmallest(config.val_docs, hashes())  # memory O(val_docs); those at or below the last are val
+    if config.val_docs >= totals["documents"]:
+        raise ValueError(f"--val_docs {config.val_docs} leaves no training documents (the sources hold "
+                         f"{totals['documents']}); pass a smaller --val_docs")
+    return smallest[-1], totals["bytes"]
 
 
 def _source_options(config: PrepareConfig) -> dict[str, Any]:
@@ -251,27 +228,13 @@ def _source_options(config: PrepareConfig) -> dict[str, Any]:
             "hf_split": config.hf_split, "exclude": config.out_dir}
 
 
-def _silenced(documents: Iterator[str]) -> Iterator[str]:
-    """The hashing pre-pass reads the same lines again; its non-UTF-8 warnings would be duplicates."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield from documents
-
-
 def _resume_points(manifest: dict[str, Any]) -> dict[str, ResumePoint]:
     shards = {split: manifest["splits"][split]["shards"] for split in SPLITS}
     return {split: ResumePoint(**entries[-1]["next"]) if entries else ResumePoint() for split, entries in shards.items()}
 
 
-def _run(
-    config: PrepareConfig,
-    tokenizer: Any,
-    dtype: np.dtype,
-    out_dir: Path,
-    manifest: dict[str, Any],
-    total_bytes: int | None,
-    counts_file_bytes: bool,
-) -> tuple[dict[str, Any], int]:
+def _run(config: PrepareConfig, tokenizer: Any, dtype: np.dtype, out_dir: Path, manifest: dict[str, Any],
+         total_bytes: int | None, counts_file_bytes: bool) -> tuple[dict[str, Any], int]:
     """The streaming pass: read, assign, tokenize in order, write shards; returns (source counters, documents
     tokenized). The progress bar counts to `total_bytes` in file bytes (byte-range tasks) when
     `counts_file_bytes`, else in the documents' text bytes."""
@@ -283,12 +246,11 @@ def _run(
     stats = SourceStats()
     task_lines = TaskLines(stats)
     counters = {"documents": 0, "bytes": 0, "tokens": 0, "tokenized": 0}
-    tasks = (_Task(task, manifest["val_threshold"], resume, dtype) for task in plan_tasks(config.sources, BATCH_CHARS, stats=stats,
-                                                          **_source_options(config)))
+    planned = plan_tasks(config.sources, BATCH_CHARS, stats=stats, **_source_options(config))
+    tasks = (_Task(task, manifest["val_threshold"], resume, dtype) for task in planned)
     caught_up_at = max(point.doc_index for point in resume.values())
-    with tqdm(
-        total=total_bytes, desc="prepare", unit="B", unit_scale=True, disable=not config.progress, mininterval=0.5
-    ) as bar:
+    with tqdm(total=total_bytes, desc="prepare", unit="B", unit_scale=True, disable=not config.progress,
+              mininterval=0.5) as bar:
         try:
             for task, encoded in _encoded_in_order(tasks, config.workers, tokenizer, counters, caught_up_at):
                 task_lines.report(task.source, encoded.block)
@@ -366,15 +328,17 @@ def _encode_task(tokenizer: Any, task: _Task) -> _EncodedBatch:
             offsets[in_split & (doc_indices == point.doc_index)] = point.token_offset
     keep = np.flatnonzero(offsets >= 0)
     kept_texts = texts if len(keep) == len(data) else [texts[index] for index in keep.tolist()]
-    lengths, tokens = encode_documents(tokenizer, kept_texts, task.dtype)
+    # <|endoftext|> after every document; one written in a document is ordinary text, so the EOT ids are the ends
+    tokens = tokenizer.encode_documents(kept_texts, task.dtype, specials_in_text=False)
+    ends = np.flatnonzero(tokens == tokenizer.eot_id) + 1
+    assert len(ends) == len(kept_texts), "ordinary text never encodes to <|endoftext|>"
+    lengths = np.diff(ends, prepend=0)  # (documents kept,)
     if offsets[keep].any():
         lengths, tokens = _drop_leading_tokens(lengths, tokens, offsets[keep])
     return _EncodedBatch(keep, is_val[keep], lengths, tokens, sum(map(len, data)), len(data), block)
 
 
-def _drop_leading_tokens(
-    lengths: np.ndarray, tokens: np.ndarray, offsets: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _drop_leading_tokens(lengths: np.ndarray, tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Remove the first offsets[i] tokens of document i."""
     starts = np.cumsum(lengths) - lengths
     dropped = np.concatenate([np.arange(start, start + offset) for start, offset in zip(starts, offsets, strict=True) if offset])

@@ -43,7 +43,7 @@ class RawImportConfig:
     val: list[str]
     tokenizer_dir: str  # the tokenizer the files were made with (its vocab size bounds the ids)
     out_dir: str
-    dtype: str = "uint16"  # the files' token type, little-endian
+    dtype: str = "uint16"  # the files' token type, little-endian: a key of RAW_DTYPES
     copy: bool = False  # write shards instead of referencing the files
     shard_tokens: int = SHARD_TOKENS  # with copy: tokens per shard
     force: bool = False  # replace an existing out_dir
@@ -53,8 +53,6 @@ class RawImportConfig:
 def import_raw(config: RawImportConfig) -> dict[str, Any]:
     """Check the token files and write `config.out_dir` (manifest, and shards with `copy`); returns the
     manifest. A run that fails leaves nothing behind."""
-    if config.dtype not in RAW_DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(RAW_DTYPES)}, got {config.dtype!r}")
     if config.shard_tokens < 1:
         raise ValueError(f"--shard_tokens must be >= 1, got {config.shard_tokens}")
     files = {"train": _token_files(config.train, "--train"), "val": _token_files(config.val, "--val")}
@@ -130,14 +128,8 @@ def _reference_entry(path: Path, scanned_bytes: int, num_tokens: int) -> dict[st
     return {"file": str(path), "tokens": num_tokens, "bytes": scanned_bytes, "fingerprint": file_fingerprint(path)}
 
 
-def scan_token_file(
-    path: Path,
-    dtype: np.dtype,
-    vocab_size: int,
-    eot_id: int,
-    bar: tqdm | None = None,
-    sink: Callable[[np.ndarray], None] | None = None,
-) -> tuple[int, int]:
+def scan_token_file(path: Path, dtype: np.dtype, vocab_size: int, eot_id: int, bar: tqdm | None = None,
+                    sink: Callable[[np.ndarray], None] | None = None) -> tuple[int, int]:
     """(tokens, <|endoftext|> ids) of the token file at `path`, read in blocks of CHUNK_BYTES into one
     buffer, every id checked against `vocab_size`; each block's tokens also go to `sink`."""
     size = path.stat().st_size
@@ -152,7 +144,11 @@ def scan_token_file(
         while num_bytes := file.readinto(buffer):
             tokens = buffer[: num_bytes // dtype.itemsize]
             if int(tokens.max()) >= vocab_size:
-                raise ValueError(_bad_id_message(path, num_tokens, tokens, vocab_size))
+                offset = int(np.argmax(tokens >= vocab_size))
+                raise ValueError(
+                    f"token file {path}: the token at offset {num_tokens + offset:,} is id {int(tokens[offset])}, beyond "
+                    f"the tokenizer's vocab of {vocab_size}; pass the tokenizer the file was made with, or the right --dtype"
+                )
             num_eot += int(np.count_nonzero(tokens == eot_id))
             if sink is not None:
                 sink(tokens)
@@ -161,10 +157,3 @@ def scan_token_file(
                 bar.update(num_bytes)
     return num_tokens, num_eot
 
-
-def _bad_id_message(path: Path, first_token: int, tokens: np.ndarray, vocab_size: int) -> str:
-    offset = int(np.argmax(tokens >= vocab_size))
-    return (
-        f"token file {path}: the token at offset {first_token + offset:,} is id {int(tokens[offset])}, "
-        f"beyond the tokenizer's vocab of {vocab_size}; pass the tokenizer the file was made with, or the right --dtype"
-    )

@@ -72,10 +72,6 @@ def new_manifest(tokenizer: Any, dtype: np.dtype, settings: dict[str, Any]) -> d
     }
 
 
-def shard_name(split: str, index: int) -> str:
-    return f"{split}_{index:06d}.bin"
-
-
 class ShardFile:
     """A shard being written: header placeholder, tokens appended, then finished atomically."""
 
@@ -199,7 +195,8 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON ({error}); {_REBUILD}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path} is not a gpt25 token-shard manifest; point at a folder made by `gpt25 data prepare`")
-    problem = _manifest_problem(manifest)
+    problems = (_fields_problem(value, fields, prefix) for prefix, value, fields in _manifest_parts(manifest))
+    problem = next(filter(None, problems), None)
     if problem:
         raise ValueError(f"{path} is damaged: {problem}; {_REBUILD}")
     return manifest
@@ -208,33 +205,20 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
 _REBUILD = "rebuild the folder with `gpt25 data prepare ... --force`"
 
 
-def _manifest_problem(manifest: dict[str, Any]) -> str | None:
-    """The first field a manifest lacks or holds with the wrong type (as far as readers and a
-    resuming prepare go), or None."""
-    problem = _fields_problem(manifest, MANIFEST_FIELDS, "")
-    if problem is None and manifest["source"]:  # {} until a run completes
-        problem = _fields_problem(manifest["source"], SOURCE_FIELDS, "source.")
-    if problem is not None:
-        return problem
-    problems = (_split_problem(manifest["splits"].get(split), f"splits.{split}.") for split in SPLITS)
-    return next((problem for problem in problems if problem is not None), None)
-
-
-def _split_problem(info: Any, prefix: str) -> str | None:
-    problem = _fields_problem(info, SPLIT_FIELDS, prefix)
-    if problem is not None:
-        return problem
-    for index, entry in enumerate(info["shards"]):
-        entry_prefix = f"{prefix}shards[{index}]."
-        if isinstance(entry, dict) and is_raw_entry(entry):
-            problem = _fields_problem(entry, RAW_FILE_FIELDS, entry_prefix)
-        else:
-            problem = _fields_problem(entry, SHARD_FIELDS, entry_prefix) or _fields_problem(
-                entry["next"], RESUME_FIELDS, f"{entry_prefix}next."
-            )
-        if problem is not None:
-            return problem
-    return None
+def _manifest_parts(manifest: dict[str, Any]) -> Iterator[tuple[str, Any, dict[str, type]]]:
+    """(name prefix, JSON object, its fields) of each part of a manifest that readers and a resuming
+    prepare use, outer parts first: a part is looked into only once the parts before it passed."""
+    yield "", manifest, MANIFEST_FIELDS
+    if manifest["source"]:  # {} until a run completes
+        yield "source.", manifest["source"], SOURCE_FIELDS
+    for split in SPLITS:
+        prefix = f"splits.{split}."
+        yield prefix, manifest["splits"].get(split), SPLIT_FIELDS
+        for index, entry in enumerate(manifest["splits"][split]["shards"]):
+            raw = isinstance(entry, dict) and is_raw_entry(entry)
+            yield f"{prefix}shards[{index}].", entry, RAW_FILE_FIELDS if raw else SHARD_FIELDS
+            if not raw:
+                yield f"{prefix}shards[{index}].next.", entry["next"], RESUME_FIELDS
 
 
 def _fields_problem(value: Any, fields: dict[str, type], prefix: str) -> str | None:
@@ -248,15 +232,6 @@ def _fields_problem(value: Any, fields: dict[str, type], prefix: str) -> str | N
     return None
 
 
-def _complete_manifest(data_dir: str | os.PathLike, split: str) -> dict[str, Any]:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    manifest = read_manifest(data_dir)
-    if not manifest["complete"]:
-        raise ValueError(f"{data_dir} holds an unfinished `gpt25 data prepare`; rerun the same command to resume it")
-    return manifest
-
-
 def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, data_dir: str | os.PathLike) -> None:
     """Refuse shards made with another tokenizer than `tokenizer` (compared by fingerprint)."""
     fingerprint = tokenizer.fingerprint()
@@ -267,9 +242,14 @@ def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, data_dir: str | os
         )
 
 
-def iter_shards(data_dir: str | os.PathLike, split: str) -> Iterator[np.ndarray]:
-    """Yield each shard of `split` ("train" or "val") memory-mapped, in order, checked against the manifest."""
-    manifest = _complete_manifest(data_dir, split)
+def iter_shards(data_dir: str | os.PathLike, split: str, tokenizer: Any = None) -> Iterator[np.ndarray]:
+    """Yield each shard of `split` ("train" or "val") memory-mapped, in order, checked against the manifest
+    (and, given a `tokenizer`, refused when they were made with another)."""
+    manifest = read_manifest(data_dir)
+    if not manifest["complete"]:
+        raise ValueError(f"{data_dir} holds an unfinished `gpt25 data prepare`; rerun the same command to resume it")
+    if tokenizer is not None:
+        check_tokenizer(manifest, tokenizer, data_dir)
     for entry in manifest["splits"][split]["shards"]:
         tokens = _read_entry(data_dir, manifest, entry)
         if len(tokens) != entry["tokens"]:
@@ -289,10 +269,7 @@ def _read_entry(data_dir: str | os.PathLike, manifest: dict[str, Any], entry: di
 
 def load_split(data_dir: str | os.PathLike, split: str, tokenizer: Any = None) -> np.ndarray:
     """All tokens of a split as one 1-D array (a memmap when it is a single shard)."""
-    manifest = _complete_manifest(data_dir, split)
-    if tokenizer is not None:
-        check_tokenizer(manifest, tokenizer, data_dir)
-    shards = list(iter_shards(data_dir, split))
+    shards = list(iter_shards(data_dir, split, tokenizer))
     if not shards:
         raise ValueError(
             f"split {split!r} in {data_dir} is empty; prepare more documents or a larger --val_fraction / --val_docs"
@@ -354,13 +331,11 @@ class SplitWriter:
         self.num_docs += 1
         position = 0
         while position < len(tokens):
-            if self.current is None:
-                self.current = ShardFile(self.out_dir / shard_name(self.split, len(self.entries)), self.dtype)
-            room = self.shard_tokens - self.current.num_tokens
-            piece = tokens[position : position + room]
-            self.current.append(piece)
+            shard = self._open_shard()
+            piece = tokens[position : position + self.shard_tokens - shard.num_tokens]
+            shard.append(piece)
             position += len(piece)
-            if self.current.num_tokens == self.shard_tokens:
+            if shard.num_tokens == self.shard_tokens:
                 offset = self.resume.token_offset if doc_index == self.resume.doc_index else 0
                 at_end = position == len(tokens)
                 next_point = (
@@ -377,10 +352,13 @@ class SplitWriter:
             for doc_index, doc_tokens in zip(doc_indices, np.split(tokens, np.cumsum(lengths)[:-1]), strict=True):
                 self.add_document(doc_index, doc_tokens)
             return
-        if self.current is None:
-            self.current = ShardFile(self.out_dir / shard_name(self.split, len(self.entries)), self.dtype)
-        self.current.append(tokens)
+        self._open_shard().append(tokens)
         self.num_docs += len(doc_indices)
+
+    def _open_shard(self) -> ShardFile:
+        if self.current is None:
+            self.current = ShardFile(self.out_dir / f"{self.split}_{len(self.entries):06d}.bin", self.dtype)
+        return self.current
 
     def close(self, num_source_docs: int) -> None:
         if self.current is not None:

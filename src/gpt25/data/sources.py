@@ -16,9 +16,12 @@ included; only blank (empty or whitespace-only) records and nulls are skipped. P
 at blank (whitespace-only) lines, and each paragraph (or whole file) loses its leading and
 trailing newlines; blank ones are skipped.
 
-Documents come in a deterministic order from gpt25.data.source_tasks.iter_documents, which reads
-text and JSONL files in the byte ranges that parallel workers read; this module checks the sources
-and reads their lines, records, Parquet columns and Hub rows.
+iter_documents gives every document of the sources in order. plan_tasks cuts the sources into
+SourceTasks for `gpt25 data prepare`'s workers: byte ranges of plain-text and JSONL files, which the
+main process never reads, and groups of documents for the rest (Parquet, Hugging Face, python-docs).
+read_task gives a task's documents; a range is moved to paragraph or line starts
+(read_paragraph_block, read_line_block), so ranges can be cut blindly. iter_documents reads the
+sources through the same tasks, so both give exactly the same documents.
 
 The Hugging Face Hub (streamed datasets, and the one download behind `gpt25 data download`) needs
 the internet unless the libraries read local files (`datasets` packaged builders such as ``json``
@@ -32,13 +35,18 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import sys
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from gpt25.data.default_corpus import iter_default_corpus
+from gpt25.tokenizer.codec import text_groups
 
 DOC_SPLITS = ("blank-line", "file")
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -47,8 +55,6 @@ DEFAULT_CORPUS_SPEC = "python-docs"
 COMPRESSED_SUFFIXES = frozenset(
     {".gz", ".tgz", ".bz2", ".xz", ".lzma", ".zst", ".lz4", ".br", ".z", ".zip", ".7z", ".rar", ".tar"}
 )
-RECIPE_REPO = "itskoma/GPT2.5"
-REPO_TYPES = ("dataset", "model")
 TRUE_VALUES = ("1", "ON", "YES", "TRUE")
 LOCAL_ALTERNATIVE = (
     "offline, use local files instead: --source 'DIR/*.jsonl' --text_field text "
@@ -61,6 +67,12 @@ DOWNLOAD_ALTERNATIVE = (
 BINARY_CHECK_BYTES = 8000  # as git does: a NUL in a file's first 8000 bytes makes it binary
 UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-32LE's starts with UTF-16LE's
 MAX_WARNINGS_PER_FILE = 3
+TEXT_BLOCK_BYTES = 1 << 20  # the byte ranges iter_documents reads a file in
+BLOCK_SEARCH_BYTES = 1 << 13  # read_paragraph_block / read_line_block search windows from this size up
+EMPTY_LINE_ENDS = (b"\n\n", b"\n\r\n")  # an empty line ends just after these
+_BLANK_LINE_OR_END = re.compile(r"^[^\S\n]*(?:\n|\Z)", re.MULTILINE)  # a last line without "\n" can be blank too
+_LINES = re.compile(rb"[^\n]*\n|[^\n]+\Z")  # each with its "\n" (the last may have none); only "\n" ends one
+_CARRIAGE_RETURNS = re.compile(r"\r+\n")  # "\r\n" line ends: every "\r" before a "\n" goes
 
 
 class NonUtf8Warning(UserWarning):
@@ -75,9 +87,30 @@ class SourceStats:
     files: int = 0
 
 
-def check_sources(
-    specs: Iterable[str], data_files: list[str] | None = None, exclude: str | os.PathLike | None = None
-) -> None:
+@dataclass
+class SourceTask:
+    """Consecutive documents of the sources for one worker: documents the main process read
+    (`texts`), or a byte range of a plain-text or JSONL file that read_task reads, decodes and splits."""
+
+    texts: list[str] | None = None
+    path: str = ""  # the file, when the task is a byte range
+    start: int = 0
+    end: int = 0
+    doc_split: str = "blank-line"  # how a plain-text range splits into documents
+    parse_line: Callable[[str], list] | None = None  # what a JSONL line holds (record_documents); None: plain text
+
+
+@dataclass
+class BlockReport:
+    """What read_task found in a byte range's block, by line index in the block."""
+
+    skipped_lines: list[tuple[int, str]]  # (line index, reason) of each line skipped as not UTF-8
+    num_lines: int
+    bad_line: tuple[int, str] | None = None  # (line index, problem): a JSONL line that is no record
+
+
+def check_sources(specs: Iterable[str], data_files: list[str] | None = None,
+                  exclude: str | os.PathLike | None = None) -> None:
     """Fail before any work when a local spec matches nothing (or a compressed file) or a Hub dataset
     is unreachable."""
     for spec in specs:
@@ -109,7 +142,8 @@ def expand_paths(spec: str, exclude: str | os.PathLike | None = None) -> list[Pa
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(path))]
+        files = [p for p in path.rglob("*") if p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(path).parts)]
     else:
         files = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
     if exclude is not None and not path.is_file():
@@ -123,10 +157,6 @@ def expand_paths(spec: str, exclude: str | os.PathLike | None = None) -> list[Pa
     for file in files:
         check_source_file(file)
     return sorted(files)
-
-
-def _is_hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
 
 
 def check_source_file(path: Path, head: bytes | None = None) -> None:
@@ -153,63 +183,10 @@ def check_source_file(path: Path, head: bytes | None = None) -> None:
         )
 
 
-def open_text_file(path: Path) -> BinaryIO:
-    """`path` opened for reading bytes, once check_source_file has passed it and its first bytes."""
-    file = open(path, "rb")
-    try:
-        check_source_file(path, file.read(BINARY_CHECK_BYTES))
-        file.seek(0)
-    except BaseException:
-        file.close()
-        raise
-    return file
-
-
-class SkippedLines:
-    """Counts the non-UTF-8 lines of one file; warns for the first few, and sums up at the end."""
-
-    def __init__(self, path: Path, stats: SourceStats) -> None:
-        self.path, self.stats = path, stats
-        self.count = self.first = 0
-
-    def record(self, line_number: int, reason: str) -> None:
-        """Count a skipped line (warning for the first MAX_WARNINGS_PER_FILE)."""
-        self.count += 1
-        self.first = self.first or line_number
-        if self.count <= MAX_WARNINGS_PER_FILE:
-            warnings.warn(
-                f"{self.path}:{line_number}: skipped a line that is not UTF-8 ({reason})", NonUtf8Warning, stacklevel=4
-            )
-
-    def close(self) -> None:
-        self.stats.skipped_lines += self.count
-        if self.count > MAX_WARNINGS_PER_FILE:
-            warnings.warn(f"{self.path}: skipped {self.count} lines that are not UTF-8 in all (first at line "
-                          f"{self.first})", NonUtf8Warning, stacklevel=3)
-
-
-def iter_utf8_lines(path: Path, stats: SourceStats) -> Iterator[tuple[int, str]]:
-    """(line number, line) pairs with newlines normalised to "\\n"; non-UTF-8 lines are skipped with a warning."""
-    bad_lines = SkippedLines(path, stats)
-    with open_text_file(path) as file:
-        for line_number, raw in enumerate(file, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                bad_lines.record(line_number, error.reason)
-                continue
-            if line_number == 1:
-                line = line.removeprefix("\ufeff")
-            if line.endswith("\n"):
-                line = line.rstrip("\r\n") + "\n"
-            yield line_number, line
-    bad_lines.close()
-
-
 def record_documents(line: str, text_field: str) -> list[str]:
     """The document of one JSONL line, its text exactly ([] for a blank line or a null or blank
-    text); ValueError saying
-    what is wrong with a line that is not an object with `text_field`, or whose field is no string."""
+    text); ValueError saying what is wrong with a line that is not an object with `text_field`, or
+    whose field is no string."""
     if not line.strip():
         return []
     try:
@@ -226,19 +203,7 @@ def record_documents(line: str, text_field: str) -> list[str]:
         raise ValueError(
             f"field {text_field!r} is {type(text).__name__}, not a string; pass --text_field NAME of a text field"
         )
-    return _record_text(text)
-
-
-def _record_text(text: str) -> list[str]:
-    """A record's text as its one document, exactly as stored; [] when it is blank."""
     return [text] if text.strip() else []
-
-
-def iter_parquet_documents(path: Path, text_field: str) -> Iterator[str]:
-    """The `text_field` column of a Parquet file (a string column) as documents; nulls and blank texts skipped."""
-    for text in iter_parquet_column(path, text_field, "pass --text_field NAME", strings=True):
-        if text is not None:
-            yield from _record_text(text)
 
 
 def iter_parquet_column(path: Path, column: str, fix: str, strings: bool = False) -> Iterator[Any]:
@@ -268,6 +233,236 @@ def _check_column(path: Path, schema, column: str, fix: str, strings: bool) -> N
     text_types = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
     if strings and not any(is_text(value_type) for is_text in text_types):
         raise ValueError(f"{path}: column {column!r} holds {column_type}, not strings; {fix} of a text column")
+
+
+def _texts(values: Iterable[Any]) -> Iterator[str]:
+    """Each text exactly as stored (edge newlines are the user's data); nulls and blank ones skipped."""
+    return (str(value) for value in values if value is not None and str(value).strip())
+
+
+# ---- documents read in tasks: byte ranges of text and JSONL files, groups of documents for the rest ----
+
+
+def iter_documents(specs: Iterable[str], *, stats: SourceStats | None = None, **options: Any) -> Iterator[str]:
+    """Yield the documents of every source spec in turn, read through the tasks the workers read
+    (`options` are plan_tasks')."""
+    stats = stats if stats is not None else SourceStats()
+    return _read_tasks(plan_tasks(specs, TEXT_BLOCK_BYTES, stats=stats, **options), stats)
+
+
+def iter_jsonl_records(path: Path, parse_line: Callable[[str], list]) -> Iterator[Any]:
+    """What `parse_line` makes of each line of a JSONL file, read as the documents of a JSONL source
+    are: a ValueError from it is raised naming file:line, and non-UTF-8 lines are skipped with a warning."""
+    return _read_tasks(_range_tasks(path, "blank-line", parse_line, TEXT_BLOCK_BYTES), SourceStats())
+
+
+def _read_tasks(tasks: Iterable[SourceTask], stats: SourceStats) -> Iterator[Any]:
+    task_lines = TaskLines(stats)
+    for task in tasks:
+        documents, block = read_task(task)
+        yield from documents  # before a bad JSONL line's error, the documents ahead of it
+        task_lines.report(task, block)
+    task_lines.close()
+
+
+def plan_tasks(specs: Iterable[str], task_bytes: int, *, doc_split: str = "blank-line", text_field: str = "text",
+               data_files: list[str] | None = None, hf_split: str = "train", stats: SourceStats | None = None,
+               exclude: str | os.PathLike | None = None) -> Iterator[SourceTask]:
+    """The tasks of every source in order, of about `task_bytes` each: byte ranges of plain-text and
+    JSONL files, which the main process never reads; documents for the rest, read here. Folders and
+    globs leave out the files inside `exclude`."""
+    if doc_split not in DOC_SPLITS:
+        raise ValueError(f"--doc_split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
+    stats = stats if stats is not None else SourceStats()
+    for spec in specs:
+        if spec == DEFAULT_CORPUS_SPEC:
+            yield from _document_tasks(iter_default_corpus(), task_bytes)
+        elif spec.startswith("hf:"):
+            name, _, config = spec[3:].partition(":")
+            rows = iter_hf_field(name, config or None, text_field, "pass --text_field NAME", data_files=data_files,
+                                 split=hf_split)
+            yield from _document_tasks(_texts(rows), task_bytes)
+        else:
+            for path in expand_paths(spec, exclude):
+                stats.files += 1
+                suffix = path.suffix.lower()
+                if suffix == ".parquet":
+                    column = iter_parquet_column(path, text_field, "pass --text_field NAME", strings=True)
+                    yield from _document_tasks(_texts(column), task_bytes)
+                else:
+                    parse_line = partial(record_documents, text_field=text_field) if suffix in JSONL_SUFFIXES else None
+                    yield from _range_tasks(path, doc_split, parse_line, task_bytes)
+
+
+def range_task_bytes(specs: Iterable[str], signature: list[list]) -> int | None:
+    """The size of the source files (`signature` is source_signature's) when plan_tasks cuts every
+    source into byte ranges (plain-text and JSONL files only); None otherwise."""
+    if any(spec == DEFAULT_CORPUS_SPEC or spec.startswith("hf:") for spec in specs):
+        return None
+    if any(Path(path).suffix.lower() == ".parquet" for path, _, _ in signature):
+        return None
+    return sum(size for _, size, _ in signature)
+
+
+def _range_tasks(path: Path, doc_split: str, parse_line: Callable[[str], list] | None,
+                 task_bytes: int) -> Iterator[SourceTask]:
+    """Byte-range tasks over a plain-text file (parse_line None) or a JSONL file; a whole file is one
+    task when each file is one document."""
+    size = path.stat().st_size
+    task_bytes = max(size, 1) if doc_split == "file" and parse_line is None else task_bytes
+    for start in range(0, size, task_bytes):
+        end = min(start + task_bytes, size)
+        yield SourceTask(path=str(path), start=start, end=end, doc_split=doc_split, parse_line=parse_line)
+
+
+def _document_tasks(documents: Iterable[str], task_bytes: int) -> Iterator[SourceTask]:
+    """Documents grouped into tasks of about `task_bytes` characters."""
+    return (SourceTask(texts=texts) for texts in text_groups(documents, task_bytes))
+
+
+def read_task(task: SourceTask) -> tuple[list[str], BlockReport | None]:
+    """The task's documents, and for a byte range what the main process must number within the file
+    (see TaskLines)."""
+    if task.texts is not None:
+        return task.texts, None
+    read_block = read_paragraph_block if task.parse_line is None else read_line_block
+    block = read_block(Path(task.path), task.start, task.end)
+    text, skipped = decode_text_block(block, task.start == 0)
+    documents, bad_line = ((text_documents(text, task.doc_split), None) if task.parse_line is None
+                           else jsonl_block_documents(text, task.parse_line, skipped))
+    return documents, BlockReport(skipped, block.count(b"\n"), bad_line)
+
+
+def decode_text_block(block: bytes, at_file_start: bool) -> tuple[str, list[tuple[int, str]]]:
+    """Whole lines of a file as str ("\r\n" ends made "\n", a
+    leading BOM dropped at the file's start), and (line index in the block, reason) for each line
+    skipped because it is not UTF-8. The block is decoded at once unless it holds such a line."""
+    skipped: list[tuple[int, str]] = []
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        lines = []
+        for index, line in enumerate(_LINES.findall(block)):
+            try:
+                lines.append(line.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                skipped.append((index, error.reason))
+        text = "".join(lines)
+    if at_file_start and not (skipped and skipped[0][0] == 0):
+        text = text.removeprefix("\ufeff")
+    if "\r" in text:
+        text = _CARRIAGE_RETURNS.sub("\n", text) if "\r\r" in text else text.replace("\r\n", "\n")
+    return text, skipped
+
+
+def text_documents(text: str, doc_split: str) -> list[str]:
+    """The documents of a plain text that starts a paragraph (a block from read_paragraph_block):
+    its paragraphs, or the text itself for doc_split "file"; blank ones left out."""
+    pieces = [text] if doc_split == "file" else _BLANK_LINE_OR_END.split(text)
+    return [piece.strip("\n") for piece in pieces if piece.strip()]
+
+
+class TaskLines:
+    """Numbers within their files the lines that read_task reports by their index in a block (tasks
+    reported in order): warnings for the first few lines of a file skipped as not UTF-8 (and at the
+    end how many in all), the error for a bad JSONL line."""
+
+    def __init__(self, stats: SourceStats) -> None:
+        self.stats = stats
+        self.next_line: dict[str, int] = {}  # path -> line number of its next block
+        self.skipped: dict[str, tuple[int, int]] = {}  # path -> (lines skipped as not UTF-8, the first one)
+
+    def report(self, task: SourceTask, block: BlockReport | None) -> None:
+        if block is None:
+            return
+        first_line = self.next_line.get(task.path, 1)
+        for index, reason in block.skipped_lines:
+            count, first = self.skipped.get(task.path, (0, first_line + index))
+            self.skipped[task.path] = count + 1, first
+            if count < MAX_WARNINGS_PER_FILE:
+                warnings.warn(f"{task.path}:{first_line + index}: skipped a line that is not UTF-8 ({reason})",
+                              NonUtf8Warning, stacklevel=3)
+        if block.bad_line is not None:
+            index, problem = block.bad_line
+            raise ValueError(f"{task.path}:{first_line + index}: {problem}")
+        self.next_line[task.path] = first_line + block.num_lines
+
+    def close(self) -> None:
+        for path, (count, first) in self.skipped.items():
+            self.stats.skipped_lines += count
+            if count > MAX_WARNINGS_PER_FILE:
+                warnings.warn(f"{path}: skipped {count} lines that are not UTF-8 in all (first at line {first})",
+                              NonUtf8Warning, stacklevel=3)
+
+
+def read_paragraph_block(path: Path, start: int, end: int) -> bytes:
+    """The file's bytes from the first paragraph start at or after byte `start` to the first at or
+    after byte `end` (a paragraph starts the file or follows an empty line; the file's end counts as
+    one). Consecutive ranges give consecutive blocks, so workers can each read their own part of a
+    file and no paragraph spans two blocks (see text_documents); a block may be empty."""
+    return _read_block(path, start, end, EMPTY_LINE_ENDS)
+
+
+def read_line_block(path: Path, start: int, end: int) -> bytes:
+    """read_paragraph_block for lines: from the first line start at or after `start` to the first
+    at or after `end` (see jsonl_block_documents)."""
+    return _read_block(path, start, end, (b"\n",))
+
+
+def _read_block(path: Path, start: int, end: int, boundaries: tuple[bytes, ...]) -> bytes:
+    with open(path, "rb") as file:
+        if start <= 0:  # the file's first block: its start tells a binary or UTF-16/UTF-32 file
+            check_source_file(path, file.read(BINARY_CHECK_BYTES))
+        size = os.fstat(file.fileno()).st_size
+        first = _block_start(file, start, size, boundaries)
+        last = _block_start(file, end, size, boundaries)
+        file.seek(first)
+        return file.read(max(last - first, 0))
+
+
+def _block_start(file: BinaryIO, position: int, size: int, boundaries: tuple[bytes, ...]) -> int:
+    """The first position >= `position` that is 0, `size`, or just after one of `boundaries`."""
+    if position <= 0 or position >= size:
+        return min(max(position, 0), size)
+    longest = max(map(len, boundaries))
+    window_start, window_bytes = max(position - longest, 0), BLOCK_SEARCH_BYTES
+    while window_start < size:
+        file.seek(window_start)
+        data = file.read(window_bytes)
+        ends = [
+            window_start + index + len(boundary)
+            for boundary in boundaries
+            if (index := data.find(boundary, max(position - len(boundary) - window_start, 0))) >= 0
+        ]
+        if ends:
+            return min(ends)
+        if window_start + len(data) >= size:
+            return size
+        window_start += len(data) - (longest - 1)  # a boundary may straddle the windows
+        window_bytes *= 2
+    return size
+
+
+def jsonl_block_documents(text: str, parse_line: Callable[[str], list],
+                          skipped: list[tuple[int, str]]) -> tuple[list, tuple[int, str] | None]:
+    """What `parse_line` makes of each line of a decoded block of JSONL lines (decode_text_block gives
+    `text` and the lines it `skipped`), and (line index in the block, problem) of its first bad line, or None."""
+    documents: list = []
+    for index, line in enumerate(text.split("\n")):
+        try:
+            documents += parse_line(line)
+        except ValueError as error:
+            return documents, (_block_line_index(index, skipped), str(error))
+    return documents, None
+
+
+def _block_line_index(index: int, skipped: list[tuple[int, str]]) -> int:
+    """The index in its block of line `index` of the decoded text, which lacks the skipped lines."""
+    for skipped_index, _ in skipped:  # in block order
+        if skipped_index > index:
+            break
+        index += 1
+    return index
 
 
 # ---- the Hugging Face Hub ----
@@ -312,16 +507,6 @@ def check_hf_source(name: str, data_files: list[str] | None, alternative: str = 
         check_hub_reachable(name, "dataset", f"hf:{name}", alternative)
 
 
-def iter_hf_dataset(name: str, config: str | None, text_field: str, *, data_files: list[str] | None = None,
-                    split: str = "train") -> Iterator[str]:
-    """Stream the `text_field` of a Hugging Face dataset (``hf:NAME[:CONFIG]``), each row's text exactly
-    (blank and null ones skipped). With `data_files` (or a local folder as NAME) the dataset is read
-    from disk through `datasets`' own builders, e.g. ``hf:json`` with ``--data_files a.jsonl``."""
-    for text in iter_hf_field(name, config, text_field, "pass --text_field NAME", data_files=data_files, split=split):
-        if text is not None and str(text).strip():
-            yield str(text)  # exactly as stored: edge newlines are the user's data
-
-
 def iter_hf_field(name: str, config: str | None, field: str, fix: str, *, data_files: list[str] | None = None,
                   split: str = "train", alternative: str = LOCAL_ALTERNATIVE) -> Iterator[Any]:
     """Stream `field` of each row of a Hugging Face dataset, failing at once when it is unreachable
@@ -336,36 +521,27 @@ def iter_hf_field(name: str, config: str | None, field: str, fix: str, *, data_f
         yield row[field]
 
 
-def download_repo(
-    repo_id: str = RECIPE_REPO,
-    repo_type: str = "dataset",
-    out: str | os.PathLike | None = None,
-    include: list[str] | None = None,
-    revision: str | None = None,
-) -> Path:
+def download_repo(repo_id: str, repo_type: str, out: str | os.PathLike | None = None,
+                  include: list[str] | None = None) -> Path:
     """Download a Hub repo with huggingface_hub (into `out`, else the HF cache); returns its local folder.
 
     The one Hub download, behind `gpt25 data download` (and its alias `gpt25 export hub-download`,
     for model repos to convert with `gpt25 checkpoint import`). Under HF_HUB_OFFLINE=1 a copy already
-    in the Hugging Face cache is used (and copied to `out`).
+    in the Hugging Face cache is used (and copied to `out`). `repo_type` is "dataset" or "model".
     """
-    if repo_type not in REPO_TYPES:
-        raise ValueError(f"--repo_type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     what = f"downloading {repo_type} {repo_id}"
     try:
         if hub_offline():
-            cached = Path(snapshot_download(repo_id, repo_type=repo_type, allow_patterns=include, revision=revision))
+            cached = Path(snapshot_download(repo_id, repo_type=repo_type, allow_patterns=include))
             if out is None:
                 return cached
             shutil.copytree(cached, out, dirs_exist_ok=True)
             return Path(out)
         check_hub_reachable(repo_id, repo_type, what, DOWNLOAD_ALTERNATIVE)
-        return Path(
-            snapshot_download(repo_id, repo_type=repo_type, local_dir=out, allow_patterns=include, revision=revision)
-        )
+        return Path(snapshot_download(repo_id, repo_type=repo_type, local_dir=out, allow_patterns=include))
     except LocalEntryNotFoundError:
         raise ConnectionError(
             f"{what} needs the internet and offline mode is on (HF_HUB_OFFLINE) with no cached copy; {DOWNLOAD_ALTERNATIVE}"
