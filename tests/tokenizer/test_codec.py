@@ -324,14 +324,14 @@ def pretokenize_for_test(text: str) -> list[str]:
 
 def test_batched_and_one_by_one_merging_agree(fixtures_dir, gpt2_files, tiktoken_gpt2, monkeypatch, pure_python):
     """The Python encoder merges many new pre-tokens with numpy, a few one by one: the same ids."""
-    from gpt25.tokenizer import codec, encoder
+    from gpt25.tokenizer import bpe, codec
 
     monkeypatch.setattr(codec, "ENCODE_CHUNK_CHARS", 2_000)
     text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8")
     batched, one_by_one = (pure_python(lambda: Tokenizer.from_files(*gpt2_files)) for _ in range(2))
-    monkeypatch.setattr(encoder, "BATCH_MIN_PRETOKENS", 1)
+    monkeypatch.setattr(bpe, "PYTHON_TAIL_WORDS", 0)
     batched_ids = batched.encode(text)
-    monkeypatch.setattr(encoder, "BATCH_MIN_PRETOKENS", 10**9)
+    monkeypatch.setattr(bpe, "PYTHON_TAIL_WORDS", 10**9)
     assert batched_ids == one_by_one.encode(text) == batched.encode(text)
     assert batched_ids == tiktoken_gpt2.encode_ordinary(text)
 
@@ -341,10 +341,10 @@ def test_a_failed_merge_leaves_no_empty_cache_entry(python_gpt2_tokenizer, gpt2_
     expected = gpt2_tokenizer.encode(text)
     python_gpt2_tokenizer._encoder.clear()
 
-    def fail(pretoken):
+    def fail(words):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(python_gpt2_tokenizer._encoder, "encode_pretoken", fail)
+    monkeypatch.setattr(python_gpt2_tokenizer._encoder.batch_merger, "merge", fail)
     with pytest.raises(KeyboardInterrupt):
         python_gpt2_tokenizer.encode(text)
     monkeypatch.undo()

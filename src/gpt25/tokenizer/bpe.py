@@ -18,8 +18,6 @@ ID_BITS = 24
 ID_MASK = (1 << ID_BITS) - 1
 NO_MERGE = 1 << 62  # value of a pair that is not a merge: greater than every real one
 PYTHON_TAIL_WORDS = 16
-EMPTY = -1  # key of a free slot in a PairTable (pair keys are >= 0)
-HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: key * this, top bits
 
 
 def merge_values(merge_ids: np.ndarray) -> dict[int, int]:
@@ -33,58 +31,23 @@ def merge_values(merge_ids: np.ndarray) -> dict[int, int]:
 def merge_word(byte_ids: list[int], merge_values: dict[int, int]) -> tuple[int, ...]:
     """Token ids of one pre-token, given the ids of its bytes."""
     ids = list(byte_ids)
-    get = merge_values.get
+    get = merge_values.get  # bound once: this loop runs for every new pre-token
+    # values[i] is the merge of (ids[i], ids[i + 1]); the rank sits in the high bits, so min() is the best merge
     values = [get(left << ID_BITS | right, NO_MERGE) for left, right in itertools.pairwise(ids)]
     while values:
         best = min(values)
         if best == NO_MERGE:
             break
-        position = values.index(best)
+        position = values.index(best)  # equal values are the same pair: GPT-2 merges the leftmost first
         ids[position] = best & ID_MASK
         del ids[position + 1]
         del values[position]
+        # only the pairs touching the merged token changed: recompute those two, not the whole word
         if position > 0:
             values[position - 1] = get(ids[position - 1] << ID_BITS | ids[position], NO_MERGE)
         if position < len(values):
             values[position] = get(ids[position] << ID_BITS | ids[position + 1], NO_MERGE)
     return tuple(ids)
-
-
-class PairTable:
-    """merge_values as a numpy hash table (open addressing, linear probing, at most 1/4 full):
-    `get` is dict.get(key, NO_MERGE) for an array of keys, a few times faster than a binary search."""
-
-    def __init__(self, keys: np.ndarray, values: np.ndarray) -> None:
-        bits = max((4 * len(keys)).bit_length(), 4)
-        self.shift = np.uint64(64 - bits)
-        self.mask = (1 << bits) - 1
-        self.keys = np.full(1 << bits, EMPTY, dtype=np.int64)
-        self.values = np.full(1 << bits, NO_MERGE, dtype=np.int64)
-        slots = self._home_slots(keys)
-        pending = np.arange(len(keys))  # keys not yet placed; each at the next slot it will try
-        while pending.size:
-            free = self.keys[slots[pending]] == EMPTY
-            claimed, first = np.unique(slots[pending[free]], return_index=True)
-            placed = pending[free][first]  # one key per free slot
-            self.keys[claimed], self.values[claimed] = keys[placed], values[placed]
-            pending = np.setdiff1d(pending, placed, assume_unique=True)
-            slots[pending] = (slots[pending] + 1) & self.mask
-
-    def _home_slots(self, keys: np.ndarray) -> np.ndarray:
-        return ((keys.astype(np.uint64) * HASH_MULTIPLIER) >> self.shift).astype(np.int64)
-
-    def get(self, keys: np.ndarray) -> np.ndarray:
-        """The value of each key, NO_MERGE for keys not in the table."""
-        found = np.full(keys.size, NO_MERGE, dtype=np.int64)
-        todo = np.arange(keys.size)  # keys still probing, each at slots[i]
-        slots = self._home_slots(keys)
-        while todo.size:
-            stored = self.keys[slots]
-            hit = stored == keys[todo]
-            found[todo[hit]] = self.values[slots[hit]]
-            probing = ~hit & (stored != EMPTY)
-            todo, slots = todo[probing], (slots[probing] + 1) & self.mask
-        return found
 
 
 class BatchMerger:
@@ -96,8 +59,10 @@ class BatchMerger:
 
     def __init__(self, merge_values: dict[int, int], byte_ids: list[int]) -> None:
         keys = np.fromiter(merge_values.keys(), dtype=np.int64, count=len(merge_values))
+        order = np.argsort(keys)
+        self.sorted_keys = keys[order]
         values = np.fromiter(merge_values.values(), dtype=np.int64, count=len(merge_values))
-        self.table = PairTable(keys, values)
+        self.sorted_values = np.append(values[order], NO_MERGE)  # index len(keys): not a merge
         self.merge_values = merge_values
         self.byte_ids = np.asarray(byte_ids, dtype=np.int64)
         # value of every pair of bytes, so the first lookup (all positions) is a plain gather
@@ -134,7 +99,10 @@ class BatchMerger:
 
     def _update_values(self, ids: np.ndarray, word: np.ndarray, values: np.ndarray, positions: np.ndarray) -> None:
         """Recompute values[positions] (positions < ids.size - 1): NO_MERGE across words."""
-        found = self.table.get(ids[positions] << ID_BITS | ids[positions + 1])
+        keys = ids[positions] << ID_BITS | ids[positions + 1]
+        index = np.searchsorted(self.sorted_keys, keys)  # merge_values.get for an array of keys
+        index[self.sorted_keys[np.minimum(index, len(self.sorted_keys) - 1)] != keys] = len(self.sorted_keys)
+        found = self.sorted_values[index]
         found[word[positions] != word[positions + 1]] = NO_MERGE
         values[positions] = found
 

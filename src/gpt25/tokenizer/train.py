@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from gpt25.tokenizer.encoder import new_pretoken_table, pure_python_requested
 from gpt25.tokenizer.pretokenize import (
     decode_utf8,
     open_input,
     special_token_regex,
     split_on_specials,
 )
-from gpt25.tokenizer.table import new_pretoken_table, pure_python_requested
 from gpt25.tokenizer.workers import worker_pool
 
 try:
