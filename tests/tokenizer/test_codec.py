@@ -301,50 +301,15 @@ def test_encode_iterable_without_whitespace_is_exact(gpt2_tokenizer, monkeypatch
     assert list(gpt2_tokenizer.encode_iterable(pieces)) == gpt2_tokenizer.encode("".join(pieces))
 
 
-def test_batch_merger_equals_one_by_one(gpt2_tokenizer, small_tokenizer, fixtures_dir):
-    from gpt25.tokenizer.bpe import BatchMerger, merge_values, merge_word
-
-    text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8") + " ".join(SAMPLES) + " x" + "y" * 300
-    words = sorted(set(pretokenize_for_test(text)))
-    for tokenizer in (gpt2_tokenizer, small_tokenizer):
-        values = merge_values(tokenizer._merge_ids)
-        lengths, ids = BatchMerger(values, tokenizer._byte_ids).merge([word.encode() for word in words])
-        one_by_one = [merge_word([tokenizer._byte_ids[b] for b in word.encode()], values) for word in words]
-        assert lengths.tolist() == [len(word_ids) for word_ids in one_by_one]
-        assert ids.tolist() == [token_id for word_ids in one_by_one for token_id in word_ids]
-    lengths, ids = BatchMerger(merge_values(gpt2_tokenizer._merge_ids), gpt2_tokenizer._byte_ids).merge([])
-    assert lengths.size == ids.size == 0
-
-
-def pretokenize_for_test(text: str) -> list[str]:
-    from gpt25.tokenizer.pretokenize import GPT2_REGEX
-
-    return GPT2_REGEX.findall(text)
-
-
-def test_batched_and_one_by_one_merging_agree(fixtures_dir, gpt2_files, tiktoken_gpt2, monkeypatch, pure_python):
-    """The Python encoder merges many new pre-tokens with numpy, a few one by one: the same ids."""
-    from gpt25.tokenizer import bpe, codec
-
-    monkeypatch.setattr(codec, "ENCODE_CHUNK_CHARS", 2_000)
-    text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8")
-    batched, one_by_one = (pure_python(lambda: Tokenizer.from_files(*gpt2_files)) for _ in range(2))
-    monkeypatch.setattr(bpe, "PYTHON_TAIL_WORDS", 0)
-    batched_ids = batched.encode(text)
-    monkeypatch.setattr(bpe, "PYTHON_TAIL_WORDS", 10**9)
-    assert batched_ids == one_by_one.encode(text) == batched.encode(text)
-    assert batched_ids == tiktoken_gpt2.encode_ordinary(text)
-
-
 def test_a_failed_merge_leaves_no_empty_cache_entry(python_gpt2_tokenizer, gpt2_tokenizer, monkeypatch):
     text = "Zyzzyva quixotic flummoxed"
     expected = gpt2_tokenizer.encode(text)
     python_gpt2_tokenizer._encoder.clear()
 
-    def fail(words):
+    def fail(pretoken):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(python_gpt2_tokenizer._encoder.batch_merger, "merge", fail)
+    monkeypatch.setattr(python_gpt2_tokenizer._encoder, "encode_pretoken", fail)
     with pytest.raises(KeyboardInterrupt):
         python_gpt2_tokenizer.encode(text)
     monkeypatch.undo()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 import numpy as np
 import regex
 
-from gpt25.tokenizer.bpe import BatchMerger, merge_values
+from gpt25.tokenizer.bpe import merge_values, merge_word
 from gpt25.tokenizer.pretokenize import GPT2_REGEX
 
 try:
@@ -114,12 +115,11 @@ class PythonPretokenTable(dict):
 class PythonEncoder:
     """A PythonPretokenTable gives each pre-token a slot, and numpy arrays hold the ids of every slot
     (slot s: `ids[starts[s] : starts[s] + lengths[s]]`), so turning slots into ids is one numpy gather,
-    with no Python object per token. The new pre-tokens of a call are merged together at its end."""
+    with no Python object per token. The new pre-tokens of a call are merged at its end."""
 
     def __init__(self, merge_values: dict[int, int], byte_ids: list[int], special_ids: list[int]) -> None:
-        self.special_ids = list(special_ids)
+        self.merge_values, self.byte_ids, self.special_ids = merge_values, byte_ids, list(special_ids)
         self.table = PythonPretokenTable()
-        self.batch_merger = BatchMerger(merge_values, byte_ids)
         self.clear()
 
     def __len__(self) -> int:
@@ -135,7 +135,7 @@ class PythonEncoder:
         self.num_ids = 0
         self.slot_of_id = {token_id: self.table.slot(f"<special {token_id}>") for token_id in self.special_ids}
         self.table.take_pending()
-        self._store(np.ones(len(self.slot_of_id), dtype=np.int64), np.array(list(self.slot_of_id), dtype=np.int64))
+        self._store([(token_id,) for token_id in self.slot_of_id])
 
     def encode(self, parts: list[str | int]) -> np.ndarray:
         slot_of_id = self.slot_of_id
@@ -144,15 +144,19 @@ class PythonEncoder:
             with _garbage_collection_paused():
                 slots = self.table.scan(parts)
                 pending = self.table.take_pending()
-                if pending:
-                    self._store(*self.batch_merger.merge([pretoken.encode("utf-8") for pretoken in pending]))
+                self._store(list(map(self.encode_pretoken, pending)))
         except BaseException:
             self.clear()  # no slot without ids may outlive a failed merge
             raise
         return self._ids_of(slots)
 
-    def _store(self, lengths: np.ndarray, ids: np.ndarray) -> None:
-        """Store the ids of the next slots, in order: lengths[i] each, concatenated in `ids`."""
+    def encode_pretoken(self, pretoken: str) -> tuple[int, ...]:
+        return merge_word([self.byte_ids[byte] for byte in pretoken.encode("utf-8")], self.merge_values)
+
+    def _store(self, encoded: list[tuple[int, ...]]) -> None:
+        """Store the ids of the next slots, in order."""
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        ids = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64)
         first_slot, end_slot = self.num_slots, self.num_slots + len(lengths)
         self.starts = _grown(self.starts, end_slot)
         self.lengths = _grown(self.lengths, end_slot)
