@@ -213,48 +213,36 @@ class Tokenizer:
         self, texts: Iterable[str], separator: str | None = None, specials_in_text: bool = True
     ) -> Iterator[list[str | int]]:
         """The texts as parts for the encoder, about ENCODE_CHUNK_CHARS of text at a time: the text
-        between special tokens (str) and the id of each special token (int), with `separator`'s id
-        after each text when one is given. With specials_in_text False, special tokens written in
-        the texts are not looked for: they stay text, encoded as any other."""
+        between special tokens (str, cut where it pre-tokenizes independently) and the id of each
+        special token (int), with `separator`'s id after each text when one is given. With
+        specials_in_text False, special tokens written in the texts stay text, encoded as any other."""
         special_regex = self._special_regex if specials_in_text else None
-        special_ids = self._special_ids
-        separator_id = None if separator is None else special_ids[separator]
+        separator_ids = [] if separator is None else [self._special_ids[separator]]
         for group in text_groups(texts, ENCODE_CHUNK_CHARS):
-            has_specials = special_regex is not None and special_regex.search("".join(group)) is not None  # once per group
-            if not has_specials and max(map(len, group)) <= ENCODE_CHUNK_CHARS:  # the common case, without a loop
-                if separator_id is None:
-                    yield group
-                    continue
-                parts: list[str | int] = [separator_id] * (2 * len(group))
-                parts[::2] = group
-                yield parts
+            # one search per group, not per text: most groups hold no special token at all
+            has_specials = special_regex is not None and special_regex.search("".join(group)) is not None
+            if not has_specials and max(map(len, group)) <= ENCODE_CHUNK_CHARS:  # the common case: no loop per text
+                if separator_ids:
+                    parts = separator_ids * (2 * len(group))
+                    parts[::2] = group
+                    group = parts
+                yield group
                 continue
             parts, num_chars = [], 0
             for text in group:
-                for piece, is_special in self._text_pieces(text, has_specials):
-                    if is_special:
-                        parts.append(special_ids[piece])
+                for index, piece in enumerate(split_on_specials(text, special_regex if has_specials else None)):
+                    if index % 2:
+                        parts.append(self._special_ids[piece])
                         continue
-                    parts.append(piece)
-                    num_chars += len(piece)
-                    if num_chars >= ENCODE_CHUNK_CHARS:
-                        yield parts
-                        parts, num_chars = [], 0
-                if separator_id is not None:
-                    parts.append(separator_id)
+                    for chunk in split_at_safe_cuts(piece, ENCODE_CHUNK_CHARS):
+                        parts.append(chunk)
+                        num_chars += len(chunk)
+                        if num_chars >= ENCODE_CHUNK_CHARS:
+                            yield parts
+                            parts, num_chars = [], 0
+                parts += separator_ids
             if parts:
                 yield parts
-
-    def _text_pieces(self, text: str, has_specials: bool) -> Iterator[tuple[str, bool]]:
-        """(piece, is_special): the special tokens of `text` whole, the text between them in
-        pieces of at most about ENCODE_CHUNK_CHARS that pre-tokenize independently."""
-        for index, part in enumerate(split_on_specials(text, self._special_regex) if has_specials else [text]):
-            if index % 2:
-                yield part, True
-            elif len(part) > ENCODE_CHUNK_CHARS:
-                yield from ((piece, False) for piece in split_at_safe_cuts(part, ENCODE_CHUNK_CHARS))
-            else:
-                yield part, False
 
     def _ids_array(
         self, texts: Iterable[str], separator: str | None = None, specials_in_text: bool = True
