@@ -195,21 +195,21 @@ def test_encode_file_reports_invalid_utf8(gpt2_tokenizer, tmp_path, monkeypatch,
 
 
 def test_encode_file_with_workers_cuts_bytes_only_at_safe_points(gpt2_tokenizer, tiktoken_gpt2, tmp_path, monkeypatch):
-    """Pieces of raw bytes go to the workers: the cuts must keep multi-byte characters, whitespace
-    runs and special tokens whole."""
-    from gpt25.tokenizer import codec
-    from gpt25.tokenizer.pretokenize import iter_byte_pieces
+    """Byte ranges go to the workers: the cuts must keep multi-byte characters, whitespace runs and
+    special tokens whole."""
+    from gpt25.tokenizer import codec, pretokenize
 
     text = ("naïve café — 東京 🤖 x  \n\n\t y" + EOT + "z. " + "w" * 40 + "\r\n") * 40
     path = tmp_path / "mixed.txt"
     path.write_text(text, encoding="utf-8", newline="")
     data = path.read_bytes()
+    monkeypatch.setattr(pretokenize, "BOUNDARY_SEARCH_BYTES", 50)  # cut points straddle search windows
     for piece_bytes in (1, 7, 64, 10_000):
-        pieces = list(iter_byte_pieces(path, piece_bytes, block_bytes=50))
-        assert b"".join(piece for _, piece in pieces) == data
-        assert [offset for offset, _ in pieces] == [0, *itertools.accumulate(len(piece) for _, piece in pieces[:-1])]
-        for (_, piece), (_, following) in itertools.pairwise(pieces):
-            assert len(piece) >= piece_bytes and 0x21 <= piece[-1] <= 0x7E and following[:1] in b" \t\n\r\x0b\x0c"
+        chunks = pretokenize.plan_chunks(path, piece_bytes, [], pretokenize.SAFE_BYTE_CUT)
+        assert chunks[0][1] == 0 and chunks[-1][2] == len(data)
+        for (_, start, end), (_, following, _) in itertools.pairwise(chunks):
+            assert end == following and end - start >= piece_bytes
+            assert 0x21 <= data[end - 1] <= 0x7E and data[end : end + 1] in b" \t\n\r\x0b\x0c"
         monkeypatch.setattr(codec, "FILE_CHUNK_BYTES", piece_bytes)
         ids = [i for chunk in gpt2_tokenizer.encode_file(path, num_workers=2) for i in chunk]
         assert ids == tiktoken_gpt2.encode(text, allowed_special="all")

@@ -20,10 +20,12 @@ from gpt25.tokenizer import io
 from gpt25.tokenizer.bpe import ID_MASK
 from gpt25.tokenizer.encoder import PythonEncoder, new_encoder
 from gpt25.tokenizer.pretokenize import (
-    decode_utf8,
-    iter_byte_pieces,
+    SAFE_BYTE_CUT,
+    Chunk,
     iter_text_blocks,
     last_safe_cut,
+    plan_chunks,
+    read_chunk,
     special_token_regex,
     split_at_safe_cuts,
     split_on_specials,
@@ -125,9 +127,9 @@ class Tokenizer:
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
         """Load a folder written by `save` (see gpt25.tokenizer.io for the format)."""
-        saved = io.load_folder(directory)
-        tokenizer = cls._from_parts(saved.vocab, saved.merges, saved.special_tokens, saved.merge_ids)
-        tokenizer._fingerprint = saved.fingerprint  # a saved vocab already holds the specials: nothing changed
+        vocab, merges, merge_ids, special_tokens, fingerprint = io.load_folder(directory)
+        tokenizer = cls._from_parts(vocab, merges, special_tokens, merge_ids)
+        tokenizer._fingerprint = fingerprint  # a saved vocab already holds the specials: nothing changed
         return tokenizer
 
     @classmethod
@@ -330,12 +332,11 @@ class Tokenizer:
         """Encode a UTF-8 text file of any size; yields the ids in order as numpy arrays of uint32.
 
         The whole file is encoded as one string would be (chunks are cut only at safe points).
-        With several workers this process only cuts the raw bytes; the workers decode them.
+        With several workers this process only plans byte ranges (plan_chunks); the workers read and decode them.
         """
         if num_workers > 1 and not any(character.isspace() for special in self.special_tokens for character in special):
             with _worker_pool(self, num_workers) as pool:
-                pieces = ((str(path), offset, data) for offset, data in iter_byte_pieces(path, FILE_CHUNK_BYTES))
-                yield from pool.imap(_encode_bytes_in_worker, pieces)
+                yield from pool.imap(_encode_chunk_in_worker, plan_chunks(Path(path), FILE_CHUNK_BYTES, [], SAFE_BYTE_CUT))
             return
         chunks = self._safe_text_chunks(iter_text_blocks(path), FILE_CHUNK_BYTES)
         if num_workers <= 1:
@@ -390,9 +391,8 @@ def _encode_in_worker(text: str) -> np.ndarray:
     return _WORKER_TOKENIZER._ids_array((text,)).astype(np.uint32)
 
 
-def _encode_bytes_in_worker(piece: tuple[str, int, bytes]) -> np.ndarray:
-    path, offset, data = piece
-    return _encode_in_worker(decode_utf8(data, path, offset))
+def _encode_chunk_in_worker(chunk: Chunk) -> np.ndarray:
+    return _encode_in_worker(read_chunk(chunk))
 
 
 def _worker_pool(tokenizer: Tokenizer, num_workers: int):

@@ -8,6 +8,7 @@ cross a pre-token, so they never cross a special token or document boundary eith
 from __future__ import annotations
 
 import codecs
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,13 @@ GPT2_REGEX = regex.compile(GPT2_PATTERN)
 # none continues from a non-space into a space), so text may be cut here without changing the split.
 _LAST_SAFE_CUT = regex.compile(r"\S(?=\s)", flags=regex.REVERSE)
 _NEXT_SAFE_CUT = regex.compile(r"\S(?=\s)")
-_NEXT_SAFE_BYTE_CUT = re.compile(rb"[\x21-\x7e](?=[\t\n\x0b\x0c\r ])")  # the same, for ASCII bytes
+# The same in a file's raw bytes, between ASCII characters (so never inside a UTF-8 sequence): a cut
+# right after a match; the second only cuts before a newline.
+SAFE_BYTE_CUT = re.compile(rb"[\x21-\x7e](?=[\t\n\x0b\x0c\r ])")
+SAFE_BYTE_CUT_AT_NEWLINE = re.compile(rb"[\x21-\x7e](?=\n)")
+BOUNDARY_SEARCH_BYTES = 1 << 16
+
+Chunk = tuple[str, int, int]  # (path, start byte, end byte)
 
 
 def special_token_regex(special_tokens: list[str]) -> regex.Pattern | None:
@@ -45,29 +52,6 @@ def last_safe_cut(text: str, min_index: int = 0) -> int:
     independently (a non-space followed by a space), or -1 when there is none."""
     match = _LAST_SAFE_CUT.search(text, max(min_index - 1, 0))
     return -1 if match is None else match.end()
-
-
-def iter_byte_pieces(path: str | Path, piece_bytes: int, block_bytes: int = 1 << 22) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, bytes) pieces of a file, each of about piece_bytes, that pre-tokenize independently
-    (for text without special tokens that contain whitespace): each ends between an ASCII non-space
-    byte and an ASCII whitespace byte (a safe cut, see last_safe_cut). The bytes are not decoded."""
-    buffer = bytearray()  # grows in place, so a file without whitespace costs linear time too
-    offset = 0  # of buffer[0] in the file
-    with open_input(path) as handle:
-        while block := handle.read(block_bytes):
-            searched = max(len(buffer) - 1, 0)  # no cut before this point: search only the new bytes again
-            buffer += block
-            start = 0
-            while True:
-                cut = _NEXT_SAFE_BYTE_CUT.search(buffer, max(start + piece_bytes - 1, searched))
-                if cut is None:
-                    break
-                yield offset + start, bytes(buffer[start : cut.end()])
-                start = searched = cut.end()
-            del buffer[:start]
-            offset += start
-    if buffer:
-        yield offset, bytes(buffer)
 
 
 def split_at_safe_cuts(text: str, chunk_chars: int) -> Iterator[str]:
@@ -125,3 +109,44 @@ def open_input(path: str | Path) -> BinaryIO:
         raise FileNotFoundError(f"{path}: input file not found") from None
     except OSError as error:
         raise ValueError(f"{path}: cannot read ({error.strerror})") from None
+
+
+def plan_chunks(
+    path: Path, chunk_bytes: int, specials_bytes: list[bytes], cut: re.Pattern = SAFE_BYTE_CUT_AT_NEWLINE
+) -> list[Chunk]:
+    """Byte ranges covering `path`, each ending where text can be cut without changing pre-tokens."""
+    boundaries = [0]
+    with open_input(path) as handle:
+        size = path.stat().st_size
+        while boundaries[-1] + chunk_bytes < size:
+            boundary = _next_boundary(handle, boundaries[-1] + chunk_bytes, specials_bytes, cut)
+            if boundary is None:
+                break
+            boundaries.append(boundary)
+    boundaries.append(size)
+    return [(str(path), start, end) for start, end in itertools.pairwise(boundaries) if end > start]
+
+
+def _next_boundary(handle: BinaryIO, position: int, specials_bytes: list[bytes], cut: re.Pattern) -> int | None:
+    """The first cut point at or after `position` in the first window that has one: where a special
+    token starts, or else after a match of `cut`. None at the end of the file."""
+    overlap = max([len(token) - 1 for token in specials_bytes] + [1])  # a match may straddle windows
+    while True:
+        handle.seek(position)
+        window = handle.read(BOUNDARY_SEARCH_BYTES)
+        found = [index for index in (window.find(token) for token in specials_bytes) if index >= 0]
+        if found:
+            return position + min(found)
+        match = cut.search(window)
+        if match is not None:
+            return position + match.end()
+        if len(window) < BOUNDARY_SEARCH_BYTES:
+            return None
+        position += len(window) - overlap
+
+
+def read_chunk(chunk: Chunk) -> str:
+    path, start, end = chunk
+    with open_input(path) as handle:
+        handle.seek(start)
+        return decode_utf8(handle.read(end - start), path, start)

@@ -14,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
-import itertools
 import os
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,8 +24,10 @@ from tqdm import tqdm
 
 from gpt25.tokenizer.encoder import new_pretoken_table, pure_python_requested
 from gpt25.tokenizer.pretokenize import (
-    decode_utf8,
+    Chunk,
     open_input,
+    plan_chunks,
+    read_chunk,
     special_token_regex,
     split_on_specials,
 )
@@ -40,12 +40,7 @@ except ImportError:  # no C compiler when the package was installed
 
 PARALLEL_MIN_BYTES = 4 << 20  # smaller inputs are counted in-process: a pool costs more than it saves
 MAX_CHUNK_BYTES = 8 << 20
-BOUNDARY_SEARCH_BYTES = 1 << 16
 MAX_VOCAB_SIZE = 1_000_000  # token ids are stored as str characters while merging (chr() stops at 0x10FFFF)
-
-Chunk = tuple[str, int, int]  # (path, start byte, end byte)
-# An ASCII non-space then a newline: cutting between them cannot change any pre-token (see last_safe_cut).
-_PRINTABLE_BEFORE_NEWLINE = re.compile(rb"[\x21-\x7e]\n")
 
 
 def train_bpe(
@@ -122,43 +117,8 @@ def count_pretokens(
     return counts
 
 
-def plan_chunks(path: Path, chunk_bytes: int, specials_bytes: list[bytes]) -> list[Chunk]:
-    """Byte ranges covering `path`, each ending where text can be cut without changing pre-tokens."""
-    size = path.stat().st_size
-    boundaries = [0]
-    with open_input(path) as handle:
-        while boundaries[-1] + chunk_bytes < size:
-            boundary = _next_boundary(handle, boundaries[-1] + chunk_bytes, specials_bytes)
-            if boundary is None:
-                break
-            boundaries.append(boundary)
-    boundaries.append(size)
-    return [(str(path), start, end) for start, end in itertools.pairwise(boundaries) if end > start]
-
-
-def _next_boundary(handle, position: int, specials_bytes: list[bytes]) -> int | None:
-    """The first cut point at or after `position` in the first window that has one: where a special
-    token starts, or else between an ASCII non-space byte and a newline. None at the end of the file."""
-    overlap = max([len(token) - 1 for token in specials_bytes] + [1])  # a match may straddle windows
-    while True:
-        handle.seek(position)
-        window = handle.read(BOUNDARY_SEARCH_BYTES)
-        found = [index for index in (window.find(token) for token in specials_bytes) if index >= 0]
-        if found:
-            return position + min(found)
-        newline = _PRINTABLE_BEFORE_NEWLINE.search(window)
-        if newline is not None:
-            return position + newline.start() + 1
-        if len(window) < BOUNDARY_SEARCH_BYTES:
-            return None
-        position += len(window) - overlap
-
-
 def _count_chunk(chunk: Chunk, special_tokens: list[str]) -> tuple[Chunk, dict[str, int]]:
-    path, start, end = chunk
-    with open_input(path) as handle:
-        handle.seek(start)
-        text = decode_utf8(handle.read(end - start), path, start)
+    text = read_chunk(chunk)
     table = new_pretoken_table()  # numbers the pre-tokens: counting is then a bincount of the numbers
     slots = np.frombuffer(table.scan(split_on_specials(text, special_token_regex(special_tokens))[::2]), dtype=np.int32)
     return chunk, dict(zip(table.take_pending(), np.bincount(slots, minlength=len(table)).tolist(), strict=False))
