@@ -9,6 +9,7 @@ C extension is built, the regex, a dict and numpy where it is not (see gpt25.tok
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from numbers import Integral
 from pathlib import Path
@@ -161,8 +162,6 @@ class Tokenizer:
 
     def save_huggingface(self, path: str | Path) -> Path:
         """Write a Hugging Face `tokenizer.json` (to `path`, or into it when it is a folder)."""
-        import json
-
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"

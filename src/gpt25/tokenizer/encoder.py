@@ -1,20 +1,17 @@
 """Pre-token tables and encoders: in C where the extension is built, else in Python with the same methods.
 
-A pre-token table pre-tokenizes texts and maps each pre-token to a slot (its number among the distinct
-pre-tokens seen so far), telling the caller which pre-tokens are new: `scan(parts)` (str parts are
-pre-tokenized, int parts are slots passed through) returns the slots as int32 in a buffer; `slot(unit)`
-gives a whole string a slot (special tokens); `take_pending()` returns the pre-tokens added since the
-last call, in slot order; `clear()`; `len()`. Training counts pre-tokens with one.
-
+A pre-token table maps each pre-token to a slot (its number among the distinct pre-tokens seen so far):
+`scan(parts)` pre-tokenizes str parts, passes int parts through as slots, and returns the slots as int32
+in a buffer; `slot(unit)` gives a whole string a slot (special tokens); `take_pending()` returns the
+pre-tokens added since the last call, in slot order; `clear()`; `len()`. Training counts with one.
 An encoder caches the ids of every pre-token met: `encode(parts)` returns the int32 ids (as a buffer)
-of text without special tokens (str parts) and token ids passed through (int parts); `len()` is the
-number of pre-tokens cached and `clear()` empties the cache.
+of text without special tokens (str parts) and token ids (int parts); `len()` and `clear()` as above.
 
-The C extension `gpt25.tokenizer._pretokens` (built by `uv sync` / pip where a C compiler is present)
-is both: its `PretokenTable` runs GPT-2's regex as a hand-written matcher over a code-point class table
-and an open-addressing hash table, one pass over the text and no Python object per known pre-token;
-made with merges it also merges the new pre-tokens and is the encoder. Without it (or with
-GPT25_PURE_PYTHON=1) `PythonPretokenTable` and `PythonEncoder` run: GPT-2's regex, a dict and numpy.
+The C extension's `PretokenTable` (`gpt25.tokenizer._pretokens`, built by `uv sync` / pip where a C
+compiler is present) runs GPT-2's regex as a hand-written matcher over a code-point class table and an
+open-addressing hash table: one pass over the text, no Python object per known pre-token; made with
+merges it is the encoder. Without it (or with GPT25_PURE_PYTHON=1) `PythonPretokenTable` and
+`PythonEncoder` run: GPT-2's regex, a dict, merge_word and numpy.
 """
 
 from __future__ import annotations

@@ -107,11 +107,6 @@ def split_duplicates(vocab: Vocab) -> tuple[dict[str, int], list[list]]:
     return entries, duplicates
 
 
-def merges_text(merges: Merges) -> str:
-    lines = [MERGES_HEADER] + [f"{bytes_to_printable(a)} {bytes_to_printable(b)}" for a, b in merges]
-    return "\n".join(lines) + "\n"
-
-
 def save_folder(directory: str | Path, vocab: Vocab, merges: Merges, special_tokens: list[str]) -> None:
     """Write the three files of the saved format into `directory` (created if missing)."""
     directory = Path(directory)
@@ -128,7 +123,8 @@ def save_folder(directory: str | Path, vocab: Vocab, merges: Merges, special_tok
         "fingerprint": compute_fingerprint(vocab, merges, special_tokens),
     }
     write_text_atomic(directory / VOCAB_FILE, json.dumps(entries, ensure_ascii=False, indent=0))
-    write_text_atomic(directory / MERGES_FILE, merges_text(merges))
+    merge_lines = [f"{bytes_to_printable(a)} {bytes_to_printable(b)}\n" for a, b in merges]
+    write_text_atomic(directory / MERGES_FILE, f"{MERGES_HEADER}\n" + "".join(merge_lines))
     meta["content_sha256"] = content_digest(directory, meta["special_tokens"], duplicates, meta["fingerprint"])
     write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
