@@ -62,7 +62,7 @@ def test_info(trained_dir, capsys):
     assert code == 0
     assert "vocab size:     400" in out and "'<|endoftext|>' = 256" in out
     assert out.count(" bytes ") == 3
-    from gpt25.tokenizer.table import use_c_extension
+    from gpt25.tokenizer.encoder import use_c_extension
 
     assert ("encoder:        C extension" in out) == use_c_extension()
 

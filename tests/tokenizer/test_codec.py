@@ -195,21 +195,21 @@ def test_encode_file_reports_invalid_utf8(gpt2_tokenizer, tmp_path, monkeypatch,
 
 
 def test_encode_file_with_workers_cuts_bytes_only_at_safe_points(gpt2_tokenizer, tiktoken_gpt2, tmp_path, monkeypatch):
-    """Pieces of raw bytes go to the workers: the cuts must keep multi-byte characters, whitespace
-    runs and special tokens whole."""
-    from gpt25.tokenizer import codec
-    from gpt25.tokenizer.pretokenize import iter_byte_pieces
+    """Byte ranges go to the workers: the cuts must keep multi-byte characters, whitespace runs and
+    special tokens whole."""
+    from gpt25.tokenizer import codec, pretokenize
 
     text = ("naïve café — 東京 🤖 x  \n\n\t y" + EOT + "z. " + "w" * 40 + "\r\n") * 40
     path = tmp_path / "mixed.txt"
     path.write_text(text, encoding="utf-8", newline="")
     data = path.read_bytes()
+    monkeypatch.setattr(pretokenize, "BOUNDARY_SEARCH_BYTES", 50)  # cut points straddle search windows
     for piece_bytes in (1, 7, 64, 10_000):
-        pieces = list(iter_byte_pieces(path, piece_bytes, block_bytes=50))
-        assert b"".join(piece for _, piece in pieces) == data
-        assert [offset for offset, _ in pieces] == [0, *itertools.accumulate(len(piece) for _, piece in pieces[:-1])]
-        for (_, piece), (_, following) in itertools.pairwise(pieces):
-            assert len(piece) >= piece_bytes and 0x21 <= piece[-1] <= 0x7E and following[:1] in b" \t\n\r\x0b\x0c"
+        chunks = pretokenize.plan_chunks(path, piece_bytes, [], pretokenize.SAFE_BYTE_CUT)
+        assert chunks[0][1] == 0 and chunks[-1][2] == len(data)
+        for (_, start, end), (_, following, _) in itertools.pairwise(chunks):
+            assert end == following and end - start >= piece_bytes
+            assert 0x21 <= data[end - 1] <= 0x7E and data[end : end + 1] in b" \t\n\r\x0b\x0c"
         monkeypatch.setattr(codec, "FILE_CHUNK_BYTES", piece_bytes)
         ids = [i for chunk in gpt2_tokenizer.encode_file(path, num_workers=2) for i in chunk]
         assert ids == tiktoken_gpt2.encode(text, allowed_special="all")
@@ -299,41 +299,6 @@ def test_decode_accepts_numpy_ids(gpt2_tokenizer):
 def test_encode_iterable_without_whitespace_is_exact(gpt2_tokenizer, monkeypatch_chunk):
     pieces = ["abc"] * 500 + [" end"]
     assert list(gpt2_tokenizer.encode_iterable(pieces)) == gpt2_tokenizer.encode("".join(pieces))
-
-
-def test_batch_merger_equals_one_by_one(gpt2_tokenizer, small_tokenizer, fixtures_dir):
-    from gpt25.tokenizer.bpe import BatchMerger, merge_values, merge_word
-
-    text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8") + " ".join(SAMPLES) + " x" + "y" * 300
-    words = sorted(set(pretokenize_for_test(text)))
-    for tokenizer in (gpt2_tokenizer, small_tokenizer):
-        values = merge_values(tokenizer._merge_ids)
-        lengths, ids = BatchMerger(values, tokenizer._byte_ids).merge([word.encode() for word in words])
-        one_by_one = [merge_word([tokenizer._byte_ids[b] for b in word.encode()], values) for word in words]
-        assert lengths.tolist() == [len(word_ids) for word_ids in one_by_one]
-        assert ids.tolist() == [token_id for word_ids in one_by_one for token_id in word_ids]
-    lengths, ids = BatchMerger(merge_values(gpt2_tokenizer._merge_ids), gpt2_tokenizer._byte_ids).merge([])
-    assert lengths.size == ids.size == 0
-
-
-def pretokenize_for_test(text: str) -> list[str]:
-    from gpt25.tokenizer.pretokenize import GPT2_REGEX
-
-    return GPT2_REGEX.findall(text)
-
-
-def test_batched_and_one_by_one_merging_agree(fixtures_dir, gpt2_files, tiktoken_gpt2, monkeypatch, pure_python):
-    """The Python encoder merges many new pre-tokens with numpy, a few one by one: the same ids."""
-    from gpt25.tokenizer import codec, encoder
-
-    monkeypatch.setattr(codec, "ENCODE_CHUNK_CHARS", 2_000)
-    text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8")
-    batched, one_by_one = (pure_python(lambda: Tokenizer.from_files(*gpt2_files)) for _ in range(2))
-    monkeypatch.setattr(encoder, "BATCH_MIN_PRETOKENS", 1)
-    batched_ids = batched.encode(text)
-    monkeypatch.setattr(encoder, "BATCH_MIN_PRETOKENS", 10**9)
-    assert batched_ids == one_by_one.encode(text) == batched.encode(text)
-    assert batched_ids == tiktoken_gpt2.encode_ordinary(text)
 
 
 def test_a_failed_merge_leaves_no_empty_cache_entry(python_gpt2_tokenizer, gpt2_tokenizer, monkeypatch):

@@ -1,4 +1,4 @@
-"""Pre-tokenization: the fast `re` path equals GPT-2's regex; special-token splitting; safe cuts; file reading."""
+"""Pre-tokenization: special-token splitting, safe cuts, file reading."""
 
 from __future__ import annotations
 
@@ -10,28 +10,14 @@ from gpt25.tokenizer.pretokenize import (
     GPT2_REGEX,
     iter_text_blocks,
     last_safe_cut,
-    pretokenize,
     special_token_regex,
     split_on_specials,
 )
 
-# characters where the engines or the classes could plausibly disagree
+# characters where safe cuts could plausibly go wrong
 TRICKY = list(" \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u1680\u2000\u2028\u202f\u3000\ufeff'sdmtlvre") + [
     "a", "Z", "é", "ß", "Ω", "ж", "東", "한", "0", "٣", "½", "²", "Ⅻ", "🤖", "\u0301", "—", "’", ".", "'s", "'ll", " 've",
 ]
-
-
-@settings(max_examples=400, deadline=None)
-@given(st.lists(st.one_of(st.sampled_from(TRICKY), st.text(max_size=4)), max_size=30))
-def test_pretokenize_equals_gpt2_regex(pieces):
-    text = "".join(pieces)
-    assert pretokenize(text) == GPT2_REGEX.findall(text)
-
-
-def test_pretokenize_examples():
-    assert pretokenize("Hello world's  end\n\n x") == ["Hello", " world", "'s", " ", " end", "\n\n", " x"]
-    assert pretokenize("naïve 🤖 café") == ["naïve", " 🤖", " café"]
-    assert pretokenize("") == []
 
 
 def test_split_on_specials_longest_first():

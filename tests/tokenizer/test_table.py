@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt25.tokenizer import table as table_module
+from gpt25.tokenizer import encoder
+from gpt25.tokenizer.encoder import NUM_CODE_POINTS, PythonPretokenTable, character_classes, new_pretoken_table
 from gpt25.tokenizer.pretokenize import GPT2_REGEX
-from gpt25.tokenizer.table import NUM_CODE_POINTS, PythonPretokenTable, character_classes, new_pretoken_table
 
 TRICKY = list(" \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u1680\u2000\u2028\u202f\u3000\ufeff'sdmtlvre") + [
     "a", "Z", "é", "ß", "Ω", "ж", "東", "한", "0", "٣", "½", "²", "Ⅻ", "🤖", "\u0301", "—", "’", ".", "'s", "'ll",
@@ -19,9 +19,9 @@ TRICKY = list(" \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u1680\u2000\u2028\u202f\u3000\ufe
 
 
 def c_table():
-    if table_module.C_PRETOKEN_TABLE is None:
+    if encoder.C_PRETOKEN_TABLE is None:
         pytest.skip("the C extension gpt25.tokenizer._pretokens is not built (no C compiler at install time)")
-    return table_module.C_PRETOKEN_TABLE(character_classes())
+    return encoder.C_PRETOKEN_TABLE(character_classes())
 
 
 TABLES = {"c": c_table, "python": PythonPretokenTable}
@@ -83,14 +83,14 @@ def test_c_table_rejects_bad_input():
     with pytest.raises(ValueError, match="slot 7 is not in the table"):
         table.scan([7])
     with pytest.raises(ValueError, match="one byte per code point"):
-        table_module.C_PRETOKEN_TABLE(b"\x00" * 10)
+        encoder.C_PRETOKEN_TABLE(b"\x00" * 10)
 
 
 def test_pure_python_is_chosen_by_environment(monkeypatch):
     monkeypatch.setenv("GPT25_PURE_PYTHON", "1")
     assert isinstance(new_pretoken_table(), PythonPretokenTable)
     monkeypatch.setenv("GPT25_PURE_PYTHON", "0")
-    expected = PythonPretokenTable if table_module.C_PRETOKEN_TABLE is None else table_module.C_PRETOKEN_TABLE
+    expected = PythonPretokenTable if encoder.C_PRETOKEN_TABLE is None else encoder.C_PRETOKEN_TABLE
     assert type(new_pretoken_table()) is expected
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt25.tokenizer import train, train_bpe
+from gpt25.tokenizer import pretokenize, train, train_bpe
 from gpt25.tokenizer.io import printable_to_bytes
 from gpt25.tokenizer.pretokenize import (
     GPT2_REGEX,
@@ -176,12 +176,12 @@ def test_chunked_and_parallel_counting_match_whole_text(tmp_path, fixtures_dir, 
     text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8").replace(EOT, "\n \n\n  x")
     path = write(tmp_path, text * 2)
     expected = Counter(GPT2_REGEX.findall(text * 2))
-    chunks = train.plan_chunks(path, 10_000, [])
+    chunks = pretokenize.plan_chunks(path, 10_000, [])
     assert len(chunks) > 10 and chunks[0][1] == 0 and chunks[-1][2] == path.stat().st_size
     assert all(a[2] == b[1] for a, b in itertools.pairwise(chunks))
     monkeypatch.setattr(train, "MAX_CHUNK_BYTES", 20_000)
     monkeypatch.setattr(train, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(train, "BOUNDARY_SEARCH_BYTES", 64)
+    monkeypatch.setattr(pretokenize, "BOUNDARY_SEARCH_BYTES", 64)
     assert train.count_pretokens([path], [], num_workers=1) == expected
     assert train.count_pretokens([path], [], num_workers=2) == expected
 
@@ -190,7 +190,7 @@ def test_chunks_end_at_special_tokens(tmp_path, fixtures_dir):
     lines = (fixtures_dir / "corpus.en").read_text(encoding="utf-8").splitlines(keepends=True)
     path = write(tmp_path, EOT.join(lines))
     data = path.read_bytes()
-    chunks = train.plan_chunks(path, 5_000, [EOT.encode()])
+    chunks = pretokenize.plan_chunks(path, 5_000, [EOT.encode()])
     assert len(chunks) > 5
     assert all(data[start : start + len(EOT)] == EOT.encode() for _, start, _ in chunks[1:])
     special_regex = special_token_regex([EOT])

@@ -9,6 +9,7 @@ C extension is built, the regex, a dict and numpy where it is not (see gpt25.tok
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from numbers import Integral
 from pathlib import Path
@@ -20,10 +21,12 @@ from gpt25.tokenizer import io
 from gpt25.tokenizer.bpe import ID_MASK
 from gpt25.tokenizer.encoder import PythonEncoder, new_encoder
 from gpt25.tokenizer.pretokenize import (
-    decode_utf8,
-    iter_byte_pieces,
+    SAFE_BYTE_CUT,
+    Chunk,
     iter_text_blocks,
     last_safe_cut,
+    plan_chunks,
+    read_chunk,
     special_token_regex,
     split_at_safe_cuts,
     split_on_specials,
@@ -125,9 +128,9 @@ class Tokenizer:
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
         """Load a folder written by `save` (see gpt25.tokenizer.io for the format)."""
-        saved = io.load_folder(directory)
-        tokenizer = cls._from_parts(saved.vocab, saved.merges, saved.special_tokens, saved.merge_ids)
-        tokenizer._fingerprint = saved.fingerprint  # a saved vocab already holds the specials: nothing changed
+        vocab, merges, merge_ids, special_tokens, fingerprint = io.load_folder(directory)
+        tokenizer = cls._from_parts(vocab, merges, special_tokens, merge_ids)
+        tokenizer._fingerprint = fingerprint  # a saved vocab already holds the specials: nothing changed
         return tokenizer
 
     @classmethod
@@ -159,8 +162,6 @@ class Tokenizer:
 
     def save_huggingface(self, path: str | Path) -> Path:
         """Write a Hugging Face `tokenizer.json` (to `path`, or into it when it is a folder)."""
-        import json
-
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
@@ -213,48 +214,36 @@ class Tokenizer:
         self, texts: Iterable[str], separator: str | None = None, specials_in_text: bool = True
     ) -> Iterator[list[str | int]]:
         """The texts as parts for the encoder, about ENCODE_CHUNK_CHARS of text at a time: the text
-        between special tokens (str) and the id of each special token (int), with `separator`'s id
-        after each text when one is given. With specials_in_text False, special tokens written in
-        the texts are not looked for: they stay text, encoded as any other."""
+        between special tokens (str, cut where it pre-tokenizes independently) and the id of each
+        special token (int), with `separator`'s id after each text when one is given. With
+        specials_in_text False, special tokens written in the texts stay text, encoded as any other."""
         special_regex = self._special_regex if specials_in_text else None
-        special_ids = self._special_ids
-        separator_id = None if separator is None else special_ids[separator]
+        separator_ids = [] if separator is None else [self._special_ids[separator]]
         for group in text_groups(texts, ENCODE_CHUNK_CHARS):
-            has_specials = special_regex is not None and special_regex.search("".join(group)) is not None  # once per group
-            if not has_specials and max(map(len, group)) <= ENCODE_CHUNK_CHARS:  # the common case, without a loop
-                if separator_id is None:
-                    yield group
-                    continue
-                parts: list[str | int] = [separator_id] * (2 * len(group))
-                parts[::2] = group
-                yield parts
+            # one search per group, not per text: most groups hold no special token at all
+            has_specials = special_regex is not None and special_regex.search("".join(group)) is not None
+            if not has_specials and max(map(len, group)) <= ENCODE_CHUNK_CHARS:  # the common case: no loop per text
+                if separator_ids:
+                    parts = separator_ids * (2 * len(group))
+                    parts[::2] = group
+                    group = parts
+                yield group
                 continue
             parts, num_chars = [], 0
             for text in group:
-                for piece, is_special in self._text_pieces(text, has_specials):
-                    if is_special:
-                        parts.append(special_ids[piece])
+                for index, piece in enumerate(split_on_specials(text, special_regex if has_specials else None)):
+                    if index % 2:
+                        parts.append(self._special_ids[piece])
                         continue
-                    parts.append(piece)
-                    num_chars += len(piece)
-                    if num_chars >= ENCODE_CHUNK_CHARS:
-                        yield parts
-                        parts, num_chars = [], 0
-                if separator_id is not None:
-                    parts.append(separator_id)
+                    for chunk in split_at_safe_cuts(piece, ENCODE_CHUNK_CHARS):
+                        parts.append(chunk)
+                        num_chars += len(chunk)
+                        if num_chars >= ENCODE_CHUNK_CHARS:
+                            yield parts
+                            parts, num_chars = [], 0
+                parts += separator_ids
             if parts:
                 yield parts
-
-    def _text_pieces(self, text: str, has_specials: bool) -> Iterator[tuple[str, bool]]:
-        """(piece, is_special): the special tokens of `text` whole, the text between them in
-        pieces of at most about ENCODE_CHUNK_CHARS that pre-tokenize independently."""
-        for index, part in enumerate(split_on_specials(text, self._special_regex) if has_specials else [text]):
-            if index % 2:
-                yield part, True
-            elif len(part) > ENCODE_CHUNK_CHARS:
-                yield from ((piece, False) for piece in split_at_safe_cuts(part, ENCODE_CHUNK_CHARS))
-            else:
-                yield part, False
 
     def _ids_array(
         self, texts: Iterable[str], separator: str | None = None, specials_in_text: bool = True
@@ -342,12 +331,11 @@ class Tokenizer:
         """Encode a UTF-8 text file of any size; yields the ids in order as numpy arrays of uint32.
 
         The whole file is encoded as one string would be (chunks are cut only at safe points).
-        With several workers this process only cuts the raw bytes; the workers decode them.
+        With several workers this process only plans byte ranges (plan_chunks); the workers read and decode them.
         """
         if num_workers > 1 and not any(character.isspace() for special in self.special_tokens for character in special):
             with _worker_pool(self, num_workers) as pool:
-                pieces = ((str(path), offset, data) for offset, data in iter_byte_pieces(path, FILE_CHUNK_BYTES))
-                yield from pool.imap(_encode_bytes_in_worker, pieces)
+                yield from pool.imap(_encode_chunk_in_worker, plan_chunks(Path(path), FILE_CHUNK_BYTES, [], SAFE_BYTE_CUT))
             return
         chunks = self._safe_text_chunks(iter_text_blocks(path), FILE_CHUNK_BYTES)
         if num_workers <= 1:
@@ -402,9 +390,8 @@ def _encode_in_worker(text: str) -> np.ndarray:
     return _WORKER_TOKENIZER._ids_array((text,)).astype(np.uint32)
 
 
-def _encode_bytes_in_worker(piece: tuple[str, int, bytes]) -> np.ndarray:
-    path, offset, data = piece
-    return _encode_in_worker(decode_utf8(data, path, offset))
+def _encode_chunk_in_worker(chunk: Chunk) -> np.ndarray:
+    return _encode_in_worker(read_chunk(chunk))
 
 
 def _worker_pool(tokenizer: Tokenizer, num_workers: int):

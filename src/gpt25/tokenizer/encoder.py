@@ -1,39 +1,70 @@
-"""Encoders: text parts -> token ids, caching the ids of every pre-token met.
+"""Pre-token tables and encoders: in C where the extension is built, else in Python with the same methods.
 
-`new_encoder` gives the C encoder (`gpt25.tokenizer._pretokens.PretokenTable` made with the merges:
-pre-tokenizing, the cache lookup and the merging of new pre-tokens all happen in one C pass) when the
-extension is built, else `PythonEncoder`. Both have the same methods:
-- `encode(parts)`: the int32 ids (as a buffer) of a list of parts: a str part is text without
-  special tokens, an int part is a token id passed through (special tokens, document separators);
-- `len(encoder)`: the distinct pre-tokens cached; `clear()` empties the cache.
+A pre-token table maps each pre-token to a slot (its number among the distinct pre-tokens seen so far):
+`scan(parts)` pre-tokenizes str parts, passes int parts through as slots, and returns the slots as int32
+in a buffer; `slot(unit)` gives a whole string a slot (special tokens); `take_pending()` returns the
+pre-tokens added since the last call, in slot order; `clear()`; `len()`. Training counts with one.
+An encoder caches the ids of every pre-token met: `encode(parts)` returns the int32 ids (as a buffer)
+of text without special tokens (str parts) and token ids (int parts); `len()` and `clear()` as above.
+
+The C extension's `PretokenTable` (`gpt25.tokenizer._pretokens`, built by `uv sync` / pip where a C
+compiler is present) runs GPT-2's regex as a hand-written matcher over a code-point class table and an
+open-addressing hash table: one pass over the text, no Python object per known pre-token; made with
+merges it is the encoder. Without it (or with GPT25_PURE_PYTHON=1) `PythonPretokenTable` and
+`PythonEncoder` run: GPT-2's regex, a dict, merge_word and numpy.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import regex
 
-from gpt25.tokenizer.bpe import BatchMerger, merge_values, merge_word
-from gpt25.tokenizer.table import (
-    C_PRETOKEN_TABLE,
-    PythonPretokenTable,
-    character_classes,
-    use_c_extension,
-)
+from gpt25.tokenizer.bpe import merge_values, merge_word
+from gpt25.tokenizer.pretokenize import GPT2_REGEX
 
-BATCH_MIN_PRETOKENS = 64  # fewer new pre-tokens than this are merged one by one in Python
+try:
+    from gpt25.tokenizer._pretokens import PretokenTable as C_PRETOKEN_TABLE
+except ImportError:  # no C compiler when the package was installed
+    C_PRETOKEN_TABLE = None
+
+OTHER, LETTER, NUMBER, SPACE = 0, 1, 2, 3
+NUM_CODE_POINTS = 0x110000
+
+
+@functools.cache
+def character_classes() -> bytes:
+    """One byte per code point: LETTER for regex's \\p{L}, NUMBER for \\p{N}, SPACE for \\s, else OTHER."""
+    every_character = np.arange(NUM_CODE_POINTS, dtype="<u4").tobytes().decode("utf-32-le", "surrogatepass")
+    classes = np.full(NUM_CODE_POINTS, OTHER, dtype=np.uint8)
+    for value, pattern in ((LETTER, r"\p{L}+"), (NUMBER, r"\p{N}+"), (SPACE, r"\s+")):
+        for match in regex.finditer(pattern, every_character):
+            classes[match.start() : match.end()] = value
+    return classes.tobytes()
+
+
+def pure_python_requested() -> bool:
+    """Whether GPT25_PURE_PYTHON=1 turns the C extensions off."""
+    return os.environ.get("GPT25_PURE_PYTHON", "") not in ("", "0")
+
+
+def use_c_extension() -> bool:
+    return C_PRETOKEN_TABLE is not None and not pure_python_requested()
+
+
+def new_pretoken_table() -> PythonPretokenTable:
+    return C_PRETOKEN_TABLE(character_classes()) if use_c_extension() else PythonPretokenTable()
 
 
 def new_encoder(merge_ids: np.ndarray, byte_ids: list[int], special_ids: list[int]):
-    """The C encoder when the extension is built (and GPT25_PURE_PYTHON is not set), else the Python one.
-
-    merge_ids: (merges, 3) left, right and merged id of each merge in rank order; byte_ids: the id of
-    each byte; special_ids: the ids that int parts may carry (the Python encoder gives each a cache slot).
-    """
+    """merge_ids: (merges, 3) left, right and merged id of each merge in rank order; byte_ids: the id of
+    each byte; special_ids: the ids that int parts may carry (the Python encoder gives each a cache slot)."""
     if not use_c_extension():
         return PythonEncoder(merge_values(merge_ids), byte_ids, special_ids)
     ranks = np.arange(len(merge_ids))
@@ -43,15 +74,49 @@ def new_encoder(merge_ids: np.ndarray, byte_ids: list[int], special_ids: list[in
     )
 
 
+class PythonPretokenTable(dict):
+    """GPT2_REGEX, then a dict lookup per pre-token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: list[str] = []
+
+    def __missing__(self, unit: str | int) -> int:
+        if unit.__class__ is int:  # a slot passed through (no int is ever a key)
+            return unit
+        slot = self[unit] = len(self)
+        self._pending.append(unit)
+        return slot
+
+    def slot(self, unit: str) -> int:
+        return self[unit]
+
+    def scan(self, parts: list[str | int]) -> np.ndarray:
+        units: list[str | int] = []
+        for part in parts:
+            if part.__class__ is int:
+                units.append(part)
+            else:
+                units += GPT2_REGEX.findall(part)
+        return np.fromiter(map(self.__getitem__, units), dtype=np.int32, count=len(units))
+
+    def take_pending(self) -> list[str]:
+        pending, self._pending = self._pending, []
+        return pending
+
+    def clear(self) -> None:
+        super().clear()
+        self._pending = []
+
+
 class PythonEncoder:
-    """The pure-Python encoder: a PythonPretokenTable gives each pre-token a slot, and numpy arrays
-    hold the ids of every slot (slot s: `ids[starts[s] : starts[s] + lengths[s]]`). The new
-    pre-tokens of a call are merged together at its end, with numpy when there are many."""
+    """A PythonPretokenTable gives each pre-token a slot, and numpy arrays hold the ids of every slot
+    (slot s: `ids[starts[s] : starts[s] + lengths[s]]`), so turning slots into ids is one numpy gather,
+    with no Python object per token. The new pre-tokens of a call are merged at its end."""
 
     def __init__(self, merge_values: dict[int, int], byte_ids: list[int], special_ids: list[int]) -> None:
         self.merge_values, self.byte_ids, self.special_ids = merge_values, byte_ids, list(special_ids)
         self.table = PythonPretokenTable()
-        self.batch_merger: BatchMerger | None = None
         self.clear()
 
     def __len__(self) -> int:
@@ -67,7 +132,7 @@ class PythonEncoder:
         self.num_ids = 0
         self.slot_of_id = {token_id: self.table.slot(f"<special {token_id}>") for token_id in self.special_ids}
         self.table.take_pending()
-        self._store_tuples([(token_id,) for token_id in self.slot_of_id])
+        self._store([(token_id,) for token_id in self.slot_of_id])
 
     def encode(self, parts: list[str | int]) -> np.ndarray:
         slot_of_id = self.slot_of_id
@@ -76,8 +141,7 @@ class PythonEncoder:
             with _garbage_collection_paused():
                 slots = self.table.scan(parts)
                 pending = self.table.take_pending()
-                if pending:
-                    self._store_new(pending)
+                self._store(list(map(self.encode_pretoken, pending)))
         except BaseException:
             self.clear()  # no slot without ids may outlive a failed merge
             raise
@@ -86,21 +150,10 @@ class PythonEncoder:
     def encode_pretoken(self, pretoken: str) -> tuple[int, ...]:
         return merge_word([self.byte_ids[byte] for byte in pretoken.encode("utf-8")], self.merge_values)
 
-    def _store_new(self, pending: list[str]) -> None:
-        """Store the ids of the pre-tokens new to the table, in slot order."""
-        if len(pending) >= BATCH_MIN_PRETOKENS:
-            if self.batch_merger is None:
-                self.batch_merger = BatchMerger(self.merge_values, self.byte_ids)
-            self._store(*self.batch_merger.merge([pretoken.encode("utf-8") for pretoken in pending]))
-        else:
-            self._store_tuples(list(map(self.encode_pretoken, pending)))
-
-    def _store_tuples(self, encoded: list[tuple[int, ...]]) -> None:
+    def _store(self, encoded: list[tuple[int, ...]]) -> None:
+        """Store the ids of the next slots, in order."""
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        self._store(lengths, np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64))
-
-    def _store(self, lengths: np.ndarray, ids: np.ndarray) -> None:
-        """Store the ids of the next slots, in order: lengths[i] each, concatenated in `ids`."""
+        ids = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64)
         first_slot, end_slot = self.num_slots, self.num_slots + len(lengths)
         self.starts = _grown(self.starts, end_slot)
         self.lengths = _grown(self.lengths, end_slot)
@@ -139,4 +192,3 @@ def _garbage_collection_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-

@@ -23,7 +23,6 @@ import itertools
 import json
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,38 +43,20 @@ Merges = list[tuple[bytes, bytes]]
 
 
 @lru_cache(maxsize=1)
-def byte_to_printable() -> dict[int, str]:
-    """GPT-2's reversible map from each byte to a printable character (space -> 'Ġ', ...)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codepoints = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codepoints.append(256 + extra)
-            extra += 1
-    return {byte: chr(codepoint) for byte, codepoint in zip(printable, codepoints, strict=True)}
-
-
-@lru_cache(maxsize=1)
-def _encode_table() -> dict[int, int]:
-    """A str.translate table from chr(byte) to its printable character (bytes go through latin-1)."""
-    return {byte: ord(char) for byte, char in byte_to_printable().items()}
-
-
-@lru_cache(maxsize=1)
-def _decode_table() -> dict[int, int]:
-    """printable char -> byte value; latin-1 characters that are not printable-encoding characters
-    map to U+FFFF so that the final latin-1 encode rejects them."""
-    table = {ord(char): byte for byte, char in byte_to_printable().items()}
-    for code in range(256):
-        table.setdefault(code, 0xFFFF)
-    return table
+def _translate_tables() -> tuple[dict[int, int], dict[int, int]]:
+    """str.translate tables from chr(byte) to GPT-2's printable character for the byte (space -> 'Ġ',
+    ...) and back: printable latin-1 bytes stay, the others become U+0100, U+0101, ... in order.
+    Back, the latin-1 characters that are not printable-encoding characters map to U+FFFF, so that
+    the final latin-1 encode rejects them."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    encode = {byte: byte for byte in printable} | {byte: 256 + index for index, byte in enumerate(others)}
+    decode = dict.fromkeys(range(256), 0xFFFF) | {code: byte for byte, code in encode.items()}
+    return encode, decode
 
 
 def bytes_to_printable(token: bytes) -> str:
-    return token.decode("latin-1").translate(_encode_table())
+    return token.decode("latin-1").translate(_translate_tables()[0])
 
 
 def printable_to_bytes(text: str, where: str) -> bytes:
@@ -88,7 +69,7 @@ def printables_to_bytes(texts: list[str], where: str) -> list[bytes]:
     lengths cut the result apart)."""
     ends = list(itertools.accumulate(map(len, texts)))
     try:
-        data = "".join(texts).translate(_decode_table()).encode("latin-1")
+        data = "".join(texts).translate(_translate_tables()[1]).encode("latin-1")
     except UnicodeEncodeError as error:
         index = bisect.bisect_right(ends, error.start)
         text = texts[index]
@@ -126,11 +107,6 @@ def split_duplicates(vocab: Vocab) -> tuple[dict[str, int], list[list]]:
     return entries, duplicates
 
 
-def merges_text(merges: Merges) -> str:
-    lines = [MERGES_HEADER] + [f"{bytes_to_printable(a)} {bytes_to_printable(b)}" for a, b in merges]
-    return "\n".join(lines) + "\n"
-
-
 def save_folder(directory: str | Path, vocab: Vocab, merges: Merges, special_tokens: list[str]) -> None:
     """Write the three files of the saved format into `directory` (created if missing)."""
     directory = Path(directory)
@@ -147,7 +123,8 @@ def save_folder(directory: str | Path, vocab: Vocab, merges: Merges, special_tok
         "fingerprint": compute_fingerprint(vocab, merges, special_tokens),
     }
     write_text_atomic(directory / VOCAB_FILE, json.dumps(entries, ensure_ascii=False, indent=0))
-    write_text_atomic(directory / MERGES_FILE, merges_text(merges))
+    merge_lines = [f"{bytes_to_printable(a)} {bytes_to_printable(b)}\n" for a, b in merges]
+    write_text_atomic(directory / MERGES_FILE, f"{MERGES_HEADER}\n" + "".join(merge_lines))
     meta["content_sha256"] = content_digest(directory, meta["special_tokens"], duplicates, meta["fingerprint"])
     write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
@@ -174,13 +151,11 @@ def _read_vocab_entries(path: str | Path) -> dict[str, int]:
     entries = _read_json(path)
     if not isinstance(entries, dict) or not entries:
         raise ValueError(f"{path}: expected a non-empty JSON object mapping tokens to ids")
-    ids = list(entries.values())
-    if not all(type(token_id) is int for token_id in ids) or min(ids) < 0:
-        text, token_id = next((text, token_id) for text, token_id in entries.items()
-                              if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0)
-        raise ValueError(f"{path}: token {text!r} has id {token_id!r}, expected an integer >= 0")
-    if len(set(ids)) != len(ids):
-        repeated = next(token_id for token_id, count in collections.Counter(ids).items() if count > 1)
+    bad = next(((text, token_id) for text, token_id in entries.items() if type(token_id) is not int or token_id < 0), None)
+    if bad is not None:
+        raise ValueError(f"{path}: token {bad[0]!r} has id {bad[1]!r}, expected an integer >= 0")
+    if len(set(entries.values())) != len(entries):
+        repeated = next(token_id for token_id, count in collections.Counter(entries.values()).items() if count > 1)
         raise ValueError(f"{path}: id {repeated} is used by more than one token")
     return entries
 
@@ -239,19 +214,8 @@ def merge_ids(lefts: Sequence, rights: Sequence, token_ids: Mapping, describe: C
     return np.array(id_lists, dtype=np.int64).T
 
 
-@dataclass
-class SavedTokenizer:
-    """What a saved folder holds, checked."""
-
-    vocab: Vocab
-    merges: Merges
-    merge_ids: np.ndarray  # (merges, 3) int64: left, right and merged id of each merge
-    special_tokens: list[str]
-    fingerprint: str
-
-
-def load_folder(directory: str | Path) -> SavedTokenizer:
-    """Read and validate a folder written by save_folder."""
+def load_folder(directory: str | Path) -> tuple[Vocab, Merges, np.ndarray, list[str], str]:
+    """Read and validate a folder written by save_folder: (vocab, merges, merge ids, special tokens, fingerprint)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: tokenizer folder not found")
@@ -280,7 +244,7 @@ def load_folder(directory: str | Path) -> SavedTokenizer:
             raise ValueError(
                 f"{meta_path}: fingerprint does not match {VOCAB_FILE} + {MERGES_FILE} (files corrupt or edited)"
             )
-    return SavedTokenizer(vocab, merges, merge_ids, special_tokens, fingerprint)
+    return vocab, merges, merge_ids, special_tokens, fingerprint
 
 
 def content_digest(directory: Path, special_tokens: list[str], duplicates: list, fingerprint: object) -> str:

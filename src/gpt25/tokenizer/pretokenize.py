@@ -8,105 +8,29 @@ cross a pre-token, so they never cross a special token or document boundary eith
 from __future__ import annotations
 
 import codecs
-import functools
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
 import regex
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_REGEX = regex.compile(GPT2_PATTERN)
 
 
-# The standard `re` engine runs the same pattern about twice as fast as `regex`, but has no \p{L}.
-# For the code points below (Latin, Greek, Cyrillic, punctuation, CJK: nearly all text) we list the
-# classes explicitly, asking `regex` which of them are \s, \p{L} and \p{N}, so both engines agree by
-# construction; stretches around other characters still go to `regex`.
-_FAST_RANGES = [(0x0000, 0x052F), (0x2000, 0x20CF), (0x3000, 0x30FF), (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0xFE00, 0xFFEF)]
-
-
-def _fast_class(property_regex: str) -> str:
-    """The code points of _FAST_RANGES that `regex` matches with `property_regex`, as a class body."""
-    codes = [code for low, high in _FAST_RANGES for code in range(low, high + 1)]
-    matching = regex.findall(property_regex, "".join(map(chr, codes)))
-    spans: list[list[int]] = []
-    for code in map(ord, matching):
-        if spans and spans[-1][1] == code - 1:
-            spans[-1][1] = code
-        else:
-            spans.append([code, code])
-    return "".join(re.escape(chr(low)) + ("-" + re.escape(chr(high)) if high > low else "") for low, high in spans)
-
-
-@functools.cache
-def fast_gpt2_regex() -> re.Pattern:
-    """GPT2_PATTERN for the `re` engine, exact on _FAST_RANGES (built on first use: about 50 ms)."""
-    space, letter, number = _fast_class(r"\s"), _fast_class(r"\p{L}"), _fast_class(r"\p{N}")
-    return re.compile(
-        rf"'(?:[sdmt]|ll|ve|re)| ?[{letter}]+| ?[{number}]+| ?[^{space}{letter}{number}]+"
-        rf"|[{space}]+(?![^{space}])|[{space}]+"
-    )
-
-
-_OTHER_RUN = re.compile("[^" + "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in _FAST_RANGES) + "]+")
-
-
-@functools.cache
-def _is_other_utf16() -> np.ndarray:
-    """(65536,) bool: whether a UTF-16 code unit lies outside _FAST_RANGES (surrogates do)."""
-    is_other = np.ones(1 << 16, dtype=bool)
-    for low, high in _FAST_RANGES:
-        is_other[low : high + 1] = False
-    return is_other
-
-
 # A non-space followed by a space: no pre-token spans this point (no pattern has a look-behind, and
 # none continues from a non-space into a space), so text may be cut here without changing the split.
 _LAST_SAFE_CUT = regex.compile(r"\S(?=\s)", flags=regex.REVERSE)
 _NEXT_SAFE_CUT = regex.compile(r"\S(?=\s)")
-_NEXT_SAFE_BYTE_CUT = re.compile(rb"[\x21-\x7e](?=[\t\n\x0b\x0c\r ])")  # the same, for ASCII bytes
+# The same in a file's raw bytes, between ASCII characters (so never inside a UTF-8 sequence): a cut
+# right after a match; the second only cuts before a newline.
+SAFE_BYTE_CUT = re.compile(rb"[\x21-\x7e](?=[\t\n\x0b\x0c\r ])")
+SAFE_BYTE_CUT_AT_NEWLINE = re.compile(rb"[\x21-\x7e](?=\n)")
+BOUNDARY_SEARCH_BYTES = 1 << 16
 
-
-def pretokenize(text: str, fast_characters_only: bool = False) -> list[str]:
-    """GPT-2's pre-tokens of `text` (no special-token handling): GPT2_REGEX.findall(text), faster.
-
-    Text goes to fast_gpt2_regex(), except that each run of characters outside _FAST_RANGES is
-    widened to the nearest safe cuts on both sides (see last_safe_cut) and that stretch goes to `regex`.
-    `fast_characters_only=True` skips that search: the caller knows there are no such characters.
-    """
-    fast_regex = fast_gpt2_regex()
-    if fast_characters_only or only_fast_characters(text):
-        return fast_regex.findall(text)
-    pretokens: list[str] = []
-    position = 0  # text[:position] is done, and position is a safe cut
-    for run in _OTHER_RUN.finditer(text):
-        start, end = run.span()
-        if end <= position:
-            continue
-        left = position
-        if start > position:
-            cut = _LAST_SAFE_CUT.search(text, position, start + 1)
-            if cut is not None:
-                left = cut.end()
-                pretokens += fast_regex.findall(text, position, left)
-        cut = _NEXT_SAFE_CUT.search(text, end - 1)
-        position = len(text) if cut is None else cut.end()
-        pretokens += GPT2_REGEX.findall(text, left, position)
-    if position < len(text):
-        pretokens += fast_regex.findall(text, position)
-    return pretokens
-
-
-def only_fast_characters(text: str) -> bool:
-    """Whether every character of text lies in _FAST_RANGES (a table lookup per UTF-16 unit: 4x
-    faster than a regex search on long texts; on short ones the fixed cost dominates)."""
-    if text.isascii():
-        return True
-    code_units = np.frombuffer(text.encode("utf-16-le", "surrogatepass"), dtype=np.uint16)
-    return not _is_other_utf16()[code_units].any()
+Chunk = tuple[str, int, int]  # (path, start byte, end byte)
 
 
 def special_token_regex(special_tokens: list[str]) -> regex.Pattern | None:
@@ -128,29 +52,6 @@ def last_safe_cut(text: str, min_index: int = 0) -> int:
     independently (a non-space followed by a space), or -1 when there is none."""
     match = _LAST_SAFE_CUT.search(text, max(min_index - 1, 0))
     return -1 if match is None else match.end()
-
-
-def iter_byte_pieces(path: str | Path, piece_bytes: int, block_bytes: int = 1 << 22) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, bytes) pieces of a file, each of about piece_bytes, that pre-tokenize independently
-    (for text without special tokens that contain whitespace): each ends between an ASCII non-space
-    byte and an ASCII whitespace byte (a safe cut, see last_safe_cut). The bytes are not decoded."""
-    buffer = bytearray()  # grows in place, so a file without whitespace costs linear time too
-    offset = 0  # of buffer[0] in the file
-    with open_input(path) as handle:
-        while block := handle.read(block_bytes):
-            searched = max(len(buffer) - 1, 0)  # no cut before this point: search only the new bytes again
-            buffer += block
-            start = 0
-            while True:
-                cut = _NEXT_SAFE_BYTE_CUT.search(buffer, max(start + piece_bytes - 1, searched))
-                if cut is None:
-                    break
-                yield offset + start, bytes(buffer[start : cut.end()])
-                start = searched = cut.end()
-            del buffer[:start]
-            offset += start
-    if buffer:
-        yield offset, bytes(buffer)
 
 
 def split_at_safe_cuts(text: str, chunk_chars: int) -> Iterator[str]:
@@ -208,3 +109,44 @@ def open_input(path: str | Path) -> BinaryIO:
         raise FileNotFoundError(f"{path}: input file not found") from None
     except OSError as error:
         raise ValueError(f"{path}: cannot read ({error.strerror})") from None
+
+
+def plan_chunks(
+    path: Path, chunk_bytes: int, specials_bytes: list[bytes], cut: re.Pattern = SAFE_BYTE_CUT_AT_NEWLINE
+) -> list[Chunk]:
+    """Byte ranges covering `path`, each ending where text can be cut without changing pre-tokens."""
+    boundaries = [0]
+    with open_input(path) as handle:
+        size = path.stat().st_size
+        while boundaries[-1] + chunk_bytes < size:
+            boundary = _next_boundary(handle, boundaries[-1] + chunk_bytes, specials_bytes, cut)
+            if boundary is None:
+                break
+            boundaries.append(boundary)
+    boundaries.append(size)
+    return [(str(path), start, end) for start, end in itertools.pairwise(boundaries) if end > start]
+
+
+def _next_boundary(handle: BinaryIO, position: int, specials_bytes: list[bytes], cut: re.Pattern) -> int | None:
+    """The first cut point at or after `position` in the first window that has one: where a special
+    token starts, or else after a match of `cut`. None at the end of the file."""
+    overlap = max([len(token) - 1 for token in specials_bytes] + [1])  # a match may straddle windows
+    while True:
+        handle.seek(position)
+        window = handle.read(BOUNDARY_SEARCH_BYTES)
+        found = [index for index in (window.find(token) for token in specials_bytes) if index >= 0]
+        if found:
+            return position + min(found)
+        match = cut.search(window)
+        if match is not None:
+            return position + match.end()
+        if len(window) < BOUNDARY_SEARCH_BYTES:
+            return None
+        position += len(window) - overlap
+
+
+def read_chunk(chunk: Chunk) -> str:
+    path, start, end = chunk
+    with open_input(path) as handle:
+        handle.seek(start)
+        return decode_utf8(handle.read(end - start), path, start)

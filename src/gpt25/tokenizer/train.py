@@ -11,10 +11,10 @@ give the same merges.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import heapq
-import itertools
 import os
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,13 +22,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from gpt25.tokenizer.encoder import new_pretoken_table, pure_python_requested
 from gpt25.tokenizer.pretokenize import (
-    decode_utf8,
+    Chunk,
     open_input,
+    plan_chunks,
+    read_chunk,
     special_token_regex,
     split_on_specials,
 )
-from gpt25.tokenizer.table import new_pretoken_table, pure_python_requested
 from gpt25.tokenizer.workers import worker_pool
 
 try:
@@ -38,12 +40,7 @@ except ImportError:  # no C compiler when the package was installed
 
 PARALLEL_MIN_BYTES = 4 << 20  # smaller inputs are counted in-process: a pool costs more than it saves
 MAX_CHUNK_BYTES = 8 << 20
-BOUNDARY_SEARCH_BYTES = 1 << 16
 MAX_VOCAB_SIZE = 1_000_000  # token ids are stored as str characters while merging (chr() stops at 0x10FFFF)
-
-Chunk = tuple[str, int, int]  # (path, start byte, end byte)
-# An ASCII non-space then a newline: cutting between them cannot change any pre-token (see last_safe_cut).
-_PRINTABLE_BEFORE_NEWLINE = re.compile(rb"[\x21-\x7e]\n")
 
 
 def train_bpe(
@@ -110,68 +107,21 @@ def count_pretokens(
     chunk_bytes = min(MAX_CHUNK_BYTES, max(1 << 20, total_bytes // (max(num_workers, 1) * 4)))
     specials_bytes = [token.encode("utf-8") for token in special_tokens]
     chunks = [chunk for path in paths for chunk in plan_chunks(path, chunk_bytes, specials_bytes)]
-    tasks = [(chunk, special_tokens) for chunk in chunks]
-    counts: Counter[str] = Counter()
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pre-tokenizing", disable=not progress) as bar:
-        if not parallel:
-            for task in tasks:
-                counts.update(_count_chunk(task))
-                bar.update(task[0][2] - task[0][1])
-            return counts
-        with worker_pool(num_workers) as pool:
-            for (_, start, end), chunk_counts in pool.imap_unordered(_count_chunk_tagged, tasks):
-                if counts:
-                    counts.update(chunk_counts)
-                else:
-                    counts = Counter(chunk_counts)
-                bar.update(end - start)
+    count = functools.partial(_count_chunk, special_tokens=special_tokens)
+    counts: Counter[str] = Counter()  # its update() of an empty Counter takes the first dict whole
+    pool = worker_pool(num_workers) if parallel else contextlib.nullcontext()
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pre-tokenizing", disable=not progress) as bar, pool:
+        for (_, start, end), chunk_counts in pool.imap_unordered(count, chunks) if parallel else map(count, chunks):
+            counts.update(chunk_counts)
+            bar.update(end - start)
     return counts
 
 
-def plan_chunks(path: Path, chunk_bytes: int, specials_bytes: list[bytes]) -> list[Chunk]:
-    """Byte ranges covering `path`, each ending where text can be cut without changing pre-tokens."""
-    size = path.stat().st_size
-    boundaries = [0]
-    with open_input(path) as handle:
-        while boundaries[-1] + chunk_bytes < size:
-            boundary = _next_boundary(handle, boundaries[-1] + chunk_bytes, specials_bytes)
-            if boundary is None:
-                break
-            boundaries.append(boundary)
-    boundaries.append(size)
-    return [(str(path), start, end) for start, end in itertools.pairwise(boundaries) if end > start]
-
-
-def _next_boundary(handle, position: int, specials_bytes: list[bytes]) -> int | None:
-    """The first cut point at or after `position` in the first window that has one: where a special
-    token starts, or else between an ASCII non-space byte and a newline. None at the end of the file."""
-    overlap = max([len(token) - 1 for token in specials_bytes] + [1])  # a match may straddle windows
-    while True:
-        handle.seek(position)
-        window = handle.read(BOUNDARY_SEARCH_BYTES)
-        found = [index for index in (window.find(token) for token in specials_bytes) if index >= 0]
-        if found:
-            return position + min(found)
-        newline = _PRINTABLE_BEFORE_NEWLINE.search(window)
-        if newline is not None:
-            return position + newline.start() + 1
-        if len(window) < BOUNDARY_SEARCH_BYTES:
-            return None
-        position += len(window) - overlap
-
-
-def _count_chunk(task: tuple[Chunk, list[str]]) -> dict[str, int]:
-    (path, start, end), special_tokens = task
-    with open_input(path) as handle:
-        handle.seek(start)
-        text = decode_utf8(handle.read(end - start), path, start)
+def _count_chunk(chunk: Chunk, special_tokens: list[str]) -> tuple[Chunk, dict[str, int]]:
+    text = read_chunk(chunk)
     table = new_pretoken_table()  # numbers the pre-tokens: counting is then a bincount of the numbers
     slots = np.frombuffer(table.scan(split_on_specials(text, special_token_regex(special_tokens))[::2]), dtype=np.int32)
-    return dict(zip(table.take_pending(), np.bincount(slots, minlength=len(table)).tolist(), strict=False))
-
-
-def _count_chunk_tagged(task: tuple[Chunk, list[str]]) -> tuple[Chunk, dict[str, int]]:
-    return task[0], _count_chunk(task)
+    return chunk, dict(zip(table.take_pending(), np.bincount(slots, minlength=len(table)).tolist(), strict=False))
 
 
 # ---- merging ---------------------------------------------------------------------------------
@@ -239,26 +189,14 @@ class _BpeMerger:
         heapq.heapify(self.heap)
 
     def _index_byte_pairs(self) -> tuple[dict[str, int], dict[str, list[int]]]:
-        """Each adjacent pair's total count, and the words it occurs in (once per occurrence, in
-        order), found with numpy: before any merge every token is a byte."""
+        """Each adjacent pair's total count, and the words it occurs in (once per occurrence, in order)."""
         pair_counts: dict[str, int] = defaultdict(int)
         pair_words: dict[str, list[int]] = defaultdict(list)
-        lengths = np.fromiter(map(len, self.words), dtype=np.int64, count=len(self.words))
-        data = np.frombuffer("".join(self.words).encode("latin-1"), dtype=np.uint8).astype(np.int32)
-        word_of = np.repeat(np.arange(len(self.words), dtype=np.int32), lengths)  # (positions,)
-        in_word = word_of[:-1] == word_of[1:]  # (positions - 1,) the pair starting here is in one word
-        pairs = (data[:-1] << 8 | data[1:])[in_word]
-        pair_word = word_of[:-1][in_word]
-        order = np.argsort(pairs, kind="stable")  # by pair, then by position
-        distinct, starts = np.unique(pairs[order], return_index=True)
-        totals = np.bincount(pairs, weights=np.asarray(self.counts, dtype=np.float64)[pair_word], minlength=1 << 16)
-        ordered_words = pair_word[order]
-        word_numbers = list(range(len(self.words)))  # one int object per word, shared by all the lists
-        ends = [*starts[1:].tolist(), len(ordered_words)]
-        for pair, start, end in zip(distinct.tolist(), starts.tolist(), ends, strict=False):
-            text = chr(pair >> 8) + chr(pair & 0xFF)
-            pair_counts[text] = int(totals[pair])
-            pair_words[text] = list(map(word_numbers.__getitem__, ordered_words[start:end].tolist()))
+        for index, (word, count) in enumerate(zip(self.words, self.counts, strict=True)):
+            for position in range(len(word) - 1):
+                pair = word[position : position + 2]
+                pair_counts[pair] += count
+                pair_words[pair].append(index)
         return pair_counts, pair_words
 
     def _pair_key(self, pair: str) -> bytes:
@@ -294,7 +232,7 @@ class _BpeMerger:
         a, b = pair
         merged = chr(new_id)
         self.vocab[new_id] = self.vocab[ord(a)] + self.vocab[ord(b)]
-        self.keys.append(self.keys[ord(a)][:-2] + self.keys[ord(b)])
+        self.keys.append(self.keys[ord(a)][:-2] + self.keys[ord(b)])  # a's key without its end mark, then b's
         pair_counts, words, counts = self.pair_counts, self.words, self.counts
         # Pairs containing the new token are all new: gather [count, word index, word index, ...] here.
         gained: dict[str, list[int]] = {}
@@ -311,11 +249,13 @@ class _BpeMerger:
                 if position > 0:
                     before = word[position - 1]
                     pair_counts[before + a] -= count
+                    # right after the previous occurrence ("aaaa"), `before` is that merged token now
                     left_pair = (merged if position == previous_end else before) + merged
                     entry = gained.setdefault(left_pair, [0])
                     entry[0] += count
                     entry.append(index)
                 previous_end = position + 2
+                # an occurrence right after this one counts the (merged, merged) pair as its left pair
                 if position + 2 <= last and next_position != previous_end:
                     after = word[position + 2]
                     pair_counts[b + after] -= count
@@ -324,13 +264,13 @@ class _BpeMerger:
                     entry[0] += count
                     entry.append(index)
                 position = next_position
-            words[index] = word.replace(pair, merged)
+            words[index] = word.replace(pair, merged)  # left to right, no overlaps: the occurrences found above
         del pair_counts[pair]
         keys, heap, pair_words = self.keys, self.heap, self.pair_words
         merged_key = keys[new_id]
         for new_pair, entry in gained.items():
             pair_count = pair_counts[new_pair] = entry[0]
-            del entry[0]
+            del entry[0]  # what is left is the pair's word list
             pair_words[new_pair] = entry
             first, second = new_pair
             key = merged_key + keys[ord(second)] if first == merged else keys[ord(first)] + merged_key
