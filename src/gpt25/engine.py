@@ -1,20 +1,9 @@
 """The one place a token is produced: KV caches, prefill, the decoding step, sampling, stops and streamed text.
 
-`decode` continues a batch of prompts one token per step and yields each step's tokens;
-`generate_tokens` collects them (the `gpt25 generate` command, chat, lm-eval and the benchmarks
-all end there). The model (`gpt25.model`) knows nothing of decoding: its forward takes a cache,
-and asks it where the new tokens sit, what they attend to and where their keys and values go.
-
-- `KVCache`: one prompt per row, every row at the same position (generate, chat, eval).
-- `StaticKVCache`: the same with fixed shapes and its position on the device, so that
-  `DecodeStep` can capture one step in a CUDA graph and replay it (a GPU's default).
-- `BatchKVCache`: rows of different lengths that join and leave (the serving engine,
-  `gpt25.serve.engine`): prompts that arrive together are prefilled in one padded forward and
-  then decode with the others, one forward of (rows, 1) tokens per step.
-
-`sample_next_token` samples a batch with one setting, `sample_rows` rows with their own settings
-and generators; `check_fits` is the one check that a request fits the context; `TextStream` turns
-token ids into whole characters; `seeded_generator` makes sampling reproducible.
+`decode` yields each step's tokens and `generate_tokens` collects them; `BatchKVCache` holds the
+serving engine's rows (`gpt25.serve.engine`). The model knows nothing of decoding: its forward
+takes a cache and asks it where the new tokens sit, what they attend to and where their keys and
+values go. Manual: docs/sampling.md (the engine, CUDA graphs) and docs/serve.md (the batch cache).
 """
 
 from __future__ import annotations
@@ -153,11 +142,9 @@ class TextStream:
 class KVCache:
     """Preallocated per-layer keys and values, (batch, heads, max_seq_len, head_dim) each.
 
-    `position` counts the positions filled so far; `TransformerLM.forward(token_ids, kv_cache)`
-    writes positions [position, position + seq) and advances it. The attention asks the cache for
-    the rotary angles, the keys/values and the mask of the positions it computes, so the caches
-    below can answer the same questions their own way. Under no_grad / inference_mode it also
-    keeps each layer's q/k/v weights stacked, so a step does not copy the weights again.
+    `position` counts the positions filled so far; a forward writes [position, position + seq) and
+    advances it. The attention asks the cache for the angles, keys/values and mask of its positions,
+    so the caches below answer the same questions their own way.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_seq_len: int,
@@ -217,10 +204,9 @@ class KVCache:
 class StaticKVCache(KVCache):
     """A KVCache whose one-token steps have fixed shapes and read their position from the device.
 
-    A one-token step writes its keys/values at `position_tensor` (index_copy_), attends over the
-    whole buffer under a mask of the filled positions and advances the tensor in place: every step
-    runs the same kernels on the same memory and never asks the host where it is, which capturing
-    it in a CUDA graph needs (`DecodeStep`). Longer chunks, such as the prompt, take KVCache's path.
+    A step writes at `position_tensor`, attends over the whole buffer under a mask of the filled
+    positions and advances the tensor in place: the same kernels on the same memory every step, never
+    asking the host where it is, as a CUDA graph needs (`DecodeStep`). The prompt takes KVCache's path.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -270,10 +256,9 @@ class StaticKVCache(KVCache):
 class DecodeStep:
     """The one-token decoding step on a KV cache: logits (batch, vocab) after each new token.
 
-    With `capture` (a CUDA device and a `StaticKVCache`), the first call runs the step once to warm
-    up, then captures it in a CUDA graph; every call after that copies the token into the same
-    input tensor and replays the graph, one launch instead of one per kernel. If the capture
-    fails, a warning says why and the steps run eagerly.
+    With `capture` (a CUDA device and a `StaticKVCache`) the step is captured in a CUDA graph on the
+    first call and replayed after (one launch instead of one per kernel); if that fails, a warning
+    says why and the steps run eagerly.
     """
 
     def __init__(self, model: torch.nn.Module, cache: KVCache, vocab_size: int, capture: bool) -> None:
@@ -430,12 +415,9 @@ class BatchKVCache(KVCache):
     """Keys and values of up to `max_rows` sequences of different lengths, padded to the context length.
 
     Slots [0, batch_size) are the active rows; `lengths[i]` counts the positions slot i holds.
-    `prefill` runs new prompts, right-padded to the longest, through one causal forward into the
-    next free slots (a padded position is never attended: its row overwrites it before reading
-    that far). `step` feeds one token per row: each is written at its own row's position, rotated
-    by that position's angles, and attends under a mask of its row's filled positions; a lone row
-    takes `KVCache`'s plain path, as generation of one prompt does. A leaving row's slot takes the
-    last row's keys and values (`remove_row`), so a step reads contiguous views.
+    `prefill` adds right-padded prompts in one causal forward (a padded position is overwritten by
+    its row before the row reads that far); `step` feeds one token per row at the row's own position,
+    under a mask of its filled positions. A lone row takes `KVCache`'s plain path.
     """
 
     def __init__(self, config: ModelConfig, max_rows: int, device: torch.device, dtype: torch.dtype) -> None:
@@ -472,7 +454,8 @@ class BatchKVCache(KVCache):
         return model(tokens[:, None], kv_cache=self)[:, -1, :vocab_size]
 
     def remove_row(self, slot: int) -> None:
-        """Free `slot`: the last active row moves into it (its keys, values and length)."""
+        """Free `slot`: the last active row moves into it (its keys, values and length), so the active rows stay
+        slots [0, rows) and a step reads contiguous views instead of gathering the cache."""
         last = self.batch_size - 1
         if slot != last:
             length = self.lengths[last]

@@ -1,12 +1,8 @@
 """The serving engine: one thread that decodes every active request together (continuous batching).
 
-Requests wait in a queue until a row is free. At each step boundary the waiting requests that
-fit are prefilled together, in one padded forward, into free rows of the shared `BatchKVCache`
-(`gpt25.engine`, where every token is produced), each samples its first token, and from then on
-they decode with the other rows: one forward of (rows, 1) tokens per step. A row that finishes (a
-stop token, a stop string, `max_tokens`) or is cancelled leaves at the next boundary and the
-others go on. Sampling settings and seeds are per row (one generator each), so a row's tokens do
-not depend on what else is in the batch.
+Waiting requests join at a step boundary (prefilled together into free rows of a `BatchKVCache`)
+and leave when they finish or are cancelled; each row samples with its own settings and generator,
+so its tokens do not depend on the rest of the batch. Manual: docs/serve.md ("The engine").
 """
 
 from __future__ import annotations
