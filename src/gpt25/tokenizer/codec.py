@@ -23,7 +23,6 @@ from gpt25.tokenizer.encoder import PythonEncoder, new_encoder
 from gpt25.tokenizer.pretokenize import (
     SAFE_BYTE_CUT,
     Chunk,
-    iter_text_blocks,
     last_safe_cut,
     plan_chunks,
     read_chunk,
@@ -328,22 +327,18 @@ class Tokenizer:
             return [ids.tolist() for ids in pool.imap(_encode_in_worker, texts, chunksize=chunksize)]
 
     def encode_file(self, path: str | Path, num_workers: int = 1) -> Iterator[np.ndarray]:
-        """Encode a UTF-8 text file of any size; yields the ids in order as numpy arrays of uint32.
-
-        The whole file is encoded as one string would be (chunks are cut only at safe points).
-        With several workers this process only plans byte ranges (plan_chunks); the workers read and decode them.
-        """
-        if num_workers > 1 and not any(character.isspace() for special in self.special_tokens for character in special):
-            with _worker_pool(self, num_workers) as pool:
-                yield from pool.imap(_encode_chunk_in_worker, plan_chunks(Path(path), FILE_CHUNK_BYTES, [], SAFE_BYTE_CUT))
-            return
-        chunks = self._safe_text_chunks(iter_text_blocks(path), FILE_CHUNK_BYTES)
+        """Encode a UTF-8 text file of any size as one string would be; yields the ids in order as uint32 arrays."""
+        chunks = plan_chunks(Path(path), FILE_CHUNK_BYTES, [], SAFE_BYTE_CUT)  # byte ranges no pre-token spans
+        # a special token with whitespace in it may span a planned cut: then the text is cut again, after decoding
+        recut = any(character.isspace() for special in self.special_tokens for character in special)
+        texts = self._safe_text_chunks(map(read_chunk, chunks), FILE_CHUNK_BYTES) if recut else map(read_chunk, chunks)
         if num_workers <= 1:
-            for chunk in chunks:
-                yield self._ids_array((chunk,)).astype(np.uint32)
+            for text in texts:
+                yield self._ids_array((text,)).astype(np.uint32)
             return
         with _worker_pool(self, num_workers) as pool:
-            yield from pool.imap(_encode_in_worker, chunks)
+            # without a recut this process only plans byte ranges: the workers read and decode them
+            yield from pool.imap(_encode_in_worker, texts) if recut else pool.imap(_encode_chunk_in_worker, chunks)
 
     # ---- decoding ----------------------------------------------------------------------------
 
