@@ -1,8 +1,7 @@
-"""Pre-tokenization shared by training and encoding: GPT-2's regex and special-token splitting.
+"""Pre-tokenization shared by training and encoding: special-token splitting, GPT-2's regex, and where text
+(or a file's bytes) may be cut without changing the pre-tokens.
 
-Text is first cut at special tokens (longest first, so a special that contains another wins),
-then each piece between specials is split into pre-tokens by GPT-2's regex. BPE merges never
-cross a pre-token, so they never cross a special token or document boundary either.
+Manual: docs/tokenizer.md ("Rules")
 """
 
 from __future__ import annotations
