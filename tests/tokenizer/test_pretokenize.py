@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt25.tokenizer.pretokenize import (
     GPT2_REGEX,
-    iter_text_blocks,
     last_safe_cut,
     special_token_regex,
     split_on_specials,
@@ -36,19 +34,3 @@ def test_last_safe_cut_does_not_change_pretokens(pieces, min_index):
         return
     assert cut >= max(min_index, 1)
     assert GPT2_REGEX.findall(text[:cut]) + GPT2_REGEX.findall(text[cut:]) == GPT2_REGEX.findall(text)
-
-
-def test_iter_text_blocks_never_splits_a_character(tmp_path):
-    text = "aé東🤖" * 1000
-    path = tmp_path / "t.txt"
-    path.write_text(text, encoding="utf-8")
-    blocks = list(iter_text_blocks(path, block_bytes=7))
-    assert "".join(blocks) == text and len(blocks) > 100
-
-
-@pytest.mark.parametrize("block_bytes", [3, 1 << 20])
-def test_iter_text_blocks_reports_offset(tmp_path, block_bytes):
-    path = tmp_path / "t.txt"
-    path.write_bytes("héllo wörld ".encode() * 10 + b"\xe2\x82")
-    with pytest.raises(ValueError, match=r"t.txt: invalid UTF-8 at byte offset 140"):
-        list(iter_text_blocks(path, block_bytes=block_bytes))

@@ -1,9 +1,6 @@
-"""Byte-level BPE tokenizer (GPT-2 style): training, encoding/decoding, saving and interop.
+"""Byte-level BPE tokenizer (GPT-2 style): `train_bpe`, and `Tokenizer` for encoding, decoding, saving and interop.
 
-    from gpt25.tokenizer import Tokenizer, train_bpe
-    vocab, merges = train_bpe("corpus.txt", vocab_size=8192, special_tokens=["<|endoftext|>"])
-    tokenizer = Tokenizer(vocab, merges, ["<|endoftext|>"])
-    tokenizer.save("tok/"); ids = Tokenizer.load("tok/").encode("Hello<|endoftext|>")
+Manual: docs/tokenizer.md
 """
 
 from gpt25.tokenizer.codec import END_OF_TEXT, Tokenizer

@@ -3,7 +3,7 @@
    PretokenTable(classes) scans texts with GPT-2's regex
        '(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
    as a hand-written matcher over `classes` (bytes, one per code point 0..0x10FFFF: OTHER, LETTER,
-   NUMBER or SPACE, which gpt25.tokenizer.table computes by asking the `regex` module, so both agree
+   NUMBER or SPACE, which gpt25.tokenizer.encoder computes by asking the `regex` module, so both agree
    by construction), and maps each pre-token to its slot: the number of distinct pre-tokens seen
    before it. New pre-tokens are appended to a pending list (as str) for Python to merge, so no str
    object is made for a pre-token already in the table.
@@ -13,7 +13,7 @@
    (lowest-ranked adjacent pair first, leftmost first among equals, with a heap, so long pre-tokens
    cost O(n log n)), and its ids are kept for the next time.
 
-   Methods (the pure-Python fallback, gpt25.tokenizer.table.PythonPretokenTable, has the first four):
+   Methods (the pure-Python fallback, gpt25.tokenizer.encoder.PythonPretokenTable, has the first four):
      scan(parts) -> bytearray of int32 slots: a str part is pre-tokenized, an int part is a slot as is
      slot(unit) -> int: the slot of a whole string (special tokens), added when new
      take_pending() -> list[str]: the pre-tokens added since the last call, in slot order (a table
@@ -611,7 +611,7 @@ static PyTypeObject TableType = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, .m_name = "gpt25.tokenizer._pretokens",
-    .m_doc = "GPT-2 pre-tokenization and pre-token lookup in C (optional; gpt25.tokenizer.table falls back to Python)",
+    .m_doc = "GPT-2 pre-tokenization and pre-token lookup in C (optional; gpt25.tokenizer.encoder falls back to Python)",
     .m_size = -1,
 };
 

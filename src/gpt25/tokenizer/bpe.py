@@ -1,11 +1,6 @@
 """Applying BPE merges to a pre-token in pure Python (the C extension's encoder does the same in C).
 
-Merges apply in rank order, one occurrence at a time: find the lowest-ranked adjacent pair,
-merge its leftmost occurrence, repeat. This equals GPT-2's "merge every occurrence of the best
-pair" because any pair containing the new token ranks after the merge that made it.
-
-Merges are looked up by one int per pair, `left << ID_BITS | right`, and give one int per merge,
-`rank << ID_BITS | merged_id`, so the best pair is simply the smallest value.
+Manual: docs/tokenizer.md
 """
 
 from __future__ import annotations
@@ -37,7 +32,9 @@ def merge_word(byte_ids: list[int], merge_values: dict[int, int]) -> tuple[int, 
         best = min(values)
         if best == NO_MERGE:
             break
-        position = values.index(best)  # equal values are the same pair: GPT-2 merges the leftmost first
+        # equal values are the same pair: merge the leftmost. One occurrence at a time equals GPT-2's "every
+        # occurrence of the best pair": any pair containing the new token ranks after the merge that made it.
+        position = values.index(best)
         ids[position] = best & ID_MASK
         del ids[position + 1]
         del values[position]

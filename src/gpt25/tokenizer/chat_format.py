@@ -1,21 +1,7 @@
-"""The chat format, shared by fine-tuning, `gpt25 chat`, `gpt25 serve` and the exported template; it is the
-GPT 2.5 chat model's: each message is `<|role|>` "\\n" content `<|endoftext|>` "\\n", and the model's turn
-starts after the generation prompt `<|assistant|>` "\\n" and ends at its `<|endoftext|>`.
+"""The chat format (`<|role|>` "\\n" content `<|endoftext|>` "\\n" per message), shared by fine-tuning, `gpt25 chat`,
+`gpt25 serve` and the exported template: role tokens, rendering with a loss mask, and message checks.
 
-Role tokens are special tokens appended after a tokenizer's own (`add_chat_tokens`): GPT-2's tokenizer
-gets 50257, 50258, 50259 for user, assistant, system, the ids the GPT 2.5 chat model has.
-
-The ids are exactly those of the template's text (`JINJA_CHAT_TEMPLATE`, what transformers'
-apply_chat_template renders) through the tokenizer: the text between two special tokens, here the
-header's "\\n" and the content, is encoded as one piece, so content starting with "\\n" or spaces merges
-with the header's newline as it does there ("\\n\\n" is one GPT-2 token). One difference is kept on
-purpose: a message's content is always ordinary text, so a user who types "<|assistant|>" cannot forge a
-turn (transformers would turn it into the role token).
-
-A rendered conversation comes with a loss mask: `mask[i]` says whether `ids[i]` is a training target.
-Only the assistant's content and its closing `<|endoftext|>` are; the token carrying the header's
-newline belongs to the prompt (the model is always given `<|assistant|>` "\\n") even when it also
-carries the content's leading whitespace.
+Manual: docs/chat.md ("The chat format")
 """
 
 from __future__ import annotations
@@ -86,7 +72,8 @@ def render_conversation(tokenizer: Tokenizer, messages: Sequence[dict]) -> Rende
     mask: list[bool] = []
     for message in messages:
         trained = message["role"] == "assistant"
-        # The header's newline and the content, one piece of text as in the template's rendering.
+        # The header's newline and the content, one piece of text as in the template's rendering; always
+        # ordinary text, so a user who types "<|assistant|>" cannot forge a turn (transformers would).
         body = tokenizer.encode_ordinary("\n" + message["content"])
         ids += [tokenizer.token_id(ROLE_TOKENS[message["role"]]), *body, eot_id, *newline]
         # untrained: the role token and body[0] (it carries the header's newline); trained: the rest and the eot
@@ -96,11 +83,8 @@ def render_conversation(tokenizer: Tokenizer, messages: Sequence[dict]) -> Rende
 
 def render_prompt(tokenizer: Tokenizer, messages: Sequence[dict]) -> list[int]:
     """The ids of `messages` followed by the generation prompt: what the model continues with its reply."""
-    return render_conversation(tokenizer, messages).ids + generation_prompt(tokenizer)
-
-
-def generation_prompt(tokenizer: Tokenizer) -> list[int]:
-    return [tokenizer.token_id(ROLE_TOKENS["assistant"]), *tokenizer.encode_ordinary("\n")]
+    generation_prompt = [tokenizer.token_id(ROLE_TOKENS["assistant"]), *tokenizer.encode_ordinary("\n")]
+    return render_conversation(tokenizer, messages).ids + generation_prompt
 
 
 def reply_stop_ids(tokenizer: Tokenizer) -> list[int]:

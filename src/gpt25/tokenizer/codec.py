@@ -1,10 +1,6 @@
 """The Tokenizer: byte-level BPE encoding and decoding with GPT-2's pre-tokenizer.
 
-Encoding cuts the text at special tokens (longest first), splits each piece with GPT-2's regex,
-and turns every pre-token into ids by applying merges in rank order, as GPT-2 does (gpt25.tokenizer.bpe).
-Results are cached per pre-token string (25 MB of English has only about 100k distinct pre-tokens),
-so most of the work is pre-tokenizing and finding each pre-token in the cache: one C pass where the
-C extension is built, the regex, a dict and numpy where it is not (see gpt25.tokenizer.encoder).
+Manual: docs/tokenizer.md
 """
 
 from __future__ import annotations
@@ -23,7 +19,6 @@ from gpt25.tokenizer.encoder import PythonEncoder, new_encoder
 from gpt25.tokenizer.pretokenize import (
     SAFE_BYTE_CUT,
     Chunk,
-    iter_text_blocks,
     last_safe_cut,
     plan_chunks,
     read_chunk,
@@ -34,17 +29,17 @@ from gpt25.tokenizer.pretokenize import (
 from gpt25.tokenizer.workers import worker_pool
 
 END_OF_TEXT = "<|endoftext|>"
-CACHE_LIMIT = 1_000_000  # distinct pre-tokens kept; the cache is emptied when it grows past this
+# The encoder caches each pre-token's ids (25 MB of English has only about 100k distinct pre-tokens), so most
+# of the work is pre-tokenizing and finding pre-tokens in the cache. It is emptied when it grows past this.
+CACHE_LIMIT = 1_000_000
 STREAM_CHUNK_CHARS = 1 << 16  # encode_iterable gathers at least this much text per encode() call
 ENCODE_CHUNK_CHARS = 1 << 20  # encode() pre-tokenizes longer texts in pieces of about this size
 FILE_CHUNK_BYTES = 1 << 20  # a pool worker's task when encoding a file: about this many bytes (or characters)
 
 
 class Tokenizer:
-    """Byte-level BPE tokenizer: `vocab` maps ids 0..N-1 to bytes, `merges` are in rank order.
-
-    Special tokens not already in `vocab` get the next free ids, in the order given.
-    """
+    """Byte-level BPE tokenizer: `vocab` maps ids 0..N-1 to bytes, `merges` are in rank order; special tokens
+    not already in `vocab` get the next free ids, in the order given."""
 
     def __init__(
         self,
@@ -103,7 +98,6 @@ class Tokenizer:
         return io.merge_ids(lefts, rights, self._token_to_id, lambda rank: f"merge {rank} {self.merges[rank]!r}")
 
     def _new_encoder(self):
-        """A fresh encoder (its cache empty), in C where the extension is built (see gpt25.tokenizer.encoder)."""
         return new_encoder(self._merge_ids, self._byte_ids, list(self._special_ids.values()))
 
     def __getstate__(self) -> dict:
@@ -213,10 +207,8 @@ class Tokenizer:
     def _part_lists(
         self, texts: Iterable[str], separator: str | None = None, specials_in_text: bool = True
     ) -> Iterator[list[str | int]]:
-        """The texts as parts for the encoder, about ENCODE_CHUNK_CHARS of text at a time: the text
-        between special tokens (str, cut where it pre-tokenizes independently) and the id of each
-        special token (int), with `separator`'s id after each text when one is given. With
-        specials_in_text False, special tokens written in the texts stay text, encoded as any other."""
+        """The texts as the encoder's parts, about ENCODE_CHUNK_CHARS of text at a time: text between special
+        tokens (str) and special token ids (int), with `separator`'s id after each text when one is given."""
         special_regex = self._special_regex if specials_in_text else None
         separator_ids = [] if separator is None else [self._special_ids[separator]]
         for group in text_groups(texts, ENCODE_CHUNK_CHARS):
@@ -248,8 +240,7 @@ class Tokenizer:
     def _ids_array(
         self, texts: Iterable[str], separator: str | None = None, specials_in_text: bool = True
     ) -> np.ndarray:
-        """The ids of `texts` (int32), each text followed by the special token `separator` when one is
-        given (see _part_lists for specials_in_text)."""
+        """The ids of `texts` (int32), each followed by the special token `separator` when one is given."""
         pieces = [self._ids(parts) for parts in self._part_lists(texts, separator, specials_in_text)]
         if len(pieces) == 1:
             return pieces[0]  # a short text: no copy
@@ -266,12 +257,9 @@ class Tokenizer:
     def encode_documents(
         self, texts: Iterable[str], dtype: np.dtype | type = np.uint32, *, specials_in_text: bool = True
     ) -> np.ndarray:
-        """encode(text) + [eot_id] for every text, concatenated into one array of `dtype`.
-
-        With specials_in_text=False a special token written in a text (a document quoting
-        "<|endoftext|>") is encoded as ordinary text, as tiktoken's encode_ordinary does, so the
-        only <|endoftext|> ids are the separators: training data has no fake document boundaries.
-        """
+        """encode(text) + [eot_id] for every text, concatenated into one array of `dtype`. With specials_in_text=False
+        special tokens written in a text are ordinary text (encode_ordinary), so the only <|endoftext|> ids are
+        the separators: training data has no fake document boundaries."""
         self.token_id(END_OF_TEXT)  # ValueError when it is not registered
         return self._ids_array(texts, END_OF_TEXT, specials_in_text).astype(dtype, copy=False)
 
@@ -311,11 +299,8 @@ class Tokenizer:
             yield "".join(pending)
 
     def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
-        """Lazily encode a stream of strings (e.g. a file's lines) exactly as if it were one string.
-
-        Memory stays bounded: text is buffered only up to the next point where the encoding cannot
-        depend on what follows (a non-space followed by a space, outside special tokens).
-        """
+        """Lazily encode a stream of strings (e.g. a file's lines) exactly as if it were one string, in bounded
+        memory: text is buffered only up to the next point where its encoding cannot depend on what follows."""
         for chunk in self._safe_text_chunks(texts, STREAM_CHUNK_CHARS):
             yield from self.encode(chunk)
 
@@ -328,22 +313,18 @@ class Tokenizer:
             return [ids.tolist() for ids in pool.imap(_encode_in_worker, texts, chunksize=chunksize)]
 
     def encode_file(self, path: str | Path, num_workers: int = 1) -> Iterator[np.ndarray]:
-        """Encode a UTF-8 text file of any size; yields the ids in order as numpy arrays of uint32.
-
-        The whole file is encoded as one string would be (chunks are cut only at safe points).
-        With several workers this process only plans byte ranges (plan_chunks); the workers read and decode them.
-        """
-        if num_workers > 1 and not any(character.isspace() for special in self.special_tokens for character in special):
-            with _worker_pool(self, num_workers) as pool:
-                yield from pool.imap(_encode_chunk_in_worker, plan_chunks(Path(path), FILE_CHUNK_BYTES, [], SAFE_BYTE_CUT))
-            return
-        chunks = self._safe_text_chunks(iter_text_blocks(path), FILE_CHUNK_BYTES)
+        """Encode a UTF-8 text file of any size as one string would be; yields the ids in order as uint32 arrays."""
+        chunks = plan_chunks(Path(path), FILE_CHUNK_BYTES, [], SAFE_BYTE_CUT)  # byte ranges no pre-token spans
+        # a special token with whitespace in it may span a planned cut: then the text is cut again, after decoding
+        recut = any(character.isspace() for special in self.special_tokens for character in special)
+        texts = self._safe_text_chunks(map(read_chunk, chunks), FILE_CHUNK_BYTES) if recut else map(read_chunk, chunks)
         if num_workers <= 1:
-            for chunk in chunks:
-                yield self._ids_array((chunk,)).astype(np.uint32)
+            for text in texts:
+                yield self._ids_array((text,)).astype(np.uint32)
             return
         with _worker_pool(self, num_workers) as pool:
-            yield from pool.imap(_encode_in_worker, chunks)
+            # without a recut this process only plans byte ranges: the workers read and decode them
+            yield from pool.imap(_encode_in_worker, texts) if recut else pool.imap(_encode_chunk_in_worker, chunks)
 
     # ---- decoding ----------------------------------------------------------------------------
 

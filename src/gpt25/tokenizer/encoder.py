@@ -1,17 +1,7 @@
-"""Pre-token tables and encoders: in C where the extension is built, else in Python with the same methods.
+"""Pre-token tables and encoders: the C extension's `PretokenTable` where it is built (its methods are listed in
+_pretokens.c), else `PythonPretokenTable` and `PythonEncoder` with the same methods. Training counts with a table.
 
-A pre-token table maps each pre-token to a slot (its number among the distinct pre-tokens seen so far):
-`scan(parts)` pre-tokenizes str parts, passes int parts through as slots, and returns the slots as int32
-in a buffer; `slot(unit)` gives a whole string a slot (special tokens); `take_pending()` returns the
-pre-tokens added since the last call, in slot order; `clear()`; `len()`. Training counts with one.
-An encoder caches the ids of every pre-token met: `encode(parts)` returns the int32 ids (as a buffer)
-of text without special tokens (str parts) and token ids (int parts); `len()` and `clear()` as above.
-
-The C extension's `PretokenTable` (`gpt25.tokenizer._pretokens`, built by `uv sync` / pip where a C
-compiler is present) runs GPT-2's regex as a hand-written matcher over a code-point class table and an
-open-addressing hash table: one pass over the text, no Python object per known pre-token; made with
-merges it is the encoder. Without it (or with GPT25_PURE_PYTHON=1) `PythonPretokenTable` and
-`PythonEncoder` run: GPT-2's regex, a dict, merge_word and numpy.
+Manual: docs/tokenizer.md ("How it is fast")
 """
 
 from __future__ import annotations
@@ -165,7 +155,6 @@ class PythonEncoder:
         self.num_slots = end_slot
 
     def _ids_of(self, slots: np.ndarray) -> np.ndarray:
-        """The ids of `slots`, concatenated (int32)."""
         lengths = self.lengths[slots]  # (units,)
         ends = np.cumsum(lengths)  # (units,) end of each unit's ids in the result
         store_minus_result = np.repeat(self.starts[slots] - (ends - lengths), lengths)  # (ids,)

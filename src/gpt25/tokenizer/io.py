@@ -1,17 +1,7 @@
-"""Reading and writing tokenizers: gpt25's versioned folder format, GPT-2's files, tiktoken and HF.
+"""Reading and writing tokenizers: gpt25's versioned folder format (`save_folder`, `load_folder`), GPT-2's
+vocab.json + merges.txt, tiktoken and Hugging Face's tokenizer.json.
 
-Saved format (a folder, version 1):
-  gpt25_tokenizer.json  {"format": "gpt25-bpe-tokenizer", "version": 1, "pattern": GPT-2 regex,
-                         "vocab_size": N, "special_tokens": [...], "fingerprint": sha256 hex,
-                         "content_sha256": sha256 hex of the other two files (see content_digest)}
-  vocab.json            {token: id}, each token's bytes written in GPT-2's printable byte encoding
-                        (the same file layout as GPT-2's own vocab.json); if two ids have the same
-                        bytes (BPE can build one string by two merges), the later ids are listed in
-                        the meta file's "duplicate_tokens" as [id, token] instead
-  merges.txt            "#version: 0.2" then one merge per line in rank order, "left right", same encoding
-Loading checks the format name, the version, that every file parses, and that the files are those
-saved (their content digest is the recorded one) or else that the fingerprint recomputed from them
-matches the recorded one, so a corrupt or edited folder is refused.
+Manual: docs/tokenizer.md ("Saved format")
 """
 
 from __future__ import annotations
@@ -44,13 +34,12 @@ Merges = list[tuple[bytes, bytes]]
 
 @lru_cache(maxsize=1)
 def _translate_tables() -> tuple[dict[int, int], dict[int, int]]:
-    """str.translate tables from chr(byte) to GPT-2's printable character for the byte (space -> 'Ġ',
-    ...) and back: printable latin-1 bytes stay, the others become U+0100, U+0101, ... in order.
-    Back, the latin-1 characters that are not printable-encoding characters map to U+FFFF, so that
-    the final latin-1 encode rejects them."""
+    """str.translate tables from chr(byte) to GPT-2's printable character for the byte (space -> 'Ġ', ...) and
+    back: printable latin-1 bytes stay, the others become U+0100, U+0101, ... in order."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     others = [byte for byte in range(256) if byte not in printable]
     encode = {byte: byte for byte in printable} | {byte: 256 + index for index, byte in enumerate(others)}
+    # back, latin-1 characters outside the printable encoding become U+FFFF, which the final latin-1 encode rejects
     decode = dict.fromkeys(range(256), 0xFFFF) | {code: byte for byte, code in encode.items()}
     return encode, decode
 
@@ -239,6 +228,8 @@ def load_folder(directory: str | Path) -> tuple[Vocab, Merges, np.ndarray, list[
         raise ValueError(f"{directory / VOCAB_FILE}: ids must be 0..{len(vocab) - 1} with no gaps")
     merges, merge_ids = _read_merges(directory / MERGES_FILE, entries, vocab)
     fingerprint = meta.get("fingerprint")
+    # files as saved: the recorded fingerprint is right, no need to recompute it; a format or whitespace edit
+    # changes the digest but not the fingerprint, which is then checked
     if meta.get("content_sha256") != content_digest(directory, special_tokens, duplicates, fingerprint):
         if compute_fingerprint(vocab, merges, special_tokens) != fingerprint:
             raise ValueError(
@@ -248,9 +239,7 @@ def load_folder(directory: str | Path) -> tuple[Vocab, Merges, np.ndarray, list[
 
 
 def content_digest(directory: Path, special_tokens: list[str], duplicates: list, fingerprint: object) -> str:
-    """sha256 of the saved files' bytes and of what the meta file says of them: while it equals the
-    one recorded at saving, the recorded fingerprint is right and needs no recomputing (a format or
-    whitespace edit changes the digest but not the fingerprint, which is then checked)."""
+    """sha256 of the saved files' bytes and of what the meta file says of them (the meta file's content_sha256)."""
     digest = hashlib.sha256()
     for name in (VOCAB_FILE, MERGES_FILE):
         data = (directory / name).read_bytes()

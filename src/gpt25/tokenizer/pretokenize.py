@@ -1,13 +1,11 @@
-"""Pre-tokenization shared by training and encoding: GPT-2's regex and special-token splitting.
+"""Pre-tokenization shared by training and encoding: special-token splitting, GPT-2's regex, and where text
+(or a file's bytes) may be cut without changing the pre-tokens.
 
-Text is first cut at special tokens (longest first, so a special that contains another wins),
-then each piece between specials is split into pre-tokens by GPT-2's regex. BPE merges never
-cross a pre-token, so they never cross a special token or document boundary either.
+Manual: docs/tokenizer.md ("Rules")
 """
 
 from __future__ import annotations
 
-import codecs
 import itertools
 import re
 from collections.abc import Iterator
@@ -67,37 +65,6 @@ def split_at_safe_cuts(text: str, chunk_chars: int) -> Iterator[str]:
     yield text[start:]
 
 
-def decode_utf8(data: bytes, path: str | Path, offset: int = 0) -> str:
-    """Strict UTF-8 decode; the error names the file and the byte offset (data starts at `offset`)."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{path}: invalid UTF-8 at byte offset {offset + error.start}; convert the file to UTF-8"
-        ) from None
-
-
-def iter_text_blocks(path: str | Path, block_bytes: int = 1 << 22) -> Iterator[str]:
-    """Read a UTF-8 file as str blocks of about `block_bytes`, never splitting a character."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-    consumed = 0
-    with open_input(path) as handle:
-        while True:
-            block = handle.read(block_bytes)
-            pending = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(block, final=not block)
-            except UnicodeDecodeError as error:
-                raise ValueError(
-                    f"{path}: invalid UTF-8 at byte offset {consumed - pending + error.start}; convert the file to UTF-8"
-                ) from None
-            consumed += len(block)
-            if text:
-                yield text
-            if not block:
-                return
-
-
 def open_input(path: str | Path) -> BinaryIO:
     """Open an input file for binary reading with one-line errors for missing or unreadable files."""
     path = Path(path)
@@ -149,4 +116,8 @@ def read_chunk(chunk: Chunk) -> str:
     path, start, end = chunk
     with open_input(path) as handle:
         handle.seek(start)
-        return decode_utf8(handle.read(end - start), path, start)
+        data = handle.read(end - start)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: invalid UTF-8 at byte offset {start + error.start}; convert the file to UTF-8") from None

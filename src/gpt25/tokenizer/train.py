@@ -1,12 +1,7 @@
-"""Byte-level BPE training: count pre-tokens (in parallel for big inputs), then merge incrementally.
+"""Byte-level BPE training: count pre-tokens (in parallel for big inputs), then merge incrementally, in C
+(gpt25.tokenizer._bpe) where the extension is built, else in Python (`_BpeMerger`), with the same merges.
 
-Counting streams each file in chunks that end where a special token starts (or, failing that, at a
-non-space byte followed by a newline), so memory is bounded by the distinct pre-tokens, not the corpus.
-Merging keeps a count for every adjacent pair, the set of words each pair occurs in, and a lazy
-max-heap of pairs; a merge only revisits the words that contain the merged pair. Ties between
-equally frequent pairs go to the lexicographically greatest (bytes, bytes) pair. The merge loop
-runs in C (gpt25.tokenizer._bpe) where the extension is built, else in Python (`_BpeMerger`); both
-give the same merges.
+Manual: docs/tokenizer.md ("How it is fast")
 """
 
 from __future__ import annotations
@@ -51,13 +46,8 @@ def train_bpe(
     num_workers: int | None = None,
     progress: bool = False,
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
-    """Train a byte-level BPE on UTF-8 text file(s).
-
-    Returns (vocab, merges): vocab maps ids 0..vocab_size-1 to bytes (the 256 single bytes, then the
-    special tokens, then one token per merge); merges are the (left, right) pairs in merge order.
-    Training stops early if the corpus runs out of pairs. `num_workers` (default: up to 2) processes
-    count pre-tokens when the input is large.
-    """
+    """Train a byte-level BPE on UTF-8 text file(s): (vocab {id 0..vocab_size-1: bytes}, (left, right) merges in
+    order), fewer tokens if the corpus runs out of pairs. `num_workers` (default: up to 2) count large inputs."""
     paths = [Path(input_path)] if isinstance(input_path, (str, Path)) else [Path(p) for p in input_path]
     special_tokens = list(dict.fromkeys(special_tokens or []))
     _check_arguments(paths, vocab_size, special_tokens)
@@ -168,11 +158,8 @@ def _inverted_key(token: bytes) -> bytes:
 
 
 class _BpeMerger:
-    """Incremental BPE merges over distinct words (pre-tokens) with their counts.
-
-    A word is stored as a str with one character per token (chr(token id)), so finding a pair is
-    str.find and applying a merge is str.replace, both in C; a pair is the 2-character str.
-    """
+    """Incremental BPE merges over distinct words (pre-tokens) with their counts. A word is a str with one character
+    per token (chr(token id)), so finding a pair (a 2-character str) is str.find and merging str.replace, both in C."""
 
     def __init__(self, word_counts: dict[str, int], vocab: dict[int, bytes]) -> None:
         self.vocab = vocab
