@@ -147,19 +147,15 @@ class TransformerLM(nn.Module):
         start = kv_cache.position if kv_cache is not None else 0
         limit = kv_cache.max_seq_len if kv_cache is not None else self.config.context_length
         if seq_len == 0 or start + seq_len > limit:
-            raise ValueError(
-                f"positions {start}..{start + seq_len} do not fit in 1..{limit} "
-                f"(context_length={self.config.context_length}); crop the input or reset the cache"
-            )
+            raise ValueError(f"positions {start}..{start + seq_len} do not fit in 1..{limit} "
+                             f"(context_length={self.config.context_length}); crop the input or reset the cache")
         if kv_cache is not None and token_ids.shape[0] != kv_cache.batch_size:
             raise ValueError(f"batch {token_ids.shape[0]} != KVCache batch_size {kv_cache.batch_size}")
         if token_ids.device.type == "cpu" and not torch.compiler.is_compiling():
             low, high = (int(value) for value in torch.aminmax(token_ids))
             if low < 0 or high >= self.config.vocab_size:
-                raise ValueError(
-                    f"token ids must be in [0, {self.config.vocab_size}), got min {low} max {high}; "
-                    "check the tokenizer matches the model's vocab_size"
-                )
+                raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got min {low} max {high}; "
+                                 "check the tokenizer matches the model's vocab_size")
 
     def num_params(self, include_embeddings: bool = True) -> int:
         """Parameter count (a tied matrix once); without embeddings excludes the token and position tables
@@ -173,11 +169,10 @@ class TransformerLM(nn.Module):
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward) for MFU.
 
-        6 * N + 12 * num_layers * d_model * seq_len, with N the parameters excluding the token and
-        position embeddings (lookups, not matmuls) but including the head's (vocab, d_model) matmul,
-        tied or not. The second term is the attention
-        scores and weighted sum (2 matmuls of 2 * seq * d_model FLOPs per token, x3 for backward),
-        counted over the full seq x seq square as in PaLM / nanoGPT, not halved for causality.
+        6 * N + 12 * num_layers * d_model * seq_len, with N the parameters excluding the token and position
+        embeddings (lookups, not matmuls) but including the head's (vocab, d_model) matmul, tied or not. The second
+        term is the attention scores and weighted sum (2 matmuls of 2 * seq * d_model FLOPs per token, x3 for
+        backward), counted over the full seq x seq square as in PaLM / nanoGPT, not halved for causality.
         """
         seq_len = seq_len or self.config.context_length
         config = self.config
