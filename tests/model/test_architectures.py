@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from gpt25.model import ARCHITECTURES, GeluMLP, LayerNorm, ModelConfig, TransformerLM, gelu_tanh, parameter_groups
+from gpt25.model import ARCHITECTURES, ModelConfig, TransformerLM, parameter_groups
+from gpt25.model.layers import MLP, LayerNorm, gelu_tanh
 
 SHAPE = dict(vocab_size=61, context_length=16, d_model=32, num_layers=2, num_heads=4)
 # Every combination of the five components (init follows the norm, so both inits are covered).
@@ -47,7 +48,7 @@ def test_gelu_tanh_form_and_mlp() -> None:
     torch.testing.assert_close(gelu_tanh(x), expected)
     torch.testing.assert_close(gelu_tanh(x), torch.nn.functional.gelu(x, approximate="tanh"))
     assert gelu_tanh(torch.tensor([1.0])).item() == pytest.approx(0.841192, abs=1e-6)
-    mlp = GeluMLP(6, 24, bias=True)
+    mlp = MLP("gelu", 6, 24, bias=True)
     y = torch.randn(2, 6)
     torch.testing.assert_close(mlp(y), gelu_tanh(y @ mlp.w1.weight.T + mlp.w1.bias) @ mlp.w2.weight.T + mlp.w2.bias)
 

@@ -9,22 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt25.model import (
-    Embedding,
-    Linear,
-    ModelConfig,
-    MultiHeadSelfAttention,
-    RMSNorm,
-    RotaryEmbedding,
-    SwiGLU,
-    TransformerLM,
-    causal_mask,
-    parameter_groups,
-    scaled_dot_product_attention,
-    silu,
-    softmax,
-)
-from gpt25.model.layers import apply_rotary
+from gpt25.model import ModelConfig, TransformerLM, causal_mask, parameter_groups
+from gpt25.model.attention import MultiHeadSelfAttention, scaled_dot_product_attention
+from gpt25.model.layers import MLP, Embedding, Linear, RMSNorm, RotaryEmbedding, apply_rotary, silu, softmax
 
 CONFIG = ModelConfig(vocab_size=97, context_length=32, d_model=64, num_layers=2, num_heads=4, d_ff=96)
 
@@ -84,7 +71,7 @@ def test_silu_and_stable_softmax() -> None:
 
 def test_swiglu_formula_and_names() -> None:
     torch.manual_seed(0)
-    ffn = SwiGLU(16, 40)
+    ffn = MLP("swiglu", 16, 40)
     assert set(ffn.state_dict()) == {"w1.weight", "w2.weight", "w3.weight"}
     assert ffn.w1.weight.shape == (40, 16) and ffn.w2.weight.shape == (16, 40) and ffn.w3.weight.shape == (40, 16)
     x = torch.randn(4, 16)

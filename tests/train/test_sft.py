@@ -55,7 +55,7 @@ def test_sft_lowers_the_held_out_assistant_loss_and_saves_a_chat_tokenizer(base_
                                                                              tmp_path) -> None:
     trainer = Trainer(sft_config(base_run, corpus_data, chats, tmp_path / "sft", train_steps=40),
                       init_distributed("cpu"), FineTuning())
-    before = trainer.evaluate()
+    before = trainer.task.evaluate(trainer)
     summary = trainer.run()
     assert summary["final_val_loss"] < before["val_loss"] - 0.5
     assert 0 < summary["val_accuracy"] <= 1 and summary["conversations"] == 400
@@ -119,8 +119,8 @@ def test_bad_input_is_one_line_and_writes_nothing(base_run, corpus_data, chats, 
     error = cli_error(capsys, "--checkpoint", str(base_run), "--data", str(chats), "--out", str(out),
                       "--tokenizer", str(tmp_path / "bigger"), "--device", "cpu")
     assert "tokenizer has 514 tokens but the model's vocab_size is 512" in error
-    assert "not found" in cli_error(capsys, "--checkpoint", str(tmp_path / "nowhere"), "--data", str(chats),
-                                    "--out", str(out), *common)
+    assert "no checkpoint at" in cli_error(capsys, "--checkpoint", str(tmp_path / "nowhere"), "--data", str(chats),
+                                           "--out", str(out), *common)
     assert "no checkpoint in" in cli_error(capsys, "--checkpoint", "latest", "--data", str(chats),
                                            "--out", str(out), *common)
     monkeypatch.setattr("gpt25.data.sources.hub_offline", lambda: True)

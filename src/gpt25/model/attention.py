@@ -17,9 +17,8 @@ from gpt25.model.decoding import DecodingState
 from gpt25.model.layers import Linear, RMSNorm, RotaryEmbedding, apply_rotary, linear, softmax
 
 
-def scaled_dot_product_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d_k)) v for any leading batch dims; boolean `mask` True means "may attend".
 
     q (..., queries, d_k), k (..., keys, d_k), v (..., keys, d_v), mask (..., queries, keys) -> (..., queries, d_v)
@@ -46,19 +45,9 @@ class MultiHeadSelfAttention(nn.Module):
     matmul, which keeps checkpoints stable while doing a single large GEMM.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        rope: RotaryEmbedding | None = None,
-        layer_index: int = 0,
-        bias: bool = False,
-        std: float | None = None,
-        output_std: float | None = None,
-        qk_norm: bool = False,
-        device=None,
-        dtype=None,
-    ) -> None:
+    def __init__(self, d_model: int, num_heads: int, rope: RotaryEmbedding | None = None, layer_index: int = 0,
+                 bias: bool = False, std: float | None = None, output_std: float | None = None, qk_norm: bool = False,
+                 device=None, dtype=None) -> None:
         super().__init__()  # d_model % num_heads == 0 is ModelConfig's to check
         self.d_model = d_model
         self.num_heads = num_heads
@@ -74,21 +63,16 @@ class MultiHeadSelfAttention(nn.Module):
 
     def project_qkv(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         """(batch, seq, d_model) -> (batch, seq, 3, heads, head_dim) holding q, k, v."""
-        if kv_cache is None:
-            qkv = linear(x, self.qkv_weight())
-        else:
-            qkv = linear(x, kv_cache.qkv_weight(self.layer_index, self.qkv_weight))
-        if self.q_proj.bias is not None:
-            qkv = qkv + self.qkv_bias()
+        # A decoding state keeps the stacked weight between steps: no cat of three matrices per token.
+        weight = self.qkv_weight() if kv_cache is None else kv_cache.qkv_weight(self.layer_index, self.qkv_weight)
+        qkv = linear(x, weight)  # (batch, seq, 3 d_model)
+        if self.q_proj.bias is not None:  # small: stacked again at every call
+            qkv = qkv + torch.cat((self.q_proj.bias, self.k_proj.bias, self.v_proj.bias))
         return qkv.unflatten(-1, (3, self.num_heads, self.head_dim))
 
     def qkv_weight(self) -> torch.Tensor:
         """The q, k and v weights stacked: (3 d_model, d_model)."""
         return torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-
-    def qkv_bias(self) -> torch.Tensor:
-        """The q, k and v biases stacked: (3 d_model,); small, so made again at every call."""
-        return torch.cat((self.q_proj.bias, self.k_proj.bias, self.v_proj.bias))
 
     def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
         """(batch, seq, d_model) -> (batch, seq, d_model); with a cache, x holds positions [cache.position, +seq)."""
@@ -109,21 +93,10 @@ class MultiHeadSelfAttention(nn.Module):
         q, k = qk.transpose(1, 3).unbind(2)  # (batch, heads, seq, head_dim) each
         v = v.squeeze(2).transpose(1, 2)  # (batch, heads, seq, head_dim)
         if kv_cache is None:
-            attended = self.attend(q, k, v, is_causal=True)
+            attended = fused_attention(q, k, v, is_causal=True)
         else:
             k, v = kv_cache.update(self.layer_index, k, v)  # keys/values (batch, heads, keys, head_dim)
             mask, is_causal = kv_cache.attention_mask(seq_len)
-            attended = self.attend(q, k, v, mask=mask, is_causal=is_causal)
+            attended = fused_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         attended = attended.transpose(1, 2).reshape(batch_size, seq_len, self.d_model)  # (batch, seq, d_model)
         return self.output_proj(attended)
-
-    def attend(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-    ) -> torch.Tensor:
-        """Attention over (batch, heads, seq, head_dim) inputs, causal or under a boolean mask (True = may attend)."""
-        return fused_attention(q, k, v, attn_mask=mask, is_causal=is_causal)

@@ -67,9 +67,8 @@ class ModelConfig:
         if self.rope_theta <= 0:
             raise ValueError(f"ModelConfig.rope_theta must be positive, got {self.rope_theta!r}")
         if self.d_model % self.num_heads != 0:
-            raise ValueError(
-                f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; pick a head count that divides it"
-            )
+            raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; pick a head count "
+                             "that divides it")
         if self.positions == "rope" and self.head_dim % 2 != 0:
             raise ValueError(f"head dim d_model/num_heads={self.head_dim} must be even for RoPE; change num_heads")
 
@@ -100,8 +99,7 @@ class ModelConfig:
     @classmethod
     def preset(cls, arch: str, **shape) -> ModelConfig:
         """A config with the components of ARCHITECTURES[arch]; `shape` gives vocab_size, d_model, ... and may
-        override single components. d_ff, when not given, is the arch's: 4 d_model for GELU and ReLU^2, SwiGLU's
-        8/3 d_model (same parameters) rounded up to a multiple of 64."""
+        override single components; d_ff, when not given, is `default_d_ff`'s."""
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         values = {**ARCHITECTURES[arch], **shape}
@@ -111,7 +109,8 @@ class ModelConfig:
 
 
 def default_d_ff(d_model: int, mlp: str) -> int:
-    """The MLP width the recipes use: 4 d_model for GELU and ReLU^2; for SwiGLU 8/3 d_model rounded up to 64."""
+    """The MLP width the recipes use: 4 d_model for GELU and ReLU^2; for SwiGLU 8/3 d_model (its three matrices
+    then hold as many parameters as two of 4 d_model) rounded up to a multiple of 64, which GPU matmuls tile well."""
     if mlp in ("gelu", "relu2"):
         return 4 * d_model
     return -(-8 * d_model // 3 // 64) * 64

@@ -1,5 +1,5 @@
-"""Hand-written building blocks: Linear, Embedding, RMSNorm, LayerNorm, SwiGLU, GeluMLP, ReLU2MLP, rotary
-embedding, silu, gelu_tanh, softmax.
+"""Hand-written building blocks: Linear, Embedding, RMSNorm, LayerNorm, the MLP (SwiGLU, GELU or ReLU²),
+rotary embedding, silu, gelu_tanh, softmax.
 
 Only tensors, autograd and `nn.Parameter` / `nn.Module` are used; every formula is written here.
 Initialisation lives in each module's `reset_parameters()` so a model built on the meta device can
@@ -14,25 +14,21 @@ import torch
 from torch import nn
 
 
-def trunc_normal_(tensor: torch.Tensor, std: float, cutoff: float = 3.0) -> torch.Tensor:
-    """Fill `tensor` in place with N(0, std^2) truncated to [-cutoff*std, cutoff*std] (inverse-CDF sampling)."""
+def init_normal_(tensor: torch.Tensor, std: float | None, fan_std: float, cutoff: float = 3.0) -> None:
+    """Fill `tensor` in place: with `std` None (the recipe), N(0, fan_std^2) truncated to +-cutoff fan_std
+    (inverse-CDF sampling); with a number (GPT-2), plain N(0, std^2)."""
     if tensor.is_meta:  # nothing to fill; and erfinv's meta kernel would import torch._dynamo (10+ s)
-        return tensor
+        return
     with torch.no_grad():
+        if std is not None:
+            tensor.normal_(0.0, std)
+            return
         # Uniform in [cdf(-cutoff), cdf(cutoff)] mapped back through the inverse normal CDF.
         low = 0.5 * (1.0 + math.erf(-cutoff / math.sqrt(2.0)))
         high = 0.5 * (1.0 + math.erf(cutoff / math.sqrt(2.0)))
         tensor.uniform_(2.0 * low - 1.0, 2.0 * high - 1.0)
-        tensor.erfinv_().mul_(std * math.sqrt(2.0))
-        return tensor.clamp_(-cutoff * std, cutoff * std)
-
-
-def normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
-    """Fill `tensor` in place with N(0, std^2), untruncated (GPT-2's initialisation)."""
-    if tensor.is_meta:
-        return tensor
-    with torch.no_grad():
-        return tensor.normal_(0.0, std)
+        tensor.erfinv_().mul_(fan_std * math.sqrt(2.0))
+        tensor.clamp_(-cutoff * fan_std, cutoff * fan_std)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -67,18 +63,13 @@ class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = False, std: float | None = None,
                  device=None, dtype=None) -> None:
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
         self.std = std
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.std is None:
-            trunc_normal_(self.weight, std=math.sqrt(2.0 / (self.in_features + self.out_features)))
-        else:
-            normal_(self.weight, self.std)
+        init_normal_(self.weight, self.std, fan_std=math.sqrt(2.0 / sum(self.weight.shape)))  # 2 / (in + out)
         if self.bias is not None:
             with torch.no_grad():
                 self.bias.zero_()
@@ -86,9 +77,6 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = linear(x, self.weight)  # (..., in_features) -> (..., out_features)
         return out if self.bias is None else out + self.bias
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 class Embedding(nn.Module):
@@ -98,65 +86,53 @@ class Embedding(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, std: float | None = None,
                  device=None, dtype=None) -> None:
         super().__init__()
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
         self.std = std
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.std is None:
-            trunc_normal_(self.weight, std=1.0)
-        else:
-            normal_(self.weight, self.std)
+        init_normal_(self.weight, self.std, fan_std=1.0)
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         # (...) int -> (..., embedding_dim)
         return self.weight[token_ids]
 
-    def extra_repr(self) -> str:
-        return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}"
 
+class Norm(nn.Module):
+    """What RMSNorm and LayerNorm share: a gain `weight` (d_model,) starting at ones and, when the class
+    `has_bias`, a `bias` starting at zeros; the subclass's forward normalises."""
 
-class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 and returned in the input dtype."""
+    has_bias = False
 
     def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None) -> None:
         super().__init__()
-        self.d_model = d_model
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(d_model, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(d_model, device=device, dtype=dtype)) if self.has_bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
             self.weight.fill_(1.0)
+            if self.bias is not None:
+                self.bias.zero_()
+
+
+class RMSNorm(Norm):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 and returned in the input dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (..., d_model) -> (..., d_model); the .float() is free when x is already float32.
+        # (..., d_model) -> (..., d_model); float32 because bfloat16's 8-bit mantissa would round the mean of
+        # squares of a wide row; the .float() is free when x is already float32.
         x_float = x.float()
         inverse_rms = torch.rsqrt(x_float.square().mean(dim=-1, keepdim=True) + self.eps)
         return (x_float * inverse_rms).to(x.dtype) * self.weight.to(x.dtype)
 
-    def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, eps={self.eps}"
 
-
-class LayerNorm(nn.Module):
+class LayerNorm(Norm):
     """(x - mean(x)) / sqrt(var(x) + eps) * weight + bias, statistics in float32, returned in the input dtype."""
 
-    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None) -> None:
-        super().__init__()
-        self.d_model = d_model
-        self.eps = eps
-        self.weight = nn.Parameter(torch.empty(d_model, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.empty(d_model, device=device, dtype=dtype))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        with torch.no_grad():
-            self.weight.fill_(1.0)
-            self.bias.zero_()
+    has_bias = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (..., d_model) -> (..., d_model); the biased variance, as GPT-2 and torch.nn.LayerNorm use
@@ -165,45 +141,29 @@ class LayerNorm(nn.Module):
         inverse_std = torch.rsqrt(centred.square().mean(dim=-1, keepdim=True) + self.eps)
         return (centred * inverse_std).to(x.dtype) * self.weight.to(x.dtype) + self.bias.to(x.dtype)
 
-    def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, eps={self.eps}"
 
+class MLP(nn.Module):
+    """Feed-forward (..., d_model) -> (..., d_ff) -> (..., d_model) of `kind`: swiglu, the recipe's gated
+    w2(silu(w1 x) * w3 x); gelu, GPT-2's w2(gelu_tanh(w1 x)); relu2, modded-nanogpt's w2(relu(w1 x)^2), as
+    cheap as GELU's and sparse. `std`/`output_std` initialise w1 (and w3) and w2 as Linear's."""
 
-class SwiGLU(nn.Module):
-    """Gated feed-forward: w2(silu(w1 x) * w3 x); `std`/`output_std` as Linear's (None: the recipe's)."""
-
-    def __init__(self, d_model: int, d_ff: int, bias: bool = False, std: float | None = None,
+    def __init__(self, kind: str, d_model: int, d_ff: int, bias: bool = False, std: float | None = None,
                  output_std: float | None = None, device=None, dtype=None) -> None:
         super().__init__()
+        self.kind = kind
         self.w1 = Linear(d_model, d_ff, bias, std, device=device, dtype=dtype)
         self.w2 = Linear(d_ff, d_model, bias, output_std, device=device, dtype=dtype)
-        self.w3 = Linear(d_model, d_ff, bias, std, device=device, dtype=dtype)
+        self.w3 = Linear(d_model, d_ff, bias, std, device=device, dtype=dtype) if kind == "swiglu" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (..., d_model) -> (..., d_ff) -> (..., d_model)
-        return self.w2(silu(self.w1(x)) * self.w3(x))
-
-
-class GeluMLP(nn.Module):
-    """GPT-2's feed-forward: w2(gelu_tanh(w1 x)); `std`/`output_std` as Linear's (None: the recipe's)."""
-
-    def __init__(self, d_model: int, d_ff: int, bias: bool = False, std: float | None = None,
-                 output_std: float | None = None, device=None, dtype=None) -> None:
-        super().__init__()
-        self.w1 = Linear(d_model, d_ff, bias, std, device=device, dtype=dtype)
-        self.w2 = Linear(d_ff, d_model, bias, output_std, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (..., d_model) -> (..., d_ff) -> (..., d_model)
-        return self.w2(gelu_tanh(self.w1(x)))
-
-
-class ReLU2MLP(GeluMLP):
-    """modded-nanogpt's feed-forward: w2(relu(w1 x)^2), as cheap as GELU's and sparse."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (..., d_model) -> (..., d_ff) -> (..., d_model)
-        return self.w2(self.w1(x).clamp_min(0.0).square())
+        hidden = self.w1(x)  # (..., d_ff)
+        if self.kind == "swiglu":
+            hidden = silu(hidden) * self.w3(x)
+        elif self.kind == "gelu":
+            hidden = gelu_tanh(hidden)
+        else:
+            hidden = hidden.clamp_min(0.0).square()
+        return self.w2(hidden)  # (..., d_model)
 
 
 class RotaryEmbedding(nn.Module):

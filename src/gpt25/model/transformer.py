@@ -25,19 +25,20 @@ from torch import nn
 from gpt25.model.attention import MultiHeadSelfAttention
 from gpt25.model.config import ModelConfig
 from gpt25.model.decoding import DecodingState
-from gpt25.model.layers import Embedding, GeluMLP, LayerNorm, Linear, ReLU2MLP, RMSNorm, RotaryEmbedding, SwiGLU, linear
+from gpt25.model.layers import MLP, Embedding, LayerNorm, Linear, Norm, RMSNorm, RotaryEmbedding, linear
 
 GPT2_STD = 0.02
 
 
 def init_stds(config: ModelConfig) -> tuple[float | None, float | None]:
     """(std of the projections, std of the residual output projections); None means the recipe's fan-scaled init."""
-    if config.init != "gpt2":
+    if config.init != "gpt2":  # zero: every block starts as the identity, and the residual stream as the embedding
         return None, (0.0 if config.init == "zero" else None)
+    # Two residual additions per block: scaled down so the stream's variance does not grow with the depth.
     return GPT2_STD, GPT2_STD / math.sqrt(2 * config.num_layers)
 
 
-def make_norm(config: ModelConfig, device=None, dtype=None) -> RMSNorm | LayerNorm:
+def make_norm(config: ModelConfig, device=None, dtype=None) -> Norm:
     norm_class = RMSNorm if config.norm == "rmsnorm" else LayerNorm
     return norm_class(config.d_model, device=device, dtype=dtype)
 
@@ -45,25 +46,19 @@ def make_norm(config: ModelConfig, device=None, dtype=None) -> RMSNorm | LayerNo
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + attn(ln1(x)), then x + ffn(ln2(x)); norms, MLP and biases as `config` says."""
 
-    def __init__(
-        self,
-        config: ModelConfig,
-        rope: RotaryEmbedding | None = None,
-        layer_index: int = 0,
-        device=None,
-        dtype=None,
-    ) -> None:
+    def __init__(self, config: ModelConfig, rope: RotaryEmbedding | None = None, layer_index: int = 0, device=None,
+                 dtype=None) -> None:
         super().__init__()
         std, output_std = init_stds(config)
         self.ln1 = make_norm(config, device, dtype)
         self.attn = MultiHeadSelfAttention(config.d_model, config.num_heads, rope, layer_index, config.bias, std,
                                            output_std, config.qk_norm, device=device, dtype=dtype)
         self.ln2 = make_norm(config, device, dtype)
-        mlp_class = {"swiglu": SwiGLU, "gelu": GeluMLP, "relu2": ReLU2MLP}[config.mlp]
-        self.ffn = mlp_class(config.d_model, config.d_ff, config.bias, std, output_std, device=device, dtype=dtype)
+        self.ffn = MLP(config.mlp, config.d_model, config.d_ff, config.bias, std, output_std, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
-        # (batch, seq, d_model) -> (batch, seq, d_model)
+        # (batch, seq, d_model) -> (batch, seq, d_model); pre-norm: the residual path x stays un-normalised, so
+        # gradients reach the early blocks undamped (post-norm needs careful warmup to train deep stacks)
         x = x + self.attn(self.ln1(x), kv_cache)
         return x + self.ffn(self.ln2(x))
 
@@ -138,9 +133,6 @@ class TransformerLM(nn.Module):
             weight = module.weight  # (old_size, d_model)
             new_rows = weight.mean(dim=0, keepdim=True).expand(vocab_size - old_size, -1)
             module.weight = nn.Parameter(torch.cat([weight, new_rows]), requires_grad=weight.requires_grad)
-        self.token_embeddings.num_embeddings = vocab_size
-        if self.lm_head is not None:
-            self.lm_head.out_features = vocab_size
         self.config = dataclasses.replace(self.config, vocab_size=vocab_size)
 
     def check_inputs(self, token_ids: torch.Tensor, kv_cache: DecodingState | None) -> None:
@@ -155,19 +147,15 @@ class TransformerLM(nn.Module):
         start = kv_cache.position if kv_cache is not None else 0
         limit = kv_cache.max_seq_len if kv_cache is not None else self.config.context_length
         if seq_len == 0 or start + seq_len > limit:
-            raise ValueError(
-                f"positions {start}..{start + seq_len} do not fit in 1..{limit} "
-                f"(context_length={self.config.context_length}); crop the input or reset the cache"
-            )
+            raise ValueError(f"positions {start}..{start + seq_len} do not fit in 1..{limit} "
+                             f"(context_length={self.config.context_length}); crop the input or reset the cache")
         if kv_cache is not None and token_ids.shape[0] != kv_cache.batch_size:
             raise ValueError(f"batch {token_ids.shape[0]} != KVCache batch_size {kv_cache.batch_size}")
         if token_ids.device.type == "cpu" and not torch.compiler.is_compiling():
             low, high = (int(value) for value in torch.aminmax(token_ids))
             if low < 0 or high >= self.config.vocab_size:
-                raise ValueError(
-                    f"token ids must be in [0, {self.config.vocab_size}), got min {low} max {high}; "
-                    "check the tokenizer matches the model's vocab_size"
-                )
+                raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got min {low} max {high}; "
+                                 "check the tokenizer matches the model's vocab_size")
 
     def num_params(self, include_embeddings: bool = True) -> int:
         """Parameter count (a tied matrix once); without embeddings excludes the token and position tables
@@ -181,11 +169,10 @@ class TransformerLM(nn.Module):
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward) for MFU.
 
-        6 * N + 12 * num_layers * d_model * seq_len, with N the parameters excluding the token and
-        position embeddings (lookups, not matmuls) but including the head's (vocab, d_model) matmul,
-        tied or not. The second term is the attention
-        scores and weighted sum (2 matmuls of 2 * seq * d_model FLOPs per token, x3 for backward),
-        counted over the full seq x seq square as in PaLM / nanoGPT, not halved for causality.
+        6 * N + 12 * num_layers * d_model * seq_len, with N the parameters excluding the token and position
+        embeddings (lookups, not matmuls) but including the head's (vocab, d_model) matmul, tied or not. The second
+        term is the attention scores and weighted sum (2 matmuls of 2 * seq * d_model FLOPs per token, x3 for
+        backward), counted over the full seq x seq square as in PaLM / nanoGPT, not halved for causality.
         """
         seq_len = seq_len or self.config.context_length
         config = self.config
@@ -205,7 +192,7 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool = Fa
         for name, parameter in module.named_parameters(recurse=False):
             if not parameter.requires_grad:
                 continue
-            exempt = isinstance(module, (RMSNorm, LayerNorm, Embedding)) or name == "bias"
+            exempt = isinstance(module, (Norm, Embedding)) or name == "bias"
             matrix = muon and isinstance(module, Linear) and name == "weight" and module is not model.lm_head
             (hidden if matrix else no_decay if exempt and not decay_all else decay).append(parameter)
     groups = [{"params": hidden, "weight_decay": weight_decay, "muon": True},

@@ -8,20 +8,16 @@
 parser does) does not import torch.
 """
 
+import importlib
 from typing import Any
 
 from gpt25.train.config import TrainConfig
 
 __all__ = ["TrainConfig", "plot_runs", "train"]
+_LAZY = {"train": "gpt25.train.trainer", "plot_runs": "gpt25.train.plot"}  # name -> the module that defines it
 
 
 def __getattr__(name: str) -> Any:
-    if name == "train":
-        from gpt25.train.trainer import train
-
-        return train
-    if name == "plot_runs":
-        from gpt25.train.plot import plot_runs
-
-        return plot_runs
-    raise AttributeError(f"module 'gpt25.train' has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'gpt25.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

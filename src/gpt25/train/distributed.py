@@ -27,7 +27,6 @@ class DistributedContext:
     """Where this process sits: its rank among world_size processes and its device."""
 
     rank: int
-    local_rank: int
     world_size: int
     device: torch.device
 
@@ -47,31 +46,23 @@ def init_distributed(device: str) -> DistributedContext:
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    resolved = resolve_device(device, local_rank)
+    resolved = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
     if world_size > 1 and not dist.is_initialized():
         on_gpu = resolved.type == "cuda"
         if on_gpu:
             torch.cuda.set_device(resolved)
         dist.init_process_group(backend="nccl" if on_gpu else "gloo", device_id=resolved if on_gpu else None)
-    return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=resolved)
-
-
-def shutdown_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    return DistributedContext(rank=rank, world_size=world_size, device=resolved)
 
 
 def build_model(model_config: ModelConfig, context: DistributedContext, parallel: str,
                 dtype: torch.dtype) -> torch.nn.Module:
-    """The model ready to train: built, initialised, placed and (with several processes) wrapped.
+    """The model ready to train: built, initialised, placed and wrapped as `parallel` says ("none" in one process).
 
     On GPUs the model is built on the meta device, sharded, then materialised with `to_empty` +
     `init_weights`, so no rank ever holds the full fp32 model. On CPU it is built for real from the
     same seed on every rank, which keeps the weights identical to a single-process run.
     """
-    if not context.is_distributed:
-        parallel = "none"
     on_meta = parallel == "fsdp" and context.device.type == "cuda"
     model = TransformerLM(model_config, device=torch.device("meta") if on_meta else context.device)
     model = parallelize(model, context, parallel, dtype)
@@ -83,23 +74,20 @@ def build_model(model_config: ModelConfig, context: DistributedContext, parallel
 
 def parallelize(model: TransformerLM, context: DistributedContext, parallel: str,
                 dtype: torch.dtype) -> torch.nn.Module:
-    """`model` (on the context's device, or meta) sharded with FSDP2 or wrapped in DDP; itself in one process."""
-    if not context.is_distributed or parallel == "none":
+    """`model` (on the context's device, or meta) sharded in place with FSDP2, wrapped in DDP, or itself ("none")."""
+    if parallel == "none":
         return model
-    if parallel == "fsdp":
-        shard_model(model, dtype)
-        return model
-    return DistributedDataParallel(model, device_ids=[context.device] if context.device.type == "cuda" else None)
-
-
-def shard_model(model: TransformerLM, dtype: torch.dtype) -> None:
-    """FSDP2 in place: each TransformerBlock is one all-gather unit, the root holds the rest."""
+    if parallel == "ddp":
+        return DistributedDataParallel(model, device_ids=[context.device] if context.device.type == "cuda" else None)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    # Each TransformerBlock is one all-gather unit, so only one block's full weights exist at a time; the root
+    # holds the rest. Gradients are reduced in float32: summed in bfloat16 across ranks, small ones are lost.
     mixed_precision = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for block in model.layers:
         fully_shard(block, mp_policy=mixed_precision)
     fully_shard(model, mp_policy=mixed_precision)
+    return model
 
 
 def unwrap(model: torch.nn.Module) -> TransformerLM:

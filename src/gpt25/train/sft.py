@@ -77,10 +77,7 @@ class FineTuning(Task):
                 raise FileNotFoundError(f"no checkpoint in {self.run_dir} to resume; pass the base model as "
                                         "--checkpoint BASE")
             return None, ckpt.read_meta(found[-1])
-        if not Path(config.checkpoint).exists():
-            raise FileNotFoundError(f"base checkpoint {config.checkpoint} not found; pass a run dir, a step dir or "
-                                    "a .safetensors file")
-        path = ckpt.resolve_checkpoint(config.checkpoint)
+        path = ckpt.resolve_checkpoint(config.checkpoint)  # a FileNotFoundError saying what it expects
         meta = ckpt.read_meta(path)
         if not meta["model_config"]:
             raise ValueError(f"{path} holds no TransformerLM (no model config); pass a gpt25 checkpoint")
@@ -152,7 +149,7 @@ class FineTuning(Task):
             return {}
         result = evaluate_assistant_loss(trainer.eval_model(), self.val_rows, batch_size=trainer.config.batch_size,
                                          device=trainer.context.device, max_rows=self.eval_rows,
-                                         autocast_dtype=trainer.eval_autocast_dtype())
+                                         autocast_dtype=trainer.autocast_dtype)
         return {name: result[name] for name in ("val_loss", "val_perplexity", "val_accuracy")}
 
     def summary(self, trainer: Trainer) -> dict[str, Any]:

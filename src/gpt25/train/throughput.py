@@ -11,21 +11,18 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
 
 import torch
 
-# Dense bf16 tensor-core peak FLOP/s per device (vendor datasheets, without sparsity).
+# Dense bf16 tensor-core peak FLOP/s per device (vendor datasheets, without sparsity), matched as substrings of
+# the device name, longest first: "H100" is then the SXM part, "H200" covers GH200 and "A10" the A10G.
 PEAK_BF16_FLOPS = {
     "H200": 989e12,
-    "H100 SXM": 989e12,
     "H100 NVL": 835e12,
     "H100 PCIe": 756e12,
     "H100": 989e12,
-    "GH200": 989e12,
     "B200": 2250e12,
     "A100": 312e12,
-    "A10G": 125e12,
     "A10": 125e12,
     "L40S": 362e12,
     "L4": 121e12,
@@ -34,14 +31,6 @@ PEAK_BF16_FLOPS = {
 }
 # fp32 training on these GPUs runs through TF32 tensor cores at half the bf16 rate.
 FLOAT32_FRACTION = 0.5
-
-
-def table_peak_flops(device_name: str, dtype: torch.dtype) -> float | None:
-    """The table's peak for a device name such as 'NVIDIA H100 80GB HBM3', or None if unknown."""
-    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
-        if key in device_name:
-            return PEAK_BF16_FLOPS[key] * (1.0 if dtype == torch.bfloat16 else FLOAT32_FRACTION)
-    return None
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 0.3) -> float:
@@ -54,31 +43,25 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 1
     """
     left = torch.randn(size, size, device=device, dtype=dtype)
     right = torch.randn(size, size, device=device, dtype=dtype)
-    products = (lambda: left @ right.t(), lambda: left.t() @ right)
-    fastest = min(fastest_seconds(product, device, seconds / len(products)) for product in products)
+    fastest = math.inf
+    for product in (lambda: left @ right.t(), lambda: left.t() @ right):
+        product()  # warm-up: kernel selection, thread pool start
+        count, start = 0, time.perf_counter()
+        while count < 2 or time.perf_counter() - start < seconds / 2:
+            began = time.perf_counter()
+            product()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            fastest = min(fastest, time.perf_counter() - began)
+            count += 1
     return 2 * size**3 / fastest
-
-
-def fastest_seconds(product: Callable[[], torch.Tensor], device: torch.device, seconds: float) -> float:
-    """The shortest time one call of `product` took among those run in `seconds` (at least two)."""
-    product()  # warm-up: kernel selection, thread pool start
-    fastest, count, start = math.inf, 0, time.perf_counter()
-    while count < 2 or time.perf_counter() - start < seconds:
-        began = time.perf_counter()
-        product()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        fastest = min(fastest, time.perf_counter() - began)
-        count += 1
-    return fastest
 
 
 @functools.lru_cache(maxsize=None)
 def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
     """(peak FLOP/s, where it came from) for MFU on this device (measured once per process)."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        peak = table_peak_flops(name, dtype)
-        if peak is not None:
-            return peak, f"table: {name}"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""  # e.g. 'NVIDIA H100 80GB HBM3'
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+        if key in name:
+            return PEAK_BF16_FLOPS[key] * (1.0 if dtype == torch.bfloat16 else FLOAT32_FRACTION), f"table: {name}"
     return measure_matmul_flops(device, dtype), f"measured {dtype} matmul on {device.type}"

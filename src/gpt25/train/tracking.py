@@ -48,8 +48,7 @@ class Tracker:
 
     def __init__(self, run_dir: str | Path, kind: str = "none", config: dict | None = None,
                  resume_step: int | None = None) -> None:
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = Path(run_dir)  # made by the trainer
         self.path = self.run_dir / METRICS_FILE
         if resume_step is not None:
             self._drop_rows_after(resume_step)

@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,8 @@ def train(config: RunConfig, task: Task | None = None) -> dict[str, Any]:
     try:
         return Trainer(config, context, task).run()
     finally:
-        if not caller_owns_group:
-            distributed.shutdown_distributed()
+        if not caller_owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def build_optimizer(model: torch.nn.Module, config: RunConfig) -> AdamW:
@@ -79,30 +80,19 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_ratio", 1.0)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-class StopSignal:
-    """Remembers SIGTERM / SIGINT so the loop can save and exit at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGTERM, signal.SIGINT):
-                self.previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def _handle(self, number: int, frame: Any) -> None:
-        self.received = signal.Signals(number).name
-
-    def __exit__(self, *exc_info: Any) -> None:
-        for number, handler in self.previous.items():
+@contextlib.contextmanager
+def stop_signals() -> Iterator[list[str]]:
+    """Yields a list that collects the names of the SIGTERM / SIGINT received, so the loop can save and exit at the
+    next step boundary; the previous handlers come back afterwards (Python sets handlers in the main thread only)."""
+    received: list[str] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGTERM, signal.SIGINT):
+            previous[number] = signal.signal(number, lambda number, _: received.append(signal.Signals(number).name))
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
             signal.signal(number, handler)
 
 
@@ -173,7 +163,7 @@ class Pretraining(Task):
         config, device = trainer.config, trainer.context.device
         result = evaluate_loss(trainer.eval_model(), self.val_tokens, trainer.tokenizer,
                                batch_size=config.batch_size, context_length=config.context_length, device=device,
-                               max_tokens=self.eval_tokens, autocast_dtype=trainer.eval_autocast_dtype())
+                               max_tokens=self.eval_tokens, autocast_dtype=trainer.autocast_dtype)
         metrics = {name: result[name] for name in ("val_loss", "val_perplexity", "val_bpb")}
         if self.hellaswag is not None:
             with trainer.autocast():
@@ -194,17 +184,23 @@ class Trainer:
         config, self.tokenizer, self.model_config = self.task.setup(config, context)
         parallel = config.parallel if context.is_distributed else "none"
         compile_setting = "on" if config.compiles_on(context.device.type) else "off"
+        # The resolved values, not 'auto' or -1: config.json and each checkpoint record what really ran.
         self.config = dataclasses.replace(config, min_lr=config.resolved_min_lr, device=str(context.device),
                                           grad_accum_steps=config.accumulation_for(context.world_size),
                                           parallel=parallel, compile=compile_setting)
         self.run_dir = Path(config.out)
         self.dtype = DTYPES[config.dtype]
-        seed_everything(config.seed)
+        # Seeded before the model is built: every rank initialises the same weights (CPU) and a run repeats exactly.
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        torch.manual_seed(config.seed)
         base = self.task.base_model(self.config)
         self.model = distributed.build_model(self.model_config, context, parallel, self.dtype) if base is None \
             else distributed.parallelize(base.to(context.device), context, parallel, self.dtype)
         self.lm = distributed.unwrap(self.model)
         self.sharded = distributed.is_fsdp(self.model)
+        # FSDP's mixed-precision policy already casts the parameters to bfloat16: no autocast on top of it.
+        self.autocast_dtype = None if self.dtype == torch.float32 or self.sharded else self.dtype
         # The loss is compiled with the forward, so the (batch, seq, vocab) logits never round-trip memory in eager.
         self.compute_loss = torch.compile(self.model_loss) if compile_setting == "on" else self.model_loss
         self.optimizer = build_optimizer(self.lm, self.config)
@@ -220,10 +216,9 @@ class Trainer:
     # ----- setup pieces -----
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast unless FSDP's mixed-precision policy already casts the parameters."""
-        if self.dtype == torch.float32 or self.sharded:
+        if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.context.device.type, dtype=self.dtype)
+        return torch.autocast(self.context.device.type, dtype=self.autocast_dtype)
 
     def resume(self) -> None:
         """Load --checkpoint (a path, or 'latest' in --out; 'latest' with none there starts fresh)."""
@@ -256,6 +251,8 @@ class Trainer:
         if not rank_states:
             self.log_line("the checkpoint records no data position (imported): the data starts from the beginning")
             return
+        # The data position counts what all ranks consumed together, so any rank's fits another world size;
+        # per-rank RNG streams have no counterpart there, so they restart from the seed.
         same_layout = len(rank_states) == self.context.world_size
         mine = rank_states[self.context.rank] if same_layout else rank_states[0]
         self.loader.load_state_dict(mine["loader"])
@@ -291,14 +288,14 @@ class Trainer:
                           f"world size {self.context.world_size} ({self.config.parallel}), "
                           f"MFU peak {self.peak_flops / 1e12:.3g} TFLOP/s ({self.peak_source})")
         try:
-            with StopSignal() as stop:
-                summary = self.loop(tracker, stop)
+            with stop_signals() as received:
+                summary = self.loop(tracker, received)
         finally:
             if tracker is not None:
                 tracker.close()
         return summary
 
-    def loop(self, tracker: Tracker | None, stop: StopSignal) -> dict[str, Any]:
+    def loop(self, tracker: Tracker | None, signals: list[str]) -> dict[str, Any]:
         """The training loop, top to bottom; returns the run's summary."""
         start_step, started = self.step, time.perf_counter()
         timed_seconds, stopped, train_loss = 0.0, False, float("nan")
@@ -309,7 +306,7 @@ class Trainer:
             while self.step < self.config.train_steps and not stopped:
                 # ----- schedule, data, forward/backward with accumulation, clip, NaN guard, step -----
                 step_started = time.perf_counter()
-                train_loss, grad_norm, lr, stopped = self.train_step(stop.received is not None)
+                train_loss, grad_norm, lr, stopped = self.train_step(bool(signals))
                 step_seconds = time.perf_counter() - step_started
                 if self.step > start_step + 1:  # the first step pays for warm-up / compilation
                     timed_seconds += step_seconds
@@ -331,7 +328,7 @@ class Trainer:
                 # ----- evaluate (CORE on its own schedule) -----
                 core_due = self.task.core_tasks is not None and self.is_due(self.config.core_every)
                 if self.is_due(self.config.eval_every) or core_due:
-                    metrics = self.evaluate() if self.is_due(self.config.eval_every) else {}
+                    metrics = self.task.evaluate(self) if self.is_due(self.config.eval_every) else {}
                     if core_due:
                         with self.autocast():
                             metrics["core"] = evaluate_core(self.eval_model(), self.tokenizer, self.task.core_tasks,
@@ -350,7 +347,7 @@ class Trainer:
             progress.close()
 
         # ----- stop -----
-        stopped_by = (stop.received or "a signal on another rank") if stopped else None
+        stopped_by = (signals[-1] if signals else "a signal on another rank") if stopped else None
         if stopped_by:
             self.log_line(f"{stopped_by} received: saved step {self.step} to {self.last_checkpoint}; "
                           "resume with --checkpoint latest")
@@ -362,9 +359,8 @@ class Trainer:
         """What `train` returns: where the run ended, its final losses, speed and paths."""
         return {"run_dir": str(self.run_dir), "step": self.step, "start_step": start_step,
                 "train_steps": self.config.train_steps, "stopped_by": stopped_by,
-                "final_train_loss": train_loss, "final_val_loss": self.last_eval.get("val_loss"),
-                "final_val_perplexity": self.last_eval.get("val_perplexity"),
-                "final_val_bpb": self.last_eval.get("val_bpb"),
+                "final_train_loss": train_loss,
+                **{f"final_{name}": self.last_eval.get(name) for name in ("val_loss", "val_perplexity", "val_bpb")},
                 "hellaswag_acc_norm": self.last_eval.get("hellaswag_acc_norm"), "core": self.last_eval.get("core"),
                 "tokens_seen": self.step * self.tokens_per_step, "tokens_per_second": mean_rate,
                 "mfu": self.mfu(mean_rate) if mean_rate else None, "memory_gb": self.memory_gb(),
@@ -398,8 +394,9 @@ class Trainer:
             with distributed.gradient_sync(self.model, micro_step == num_micro - 1):
                 with self.autocast():
                     loss = self.compute_loss(inputs, targets)
-                (loss / num_micro).backward()
+                (loss / num_micro).backward()  # the summed gradients are then the mean over the micro-batches
             loss_sum += loss.detach().float()
+        # --max_grad_norm 0 clips at infinity: nothing is scaled, but the norm is still measured for the log.
         grad_norm = clip_grad_norm(self.model.parameters(), self.config.max_grad_norm or math.inf)
         stats = torch.stack([loss_sum / num_micro, grad_norm.to(loss_sum.device),
                              torch.tensor(float(stop_requested), device=loss_sum.device)])
@@ -408,7 +405,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return mean_loss, mean_grad_norm, lr, stop_fraction > 0
+        return mean_loss, mean_grad_norm, lr, stop_fraction > 0  # any rank's signal stops all: they save together
 
     def check_finite(self, loss: float, grad_norm: float) -> None:
         """Stop before the update of step + 1 when its loss or gradient norm is NaN or inf."""
@@ -422,15 +419,9 @@ class Trainer:
             "no checkpoint was saved yet; lower --lr or raise --warmup_steps"
         return TrainingDiverged(f"{what}, training stopped: {kept}")
 
-    def evaluate(self) -> dict[str, Any]:
-        return self.task.evaluate(self)
-
     def eval_model(self) -> torch.nn.Module:
         """The model evaluation runs: FSDP's wrapper (it gathers the shards), else the uncompiled, unwrapped model."""
         return self.model if self.sharded else self.lm
-
-    def eval_autocast_dtype(self) -> torch.dtype | None:
-        return None if self.dtype == torch.float32 or self.sharded else self.dtype
 
     def save(self) -> Path:
         """Checkpoint the current step (collective: every rank calls it), then drop old ones.
