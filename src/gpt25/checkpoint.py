@@ -179,7 +179,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _write_state_and_meta(folder: Path, train_state: dict, meta: dict) -> None:
+def write_state_and_meta(folder: Path, train_state: dict, meta: dict) -> None:
     torch.save(train_state, folder / STATE_FILE)
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -203,7 +203,7 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
     meta = meta or make_meta(iteration, config if isinstance(config, ModelConfig) else None)
     with atomic_folder(Path(out)) as temporary:
         save_weights(weights, temporary / WEIGHTS_FILE)
-        _write_state_and_meta(temporary, train_state, meta)
+        write_state_and_meta(temporary, train_state, meta)
     return Path(out)
 
 
@@ -222,7 +222,7 @@ def save_sharded_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optim
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=temporary / SHARDED_DIR)
     if rank == 0:
-        _write_state_and_meta(temporary, {"step": iteration, "optimizer": None, "ranks": rank_states}, meta)
+        write_state_and_meta(temporary, {"step": iteration, "optimizer": None, "ranks": rank_states}, meta)
         replace_folder(temporary, final)
     dist.barrier()
     return final
@@ -269,7 +269,7 @@ def _load_with_state_dict_api(path: Path, meta: dict, train_state: dict, model: 
     optimizers = [optimizer] if optimizer else []
     if meta["sharded"]:
         model_state, optimizer_state = get_state_dict(model, optimizers)
-        _load_sharded({"model": model_state} | ({"optimizer": optimizer_state} if optimizer else {}), path)
+        load_dcp({"model": model_state} | ({"optimizer": optimizer_state} if optimizer else {}), path / SHARDED_DIR)
         set_state_dict(model, optimizers, model_state_dict=model_state, optim_state_dict=optimizer_state)
     else:
         set_state_dict(model, optimizers, model_state_dict=read_weights(path / WEIGHTS_FILE),
@@ -277,14 +277,14 @@ def _load_with_state_dict_api(path: Path, meta: dict, train_state: dict, model: 
                        options=StateDictOptions(full_state_dict=True))
 
 
-def _load_sharded(state: dict[str, Any], path: Path) -> None:
-    """Fill `state` in place from path/dcp/, resharding to this layout (one process: no group needed)."""
+def load_dcp(state: dict[str, Any], folder: Path) -> None:
+    """Fill `state` in place from a torch.distributed.checkpoint folder, resharding to this layout (one
+    process: no group needed)."""
     import torch.distributed.checkpoint as dcp
 
-    single_process = not torch.distributed.is_initialized()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # one process is intended
-        dcp.load(state, checkpoint_id=path / SHARDED_DIR, no_dist=single_process)
+        dcp.load(state, checkpoint_id=folder, no_dist=not torch.distributed.is_initialized())
 
 
 def named_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -325,14 +325,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         raise ValueError(f"{path} holds a module other than a TransformerLM (no model config); "
                          "load it into that module with load_checkpoint")
     model = TransformerLM(ModelConfig.from_dict(meta["model_config"]))
-    if path.is_file():
-        model.load_state_dict(read_weights(path))
-    elif meta["sharded"]:
+    if path.is_dir() and meta["sharded"]:
         state = model.state_dict()
-        _load_sharded({"model": state}, path)
+        load_dcp({"model": state}, path / SHARDED_DIR)
         model.load_state_dict(state)
     else:
-        model.load_state_dict(read_weights(path / WEIGHTS_FILE))
+        model.load_state_dict(read_weights(path if path.is_file() else path / WEIGHTS_FILE))
     model.to(device=device, dtype=dtype)
     model.eval()
     return model, meta
@@ -349,15 +347,11 @@ def load_for_inference(checkpoint: str | Path | torch.nn.Module, tokenizer: str 
     when a device or dtype is given. `tokenizer` is a saved folder or a Tokenizer; None skips it.
     """
     if isinstance(tokenizer, (str, os.PathLike)):
-        if not Path(tokenizer).is_dir():
-            raise FileNotFoundError(f"tokenizer folder {tokenizer} not found; pass the model's tokenizer folder")
         tokenizer = Tokenizer.load(tokenizer)
     if isinstance(checkpoint, torch.nn.Module):
         model, meta = checkpoint, {}
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
-    elif not Path(checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint} not found; pass a run dir, a step dir or a .safetensors file")
     else:
         model, meta = load_model(checkpoint, device=device or "cpu", dtype=dtype)
     if tokenizer is not None:
