@@ -34,9 +34,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from gpt25.eval.distributed import rank_and_world_size, sum_over_ranks
 from gpt25.eval.hellaswag import cache_dir, download_file
-from gpt25.eval.scoring import score_rows
+from gpt25.eval.scoring import rank_and_world_size, score_rows, sum_over_ranks
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 KINDS = ("multiple_choice", "schema", "language_modeling")
@@ -152,22 +151,20 @@ def task_accuracy(model, tokenizer, task: CoreTask, *, batch_size: int, device, 
     """The share of the task's examples answered correctly (all ranks together)."""
     rank, world_size = rank_and_world_size()
     mine = range(rank, len(task.examples), world_size)
-    rows = [(index, option, ids, count) for index in mine
-            for option, (ids, count) in enumerate(scored_sequences(tokenizer, task, index, model.config.context_length))]
-    rows.sort(key=lambda row: len(row[2]), reverse=True)  # longest first: less padding, OOM shows early
+    rows = [(index, ids, count) for index in mine
+            for ids, count in scored_sequences(tokenizer, task, index, model.config.context_length)]
     sums, greedy = score_rows(model, rows, batch_size=batch_size, device=device, desc=task.label,
                               show_progress=show_progress)
-    mean_log_likelihoods: dict[int, dict[int, float]] = {index: {} for index in mine}
+    mean_log_likelihoods: dict[int, list[float]] = {index: [] for index in mine}
     reproduced = {}
-    for (index, option, _, count), total, exact in zip(rows, sums, greedy, strict=True):
-        mean_log_likelihoods[index][option] = total / max(count, 1)
+    for (index, _, count), total, exact in zip(rows, sums, greedy, strict=True):
+        mean_log_likelihoods[index].append(total / max(count, 1))
         reproduced[index] = exact
-    correct = 0
-    for index, options in mean_log_likelihoods.items():
-        if task.kind == "language_modeling":
-            correct += reproduced[index]
-        else:  # the lowest mean loss, the first on a tie
-            correct += max(sorted(options), key=options.get) == task.examples[index]["gold"]
+    if task.kind == "language_modeling":
+        correct = sum(reproduced.values())
+    else:  # the lowest mean loss, the first on a tie
+        correct = sum(options.index(max(options)) == task.examples[index]["gold"]
+                      for index, options in mean_log_likelihoods.items())
     correct, count = sum_over_ranks([correct, len(mine)], device)
     return correct / count
 
@@ -182,14 +179,8 @@ def evaluate_core(model: torch.nn.Module, tokenizer, tasks: list[CoreTask], *, b
     if not tasks or any(not task.examples for task in tasks):
         raise ValueError("no CORE tasks, or a task without examples (an empty jsonl file in the bundle)")
     show_progress = rank_and_world_size()[0] == 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            accuracies = [task_accuracy(model, tokenizer, task, batch_size=batch_size, device=device,
-                                        show_progress=show_progress) for task in tasks]
-    finally:
-        model.train(was_training)
+    accuracies = [task_accuracy(model, tokenizer, task, batch_size=batch_size, device=device,
+                                show_progress=show_progress) for task in tasks]
     results = {task.label: {"acc": accuracy, "centered": centred(accuracy, task.random_baseline),
                             "n": len(task.examples), "kind": task.kind, "shots": task.num_fewshot}
                for task, accuracy in zip(tasks, accuracies, strict=True)}

@@ -24,12 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpt25.eval.distributed import rank_and_world_size, sum_over_ranks
-from gpt25.eval.scoring import score_rows
+from gpt25.eval.scoring import rank_and_world_size, score_rows, sum_over_ranks
 from gpt25.files import atomic_path
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-HELLASWAG_VAL_SIZE = 10042
 
 
 def cache_dir() -> Path:
@@ -117,17 +115,8 @@ def evaluate_hellaswag(
     rank, world_size = rank_and_world_size()
     my_examples = examples[rank::world_size]
     rows = scoring_rows(tokenizer, my_examples, model.config.context_length)
-    rows.sort(key=lambda row: len(row[2]), reverse=True)  # longest first: less padding, OOM shows early
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            scores, _ = score_rows(model, rows, batch_size=batch_size, device=device, desc="hellaswag",
-                                   show_progress=rank == 0)
-    finally:
-        model.train(was_training)
-
+    scores, _ = score_rows(model, rows, batch_size=batch_size, device=device, desc="hellaswag",
+                           show_progress=rank == 0)
     ending_scores = [[0.0] * len(example["endings"]) for example in my_examples]
     for (example_index, ending_index, _, _), score in zip(rows, scores, strict=True):
         ending_scores[example_index][ending_index] = score

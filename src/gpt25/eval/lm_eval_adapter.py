@@ -30,7 +30,7 @@ from tqdm import tqdm
 from gpt25.checkpoint import load_for_inference
 from gpt25.device import resolve_device
 from gpt25.engine import generate_tokens, validate_sampling
-from gpt25.eval.scoring import score_sequences
+from gpt25.eval.scoring import score_rows
 from gpt25.tokenizer import Tokenizer
 
 DEFAULT_BATCH_SIZE = 16
@@ -93,24 +93,18 @@ class GPT25LM(TemplateLM):
     def tok_decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens)
 
-    @torch.inference_mode()
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """requests: (cache key, context ids, continuation ids) -> (log-likelihood, is greedy) each."""
-        sequences = [(context + continuation)[-(self.max_length + 1) :] for _, context, continuation in requests]
-        num_scored = [min(len(cont), len(seq) - 1) for (_, _, cont), seq in zip(requests, sequences, strict=True)]
-        order = sorted(range(len(requests)), key=lambda index: -len(sequences[index]))  # long first, less padding
-        results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
-        batches = range(0, len(order), self.batch_size)
-        for start in tqdm(batches, desc="gpt25 loglikelihood", disable=disable_tqdm or len(batches) < 2):
-            indices = order[start : start + self.batch_size]
-            sums, greedy = score_sequences(
-                self.model, [sequences[i] for i in indices], [num_scored[i] for i in indices], self._device
-            )
-            for index, log_likelihood, is_greedy in zip(indices, sums, greedy, strict=True):
-                results[index] = (log_likelihood, is_greedy)
-                key = requests[index][0]
-                if key is not None:
-                    self.cache_hook.add_partial("loglikelihood", key, results[index])
+        rows = []
+        for _, context, continuation in requests:
+            sequence = (context + continuation)[-(self.max_length + 1) :]
+            rows.append((sequence, min(len(continuation), len(sequence) - 1)))
+        sums, greedy = score_rows(self.model, rows, batch_size=self.batch_size, device=self._device,
+                                  desc="gpt25 loglikelihood", show_progress=not disable_tqdm)
+        results = list(zip(sums, greedy, strict=True))
+        for (key, _, _), result in zip(requests, results, strict=True):
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, result)
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
