@@ -33,7 +33,7 @@ from gpt25.checkpoint import (
     write_state_and_meta,
 )
 from gpt25.files import atomic_folder
-from gpt25.interop import SEED, name_map, read_hf_config, read_hf_folder, read_hf_weights
+from gpt25.interop import LLAMA_CONFIG_KEYS, SEED, name_map, read_hf_config, read_hf_folder, read_hf_weights
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import CHAT_SPECIAL_TOKENS, add_chat_tokens
@@ -69,15 +69,10 @@ class Layout:
 # ----- the GPT 2.5 seed's names -----
 
 def seed_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The seed's parameter name -> its shape for `config`."""
-    d, f, vocab = config.d_model, config.d_ff, config.vocab_size
-    shapes = {"emb.weight": (vocab, d), "norm.weight": (d,), "linear.weight": (vocab, d)}
-    for index in range(config.num_layers):
-        block = f"tblocks.{index}"
-        shapes.update({f"{block}.norm_att.weight": (d,), f"{block}.norm_ff.weight": (d,),
-                       f"{block}.ffn.w1": (f, d), f"{block}.ffn.w3": (f, d), f"{block}.ffn.w2": (d, f)})
-        shapes.update({f"{block}.mhsa.{name}.weight": (d, d) for name in ("Wq", "Wk", "Wv", "Wo")})
-    return shapes
+    """The seed's parameter name -> its shape for `config` (gpt25's: the architecture is the same)."""
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        ours = TransformerLM(config).state_dict()
+    return {theirs: tuple(ours[name].shape) for name, theirs in name_map(config.num_layers, SEED).items()}
 
 
 def strip_prefixes(name: str, prefixes: tuple[str, ...] = SEED_PREFIXES) -> str:
@@ -184,16 +179,17 @@ def seed_optimizer_state(entries: dict[str, Any], config: ModelConfig,
             per_parameter.setdefault(seed_name, {})[moment] = value
     if not per_parameter:
         return None, {}
-    state = {ours: seed_moments(per_parameter.get(theirs, {}), theirs, config, source) for ours, theirs in names.items()}
+    shapes = seed_shapes(config)
+    state = {ours: seed_moments(per_parameter.get(theirs, {}), theirs, shapes[theirs], source)
+             for ours, theirs in names.items()}
     group = seed_param_group(entries)  # lr, betas, eps, weight_decay
     train_config = {"lr": group["lr"], "beta1": group["betas"][0], "beta2": group["betas"][1], "eps": group["eps"],
                     "weight_decay": group["weight_decay"], "decay_all": True}
     return {"state": state, "param_groups": [group | {"params": list(names)}]}, train_config
 
 
-def seed_moments(moments: dict[str, Any], seed_name: str, config: ModelConfig, source: Path) -> dict[str, Any]:
+def seed_moments(moments: dict[str, Any], seed_name: str, shape: tuple[int, ...], source: Path) -> dict[str, Any]:
     """One parameter's t, m, v as gpt25 AdamW's step, exp_avg, exp_avg_sq, checked to be there with its shape."""
-    shape = seed_shapes(config)[seed_name]
     state = {}
     for theirs, ours in SEED_MOMENTS.items():
         value = moments.get(theirs)
@@ -233,17 +229,16 @@ def read_seed_hf(path: Path, settings: dict[str, Any]) -> Imported:
     check_seed_tensors({name: tuple(tensor.shape) for name, tensor in seed_state.items()}, path,
                        tied=bool(hf.get("tie_word_embeddings", False)))
 
-    def setting(*keys: str) -> Any:  # the seed's name first, then its Hugging Face aliases
+    def setting(field: str) -> Any:  # the seed's name (gpt25's), else its Hugging Face (Llama) alias
+        keys = list(dict.fromkeys([field, LLAMA_CONFIG_KEYS[field]]))
         found = [hf[key] for key in keys if hf.get(key) is not None]
         if not found:
             raise ValueError(f"{path / 'config.json'} has no {' / '.join(keys)}; is it the seed's config?")
         return found[0]
 
-    config = ModelConfig(
-        vocab_size=setting("vocab_size"), context_length=setting("context_length", "max_position_embeddings"),
-        d_model=setting("d_model", "hidden_size"), num_layers=setting("num_layers", "num_hidden_layers"),
-        num_heads=settings.get("num_heads") or setting("num_heads", "num_attention_heads"),
-        d_ff=setting("d_ff", "intermediate_size"), rope_theta=float(hf.get("theta") or hf.get("rope_theta") or 10000.0))
+    config = ModelConfig(**{field: setting(field) for field in LLAMA_CONFIG_KEYS if field != "num_heads"},
+                         num_heads=settings.get("num_heads") or setting("num_heads"),
+                         rope_theta=float(hf.get("theta") or hf.get("rope_theta") or 10000.0))
     return Imported(config, from_seed_weights(seed_state, config), tokenizer=read_hf_tokenizer(path))
 
 

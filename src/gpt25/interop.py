@@ -60,6 +60,11 @@ GLOBAL_NAMES = {
     "lm_head.weight": ("lm_head.weight", None, "linear.weight"),  # GPT-2's lm_head has no prefix: handled apart
 }
 GPT2_PREFIX = "transformer."
+# ModelConfig field -> its config.json key, for export and import alike
+LLAMA_CONFIG_KEYS = {"vocab_size": "vocab_size", "context_length": "max_position_embeddings", "d_model": "hidden_size",
+                     "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads", "d_ff": "intermediate_size"}
+GPT2_CONFIG_KEYS = {"vocab_size": "vocab_size", "context_length": "n_positions", "d_model": "n_embd",
+                    "num_layers": "n_layer", "num_heads": "n_head"}  # n_inner may be null: 4 n_embd
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # the tanh approximation, under its two names
 # What each transformers class needs of the model's components (the others it represents either way).
 HF_CLASSES = {
@@ -183,8 +188,8 @@ def from_gpt2_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig)
 
 def shared_config(config: ModelConfig, eot_id: int | None, dtype: torch.dtype) -> dict:
     """The config.json entries LlamaForCausalLM and GPT2LMHeadModel share."""
-    return {"vocab_size": config.vocab_size, "tie_word_embeddings": config.tie_embeddings, "bos_token_id": eot_id,
-            "eos_token_id": eot_id, "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True}
+    return {"tie_word_embeddings": config.tie_embeddings, "bos_token_id": eot_id, "eos_token_id": eot_id,
+            "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True}
 
 
 def gpt2_config(config: ModelConfig, eot_id: int | None = None, dtype: torch.dtype = torch.float32) -> dict:
@@ -192,10 +197,7 @@ def gpt2_config(config: ModelConfig, eot_id: int | None = None, dtype: torch.dty
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        "n_positions": config.context_length,
-        "n_embd": config.d_model,
-        "n_layer": config.num_layers,
-        "n_head": config.num_heads,
+        **{key: getattr(config, field) for field, key in GPT2_CONFIG_KEYS.items()},
         "n_inner": config.d_ff,
         "activation_function": "gelu_new",
         "layer_norm_epsilon": LAYER_NORM_EPS,
@@ -211,13 +213,9 @@ def hf_config(config: ModelConfig, eot_id: int | None = None, dtype: torch.dtype
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "hidden_size": config.d_model,
-        "intermediate_size": config.d_ff,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
+        **{key: getattr(config, field) for field, key in LLAMA_CONFIG_KEYS.items()},
         "num_key_value_heads": config.num_heads,
         "head_dim": config.head_dim,
-        "max_position_embeddings": config.context_length,
         "hidden_act": "silu",
         "rms_norm_eps": RMS_NORM_EPS,
         "rope_theta": config.rope_theta,
@@ -245,10 +243,8 @@ def gpt2_model_config(hf: dict) -> ModelConfig:
         (hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx"),
         (hf.get("add_cross_attention", False), "cross-attention"),
     ])
-    return ModelConfig.preset(
-        "gpt2", vocab_size=hf["vocab_size"], context_length=hf["n_positions"], d_model=hf["n_embd"],
-        num_layers=hf["n_layer"], num_heads=hf["n_head"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
-        tie_embeddings=hf.get("tie_word_embeddings", True))
+    return ModelConfig.preset("gpt2", **{field: hf[key] for field, key in GPT2_CONFIG_KEYS.items()},
+                              d_ff=hf.get("n_inner") or 4 * hf["n_embd"], tie_embeddings=hf.get("tie_word_embeddings", True))
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -267,16 +263,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
         (rope.get("rope_type", "default") != "default", f"rope type {rope.get('rope_type')!r}"),
     ])
     rope_theta = (hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0))
-    return ModelConfig(
-        vocab_size=hf["vocab_size"],
-        context_length=hf["max_position_embeddings"],
-        d_model=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=num_heads,
-        d_ff=hf["intermediate_size"],
-        rope_theta=float(rope_theta),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-    )
+    return ModelConfig(**{field: hf[key] for field, key in LLAMA_CONFIG_KEYS.items()}, rope_theta=float(rope_theta),
+                       tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 
 def export_hf(checkpoint: str | Path | TransformerLM, tokenizer_dir: str | Path | None, out_dir: str | Path, *,
