@@ -331,9 +331,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         model.load_state_dict(state)
     else:
         model.load_state_dict(read_weights(path if path.is_file() else path / WEIGHTS_FILE))
-    model.to(device=device, dtype=dtype)
-    model.eval()
-    return model, meta
+    return model.to(device=device, dtype=dtype).eval(), meta
 
 
 def load_for_inference(checkpoint: str | Path | torch.nn.Module, tokenizer: str | Path | Tokenizer | None,

@@ -22,13 +22,13 @@ from gpt25.files import atomic_folder
 from gpt25.model import ARCHITECTURES, ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import CHAT_SPECIAL_TOKENS, JINJA_CHAT_TEMPLATE, has_chat_tokens, reply_stop_ids
+from gpt25.tokenizer.codec import END_OF_TEXT
 
 RMS_NORM_EPS = 1e-5
 LAYER_NORM_EPS = 1e-5
 HF_WEIGHTS_FILE = "model.safetensors"
 HF_INDEX_FILE = "model.safetensors.index.json"
 HF_TORCH_WEIGHTS_FILE = "pytorch_model.bin"
-EOT_TOKEN = "<|endoftext|>"
 # The formats gpt25 reads: a transformers Llama folder, a transformers GPT-2 folder (its names without the
 # "transformer." prefix) and the GPT 2.5 seed's checkpoints (gpt25.checkpoint_import).
 LLAMA, GPT2, SEED = range(3)
@@ -303,10 +303,10 @@ def _write_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> int | None:
     """tokenizer.json (via gpt25's Tokenizer.save_huggingface, every special token an added special token)
     + tokenizer_config.json, with the chat template for a chat model; returns the EOT id."""
     tokenizer.save_huggingface(out_dir / "tokenizer.json")
-    eot_id = tokenizer.token_id(EOT_TOKEN) if EOT_TOKEN in tokenizer.special_tokens else None
+    eot_id = tokenizer.token_id(END_OF_TEXT) if END_OF_TEXT in tokenizer.special_tokens else None
     settings = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
     if eot_id is not None:
-        settings.update(bos_token=EOT_TOKEN, eos_token=EOT_TOKEN, unk_token=None)
+        settings.update(bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, unk_token=None)
     if has_chat_tokens(tokenizer):  # a chat model: apply_chat_template renders as gpt25.tokenizer.chat_format
         settings.update(chat_template=JINJA_CHAT_TEMPLATE, additional_special_tokens=CHAT_SPECIAL_TOKENS)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")

@@ -155,14 +155,12 @@ def task_accuracy(model, tokenizer, task: CoreTask, *, batch_size: int, device, 
             for ids, count in scored_sequences(tokenizer, task, index, model.config.context_length)]
     sums, greedy = score_rows(model, rows, batch_size=batch_size, device=device, desc=task.label,
                               show_progress=show_progress)
-    mean_log_likelihoods: dict[int, list[float]] = {index: [] for index in mine}
-    reproduced = {}
-    for (index, _, count), total, exact in zip(rows, sums, greedy, strict=True):
-        mean_log_likelihoods[index].append(total / max(count, 1))
-        reproduced[index] = exact
-    if task.kind == "language_modeling":
-        correct = sum(reproduced.values())
-    else:  # the lowest mean loss, the first on a tie
+    if task.kind == "language_modeling":  # one row per example: right when greedy decoding reproduces it
+        correct = sum(greedy)
+    else:  # the option of lowest mean loss, the first on a tie
+        mean_log_likelihoods: dict[int, list[float]] = {index: [] for index in mine}
+        for (index, _, count), total in zip(rows, sums, strict=True):
+            mean_log_likelihoods[index].append(total / max(count, 1))
         correct = sum(options.index(max(options)) == task.examples[index]["gold"]
                       for index, options in mean_log_likelihoods.items())
     correct, count = sum_over_ranks([correct, len(mine)], device)
