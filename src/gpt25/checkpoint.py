@@ -373,21 +373,17 @@ def find_tokenizer_dir(checkpoint: str | Path) -> Path:
 
 
 def consolidate(path: str | Path, out_file: str | Path) -> Path:
-    """Write one safetensors file of full weights (+ <name>.json metadata sidecar) from any checkpoint."""
+    """Write one safetensors file of full weights (+ <name>.json metadata sidecar) from any checkpoint,
+    each under a temporary name and renamed, so load_model never sees half a file."""
     out_file = Path(out_file)
     if out_file.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {out_file}")
     model, meta = load_model(path)
-    return write_consolidated(model, out_file, dict(meta, sharded=False, consolidated_from=str(resolve_checkpoint(path))))
-
-
-def write_consolidated(model: torch.nn.Module, out_file: Path, meta: dict) -> Path:
-    """`out_file` (.safetensors, the model's full weights) + its `.json` sidecar `meta`, each written
-    under a temporary name and renamed, so load_model never sees half a file."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_file) as temporary:  # the sidecar is renamed first, the weights on leaving
         save_weights({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary)
-        write_json_atomic(out_file.with_suffix(".json"), meta)
+        write_json_atomic(out_file.with_suffix(".json"),
+                          dict(meta, sharded=False, consolidated_from=str(resolve_checkpoint(path))))
     return out_file
 
 

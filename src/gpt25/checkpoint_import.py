@@ -85,10 +85,9 @@ def strip_prefixes(name: str, prefixes: tuple[str, ...] = SEED_PREFIXES) -> str:
 def check_seed_tensors(shapes: dict[str, tuple[int, ...]], source: Path, tied: bool = False) -> None:
     """Refuse a checkpoint missing a tensor of the seed's model or holding one of another shape, naming it;
     `tied`: the head is the embedding, so `linear.weight` may be absent."""
-    emb = shapes.get("emb.weight")
-    if emb is None or len(emb) != 2 or "tblocks.0.ffn.w1" not in shapes:
-        missing = "emb.weight" if emb is None or len(emb) != 2 else "tblocks.0.ffn.w1"
-        raise ValueError(f"{source} has no tensor {missing} of the seed's model; is it a GPT 2.5 checkpoint?")
+    for needed in ("emb.weight", "tblocks.0.ffn.w1"):  # seed_config reads the sizes off these
+        if len(shapes.get(needed, ())) != 2:
+            raise ValueError(f"{source} has no tensor {needed} of the seed's model; is it a GPT 2.5 checkpoint?")
     config = seed_config(shapes, {"num_heads": 1})
     expected = seed_shapes(config)
     for name, shape in expected.items():
