@@ -244,7 +244,8 @@ def gpt2_model_config(hf: dict) -> ModelConfig:
         (hf.get("add_cross_attention", False), "cross-attention"),
     ])
     return ModelConfig.preset("gpt2", **{field: hf[key] for field, key in GPT2_CONFIG_KEYS.items()},
-                              d_ff=hf.get("n_inner") or 4 * hf["n_embd"], tie_embeddings=hf.get("tie_word_embeddings", True))
+                              d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
+                              tie_embeddings=hf.get("tie_word_embeddings", True))
 
 
 def config_from_hf(hf: dict) -> ModelConfig:

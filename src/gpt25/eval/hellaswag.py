@@ -96,15 +96,8 @@ def scoring_rows(tokenizer, examples: list[dict], context_length: int) -> list[t
     return rows
 
 
-def evaluate_hellaswag(
-    model: torch.nn.Module,
-    tokenizer,
-    examples: list[dict],
-    *,
-    batch_size: int,
-    device: torch.device | str,
-    limit: int | None = None,
-) -> dict:
+def evaluate_hellaswag(model: torch.nn.Module, tokenizer, examples: list[dict], *, batch_size: int,
+                       device: torch.device | str, limit: int | None = None) -> dict:
     """Accuracy on the first `limit` examples (all by default): {"acc", "acc_norm", "n"}.
 
     `batch_size` counts sequences (one per ending) per forward pass.

@@ -48,18 +48,10 @@ def parse_batch_size(batch_size: int | str | None) -> int:
 class GPT25LM(TemplateLM):
     """A gpt25 TransformerLM behind lm-eval's LM interface (loglikelihood, rolling, generate_until)."""
 
-    def __init__(
-        self,
-        checkpoint: str | None = None,
-        tokenizer: str | Tokenizer | None = None,
-        model: torch.nn.Module | None = None,
-        device: str | None = None,
-        batch_size: int | str | None = DEFAULT_BATCH_SIZE,
-        dtype: str | None = None,
-        max_gen_toks: int = 256,
-        cuda_graph: bool = True,
-        **_unused_lm_eval_options,
-    ) -> None:
+    def __init__(self, checkpoint: str | None = None, tokenizer: str | Tokenizer | None = None,
+                 model: torch.nn.Module | None = None, device: str | None = None,
+                 batch_size: int | str | None = DEFAULT_BATCH_SIZE, dtype: str | None = None, max_gen_toks: int = 256,
+                 cuda_graph: bool = True, **_unused_lm_eval_options) -> None:
         super().__init__()
         if tokenizer is None:
             raise ValueError("no tokenizer: give tokenizer=DIR, the folder the model was trained with "
@@ -67,9 +59,8 @@ class GPT25LM(TemplateLM):
         if (model is None) == (checkpoint is None):
             raise ValueError("give exactly one of checkpoint=PATH or model=TransformerLM")
         self._device = resolve_device(device)
-        model, self.tokenizer, _ = load_for_inference(
-            checkpoint if model is None else model, tokenizer, self._device, getattr(torch, dtype) if dtype else None
-        )
+        model, self.tokenizer, _ = load_for_inference(checkpoint if model is None else model, tokenizer, self._device,
+                                                      getattr(torch, dtype) if dtype else None)
         self.model = model.eval()
         self.batch_size = parse_batch_size(batch_size)
         self.max_gen_toks = int(max_gen_toks)
@@ -111,15 +102,9 @@ class GPT25LM(TemplateLM):
         """Log-likelihood of whole documents, in disjoint context-sized windows (lm-eval's recipe)."""
         totals = []
         for (text,) in tqdm([request.args for request in requests], desc="gpt25 rolling", disable=disable_tqdm):
-            windows = [
-                make_disjoint_window(window)
-                for window in get_rolling_token_windows(
-                    token_list=self.tok_encode(text),
-                    prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length,
-                    context_len=1,
-                )
-            ]
+            windows = [make_disjoint_window(window) for window in get_rolling_token_windows(
+                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id, max_seq_len=self.max_length,
+                context_len=1)]
             scored = self._loglikelihood_tokens([(None, context, target) for context, target in windows], True)
             total = sum(log_likelihood for log_likelihood, _ in scored)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
@@ -150,18 +135,10 @@ class GPT25LM(TemplateLM):
             new_ids.append(int(next_token[0]))
             return any(stop in self.tok_decode(new_ids) for stop in stop_strings)
 
-        generate_tokens(
-            self.model,
-            torch.tensor([context_ids], dtype=torch.long, device=self._device),
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            eos_id=self.eot_token_id,
-            vocab_size=self.tokenizer.vocab_size,
-            static_decode=self.static_decode,
-            on_step=collect,
-        )
+        generate_tokens(self.model, torch.tensor([context_ids], dtype=torch.long, device=self._device),
+                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        eos_id=self.eot_token_id, vocab_size=self.tokenizer.vocab_size,
+                        static_decode=self.static_decode, on_step=collect)
         text = self.tok_decode(new_ids)
         cut = min((text.index(stop) for stop in stop_strings if stop in text), default=len(text))
         return text[:cut]

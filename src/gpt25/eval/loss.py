@@ -83,26 +83,16 @@ def sums_over_batches(model: torch.nn.Module, batches: list, make_batch: Callabl
     return sum_over_ranks(sums.tolist(), device)
 
 
-def evaluate_loss(
-    model: torch.nn.Module,
-    tokens: np.ndarray,
-    tokenizer,
-    *,
-    batch_size: int,
-    context_length: int,
-    device: torch.device | str,
-    max_tokens: int | None = None,
-    autocast_dtype: torch.dtype | None = None,
-) -> dict:
+def evaluate_loss(model: torch.nn.Module, tokens: np.ndarray, tokenizer, *, batch_size: int, context_length: int,
+                  device: torch.device | str, max_tokens: int | None = None,
+                  autocast_dtype: torch.dtype | None = None) -> dict:
     """Score `tokens` (the whole array, or its first `max_tokens` predictions) in fixed windows.
 
     Returns {"val_loss" (nats/token), "val_perplexity", "val_bpb" (None without a tokenizer),
     "tokens" (number of predictions scored)}.
     """
     if context_length > model.config.context_length:
-        raise ValueError(
-            f"context_length {context_length} is longer than the model's {model.config.context_length}"
-        )
+        raise ValueError(f"context_length {context_length} is longer than the model's {model.config.context_length}")
     if max_tokens is not None:
         if max_tokens < 1:  # a negative slice end would drop tokens from the end instead
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -123,12 +113,9 @@ def evaluate_loss(
         model, window_batches(len(tokens), context_length, batch_size),
         lambda windows: window_tensors(tokens, windows, device), score, 4, device=device, autocast_dtype=autocast_dtype)
     val_loss = nats / num_targets
-    return {
-        "val_loss": val_loss,
-        "val_perplexity": math.exp(min(val_loss, 700.0)),
-        "val_bpb": text_nats / math.log(2) / text_bytes if byte_lengths is not None and text_bytes else None,
-        "tokens": int(num_targets),
-    }
+    return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 700.0)),
+            "val_bpb": text_nats / math.log(2) / text_bytes if byte_lengths is not None and text_bytes else None,
+            "tokens": int(num_targets)}
 
 
 def evaluate_assistant_loss(model: torch.nn.Module, rows, *, batch_size: int, device: torch.device | str,

@@ -63,9 +63,8 @@ def per_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - target_logits
 
 
-def padded_batch(
-    sequences: list[list[int]], num_scored: list[int], device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def padded_batch(sequences: list[list[int]], num_scored: list[int],
+                 device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(inputs, targets, scored mask), each (len(sequences), longest - 1); mask: the last num_scored targets."""
     width = max(len(token_ids) for token_ids in sequences) - 1
     inputs = np.zeros((len(sequences), width), dtype=np.int64)
@@ -80,9 +79,8 @@ def padded_batch(
     return tuple(torch.from_numpy(array).to(device) for array in (inputs, targets, mask))
 
 
-def score_sequences(
-    model: torch.nn.Module, sequences: list[list[int]], num_scored: list[int], device
-) -> tuple[list[float], list[bool]]:
+def score_sequences(model: torch.nn.Module, sequences: list[list[int]], num_scored: list[int],
+                    device) -> tuple[list[float], list[bool]]:
     """For each sequence: summed log-likelihood (nats) of its last num_scored tokens, and whether
     greedy decoding would have produced exactly those tokens. Sequences must fit the context + 1."""
     inputs, targets, mask = padded_batch(sequences, num_scored, device)
