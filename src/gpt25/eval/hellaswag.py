@@ -50,12 +50,6 @@ def download_file(url: str, path: Path, offline_hint: str) -> Path:
     return path
 
 
-def download_hellaswag(url: str = HELLASWAG_VAL_URL) -> Path:
-    """Download the validation jsonl once into the cache folder and return its path."""
-    return download_file(url, cache_dir() / "hellaswag_val.jsonl",
-                         "fetch hellaswag_val.jsonl elsewhere and pass it with --hellaswag FILE")
-
-
 def parse_example(line: str, where: str) -> dict:
     """One jsonl record -> {"ctx", "endings", "label"}; ValueError naming `where` when malformed."""
     try:
@@ -71,7 +65,10 @@ def parse_example(line: str, where: str) -> dict:
 
 def load_hellaswag(source: str | Path) -> list[dict]:
     """Examples {"ctx", "endings", "label"} from a jsonl file, or from the HellaSwag repository with "download"."""
-    path = download_hellaswag() if str(source) == "download" else Path(source)
+    path = Path(source)
+    if str(source) == "download":
+        path = download_file(HELLASWAG_VAL_URL, cache_dir() / "hellaswag_val.jsonl",
+                             "fetch hellaswag_val.jsonl elsewhere and pass it with --hellaswag FILE")
     if not path.is_file():
         raise FileNotFoundError(f"HellaSwag file {path} not found; pass a hellaswag_val.jsonl or 'download'")
     with open(path, encoding="utf-8") as file:

@@ -36,15 +36,6 @@ from gpt25.tokenizer import Tokenizer
 DEFAULT_BATCH_SIZE = 16
 
 
-def parse_batch_size(batch_size: int | str | None) -> int:
-    """lm-eval passes ints, strings or "auto"; "auto" and None pick DEFAULT_BATCH_SIZE."""
-    if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
-        return DEFAULT_BATCH_SIZE
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return int(batch_size)
-
-
 class GPT25LM(TemplateLM):
     """A gpt25 TransformerLM behind lm-eval's LM interface (loglikelihood, rolling, generate_until)."""
 
@@ -62,7 +53,10 @@ class GPT25LM(TemplateLM):
         model, self.tokenizer, _ = load_for_inference(checkpoint if model is None else model, tokenizer, self._device,
                                                       getattr(torch, dtype) if dtype else None)
         self.model = model.eval()
-        self.batch_size = parse_batch_size(batch_size)
+        auto = batch_size is None or str(batch_size).startswith("auto")  # lm-eval passes ints, strings or "auto"
+        self.batch_size = DEFAULT_BATCH_SIZE if auto else int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.max_gen_toks = int(max_gen_toks)
         self.static_decode = None if cuda_graph else False  # None: replay a CUDA graph per step on a GPU
 
