@@ -179,7 +179,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def write_state_and_meta(folder: Path, train_state: dict, meta: dict) -> None:
+def write_checkpoint_files(folder: Path, train_state: dict, meta: dict, weights: dict | None = None) -> None:
+    """train_state.pt, meta.json and (unless sharded: DCP wrote them) model.safetensors into `folder`."""
+    if weights is not None:
+        save_weights(weights, folder / WEIGHTS_FILE)
     torch.save(train_state, folder / STATE_FILE)
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -202,8 +205,7 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
     config = getattr(model, "config", None)
     meta = meta or make_meta(iteration, config if isinstance(config, ModelConfig) else None)
     with atomic_folder(Path(out)) as temporary:
-        save_weights(weights, temporary / WEIGHTS_FILE)
-        write_state_and_meta(temporary, train_state, meta)
+        write_checkpoint_files(temporary, train_state, meta, weights)
     return Path(out)
 
 
@@ -222,7 +224,7 @@ def save_sharded_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optim
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=temporary / SHARDED_DIR)
     if rank == 0:
-        write_state_and_meta(temporary, {"step": iteration, "optimizer": None, "ranks": rank_states}, meta)
+        write_checkpoint_files(temporary, {"step": iteration, "optimizer": None, "ranks": rank_states}, meta)
         replace_folder(temporary, final)
     dist.barrier()
     return final

@@ -24,14 +24,7 @@ from typing import Any
 
 import torch
 
-from gpt25.checkpoint import (
-    WEIGHTS_FILE,
-    check_tokenizer_matches,
-    load_dcp,
-    make_meta,
-    save_weights,
-    write_state_and_meta,
-)
+from gpt25.checkpoint import check_tokenizer_matches, load_dcp, make_meta, write_checkpoint_files
 from gpt25.files import atomic_folder
 from gpt25.interop import LLAMA_CONFIG_KEYS, SEED, name_map, read_hf_config, read_hf_folder, read_hf_weights
 from gpt25.model import ModelConfig, TransformerLM
@@ -328,8 +321,7 @@ def import_checkpoint(source: str | Path, out: str | Path, *, tokenizer_dir: str
     meta["imported_from"] = {"layout": layout.name, "source": str(source.resolve())}
     train_state = {"step": imported.step, "optimizer": imported.optimizer, "ranks": []}
     with atomic_folder(out) as temporary:
-        save_weights(weights, temporary / WEIGHTS_FILE)
-        write_state_and_meta(temporary, train_state, meta)
+        write_checkpoint_files(temporary, train_state, meta, weights)
         if tokenizer is not None:
             tokenizer.save(temporary / TOKENIZER_DIR)
     return out, layout, meta

@@ -53,23 +53,19 @@ class CoreTask:
     examples: list[dict]
 
 
-def default_bundle_dir() -> Path:
-    return cache_dir() / "eval_bundle"
-
-
-def offline_hint(bundle: Path) -> str:
+def offline_hint() -> str:
     return (f"download {BUNDLE_URL} on a machine with internet, unzip it and pass its eval_bundle folder "
-            f"with --core_bundle DIR (or put that folder at {bundle})")
+            f"with --core_bundle DIR (or put that folder at {cache_dir() / 'eval_bundle'})")
 
 
-def fetch_bundle(url: str | None = None) -> Path:
-    """The cached bundle folder, downloaded (from BUNDLE_URL by default) and unpacked on first use."""
-    bundle = default_bundle_dir()
+def fetch_bundle() -> Path:
+    """The cached bundle folder, downloaded from BUNDLE_URL and unpacked on first use."""
+    bundle = cache_dir() / "eval_bundle"
     if (bundle / "core.yaml").is_file():
         return bundle
     bundle.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=bundle.parent) as temporary:
-        archive = download_file(url or BUNDLE_URL, Path(temporary) / "eval_bundle.zip", offline_hint(bundle))
+        archive = download_file(BUNDLE_URL, Path(temporary) / "eval_bundle.zip", offline_hint())
         with zipfile.ZipFile(archive) as unpacked:
             unpacked.extractall(temporary)
         shutil.rmtree(bundle, ignore_errors=True)
@@ -81,7 +77,7 @@ def load_core_tasks(bundle: str | Path | None = None, limit: int | None = None) 
     """Every task of the bundle (default: the cached download), its examples shuffled and cut to `limit`."""
     bundle = Path(bundle) if bundle else fetch_bundle()
     if not (bundle / "core.yaml").is_file():
-        raise FileNotFoundError(f"{bundle} is not a CORE bundle (no core.yaml); {offline_hint(default_bundle_dir())}")
+        raise FileNotFoundError(f"{bundle} is not a CORE bundle (no core.yaml); {offline_hint()}")
     with open(bundle / "eval_meta_data.csv", encoding="utf-8") as file:
         baselines = {row["Eval Task"]: float(row["Random baseline"]) for row in csv.DictReader(file)}
     tasks = []

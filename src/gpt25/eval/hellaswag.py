@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def download_file(url: str, path: Path, offline_hint: str) -> Path:
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
             payload = response.read()
-    except (urllib.error.URLError, OSError) as error:
+    except OSError as error:  # urllib's URLError is one
         raise ConnectionError(f"could not download {url} ({error}); {offline_hint}") from None
     with atomic_path(path) as temporary:
         temporary.write_bytes(payload)
