@@ -217,9 +217,7 @@ def save_sharded_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optim
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     final = Path(path)
-    temporary = final.with_name(f".tmp-{final.name}")
-    if rank == 0:
-        temporary = fresh_temporary(final)
+    temporary = fresh_temporary(final) if rank == 0 else final.with_name(f".tmp-{final.name}")  # rank 0 clears it
     dist.barrier()
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=temporary / SHARDED_DIR)

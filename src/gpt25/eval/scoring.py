@@ -15,7 +15,6 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -66,17 +65,15 @@ def per_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def padded_batch(sequences: list[list[int]], num_scored: list[int],
                  device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(inputs, targets, scored mask), each (len(sequences), longest - 1); mask: the last num_scored targets."""
-    width = max(len(token_ids) for token_ids in sequences) - 1
-    inputs = np.zeros((len(sequences), width), dtype=np.int64)
-    targets = np.zeros((len(sequences), width), dtype=np.int64)
-    mask = np.zeros((len(sequences), width), dtype=bool)
+    rows = torch.zeros(len(sequences), max(len(token_ids) for token_ids in sequences), dtype=torch.long)
+    mask = torch.zeros(len(sequences), rows.shape[1] - 1, dtype=torch.bool)
     for row, (token_ids, count) in enumerate(zip(sequences, num_scored, strict=True)):
-        length = len(token_ids) - 1
+        length = len(token_ids) - 1  # predicted tokens
         assert 0 <= count <= length, "score at most every predicted token"
-        inputs[row, :length] = token_ids[:-1]
-        targets[row, :length] = token_ids[1:]
+        rows[row, : length + 1] = torch.tensor(token_ids)
         mask[row, length - count : length] = True
-    return tuple(torch.from_numpy(array).to(device) for array in (inputs, targets, mask))
+    rows, mask = rows.to(device), mask.to(device)  # (batch, longest), (batch, longest - 1)
+    return rows[:, :-1], rows[:, 1:], mask
 
 
 def score_sequences(model: torch.nn.Module, sequences: list[list[int]], num_scored: list[int],
