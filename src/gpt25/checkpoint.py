@@ -62,9 +62,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A step dir, a run dir (its newest checkpoint) or a consolidated .safetensors file, checked to exist."""
     path = Path(path)
-    if path.is_file() and path.suffix == ".safetensors":
-        return path
-    if (path / META_FILE).is_file():
+    if (path.is_file() and path.suffix == ".safetensors") or (path / META_FILE).is_file():
         return path
     found = list_checkpoints(path)
     if found:
