@@ -1,6 +1,6 @@
 """gpt25.checkpoint's file handling: damaged files are one-line errors that name the file and another
 checkpoint, safetensors files get the usual umask-based mode (safetensors creates them 0600), and any
-module (not only a TransformerLM) saves and loads, to a path or a binary file object."""
+module (not only a TransformerLM) saves and loads."""
 
 from __future__ import annotations
 

@@ -62,9 +62,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A step dir, a run dir (its newest checkpoint) or a consolidated .safetensors file, checked to exist."""
     path = Path(path)
-    if path.is_file() and path.suffix == ".safetensors":
-        return path
-    if (path / META_FILE).is_file():
+    if (path.is_file() and path.suffix == ".safetensors") or (path / META_FILE).is_file():
         return path
     found = list_checkpoints(path)
     if found:
@@ -179,7 +177,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _write_state_and_meta(folder: Path, train_state: dict, meta: dict) -> None:
+def write_checkpoint_files(folder: Path, train_state: dict, meta: dict, weights: dict | None = None) -> None:
+    """train_state.pt, meta.json and (unless sharded: DCP wrote them) model.safetensors into `folder`."""
+    if weights is not None:
+        save_weights(weights, folder / WEIGHTS_FILE)
     torch.save(train_state, folder / STATE_FILE)
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -202,8 +203,7 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
     config = getattr(model, "config", None)
     meta = meta or make_meta(iteration, config if isinstance(config, ModelConfig) else None)
     with atomic_folder(Path(out)) as temporary:
-        save_weights(weights, temporary / WEIGHTS_FILE)
-        _write_state_and_meta(temporary, train_state, meta)
+        write_checkpoint_files(temporary, train_state, meta, weights)
     return Path(out)
 
 
@@ -215,14 +215,12 @@ def save_sharded_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optim
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     final = Path(path)
-    temporary = final.with_name(f".tmp-{final.name}")
-    if rank == 0:
-        temporary = fresh_temporary(final)
+    temporary = fresh_temporary(final) if rank == 0 else final.with_name(f".tmp-{final.name}")  # rank 0 clears it
     dist.barrier()
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=temporary / SHARDED_DIR)
     if rank == 0:
-        _write_state_and_meta(temporary, {"step": iteration, "optimizer": None, "ranks": rank_states}, meta)
+        write_checkpoint_files(temporary, {"step": iteration, "optimizer": None, "ranks": rank_states}, meta)
         replace_folder(temporary, final)
     dist.barrier()
     return final
@@ -269,7 +267,7 @@ def _load_with_state_dict_api(path: Path, meta: dict, train_state: dict, model: 
     optimizers = [optimizer] if optimizer else []
     if meta["sharded"]:
         model_state, optimizer_state = get_state_dict(model, optimizers)
-        _load_sharded({"model": model_state} | ({"optimizer": optimizer_state} if optimizer else {}), path)
+        load_dcp({"model": model_state} | ({"optimizer": optimizer_state} if optimizer else {}), path / SHARDED_DIR)
         set_state_dict(model, optimizers, model_state_dict=model_state, optim_state_dict=optimizer_state)
     else:
         set_state_dict(model, optimizers, model_state_dict=read_weights(path / WEIGHTS_FILE),
@@ -277,14 +275,14 @@ def _load_with_state_dict_api(path: Path, meta: dict, train_state: dict, model: 
                        options=StateDictOptions(full_state_dict=True))
 
 
-def _load_sharded(state: dict[str, Any], path: Path) -> None:
-    """Fill `state` in place from path/dcp/, resharding to this layout (one process: no group needed)."""
+def load_dcp(state: dict[str, Any], folder: Path) -> None:
+    """Fill `state` in place from a torch.distributed.checkpoint folder, resharding to this layout (one
+    process: no group needed)."""
     import torch.distributed.checkpoint as dcp
 
-    single_process = not torch.distributed.is_initialized()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # one process is intended
-        dcp.load(state, checkpoint_id=path / SHARDED_DIR, no_dist=single_process)
+        dcp.load(state, checkpoint_id=folder, no_dist=not torch.distributed.is_initialized())
 
 
 def named_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -325,17 +323,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         raise ValueError(f"{path} holds a module other than a TransformerLM (no model config); "
                          "load it into that module with load_checkpoint")
     model = TransformerLM(ModelConfig.from_dict(meta["model_config"]))
-    if path.is_file():
-        model.load_state_dict(read_weights(path))
-    elif meta["sharded"]:
+    if path.is_dir() and meta["sharded"]:
         state = model.state_dict()
-        _load_sharded({"model": state}, path)
+        load_dcp({"model": state}, path / SHARDED_DIR)
         model.load_state_dict(state)
     else:
-        model.load_state_dict(read_weights(path / WEIGHTS_FILE))
-    model.to(device=device, dtype=dtype)
-    model.eval()
-    return model, meta
+        model.load_state_dict(read_weights(path if path.is_file() else path / WEIGHTS_FILE))
+    return model.to(device=device, dtype=dtype).eval(), meta
 
 
 def load_for_inference(checkpoint: str | Path | torch.nn.Module, tokenizer: str | Path | Tokenizer | None,
@@ -349,15 +343,11 @@ def load_for_inference(checkpoint: str | Path | torch.nn.Module, tokenizer: str 
     when a device or dtype is given. `tokenizer` is a saved folder or a Tokenizer; None skips it.
     """
     if isinstance(tokenizer, (str, os.PathLike)):
-        if not Path(tokenizer).is_dir():
-            raise FileNotFoundError(f"tokenizer folder {tokenizer} not found; pass the model's tokenizer folder")
         tokenizer = Tokenizer.load(tokenizer)
     if isinstance(checkpoint, torch.nn.Module):
         model, meta = checkpoint, {}
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
-    elif not Path(checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint} not found; pass a run dir, a step dir or a .safetensors file")
     else:
         model, meta = load_model(checkpoint, device=device or "cpu", dtype=dtype)
     if tokenizer is not None:
@@ -381,21 +371,17 @@ def find_tokenizer_dir(checkpoint: str | Path) -> Path:
 
 
 def consolidate(path: str | Path, out_file: str | Path) -> Path:
-    """Write one safetensors file of full weights (+ <name>.json metadata sidecar) from any checkpoint."""
+    """Write one safetensors file of full weights (+ <name>.json metadata sidecar) from any checkpoint,
+    each under a temporary name and renamed, so load_model never sees half a file."""
     out_file = Path(out_file)
     if out_file.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {out_file}")
     model, meta = load_model(path)
-    return write_consolidated(model, out_file, dict(meta, sharded=False, consolidated_from=str(resolve_checkpoint(path))))
-
-
-def write_consolidated(model: torch.nn.Module, out_file: Path, meta: dict) -> Path:
-    """`out_file` (.safetensors, the model's full weights) + its `.json` sidecar `meta`, each written
-    under a temporary name and renamed, so load_model never sees half a file."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_file) as temporary:  # the sidecar is renamed first, the weights on leaving
         save_weights({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary)
-        write_json_atomic(out_file.with_suffix(".json"), meta)
+        write_json_atomic(out_file.with_suffix(".json"),
+                          dict(meta, sharded=False, consolidated_from=str(resolve_checkpoint(path))))
     return out_file
 
 

@@ -6,7 +6,7 @@ names and, when the source has them, the optimizer state (in `named_optimizer_st
 step and the source's own tokenizer. `LAYOUTS` lists them in the order they are tried; a new one is
 a detect and a read function plus one entry there.
 
-The GPT 2.5 seed's model is gpt25's architecture under other names (`SEED_LAYER_NAMES`): the
+The GPT 2.5 seed's model is gpt25's architecture under other names (gpt25.interop's `SEED` column): the
 same RMSNorm, interleaved RoPE pairs and SwiGLU, so its weights are copied, not transformed. Its
 AdamW keeps per-parameter `t`, `m`, `v` and `epsilon`; they become gpt25's `step`, `exp_avg`,
 `exp_avg_sq` and `eps`, in one group holding every parameter (the seed decays them all; train with
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +24,9 @@ from typing import Any
 
 import torch
 
-from gpt25.checkpoint import (
-    META_FILE,
-    STATE_FILE,
-    WEIGHTS_FILE,
-    check_tokenizer_matches,
-    make_meta,
-    save_weights,
-)
+from gpt25.checkpoint import check_tokenizer_matches, load_dcp, make_meta, write_checkpoint_files
 from gpt25.files import atomic_folder
-from gpt25.interop import import_hf, read_gpt2_folder, read_hf_weights
+from gpt25.interop import LLAMA_CONFIG_KEYS, SEED, name_map, read_hf_config, read_hf_folder, read_hf_weights
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import CHAT_SPECIAL_TOKENS, add_chat_tokens
@@ -43,20 +35,6 @@ from gpt25.tokenizer.codec import END_OF_TEXT
 TOKENIZER_DIR = "tokenizer"
 SEED_PREFIXES = ("_orig_mod.", "module.")
 SEED_HEAD_DIM = 64  # the seed's 124M model: 768 wide, 12 heads
-# gpt25 name (with {i} for the layer) -> the seed's name
-SEED_LAYER_NAMES = {
-    "layers.{i}.ln1.weight": "tblocks.{i}.norm_att.weight",
-    "layers.{i}.attn.q_proj.weight": "tblocks.{i}.mhsa.Wq.weight",
-    "layers.{i}.attn.k_proj.weight": "tblocks.{i}.mhsa.Wk.weight",
-    "layers.{i}.attn.v_proj.weight": "tblocks.{i}.mhsa.Wv.weight",
-    "layers.{i}.attn.output_proj.weight": "tblocks.{i}.mhsa.Wo.weight",
-    "layers.{i}.ln2.weight": "tblocks.{i}.norm_ff.weight",
-    "layers.{i}.ffn.w1.weight": "tblocks.{i}.ffn.w1",
-    "layers.{i}.ffn.w2.weight": "tblocks.{i}.ffn.w2",
-    "layers.{i}.ffn.w3.weight": "tblocks.{i}.ffn.w3",
-}
-SEED_GLOBAL_NAMES = {"token_embeddings.weight": "emb.weight", "ln_final.weight": "norm.weight",
-                     "lm_head.weight": "linear.weight"}
 SEED_MOMENTS = {"t": "step", "m": "exp_avg", "v": "exp_avg_sq"}  # the seed's AdamW state -> gpt25's
 SEED_HF_MODEL_TYPE = "gpt2.5"
 DCP_PREFIX = "app."
@@ -83,24 +61,11 @@ class Layout:
 
 # ----- the GPT 2.5 seed's names -----
 
-def seed_name_map(num_layers: int) -> dict[str, str]:
-    """Every gpt25 parameter name -> the seed's name."""
-    names = dict(SEED_GLOBAL_NAMES)
-    for index in range(num_layers):
-        names.update({ours.format(i=index): theirs.format(i=index) for ours, theirs in SEED_LAYER_NAMES.items()})
-    return names
-
-
 def seed_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The seed's parameter name -> its shape for `config`."""
-    d, f, vocab = config.d_model, config.d_ff, config.vocab_size
-    shapes = {"emb.weight": (vocab, d), "norm.weight": (d,), "linear.weight": (vocab, d)}
-    for index in range(config.num_layers):
-        block = f"tblocks.{index}"
-        shapes.update({f"{block}.norm_att.weight": (d,), f"{block}.norm_ff.weight": (d,),
-                       f"{block}.ffn.w1": (f, d), f"{block}.ffn.w3": (f, d), f"{block}.ffn.w2": (d, f)})
-        shapes.update({f"{block}.mhsa.{name}.weight": (d, d) for name in ("Wq", "Wk", "Wv", "Wo")})
-    return shapes
+    """The seed's parameter name -> its shape for `config` (gpt25's: the architecture is the same)."""
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        ours = TransformerLM(config).state_dict()
+    return {theirs: tuple(ours[name].shape) for name, theirs in name_map(config.num_layers, SEED).items()}
 
 
 def strip_prefixes(name: str, prefixes: tuple[str, ...] = SEED_PREFIXES) -> str:
@@ -113,10 +78,9 @@ def strip_prefixes(name: str, prefixes: tuple[str, ...] = SEED_PREFIXES) -> str:
 def check_seed_tensors(shapes: dict[str, tuple[int, ...]], source: Path, tied: bool = False) -> None:
     """Refuse a checkpoint missing a tensor of the seed's model or holding one of another shape, naming it;
     `tied`: the head is the embedding, so `linear.weight` may be absent."""
-    emb = shapes.get("emb.weight")
-    if emb is None or len(emb) != 2 or "tblocks.0.ffn.w1" not in shapes:
-        missing = "emb.weight" if emb is None or len(emb) != 2 else "tblocks.0.ffn.w1"
-        raise ValueError(f"{source} has no tensor {missing} of the seed's model; is it a GPT 2.5 checkpoint?")
+    for needed in ("emb.weight", "tblocks.0.ffn.w1"):  # seed_config reads the sizes off these
+        if len(shapes.get(needed, ())) != 2:
+            raise ValueError(f"{source} has no tensor {needed} of the seed's model; is it a GPT 2.5 checkpoint?")
     config = seed_config(shapes, {"num_heads": 1})
     expected = seed_shapes(config)
     for name, shape in expected.items():
@@ -143,7 +107,7 @@ def seed_config(shapes: dict[str, tuple[int, ...]], settings: dict[str, Any]) ->
 def from_seed_weights(seed_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """The seed's weights under gpt25's names, as float32; a tied checkpoint without `linear` reuses `emb`."""
     weights = {}
-    for ours, theirs in seed_name_map(config.num_layers).items():
+    for ours, theirs in name_map(config.num_layers, SEED).items():
         if theirs == "linear.weight" and theirs not in seed_state:
             theirs = "emb.weight"
         weights[ours] = seed_state[theirs].float().contiguous()
@@ -165,16 +129,13 @@ def dcp_metadata(path: Path) -> Any:
 
 def read_dcp_entries(path: Path) -> dict[str, Any]:
     """Every entry of a DCP folder by its flattened name ("app.model.emb.weight"), loaded in one process."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     entries: dict[str, Any] = {}
     for key, item in dcp_metadata(path).state_dict_metadata.items():
         is_tensor = isinstance(item, TensorStorageMetadata)
         entries[key] = torch.empty(item.size, dtype=item.properties.dtype) if is_tensor else None
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # one process is intended
-        dcp.load(entries, checkpoint_id=str(path), no_dist=True)
+    load_dcp(entries, path)
     return entries
 
 
@@ -202,7 +163,7 @@ def seed_optimizer_state(entries: dict[str, Any], config: ModelConfig,
                          source: Path) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The seed's AdamW state as gpt25's named optimizer state (one group, every parameter) and its
     settings as gpt25 train flags; (None, {}) when the folder holds no optimizer."""
-    names = seed_name_map(config.num_layers)
+    names = name_map(config.num_layers, SEED)
     per_parameter: dict[str, dict[str, Any]] = {}
     for key, value in entries.items():
         if key.startswith("optimizer.state."):
@@ -210,16 +171,17 @@ def seed_optimizer_state(entries: dict[str, Any], config: ModelConfig,
             per_parameter.setdefault(seed_name, {})[moment] = value
     if not per_parameter:
         return None, {}
-    state = {ours: seed_moments(per_parameter.get(theirs, {}), theirs, config, source) for ours, theirs in names.items()}
+    shapes = seed_shapes(config)
+    state = {ours: seed_moments(per_parameter.get(theirs, {}), theirs, shapes[theirs], source)
+             for ours, theirs in names.items()}
     group = seed_param_group(entries)  # lr, betas, eps, weight_decay
     train_config = {"lr": group["lr"], "beta1": group["betas"][0], "beta2": group["betas"][1], "eps": group["eps"],
                     "weight_decay": group["weight_decay"], "decay_all": True}
     return {"state": state, "param_groups": [group | {"params": list(names)}]}, train_config
 
 
-def seed_moments(moments: dict[str, Any], seed_name: str, config: ModelConfig, source: Path) -> dict[str, Any]:
+def seed_moments(moments: dict[str, Any], seed_name: str, shape: tuple[int, ...], source: Path) -> dict[str, Any]:
     """One parameter's t, m, v as gpt25 AdamW's step, exp_avg, exp_avg_sq, checked to be there with its shape."""
-    shape = seed_shapes(config)[seed_name]
     state = {}
     for theirs, ours in SEED_MOMENTS.items():
         value = moments.get(theirs)
@@ -236,12 +198,9 @@ def seed_moments(moments: dict[str, Any], seed_name: str, config: ModelConfig, s
 
 
 def seed_param_group(entries: dict[str, Any]) -> dict[str, Any]:
-    """The seed's first param group with gpt25's key names (`epsilon` -> `eps`)."""
-    groups = entries.get("optimizer.param_groups")
-    if groups is None:  # flattened per field: "optimizer.param_groups.0.lr"
-        groups = [{key.removeprefix("optimizer.param_groups.0."): value for key, value in entries.items()
-                   if key.startswith("optimizer.param_groups.0.")}]
-    group = groups[0]
+    """The seed's first param group (DCP flattens it: "optimizer.param_groups.0.lr") with gpt25's key names."""
+    group = {key.removeprefix("optimizer.param_groups.0."): value for key, value in entries.items()
+             if key.startswith("optimizer.param_groups.0.")}
     return {"lr": float(group.get("lr", 0.0)), "betas": tuple(float(beta) for beta in group.get("betas", (0.9, 0.999))),
             "eps": float(group.get("epsilon", group.get("eps", 1e-8))),
             "weight_decay": float(group.get("weight_decay", 0.0))}
@@ -249,41 +208,29 @@ def seed_param_group(entries: dict[str, Any]) -> dict[str, Any]:
 
 # ----- the seed's Hugging Face folder (itskoma/MyGPT) -----
 
-def read_config_json(path: Path) -> dict[str, Any]:
-    """PATH/config.json ({} when there is none); one that is there but not JSON is a one-line error naming it."""
-    file = path / "config.json"
-    if not file.is_file():
-        return {}
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{file} is not valid JSON ({error}); fix or replace that file") from None
-
-
 def has_model_type(model_type: str) -> Callable[[Path], bool]:
     """A layout's detect: `path` is a folder whose config.json names `model_type`."""
-    return lambda path: path.is_dir() and read_config_json(path).get("model_type") == model_type
+    return lambda path: (path / "config.json").is_file() and read_hf_config(path).get("model_type") == model_type
 
 
 def read_seed_hf(path: Path, settings: dict[str, Any]) -> Imported:
     """config.json (model_type "gpt2.5") + weights named `model.<seed name>`."""
-    hf = read_config_json(path)
+    hf = read_hf_config(path)
     seed_state = {strip_prefixes(name, ("model.", *SEED_PREFIXES)): tensor
                   for name, tensor in read_hf_weights(path).items()}
     check_seed_tensors({name: tuple(tensor.shape) for name, tensor in seed_state.items()}, path,
                        tied=bool(hf.get("tie_word_embeddings", False)))
 
-    def setting(*keys: str) -> Any:  # the seed's name first, then its Hugging Face aliases
+    def setting(field: str) -> Any:  # the seed's name (gpt25's), else its Hugging Face (Llama) alias
+        keys = list(dict.fromkeys([field, LLAMA_CONFIG_KEYS[field]]))
         found = [hf[key] for key in keys if hf.get(key) is not None]
         if not found:
             raise ValueError(f"{path / 'config.json'} has no {' / '.join(keys)}; is it the seed's config?")
         return found[0]
 
-    config = ModelConfig(
-        vocab_size=setting("vocab_size"), context_length=setting("context_length", "max_position_embeddings"),
-        d_model=setting("d_model", "hidden_size"), num_layers=setting("num_layers", "num_hidden_layers"),
-        num_heads=settings.get("num_heads") or setting("num_heads", "num_attention_heads"),
-        d_ff=setting("d_ff", "intermediate_size"), rope_theta=float(hf.get("theta") or hf.get("rope_theta") or 10000.0))
+    config = ModelConfig(**{field: setting(field) for field in LLAMA_CONFIG_KEYS if field != "num_heads"},
+                         num_heads=settings.get("num_heads") or setting("num_heads"),
+                         rope_theta=float(hf.get("theta") or hf.get("rope_theta") or 10000.0))
     return Imported(config, from_seed_weights(seed_state, config), tokenizer=read_hf_tokenizer(path))
 
 
@@ -315,25 +262,19 @@ def read_tokenizer_json(file: Path) -> Tokenizer | None:
         return Tokenizer.from_files(Path(folder) / "vocab.json", Path(folder) / "merges.txt", specials)
 
 
-# ----- a transformers Llama folder (what `gpt25 export hf` writes) -----
+# ----- a transformers Llama or GPT-2 folder (what `gpt25 export hf` writes; OpenAI's gpt2) -----
 
-def read_llama_hf(path: Path, settings: dict[str, Any]) -> Imported:
-    """config.json (model_type "llama") + model.safetensors or its sharded index, via gpt25.interop."""
-    model, _ = import_hf(path)
-    return Imported(model.config, model.state_dict(), tokenizer=read_hf_tokenizer(path))
-
-
-def read_gpt2_hf(path: Path, settings: dict[str, Any]) -> Imported:
-    """config.json (model_type "gpt2") + weights, with or without the `transformer.` prefix (OpenAI's gpt2)."""
-    config, weights = read_gpt2_folder(path)
+def read_transformers(path: Path, settings: dict[str, Any]) -> Imported:
+    """config.json (model_type "llama" or "gpt2") + weights, via gpt25.interop."""
+    config, weights = read_hf_folder(path)
     return Imported(config, weights, tokenizer=read_hf_tokenizer(path))
 
 
 LAYOUTS = [  # in the order they are tried
     Layout("seed-dcp", is_seed_dcp, read_seed_dcp),  # .metadata; app.model / app.optimizer / app.iteration
     Layout("seed-hf", has_model_type(SEED_HF_MODEL_TYPE), read_seed_hf),  # + model.safetensors or pytorch_model.bin
-    Layout("llama-hf", has_model_type("llama"), read_llama_hf),  # e.g. from `gpt25 export hf`
-    Layout("gpt2-hf", has_model_type("gpt2"), read_gpt2_hf),  # OpenAI's gpt2, `gpt25 export hf` of --arch gpt2
+    Layout("llama-hf", has_model_type("llama"), read_transformers),  # e.g. from `gpt25 export hf`
+    Layout("gpt2-hf", has_model_type("gpt2"), read_transformers),  # OpenAI's gpt2, `gpt25 export hf` of --arch gpt2
 ]
 
 
@@ -380,9 +321,7 @@ def import_checkpoint(source: str | Path, out: str | Path, *, tokenizer_dir: str
     meta["imported_from"] = {"layout": layout.name, "source": str(source.resolve())}
     train_state = {"step": imported.step, "optimizer": imported.optimizer, "ranks": []}
     with atomic_folder(out) as temporary:
-        save_weights(weights, temporary / WEIGHTS_FILE)
-        torch.save(train_state, temporary / STATE_FILE)
-        (temporary / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        write_checkpoint_files(temporary, train_state, meta, weights)
         if tokenizer is not None:
             tokenizer.save(temporary / TOKENIZER_DIR)
     return out, layout, meta

@@ -22,53 +22,49 @@ from gpt25.files import atomic_folder
 from gpt25.model import ARCHITECTURES, ModelConfig, TransformerLM
 from gpt25.tokenizer import Tokenizer
 from gpt25.tokenizer.chat_format import CHAT_SPECIAL_TOKENS, JINJA_CHAT_TEMPLATE, has_chat_tokens, reply_stop_ids
+from gpt25.tokenizer.codec import END_OF_TEXT
 
 RMS_NORM_EPS = 1e-5
 LAYER_NORM_EPS = 1e-5
 HF_WEIGHTS_FILE = "model.safetensors"
 HF_INDEX_FILE = "model.safetensors.index.json"
 HF_TORCH_WEIGHTS_FILE = "pytorch_model.bin"
-EOT_TOKEN = "<|endoftext|>"
-# gpt25 name (with {i} for the layer) -> transformers Llama name
+# The formats gpt25 reads: a transformers Llama folder, a transformers GPT-2 folder (its names without the
+# "transformer." prefix) and the GPT 2.5 seed's checkpoints (gpt25.checkpoint_import).
+LLAMA, GPT2, SEED = range(3)
+LAYER_PREFIXES = ("model.layers.{i}.", "h.{i}.", "tblocks.{i}.")
+# gpt25 name under layers.{i}. -> its name in each format under LAYER_PREFIXES; None: that format has none.
 LAYER_NAMES = {
-    "layers.{i}.ln1.weight": "model.layers.{i}.input_layernorm.weight",
-    "layers.{i}.attn.q_proj.weight": "model.layers.{i}.self_attn.q_proj.weight",
-    "layers.{i}.attn.k_proj.weight": "model.layers.{i}.self_attn.k_proj.weight",
-    "layers.{i}.attn.v_proj.weight": "model.layers.{i}.self_attn.v_proj.weight",
-    "layers.{i}.attn.output_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
-    "layers.{i}.ln2.weight": "model.layers.{i}.post_attention_layernorm.weight",
-    "layers.{i}.ffn.w1.weight": "model.layers.{i}.mlp.gate_proj.weight",
-    "layers.{i}.ffn.w2.weight": "model.layers.{i}.mlp.down_proj.weight",
-    "layers.{i}.ffn.w3.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "ln1.weight": ("input_layernorm.weight", "ln_1.weight", "norm_att.weight"),
+    "ln1.bias": (None, "ln_1.bias", None),
+    "attn.q_proj.weight": ("self_attn.q_proj.weight", None, "mhsa.Wq.weight"),
+    "attn.k_proj.weight": ("self_attn.k_proj.weight", None, "mhsa.Wk.weight"),
+    "attn.v_proj.weight": ("self_attn.v_proj.weight", None, "mhsa.Wv.weight"),
+    "attn.c_attn.weight": (None, "attn.c_attn.weight", None),  # GPT-2's q, k and v in one
+    "attn.c_attn.bias": (None, "attn.c_attn.bias", None),
+    "attn.output_proj.weight": ("self_attn.o_proj.weight", "attn.c_proj.weight", "mhsa.Wo.weight"),
+    "attn.output_proj.bias": (None, "attn.c_proj.bias", None),
+    "ln2.weight": ("post_attention_layernorm.weight", "ln_2.weight", "norm_ff.weight"),
+    "ln2.bias": (None, "ln_2.bias", None),
+    "ffn.w1.weight": ("mlp.gate_proj.weight", "mlp.c_fc.weight", "ffn.w1"),
+    "ffn.w1.bias": (None, "mlp.c_fc.bias", None),
+    "ffn.w2.weight": ("mlp.down_proj.weight", "mlp.c_proj.weight", "ffn.w2"),
+    "ffn.w2.bias": (None, "mlp.c_proj.bias", None),
+    "ffn.w3.weight": ("mlp.up_proj.weight", None, "ffn.w3"),
 }
 GLOBAL_NAMES = {
-    "token_embeddings.weight": "model.embed_tokens.weight",
-    "ln_final.weight": "model.norm.weight",
-    "lm_head.weight": "lm_head.weight",
-}
-
-
-# gpt25 name (with {i} for the layer) -> transformers GPT-2 name, without the "transformer." prefix; the
-# Linear weights are transposed (Conv1D), q/k/v are fused into c_attn.
-GPT2_LAYER_NAMES = {
-    "layers.{i}.ln1.weight": "h.{i}.ln_1.weight",
-    "layers.{i}.ln1.bias": "h.{i}.ln_1.bias",
-    "layers.{i}.attn.output_proj.weight": "h.{i}.attn.c_proj.weight",
-    "layers.{i}.attn.output_proj.bias": "h.{i}.attn.c_proj.bias",
-    "layers.{i}.ln2.weight": "h.{i}.ln_2.weight",
-    "layers.{i}.ln2.bias": "h.{i}.ln_2.bias",
-    "layers.{i}.ffn.w1.weight": "h.{i}.mlp.c_fc.weight",
-    "layers.{i}.ffn.w1.bias": "h.{i}.mlp.c_fc.bias",
-    "layers.{i}.ffn.w2.weight": "h.{i}.mlp.c_proj.weight",
-    "layers.{i}.ffn.w2.bias": "h.{i}.mlp.c_proj.bias",
-}
-GPT2_GLOBAL_NAMES = {
-    "token_embeddings.weight": "wte.weight",
-    "position_embeddings.weight": "wpe.weight",
-    "ln_final.weight": "ln_f.weight",
-    "ln_final.bias": "ln_f.bias",
+    "token_embeddings.weight": ("model.embed_tokens.weight", "wte.weight", "emb.weight"),
+    "position_embeddings.weight": (None, "wpe.weight", None),
+    "ln_final.weight": ("model.norm.weight", "ln_f.weight", "norm.weight"),
+    "ln_final.bias": (None, "ln_f.bias", None),
+    "lm_head.weight": ("lm_head.weight", None, "linear.weight"),  # GPT-2's lm_head has no prefix: handled apart
 }
 GPT2_PREFIX = "transformer."
+# ModelConfig field -> its config.json key, for export and import alike
+LLAMA_CONFIG_KEYS = {"vocab_size": "vocab_size", "context_length": "max_position_embeddings", "d_model": "hidden_size",
+                     "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads", "d_ff": "intermediate_size"}
+GPT2_CONFIG_KEYS = {"vocab_size": "vocab_size", "context_length": "n_positions", "d_model": "n_embd",
+                    "num_layers": "n_layer", "num_heads": "n_head"}  # n_inner may be null: 4 n_embd
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # the tanh approximation, under its two names
 # What each transformers class needs of the model's components (the others it represents either way).
 HF_CLASSES = {
@@ -77,6 +73,16 @@ HF_CLASSES = {
     "GPT2LMHeadModel": {name: ARCHITECTURES["gpt2"][name] for name in ("norm", "mlp", "positions", "qk_norm",
                                                                        "logit_softcap")},
 }
+
+
+def name_map(num_layers: int, source: int) -> dict[str, str]:
+    """Every gpt25 state-dict name that the `source` format (LLAMA, GPT2 or SEED) holds -> its name there."""
+    names = {ours: theirs[source] for ours, theirs in GLOBAL_NAMES.items() if theirs[source]}
+    for index in range(num_layers):
+        prefix = LAYER_PREFIXES[source].format(i=index)
+        names.update({f"layers.{index}.{ours}": prefix + theirs[source]
+                      for ours, theirs in LAYER_NAMES.items() if theirs[source]})
+    return names
 
 
 def hf_class(config: ModelConfig) -> str:
@@ -108,23 +114,10 @@ def halves_to_interleaved(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     return weight.reshape(num_heads, 2, head_dim // 2, d_in).transpose(1, 2).reshape(d_out, d_in)
 
 
-def expand_names(global_names: dict[str, str], layer_names: dict[str, str], num_layers: int) -> dict[str, str]:
-    """The global names and the per-layer names of every layer ({i} filled in), ours -> theirs."""
-    names = dict(global_names)
-    for index in range(num_layers):
-        names.update({ours.format(i=index): theirs.format(i=index) for ours, theirs in layer_names.items()})
-    return names
-
-
-def name_map(num_layers: int) -> dict[str, str]:
-    """Every gpt25 state-dict name -> its transformers Llama name."""
-    return expand_names(GLOBAL_NAMES, LAYER_NAMES, num_layers)
-
-
 def to_hf_state_dict(state_dict: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """gpt25 weights -> transformers Llama weights (renamed, q/k rows permuted, contiguous)."""
     converted = {}
-    for ours, theirs in name_map(config.num_layers).items():
+    for ours, theirs in name_map(config.num_layers, LLAMA).items():
         if ours not in state_dict:  # lm_head of a tied model: transformers ties it on loading
             continue
         tensor = state_dict[ours].detach()
@@ -137,7 +130,7 @@ def to_hf_state_dict(state_dict: dict[str, torch.Tensor], config: ModelConfig) -
 def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """transformers Llama weights -> gpt25 weights; a tied checkpoint without lm_head reuses the embedding."""
     state = {}
-    for ours, theirs in name_map(config.num_layers).items():
+    for ours, theirs in name_map(config.num_layers, LLAMA).items():
         if ours == "lm_head.weight" and config.tie_embeddings:
             continue
         if theirs == "lm_head.weight" and theirs not in hf_state:
@@ -151,11 +144,6 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -
     return state
 
 
-def gpt2_name_map(num_layers: int) -> dict[str, str]:
-    """Every gpt25 state-dict name of a GPT-2 model but the attention inputs -> its GPT-2 name (no prefix)."""
-    return expand_names(GPT2_GLOBAL_NAMES, GPT2_LAYER_NAMES, num_layers)
-
-
 def to_gpt2_state_dict(state_dict: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """gpt25 weights -> GPT2LMHeadModel weights: renamed, Linear weights transposed, q/k/v fused into c_attn;
     a model without biases gets zero ones (the same function), a tied one no lm_head.weight (tied on loading)."""
@@ -165,11 +153,8 @@ def to_gpt2_state_dict(state_dict: dict[str, torch.Tensor], config: ModelConfig)
         state[f"{prefix}c_attn.weight"] = torch.cat([state[f"{prefix}{name}_proj.weight"] for name in "qkv"])
         if config.bias:
             state[f"{prefix}c_attn.bias"] = torch.cat([state[f"{prefix}{name}_proj.bias"] for name in "qkv"])
-    names = gpt2_name_map(config.num_layers) | {
-        f"layers.{i}.attn.c_attn.{kind}": f"h.{i}.attn.c_attn.{kind}" for i in range(config.num_layers)
-        for kind in ("weight", "bias")}
     converted = {}
-    for ours, theirs in names.items():
+    for ours, theirs in name_map(config.num_layers, GPT2).items():
         if ours not in state:  # a bias of a model without biases: (out_features,) zeros
             weight = state[ours.removesuffix("bias") + "weight"]
             converted[GPT2_PREFIX + theirs] = weight.new_zeros(weight.shape[0])
@@ -182,16 +167,37 @@ def to_gpt2_state_dict(state_dict: dict[str, torch.Tensor], config: ModelConfig)
     return converted
 
 
+def from_gpt2_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """GPT2LMHeadModel weights (with or without the "transformer." prefix; mask buffers ignored) -> gpt25's."""
+    hf_state = {name.removeprefix(GPT2_PREFIX): tensor for name, tensor in hf_state.items()}
+    state = {}
+    for ours, theirs in name_map(config.num_layers, GPT2).items():
+        if theirs not in hf_state:
+            raise ValueError(f"the Hugging Face weights have no {theirs}; is this a GPT-2 checkpoint?")
+        tensor = hf_state[theirs]
+        state[ours] = (tensor.t() if tensor.dim() == 2 and theirs.startswith("h.") else tensor).contiguous()
+    for index in range(config.num_layers):
+        for kind in ("weight", "bias"):  # c_attn, transposed above: weight (3 d_model, d_model), bias (3 d_model,)
+            fused = state.pop(f"layers.{index}.attn.c_attn.{kind}")
+            for name, part in zip("qkv", fused.chunk(3), strict=True):
+                state[f"layers.{index}.attn.{name}_proj.{kind}"] = part.contiguous()
+    if not config.tie_embeddings:
+        state["lm_head.weight"] = hf_state["lm_head.weight"].contiguous()
+    return state
+
+
+def shared_config(config: ModelConfig, eot_id: int | None, dtype: torch.dtype) -> dict:
+    """The config.json entries LlamaForCausalLM and GPT2LMHeadModel share."""
+    return {"tie_word_embeddings": config.tie_embeddings, "bos_token_id": eot_id, "eos_token_id": eot_id,
+            "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True}
+
+
 def gpt2_config(config: ModelConfig, eot_id: int | None = None, dtype: torch.dtype = torch.float32) -> dict:
     """config.json for GPT2LMHeadModel (dropout 0: gpt25 trains without it)."""
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        "vocab_size": config.vocab_size,
-        "n_positions": config.context_length,
-        "n_embd": config.d_model,
-        "n_layer": config.num_layers,
-        "n_head": config.num_heads,
+        **{key: getattr(config, field) for field, key in GPT2_CONFIG_KEYS.items()},
         "n_inner": config.d_ff,
         "activation_function": "gelu_new",
         "layer_norm_epsilon": LAYER_NORM_EPS,
@@ -199,17 +205,36 @@ def gpt2_config(config: ModelConfig, eot_id: int | None = None, dtype: torch.dty
         "embd_pdrop": 0.0,
         "attn_pdrop": 0.0,
         "scale_attn_weights": True,
-        "tie_word_embeddings": config.tie_embeddings,
-        "bos_token_id": eot_id,
-        "eos_token_id": eot_id,
-        "torch_dtype": str(dtype).removeprefix("torch."),
-        "use_cache": True,
-    }
+    } | shared_config(config, eot_id, dtype)
+
+
+def hf_config(config: ModelConfig, eot_id: int | None = None, dtype: torch.dtype = torch.float32) -> dict:
+    """config.json for LlamaForCausalLM; written for both transformers 4.x (rope_theta) and 5.x (rope_parameters)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        **{key: getattr(config, field) for field, key in LLAMA_CONFIG_KEYS.items()},
+        "num_key_value_heads": config.num_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": RMS_NORM_EPS,
+        "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "attention_bias": False,
+        "mlp_bias": False,
+    } | shared_config(config, eot_id, dtype)
+
+
+def refuse_unsupported(checks: list[tuple[bool, str]]) -> None:
+    """A config.json's features gpt25 does not compute, (present, description) each: one ValueError naming all."""
+    unsupported = [description for present, description in checks if present]
+    if unsupported:
+        raise ValueError(f"cannot import: gpt25 has no {', '.join(unsupported)}")
 
 
 def gpt2_model_config(hf: dict) -> ModelConfig:
     """ModelConfig of a GPT-2 config.json, refusing what gpt25's GPT-2 does not compute."""
-    checks = [
+    refuse_unsupported([
         (hf.get("activation_function", "gelu_new") not in GPT2_ACTIVATIONS,
          f"activation {hf.get('activation_function')!r} (only the tanh GELU, gelu_new)"),
         (abs(hf.get("layer_norm_epsilon", LAYER_NORM_EPS) - LAYER_NORM_EPS) > 1e-12,
@@ -217,89 +242,38 @@ def gpt2_model_config(hf: dict) -> ModelConfig:
         (not hf.get("scale_attn_weights", True), "unscaled attention (scale_attn_weights false)"),
         (hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx"),
         (hf.get("add_cross_attention", False), "cross-attention"),
-    ]
-    unsupported = [description for present, description in checks if present]
-    if unsupported:
-        raise ValueError(f"cannot import: gpt25 has no {', '.join(unsupported)}")
-    return ModelConfig.preset(
-        "gpt2", vocab_size=hf["vocab_size"], context_length=hf["n_positions"], d_model=hf["n_embd"],
-        num_layers=hf["n_layer"], num_heads=hf["n_head"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
-        tie_embeddings=hf.get("tie_word_embeddings", True))
+    ])
+    return ModelConfig.preset("gpt2", **{field: hf[key] for field, key in GPT2_CONFIG_KEYS.items()},
+                              d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
+                              tie_embeddings=hf.get("tie_word_embeddings", True))
 
 
-def from_gpt2_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """GPT2LMHeadModel weights (with or without the "transformer." prefix; mask buffers ignored) -> gpt25's."""
-    hf_state = {name.removeprefix(GPT2_PREFIX): tensor for name, tensor in hf_state.items()}
-    state = {}
-    for ours, theirs in gpt2_name_map(config.num_layers).items():
-        if theirs not in hf_state:
-            raise ValueError(f"the Hugging Face weights have no {theirs}; is this a GPT-2 checkpoint?")
-        tensor = hf_state[theirs]
-        state[ours] = (tensor.t() if tensor.dim() == 2 and theirs.startswith("h.") else tensor).contiguous()
-    for index in range(config.num_layers):
-        for kind in ("weight", "bias"):
-            fused = hf_state[f"h.{index}.attn.c_attn.{kind}"]  # weight (d_model, 3 d_model), bias (3 d_model,)
-            parts = (fused.t() if kind == "weight" else fused).chunk(3)
-            for name, part in zip("qkv", parts, strict=True):
-                state[f"layers.{index}.attn.{name}_proj.{kind}"] = part.contiguous()
-    if not config.tie_embeddings:
-        state["lm_head.weight"] = hf_state["lm_head.weight"].contiguous()
-    return state
+def config_from_hf(hf: dict) -> ModelConfig:
+    """ModelConfig from a Llama config.json, refusing features gpt25 does not have."""
+    if hf.get("model_type") != "llama":
+        raise ValueError(f"model_type is {hf.get('model_type')!r}; only Llama and GPT-2 checkpoints can be imported")
+    num_heads = hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
+    rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    refuse_unsupported([
+        (hf.get("num_key_value_heads", num_heads) != num_heads, "grouped-query attention"),
+        (hf.get("attention_bias", False) or hf.get("mlp_bias", False), "biases"),
+        (hf.get("hidden_act", "silu") != "silu", f"activation {hf.get('hidden_act')!r} (only silu)"),
+        (abs(hf.get("rms_norm_eps", RMS_NORM_EPS) - RMS_NORM_EPS) > 1e-12, f"rms_norm_eps {hf.get('rms_norm_eps')}"),
+        (head_dim * num_heads != hf["hidden_size"], f"head_dim {head_dim} != hidden_size / heads"),
+        (rope.get("rope_type", "default") != "default", f"rope type {rope.get('rope_type')!r}"),
+    ])
+    rope_theta = (hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0))
+    return ModelConfig(**{field: hf[key] for field, key in LLAMA_CONFIG_KEYS.items()}, rope_theta=float(rope_theta),
+                       tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 
-def read_gpt2_folder(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(ModelConfig, gpt25 state dict) of a transformers GPT-2 folder (config.json + safetensors), such as
-    OpenAI's `gpt2` from the Hub; load the state with `TransformerLM(config).load_state_dict(state)`."""
-    hf = read_hf_config(path)
-    if hf.get("model_type") != "gpt2":
-        raise ValueError(f"{path}: model_type is {hf.get('model_type')!r}, not 'gpt2'")
-    config = gpt2_model_config(hf)
-    return config, from_gpt2_state_dict(read_hf_weights(path), config)
+def export_hf(checkpoint: str | Path | TransformerLM, tokenizer_dir: str | Path | None, out_dir: str | Path, *,
+              dtype: torch.dtype = torch.float32, overwrite: bool = False) -> Path:
+    """Write a LlamaForCausalLM or GPT2LMHeadModel folder (config.json, model.safetensors, tokenizer files) to
+    `out_dir`, assembled under a temporary name and renamed into place (a failure leaves nothing behind).
 
-
-def hf_config(config: ModelConfig, eot_id: int | None = None, dtype: torch.dtype = torch.float32) -> dict:
-    """config.json for LlamaForCausalLM; written for both transformers 4.x (rope_theta) and 5.x (rope_parameters)."""
-    dtype_name = str(dtype).removeprefix("torch.")
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.d_model,
-        "intermediate_size": config.d_ff,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_heads,
-        "head_dim": config.head_dim,
-        "max_position_embeddings": config.context_length,
-        "hidden_act": "silu",
-        "rms_norm_eps": RMS_NORM_EPS,
-        "rope_theta": config.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
-        "attention_bias": False,
-        "mlp_bias": False,
-        "tie_word_embeddings": config.tie_embeddings,
-        "bos_token_id": eot_id,
-        "eos_token_id": eot_id,
-        "torch_dtype": dtype_name,
-        "use_cache": True,
-    }
-
-
-def export_hf(
-    checkpoint: str | Path | TransformerLM,
-    tokenizer_dir: str | Path | None,
-    out_dir: str | Path,
-    *,
-    dtype: torch.dtype = torch.float32,
-    overwrite: bool = False,
-) -> Path:
-    """Write a LlamaForCausalLM folder (config.json, model.safetensors, tokenizer files) to `out_dir`.
-
-    `checkpoint` is a gpt25 checkpoint path (step dir, run dir or consolidated .safetensors; read with
-    gpt25.checkpoint.load_for_inference) or an in-memory TransformerLM. `tokenizer_dir` is a folder written by
-    gpt25's Tokenizer.save (None skips the tokenizer); it must be the checkpoint's (vocab size and
-    recorded fingerprint). The folder is assembled under a temporary name and renamed into place; a
-    failure leaves nothing behind.
+    `checkpoint` and `tokenizer_dir` (None: no tokenizer) are as gpt25.checkpoint.load_for_inference takes them.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -330,53 +304,25 @@ def _write_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> int | None:
     """tokenizer.json (via gpt25's Tokenizer.save_huggingface, every special token an added special token)
     + tokenizer_config.json, with the chat template for a chat model; returns the EOT id."""
     tokenizer.save_huggingface(out_dir / "tokenizer.json")
-    eot_id = tokenizer.token_id(EOT_TOKEN) if EOT_TOKEN in tokenizer.special_tokens else None
+    eot_id = tokenizer.token_id(END_OF_TEXT) if END_OF_TEXT in tokenizer.special_tokens else None
     settings = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
     if eot_id is not None:
-        settings.update(bos_token=EOT_TOKEN, eos_token=EOT_TOKEN, unk_token=None)
+        settings.update(bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, unk_token=None)
     if has_chat_tokens(tokenizer):  # a chat model: apply_chat_template renders as gpt25.tokenizer.chat_format
         settings.update(chat_template=JINJA_CHAT_TEMPLATE, additional_special_tokens=CHAT_SPECIAL_TOKENS)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
     return eot_id
 
 
-def config_from_hf(hf: dict) -> ModelConfig:
-    """ModelConfig from a Llama config.json, refusing features gpt25 does not have."""
-    if hf.get("model_type") != "llama":
-        raise ValueError(f"model_type is {hf.get('model_type')!r}; only Llama and GPT-2 checkpoints can be imported")
-    num_heads = hf["num_attention_heads"]
-    head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
-    rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
-    checks = [
-        (hf.get("num_key_value_heads", num_heads) != num_heads, "grouped-query attention"),
-        (hf.get("attention_bias", False) or hf.get("mlp_bias", False), "biases"),
-        (hf.get("hidden_act", "silu") != "silu", f"activation {hf.get('hidden_act')!r} (only silu)"),
-        (abs(hf.get("rms_norm_eps", RMS_NORM_EPS) - RMS_NORM_EPS) > 1e-12, f"rms_norm_eps {hf.get('rms_norm_eps')}"),
-        (head_dim * num_heads != hf["hidden_size"], f"head_dim {head_dim} != hidden_size / heads"),
-        (rope.get("rope_type", "default") != "default", f"rope type {rope.get('rope_type')!r}"),
-    ]
-    unsupported = [description for present, description in checks if present]
-    if unsupported:
-        raise ValueError(f"cannot import: gpt25 has no {', '.join(unsupported)}")
-    rope_theta = (hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0))
-    return ModelConfig(
-        vocab_size=hf["vocab_size"],
-        context_length=hf["max_position_embeddings"],
-        d_model=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=num_heads,
-        d_ff=hf["intermediate_size"],
-        rope_theta=float(rope_theta),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-    )
-
-
 def read_hf_config(hf_dir: str | Path) -> dict:
-    """A transformers folder's config.json."""
-    config_path = Path(hf_dir) / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found; give a transformers model folder")
-    return json.loads(config_path.read_text())
+    """A transformers folder's config.json; one that is not JSON is a one-line error naming it."""
+    file = Path(hf_dir) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found; give a transformers model folder")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{file} is not valid JSON ({error}); fix or replace that file") from None
 
 
 def read_hf_weights(hf_dir: str | Path) -> dict[str, torch.Tensor]:
@@ -396,18 +342,22 @@ def read_hf_weights(hf_dir: str | Path) -> dict[str, torch.Tensor]:
     return hf_state
 
 
+def read_hf_folder(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(ModelConfig, gpt25 state dict) of a transformers Llama or GPT-2 folder, such as `gpt25 export hf` writes
+    or OpenAI's `gpt2` from the Hub; load the state with `TransformerLM(config).load_state_dict(state)`."""
+    hf = read_hf_config(hf_dir)
+    gpt2 = hf.get("model_type") == "gpt2"
+    config = gpt2_model_config(hf) if gpt2 else config_from_hf(hf)
+    return config, (from_gpt2_state_dict if gpt2 else from_hf_state_dict)(read_hf_weights(hf_dir), config)
+
+
 def import_hf(hf_dir: str | Path) -> tuple[TransformerLM, dict]:
     """Load a LlamaForCausalLM or GPT2LMHeadModel folder as a TransformerLM; returns (model, hf config)."""
-    hf = read_hf_config(hf_dir)
-    if hf.get("model_type") == "gpt2":
-        config, state = read_gpt2_folder(hf_dir)
-    else:
-        config = config_from_hf(hf)
-        state = from_hf_state_dict(read_hf_weights(hf_dir), config)
+    config, state = read_hf_folder(hf_dir)
     # Built on the CPU, not on meta: materialising meta tensors imports sympy (seconds), more than the init costs.
     model = TransformerLM(config)
     model.load_state_dict(state, assign=True)
-    return model.eval(), hf
+    return model.eval(), read_hf_config(hf_dir)
 
 
 def upload_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt25.checkpoint import load_model, make_meta, write_consolidated
+from gpt25.checkpoint import consolidate, load_model, save_checkpoint
 from gpt25.interop import (
     export_hf,
     halves_to_interleaved,
@@ -90,7 +90,7 @@ def test_import_back_is_exact(model: TransformerLM, exported: Path) -> None:
 
 
 def test_consolidated_file_loads_with_checkpoint_module(model: TransformerLM, tmp_path: Path) -> None:
-    path = write_consolidated(model, tmp_path / "imported.safetensors", make_meta(0, model.config))
+    path = consolidate(save_checkpoint(model, None, 0, tmp_path / "step_0000000"), tmp_path / "imported.safetensors")
     assert json.loads(path.with_suffix(".json").read_text())["format"] == "gpt25-checkpoint"
     loaded, meta = load_model(path)
     assert loaded.config == CONFIG and meta["model_config"] == CONFIG.to_dict()
@@ -198,7 +198,7 @@ def test_safetensors_files_get_the_umask_mode(model, tmp_path, umask):
     old_umask = os.umask(umask)
     try:
         exported = export_hf(model, None, tmp_path / "hf")
-        consolidated = write_consolidated(model, tmp_path / "model.safetensors", make_meta(0, model.config))
+        consolidated = consolidate(save_checkpoint(model, None, 0, tmp_path / "step"), tmp_path / "model.safetensors")
     finally:
         os.umask(old_umask)
     expected = 0o666 & ~umask

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt25.interop import export_hf, hf_class, import_hf, read_gpt2_folder
+from gpt25.interop import export_hf, hf_class, import_hf, read_hf_folder
 from gpt25.model import ModelConfig, TransformerLM
 
 SHAPE = dict(vocab_size=300, context_length=32, d_model=64, num_layers=2, num_heads=4)
@@ -69,7 +69,7 @@ def test_transformers_gpt2_reads_into_gpt25_with_the_same_logits(tmp_path: Path)
             if name.endswith("bias"):
                 parameter.normal_(0.0, 0.1)
     hf_model.save_pretrained(tmp_path / "hf")
-    config, state = read_gpt2_folder(tmp_path / "hf")
+    config, state = read_hf_folder(tmp_path / "hf")
     assert config == ModelConfig.preset("gpt2", **SHAPE)
     model = TransformerLM(config).eval()
     model.load_state_dict(state)
@@ -94,7 +94,7 @@ def openai_style_folder(model: TransformerLM, folder: Path) -> Path:
 
 def test_openai_layout_reads_exactly(tmp_path: Path) -> None:
     model = random_model(ModelConfig.preset("gpt2", **SHAPE))
-    config, state = read_gpt2_folder(openai_style_folder(model, tmp_path / "gpt2"))
+    config, state = read_hf_folder(openai_style_folder(model, tmp_path / "gpt2"))
     assert config == model.config
     assert state.keys() == model.state_dict().keys()
     assert all(torch.equal(tensor, model.state_dict()[name]) for name, tensor in state.items())
@@ -106,10 +106,10 @@ def test_gpt2_reader_refuses_what_it_cannot_compute(tmp_path: Path) -> None:
     (folder / "config.json").write_text(json.dumps(config | {"activation_function": "relu",
                                                              "scale_attn_by_inverse_layer_idx": True}))
     with pytest.raises(ValueError, match="gpt25 has no activation 'relu' .*, scale_attn_by_inverse_layer_idx"):
-        read_gpt2_folder(folder)
-    (folder / "config.json").write_text(json.dumps(config | {"model_type": "llama"}))
-    with pytest.raises(ValueError, match="model_type is 'llama', not 'gpt2'"):
-        read_gpt2_folder(folder)
+        read_hf_folder(folder)
+    (folder / "config.json").write_text(json.dumps(config | {"model_type": "bert"}))
+    with pytest.raises(ValueError, match="model_type is 'bert'; only Llama and GPT-2 checkpoints can be imported"):
+        read_hf_folder(folder)
 
 
 @pytest.mark.parametrize(("changes", "named"), [

@@ -34,9 +34,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from gpt25.eval.distributed import rank_and_world_size, sum_over_ranks
 from gpt25.eval.hellaswag import cache_dir, download_file
-from gpt25.eval.scoring import score_rows
+from gpt25.eval.scoring import rank_and_world_size, score_rows, sum_over_ranks
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 KINDS = ("multiple_choice", "schema", "language_modeling")
@@ -54,23 +53,19 @@ class CoreTask:
     examples: list[dict]
 
 
-def default_bundle_dir() -> Path:
-    return cache_dir() / "eval_bundle"
-
-
-def offline_hint(bundle: Path) -> str:
+def offline_hint() -> str:
     return (f"download {BUNDLE_URL} on a machine with internet, unzip it and pass its eval_bundle folder "
-            f"with --core_bundle DIR (or put that folder at {bundle})")
+            f"with --core_bundle DIR (or put that folder at {cache_dir() / 'eval_bundle'})")
 
 
-def fetch_bundle(url: str | None = None) -> Path:
-    """The cached bundle folder, downloaded (from BUNDLE_URL by default) and unpacked on first use."""
-    bundle = default_bundle_dir()
+def fetch_bundle() -> Path:
+    """The cached bundle folder, downloaded from BUNDLE_URL and unpacked on first use."""
+    bundle = cache_dir() / "eval_bundle"
     if (bundle / "core.yaml").is_file():
         return bundle
     bundle.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=bundle.parent) as temporary:
-        archive = download_file(url or BUNDLE_URL, Path(temporary) / "eval_bundle.zip", offline_hint(bundle))
+        archive = download_file(BUNDLE_URL, Path(temporary) / "eval_bundle.zip", offline_hint())
         with zipfile.ZipFile(archive) as unpacked:
             unpacked.extractall(temporary)
         shutil.rmtree(bundle, ignore_errors=True)
@@ -82,7 +77,7 @@ def load_core_tasks(bundle: str | Path | None = None, limit: int | None = None) 
     """Every task of the bundle (default: the cached download), its examples shuffled and cut to `limit`."""
     bundle = Path(bundle) if bundle else fetch_bundle()
     if not (bundle / "core.yaml").is_file():
-        raise FileNotFoundError(f"{bundle} is not a CORE bundle (no core.yaml); {offline_hint(default_bundle_dir())}")
+        raise FileNotFoundError(f"{bundle} is not a CORE bundle (no core.yaml); {offline_hint()}")
     with open(bundle / "eval_meta_data.csv", encoding="utf-8") as file:
         baselines = {row["Eval Task"]: float(row["Random baseline"]) for row in csv.DictReader(file)}
     tasks = []
@@ -152,22 +147,18 @@ def task_accuracy(model, tokenizer, task: CoreTask, *, batch_size: int, device, 
     """The share of the task's examples answered correctly (all ranks together)."""
     rank, world_size = rank_and_world_size()
     mine = range(rank, len(task.examples), world_size)
-    rows = [(index, option, ids, count) for index in mine
-            for option, (ids, count) in enumerate(scored_sequences(tokenizer, task, index, model.config.context_length))]
-    rows.sort(key=lambda row: len(row[2]), reverse=True)  # longest first: less padding, OOM shows early
+    rows = [(index, ids, count) for index in mine
+            for ids, count in scored_sequences(tokenizer, task, index, model.config.context_length)]
     sums, greedy = score_rows(model, rows, batch_size=batch_size, device=device, desc=task.label,
                               show_progress=show_progress)
-    mean_log_likelihoods: dict[int, dict[int, float]] = {index: {} for index in mine}
-    reproduced = {}
-    for (index, option, _, count), total, exact in zip(rows, sums, greedy, strict=True):
-        mean_log_likelihoods[index][option] = total / max(count, 1)
-        reproduced[index] = exact
-    correct = 0
-    for index, options in mean_log_likelihoods.items():
-        if task.kind == "language_modeling":
-            correct += reproduced[index]
-        else:  # the lowest mean loss, the first on a tie
-            correct += max(sorted(options), key=options.get) == task.examples[index]["gold"]
+    if task.kind == "language_modeling":  # one row per example: right when greedy decoding reproduces it
+        correct = sum(greedy)
+    else:  # the option of lowest mean loss, the first on a tie
+        mean_log_likelihoods: dict[int, list[float]] = {index: [] for index in mine}
+        for (index, _, count), total in zip(rows, sums, strict=True):
+            mean_log_likelihoods[index].append(total / max(count, 1))
+        correct = sum(options.index(max(options)) == task.examples[index]["gold"]
+                      for index, options in mean_log_likelihoods.items())
     correct, count = sum_over_ranks([correct, len(mine)], device)
     return correct / count
 
@@ -182,14 +173,8 @@ def evaluate_core(model: torch.nn.Module, tokenizer, tasks: list[CoreTask], *, b
     if not tasks or any(not task.examples for task in tasks):
         raise ValueError("no CORE tasks, or a task without examples (an empty jsonl file in the bundle)")
     show_progress = rank_and_world_size()[0] == 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            accuracies = [task_accuracy(model, tokenizer, task, batch_size=batch_size, device=device,
-                                        show_progress=show_progress) for task in tasks]
-    finally:
-        model.train(was_training)
+    accuracies = [task_accuracy(model, tokenizer, task, batch_size=batch_size, device=device,
+                                show_progress=show_progress) for task in tasks]
     results = {task.label: {"acc": accuracy, "centered": centred(accuracy, task.random_baseline),
                             "n": len(task.examples), "kind": task.kind, "shots": task.num_fewshot}
                for task, accuracy in zip(tasks, accuracies, strict=True)}

@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gpt25.eval.distributed import rank_and_world_size, sum_over_ranks
-from gpt25.eval.scoring import score_rows
+from gpt25.eval.scoring import rank_and_world_size, score_rows, sum_over_ranks
 from gpt25.files import atomic_path
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-HELLASWAG_VAL_SIZE = 10042
 
 
 def cache_dir() -> Path:
@@ -45,17 +42,11 @@ def download_file(url: str, path: Path, offline_hint: str) -> Path:
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
             payload = response.read()
-    except (urllib.error.URLError, OSError) as error:
+    except OSError as error:  # urllib's URLError is one
         raise ConnectionError(f"could not download {url} ({error}); {offline_hint}") from None
     with atomic_path(path) as temporary:
         temporary.write_bytes(payload)
     return path
-
-
-def download_hellaswag(url: str = HELLASWAG_VAL_URL) -> Path:
-    """Download the validation jsonl once into the cache folder and return its path."""
-    return download_file(url, cache_dir() / "hellaswag_val.jsonl",
-                         "fetch hellaswag_val.jsonl elsewhere and pass it with --hellaswag FILE")
 
 
 def parse_example(line: str, where: str) -> dict:
@@ -73,7 +64,10 @@ def parse_example(line: str, where: str) -> dict:
 
 def load_hellaswag(source: str | Path) -> list[dict]:
     """Examples {"ctx", "endings", "label"} from a jsonl file, or from the HellaSwag repository with "download"."""
-    path = download_hellaswag() if str(source) == "download" else Path(source)
+    path = Path(source)
+    if str(source) == "download":
+        path = download_file(HELLASWAG_VAL_URL, cache_dir() / "hellaswag_val.jsonl",
+                             "fetch hellaswag_val.jsonl elsewhere and pass it with --hellaswag FILE")
     if not path.is_file():
         raise FileNotFoundError(f"HellaSwag file {path} not found; pass a hellaswag_val.jsonl or 'download'")
     with open(path, encoding="utf-8") as file:
@@ -98,15 +92,8 @@ def scoring_rows(tokenizer, examples: list[dict], context_length: int) -> list[t
     return rows
 
 
-def evaluate_hellaswag(
-    model: torch.nn.Module,
-    tokenizer,
-    examples: list[dict],
-    *,
-    batch_size: int,
-    device: torch.device | str,
-    limit: int | None = None,
-) -> dict:
+def evaluate_hellaswag(model: torch.nn.Module, tokenizer, examples: list[dict], *, batch_size: int,
+                       device: torch.device | str, limit: int | None = None) -> dict:
     """Accuracy on the first `limit` examples (all by default): {"acc", "acc_norm", "n"}.
 
     `batch_size` counts sequences (one per ending) per forward pass.
@@ -117,17 +104,8 @@ def evaluate_hellaswag(
     rank, world_size = rank_and_world_size()
     my_examples = examples[rank::world_size]
     rows = scoring_rows(tokenizer, my_examples, model.config.context_length)
-    rows.sort(key=lambda row: len(row[2]), reverse=True)  # longest first: less padding, OOM shows early
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            scores, _ = score_rows(model, rows, batch_size=batch_size, device=device, desc="hellaswag",
-                                   show_progress=rank == 0)
-    finally:
-        model.train(was_training)
-
+    scores, _ = score_rows(model, rows, batch_size=batch_size, device=device, desc="hellaswag",
+                           show_progress=rank == 0)
     ending_scores = [[0.0] * len(example["endings"]) for example in my_examples]
     for (example_index, ending_index, _, _), score in zip(rows, scores, strict=True):
         ending_scores[example_index][ending_index] = score

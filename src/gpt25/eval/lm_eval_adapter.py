@@ -30,36 +30,19 @@ from tqdm import tqdm
 from gpt25.checkpoint import load_for_inference
 from gpt25.device import resolve_device
 from gpt25.engine import generate_tokens, validate_sampling
-from gpt25.eval.scoring import score_sequences
+from gpt25.eval.scoring import score_rows
 from gpt25.tokenizer import Tokenizer
 
 DEFAULT_BATCH_SIZE = 16
 
 
-def parse_batch_size(batch_size: int | str | None) -> int:
-    """lm-eval passes ints, strings or "auto"; "auto" and None pick DEFAULT_BATCH_SIZE."""
-    if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
-        return DEFAULT_BATCH_SIZE
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return int(batch_size)
-
-
 class GPT25LM(TemplateLM):
     """A gpt25 TransformerLM behind lm-eval's LM interface (loglikelihood, rolling, generate_until)."""
 
-    def __init__(
-        self,
-        checkpoint: str | None = None,
-        tokenizer: str | Tokenizer | None = None,
-        model: torch.nn.Module | None = None,
-        device: str | None = None,
-        batch_size: int | str | None = DEFAULT_BATCH_SIZE,
-        dtype: str | None = None,
-        max_gen_toks: int = 256,
-        cuda_graph: bool = True,
-        **_unused_lm_eval_options,
-    ) -> None:
+    def __init__(self, checkpoint: str | None = None, tokenizer: str | Tokenizer | None = None,
+                 model: torch.nn.Module | None = None, device: str | None = None,
+                 batch_size: int | str | None = DEFAULT_BATCH_SIZE, dtype: str | None = None, max_gen_toks: int = 256,
+                 cuda_graph: bool = True, **_unused_lm_eval_options) -> None:
         super().__init__()
         if tokenizer is None:
             raise ValueError("no tokenizer: give tokenizer=DIR, the folder the model was trained with "
@@ -67,11 +50,13 @@ class GPT25LM(TemplateLM):
         if (model is None) == (checkpoint is None):
             raise ValueError("give exactly one of checkpoint=PATH or model=TransformerLM")
         self._device = resolve_device(device)
-        model, self.tokenizer, _ = load_for_inference(
-            checkpoint if model is None else model, tokenizer, self._device, getattr(torch, dtype) if dtype else None
-        )
+        model, self.tokenizer, _ = load_for_inference(checkpoint if model is None else model, tokenizer, self._device,
+                                                      getattr(torch, dtype) if dtype else None)
         self.model = model.eval()
-        self.batch_size = parse_batch_size(batch_size)
+        auto = batch_size is None or str(batch_size).startswith("auto")  # lm-eval passes ints, strings or "auto"
+        self.batch_size = DEFAULT_BATCH_SIZE if auto else int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.max_gen_toks = int(max_gen_toks)
         self.static_decode = None if cuda_graph else False  # None: replay a CUDA graph per step on a GPU
 
@@ -93,39 +78,27 @@ class GPT25LM(TemplateLM):
     def tok_decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens)
 
-    @torch.inference_mode()
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """requests: (cache key, context ids, continuation ids) -> (log-likelihood, is greedy) each."""
-        sequences = [(context + continuation)[-(self.max_length + 1) :] for _, context, continuation in requests]
-        num_scored = [min(len(cont), len(seq) - 1) for (_, _, cont), seq in zip(requests, sequences, strict=True)]
-        order = sorted(range(len(requests)), key=lambda index: -len(sequences[index]))  # long first, less padding
-        results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
-        batches = range(0, len(order), self.batch_size)
-        for start in tqdm(batches, desc="gpt25 loglikelihood", disable=disable_tqdm or len(batches) < 2):
-            indices = order[start : start + self.batch_size]
-            sums, greedy = score_sequences(
-                self.model, [sequences[i] for i in indices], [num_scored[i] for i in indices], self._device
-            )
-            for index, log_likelihood, is_greedy in zip(indices, sums, greedy, strict=True):
-                results[index] = (log_likelihood, is_greedy)
-                key = requests[index][0]
-                if key is not None:
-                    self.cache_hook.add_partial("loglikelihood", key, results[index])
+        rows = []
+        for _, context, continuation in requests:
+            sequence = (context + continuation)[-(self.max_length + 1) :]
+            rows.append((sequence, min(len(continuation), len(sequence) - 1)))
+        sums, greedy = score_rows(self.model, rows, batch_size=self.batch_size, device=self._device,
+                                  desc="gpt25 loglikelihood", show_progress=not disable_tqdm)
+        results = list(zip(sums, greedy, strict=True))
+        for (key, _, _), result in zip(requests, results, strict=True):
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, result)
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Log-likelihood of whole documents, in disjoint context-sized windows (lm-eval's recipe)."""
         totals = []
         for (text,) in tqdm([request.args for request in requests], desc="gpt25 rolling", disable=disable_tqdm):
-            windows = [
-                make_disjoint_window(window)
-                for window in get_rolling_token_windows(
-                    token_list=self.tok_encode(text),
-                    prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length,
-                    context_len=1,
-                )
-            ]
+            windows = [make_disjoint_window(window) for window in get_rolling_token_windows(
+                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id, max_seq_len=self.max_length,
+                context_len=1)]
             scored = self._loglikelihood_tokens([(None, context, target) for context, target in windows], True)
             total = sum(log_likelihood for log_likelihood, _ in scored)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
@@ -156,18 +129,10 @@ class GPT25LM(TemplateLM):
             new_ids.append(int(next_token[0]))
             return any(stop in self.tok_decode(new_ids) for stop in stop_strings)
 
-        generate_tokens(
-            self.model,
-            torch.tensor([context_ids], dtype=torch.long, device=self._device),
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            eos_id=self.eot_token_id,
-            vocab_size=self.tokenizer.vocab_size,
-            static_decode=self.static_decode,
-            on_step=collect,
-        )
+        generate_tokens(self.model, torch.tensor([context_ids], dtype=torch.long, device=self._device),
+                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        eos_id=self.eot_token_id, vocab_size=self.tokenizer.vocab_size,
+                        static_decode=self.static_decode, on_step=collect)
         text = self.tok_decode(new_ids)
         cut = min((text.index(stop) for stop in stop_strings if stop in text), default=len(text))
         return text[:cut]

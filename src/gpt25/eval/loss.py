@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from gpt25.eval.distributed import max_over_ranks, rank_and_world_size, sum_over_ranks
+from gpt25.eval.scoring import evaluating, padded_share, per_token_loss, rank_and_world_size, sum_over_ranks
 
 Window = tuple[int, int]  # (start, number of predictions)
 
@@ -39,13 +40,6 @@ def token_byte_lengths(tokenizer, size: int) -> torch.Tensor:
     for special in tokenizer.special_tokens or []:
         lengths[tokenizer.token_id(special)] = 0
     return lengths
-
-
-def per_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy in nats of each target: logits (batch, seq, vocab), targets (batch, seq) -> (batch, seq) fp32."""
-    logits = logits.float()
-    target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (batch, seq)
-    return torch.logsumexp(logits, dim=-1) - target_logits
 
 
 def window_batches(num_tokens: int, context_length: int, batch_size: int) -> list[list[Window]]:
@@ -69,26 +63,36 @@ def window_tensors(tokens: np.ndarray, windows: list[Window], device) -> tuple[t
     return rows_tensor[:, :-1], rows_tensor[:, 1:]
 
 
-def evaluate_loss(
-    model: torch.nn.Module,
-    tokens: np.ndarray,
-    tokenizer,
-    *,
-    batch_size: int,
-    context_length: int,
-    device: torch.device | str,
-    max_tokens: int | None = None,
-    autocast_dtype: torch.dtype | None = None,
-) -> dict:
+def sums_over_batches(model: torch.nn.Module, batches: list, make_batch: Callable, score: Callable, num_sums: int, *,
+                      device: torch.device | str, autocast_dtype: torch.dtype | None) -> list[float]:
+    """The totals of `score(logits, targets)` ((num_sums,) float64) over every batch, all ranks together:
+    each rank runs its share (every world_size-th batch) of `make_batch(batch)` -> (inputs, targets)."""
+    rank, world_size = rank_and_world_size()
+    autocast = (torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    sums = torch.zeros(num_sums, dtype=torch.float64, device=device)
+    padding = batches[0] if batches else None
+    with evaluating(model):
+        for batch, is_padding in tqdm(padded_share(batches[rank::world_size], padding, device), desc="val loss",
+                                      leave=False, disable=None if rank == 0 else True):
+            inputs, targets = make_batch(batch)
+            with autocast:
+                logits = model(inputs)  # (batch, seq, vocab)
+            if not is_padding:
+                sums += score(logits, targets)
+    return sum_over_ranks(sums.tolist(), device)
+
+
+def evaluate_loss(model: torch.nn.Module, tokens: np.ndarray, tokenizer, *, batch_size: int, context_length: int,
+                  device: torch.device | str, max_tokens: int | None = None,
+                  autocast_dtype: torch.dtype | None = None) -> dict:
     """Score `tokens` (the whole array, or its first `max_tokens` predictions) in fixed windows.
 
     Returns {"val_loss" (nats/token), "val_perplexity", "val_bpb" (None without a tokenizer),
     "tokens" (number of predictions scored)}.
     """
     if context_length > model.config.context_length:
-        raise ValueError(
-            f"context_length {context_length} is longer than the model's {model.config.context_length}"
-        )
+        raise ValueError(f"context_length {context_length} is longer than the model's {model.config.context_length}")
     if max_tokens is not None:
         if max_tokens < 1:  # a negative slice end would drop tokens from the end instead
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -98,57 +102,24 @@ def evaluate_loss(
     size = max(model.config.vocab_size, tokenizer.vocab_size if tokenizer is not None else 0)
     byte_lengths = token_byte_lengths(tokenizer, size).to(device) if tokenizer is not None else None
 
-    batches = window_batches(len(tokens), context_length, batch_size)
-    rank, world_size = rank_and_world_size()
-    my_batches = batches[rank::world_size]
-    num_steps = max_over_ranks(len(my_batches), device)
-    # nats of all targets, nats of text targets, bytes of text targets, number of targets
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
-    autocast = (
-        torch.autocast(torch.device(device).type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for step in tqdm(range(num_steps), desc="val loss", leave=False, disable=None if rank == 0 else True):
-                # Ranks out of work run a padding forward on batch 0 (FSDP needs matching calls) and drop it.
-                is_padding = step >= len(my_batches)
-                inputs, targets = window_tensors(tokens, batches[0] if is_padding else my_batches[step], device)
-                with autocast:
-                    logits = model(inputs)  # (batch, seq, vocab)
-                if is_padding:
-                    continue
-                losses = per_token_loss(logits, targets).double()  # (batch, seq)
-                sums[0] += losses.sum()
-                sums[3] += targets.numel()
-                if byte_lengths is not None:
-                    target_bytes = byte_lengths[targets]  # (batch, seq)
-                    sums[1] += (losses * (target_bytes > 0)).sum()
-                    sums[2] += target_bytes.sum()
-    finally:
-        model.train(was_training)
-    nats, text_nats, text_bytes, num_targets = sum_over_ranks(sums.tolist(), device)
+    def score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """nats of all targets, nats of text targets, bytes of text targets, number of targets"""
+        losses = per_token_loss(logits, targets).double()  # (batch, seq)
+        target_bytes = byte_lengths[targets] if byte_lengths is not None else torch.zeros_like(targets)  # (batch, seq)
+        return torch.stack([losses.sum(), (losses * (target_bytes > 0)).sum(), target_bytes.sum().double(),
+                            losses.new_tensor(targets.numel())])
+
+    nats, text_nats, text_bytes, num_targets = sums_over_batches(
+        model, window_batches(len(tokens), context_length, batch_size),
+        lambda windows: window_tensors(tokens, windows, device), score, 4, device=device, autocast_dtype=autocast_dtype)
     val_loss = nats / num_targets
-    return {
-        "val_loss": val_loss,
-        "val_perplexity": math.exp(min(val_loss, 700.0)),
-        "val_bpb": text_nats / math.log(2) / text_bytes if byte_lengths is not None and text_bytes else None,
-        "tokens": int(num_targets),
-    }
+    return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 700.0)),
+            "val_bpb": text_nats / math.log(2) / text_bytes if byte_lengths is not None and text_bytes else None,
+            "tokens": int(num_targets)}
 
 
-def evaluate_assistant_loss(
-    model: torch.nn.Module,
-    rows,
-    *,
-    batch_size: int,
-    device: torch.device | str,
-    max_rows: int | None = None,
-    autocast_dtype: torch.dtype | None = None,
-) -> dict:
+def evaluate_assistant_loss(model: torch.nn.Module, rows, *, batch_size: int, device: torch.device | str,
+                            max_rows: int | None = None, autocast_dtype: torch.dtype | None = None) -> dict:
     """Loss and mean token accuracy on the trained (assistant) targets of packed conversation rows
     (`gpt25.data.conversations.PackedRows`, the first `max_rows` of them), as the GPT 2.5 project reports.
 
@@ -157,30 +128,16 @@ def evaluate_assistant_loss(
     """
     num_rows = len(rows) if max_rows is None else min(len(rows), max_rows)
     batches = [np.arange(first, min(first + batch_size, num_rows)) for first in range(0, num_rows, batch_size)]
-    rank, world_size = rank_and_world_size()
-    my_batches = batches[rank::world_size]
-    num_steps = max_over_ranks(len(my_batches), device)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # nats, correct predictions, assistant targets
-    autocast = (torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for step in range(num_steps):
-                is_padding = step >= len(my_batches)  # FSDP needs the same forwards on every rank
-                inputs, targets = rows.batch(batches[0] if is_padding else my_batches[step], device)
-                with autocast:
-                    logits = model(inputs)  # (batch, seq, vocab)
-                if is_padding:
-                    continue
-                trained = targets >= 0  # (batch, seq); untrained targets hold a negative ignore index
-                losses = per_token_loss(logits, targets.clamp(min=0)).double()  # (batch, seq)
-                correct = (logits.argmax(dim=-1) == targets) & trained
-                sums += torch.stack([(losses * trained).sum(), correct.sum().double(), trained.sum().double()])
-    finally:
-        model.train(was_training)
-    nats, num_correct, num_targets = sum_over_ranks(sums.tolist(), device)
+
+    def score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """nats, correct predictions, assistant targets"""
+        trained = targets >= 0  # (batch, seq); untrained targets hold a negative ignore index
+        losses = per_token_loss(logits, targets.clamp(min=0)).double()  # (batch, seq)
+        correct = (logits.argmax(dim=-1) == targets) & trained
+        return torch.stack([(losses * trained).sum(), correct.sum().double(), trained.sum().double()])
+
+    nats, num_correct, num_targets = sums_over_batches(model, batches, lambda batch: rows.batch(batch, device), score,
+                                                       3, device=device, autocast_dtype=autocast_dtype)
     val_loss = nats / max(num_targets, 1)
     return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 700.0)),
             "val_accuracy": num_correct / max(num_targets, 1), "tokens": int(num_targets)}

@@ -80,22 +80,11 @@ def format_table(results: dict) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def run_evaluation(
-    checkpoint: str | Path,
-    tokenizer_dir: str | Path,
-    *,
-    data_dir: str | Path | None = None,
-    hellaswag: str | None = None,
-    limit: int | None = None,
-    core: bool = False,
-    core_bundle: str | Path | None = None,
-    core_limit: int | None = None,
-    max_tokens: int | None = None,
-    out: str | Path | None = None,
-    batch_size: int = 8,
-    device: str | None = None,
-    autocast_dtype: torch.dtype | None = None,
-) -> dict:
+def run_evaluation(checkpoint: str | Path, tokenizer_dir: str | Path, *, data_dir: str | Path | None = None,
+                   hellaswag: str | None = None, limit: int | None = None, core: bool = False,
+                   core_bundle: str | Path | None = None, core_limit: int | None = None, max_tokens: int | None = None,
+                   out: str | Path | None = None, batch_size: int = 8, device: str | None = None,
+                   autocast_dtype: torch.dtype | None = None) -> dict:
     """Score a checkpoint on the validation split of `data_dir`, HellaSwag and/or CORE; write and return eval.json."""
     check_arguments(data_dir, hellaswag, limit, max_tokens, out, batch_size, core, core_bundle, core_limit)
     device = resolve_device(device)
@@ -103,28 +92,23 @@ def run_evaluation(
     core_tasks = load_core_tasks(core_bundle, core_limit) if core else None
     model, tokenizer, meta = load_for_inference(checkpoint, tokenizer_dir, device)
     checkpoint = resolve_checkpoint(checkpoint)
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-    )
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     results = {"val_loss": None, "val_perplexity": None, "val_bpb": None, "val_tokens": None, "hellaswag": None,
                "core": None}
     if data_dir is not None:
         from gpt25.data import load_split
 
         tokens = load_split(data_dir, "val", tokenizer)
-        scores = evaluate_loss(
-            model, tokens, tokenizer, batch_size=batch_size, context_length=model.config.context_length,
-            device=device, max_tokens=max_tokens, autocast_dtype=autocast_dtype,
-        )
+        scores = evaluate_loss(model, tokens, tokenizer, batch_size=batch_size,
+                               context_length=model.config.context_length, device=device, max_tokens=max_tokens,
+                               autocast_dtype=autocast_dtype)
         results |= {key: scores[key] for key in ("val_loss", "val_perplexity", "val_bpb")}
         results["val_tokens"] = scores["tokens"]
-    if examples is not None:
-        with autocast:
-            results["hellaswag"] = evaluate_hellaswag(
-                model, tokenizer, examples, batch_size=batch_size * 4, device=device, limit=limit
-            )
-    if core_tasks is not None:
-        with autocast:
+    with autocast:  # evaluate_loss casts inside, around the forwards only
+        if examples is not None:
+            results["hellaswag"] = evaluate_hellaswag(model, tokenizer, examples, batch_size=batch_size * 4,
+                                                      device=device, limit=limit)
+        if core_tasks is not None:
             results["core"] = evaluate_core(model, tokenizer, core_tasks, batch_size=batch_size * 4, device=device)
     results |= {"checkpoint": str(checkpoint), "step": meta.get("step")}
     out = Path(out) if out else default_output_path(checkpoint)
