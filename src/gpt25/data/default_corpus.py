@@ -1,17 +1,6 @@
-"""The embedded data sets, built from what every Python installation holds (no download).
-
-The corpus (source spec ``python-docs``): the docstrings of the Python standard library, one
-document per module, plus the help topics of ``pydoc_data.topics``. Modules are parsed with `ast`,
-never imported. write_corpus_file writes documents as one text file for `gpt25 tokenizer train`.
-
-The chat set (``python-docs-chat``): question-and-answer conversations built from the same
-docstrings and topics. Each public module, class and function gives questions ("What does
-`shutil.copytree` do?", "What arguments does `json.dumps` take?", "How do I return the base name of
-pathname?") answered from its docstring's first paragraph and its signature; each pydoc topic
-("the "if" statement") one more. Consecutive questions about one module sometimes form a multi-turn
-conversation, and some conversations open with a system message. Every choice is a hash of the
-text, so the set is the same on every run of one Python version. The train/validation split is
-`conversations.is_validation`.
+"""The embedded data sets, built from what every Python installation holds (no download): the corpus
+`python-docs` (one document per stdlib module's docstrings, and per pydoc topic; write_corpus_file) and the
+chat set `python-docs-chat` (iter_chat_set). Manual: docs/data.md (Sources), docs/chat.md (The embedded chat set).
 """
 
 from __future__ import annotations
@@ -115,8 +104,7 @@ def iter_pydoc_topics() -> Iterator[str]:
 
 
 def write_corpus_file(documents: Iterable[str], path: str | os.PathLike) -> tuple[int, int]:
-    """Write documents joined by "<|endoftext|>" (for `gpt25 tokenizer train`) atomically; returns
-    (docs, bytes). On any error (or Ctrl-C) the temporary file goes and `path` is left as it was."""
+    """Write documents joined by "<|endoftext|>" atomically (for `gpt25 tokenizer train`); returns (docs, bytes)."""
     num_documents = num_bytes = 0
     with open_out_file(path, "corpus.txt") as file:
         for document in documents:
@@ -155,6 +143,7 @@ def _conversations(pairs: list[tuple[str, str]]) -> Iterator[list[dict]]:
     index = 0
     while index < len(pairs):
         question = pairs[index][0]
+        # every choice is a hash of the text, not a random draw: the same set on every run of one Python version
         turns = 1 + _hash(question) % 3 if _hash(question) % 4 == 0 else 1
         messages = [{"role": "system", "content": SYSTEM_PROMPTS[_hash(question) % len(SYSTEM_PROMPTS)]}] \
             if _hash(question + "system") % 3 == 0 else []

@@ -1,24 +1,9 @@
 """`gpt25 data prepare`: documents -> parallel tokenization -> train/val token shards + manifest.
 
-The pipeline streams: the main process cuts the sources into tasks of about half a megabyte, worker
-processes hash and tokenize each task (at most a few in flight, results taken back in order), and
-each split's tokens go straight into the shard file being written. Memory stays bounded by the task
-size, never by the corpus. For plain-text and JSONL files a task is just a byte range of the file:
-the worker reads it (moved to paragraph or line starts), decodes it, parses it and splits it into
-documents, so the main process never reads those files. Other sources (Parquet, Hugging Face,
-python-docs) are read into documents by the main process.
-
-Train/val assignment depends only on a document's text, through a 64-bit BLAKE2b hash ``h``:
-- ``--val_fraction F``: the document is validation when ``h < F * 2**64`` (one pass);
-- ``--val_docs N``: a first, cheap pass (read and hash, no tokenizing) finds the N-th smallest
-  hash; documents with ``h`` at or below it are validation. That is the N documents with the
-  smallest hashes (an exact copy of a validation document goes to validation too, so duplicates
-  never leak into training). Prefer ``--val_fraction`` for remote streams, which it would read twice.
-
-Resume: after each completed shard the manifest records where the next one starts (source
-document index and token offset in that document). A rerun with the same arguments checks the
-recorded shards (size and sha256), keeps the valid prefix, and re-reads the sources without
-tokenizing any document before that point.
+prepare(PrepareConfig) streams: worker processes hash and tokenize tasks of about half a megabyte,
+results come back in order and each split's tokens go straight into the shard being written, so
+memory is bounded by the task size, never by the corpus. A document's split depends only on its hash;
+a rerun resumes after the last finished shard. Manual: docs/data.md (Split, How the work is split, Resume).
 """
 
 from __future__ import annotations
@@ -117,8 +102,7 @@ def _is_val(documents: list[bytes], val_threshold: int) -> np.ndarray:
 
 
 def prepare(config: PrepareConfig) -> dict[str, Any]:
-    """Tokenize the configured sources into `config.out_dir`; resumes an interrupted run. Returns the
-    manifest. A run that fails leaves no folder it created empty behind."""
+    """Tokenize the sources into `config.out_dir`, resuming an unfinished run; returns the manifest."""
     check_sources(config.sources, config.data_files, exclude=config.out_dir)
     tokenizer = Tokenizer.load(config.tokenizer_dir)
     out_dir = Path(config.out_dir)
@@ -223,7 +207,6 @@ def _val_threshold(config: PrepareConfig) -> tuple[int, int | None]:
 
 
 def _source_options(config: PrepareConfig) -> dict[str, Any]:
-    """How the sources are read: the options of iter_documents and plan_tasks."""
     return {"doc_split": config.doc_split, "text_field": config.text_field, "data_files": config.data_files,
             "hf_split": config.hf_split, "exclude": config.out_dir}
 
@@ -235,9 +218,7 @@ def _resume_points(manifest: dict[str, Any]) -> dict[str, ResumePoint]:
 
 def _run(config: PrepareConfig, tokenizer: Any, dtype: np.dtype, out_dir: Path, manifest: dict[str, Any],
          total_bytes: int | None, counts_file_bytes: bool) -> tuple[dict[str, Any], int]:
-    """The streaming pass: read, assign, tokenize in order, write shards; returns (source counters, documents
-    tokenized). The progress bar counts to `total_bytes` in file bytes (byte-range tasks) when
-    `counts_file_bytes`, else in the documents' text bytes."""
+    """The streaming pass (read, assign, tokenize, write shards); returns (source counters, documents tokenized)."""
     resume = _resume_points(manifest)
     manifest_path = out_dir / MANIFEST_NAME
     writers = {split: SplitWriter(split, out_dir, config.shard_tokens, dtype, manifest["splits"][split]["shards"],
@@ -275,8 +256,7 @@ def _run(config: PrepareConfig, tokenizer: Any, dtype: np.dtype, out_dir: Path, 
 
 @dataclass
 class _Task:
-    """One worker task: the sources' documents to encode, what encoding needs besides them, and
-    while resuming the number of their first document."""
+    """One worker task: its documents, what encoding needs besides them, and while resuming its first one's number."""
 
     source: SourceTask
     val_threshold: int
@@ -301,10 +281,9 @@ class _EncodedBatch:
 def _encoded_in_order(
     tasks: Iterator[_Task], workers: int, tokenizer: Any, counters: dict[str, int], caught_up_at: int
 ) -> Iterator[tuple[_Task, _EncodedBatch]]:
-    """(task, its _EncodedBatch) in order. A resumed run first encodes tasks in this process, telling
-    each the number of its first document (counters["documents"], which the caller advances), so that
-    documents already in finished shards are skipped; from document `caught_up_at` on, every document
-    is needed and the workers take over."""
+    """(task, its _EncodedBatch) in order. Until document `caught_up_at` (a resumed run's finished shards) tasks
+    are encoded here, each told its first document's number (counters["documents"], which the caller
+    advances) so that the documents already written are skipped; then the workers take over."""
     while counters["documents"] < caught_up_at:
         task = next(tasks, None)
         if task is None:
@@ -346,8 +325,7 @@ def _drop_leading_tokens(lengths: np.ndarray, tokens: np.ndarray, offsets: np.nd
 
 
 def _write_batch(encoded: _EncodedBatch, writers: dict[str, SplitWriter], first_doc_index: int) -> None:
-    """Hand each run of consecutive documents of one split to its writer at once (the task's first
-    document is number first_doc_index)."""
+    """Hand each run of consecutive documents of one split to its writer at once."""
     run_starts = np.flatnonzero(np.diff(encoded.is_val)) + 1
     bounds = [0, *run_starts.tolist(), len(encoded.is_val)]
     token_ends = np.cumsum(encoded.lengths).tolist()

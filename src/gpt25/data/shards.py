@@ -1,22 +1,6 @@
-"""Token shards on disk: the binary format, its writers, its validating reader, and the manifest.
-
-A shard file (``train_000000.bin``) is a 24-byte little-endian header followed by the tokens:
-
-    offset  size  field
-    0       8     magic b"GPT25TOK"
-    8       4     format version (uint32, currently 1)
-    12      4     dtype code (uint32): 2 = uint16 tokens, 4 = uint32 tokens (vocab > 65,536)
-    16      8     token count (uint64)
-    24      ...   token count x dtype tokens, little-endian
-
-Shards are written to a hidden temporary name and renamed when complete, so a shard that
-exists under its final name is whole. ``manifest.json`` beside them records the tokenizer
-fingerprint, vocab size, per-split token/document counts and each shard's size and sha256.
-
-A manifest entry may instead reference a headerless token file elsewhere (``gpt25 data
-import-raw``): its absolute path, token count, size and `file_fingerprint` (no sha256: reading
-tens of GB at every start is not cheap). Its tokens have the manifest's dtype, and a file whose size
-or fingerprint changed since the import is refused.
+"""Token shards on disk: the format, its writers (ShardFile, SplitWriter), manifest.json, and the validating
+readers of shards and of the token files import-raw references (read_manifest, iter_shards, load_split,
+verify_shards). Manual: docs/data.md (Shard format).
 """
 
 from __future__ import annotations
@@ -34,7 +18,7 @@ import numpy as np
 
 MAGIC = b"GPT25TOK"
 FORMAT_VERSION = 1
-HEADER = struct.Struct("<8sIIQ")
+HEADER = struct.Struct("<8sIIQ")  # magic, format version, dtype code (bytes per token), token count; then tokens
 DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "gpt25-token-shards"
@@ -73,7 +57,7 @@ def new_manifest(tokenizer: Any, dtype: np.dtype, settings: dict[str, Any]) -> d
 
 
 class ShardFile:
-    """A shard being written: header placeholder, tokens appended, then finished atomically."""
+    """A shard being written: header placeholder, tokens appended, then renamed into place (so it is whole)."""
 
     def __init__(self, path: Path, dtype: np.dtype):
         self.path, self.dtype, self.num_tokens = path, dtype, 0
@@ -111,8 +95,8 @@ def file_sha256(path: Path) -> str:
 
 
 def file_fingerprint(path: Path) -> str:
-    """A cheap content fingerprint: BLAKE2b of the size and 16 blocks of 64 KiB at evenly spaced
-    offsets (first and last included); independent of the modification time, so a copy keeps it."""
+    """BLAKE2b of the size and FINGERPRINT_BLOCKS blocks at even offsets, first and last included: no mtime, so
+    a copy keeps it, and no sha256, as reading tens of GB at every start is not cheap."""
     size = path.stat().st_size
     digest = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=16)
     last_start = max(size - FINGERPRINT_BLOCK_BYTES, 0)
@@ -243,8 +227,7 @@ def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, data_dir: str | os
 
 
 def iter_shards(data_dir: str | os.PathLike, split: str, tokenizer: Any = None) -> Iterator[np.ndarray]:
-    """Yield each shard of `split` ("train" or "val") memory-mapped, in order, checked against the manifest
-    (and, given a `tokenizer`, refused when they were made with another)."""
+    """Each shard of `split` memory-mapped, in order, checked against the manifest (and the tokenizer, if given)."""
     manifest = read_manifest(data_dir)
     if not manifest["complete"]:
         raise ValueError(f"{data_dir} holds an unfinished `gpt25 data prepare`; rerun the same command to resume it")
@@ -278,8 +261,7 @@ def load_split(data_dir: str | os.PathLike, split: str, tokenizer: Any = None) -
 
 
 def verify_shards(data_dir: str | os.PathLike) -> list[str]:
-    """Check every shard's header, size and sha256 (a referenced token file's size and fingerprint)
-    against the manifest; returns the problems found."""
+    """The problems found checking every shard (header, size, sha256; a referenced file's size and fingerprint)."""
     manifest = read_manifest(data_dir)
     problems = []
     for split in SPLITS:
@@ -311,8 +293,7 @@ RESUME_FIELDS = {name: int for name in asdict(ResumePoint())}  # a shard entry's
 
 @dataclass
 class SplitWriter:
-    """Cuts one split's token stream into shards of `shard_tokens` and records each in `entries`
-    (the manifest's), calling `on_shard` after each."""
+    """Cuts one split's tokens into shards, recording each in `entries` (the manifest's) and calling `on_shard`."""
 
     split: str
     out_dir: Path
