@@ -5,7 +5,6 @@ Manual: docs/chat.md (Conversation data, `gpt25 sft`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set, open_out_file
+from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set, open_out_file, text_hash
 from gpt25.data.loader import STATE_VERSION, SeededBatches
 from gpt25.data.sources import JSONL_SUFFIXES, expand_paths, iter_hf_field, iter_jsonl_records, iter_parquet_column
 from gpt25.tokenizer import Tokenizer
@@ -30,8 +29,6 @@ _MESSAGE_INDEX = re.compile(r"message \d+")
 
 @dataclass
 class ConversationStats:
-    """What reading and packing did: conversations kept, skipped (by reason), cut, dropped."""
-
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
     cut: int = 0
@@ -92,7 +89,6 @@ def _iter_raw_messages(spec: str) -> Iterator[Any]:
 
 
 def _line_messages(line: str) -> list[Any]:
-    """The `messages` of one line of a conversation file ([] for a blank line)."""
     if not line.strip():
         return []
     try:
@@ -108,8 +104,7 @@ def _line_messages(line: str) -> list[Any]:
 
 def is_validation(messages: list[dict], val_fraction: float) -> bool:
     """Whether a conversation is held out: a hash of its content, so the split never depends on order."""
-    digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+    return text_hash(json.dumps(messages, sort_keys=True)) / 2**64 < val_fraction
 
 
 def write_chat_set(path: str | Path, tokenizer_dir: str | Path | None = None,

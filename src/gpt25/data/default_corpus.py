@@ -40,7 +40,6 @@ SKIPPED_STDLIB_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", 
 
 
 def iter_default_corpus() -> Iterator[str]:
-    """The embedded corpus: one document per standard-library module (its docstrings) and per pydoc topic."""
     yield from iter_stdlib_docstrings()
     yield from iter_pydoc_topics()
 
@@ -76,7 +75,6 @@ def module_docstrings(path: Path, module_name: str) -> list[tuple[str, str]]:
 
 
 def _docstrings(node: ast.AST, qualified_name: str) -> Iterator[tuple[str, str]]:
-    """(heading, cleaned docstring) for `node` and every class and function inside it, in source order."""
     docstring = ast.get_docstring(node, clean=False)
     if docstring and docstring.strip():
         yield _heading(node, qualified_name), inspect.cleandoc(docstring)
@@ -144,9 +142,9 @@ def _conversations(pairs: list[tuple[str, str]]) -> Iterator[list[dict]]:
     while index < len(pairs):
         question = pairs[index][0]
         # every choice is a hash of the text, not a random draw: the same set on every run of one Python version
-        turns = 1 + _hash(question) % 3 if _hash(question) % 4 == 0 else 1
-        messages = [{"role": "system", "content": SYSTEM_PROMPTS[_hash(question) % len(SYSTEM_PROMPTS)]}] \
-            if _hash(question + "system") % 3 == 0 else []
+        turns = 1 + text_hash(question) % 3 if text_hash(question) % 4 == 0 else 1
+        messages = [{"role": "system", "content": SYSTEM_PROMPTS[text_hash(question) % len(SYSTEM_PROMPTS)]}] \
+            if text_hash(question + "system") % 3 == 0 else []
         for asked, answer in pairs[index:index + turns]:
             messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answer}]
         index += turns
@@ -154,7 +152,6 @@ def _conversations(pairs: list[tuple[str, str]]) -> Iterator[list[dict]]:
 
 
 def _module_questions(entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(question, answer) pairs of one module's docstring entries (headings as `module_docstrings` gives them)."""
     pairs: list[tuple[str, str]] = []
     for heading, docstring in entries:
         summary = first_paragraph(docstring)
@@ -240,5 +237,6 @@ def _is_private(dotted_name: str) -> bool:
     return any(part.startswith("_") for part in dotted_name.split("."))
 
 
-def _hash(text: str) -> int:
+def text_hash(text: str) -> int:
+    """64 bits of the text's SHA-256: the same on every run and machine (unlike hash())."""
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")

@@ -64,8 +64,6 @@ def map_in_order(
 
 @dataclass
 class _Failure:
-    """An exception raised by `function` in a worker, with its traceback as text."""
-
     error: BaseException
     traceback: str
 

@@ -42,7 +42,6 @@ from gpt25.data.sources import (
     plan_tasks,
     range_task_bytes,
     read_task,
-    source_signature,
 )
 from gpt25.files import new_folders, write_json_atomic
 from gpt25.tokenizer import Tokenizer
@@ -53,8 +52,6 @@ BATCH_CHARS = 1 << 19  # text per worker task: large enough to amortise IPC, sma
 
 @dataclass
 class PrepareConfig:
-    """Everything `prepare` needs; the CLI maps `gpt25 data prepare` flags onto these fields."""
-
     sources: list[str]  # paths / globs / "python-docs" / "hf:NAME[:CONFIG]"
     tokenizer_dir: str  # a folder written by Tokenizer.save
     out_dir: str
@@ -103,19 +100,19 @@ def _is_val(documents: list[bytes], val_threshold: int) -> np.ndarray:
 
 def prepare(config: PrepareConfig) -> dict[str, Any]:
     """Tokenize the sources into `config.out_dir`, resuming an unfinished run; returns the manifest."""
-    check_sources(config.sources, config.data_files, exclude=config.out_dir)
+    source_files = check_sources(config.sources, config.data_files, exclude=config.out_dir)
     tokenizer = Tokenizer.load(config.tokenizer_dir)
     out_dir = Path(config.out_dir)
     blocking = next((folder for folder in (out_dir, *out_dir.parents) if folder.exists() and not folder.is_dir()), None)
     if blocking is not None:
         raise NotADirectoryError(f"--out {out_dir}: {blocking} is a file, not a folder; choose another --out")
     with new_folders(out_dir):
-        return _prepare_into(config, tokenizer, out_dir)
+        return _prepare_into(config, tokenizer, out_dir, source_files)
 
 
-def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[str, Any]:
+def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path, source_files: list[list]) -> dict[str, Any]:
     dtype = dtype_for_vocab(tokenizer.vocab_size)
-    settings = _settings(config, tokenizer, dtype)
+    settings = _settings(config, tokenizer, dtype, source_files)
     manifest = _start_or_resume(out_dir, settings, config.overwrite, tokenizer, dtype)
     if manifest["complete"]:
         return manifest
@@ -138,12 +135,12 @@ def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[
     return manifest
 
 
-def _settings(config: PrepareConfig, tokenizer: Any, dtype: np.dtype) -> dict[str, Any]:
+def _settings(config: PrepareConfig, tokenizer: Any, dtype: np.dtype, source_files: list[list]) -> dict[str, Any]:
     """What must match for a rerun to resume the shards already in --out."""
     options = ("doc_split", "text_field", "data_files", "hf_split", "val_fraction", "val_docs", "shard_tokens")
     return {
         "sources": list(config.sources),
-        "source_files": source_signature(config.sources, exclude=config.out_dir),
+        "source_files": source_files,
         **{name: getattr(config, name) for name in options},
         "tokenizer_fingerprint": tokenizer.fingerprint(),
         "vocab_size": tokenizer.vocab_size,
@@ -211,18 +208,14 @@ def _source_options(config: PrepareConfig) -> dict[str, Any]:
             "hf_split": config.hf_split, "exclude": config.out_dir}
 
 
-def _resume_points(manifest: dict[str, Any]) -> dict[str, ResumePoint]:
-    shards = {split: manifest["splits"][split]["shards"] for split in SPLITS}
-    return {split: ResumePoint(**entries[-1]["next"]) if entries else ResumePoint() for split, entries in shards.items()}
-
-
 def _run(config: PrepareConfig, tokenizer: Any, dtype: np.dtype, out_dir: Path, manifest: dict[str, Any],
          total_bytes: int | None, counts_file_bytes: bool) -> tuple[dict[str, Any], int]:
     """The streaming pass (read, assign, tokenize, write shards); returns (source counters, documents tokenized)."""
-    resume = _resume_points(manifest)
+    shards = {split: manifest["splits"][split]["shards"] for split in SPLITS}
+    resume = {split: ResumePoint(**shards[split][-1]["next"]) if shards[split] else ResumePoint() for split in SPLITS}
     manifest_path = out_dir / MANIFEST_NAME
-    writers = {split: SplitWriter(split, out_dir, config.shard_tokens, dtype, manifest["splits"][split]["shards"],
-                                  resume[split], lambda: write_json_atomic(manifest_path, manifest))
+    writers = {split: SplitWriter(split, out_dir, config.shard_tokens, dtype, shards[split], resume[split],
+                                  lambda: write_json_atomic(manifest_path, manifest))
                for split in SPLITS}
     stats = SourceStats()
     task_lines = TaskLines(stats)
@@ -267,8 +260,6 @@ class _Task:
 
 @dataclass
 class _EncodedBatch:
-    """A task's documents that still need writing, with their split, tokens and token counts."""
-
     doc_indices: np.ndarray  # (documents kept,) their numbers within the task
     is_val: np.ndarray  # (documents kept,) bool
     lengths: np.ndarray  # (documents kept,) tokens of each, <|endoftext|> included

@@ -32,8 +32,6 @@ SHARD_TOKENS = 100_000_000  # --copy: tokens per shard by default, as `gpt25 dat
 
 @dataclass
 class RawImportConfig:
-    """Everything `import_raw` needs; the CLI maps `gpt25 data import-raw` flags onto these fields."""
-
     train: list[str]  # token files of the train split, in order
     val: list[str]
     tokenizer_dir: str  # the tokenizer the files were made with (its vocab size bounds the ids)
@@ -82,7 +80,6 @@ def _check_out(out_dir: Path, token_files: list[Path], force: bool) -> None:
 
 
 def _import_into(out_dir: Path, files: dict[str, list[Path]], tokenizer: Any, config: RawImportConfig) -> dict[str, Any]:
-    """Scan every file (writing shards with `copy`); returns the manifest."""
     dtype = dtype_for_vocab(tokenizer.vocab_size) if config.copy else RAW_DTYPES[config.dtype]
     total_bytes = sum(path.stat().st_size for paths in files.values() for path in paths)
     with tqdm(total=total_bytes, desc="import-raw", unit="B", unit_scale=True, disable=not config.progress,

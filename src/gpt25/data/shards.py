@@ -216,23 +216,16 @@ def _fields_problem(value: Any, fields: dict[str, type], prefix: str) -> str | N
     return None
 
 
-def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, data_dir: str | os.PathLike) -> None:
-    """Refuse shards made with another tokenizer than `tokenizer` (compared by fingerprint)."""
-    fingerprint = tokenizer.fingerprint()
-    if fingerprint != manifest["tokenizer_fingerprint"]:
-        raise ValueError(
-            f"shards in {data_dir} were made with tokenizer {manifest['tokenizer_fingerprint'][:12]}, "
-            f"not the given one ({fingerprint[:12]}); use the tokenizer they were prepared with or rerun `gpt25 data prepare`"
-        )
-
-
 def iter_shards(data_dir: str | os.PathLike, split: str, tokenizer: Any = None) -> Iterator[np.ndarray]:
     """Each shard of `split` memory-mapped, in order, checked against the manifest (and the tokenizer, if given)."""
     manifest = read_manifest(data_dir)
     if not manifest["complete"]:
         raise ValueError(f"{data_dir} holds an unfinished `gpt25 data prepare`; rerun the same command to resume it")
-    if tokenizer is not None:
-        check_tokenizer(manifest, tokenizer, data_dir)
+    if tokenizer is not None and tokenizer.fingerprint() != manifest["tokenizer_fingerprint"]:
+        raise ValueError(
+            f"shards in {data_dir} were made with tokenizer {manifest['tokenizer_fingerprint'][:12]}, not the given "
+            f"one ({tokenizer.fingerprint()[:12]}); use the tokenizer they were prepared with or rerun `gpt25 data prepare`"
+        )
     for entry in manifest["splits"][split]["shards"]:
         tokens = _read_entry(data_dir, manifest, entry)
         if len(tokens) != entry["tokens"]:

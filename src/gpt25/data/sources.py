@@ -44,8 +44,9 @@ BINARY_CHECK_BYTES = 8000  # as git does: a NUL in a file's first 8000 bytes mak
 UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-32LE's starts with UTF-16LE's
 MAX_WARNINGS_PER_FILE = 3
 TEXT_BLOCK_BYTES = 1 << 20  # the byte ranges iter_documents reads a file in
-BLOCK_SEARCH_BYTES = 1 << 13  # read_paragraph_block / read_line_block search windows from this size up
-EMPTY_LINE_ENDS = (b"\n\n", b"\n\r\n")  # an empty line ends just after these
+BLOCK_SEARCH_BYTES = 1 << 13  # read_block searches windows from this size up
+PARAGRAPH_STARTS_AFTER = (b"\n\n", b"\n\r\n")  # an empty line: plain text's blocks start just after one
+LINE_STARTS_AFTER = (b"\n",)  # JSONL's blocks start at a line
 _BLANK_LINE_OR_END = re.compile(r"^[^\S\n]*(?:\n|\Z)", re.MULTILINE)  # a last line without "\n" can be blank too
 _LINES = re.compile(rb"[^\n]*\n|[^\n]+\Z")  # each with its "\n" (the last may have none); only "\n" ends one
 _CARRIAGE_RETURNS = re.compile(r"\r+\n")  # "\r\n" line ends: every "\r" before a "\n" goes
@@ -83,22 +84,16 @@ class BlockReport:
 
 
 def check_sources(specs: Iterable[str], data_files: list[str] | None = None,
-                  exclude: str | os.PathLike | None = None) -> None:
-    """Fail before any work on a local spec that matches nothing or a compressed file, or an unreachable Hub."""
+                  exclude: str | os.PathLike | None = None) -> list[list]:
+    """Fail before any work on a local spec that matches nothing or a compressed file, or an unreachable Hub;
+    returns [path, size, mtime_ns] of each local file (python-docs: the Python version) to stop a resume on changes."""
+    signature: list[list] = []
     for spec in specs:
         if spec.startswith("hf:"):
             check_hf_source(spec[3:].partition(":")[0], data_files)
-        elif spec != DEFAULT_CORPUS_SPEC:
-            expand_paths(spec, exclude)
-
-
-def source_signature(specs: Iterable[str], exclude: str | os.PathLike | None = None) -> list[list]:
-    """[path, size, mtime_ns] of each local file (python-docs: the Python version): changed sources stop a resume."""
-    signature: list[list] = []
-    for spec in specs:
-        if spec == DEFAULT_CORPUS_SPEC:
+        elif spec == DEFAULT_CORPUS_SPEC:
             signature.append([spec, sys.version])
-        elif not spec.startswith("hf:"):
+        else:
             for path in expand_paths(spec, exclude):
                 stat = path.stat()
                 signature.append([str(path), stat.st_size, stat.st_mtime_ns])
@@ -281,8 +276,8 @@ def read_task(task: SourceTask) -> tuple[list[str], BlockReport | None]:
     """The task's documents, and for a byte range what TaskLines must number within the file."""
     if task.texts is not None:
         return task.texts, None
-    read_block = read_paragraph_block if task.parse_line is None else read_line_block
-    block = read_block(Path(task.path), task.start, task.end)
+    starts_after = PARAGRAPH_STARTS_AFTER if task.parse_line is None else LINE_STARTS_AFTER
+    block = read_block(Path(task.path), task.start, task.end, starts_after)
     text, skipped = decode_text_block(block, task.start == 0)
     documents, bad_line = ((text_documents(text, task.doc_split), None) if task.parse_line is None
                            else jsonl_block_documents(text, task.parse_line, skipped))
@@ -348,25 +343,16 @@ class TaskLines:
                               NonUtf8Warning, stacklevel=3)
 
 
-def read_paragraph_block(path: Path, start: int, end: int) -> bytes:
-    """The bytes from the first paragraph start (the file's start or end, or after an empty line) at or after
-    `start` to the first at or after `end`: consecutive ranges give consecutive blocks, none splitting a
-    paragraph, so workers can cut a file blindly. A block may be empty."""
-    return _read_block(path, start, end, EMPTY_LINE_ENDS)
-
-
-def read_line_block(path: Path, start: int, end: int) -> bytes:
-    """read_paragraph_block for lines (JSONL)."""
-    return _read_block(path, start, end, (b"\n",))
-
-
-def _read_block(path: Path, start: int, end: int, boundaries: tuple[bytes, ...]) -> bytes:
+def read_block(path: Path, start: int, end: int, starts_after: tuple[bytes, ...]) -> bytes:
+    """The bytes from the first block start (the file's start or end, or just after one of `starts_after`) at or
+    after `start` to the first at or after `end`: consecutive ranges give consecutive blocks, none splitting a
+    paragraph (or line), so workers can cut a file blindly. A block may be empty."""
     with open(path, "rb") as file:
         if start <= 0:  # the file's first block: its start tells a binary or UTF-16/UTF-32 file
             check_source_file(path, file.read(BINARY_CHECK_BYTES))
         size = os.fstat(file.fileno()).st_size
-        first = _block_start(file, start, size, boundaries)
-        last = _block_start(file, end, size, boundaries)
+        first = _block_start(file, start, size, starts_after)
+        last = _block_start(file, end, size, starts_after)
         file.seek(first)
         return file.read(max(last - first, 0))
 
