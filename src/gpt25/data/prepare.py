@@ -1,9 +1,6 @@
-"""`gpt25 data prepare`: documents -> parallel tokenization -> train/val token shards + manifest.
-
-prepare(PrepareConfig) streams: worker processes hash and tokenize tasks of about half a megabyte,
-results come back in order and each split's tokens go straight into the shard being written, so
-memory is bounded by the task size, never by the corpus. A document's split depends only on its hash;
-a rerun resumes after the last finished shard. Manual: docs/data.md (Split, How the work is split, Resume).
+"""`gpt25 data prepare`: prepare(PrepareConfig) streams documents through worker processes, in order, into
+train/val token shards + manifest.json (a document's split is its hash's), and a rerun resumes after the last
+finished shard. Manual: docs/data.md (Split, How the work is split, Resume).
 """
 
 from __future__ import annotations

@@ -309,15 +309,13 @@ class SplitWriter:
             piece = tokens[position : position + self.shard_tokens - shard.num_tokens]
             shard.append(piece)
             position += len(piece)
-            if shard.num_tokens == self.shard_tokens:
+            if shard.num_tokens < self.shard_tokens:
+                continue
+            if position == len(tokens):  # the shard ends with the document: the next starts at the next one
+                self._finish_shard(ResumePoint(doc_index + 1, 0, self.num_docs))
+            else:  # inside the document, whose tokens before `resume.token_offset` were cut off
                 offset = self.resume.token_offset if doc_index == self.resume.doc_index else 0
-                at_end = position == len(tokens)
-                next_point = (
-                    ResumePoint(doc_index + 1, 0, self.num_docs)
-                    if at_end
-                    else ResumePoint(doc_index, offset + position, self.num_docs - 1)
-                )
-                self._finish_shard(next_point)
+                self._finish_shard(ResumePoint(doc_index, offset + position, self.num_docs - 1))
 
     def add_documents(self, doc_indices: list[int], lengths: np.ndarray, tokens: np.ndarray) -> None:
         """Append whole documents: `tokens` is theirs concatenated, lengths[i] of them for doc_indices[i]."""

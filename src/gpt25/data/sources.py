@@ -1,9 +1,6 @@
-"""Where documents come from: source specs (files, folders, globs, JSONL/Parquet, `hf:NAME[:CONFIG]`,
-`python-docs`) checked and read, the Hugging Face Hub reached or refused at once, `gpt25 data download`.
-
-plan_tasks cuts the sources into the tasks `gpt25 data prepare`'s workers read with read_task: byte
-ranges of plain-text and JSONL files, moved to paragraph or line starts, and groups of documents for
-the rest. iter_documents gives every document in order through the same tasks. Manual: docs/data.md.
+"""Where documents come from: source specs checked (check_sources) and cut into the tasks prepare's workers read
+(plan_tasks, read_task), every document in order through the same tasks (iter_documents), the Hugging Face Hub
+refused at once offline, `gpt25 data download` (download_repo). Manual: docs/data.md (Sources).
 """
 
 from __future__ import annotations
@@ -222,13 +219,12 @@ def _read_tasks(tasks: Iterable[SourceTask], stats: SourceStats) -> Iterator[Any
 
 
 def plan_tasks(specs: Iterable[str], task_bytes: int, *, doc_split: str = "blank-line", text_field: str = "text",
-               data_files: list[str] | None = None, hf_split: str = "train", stats: SourceStats | None = None,
+               data_files: list[str] | None = None, hf_split: str = "train", stats: SourceStats,
                exclude: str | os.PathLike | None = None) -> Iterator[SourceTask]:
-    """The tasks of every source in order, of about `task_bytes` each: byte ranges of plain-text and
-    JSONL files, which the main process never reads; documents for the rest, read here."""
+    """The tasks of every source in order, about `task_bytes` each: byte ranges of text and JSONL files, read by
+    the workers; documents for the rest, read here."""
     if doc_split not in DOC_SPLITS:
         raise ValueError(f"--doc_split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
-    stats = stats if stats is not None else SourceStats()
     for spec in specs:
         if spec == DEFAULT_CORPUS_SPEC:
             yield from _document_tasks(iter_default_corpus(), task_bytes)
@@ -312,8 +308,7 @@ def text_documents(text: str, doc_split: str) -> list[str]:
 
 
 class TaskLines:
-    """Numbers within their files the lines read_task reports by index in a block (tasks in order): warns of
-    the first few lines of a file skipped as not UTF-8 (and of their count), raises for a bad JSONL line."""
+    """Numbers read_task's block lines within their files (tasks in order) in non-UTF-8 warnings and JSONL errors."""
 
     def __init__(self, stats: SourceStats) -> None:
         self.stats = stats
@@ -382,8 +377,7 @@ def _block_start(file: BinaryIO, position: int, size: int, boundaries: tuple[byt
 
 def jsonl_block_documents(text: str, parse_line: Callable[[str], list],
                           skipped: list[tuple[int, str]]) -> tuple[list, tuple[int, str] | None]:
-    """What `parse_line` makes of each line of a decoded block, and (line index in the block, problem) of its
-    first bad line, or None (`skipped`: decode_text_block's)."""
+    """What `parse_line` makes of a decoded block's lines, and (index in the block, problem) of the first bad one."""
     documents: list = []
     for index, line in enumerate(text.split("\n")):
         try:
@@ -453,8 +447,7 @@ def iter_hf_field(name: str, config: str | None, field: str, fix: str, *, data_f
 
 def download_repo(repo_id: str, repo_type: str, out: str | os.PathLike | None = None,
                   include: list[str] | None = None) -> Path:
-    """Download a Hub repo ("dataset" or "model") into `out`, else the HF cache, and return its folder;
-    under HF_HUB_OFFLINE=1 a cached copy is used (copied to `out`)."""
+    """Download a Hub repo into `out` (else the HF cache; HF_HUB_OFFLINE=1: a cached copy) and return its folder."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
