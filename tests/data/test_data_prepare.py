@@ -351,10 +351,11 @@ def test_raw_blocks_equal_iter_documents_on_any_bytes(
 
 def paragraph_blocks(path: Path, block_bytes: int) -> list[bytes]:
     """The blocks that prepare's workers read for consecutive byte ranges of block_bytes."""
-    from gpt25.data.sources import read_paragraph_block
+    from gpt25.data.sources import PARAGRAPH_STARTS_AFTER, read_block
 
     size = path.stat().st_size
-    return [read_paragraph_block(path, start, start + block_bytes) for start in range(0, size, block_bytes)]
+    return [read_block(path, start, start + block_bytes, PARAGRAPH_STARTS_AFTER)
+            for start in range(0, size, block_bytes)]
 
 
 def documents_of_blocks(blocks: list[bytes]) -> list[str]:
@@ -398,12 +399,19 @@ JSONL_PIECES = [
 @given(pieces=st.lists(st.sampled_from(JSONL_PIECES), max_size=30), block_bytes=st.integers(1, 40))
 def test_jsonl_line_blocks_equal_iter_documents(tmp_path: Path, pieces: list[bytes], block_bytes: int) -> None:
     """Workers read JSONL as byte ranges moved to line starts; they find the documents the main process would."""
-    from gpt25.data.sources import decode_text_block, jsonl_block_documents, read_line_block, record_documents
+    from gpt25.data.sources import (
+        LINE_STARTS_AFTER,
+        decode_text_block,
+        jsonl_block_documents,
+        read_block,
+        record_documents,
+    )
 
     path = tmp_path / "rows.jsonl"
     data = b"".join(pieces)
     path.write_bytes(data)
-    blocks = [read_line_block(path, start, start + block_bytes) for start in range(0, len(data), block_bytes)]
+    blocks = [read_block(path, start, start + block_bytes, LINE_STARTS_AFTER)
+              for start in range(0, len(data), block_bytes)]
     assert b"".join(blocks) == data
     documents = []
     for index, block in enumerate(blocks):

@@ -241,8 +241,8 @@ def test_binary_and_utf16_files_are_refused(tmp_path: Path, name: str, data: byt
     path.write_bytes(data)
     for read in (
         lambda: documents(str(tmp_path)),
-        lambda: sources.read_paragraph_block(path, 0, 4),
-        lambda: sources.read_line_block(path, 0, 4),
+        lambda: sources.read_block(path, 0, 4, sources.PARAGRAPH_STARTS_AFTER),
+        lambda: sources.read_block(path, 0, 4, sources.LINE_STARTS_AFTER),
     ):
         with pytest.raises(ValueError, match=f"{path} {problem}.*convert it to UTF-8") as error:
             read()

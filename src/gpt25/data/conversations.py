@@ -1,23 +1,10 @@
-"""Conversations for fine-tuning: read from a source, checked, split, rendered and packed into rows.
-
-Sources (`--data` of `gpt25 sft`): JSONL files of {"messages": [{"role", "content"}, ...]} per line
-(smol-smoltalk's format), Parquet files with a `messages` column, folders and globs of them,
-`hf:NAME[:CONFIG]` (streamed from the Hugging Face Hub, e.g. hf:HuggingFaceTB/smol-smoltalk) or
-`python-docs-chat`, the embedded chat set. A conversation that is not one to train on (unknown role,
-empty message, no assistant turn, `messages` not a list) is skipped and counted; a line that is not
-a JSON object with `messages` makes the whole file malformed (one error naming file:line).
-
-Packing: rendered conversations (ids + loss mask, `chat_format.render_conversation`) are laid
-end to end into rows of `row_length` = context_length + 1 tokens; a conversation that does not fit
-in the row's rest starts a new row, the rest is padding (never trained). A row's first token is a
-role token, so each trained token is a target exactly once: every assistant token of every
-conversation is trained once per pass over the rows. One longer than a row is cut (and counted);
-one cut so that no trained token is left is dropped (and counted).
+"""Conversations for `gpt25 sft`: read from a source (unusable ones skipped and counted), held out by hash,
+rendered and packed into rows with a loss mask, and batched by PackedLoader.
+Manual: docs/chat.md (Conversation data, `gpt25 sft`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter
@@ -29,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set, open_out_file
+from gpt25.data.default_corpus import CHAT_SET_SPEC, iter_chat_set, open_out_file, text_hash
 from gpt25.data.loader import STATE_VERSION, SeededBatches
 from gpt25.data.sources import JSONL_SUFFIXES, expand_paths, iter_hf_field, iter_jsonl_records, iter_parquet_column
 from gpt25.tokenizer import Tokenizer
@@ -42,8 +29,6 @@ _MESSAGE_INDEX = re.compile(r"message \d+")
 
 @dataclass
 class ConversationStats:
-    """What reading and packing did: conversations kept, skipped (by reason), cut, dropped."""
-
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
     cut: int = 0
@@ -63,13 +48,12 @@ class ConversationStats:
 
 
 def iter_conversations(spec: str, stats: ConversationStats) -> Iterator[list[dict]]:
-    """The usable conversations of one source spec (see the module docstring), skipped ones counted in
-    `stats` by their problem (the message index left out, so problems count together)."""
+    """The usable conversations of a source; skipped ones counted in `stats` by problem, message index left out."""
     for messages in _iter_raw_messages(spec):
         problem = message_problem(messages)
         if problem is None and not any(message["role"] == "assistant" for message in messages):
             problem = "no assistant turn"
-        if problem:
+        if problem:  # "message 3 is not an object" and "message 5 is not an object" count as one problem
             stats.skipped[_MESSAGE_INDEX.sub("a message", problem)] += 1
         else:
             stats.kept += 1
@@ -105,7 +89,6 @@ def _iter_raw_messages(spec: str) -> Iterator[Any]:
 
 
 def _line_messages(line: str) -> list[Any]:
-    """The `messages` of one line of a conversation file ([] for a blank line)."""
     if not line.strip():
         return []
     try:
@@ -121,14 +104,12 @@ def _line_messages(line: str) -> list[Any]:
 
 def is_validation(messages: list[dict], val_fraction: float) -> bool:
     """Whether a conversation is held out: a hash of its content, so the split never depends on order."""
-    digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+    return text_hash(json.dumps(messages, sort_keys=True)) / 2**64 < val_fraction
 
 
 def write_chat_set(path: str | Path, tokenizer_dir: str | Path | None = None,
                    val_fraction: float = 0.05) -> dict[str, int]:
-    """Write the embedded chat set as JSONL (atomically) and return its size: conversations, held-out ones,
-    messages and, with a tokenizer, tokens and trained (assistant) tokens in the chat format."""
+    """Write the embedded chat set as JSONL (atomically); returns its counts (tokens only given a tokenizer)."""
     tokenizer = add_chat_tokens(Tokenizer.load(tokenizer_dir)) if tokenizer_dir else None
     sizes = dict.fromkeys(("conversations", "validation", "messages", "tokens", "assistant_tokens"), 0)
     with open_out_file(path, "chat.jsonl") as file:
@@ -164,7 +145,8 @@ class PackedRows:
 
 def pack_conversations(conversations: Iterable[list[dict]], tokenizer: Tokenizer, row_length: int,
                        stats: ConversationStats) -> PackedRows:
-    """Render and pack conversations in order into rows of `row_length` tokens (see the module docstring)."""
+    """Render and pack conversations in order into rows of `row_length` tokens: one that does not fit in a row's
+    rest starts the next (the rest is padding); one longer than a row is cut, dropped if nothing trained is left."""
     pad_id = tokenizer.token_id(END_OF_TEXT)
     rows: list[tuple[list[int], list[bool]]] = []  # (ids, trained) of each row
     for messages in conversations:
@@ -176,6 +158,8 @@ def pack_conversations(conversations: Iterable[list[dict]], tokenizer: Tokenizer
             if not any(trained[1:]):
                 stats.dropped += 1
                 continue
+        # a conversation starts with its first role token, never trained: as a row's first token (never a
+        # target) it loses nothing, so every assistant token is a target exactly once per pass over the rows
         if not rows or len(rows[-1][0]) + len(ids) > row_length:
             rows.append(([], []))
         rows[-1][0].extend(ids)
@@ -189,11 +173,8 @@ def pack_conversations(conversations: Iterable[list[dict]], tokenizer: Tokenizer
 
 
 class PackedLoader(SeededBatches):
-    """Seeded, rank-disjoint batches of packed rows, resumable to the exact batch.
-
-    The rows are read as one stream of epochs, each a fresh permutation of all rows, `batch_size`
-    rows per rank per batch; a batch may span two epochs, so every epoch is every row exactly once.
-    """
+    """Seeded, rank-disjoint batches of packed rows, resumable to the exact batch: a stream of epochs, each a
+    fresh permutation of all rows, so a batch may span two epochs and each epoch is every row once."""
 
     def __init__(self, rows: PackedRows, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  device: torch.device | str = "cpu") -> None:

@@ -1,17 +1,6 @@
-"""The embedded data sets, built from what every Python installation holds (no download).
-
-The corpus (source spec ``python-docs``): the docstrings of the Python standard library, one
-document per module, plus the help topics of ``pydoc_data.topics``. Modules are parsed with `ast`,
-never imported. write_corpus_file writes documents as one text file for `gpt25 tokenizer train`.
-
-The chat set (``python-docs-chat``): question-and-answer conversations built from the same
-docstrings and topics. Each public module, class and function gives questions ("What does
-`shutil.copytree` do?", "What arguments does `json.dumps` take?", "How do I return the base name of
-pathname?") answered from its docstring's first paragraph and its signature; each pydoc topic
-("the "if" statement") one more. Consecutive questions about one module sometimes form a multi-turn
-conversation, and some conversations open with a system message. Every choice is a hash of the
-text, so the set is the same on every run of one Python version. The train/validation split is
-`conversations.is_validation`.
+"""The embedded data sets, built from what every Python installation holds (no download): the corpus
+`python-docs` (one document per stdlib module's docstrings, and per pydoc topic; write_corpus_file) and the
+chat set `python-docs-chat` (iter_chat_set). Manual: docs/data.md (Sources), docs/chat.md (The embedded chat set).
 """
 
 from __future__ import annotations
@@ -51,7 +40,6 @@ SKIPPED_STDLIB_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", 
 
 
 def iter_default_corpus() -> Iterator[str]:
-    """The embedded corpus: one document per standard-library module (its docstrings) and per pydoc topic."""
     yield from iter_stdlib_docstrings()
     yield from iter_pydoc_topics()
 
@@ -87,7 +75,6 @@ def module_docstrings(path: Path, module_name: str) -> list[tuple[str, str]]:
 
 
 def _docstrings(node: ast.AST, qualified_name: str) -> Iterator[tuple[str, str]]:
-    """(heading, cleaned docstring) for `node` and every class and function inside it, in source order."""
     docstring = ast.get_docstring(node, clean=False)
     if docstring and docstring.strip():
         yield _heading(node, qualified_name), inspect.cleandoc(docstring)
@@ -115,8 +102,7 @@ def iter_pydoc_topics() -> Iterator[str]:
 
 
 def write_corpus_file(documents: Iterable[str], path: str | os.PathLike) -> tuple[int, int]:
-    """Write documents joined by "<|endoftext|>" (for `gpt25 tokenizer train`) atomically; returns
-    (docs, bytes). On any error (or Ctrl-C) the temporary file goes and `path` is left as it was."""
+    """Write documents joined by "<|endoftext|>" atomically (for `gpt25 tokenizer train`); returns (docs, bytes)."""
     num_documents = num_bytes = 0
     with open_out_file(path, "corpus.txt") as file:
         for document in documents:
@@ -155,9 +141,10 @@ def _conversations(pairs: list[tuple[str, str]]) -> Iterator[list[dict]]:
     index = 0
     while index < len(pairs):
         question = pairs[index][0]
-        turns = 1 + _hash(question) % 3 if _hash(question) % 4 == 0 else 1
-        messages = [{"role": "system", "content": SYSTEM_PROMPTS[_hash(question) % len(SYSTEM_PROMPTS)]}] \
-            if _hash(question + "system") % 3 == 0 else []
+        # every choice is a hash of the text, not a random draw: the same set on every run of one Python version
+        turns = 1 + text_hash(question) % 3 if text_hash(question) % 4 == 0 else 1
+        messages = [{"role": "system", "content": SYSTEM_PROMPTS[text_hash(question) % len(SYSTEM_PROMPTS)]}] \
+            if text_hash(question + "system") % 3 == 0 else []
         for asked, answer in pairs[index:index + turns]:
             messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answer}]
         index += turns
@@ -165,7 +152,6 @@ def _conversations(pairs: list[tuple[str, str]]) -> Iterator[list[dict]]:
 
 
 def _module_questions(entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(question, answer) pairs of one module's docstring entries (headings as `module_docstrings` gives them)."""
     pairs: list[tuple[str, str]] = []
     for heading, docstring in entries:
         summary = first_paragraph(docstring)
@@ -251,5 +237,6 @@ def _is_private(dotted_name: str) -> bool:
     return any(part.startswith("_") for part in dotted_name.split("."))
 
 
-def _hash(text: str) -> int:
+def text_hash(text: str) -> int:
+    """64 bits of the text's SHA-256: the same on every run and machine (unlike hash())."""
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")

@@ -1,14 +1,5 @@
-"""Batches for training: a resumable, rank-aware `ShardLoader`.
-
-ShardLoader's order: the split (all its shards, end to end) is cut into windows of
-``context_length + 1`` tokens starting every ``context_length`` tokens (inputs never overlap;
-each window's last token is the next window's first, so every token is a target once). Each
-epoch visits the windows in a permutation seeded by ``(seed, epoch)``. Global batch ``g`` is
-permutation entries ``[g * world * batch, (g + 1) * world * batch)``; rank ``r`` takes the
-``r``-th run of ``batch`` of them, so ranks never share a window. The state is just
-``(epoch, position)`` with position counted in windows, so a run resumed with another number of
-ranks but the same global batch sees exactly the batches an uninterrupted run would have.
-An epoch's remainder smaller than one global batch is skipped.
+"""Batches for training: ShardLoader (rank-aware, resumable on any number of ranks) and SeededBatches, the
+seeded order it shares with conversations.PackedLoader. Manual: docs/data.md (Loading).
 """
 
 from __future__ import annotations
@@ -35,8 +26,7 @@ def _to_device(windows: np.ndarray, device: str | torch.device) -> tuple[torch.T
 
 
 class SeededBatches:
-    """What both loaders share: rank-disjoint batches from a permutation seeded by (seed, epoch),
-    and a state of plain ints checked against the data before a resume."""
+    """What both loaders share: a permutation seeded by (seed, epoch), a state checked against the data on resume."""
 
     def __init__(self, batch_size: int, rank: int, world_size: int, seed: int, device: str | torch.device) -> None:
         self.batch_size, self.rank, self.world_size, self.seed, self.device = batch_size, rank, world_size, seed, device
@@ -71,6 +61,8 @@ class ShardLoader(SeededBatches):
         self.shards = [shard for shard in iter_shards(data_dir, split, tokenizer) if len(shard)]
         self.shard_starts = np.cumsum([0] + [len(shard) for shard in self.shards])
         self.num_tokens = int(self.shard_starts[-1])
+        # a window (context_length + 1 tokens) starts every context_length: its last token is the next one's
+        # first, so every token is a target once and inputs never overlap
         self.num_windows = max(self.num_tokens - 1, 0) // context_length
         if self.num_windows < self.global_batch_size:
             raise ValueError(
@@ -81,10 +73,10 @@ class ShardLoader(SeededBatches):
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's next (inputs, targets), each (batch_size, context_length) int64 on the device."""
-        if self.position + self.global_batch_size > self.num_windows:
+        if self.position + self.global_batch_size > self.num_windows:  # a remainder short of a global batch is skipped
             self.epoch += 1
             self.position = 0
-        first = self.position + self.rank * self.batch_size
+        first = self.position + self.rank * self.batch_size  # rank r takes the r-th run of a global batch
         window_indices = self._permutation(self.epoch, self.num_windows)[first : first + self.batch_size]
         self.position += self.global_batch_size
         windows = np.stack(

@@ -1,12 +1,5 @@
-"""Running a function over tasks in worker processes: ordered results, bounded memory.
-
-`map_in_order` deals the tasks round-robin to its own worker processes, each with a task pipe and a
-result pipe, keeps at most TASKS_IN_FLIGHT_PER_WORKER tasks per worker queued and yields results in
-input order, so memory stays bounded however long the input. It avoids `multiprocessing.Pool`, whose
-worker-handler thread wakes up whenever result bytes are waiting in its result pipe, spending the
-main process's CPU while results are large. Workers are forked with the parent's tokenizer where
-the OS allows, after the parent has run the first WARM_UP_TASKS itself: the workers then start with
-the pre-token cache those filled (the commonest pre-tokens), instead of each merging them again.
+"""map_in_order: a function run over tasks in worker processes, dealt round-robin, results yielded in input
+order with memory bounded however long the input. Manual: docs/data.md (How the work is split).
 """
 
 from __future__ import annotations
@@ -25,7 +18,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, TypeVar
 
-TASKS_IN_FLIGHT_PER_WORKER = 4
+TASKS_IN_FLIGHT_PER_WORKER = 4  # queued per worker: it never waits for work, and memory stays bounded
 WARM_UP_TASKS = 1
 
 Task = TypeVar("Task")
@@ -35,19 +28,20 @@ Result = TypeVar("Result")
 def map_in_order(
     function: Callable[[Any, Task], Result], tasks: Iterator[Task], workers: int, tokenizer: Any
 ) -> Iterator[tuple[Task, Result]]:
-    """(task, function(tokenizer, task)) for each task, in input order; one worker runs in-process.
-
-    `function` must be a module-level function (it is sent to the workers by name). An exception in
-    a worker is raised here, with the worker's traceback as its cause.
-    """
+    """(task, function(tokenizer, task)) for each task, in input order; one worker runs in-process. `function`
+    must be module-level (sent by name); a worker's exception is raised here, its traceback as the cause."""
     tasks = iter(tasks)
     if workers == 1:
         for task in tasks:
             yield task, function(tokenizer, task)
         return
+    # the parent runs the first tasks: workers forked after it start with the pre-token cache they filled
+    # (the commonest pre-tokens) instead of each merging them again
     for task in itertools.islice(tasks, WARM_UP_TASKS):
         yield task, function(tokenizer, task)
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    # our own processes, not multiprocessing.Pool: its worker-handler thread wakes whenever result bytes wait
+    # in its pipe, spending the main process's CPU while results are large
     pool = [_Worker(context, function, tokenizer) for _ in range(workers)]
     finished = False
     try:
@@ -70,8 +64,6 @@ def map_in_order(
 
 @dataclass
 class _Failure:
-    """An exception raised by `function` in a worker, with its traceback as text."""
-
     error: BaseException
     traceback: str
 

@@ -1,24 +1,6 @@
-"""`gpt25 data prepare`: documents -> parallel tokenization -> train/val token shards + manifest.
-
-The pipeline streams: the main process cuts the sources into tasks of about half a megabyte, worker
-processes hash and tokenize each task (at most a few in flight, results taken back in order), and
-each split's tokens go straight into the shard file being written. Memory stays bounded by the task
-size, never by the corpus. For plain-text and JSONL files a task is just a byte range of the file:
-the worker reads it (moved to paragraph or line starts), decodes it, parses it and splits it into
-documents, so the main process never reads those files. Other sources (Parquet, Hugging Face,
-python-docs) are read into documents by the main process.
-
-Train/val assignment depends only on a document's text, through a 64-bit BLAKE2b hash ``h``:
-- ``--val_fraction F``: the document is validation when ``h < F * 2**64`` (one pass);
-- ``--val_docs N``: a first, cheap pass (read and hash, no tokenizing) finds the N-th smallest
-  hash; documents with ``h`` at or below it are validation. That is the N documents with the
-  smallest hashes (an exact copy of a validation document goes to validation too, so duplicates
-  never leak into training). Prefer ``--val_fraction`` for remote streams, which it would read twice.
-
-Resume: after each completed shard the manifest records where the next one starts (source
-document index and token offset in that document). A rerun with the same arguments checks the
-recorded shards (size and sha256), keeps the valid prefix, and re-reads the sources without
-tokenizing any document before that point.
+"""`gpt25 data prepare`: prepare(PrepareConfig) streams documents through worker processes, in order, into
+train/val token shards + manifest.json (a document's split is its hash's), and a rerun resumes after the last
+finished shard. Manual: docs/data.md (Split, How the work is split, Resume).
 """
 
 from __future__ import annotations
@@ -57,7 +39,6 @@ from gpt25.data.sources import (
     plan_tasks,
     range_task_bytes,
     read_task,
-    source_signature,
 )
 from gpt25.files import new_folders, write_json_atomic
 from gpt25.tokenizer import Tokenizer
@@ -68,8 +49,6 @@ BATCH_CHARS = 1 << 19  # text per worker task: large enough to amortise IPC, sma
 
 @dataclass
 class PrepareConfig:
-    """Everything `prepare` needs; the CLI maps `gpt25 data prepare` flags onto these fields."""
-
     sources: list[str]  # paths / globs / "python-docs" / "hf:NAME[:CONFIG]"
     tokenizer_dir: str  # a folder written by Tokenizer.save
     out_dir: str
@@ -117,21 +96,20 @@ def _is_val(documents: list[bytes], val_threshold: int) -> np.ndarray:
 
 
 def prepare(config: PrepareConfig) -> dict[str, Any]:
-    """Tokenize the configured sources into `config.out_dir`; resumes an interrupted run. Returns the
-    manifest. A run that fails leaves no folder it created empty behind."""
-    check_sources(config.sources, config.data_files, exclude=config.out_dir)
+    """Tokenize the sources into `config.out_dir`, resuming an unfinished run; returns the manifest."""
+    source_files = check_sources(config.sources, config.data_files, exclude=config.out_dir)
     tokenizer = Tokenizer.load(config.tokenizer_dir)
     out_dir = Path(config.out_dir)
     blocking = next((folder for folder in (out_dir, *out_dir.parents) if folder.exists() and not folder.is_dir()), None)
     if blocking is not None:
         raise NotADirectoryError(f"--out {out_dir}: {blocking} is a file, not a folder; choose another --out")
     with new_folders(out_dir):
-        return _prepare_into(config, tokenizer, out_dir)
+        return _prepare_into(config, tokenizer, out_dir, source_files)
 
 
-def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[str, Any]:
+def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path, source_files: list[list]) -> dict[str, Any]:
     dtype = dtype_for_vocab(tokenizer.vocab_size)
-    settings = _settings(config, tokenizer, dtype)
+    settings = _settings(config, tokenizer, dtype, source_files)
     manifest = _start_or_resume(out_dir, settings, config.overwrite, tokenizer, dtype)
     if manifest["complete"]:
         return manifest
@@ -154,12 +132,12 @@ def _prepare_into(config: PrepareConfig, tokenizer: Any, out_dir: Path) -> dict[
     return manifest
 
 
-def _settings(config: PrepareConfig, tokenizer: Any, dtype: np.dtype) -> dict[str, Any]:
+def _settings(config: PrepareConfig, tokenizer: Any, dtype: np.dtype, source_files: list[list]) -> dict[str, Any]:
     """What must match for a rerun to resume the shards already in --out."""
     options = ("doc_split", "text_field", "data_files", "hf_split", "val_fraction", "val_docs", "shard_tokens")
     return {
         "sources": list(config.sources),
-        "source_files": source_signature(config.sources, exclude=config.out_dir),
+        "source_files": source_files,
         **{name: getattr(config, name) for name in options},
         "tokenizer_fingerprint": tokenizer.fingerprint(),
         "vocab_size": tokenizer.vocab_size,
@@ -223,25 +201,18 @@ def _val_threshold(config: PrepareConfig) -> tuple[int, int | None]:
 
 
 def _source_options(config: PrepareConfig) -> dict[str, Any]:
-    """How the sources are read: the options of iter_documents and plan_tasks."""
     return {"doc_split": config.doc_split, "text_field": config.text_field, "data_files": config.data_files,
             "hf_split": config.hf_split, "exclude": config.out_dir}
 
 
-def _resume_points(manifest: dict[str, Any]) -> dict[str, ResumePoint]:
-    shards = {split: manifest["splits"][split]["shards"] for split in SPLITS}
-    return {split: ResumePoint(**entries[-1]["next"]) if entries else ResumePoint() for split, entries in shards.items()}
-
-
 def _run(config: PrepareConfig, tokenizer: Any, dtype: np.dtype, out_dir: Path, manifest: dict[str, Any],
          total_bytes: int | None, counts_file_bytes: bool) -> tuple[dict[str, Any], int]:
-    """The streaming pass: read, assign, tokenize in order, write shards; returns (source counters, documents
-    tokenized). The progress bar counts to `total_bytes` in file bytes (byte-range tasks) when
-    `counts_file_bytes`, else in the documents' text bytes."""
-    resume = _resume_points(manifest)
+    """The streaming pass (read, assign, tokenize, write shards); returns (source counters, documents tokenized)."""
+    shards = {split: manifest["splits"][split]["shards"] for split in SPLITS}
+    resume = {split: ResumePoint(**shards[split][-1]["next"]) if shards[split] else ResumePoint() for split in SPLITS}
     manifest_path = out_dir / MANIFEST_NAME
-    writers = {split: SplitWriter(split, out_dir, config.shard_tokens, dtype, manifest["splits"][split]["shards"],
-                                  resume[split], lambda: write_json_atomic(manifest_path, manifest))
+    writers = {split: SplitWriter(split, out_dir, config.shard_tokens, dtype, shards[split], resume[split],
+                                  lambda: write_json_atomic(manifest_path, manifest))
                for split in SPLITS}
     stats = SourceStats()
     task_lines = TaskLines(stats)
@@ -275,8 +246,7 @@ def _run(config: PrepareConfig, tokenizer: Any, dtype: np.dtype, out_dir: Path, 
 
 @dataclass
 class _Task:
-    """One worker task: the sources' documents to encode, what encoding needs besides them, and
-    while resuming the number of their first document."""
+    """One worker task: its documents, what encoding needs besides them, and while resuming its first one's number."""
 
     source: SourceTask
     val_threshold: int
@@ -287,8 +257,6 @@ class _Task:
 
 @dataclass
 class _EncodedBatch:
-    """A task's documents that still need writing, with their split, tokens and token counts."""
-
     doc_indices: np.ndarray  # (documents kept,) their numbers within the task
     is_val: np.ndarray  # (documents kept,) bool
     lengths: np.ndarray  # (documents kept,) tokens of each, <|endoftext|> included
@@ -301,10 +269,9 @@ class _EncodedBatch:
 def _encoded_in_order(
     tasks: Iterator[_Task], workers: int, tokenizer: Any, counters: dict[str, int], caught_up_at: int
 ) -> Iterator[tuple[_Task, _EncodedBatch]]:
-    """(task, its _EncodedBatch) in order. A resumed run first encodes tasks in this process, telling
-    each the number of its first document (counters["documents"], which the caller advances), so that
-    documents already in finished shards are skipped; from document `caught_up_at` on, every document
-    is needed and the workers take over."""
+    """(task, its _EncodedBatch) in order. Until document `caught_up_at` (a resumed run's finished shards) tasks
+    are encoded here, each told its first document's number (counters["documents"], which the caller
+    advances) so that the documents already written are skipped; then the workers take over."""
     while counters["documents"] < caught_up_at:
         task = next(tasks, None)
         if task is None:
@@ -346,8 +313,7 @@ def _drop_leading_tokens(lengths: np.ndarray, tokens: np.ndarray, offsets: np.nd
 
 
 def _write_batch(encoded: _EncodedBatch, writers: dict[str, SplitWriter], first_doc_index: int) -> None:
-    """Hand each run of consecutive documents of one split to its writer at once (the task's first
-    document is number first_doc_index)."""
+    """Hand each run of consecutive documents of one split to its writer at once."""
     run_starts = np.flatnonzero(np.diff(encoded.is_val)) + 1
     bounds = [0, *run_starts.tolist(), len(encoded.is_val)]
     token_ends = np.cumsum(encoded.lengths).tolist()

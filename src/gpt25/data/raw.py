@@ -1,11 +1,6 @@
-"""`gpt25 data import-raw`: headerless token files (the GPT 2.5 recipe's fineweb_*.bin) as a data folder.
-
-By default the manifest references the files where they lie (absolute paths, with their size and
-`file_fingerprint`), so tens of GB are neither re-tokenized nor copied; with `copy` their tokens
-go into ordinary shards instead. The tokenizer is saved beside the manifest. Either way one streamed pass reads every file in blocks of
-CHUNK_BYTES (flat memory) and checks that its size is a whole number of tokens and that every id is
-below the tokenizer's vocab size; the <|endoftext|> ids it counts are the documents. The loader cuts
-windows across the separators inside a file as it does across a prepared split's documents.
+"""`gpt25 data import-raw`: headerless token files (the GPT 2.5 recipe's fineweb_*.bin) checked in one streamed
+pass, then referenced where they lie (tens of GB neither re-tokenized nor copied) or copied into shards.
+Manual: docs/data.md (Token files from the GPT 2.5 recipe).
 """
 
 from __future__ import annotations
@@ -37,8 +32,6 @@ SHARD_TOKENS = 100_000_000  # --copy: tokens per shard by default, as `gpt25 dat
 
 @dataclass
 class RawImportConfig:
-    """Everything `import_raw` needs; the CLI maps `gpt25 data import-raw` flags onto these fields."""
-
     train: list[str]  # token files of the train split, in order
     val: list[str]
     tokenizer_dir: str  # the tokenizer the files were made with (its vocab size bounds the ids)
@@ -51,8 +44,7 @@ class RawImportConfig:
 
 
 def import_raw(config: RawImportConfig) -> dict[str, Any]:
-    """Check the token files and write `config.out_dir` (manifest, and shards with `copy`); returns the
-    manifest. A run that fails leaves nothing behind."""
+    """Check the token files and write `config.out_dir` (manifest, shards with `copy`); returns the manifest."""
     if config.shard_tokens < 1:
         raise ValueError(f"--shard_tokens must be >= 1, got {config.shard_tokens}")
     files = {"train": _token_files(config.train, "--train"), "val": _token_files(config.val, "--val")}
@@ -88,7 +80,6 @@ def _check_out(out_dir: Path, token_files: list[Path], force: bool) -> None:
 
 
 def _import_into(out_dir: Path, files: dict[str, list[Path]], tokenizer: Any, config: RawImportConfig) -> dict[str, Any]:
-    """Scan every file (writing shards with `copy`); returns the manifest."""
     dtype = dtype_for_vocab(tokenizer.vocab_size) if config.copy else RAW_DTYPES[config.dtype]
     total_bytes = sum(path.stat().st_size for paths in files.values() for path in paths)
     with tqdm(total=total_bytes, desc="import-raw", unit="B", unit_scale=True, disable=not config.progress,
@@ -130,15 +121,14 @@ def _reference_entry(path: Path, scanned_bytes: int, num_tokens: int) -> dict[st
 
 def scan_token_file(path: Path, dtype: np.dtype, vocab_size: int, eot_id: int, bar: tqdm | None = None,
                     sink: Callable[[np.ndarray], None] | None = None) -> tuple[int, int]:
-    """(tokens, <|endoftext|> ids) of the token file at `path`, read in blocks of CHUNK_BYTES into one
-    buffer, every id checked against `vocab_size`; each block's tokens also go to `sink`."""
+    """(tokens, <|endoftext|> ids) of a token file, every id checked against `vocab_size`; `sink` gets each block."""
     size = path.stat().st_size
     if size == 0 or size % dtype.itemsize:
         raise ValueError(
             f"token file {path} is {size} bytes, not a whole number of {dtype.name} tokens; "
             "it is empty or truncated, or --dtype is wrong"
         )
-    buffer = np.empty(CHUNK_BYTES // dtype.itemsize, dtype=dtype)
+    buffer = np.empty(CHUNK_BYTES // dtype.itemsize, dtype=dtype)  # one buffer read into again and again: flat memory
     num_tokens = num_eot = 0
     with open(path, "rb") as file:
         while num_bytes := file.readinto(buffer):

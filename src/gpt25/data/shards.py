@@ -1,22 +1,6 @@
-"""Token shards on disk: the binary format, its writers, its validating reader, and the manifest.
-
-A shard file (``train_000000.bin``) is a 24-byte little-endian header followed by the tokens:
-
-    offset  size  field
-    0       8     magic b"GPT25TOK"
-    8       4     format version (uint32, currently 1)
-    12      4     dtype code (uint32): 2 = uint16 tokens, 4 = uint32 tokens (vocab > 65,536)
-    16      8     token count (uint64)
-    24      ...   token count x dtype tokens, little-endian
-
-Shards are written to a hidden temporary name and renamed when complete, so a shard that
-exists under its final name is whole. ``manifest.json`` beside them records the tokenizer
-fingerprint, vocab size, per-split token/document counts and each shard's size and sha256.
-
-A manifest entry may instead reference a headerless token file elsewhere (``gpt25 data
-import-raw``): its absolute path, token count, size and `file_fingerprint` (no sha256: reading
-tens of GB at every start is not cheap). Its tokens have the manifest's dtype, and a file whose size
-or fingerprint changed since the import is refused.
+"""Token shards on disk: the format, its writers (ShardFile, SplitWriter), manifest.json, and the validating
+readers of shards and of the token files import-raw references (read_manifest, iter_shards, load_split,
+verify_shards). Manual: docs/data.md (Shard format).
 """
 
 from __future__ import annotations
@@ -34,7 +18,7 @@ import numpy as np
 
 MAGIC = b"GPT25TOK"
 FORMAT_VERSION = 1
-HEADER = struct.Struct("<8sIIQ")
+HEADER = struct.Struct("<8sIIQ")  # magic, format version, dtype code (bytes per token), token count; then tokens
 DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "gpt25-token-shards"
@@ -73,7 +57,7 @@ def new_manifest(tokenizer: Any, dtype: np.dtype, settings: dict[str, Any]) -> d
 
 
 class ShardFile:
-    """A shard being written: header placeholder, tokens appended, then finished atomically."""
+    """A shard being written: header placeholder, tokens appended, then renamed into place (so it is whole)."""
 
     def __init__(self, path: Path, dtype: np.dtype):
         self.path, self.dtype, self.num_tokens = path, dtype, 0
@@ -111,8 +95,8 @@ def file_sha256(path: Path) -> str:
 
 
 def file_fingerprint(path: Path) -> str:
-    """A cheap content fingerprint: BLAKE2b of the size and 16 blocks of 64 KiB at evenly spaced
-    offsets (first and last included); independent of the modification time, so a copy keeps it."""
+    """BLAKE2b of the size and FINGERPRINT_BLOCKS blocks at even offsets, first and last included: no mtime, so
+    a copy keeps it, and no sha256, as reading tens of GB at every start is not cheap."""
     size = path.stat().st_size
     digest = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=16)
     last_start = max(size - FINGERPRINT_BLOCK_BYTES, 0)
@@ -232,24 +216,16 @@ def _fields_problem(value: Any, fields: dict[str, type], prefix: str) -> str | N
     return None
 
 
-def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, data_dir: str | os.PathLike) -> None:
-    """Refuse shards made with another tokenizer than `tokenizer` (compared by fingerprint)."""
-    fingerprint = tokenizer.fingerprint()
-    if fingerprint != manifest["tokenizer_fingerprint"]:
-        raise ValueError(
-            f"shards in {data_dir} were made with tokenizer {manifest['tokenizer_fingerprint'][:12]}, "
-            f"not the given one ({fingerprint[:12]}); use the tokenizer they were prepared with or rerun `gpt25 data prepare`"
-        )
-
-
 def iter_shards(data_dir: str | os.PathLike, split: str, tokenizer: Any = None) -> Iterator[np.ndarray]:
-    """Yield each shard of `split` ("train" or "val") memory-mapped, in order, checked against the manifest
-    (and, given a `tokenizer`, refused when they were made with another)."""
+    """Each shard of `split` memory-mapped, in order, checked against the manifest (and the tokenizer, if given)."""
     manifest = read_manifest(data_dir)
     if not manifest["complete"]:
         raise ValueError(f"{data_dir} holds an unfinished `gpt25 data prepare`; rerun the same command to resume it")
-    if tokenizer is not None:
-        check_tokenizer(manifest, tokenizer, data_dir)
+    if tokenizer is not None and tokenizer.fingerprint() != manifest["tokenizer_fingerprint"]:
+        raise ValueError(
+            f"shards in {data_dir} were made with tokenizer {manifest['tokenizer_fingerprint'][:12]}, not the given "
+            f"one ({tokenizer.fingerprint()[:12]}); use the tokenizer they were prepared with or rerun `gpt25 data prepare`"
+        )
     for entry in manifest["splits"][split]["shards"]:
         tokens = _read_entry(data_dir, manifest, entry)
         if len(tokens) != entry["tokens"]:
@@ -278,8 +254,7 @@ def load_split(data_dir: str | os.PathLike, split: str, tokenizer: Any = None) -
 
 
 def verify_shards(data_dir: str | os.PathLike) -> list[str]:
-    """Check every shard's header, size and sha256 (a referenced token file's size and fingerprint)
-    against the manifest; returns the problems found."""
+    """The problems found checking every shard (header, size, sha256; a referenced file's size and fingerprint)."""
     manifest = read_manifest(data_dir)
     problems = []
     for split in SPLITS:
@@ -311,8 +286,7 @@ RESUME_FIELDS = {name: int for name in asdict(ResumePoint())}  # a shard entry's
 
 @dataclass
 class SplitWriter:
-    """Cuts one split's token stream into shards of `shard_tokens` and records each in `entries`
-    (the manifest's), calling `on_shard` after each."""
+    """Cuts one split's tokens into shards, recording each in `entries` (the manifest's) and calling `on_shard`."""
 
     split: str
     out_dir: Path
@@ -335,15 +309,13 @@ class SplitWriter:
             piece = tokens[position : position + self.shard_tokens - shard.num_tokens]
             shard.append(piece)
             position += len(piece)
-            if shard.num_tokens == self.shard_tokens:
+            if shard.num_tokens < self.shard_tokens:
+                continue
+            if position == len(tokens):  # the shard ends with the document: the next starts at the next one
+                self._finish_shard(ResumePoint(doc_index + 1, 0, self.num_docs))
+            else:  # inside the document, whose tokens before `resume.token_offset` were cut off
                 offset = self.resume.token_offset if doc_index == self.resume.doc_index else 0
-                at_end = position == len(tokens)
-                next_point = (
-                    ResumePoint(doc_index + 1, 0, self.num_docs)
-                    if at_end
-                    else ResumePoint(doc_index, offset + position, self.num_docs - 1)
-                )
-                self._finish_shard(next_point)
+                self._finish_shard(ResumePoint(doc_index, offset + position, self.num_docs - 1))
 
     def add_documents(self, doc_indices: list[int], lengths: np.ndarray, tokens: np.ndarray) -> None:
         """Append whole documents: `tokens` is theirs concatenated, lengths[i] of them for doc_indices[i]."""

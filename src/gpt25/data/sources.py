@@ -1,33 +1,6 @@
-"""Where documents come from: local files, Hugging Face datasets, and the embedded Python-docs corpus.
-
-A *source spec* is one string, as given to `gpt25 data prepare --source`:
-
-- ``python-docs``: the embedded corpus (gpt25.data.default_corpus: docstrings of the standard
-  library plus ``pydoc_data.topics``), available on every Python installation, no download;
-- ``hf:NAME[:CONFIG]``: a Hugging Face dataset, streamed with the `datasets` library;
-- anything else: a file, folder (all non-hidden files below it) or glob. ``.jsonl`` / ``.json``
-  (one JSON object per line) and ``.parquet`` files yield their ``text_field``; other files are
-  plain UTF-8 text, split into documents at blank lines or one document per file. Compressed
-  files are refused (decompress them first), and so is a text file whose start shows it is binary
-  or UTF-16/UTF-32 (a NUL byte or such a byte-order mark): check_source_file holds these checks.
-
-A record's text (JSONL, Parquet, Hugging Face) is a document exactly as stored, edge newlines
-included; only blank (empty or whitespace-only) records and nulls are skipped. Plain text is cut
-at blank (whitespace-only) lines, and each paragraph (or whole file) loses its leading and
-trailing newlines; blank ones are skipped.
-
-iter_documents gives every document of the sources in order. plan_tasks cuts the sources into
-SourceTasks for `gpt25 data prepare`'s workers: byte ranges of plain-text and JSONL files, which the
-main process never reads, and groups of documents for the rest (Parquet, Hugging Face, python-docs).
-read_task gives a task's documents; a range is moved to paragraph or line starts
-(read_paragraph_block, read_line_block), so ranges can be cut blindly. iter_documents reads the
-sources through the same tasks, so both give exactly the same documents.
-
-The Hugging Face Hub (streamed datasets, and the one download behind `gpt25 data download`) needs
-the internet unless the libraries read local files (`datasets` packaged builders such as ``json``
-/ ``parquet`` with ``data_files``, or a cached snapshot under ``HF_HUB_OFFLINE=1``). Offline it
-fails at once with one line that says so and names the local-file alternative, instead of the
-libraries' minute of retries.
+"""Where documents come from: source specs checked (check_sources) and cut into the tasks prepare's workers read
+(plan_tasks, read_task), every document in order through the same tasks (iter_documents), the Hugging Face Hub
+refused at once offline, `gpt25 data download` (download_repo). Manual: docs/data.md (Sources).
 """
 
 from __future__ import annotations
@@ -68,8 +41,9 @@ BINARY_CHECK_BYTES = 8000  # as git does: a NUL in a file's first 8000 bytes mak
 UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-32LE's starts with UTF-16LE's
 MAX_WARNINGS_PER_FILE = 3
 TEXT_BLOCK_BYTES = 1 << 20  # the byte ranges iter_documents reads a file in
-BLOCK_SEARCH_BYTES = 1 << 13  # read_paragraph_block / read_line_block search windows from this size up
-EMPTY_LINE_ENDS = (b"\n\n", b"\n\r\n")  # an empty line ends just after these
+BLOCK_SEARCH_BYTES = 1 << 13  # read_block searches windows from this size up
+PARAGRAPH_STARTS_AFTER = (b"\n\n", b"\n\r\n")  # an empty line: plain text's blocks start just after one
+LINE_STARTS_AFTER = (b"\n",)  # JSONL's blocks start at a line
 _BLANK_LINE_OR_END = re.compile(r"^[^\S\n]*(?:\n|\Z)", re.MULTILINE)  # a last line without "\n" can be blank too
 _LINES = re.compile(rb"[^\n]*\n|[^\n]+\Z")  # each with its "\n" (the last may have none); only "\n" ends one
 _CARRIAGE_RETURNS = re.compile(r"\r+\n")  # "\r\n" line ends: every "\r" before a "\n" goes
@@ -81,16 +55,13 @@ class NonUtf8Warning(UserWarning):
 
 @dataclass
 class SourceStats:
-    """Counters filled while documents are read (reported in the manifest and by the CLI)."""
-
     skipped_lines: int = 0
     files: int = 0
 
 
 @dataclass
 class SourceTask:
-    """Consecutive documents of the sources for one worker: documents the main process read
-    (`texts`), or a byte range of a plain-text or JSONL file that read_task reads, decodes and splits."""
+    """Consecutive documents for one worker: ones already read (`texts`), or a byte range of a text or JSONL file."""
 
     texts: list[str] | None = None
     path: str = ""  # the file, when the task is a byte range
@@ -110,24 +81,16 @@ class BlockReport:
 
 
 def check_sources(specs: Iterable[str], data_files: list[str] | None = None,
-                  exclude: str | os.PathLike | None = None) -> None:
-    """Fail before any work when a local spec matches nothing (or a compressed file) or a Hub dataset
-    is unreachable."""
+                  exclude: str | os.PathLike | None = None) -> list[list]:
+    """Fail before any work on a local spec that matches nothing or a compressed file, or an unreachable Hub;
+    returns [path, size, mtime_ns] of each local file (python-docs: the Python version) to stop a resume on changes."""
+    signature: list[list] = []
     for spec in specs:
         if spec.startswith("hf:"):
             check_hf_source(spec[3:].partition(":")[0], data_files)
-        elif spec != DEFAULT_CORPUS_SPEC:
-            expand_paths(spec, exclude)
-
-
-def source_signature(specs: Iterable[str], exclude: str | os.PathLike | None = None) -> list[list]:
-    """[path, size, mtime_ns] of every local file (and the Python version for python-docs), so a rerun
-    can tell that the sources changed under it instead of resuming into a wrong dataset."""
-    signature: list[list] = []
-    for spec in specs:
-        if spec == DEFAULT_CORPUS_SPEC:
+        elif spec == DEFAULT_CORPUS_SPEC:
             signature.append([spec, sys.version])
-        elif not spec.startswith("hf:"):
+        else:
             for path in expand_paths(spec, exclude):
                 stat = path.stat()
                 signature.append([str(path), stat.st_size, stat.st_mtime_ns])
@@ -135,9 +98,7 @@ def source_signature(specs: Iterable[str], exclude: str | os.PathLike | None = N
 
 
 def expand_paths(spec: str, exclude: str | os.PathLike | None = None) -> list[Path]:
-    """The files a local spec names: itself, every non-hidden file below a folder, or a glob's matches;
-    a folder or glob leaves out the files inside `exclude` (prepare's --out folder, which may lie
-    inside a source folder). ValueError for a compressed file."""
+    """The files a spec names: itself, the non-hidden files below a folder or a glob's matches, less `exclude`'s."""
     path = Path(spec)
     if path.is_file():
         files = [path]
@@ -146,7 +107,7 @@ def expand_paths(spec: str, exclude: str | os.PathLike | None = None) -> list[Pa
                  and not any(part.startswith(".") for part in p.relative_to(path).parts)]
     else:
         files = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
-    if exclude is not None and not path.is_file():
+    if exclude is not None and not path.is_file():  # prepare's --out may lie inside a source folder
         excluded = Path(os.path.abspath(exclude))
         files = [p for p in files if not Path(os.path.abspath(p)).is_relative_to(excluded)]
     if not files:
@@ -160,10 +121,7 @@ def expand_paths(spec: str, exclude: str | os.PathLike | None = None) -> list[Pa
 
 
 def check_source_file(path: Path, head: bytes | None = None) -> None:
-    """ValueError, one line naming the file, for a source file that cannot be read as it is: a
-    compressed one (by its suffix) or, given its first bytes `head` (text sources), a file that is
-    not UTF-8: a UTF-16 or UTF-32 byte-order mark, or a NUL byte (a binary file, or UTF-16/UTF-32
-    text without a BOM)."""
+    """ValueError naming a file that cannot be read as it is: compressed, or (given its first bytes) not UTF-8."""
     if path.suffix.lower() in COMPRESSED_SUFFIXES:
         raise ValueError(
             f"source file {path} is compressed ({path.suffix}); decompress it first "
@@ -184,9 +142,7 @@ def check_source_file(path: Path, head: bytes | None = None) -> None:
 
 
 def record_documents(line: str, text_field: str) -> list[str]:
-    """The document of one JSONL line, its text exactly ([] for a blank line or a null or blank
-    text); ValueError saying what is wrong with a line that is not an object with `text_field`, or
-    whose field is no string."""
+    """The document of one JSONL line, its text exactly ([] for a blank line or text); ValueError for a bad line."""
     if not line.strip():
         return []
     try:
@@ -207,8 +163,7 @@ def record_documents(line: str, text_field: str) -> list[str]:
 
 
 def iter_parquet_column(path: Path, column: str, fix: str, strings: bool = False) -> Iterator[Any]:
-    """The values of `column` of a Parquet file, a record batch at a time. One-line errors for an
-    unreadable file, a missing column (ending in `fix`) and, with `strings`, a column of another type."""
+    """`column`'s values; ValueError for a bad file or column (with `strings`: not text), ending in `fix`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -244,15 +199,13 @@ def _texts(values: Iterable[Any]) -> Iterator[str]:
 
 
 def iter_documents(specs: Iterable[str], *, stats: SourceStats | None = None, **options: Any) -> Iterator[str]:
-    """Yield the documents of every source spec in turn, read through the tasks the workers read
-    (`options` are plan_tasks')."""
+    """Every document in order, read as prepare's workers read it, so both see the same (`options`: plan_tasks')."""
     stats = stats if stats is not None else SourceStats()
     return _read_tasks(plan_tasks(specs, TEXT_BLOCK_BYTES, stats=stats, **options), stats)
 
 
 def iter_jsonl_records(path: Path, parse_line: Callable[[str], list]) -> Iterator[Any]:
-    """What `parse_line` makes of each line of a JSONL file, read as the documents of a JSONL source
-    are: a ValueError from it is raised naming file:line, and non-UTF-8 lines are skipped with a warning."""
+    """What `parse_line` makes of each line of a JSONL file, read as a JSONL source is (errors name file:line)."""
     return _read_tasks(_range_tasks(path, "blank-line", parse_line, TEXT_BLOCK_BYTES), SourceStats())
 
 
@@ -266,14 +219,12 @@ def _read_tasks(tasks: Iterable[SourceTask], stats: SourceStats) -> Iterator[Any
 
 
 def plan_tasks(specs: Iterable[str], task_bytes: int, *, doc_split: str = "blank-line", text_field: str = "text",
-               data_files: list[str] | None = None, hf_split: str = "train", stats: SourceStats | None = None,
+               data_files: list[str] | None = None, hf_split: str = "train", stats: SourceStats,
                exclude: str | os.PathLike | None = None) -> Iterator[SourceTask]:
-    """The tasks of every source in order, of about `task_bytes` each: byte ranges of plain-text and
-    JSONL files, which the main process never reads; documents for the rest, read here. Folders and
-    globs leave out the files inside `exclude`."""
+    """The tasks of every source in order, about `task_bytes` each: byte ranges of text and JSONL files, read by
+    the workers; documents for the rest, read here."""
     if doc_split not in DOC_SPLITS:
         raise ValueError(f"--doc_split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
-    stats = stats if stats is not None else SourceStats()
     for spec in specs:
         if spec == DEFAULT_CORPUS_SPEC:
             yield from _document_tasks(iter_default_corpus(), task_bytes)
@@ -295,8 +246,7 @@ def plan_tasks(specs: Iterable[str], task_bytes: int, *, doc_split: str = "blank
 
 
 def range_task_bytes(specs: Iterable[str], signature: list[list]) -> int | None:
-    """The size of the source files (`signature` is source_signature's) when plan_tasks cuts every
-    source into byte ranges (plain-text and JSONL files only); None otherwise."""
+    """The files' total size when plan_tasks cuts every source into byte ranges (text and JSONL), else None."""
     if any(spec == DEFAULT_CORPUS_SPEC or spec.startswith("hf:") for spec in specs):
         return None
     if any(Path(path).suffix.lower() == ".parquet" for path, _, _ in signature):
@@ -306,27 +256,24 @@ def range_task_bytes(specs: Iterable[str], signature: list[list]) -> int | None:
 
 def _range_tasks(path: Path, doc_split: str, parse_line: Callable[[str], list] | None,
                  task_bytes: int) -> Iterator[SourceTask]:
-    """Byte-range tasks over a plain-text file (parse_line None) or a JSONL file; a whole file is one
-    task when each file is one document."""
     size = path.stat().st_size
-    task_bytes = max(size, 1) if doc_split == "file" and parse_line is None else task_bytes
+    if doc_split == "file" and parse_line is None:  # a plain-text file that is one document is one task
+        task_bytes = max(size, 1)
     for start in range(0, size, task_bytes):
         end = min(start + task_bytes, size)
         yield SourceTask(path=str(path), start=start, end=end, doc_split=doc_split, parse_line=parse_line)
 
 
 def _document_tasks(documents: Iterable[str], task_bytes: int) -> Iterator[SourceTask]:
-    """Documents grouped into tasks of about `task_bytes` characters."""
     return (SourceTask(texts=texts) for texts in text_groups(documents, task_bytes))
 
 
 def read_task(task: SourceTask) -> tuple[list[str], BlockReport | None]:
-    """The task's documents, and for a byte range what the main process must number within the file
-    (see TaskLines)."""
+    """The task's documents, and for a byte range what TaskLines must number within the file."""
     if task.texts is not None:
         return task.texts, None
-    read_block = read_paragraph_block if task.parse_line is None else read_line_block
-    block = read_block(Path(task.path), task.start, task.end)
+    starts_after = PARAGRAPH_STARTS_AFTER if task.parse_line is None else LINE_STARTS_AFTER
+    block = read_block(Path(task.path), task.start, task.end, starts_after)
     text, skipped = decode_text_block(block, task.start == 0)
     documents, bad_line = ((text_documents(text, task.doc_split), None) if task.parse_line is None
                            else jsonl_block_documents(text, task.parse_line, skipped))
@@ -334,9 +281,8 @@ def read_task(task: SourceTask) -> tuple[list[str], BlockReport | None]:
 
 
 def decode_text_block(block: bytes, at_file_start: bool) -> tuple[str, list[tuple[int, str]]]:
-    """Whole lines of a file as str ("\r\n" ends made "\n", a
-    leading BOM dropped at the file's start), and (line index in the block, reason) for each line
-    skipped because it is not UTF-8. The block is decoded at once unless it holds such a line."""
+    """Whole lines as str ("\r\n" made "\n", a BOM at the file's start dropped), and (line index in the
+    block, reason) of each line skipped as not UTF-8."""
     skipped: list[tuple[int, str]] = []
     try:
         text = block.decode("utf-8")
@@ -356,16 +302,13 @@ def decode_text_block(block: bytes, at_file_start: bool) -> tuple[str, list[tupl
 
 
 def text_documents(text: str, doc_split: str) -> list[str]:
-    """The documents of a plain text that starts a paragraph (a block from read_paragraph_block):
-    its paragraphs, or the text itself for doc_split "file"; blank ones left out."""
+    """The documents of a text that starts a paragraph: its paragraphs (doc_split "file": itself), less blank ones."""
     pieces = [text] if doc_split == "file" else _BLANK_LINE_OR_END.split(text)
     return [piece.strip("\n") for piece in pieces if piece.strip()]
 
 
 class TaskLines:
-    """Numbers within their files the lines that read_task reports by their index in a block (tasks
-    reported in order): warnings for the first few lines of a file skipped as not UTF-8 (and at the
-    end how many in all), the error for a bad JSONL line."""
+    """Numbers read_task's block lines within their files (tasks in order) in non-UTF-8 warnings and JSONL errors."""
 
     def __init__(self, stats: SourceStats) -> None:
         self.stats = stats
@@ -395,27 +338,16 @@ class TaskLines:
                               NonUtf8Warning, stacklevel=3)
 
 
-def read_paragraph_block(path: Path, start: int, end: int) -> bytes:
-    """The file's bytes from the first paragraph start at or after byte `start` to the first at or
-    after byte `end` (a paragraph starts the file or follows an empty line; the file's end counts as
-    one). Consecutive ranges give consecutive blocks, so workers can each read their own part of a
-    file and no paragraph spans two blocks (see text_documents); a block may be empty."""
-    return _read_block(path, start, end, EMPTY_LINE_ENDS)
-
-
-def read_line_block(path: Path, start: int, end: int) -> bytes:
-    """read_paragraph_block for lines: from the first line start at or after `start` to the first
-    at or after `end` (see jsonl_block_documents)."""
-    return _read_block(path, start, end, (b"\n",))
-
-
-def _read_block(path: Path, start: int, end: int, boundaries: tuple[bytes, ...]) -> bytes:
+def read_block(path: Path, start: int, end: int, starts_after: tuple[bytes, ...]) -> bytes:
+    """The bytes from the first block start (the file's start or end, or just after one of `starts_after`) at or
+    after `start` to the first at or after `end`: consecutive ranges give consecutive blocks, none splitting a
+    paragraph (or line), so workers can cut a file blindly. A block may be empty."""
     with open(path, "rb") as file:
         if start <= 0:  # the file's first block: its start tells a binary or UTF-16/UTF-32 file
             check_source_file(path, file.read(BINARY_CHECK_BYTES))
         size = os.fstat(file.fileno()).st_size
-        first = _block_start(file, start, size, boundaries)
-        last = _block_start(file, end, size, boundaries)
+        first = _block_start(file, start, size, starts_after)
+        last = _block_start(file, end, size, starts_after)
         file.seek(first)
         return file.read(max(last - first, 0))
 
@@ -445,8 +377,7 @@ def _block_start(file: BinaryIO, position: int, size: int, boundaries: tuple[byt
 
 def jsonl_block_documents(text: str, parse_line: Callable[[str], list],
                           skipped: list[tuple[int, str]]) -> tuple[list, tuple[int, str] | None]:
-    """What `parse_line` makes of each line of a decoded block of JSONL lines (decode_text_block gives
-    `text` and the lines it `skipped`), and (line index in the block, problem) of its first bad line, or None."""
+    """What `parse_line` makes of a decoded block's lines, and (index in the block, problem) of the first bad one."""
     documents: list = []
     for index, line in enumerate(text.split("\n")):
         try:
@@ -476,18 +407,13 @@ def hub_offline() -> bool:
 
 
 def check_hub_reachable(repo_id: str, repo_type: str, what: str, alternative: str = LOCAL_ALTERNATIVE) -> None:
-    """Ask the Hub for the repo's info (one fast request) so an offline machine fails at once.
-
-    `datasets` retries for about half a minute before giving up; huggingface_hub's info call
-    fails within a second. A missing repo is the user's typo (ValueError); anything else from
-    that request means the Hub cannot be reached (ConnectionError).
-    """
+    """Fail at once offline: ValueError for a missing repo (a typo), ConnectionError when the Hub is unreachable."""
     if hub_offline():
         raise ConnectionError(f"{what} needs the internet and offline mode is on (HF_HUB_OFFLINE); {alternative}")
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    try:
+    try:  # one info request fails within a second; `datasets` would retry for about half a minute
         HfApi().repo_info(repo_id, repo_type=repo_type, timeout=10)
     except GatedRepoError:
         return  # it exists; `datasets` reports the missing token itself
@@ -501,16 +427,14 @@ def check_hub_reachable(repo_id: str, repo_type: str, what: str, alternative: st
 
 
 def check_hf_source(name: str, data_files: list[str] | None, alternative: str = LOCAL_ALTERNATIVE) -> None:
-    """Fail at once when a Hub dataset cannot be reached; local builders (data_files, a folder) need no check.
-    `alternative` names the calling command's own local-file flags."""
+    """Fail at once when a Hub dataset cannot be reached; local builders (data_files, a folder) need no check."""
     if not data_files and not Path(name).exists():
         check_hub_reachable(name, "dataset", f"hf:{name}", alternative)
 
 
 def iter_hf_field(name: str, config: str | None, field: str, fix: str, *, data_files: list[str] | None = None,
                   split: str = "train", alternative: str = LOCAL_ALTERNATIVE) -> Iterator[Any]:
-    """Stream `field` of each row of a Hugging Face dataset, failing at once when it is unreachable
-    (`alternative` names the local-file flags) and at a row without the field (`fix` says what to do)."""
+    """Stream `field` of each row of a Hub dataset; one-line errors when it is unreachable or a row lacks it."""
     check_hf_source(name, data_files, alternative)
     import datasets
 
@@ -523,12 +447,7 @@ def iter_hf_field(name: str, config: str | None, field: str, fix: str, *, data_f
 
 def download_repo(repo_id: str, repo_type: str, out: str | os.PathLike | None = None,
                   include: list[str] | None = None) -> Path:
-    """Download a Hub repo with huggingface_hub (into `out`, else the HF cache); returns its local folder.
-
-    The one Hub download, behind `gpt25 data download` (and its alias `gpt25 export hub-download`,
-    for model repos to convert with `gpt25 checkpoint import`). Under HF_HUB_OFFLINE=1 a copy already
-    in the Hugging Face cache is used (and copied to `out`). `repo_type` is "dataset" or "model".
-    """
+    """Download a Hub repo into `out` (else the HF cache; HF_HUB_OFFLINE=1: a cached copy) and return its folder."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
