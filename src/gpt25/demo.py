@@ -1,13 +1,5 @@
-"""`gpt25 demo`: the whole pipeline end to end on the embedded Python-docs corpus, on a CPU.
-
-corpus -> BPE tokenizer -> train/val shards -> a small model trained for a fixed token budget ->
-validation loss vs a unigram baseline -> samples -> supervised fine-tuning on the embedded chat set
--> questions answered by the chat model beside the base model's continuations -> RUN_DIR/report.md
-and RUN_DIR/results.png.
-Each stage calls the same functions as the ordinary commands, which the report lists, so the
-demo doubles as a tutorial. A second run reuses a stage's output (and resumes a training run) only when
-everything it was made from is unchanged, as OUT/stages.json records; otherwise it redoes that stage.
-"""
+"""`gpt25 demo` (`run_demo`): the whole pipeline end to end on the embedded Python-docs corpus, on a CPU, each
+stage calling the ordinary commands' functions. Manual: README.md (Two commands), docs/chat.md (In the demo)."""
 
 from __future__ import annotations
 
@@ -59,8 +51,6 @@ RUN_LENGTH = ("train_steps", "eval_every", "save_every")
 
 @dataclass
 class DemoConfig:
-    """Settings of `gpt25 demo`."""
-
     out: Path = Path("runs/demo")
     minutes: float = 5.0  # the pretraining budget on this machine (timed steps decide how many fit)
     train_steps: int | None = None  # exactly this many instead: the same tokens on any machine
@@ -77,11 +67,8 @@ class DemoConfig:
 
 
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every stage (reusing completed ones) and return the final metrics and artefact paths.
-
-    A SIGINT/SIGTERM during training or fine-tuning ends the demo after the trainer's checkpoint: the
-    results then stop at "train" (or "sft"), whose `stopped_by` names the signal.
-    """
+    """Each stage's results; a SIGINT/SIGTERM while training or fine-tuning ends them at "train" (or "sft"),
+    whose `stopped_by` names the signal."""
     if config.minutes <= 0 or min(config.train_steps or 1, config.sft_steps or 1) < 1:
         raise ValueError(f"--minutes, --train_steps and --sft_steps must be positive, got {config.minutes}, "
                          f"{config.train_steps} and {config.sft_steps}")
@@ -132,8 +119,8 @@ def demo_paths(out: Path) -> dict[str, Path]:
 
 
 def made_from(paths: dict[str, Path], stage: str, inputs: dict[str, Any], output: Path) -> bool:
-    """Whether `output` (a stage's file or folder) was made from exactly `inputs`, as OUT/stages.json records;
-    when not, it is deleted so the stage starts over, and `inputs` recorded for the run about to make it."""
+    """Whether `output` was made from exactly `inputs`, as OUT/stages.json records; when not, it is deleted so
+    the stage starts over, and `inputs` recorded for the run about to make it."""
     recorded = json.loads(paths["stages"].read_text()) if paths["stages"].is_file() else {}
     if recorded.get(stage) == inputs and output.exists():
         return True
@@ -146,7 +133,6 @@ def made_from(paths: dict[str, Path], stage: str, inputs: dict[str, Any], output
 
 
 def build_corpus(paths: dict[str, Path]) -> dict[str, Any]:
-    """The embedded corpus as one text file, documents joined by <|endoftext|> (tokenizer training input)."""
     if paths["corpus"].is_file():
         text = paths["corpus"].read_text(encoding="utf-8")
         return {"reused": True, "documents": text.count(EOT) + 1, "bytes": len(text.encode("utf-8"))}
@@ -166,9 +152,8 @@ def build_tokenizer(paths: dict[str, Path], vocab_size: int) -> dict[str, Any]:
 
 
 def build_shards(paths: dict[str, Path]) -> dict[str, Any]:
-    """Tokenize the corpus into train/val shards (prepare itself resumes or skips finished work)."""
     made_from(paths, "shards", {"tokenizer": Tokenizer.load(paths["tokenizer"]).fingerprint()}, paths["shards"])
-    manifest = prepare(PrepareConfig(
+    manifest = prepare(PrepareConfig(  # prepare itself resumes or skips finished work
         sources=["python-docs"], tokenizer_dir=str(paths["tokenizer"]), out_dir=str(paths["shards"]),
         val_fraction=0.05, workers=2,
     ))
@@ -208,16 +193,14 @@ def resolve_train_steps(paths: dict[str, Path], config: DemoConfig, settings: di
 
 
 def steps_for_budget(minutes: float, seconds_per_step: float) -> int:
-    """Training steps that fill `minutes` at `seconds_per_step` (with the loop's overhead), at least MIN_TRAIN_STEPS."""
     return max(MIN_TRAIN_STEPS, int(minutes * 60 / (seconds_per_step * TRAINING_OVERHEAD)))
 
 
 def time_training_step(train_config: TrainConfig, repeats: int = 2) -> float:
-    """Seconds of one optimizer step of the configured run, timed with the trainer's own step on its data: the
-    fastest of `repeats` steps (after a first that warms up the allocator and kernels). Nothing is written."""
+    """Seconds of one optimizer step of the configured run (the trainer's own step on its data); writes nothing."""
     trainer = Trainer(train_config, init_distributed(train_config.device))
     timings = []
-    for _ in range(repeats + 1):
+    for _ in range(repeats + 1):  # the fastest after a first that warms up the allocator and kernels
         started = time.perf_counter()
         trainer.train_step(stop_requested=False)  # its losses and norms come back to the host: the step is done
         timings.append(time.perf_counter() - started)
@@ -252,7 +235,6 @@ def sample_model(paths: dict[str, Path], config: DemoConfig) -> list[str]:
 
 
 def fine_tune(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
-    """Fine-tune the base model on the embedded chat set (resuming or reusing a run made from this base model)."""
     base = list_checkpoints(paths["run"])[-1]
     made_from(paths, "sft", {"base": str(base), "base_step": read_step(base), "device": config.device,
                              "tokenizer": Tokenizer.load(paths["tokenizer"]).fingerprint()}, paths["sft"])
@@ -268,8 +250,7 @@ def fine_tune(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
 
 
 def chat_samples(paths: dict[str, Path], config: DemoConfig) -> list[dict[str, str]]:
-    """Each question answered by the chat model beside the base model's continuation of it (both sampled as the
-    demo's samples are: temperature 0.8, top-p 0.9, seed 1337)."""
+    """Each question answered by the chat model beside the base model's continuation of it."""
     base, base_tokenizer, _ = load_for_inference(paths["run"], paths["tokenizer"], config.device)
     chat_model, chat_tokenizer, _ = load_for_inference(paths["sft"], paths["sft"] / "tokenizer", config.device)
     return [{"question": question,
@@ -280,7 +261,6 @@ def chat_samples(paths: dict[str, Path], config: DemoConfig) -> list[dict[str, s
 
 
 def write_report(paths: dict[str, Path], config: DemoConfig, results: dict[str, Any]) -> dict[str, str]:
-    """RUN_DIR/report.md (settings, timings, metrics, samples, commands) and RUN_DIR/results.png."""
     plot_runs([paths["run"], paths["sft"]], paths["plot"])
     write_text_atomic(paths["report"], render_report(paths, config, results))
     return {"report": str(paths["report"]), "plot": str(paths["plot"])}

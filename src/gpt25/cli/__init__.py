@@ -1,8 +1,6 @@
-"""The `gpt25` command line: a thin layer over the package's importable functions.
+"""The `gpt25` command line (`main`): each sub-module's `register(subparsers)` adds its commands.
 
-Each sub-module registers its commands with `register(subparsers)` and imports the heavy
-machinery (torch, the trainer, ...) only inside its handlers, so `gpt25 --help` is instant.
-"""
+Handlers import torch and the rest only when they run, so `gpt25 --help` is instant."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""`gpt25 chat`: talk to a chat model in the terminal, or answer one message (`--prompt`).
-
-    gpt25 chat --checkpoint runs/chat --tokenizer runs/chat/tokenizer
-    gpt25 chat --checkpoint runs/chat --prompt "What does shutil.copytree do?" --temperature 0
-"""
+"""`gpt25 chat`: talk to a chat model in the terminal, or answer one `--prompt`. Manual: docs/chat.md."""
 
 from __future__ import annotations
 
@@ -79,7 +75,6 @@ class ChatSession:
                 self.handle(line.strip(), stdout)
 
     def handle(self, line: str, stdout: TextIO) -> None:
-        """A slash command, or a message to answer."""
         command, _, rest = line.partition(" ")
         if command == "/reset":
             self.history.clear()
@@ -99,9 +94,8 @@ class ChatSession:
                 print(f"gpt25 chat: error: {error}", file=sys.stderr, flush=True)
 
     def reply(self, message: str, stdout: TextIO) -> str:
-        """Stream the model's reply to `message` onto `stdout`; the exchange joins the history, whose oldest turns
-        go (with a note on stderr) when they leave too little room for the reply. A Ctrl-C keeps what was printed
-        of the reply in the history and passes the interrupt on."""
+        """Stream the reply to `message` onto `stdout`; the exchange joins the history (a Ctrl-C keeps what was
+        printed), whose oldest turns go, with a note on stderr, when they leave too little room for the reply."""
         from gpt25.chat import stream_chat, trim_history
 
         context_length = self.model.config.context_length

@@ -1,9 +1,5 @@
 """`gpt25 checkpoint import|info|consolidate`: bring checkpoints in, inspect them, gather FSDP shards.
-
-    gpt25 checkpoint import downloads/gpt25-seed/checkpoints/final_checkpoint --tokenizer gpt2/ --out models/seed
-    gpt25 checkpoint info models/seed
-    gpt25 checkpoint consolidate runs/big --out big.safetensors
-"""
+Manual: docs/import.md, docs/training.md (Checkpoint format)."""
 
 from __future__ import annotations
 

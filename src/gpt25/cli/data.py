@@ -1,4 +1,4 @@
-"""`gpt25 data prepare | import-raw | download | corpus | info`: corpora in, token shards out."""
+"""`gpt25 data prepare | import-raw | download | corpus | chat-corpus | info`. Manual: docs/data.md."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
 """`gpt25 eval` (validation loss / perplexity / bits per byte, HellaSwag, CORE) and `gpt25 generate` (sampling).
-
-    gpt25 eval --checkpoint runs/124m --tokenizer tok --data data/ --hellaswag download
-    gpt25 eval --checkpoint runs/124m --core --core_limit 500
-    gpt25 generate --checkpoint runs/124m --tokenizer tok --prompt "Once upon a time, " --stream
-"""
+Manual: docs/evaluation.md, docs/sampling.md."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""`gpt25 export`: to Hugging Face `transformers` folders (Llama for the recipe, GPT-2 for its preset) and the Hub;
-`gpt25 checkpoint import` reads them back.
-
-    gpt25 export hf --checkpoint runs/124m --tokenizer runs/tokenizer --out exports/gpt25-124m
-    gpt25 export hub-upload --dir exports/gpt25-124m --repo your-name/gpt25-124m
-    gpt25 export hub-download --repo your-name/gpt25-124m --out downloads/gpt25-124m
-"""
+"""`gpt25 export hf|hub-upload|hub-download`: to Hugging Face `transformers` folders and the Hub.
+Manual: docs/export.md."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""`gpt25 serve`: an OpenAI-compatible API and a chat page for a checkpoint, batching concurrent requests.
-
-    gpt25 serve --checkpoint runs/chat --tokenizer tok --port 8000 --api_key SECRET
-"""
+"""`gpt25 serve`: an OpenAI-compatible API and a chat page for a checkpoint. Manual: docs/serve.md."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
 """`gpt25 tokenizer train|import|encode|decode|info`: train a byte-level BPE and use it from the shell.
-
-    gpt25 tokenizer train --input data/*.txt --vocab_size 8192 --special_token "<|endoftext|>" --out tok/
-    gpt25 tokenizer import --vocab vocab.json --merges merges.txt --out gpt2/   # GPT-2's own files
-    echo "Hello world" | gpt25 tokenizer encode --tokenizer tok/      # prints ids separated by spaces
-    echo "Hello world" | gpt25 tokenizer encode --tokenizer tok/ | gpt25 tokenizer decode --tokenizer tok/
-    gpt25 tokenizer info tok/
-"""
+Manual: docs/tokenizer.md (Commands)."""
 
 from __future__ import annotations
 

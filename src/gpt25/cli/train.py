@@ -1,12 +1,5 @@
-"""CLI commands `gpt25 train`, `gpt25 sft` (fine-tune a base checkpoint into a chat model) and `gpt25 plot`.
-
-    gpt25 train --config configs/cpu-small.toml --data data/ --out runs/small
-    torchrun --nproc_per_node 4 -m gpt25 train --config configs/gpt25-124m.toml --data data/
-    gpt25 sft --checkpoint runs/small --tokenizer data/tokenizer --data python-docs-chat --out runs/chat
-    gpt25 sft --config configs/sft-smoltalk.toml --checkpoint runs/base --tokenizer tok/ --out runs/chat
-    gpt25 sft --checkpoint latest --out runs/chat --data python-docs-chat    # resume
-    gpt25 plot runs/small runs/other --out curves.png
-"""
+"""`gpt25 train`, `gpt25 sft` (fine-tune a base checkpoint into a chat model) and `gpt25 plot`.
+Manual: docs/training.md, docs/chat.md."""
 
 from __future__ import annotations
 
