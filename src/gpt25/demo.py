@@ -105,7 +105,6 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
 def demo_paths(out: Path) -> dict[str, Path]:
     return {
-        "out": out,
         "corpus": out / "data" / "python-docs.txt",
         "tokenizer": out / "tokenizer",
         "shards": out / "data" / "shards",

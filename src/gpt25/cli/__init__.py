@@ -14,10 +14,8 @@ from gpt25.cli.flags import FlagParser
 
 COMMAND_MODULES = (demo, tokenizer, data, train, checkpoint, evaluate, chat, export, serve)
 # Exceptions that mean bad input (a wrong path, value or permission): one line, exit status 2.
-USER_ERRORS = (
-    ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
-    ConnectionError,
-)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+               ConnectionError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,19 +15,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description="Import other projects' checkpoints; inspect or consolidate "
                                    "gpt25 training checkpoints.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    _register_import(actions)
-    info_parser = add_command(actions, "info", run_info, help="print a checkpoint's metadata",
-                              description="Print the step, model config, tokenizer, layout and origin of a checkpoint.")
-    info_parser.add_argument("path", help="step dir, run dir, imported dir or consolidated .safetensors file")
-    consolidate_parser = add_command(
-        actions, "consolidate", run_consolidate, help="write one safetensors file (+ .json sidecar) from any checkpoint",
-        description="Gather a (possibly FSDP-sharded) checkpoint into one safetensors file of full weights, "
-        "with its metadata in a <name>.json sidecar; `gpt25 eval/sample/export` accept the result.")
-    consolidate_parser.add_argument("path", help="step dir or run dir (newest checkpoint)")
-    consolidate_parser.add_argument("--out", required=True, help="output file, ending in .safetensors")
-
-
-def _register_import(actions: argparse._SubParsersAction) -> None:
     importer = add_command(
         actions, "import", run_import, help="convert another project's checkpoint into a gpt25 checkpoint directory",
         description="Detect SRC's layout (the GPT 2.5 seed's DCP folder, its Hugging Face folder, or a "
@@ -46,6 +33,15 @@ def _register_import(actions: argparse._SubParsersAction) -> None:
                           help="context length, for a source that does not record it (default: 1024)")
     importer.add_argument("--rope_theta", type=float, default=None,
                           help="RoPE base, for a source that does not record it (default: 10000)")
+    info_parser = add_command(actions, "info", run_info, help="print a checkpoint's metadata",
+                              description="Print the step, model config, tokenizer, layout and origin of a checkpoint.")
+    info_parser.add_argument("path", help="step dir, run dir, imported dir or consolidated .safetensors file")
+    consolidate_parser = add_command(
+        actions, "consolidate", run_consolidate, help="write one safetensors file (+ .json sidecar) from any checkpoint",
+        description="Gather a (possibly FSDP-sharded) checkpoint into one safetensors file of full weights, "
+        "with its metadata in a <name>.json sidecar; `gpt25 eval/sample/export` accept the result.")
+    consolidate_parser.add_argument("path", help="step dir or run dir (newest checkpoint)")
+    consolidate_parser.add_argument("--out", required=True, help="output file, ending in .safetensors")
 
 
 def run_import(args: argparse.Namespace) -> int:

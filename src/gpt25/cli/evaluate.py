@@ -11,11 +11,6 @@ from gpt25.cli.flags import add_command, add_model_arguments, add_sampling_argum
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    register_eval(subparsers)
-    register_generate(subparsers)
-
-
-def register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "eval", run_eval,
         help="validation loss, perplexity, bits per byte, HellaSwag and CORE of a checkpoint",
@@ -44,6 +39,7 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
         "--batch_size", type=int, default=8,
         help="context windows per forward pass (default 8); HellaSwag packs 4x as many of its short sequences",
     )
+    register_generate(subparsers)
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -96,32 +96,27 @@ def _special_tokens(args: argparse.Namespace) -> list[str]:
 
 
 def _check_out(out: Path, force: bool, inputs: list[Path]) -> None:
-    """Refuse an --out that cannot be written or replaced, with a one-line reason and fix."""
+    """Refuse an --out that cannot be written, or replaced (with --force) because it is neither empty nor just a
+    gpt25 tokenizer."""
+    from gpt25.tokenizer.io import MERGES_FILE, META_FILE, VOCAB_FILE
+
     for path in inputs:
         if path.resolve().is_relative_to(out.resolve()):
             raise ValueError(f"input {path} is inside --out {out}, which would be replaced; choose another --out")
     if out.is_symlink():
         raise ValueError(f"--out {out} is a symbolic link; pass the folder itself or choose another --out")
-    if out.is_dir():
-        _check_replaceable(out, force)
-    elif out.exists():
+    if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
-    _check_parent(out)
-
-
-def _check_replaceable(out: Path, force: bool) -> None:
-    """An existing folder may be replaced (with --force) only if it is empty or holds just a gpt25 tokenizer."""
-    from gpt25.tokenizer.io import MERGES_FILE, META_FILE, VOCAB_FILE
-
-    names = sorted(entry.name for entry in out.iterdir())
+    names = sorted(entry.name for entry in out.iterdir()) if out.is_dir() else []
     foreign = [name for name in names if name not in (META_FILE, VOCAB_FILE, MERGES_FILE) or not (out / name).is_file()]
     if not foreign and names and META_FILE not in names:
         foreign = names  # GPT-2's own vocab.json + merges.txt, say: not a gpt25 tokenizer
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise FileExistsError(f"{out} holds files that are not a gpt25 tokenizer ({shown}); choose another --out")
-    if not force:
+    if out.is_dir() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    _check_parent(out)
 
 
 def _check_parent(out: Path) -> None:
