@@ -22,14 +22,13 @@ from gpt25.data.prepare import PrepareConfig, prepare
 from gpt25.eval.run import run_evaluation
 from gpt25.files import write_json_atomic, write_text_atomic
 from gpt25.sample import generate
-from gpt25.tokenizer import Tokenizer, train_bpe
+from gpt25.tokenizer import END_OF_TEXT, Tokenizer, train_bpe
 from gpt25.train import TrainConfig, plot_runs, train
 from gpt25.train.config import SFTConfig, read_toml_settings
 from gpt25.train.distributed import init_distributed
 from gpt25.train.sft import sft
 from gpt25.train.trainer import Trainer
 
-EOT = "<|endoftext|>"
 CPU_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cpu-small.toml"
 MIN_TRAIN_STEPS = 20
 # What training adds to the timed step: loading batches, 8 evaluations, 4 checkpoints, logging (measured
@@ -134,7 +133,7 @@ def made_from(paths: dict[str, Path], stage: str, inputs: dict[str, Any], output
 def build_corpus(paths: dict[str, Path]) -> dict[str, Any]:
     if paths["corpus"].is_file():
         text = paths["corpus"].read_text(encoding="utf-8")
-        return {"reused": True, "documents": text.count(EOT) + 1, "bytes": len(text.encode("utf-8"))}
+        return {"reused": True, "documents": text.count(END_OF_TEXT) + 1, "bytes": len(text.encode("utf-8"))}
     num_documents, num_bytes = write_corpus_file(iter_default_corpus(), paths["corpus"])
     return {"reused": False, "documents": num_documents, "bytes": num_bytes}
 
@@ -145,8 +144,8 @@ def build_tokenizer(paths: dict[str, Path], vocab_size: int) -> dict[str, Any]:
     if made_from(paths, "tokenizer", inputs, paths["tokenizer"]):
         tokenizer = Tokenizer.load(paths["tokenizer"])
         return {"reused": True, "vocab_size": tokenizer.vocab_size}
-    vocab, merges = train_bpe(paths["corpus"], vocab_size, [EOT], progress=True)
-    Tokenizer(vocab, merges, [EOT]).save(paths["tokenizer"])
+    vocab, merges = train_bpe(paths["corpus"], vocab_size, [END_OF_TEXT], progress=True)
+    Tokenizer(vocab, merges, [END_OF_TEXT]).save(paths["tokenizer"])
     return {"reused": False, "vocab_size": len(vocab)}
 
 
@@ -180,8 +179,7 @@ def train_model(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
 
 
 def resolve_train_steps(paths: dict[str, Path], config: DemoConfig, settings: dict[str, Any]) -> int:
-    """--train_steps when given; else an earlier run's (so that a second demo reuses or resumes it); else as many
-    steps as fit --minutes at the speed measured here."""
+    """--train_steps; else an earlier run's (which a second demo reuses or resumes); else as many as fit --minutes."""
     if config.train_steps:
         return config.train_steps
     earlier = paths["run"] / "config.json"
@@ -275,7 +273,7 @@ def render_report(paths: dict[str, Path], config: DemoConfig, results: dict[str,
         "",
         f"- corpus: the embedded Python documentation ({results['corpus']['documents']} documents, "
         f"{results['corpus']['bytes'] / 1e6:.2f} MB)",
-        f"- tokenizer: byte-level BPE, vocab {results['tokenizer']['vocab_size']}, special `{EOT}`",
+        f"- tokenizer: byte-level BPE, vocab {results['tokenizer']['vocab_size']}, special `{END_OF_TEXT}`",
         f"- shards: {manifest['splits']['train']['tokens']:,} train tokens, {manifest['splits']['val']['tokens']:,} val tokens",
         f"- model and optimizer: `{config.config.name}`, --arch {config.arch}, with train_steps {config.train_steps} "
         f"({steps_source(config)})",
@@ -332,7 +330,7 @@ def stage_commands(paths: dict[str, Path], config: DemoConfig) -> list[str]:
     return [
         f"gpt25 data corpus --out {paths['corpus']}",
         f'gpt25 tokenizer train --input {paths["corpus"]} --vocab_size {config.vocab_size} '
-        f'--special_token "{EOT}" --out {paths["tokenizer"]} --force',
+        f'--special_token "{END_OF_TEXT}" --out {paths["tokenizer"]} --force',
         f"gpt25 data prepare --source python-docs --tokenizer {paths['tokenizer']} --out {paths['shards']} "
         "--val_fraction 0.05 --workers 2",
         f"gpt25 train --config {config.config} --data {paths['shards']} --tokenizer {paths['tokenizer']} "

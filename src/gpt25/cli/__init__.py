@@ -1,6 +1,5 @@
-"""The `gpt25` command line (`main`): each sub-module's `register(subparsers)` adds its commands.
-
-Handlers import torch and the rest only when they run, so `gpt25 --help` is instant."""
+"""The `gpt25` command line (`main`): each sub-module's `register(subparsers)` adds its commands; handlers
+import torch and the rest only when they run, so `gpt25 --help` is instant."""
 
 from __future__ import annotations
 
@@ -50,4 +49,4 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(f"gpt25 {args.command}: interrupted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(result or 0)
+    sys.exit(result or 0)  # a handler returns its exit status, or None for success

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_sampling_arguments(parser, None, "per reply (default: half the context, at most 256)")
 
 
-def run_chat(args: argparse.Namespace) -> int:
+def run_chat(args: argparse.Namespace) -> None:
     from gpt25.chat import reply_budget
     from gpt25.checkpoint import load_for_inference
     from gpt25.engine import validate_sampling
@@ -44,7 +44,6 @@ def run_chat(args: argparse.Namespace) -> int:
             session.reply(args.prompt, sys.stdout)
         else:
             session.interact(sys.stdin, sys.stdout)
-    return 0
 
 
 class ChatSession:
@@ -134,8 +133,7 @@ def read_line(stdin: TextIO, stdout: TextIO) -> str | None:
         except EOFError:
             line = ""  # end of input
     else:
-        stdout.write("> ")
-        stdout.flush()
+        print("> ", end="", file=stdout, flush=True)
         line = stdin.readline()
     if not line:
         print(file=stdout, flush=True)  # the shell's prompt then starts on a line of its own

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     consolidate_parser.add_argument("--out", required=True, help="output file, ending in .safetensors")
 
 
-def run_import(args: argparse.Namespace) -> int:
+def run_import(args: argparse.Namespace) -> None:
     from gpt25.checkpoint_import import TOKENIZER_DIR, import_checkpoint
 
     settings = {"num_heads": args.num_heads, "context_length": args.context_length, "rope_theta": args.rope_theta}
@@ -54,10 +54,9 @@ def run_import(args: argparse.Namespace) -> int:
         "; no tokenizer (pass --tokenizer to add one)"
     print(f"imported {args.src} ({layout.name}) at step {meta['step']} into {out}{tokenizer_note}")
     print(f"model: {json.dumps(meta['model_config'])}")
-    return 0
 
 
-def run_info(args: argparse.Namespace) -> int:
+def run_info(args: argparse.Namespace) -> None:
     from gpt25.checkpoint import list_checkpoints, read_meta, resolve_checkpoint
     from gpt25.checkpoint_import import TOKENIZER_DIR
 
@@ -71,11 +70,9 @@ def run_info(args: argparse.Namespace) -> int:
                       ("step", "world_size", "sharded", "tokenizer_fingerprint", "model_config")},
                       "tokenizer": str(tokenizer_dir) if tokenizer_dir else None, **imported,
                       "checkpoints_in_run": others}, indent=2))
-    return 0
 
 
-def run_consolidate(args: argparse.Namespace) -> int:
+def run_consolidate(args: argparse.Namespace) -> None:
     from gpt25.checkpoint import consolidate
 
     print(consolidate(args.path, args.out))
-    return 0

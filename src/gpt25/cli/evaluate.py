@@ -4,7 +4,6 @@ Manual: docs/evaluation.md, docs/sampling.md."""
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 
 from gpt25.cli.flags import add_command, add_model_arguments, add_sampling_arguments, model_inputs, one_line_warnings
@@ -42,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     register_generate(subparsers)
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run_eval(args: argparse.Namespace) -> None:
     import torch
 
     from gpt25.eval.run import format_table, run_evaluation
@@ -53,7 +52,6 @@ def run_eval(args: argparse.Namespace) -> int:
                              max_tokens=args.max_tokens, out=args.out, batch_size=args.batch_size, device=device,
                              autocast_dtype=None if dtype == torch.float32 else dtype)
     print(format_table(results))
-    return 0
 
 
 def register_generate(subparsers: argparse._SubParsersAction) -> None:
@@ -72,7 +70,7 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no_cache", action="store_true", help="recompute the whole prefix each step (slow)")
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def run_generate(args: argparse.Namespace) -> None:
     from gpt25.checkpoint import load_for_inference
     from gpt25.engine import validate_sampling
     from gpt25.sample import generate
@@ -95,7 +93,6 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         for index, sample in enumerate(samples, 1):
             print(f"--- sample {index} ---\n{args.prompt}{sample}")
-    return 0
 
 
 def stream_printer(prompt: str) -> Callable[[int, str], None]:
@@ -104,8 +101,7 @@ def stream_printer(prompt: str) -> Callable[[int, str], None]:
     pending = [prompt]
 
     def print_piece(_sample_index: int, text: str) -> None:
-        sys.stdout.write("".join(pending) + text)
-        sys.stdout.flush()
+        print("".join(pending) + text, end="", flush=True)
         pending.clear()
 
     return print_piece

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
 
 
-def add_command(subparsers: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], int],
+def add_command(subparsers: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], int | None],
                 help: str, description: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help, description=description)
     parser.set_defaults(handler=handler)

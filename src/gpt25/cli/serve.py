@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' on every /v1 route")
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from gpt25.serve.api import Limits, create_app, load_served
@@ -43,4 +43,3 @@ def run_serve(args: argparse.Namespace) -> int:
 
     limits = Limits(args.api_key, args.max_body_bytes, args.max_prompt_tokens, args.max_tokens)
     uvicorn.run(create_app(load, limits), host=args.host, port=args.port, log_level="info")
-    return 0

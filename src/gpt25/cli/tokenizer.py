@@ -58,7 +58,7 @@ def _add_output_arguments(parser: argparse.ArgumentParser, special_token_help: s
                         help="replace DIR if it is empty or holds a gpt25 tokenizer (a folder with other files is refused)")
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_train(args: argparse.Namespace) -> None:
     from gpt25.tokenizer import Tokenizer, train_bpe
 
     special_tokens = _special_tokens(args)
@@ -77,10 +77,9 @@ def run_train(args: argparse.Namespace) -> int:
         tokenizer.save(staging)
     print(f"trained {tokenizer.vocab_size} tokens ({len(merges)} merges) in "
           f"{time.perf_counter() - started:.1f} s -> {args.out}", file=sys.stderr)
-    return 0
 
 
-def run_import(args: argparse.Namespace) -> int:
+def run_import(args: argparse.Namespace) -> None:
     from gpt25.tokenizer import Tokenizer
 
     _check_out(args.out, args.force, [args.vocab, args.merges])
@@ -88,7 +87,6 @@ def run_import(args: argparse.Namespace) -> int:
     with atomic_folder(args.out) as staging:  # DIR is never left half-written
         tokenizer.save(staging)
     print(f"imported {tokenizer.vocab_size} tokens ({len(tokenizer.merges)} merges) -> {args.out}", file=sys.stderr)
-    return 0
 
 
 def _special_tokens(args: argparse.Namespace) -> list[str]:
@@ -141,16 +139,15 @@ def _read_stdin_text() -> str:
         raise ValueError(f"stdin: invalid UTF-8 at byte offset {error.start}") from None
 
 
-def run_encode(args: argparse.Namespace) -> int:
+def run_encode(args: argparse.Namespace) -> None:
     from gpt25.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(args.tokenizer)
     ids = tokenizer.encode(_read_stdin_text())
     sys.stdout.write(" ".join(map(str, ids)) + "\n")
-    return 0
 
 
-def run_decode(args: argparse.Namespace) -> int:
+def run_decode(args: argparse.Namespace) -> None:
     from gpt25.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(args.tokenizer)
@@ -162,10 +159,9 @@ def run_decode(args: argparse.Namespace) -> int:
             raise ValueError(f"stdin: {word!r} is not a token id (expected integers separated by spaces)") from None
     sys.stdout.buffer.write(tokenizer.decode(ids).encode("utf-8"))
     sys.stdout.flush()
-    return 0
 
 
-def run_info(args: argparse.Namespace) -> int:
+def run_info(args: argparse.Namespace) -> None:
     from gpt25.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(args.tokenizer_dir)
@@ -181,4 +177,3 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"longest tokens ({len(longest)}):")
     for token_id, token in longest:
         print(f"  {token_id:>7}  {len(token):>3} bytes  {token.decode('utf-8', errors='replace')!r}")
-    return 0

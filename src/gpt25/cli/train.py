@@ -69,9 +69,8 @@ def stop_status(stopped_by: str | None) -> int:
     return 128 + signal.Signals.__members__.get(stopped_by, signal.SIGTERM)
 
 
-def run_plot(args: argparse.Namespace) -> int:
+def run_plot(args: argparse.Namespace) -> None:
     from gpt25.train.plot import plot_runs
 
     out = args.out or str(Path(args.run_dirs[0]) / "curves.png")
     print(plot_runs(args.run_dirs, out))
-    return 0
