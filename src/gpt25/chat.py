@@ -81,8 +81,7 @@ def chat(model: torch.nn.Module, tokenizer: Tokenizer, messages: Sequence[dict],
 def _prompt_ids(model: torch.nn.Module, tokenizer: Tokenizer, messages: Sequence[dict], max_new_tokens: int) -> list[int]:
     require_chat_tokens(tokenizer)
     check_tokenizer_matches(tokenizer, model.config.vocab_size, None)
-    problem = message_problem(list(messages))
-    if problem:
+    if problem := message_problem(list(messages)):
         raise ValueError(f"cannot answer this conversation: {problem}")
     context_length = model.config.context_length
     kept, num_dropped = trim_history(tokenizer, messages, context_length, max_new_tokens)

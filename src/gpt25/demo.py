@@ -142,8 +142,7 @@ def build_tokenizer(paths: dict[str, Path], vocab_size: int) -> dict[str, Any]:
     corpus = paths["corpus"].stat()
     inputs = {"vocab_size": vocab_size, "corpus_bytes": corpus.st_size, "corpus_mtime_ns": corpus.st_mtime_ns}
     if made_from(paths, "tokenizer", inputs, paths["tokenizer"]):
-        tokenizer = Tokenizer.load(paths["tokenizer"])
-        return {"reused": True, "vocab_size": tokenizer.vocab_size}
+        return {"reused": True, "vocab_size": Tokenizer.load(paths["tokenizer"]).vocab_size}
     vocab, merges = train_bpe(paths["corpus"], vocab_size, [END_OF_TEXT], progress=True)
     Tokenizer(vocab, merges, [END_OF_TEXT]).save(paths["tokenizer"])
     return {"reused": False, "vocab_size": len(vocab)}

@@ -93,8 +93,7 @@ class ChatSession:
                 print(f"gpt25 chat: error: {error}", file=sys.stderr, flush=True)
 
     def reply(self, message: str, stdout: TextIO) -> str:
-        """Stream the reply to `message` onto `stdout`; the exchange joins the history (a Ctrl-C keeps what was
-        printed), whose oldest turns go, with a note on stderr, when they leave too little room for the reply."""
+        """Stream the reply to `message` onto `stdout`; the exchange joins the history (after a Ctrl-C, as printed)."""
         from gpt25.chat import stream_chat, trim_history
 
         context_length = self.model.config.context_length

@@ -4,7 +4,6 @@ Manual: docs/evaluation.md, docs/sampling.md."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 from gpt25.cli.flags import add_command, add_model_arguments, add_sampling_arguments, model_inputs, one_line_warnings
 
@@ -79,7 +78,14 @@ def run_generate(args: argparse.Namespace) -> None:
     if args.stream and args.num_samples != 1:
         raise ValueError("--stream prints one sample as it is produced; drop --stream or use --num_samples 1")
     model, tokenizer, _ = load_for_inference(*model_inputs(args))
-    print_piece = stream_printer(args.prompt)
+    # --stream writes the prompt together with the first text, so that the settings `generate` checks first
+    # (e.g. max_new_tokens against the context) fail on a clean line.
+    pending = [args.prompt]
+
+    def print_piece(_sample_index: int, text: str) -> None:
+        print("".join(pending) + text, end="", flush=True)
+        pending.clear()
+
     with one_line_warnings("generate"):
         samples = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -93,16 +99,4 @@ def run_generate(args: argparse.Namespace) -> None:
     else:
         for index, sample in enumerate(samples, 1):
             print(f"--- sample {index} ---\n{args.prompt}{sample}")
-
-
-def stream_printer(prompt: str) -> Callable[[int, str], None]:
-    """on_token for --stream: writes the prompt together with the first text, so that the settings
-    `generate` checks first (e.g. max_new_tokens against the context) fail on a clean line."""
-    pending = [prompt]
-
-    def print_piece(_sample_index: int, text: str) -> None:
-        print("".join(pending) + text, end="", flush=True)
-        pending.clear()
-
-    return print_piece
 

@@ -49,8 +49,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True,
 
 def model_inputs(args: argparse.Namespace, tokenizer_required: bool = True) -> tuple[str, str | None, torch.device,
                                                                                      torch.dtype]:
-    """Checked flags of `add_model_arguments`; without --tokenizer, the run's (None if it has none and
-    `tokenizer_required` is false)."""
+    """`add_model_arguments`' flags, checked; without --tokenizer, the run's (or None if not `tokenizer_required`)."""
     import torch
 
     from gpt25.checkpoint import find_tokenizer_dir

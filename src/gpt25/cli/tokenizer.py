@@ -94,8 +94,7 @@ def _special_tokens(args: argparse.Namespace) -> list[str]:
 
 
 def _check_out(out: Path, force: bool, inputs: list[Path]) -> None:
-    """Refuse an --out that cannot be written, or replaced (with --force) because it is neither empty nor just a
-    gpt25 tokenizer."""
+    """Refuse an --out that cannot be written, or replaced (with --force) as it is neither empty nor a tokenizer."""
     from gpt25.tokenizer.io import MERGES_FILE, META_FILE, VOCAB_FILE
 
     for path in inputs:
@@ -142,8 +141,7 @@ def _read_stdin_text() -> str:
 def run_encode(args: argparse.Namespace) -> None:
     from gpt25.tokenizer import Tokenizer
 
-    tokenizer = Tokenizer.load(args.tokenizer)
-    ids = tokenizer.encode(_read_stdin_text())
+    ids = Tokenizer.load(args.tokenizer).encode(_read_stdin_text())
     sys.stdout.write(" ".join(map(str, ids)) + "\n")
 
 

@@ -61,9 +61,8 @@ def run_sft(args: argparse.Namespace) -> int:
 
 
 def stop_status(stopped_by: str | None) -> int:
-    """0 for a finished run; 128 + the signal's number (130 SIGINT, 143 SIGTERM) for one stopped by a
-    signal, as a shell reports a killed command, so `gpt25 train ... && gpt25 eval ...` stops there.
-    A rank stopped because another rank got the signal reports SIGTERM."""
+    """0 for a finished run, else 128 + the signal's number (130 SIGINT; 143 SIGTERM, also for a rank stopped
+    by another's signal), as a shell reports a killed command: `gpt25 train ... && gpt25 eval ...` stops there."""
     if stopped_by is None:
         return 0
     return 128 + signal.Signals.__members__.get(stopped_by, signal.SIGTERM)
