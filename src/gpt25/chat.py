@@ -1,14 +1,5 @@
-"""Talking to a chat model: a reply to a conversation, whole (`chat`) or streamed as text pieces (`stream_chat`).
-
-The conversation is rendered in the chat format (`gpt25.tokenizer.chat_format`) and followed by the
-generation prompt; the reply is sampled as `gpt25.sample` samples (same temperature / top-k / top-p
-rules and seeds), one token at a time on a KV cache, and ends at `<|endoftext|>`, at any role token
-(the model starting the next turn) or after `max_new_tokens`. Streamed pieces are whole characters:
-a character whose UTF-8 bytes span several tokens comes out once its last byte has.
-
-A conversation too long for the context loses its oldest turns (`trim_history`), never the system
-message nor the last message; `stream_chat` warns when it drops any.
-"""
+"""A chat model's reply to a conversation, whole (`chat`) or streamed as text pieces (`stream_chat`), and the
+history kept inside the context (`trim_history`). Manual: docs/chat.md (Talking to a chat model)."""
 
 from __future__ import annotations
 
@@ -26,14 +17,11 @@ from gpt25.tokenizer.chat_format import message_problem, render_prompt, reply_st
 DEFAULT_MAX_NEW_TOKENS = 256  # a reply's length limit unless one is given (or half the context, when less)
 
 
-def trim_history(
-    tokenizer: Tokenizer, messages: Sequence[dict], context_length: int, max_new_tokens: int | None
-) -> tuple[list[dict], int]:
-    """(the newest messages whose prompt leaves room for `max_new_tokens` in the context, how many were dropped).
-
-    The oldest turns go first; a leading system message and the last message always stay, and the kept
-    history never starts with an assistant's reply. ValueError (one line) when even those do not fit.
-    """
+def trim_history(tokenizer: Tokenizer, messages: Sequence[dict], context_length: int,
+                 max_new_tokens: int | None) -> tuple[list[dict], int]:
+    """(the newest messages that leave room for `max_new_tokens` in the context, how many were dropped).
+    A leading system message and the last message always stay (ValueError when even they do not fit); the
+    kept history never starts with an assistant's reply."""
     max_new_tokens = reply_budget(max_new_tokens, context_length)
     messages = list(messages)
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
@@ -59,23 +47,11 @@ def reply_budget(max_new_tokens: int | None, context_length: int) -> int:
     return max_new_tokens
 
 
-def stream_chat(
-    model: torch.nn.Module,
-    tokenizer: Tokenizer,
-    messages: Sequence[dict],
-    *,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.8,
-    top_p: float = 0.9,
-    top_k: int | None = None,
-    seed: int | None = None,
-    static_decode: bool | None = None,
-) -> Iterator[str]:
-    """The model's reply to `messages` ({"role", "content"} dicts), as text pieces while it is generated (they
-    join to `chat`'s string). Bad arguments, or a model without chat role tokens, raise ValueError here, before
-    any token is generated. `max_new_tokens` as `reply_budget` reads it; `static_decode` (default: on a CUDA
-    device) replays the decoding step as a CUDA graph.
-    """
+def stream_chat(model: torch.nn.Module, tokenizer: Tokenizer, messages: Sequence[dict], *,
+                max_new_tokens: int | None = None, temperature: float = 0.8, top_p: float = 0.9,
+                top_k: int | None = None, seed: int | None = None, static_decode: bool | None = None) -> Iterator[str]:
+    """The reply to `messages` ({"role", "content"} dicts) in text pieces as it is generated. Bad arguments, or a
+    model without chat role tokens, raise ValueError here, before any token is generated."""
     validate_sampling(temperature, top_p, top_k)
     max_new_tokens = reply_budget(max_new_tokens, model.config.context_length)
     prompt_ids = _prompt_ids(model, tokenizer, messages, max_new_tokens)
@@ -89,7 +65,6 @@ def stream_chat(
 
 
 def _reply_text(steps: Iterator[torch.Tensor], stream: TextStream) -> Iterator[str]:
-    """The text of the decoded tokens in pieces as they come, until a stop token."""
     for token in steps:
         if piece := stream.push(int(token)):
             yield piece
@@ -100,16 +75,13 @@ def _reply_text(steps: Iterator[torch.Tensor], stream: TextStream) -> Iterator[s
 
 
 def chat(model: torch.nn.Module, tokenizer: Tokenizer, messages: Sequence[dict], **settings: Any) -> str:
-    """The model's whole reply to `messages`; `settings` and the rest as for `stream_chat`."""
     return "".join(stream_chat(model, tokenizer, messages, **settings))
 
 
 def _prompt_ids(model: torch.nn.Module, tokenizer: Tokenizer, messages: Sequence[dict], max_new_tokens: int) -> list[int]:
-    """The checked conversation, trimmed to fit, rendered with the generation prompt."""
     require_chat_tokens(tokenizer)
     check_tokenizer_matches(tokenizer, model.config.vocab_size, None)
-    problem = message_problem(list(messages))
-    if problem:
+    if problem := message_problem(list(messages)):
         raise ValueError(f"cannot answer this conversation: {problem}")
     context_length = model.config.context_length
     kept, num_dropped = trim_history(tokenizer, messages, context_length, max_new_tokens)

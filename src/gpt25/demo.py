@@ -1,13 +1,5 @@
-"""`gpt25 demo`: the whole pipeline end to end on the embedded Python-docs corpus, on a CPU.
-
-corpus -> BPE tokenizer -> train/val shards -> a small model trained for a fixed token budget ->
-validation loss vs a unigram baseline -> samples -> supervised fine-tuning on the embedded chat set
--> questions answered by the chat model beside the base model's continuations -> RUN_DIR/report.md
-and RUN_DIR/results.png.
-Each stage calls the same functions as the ordinary commands, which the report lists, so the
-demo doubles as a tutorial. A second run reuses a stage's output (and resumes a training run) only when
-everything it was made from is unchanged, as OUT/stages.json records; otherwise it redoes that stage.
-"""
+"""`gpt25 demo` (`run_demo`): the whole pipeline end to end on the embedded Python-docs corpus, on a CPU, each
+stage calling the ordinary commands' functions. Manual: README.md (Two commands), docs/chat.md (In the demo)."""
 
 from __future__ import annotations
 
@@ -30,14 +22,13 @@ from gpt25.data.prepare import PrepareConfig, prepare
 from gpt25.eval.run import run_evaluation
 from gpt25.files import write_json_atomic, write_text_atomic
 from gpt25.sample import generate
-from gpt25.tokenizer import Tokenizer, train_bpe
+from gpt25.tokenizer import END_OF_TEXT, Tokenizer, train_bpe
 from gpt25.train import TrainConfig, plot_runs, train
 from gpt25.train.config import SFTConfig, read_toml_settings
 from gpt25.train.distributed import init_distributed
 from gpt25.train.sft import sft
 from gpt25.train.trainer import Trainer
 
-EOT = "<|endoftext|>"
 CPU_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cpu-small.toml"
 MIN_TRAIN_STEPS = 20
 # What training adds to the timed step: loading batches, 8 evaluations, 4 checkpoints, logging (measured
@@ -59,8 +50,6 @@ RUN_LENGTH = ("train_steps", "eval_every", "save_every")
 
 @dataclass
 class DemoConfig:
-    """Settings of `gpt25 demo`."""
-
     out: Path = Path("runs/demo")
     minutes: float = 5.0  # the pretraining budget on this machine (timed steps decide how many fit)
     train_steps: int | None = None  # exactly this many instead: the same tokens on any machine
@@ -77,11 +66,8 @@ class DemoConfig:
 
 
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every stage (reusing completed ones) and return the final metrics and artefact paths.
-
-    A SIGINT/SIGTERM during training or fine-tuning ends the demo after the trainer's checkpoint: the
-    results then stop at "train" (or "sft"), whose `stopped_by` names the signal.
-    """
+    """Each stage's results; a SIGINT/SIGTERM while training or fine-tuning ends them at "train" (or "sft"),
+    whose `stopped_by` names the signal."""
     if config.minutes <= 0 or min(config.train_steps or 1, config.sft_steps or 1) < 1:
         raise ValueError(f"--minutes, --train_steps and --sft_steps must be positive, got {config.minutes}, "
                          f"{config.train_steps} and {config.sft_steps}")
@@ -118,7 +104,6 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
 
 def demo_paths(out: Path) -> dict[str, Path]:
     return {
-        "out": out,
         "corpus": out / "data" / "python-docs.txt",
         "tokenizer": out / "tokenizer",
         "shards": out / "data" / "shards",
@@ -132,8 +117,8 @@ def demo_paths(out: Path) -> dict[str, Path]:
 
 
 def made_from(paths: dict[str, Path], stage: str, inputs: dict[str, Any], output: Path) -> bool:
-    """Whether `output` (a stage's file or folder) was made from exactly `inputs`, as OUT/stages.json records;
-    when not, it is deleted so the stage starts over, and `inputs` recorded for the run about to make it."""
+    """Whether `output` was made from exactly `inputs`, as OUT/stages.json records; when not, it is deleted so
+    the stage starts over, and `inputs` recorded for the run about to make it."""
     recorded = json.loads(paths["stages"].read_text()) if paths["stages"].is_file() else {}
     if recorded.get(stage) == inputs and output.exists():
         return True
@@ -146,10 +131,9 @@ def made_from(paths: dict[str, Path], stage: str, inputs: dict[str, Any], output
 
 
 def build_corpus(paths: dict[str, Path]) -> dict[str, Any]:
-    """The embedded corpus as one text file, documents joined by <|endoftext|> (tokenizer training input)."""
     if paths["corpus"].is_file():
         text = paths["corpus"].read_text(encoding="utf-8")
-        return {"reused": True, "documents": text.count(EOT) + 1, "bytes": len(text.encode("utf-8"))}
+        return {"reused": True, "documents": text.count(END_OF_TEXT) + 1, "bytes": len(text.encode("utf-8"))}
     num_documents, num_bytes = write_corpus_file(iter_default_corpus(), paths["corpus"])
     return {"reused": False, "documents": num_documents, "bytes": num_bytes}
 
@@ -158,17 +142,15 @@ def build_tokenizer(paths: dict[str, Path], vocab_size: int) -> dict[str, Any]:
     corpus = paths["corpus"].stat()
     inputs = {"vocab_size": vocab_size, "corpus_bytes": corpus.st_size, "corpus_mtime_ns": corpus.st_mtime_ns}
     if made_from(paths, "tokenizer", inputs, paths["tokenizer"]):
-        tokenizer = Tokenizer.load(paths["tokenizer"])
-        return {"reused": True, "vocab_size": tokenizer.vocab_size}
-    vocab, merges = train_bpe(paths["corpus"], vocab_size, [EOT], progress=True)
-    Tokenizer(vocab, merges, [EOT]).save(paths["tokenizer"])
+        return {"reused": True, "vocab_size": Tokenizer.load(paths["tokenizer"]).vocab_size}
+    vocab, merges = train_bpe(paths["corpus"], vocab_size, [END_OF_TEXT], progress=True)
+    Tokenizer(vocab, merges, [END_OF_TEXT]).save(paths["tokenizer"])
     return {"reused": False, "vocab_size": len(vocab)}
 
 
 def build_shards(paths: dict[str, Path]) -> dict[str, Any]:
-    """Tokenize the corpus into train/val shards (prepare itself resumes or skips finished work)."""
     made_from(paths, "shards", {"tokenizer": Tokenizer.load(paths["tokenizer"]).fingerprint()}, paths["shards"])
-    manifest = prepare(PrepareConfig(
+    manifest = prepare(PrepareConfig(  # prepare itself resumes or skips finished work
         sources=["python-docs"], tokenizer_dir=str(paths["tokenizer"]), out_dir=str(paths["shards"]),
         val_fraction=0.05, workers=2,
     ))
@@ -196,8 +178,7 @@ def train_model(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
 
 
 def resolve_train_steps(paths: dict[str, Path], config: DemoConfig, settings: dict[str, Any]) -> int:
-    """--train_steps when given; else an earlier run's (so that a second demo reuses or resumes it); else as many
-    steps as fit --minutes at the speed measured here."""
+    """--train_steps; else an earlier run's (which a second demo reuses or resumes); else as many as fit --minutes."""
     if config.train_steps:
         return config.train_steps
     earlier = paths["run"] / "config.json"
@@ -208,16 +189,14 @@ def resolve_train_steps(paths: dict[str, Path], config: DemoConfig, settings: di
 
 
 def steps_for_budget(minutes: float, seconds_per_step: float) -> int:
-    """Training steps that fill `minutes` at `seconds_per_step` (with the loop's overhead), at least MIN_TRAIN_STEPS."""
     return max(MIN_TRAIN_STEPS, int(minutes * 60 / (seconds_per_step * TRAINING_OVERHEAD)))
 
 
 def time_training_step(train_config: TrainConfig, repeats: int = 2) -> float:
-    """Seconds of one optimizer step of the configured run, timed with the trainer's own step on its data: the
-    fastest of `repeats` steps (after a first that warms up the allocator and kernels). Nothing is written."""
+    """Seconds of one optimizer step of the configured run (the trainer's own step on its data); writes nothing."""
     trainer = Trainer(train_config, init_distributed(train_config.device))
     timings = []
-    for _ in range(repeats + 1):
+    for _ in range(repeats + 1):  # the fastest after a first that warms up the allocator and kernels
         started = time.perf_counter()
         trainer.train_step(stop_requested=False)  # its losses and norms come back to the host: the step is done
         timings.append(time.perf_counter() - started)
@@ -252,7 +231,6 @@ def sample_model(paths: dict[str, Path], config: DemoConfig) -> list[str]:
 
 
 def fine_tune(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
-    """Fine-tune the base model on the embedded chat set (resuming or reusing a run made from this base model)."""
     base = list_checkpoints(paths["run"])[-1]
     made_from(paths, "sft", {"base": str(base), "base_step": read_step(base), "device": config.device,
                              "tokenizer": Tokenizer.load(paths["tokenizer"]).fingerprint()}, paths["sft"])
@@ -268,8 +246,7 @@ def fine_tune(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
 
 
 def chat_samples(paths: dict[str, Path], config: DemoConfig) -> list[dict[str, str]]:
-    """Each question answered by the chat model beside the base model's continuation of it (both sampled as the
-    demo's samples are: temperature 0.8, top-p 0.9, seed 1337)."""
+    """Each question answered by the chat model beside the base model's continuation of it."""
     base, base_tokenizer, _ = load_for_inference(paths["run"], paths["tokenizer"], config.device)
     chat_model, chat_tokenizer, _ = load_for_inference(paths["sft"], paths["sft"] / "tokenizer", config.device)
     return [{"question": question,
@@ -280,7 +257,6 @@ def chat_samples(paths: dict[str, Path], config: DemoConfig) -> list[dict[str, s
 
 
 def write_report(paths: dict[str, Path], config: DemoConfig, results: dict[str, Any]) -> dict[str, str]:
-    """RUN_DIR/report.md (settings, timings, metrics, samples, commands) and RUN_DIR/results.png."""
     plot_runs([paths["run"], paths["sft"]], paths["plot"])
     write_text_atomic(paths["report"], render_report(paths, config, results))
     return {"report": str(paths["report"]), "plot": str(paths["plot"])}
@@ -296,7 +272,7 @@ def render_report(paths: dict[str, Path], config: DemoConfig, results: dict[str,
         "",
         f"- corpus: the embedded Python documentation ({results['corpus']['documents']} documents, "
         f"{results['corpus']['bytes'] / 1e6:.2f} MB)",
-        f"- tokenizer: byte-level BPE, vocab {results['tokenizer']['vocab_size']}, special `{EOT}`",
+        f"- tokenizer: byte-level BPE, vocab {results['tokenizer']['vocab_size']}, special `{END_OF_TEXT}`",
         f"- shards: {manifest['splits']['train']['tokens']:,} train tokens, {manifest['splits']['val']['tokens']:,} val tokens",
         f"- model and optimizer: `{config.config.name}`, --arch {config.arch}, with train_steps {config.train_steps} "
         f"({steps_source(config)})",
@@ -353,7 +329,7 @@ def stage_commands(paths: dict[str, Path], config: DemoConfig) -> list[str]:
     return [
         f"gpt25 data corpus --out {paths['corpus']}",
         f'gpt25 tokenizer train --input {paths["corpus"]} --vocab_size {config.vocab_size} '
-        f'--special_token "{EOT}" --out {paths["tokenizer"]} --force',
+        f'--special_token "{END_OF_TEXT}" --out {paths["tokenizer"]} --force',
         f"gpt25 data prepare --source python-docs --tokenizer {paths['tokenizer']} --out {paths['shards']} "
         "--val_fraction 0.05 --workers 2",
         f"gpt25 train --config {config.config} --data {paths['shards']} --tokenizer {paths['tokenizer']} "

@@ -9,11 +9,8 @@ import torch
 
 
 def resolve_device(device: str | None = "auto", local_rank: int = 0) -> torch.device:
-    """The torch.device `device` names on this machine, or a one-line ValueError saying what it has.
-
-    "auto" (or None) is cuda when a GPU is visible, else cpu; a bare "cuda" is cuda:LOCAL_RANK (one
-    GPU per torchrun process). Only cpu and cuda are supported.
-    """
+    """The torch.device `device` names on this machine, or a one-line ValueError saying what it has. "auto"
+    (or None) is cuda when a GPU is visible, else cpu; a bare "cuda" is cuda:LOCAL_RANK (a GPU per process)."""
     num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device in (None, "auto"):
         device = "cuda" if num_gpus else "cpu"

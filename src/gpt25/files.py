@@ -1,11 +1,5 @@
-"""Files and folders a reader never sees half-written, with the mode the umask gives.
-
-Everything is written under a temporary name beside its final place and renamed into place once
-complete; a failure (or Ctrl-C) removes the temporary and leaves the old file or folder as it was.
-Temporary files come from mkstemp, which makes them private (0600), so they get the mode a plain
-open() would have given them before the rename. This is the bottom of the package: every module
-may import it, and it imports nothing of gpt25.
-"""
+"""Files and folders a reader never sees half-written: written under a temporary name beside their place and
+renamed in once complete. The bottom of the package: every module may import it; it imports nothing of gpt25."""
 
 from __future__ import annotations
 
@@ -36,7 +30,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary = Path(name)
     try:
         yield temporary
-        set_usual_mode(temporary)
+        set_usual_mode(temporary)  # mkstemp made it private (0600): give it the mode a plain open() would have
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -1,11 +1,5 @@
-"""Text generation: `generate` samples continuations of a text prompt (`gpt25 generate`, the demo's samples).
-
-Decoding itself (the KV cache, the CUDA-graph step, temperature / top-k / top-p sampling, the
-end-of-text stop, streamed text) is `gpt25.engine`'s; this module turns text into a prompt and
-tokens back into text. A prompt too long for the context beside `max_new_tokens` is cut from
-the left, with a warning. An empty prompt starts from the end-of-text token. A sample stops at
-end-of-text (not part of the returned text) or after `max_new_tokens`.
-"""
+"""Text generation: `generate` samples continuations of a text prompt (`gpt25 generate`, the demo's samples)
+through `gpt25.engine`'s decoding. Manual: docs/sampling.md."""
 
 from __future__ import annotations
 
@@ -32,28 +26,12 @@ def encode_prompt(tokenizer, prompt: str, context_length: int, max_new_tokens: i
     return prompt_ids
 
 
-def generate(
-    model: torch.nn.Module,
-    tokenizer,
-    prompt: str,
-    *,
-    max_new_tokens: int = 50,
-    temperature: float = 0.8,
-    top_p: float = 0.9,
-    top_k: int | None = None,
-    num_samples: int = 1,
-    seed: int | None = None,
-    use_cache: bool = True,
-    static_decode: bool | None = None,
-    on_token: Callable[[int, str], None] | None = None,
-) -> list[str]:
-    """Sample `num_samples` continuations of `prompt` as one batch; returns the new text of each.
-
-    The returned strings do not repeat the prompt and stop before end-of-text. `on_token(sample_index,
-    text)` streams each sample's new text as it is produced (pieces join to the returned string).
-    `seed` makes sampling reproducible; temperature 0 is greedy (and ignores top_k/top_p).
-    `use_cache` and `static_decode` choose the decoding path, as in `generate_tokens`.
-    """
+def generate(model: torch.nn.Module, tokenizer, prompt: str, *, max_new_tokens: int = 50, temperature: float = 0.8,
+             top_p: float = 0.9, top_k: int | None = None, num_samples: int = 1, seed: int | None = None,
+             use_cache: bool = True, static_decode: bool | None = None,
+             on_token: Callable[[int, str], None] | None = None) -> list[str]:
+    """The new text of `num_samples` continuations of `prompt` (sampled as one batch), each stopped before
+    end-of-text; `on_token(sample_index, text)` streams them as they are produced."""
     if num_samples < 1:  # the sampling settings are checked by `decode`
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     device = next(model.parameters()).device
@@ -79,7 +57,6 @@ def generate(
 
 
 def eot_id_or_none(tokenizer) -> int | None:
-    """The tokenizer's end-of-text id, or None when it has no such special token."""
     try:
         return tokenizer.eot_id
     except ValueError:

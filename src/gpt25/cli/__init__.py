@@ -1,8 +1,5 @@
-"""The `gpt25` command line: a thin layer over the package's importable functions.
-
-Each sub-module registers its commands with `register(subparsers)` and imports the heavy
-machinery (torch, the trainer, ...) only inside its handlers, so `gpt25 --help` is instant.
-"""
+"""The `gpt25` command line (`main`): each sub-module's `register(subparsers)` adds its commands; handlers
+import torch and the rest only when they run, so `gpt25 --help` is instant."""
 
 from __future__ import annotations
 
@@ -16,10 +13,8 @@ from gpt25.cli.flags import FlagParser
 
 COMMAND_MODULES = (demo, tokenizer, data, train, checkpoint, evaluate, chat, export, serve)
 # Exceptions that mean bad input (a wrong path, value or permission): one line, exit status 2.
-USER_ERRORS = (
-    ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
-    ConnectionError,
-)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+               ConnectionError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,4 +49,4 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(f"gpt25 {args.command}: interrupted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(result or 0)
+    sys.exit(result or 0)  # a handler returns its exit status, or None for success

@@ -1,8 +1,4 @@
-"""`gpt25 chat`: talk to a chat model in the terminal, or answer one message (`--prompt`).
-
-    gpt25 chat --checkpoint runs/chat --tokenizer runs/chat/tokenizer
-    gpt25 chat --checkpoint runs/chat --prompt "What does shutil.copytree do?" --temperature 0
-"""
+"""`gpt25 chat`: talk to a chat model in the terminal, or answer one `--prompt`. Manual: docs/chat.md."""
 
 from __future__ import annotations
 
@@ -30,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_sampling_arguments(parser, None, "per reply (default: half the context, at most 256)")
 
 
-def run_chat(args: argparse.Namespace) -> int:
+def run_chat(args: argparse.Namespace) -> None:
     from gpt25.chat import reply_budget
     from gpt25.checkpoint import load_for_inference
     from gpt25.engine import validate_sampling
@@ -48,7 +44,6 @@ def run_chat(args: argparse.Namespace) -> int:
             session.reply(args.prompt, sys.stdout)
         else:
             session.interact(sys.stdin, sys.stdout)
-    return 0
 
 
 class ChatSession:
@@ -79,7 +74,6 @@ class ChatSession:
                 self.handle(line.strip(), stdout)
 
     def handle(self, line: str, stdout: TextIO) -> None:
-        """A slash command, or a message to answer."""
         command, _, rest = line.partition(" ")
         if command == "/reset":
             self.history.clear()
@@ -99,9 +93,7 @@ class ChatSession:
                 print(f"gpt25 chat: error: {error}", file=sys.stderr, flush=True)
 
     def reply(self, message: str, stdout: TextIO) -> str:
-        """Stream the model's reply to `message` onto `stdout`; the exchange joins the history, whose oldest turns
-        go (with a note on stderr) when they leave too little room for the reply. A Ctrl-C keeps what was printed
-        of the reply in the history and passes the interrupt on."""
+        """Stream the reply to `message` onto `stdout`; the exchange joins the history (after a Ctrl-C, as printed)."""
         from gpt25.chat import stream_chat, trim_history
 
         context_length = self.model.config.context_length
@@ -140,8 +132,7 @@ def read_line(stdin: TextIO, stdout: TextIO) -> str | None:
         except EOFError:
             line = ""  # end of input
     else:
-        stdout.write("> ")
-        stdout.flush()
+        print("> ", end="", file=stdout, flush=True)
         line = stdin.readline()
     if not line:
         print(file=stdout, flush=True)  # the shell's prompt then starts on a line of its own

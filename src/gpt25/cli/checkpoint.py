@@ -1,9 +1,5 @@
 """`gpt25 checkpoint import|info|consolidate`: bring checkpoints in, inspect them, gather FSDP shards.
-
-    gpt25 checkpoint import downloads/gpt25-seed/checkpoints/final_checkpoint --tokenizer gpt2/ --out models/seed
-    gpt25 checkpoint info models/seed
-    gpt25 checkpoint consolidate runs/big --out big.safetensors
-"""
+Manual: docs/import.md, docs/training.md (Checkpoint format)."""
 
 from __future__ import annotations
 
@@ -19,19 +15,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description="Import other projects' checkpoints; inspect or consolidate "
                                    "gpt25 training checkpoints.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    _register_import(actions)
-    info_parser = add_command(actions, "info", run_info, help="print a checkpoint's metadata",
-                              description="Print the step, model config, tokenizer, layout and origin of a checkpoint.")
-    info_parser.add_argument("path", help="step dir, run dir, imported dir or consolidated .safetensors file")
-    consolidate_parser = add_command(
-        actions, "consolidate", run_consolidate, help="write one safetensors file (+ .json sidecar) from any checkpoint",
-        description="Gather a (possibly FSDP-sharded) checkpoint into one safetensors file of full weights, "
-        "with its metadata in a <name>.json sidecar; `gpt25 eval/sample/export` accept the result.")
-    consolidate_parser.add_argument("path", help="step dir or run dir (newest checkpoint)")
-    consolidate_parser.add_argument("--out", required=True, help="output file, ending in .safetensors")
-
-
-def _register_import(actions: argparse._SubParsersAction) -> None:
     importer = add_command(
         actions, "import", run_import, help="convert another project's checkpoint into a gpt25 checkpoint directory",
         description="Detect SRC's layout (the GPT 2.5 seed's DCP folder, its Hugging Face folder, or a "
@@ -50,9 +33,18 @@ def _register_import(actions: argparse._SubParsersAction) -> None:
                           help="context length, for a source that does not record it (default: 1024)")
     importer.add_argument("--rope_theta", type=float, default=None,
                           help="RoPE base, for a source that does not record it (default: 10000)")
+    info_parser = add_command(actions, "info", run_info, help="print a checkpoint's metadata",
+                              description="Print the step, model config, tokenizer, layout and origin of a checkpoint.")
+    info_parser.add_argument("path", help="step dir, run dir, imported dir or consolidated .safetensors file")
+    consolidate_parser = add_command(
+        actions, "consolidate", run_consolidate, help="write one safetensors file (+ .json sidecar) from any checkpoint",
+        description="Gather a (possibly FSDP-sharded) checkpoint into one safetensors file of full weights, "
+        "with its metadata in a <name>.json sidecar; `gpt25 eval/sample/export` accept the result.")
+    consolidate_parser.add_argument("path", help="step dir or run dir (newest checkpoint)")
+    consolidate_parser.add_argument("--out", required=True, help="output file, ending in .safetensors")
 
 
-def run_import(args: argparse.Namespace) -> int:
+def run_import(args: argparse.Namespace) -> None:
     from gpt25.checkpoint_import import TOKENIZER_DIR, import_checkpoint
 
     settings = {"num_heads": args.num_heads, "context_length": args.context_length, "rope_theta": args.rope_theta}
@@ -62,10 +54,9 @@ def run_import(args: argparse.Namespace) -> int:
         "; no tokenizer (pass --tokenizer to add one)"
     print(f"imported {args.src} ({layout.name}) at step {meta['step']} into {out}{tokenizer_note}")
     print(f"model: {json.dumps(meta['model_config'])}")
-    return 0
 
 
-def run_info(args: argparse.Namespace) -> int:
+def run_info(args: argparse.Namespace) -> None:
     from gpt25.checkpoint import list_checkpoints, read_meta, resolve_checkpoint
     from gpt25.checkpoint_import import TOKENIZER_DIR
 
@@ -79,11 +70,9 @@ def run_info(args: argparse.Namespace) -> int:
                       ("step", "world_size", "sharded", "tokenizer_fingerprint", "model_config")},
                       "tokenizer": str(tokenizer_dir) if tokenizer_dir else None, **imported,
                       "checkpoints_in_run": others}, indent=2))
-    return 0
 
 
-def run_consolidate(args: argparse.Namespace) -> int:
+def run_consolidate(args: argparse.Namespace) -> None:
     from gpt25.checkpoint import consolidate
 
     print(consolidate(args.path, args.out))
-    return 0

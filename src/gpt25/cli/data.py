@@ -1,4 +1,4 @@
-"""`gpt25 data prepare | import-raw | download | corpus | info`: corpora in, token shards out."""
+"""`gpt25 data prepare | import-raw | download | corpus | chat-corpus | info`. Manual: docs/data.md."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _register_prepare(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
-def _prepare(args: argparse.Namespace) -> int:
+def _prepare(args: argparse.Namespace) -> None:
     from gpt25.data.prepare import PrepareConfig, available_cpus, prepare
 
     config = PrepareConfig(sources=args.source, tokenizer_dir=args.tokenizer, out_dir=args.out,
@@ -68,7 +68,6 @@ def _prepare(args: argparse.Namespace) -> int:
     with one_line_warnings("data", every_time=True):
         manifest = prepare(config)
     print(_summary(args.out, manifest))
-    return 0
 
 
 def _register_import_raw(commands: argparse._SubParsersAction) -> None:
@@ -90,14 +89,13 @@ def _register_import_raw(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
-def _import_raw(args: argparse.Namespace) -> int:
+def _import_raw(args: argparse.Namespace) -> None:
     from gpt25.data.raw import RawImportConfig, import_raw
 
     config = RawImportConfig(train=args.train, val=args.val, tokenizer_dir=args.tokenizer, out_dir=args.out,
                              dtype=args.dtype, copy=args.copy, shard_tokens=args.shard_tokens, force=args.force,
                              progress=not args.no_progress)
     print(_summary(args.out, import_raw(config)))
-    return 0
 
 
 def _summary(data_dir: str, manifest: dict) -> str:
@@ -130,11 +128,10 @@ def _register_download(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--include", nargs="+", metavar="PATTERN", help="only files matching these globs")
 
 
-def _download(args: argparse.Namespace) -> int:
+def _download(args: argparse.Namespace) -> None:
     from gpt25.data.sources import download_repo
 
     print(download_repo(args.repo, args.repo_type, args.out, args.include))
-    return 0
 
 
 def _register_corpus(commands: argparse._SubParsersAction) -> None:
@@ -145,7 +142,7 @@ def _register_corpus(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="FILE", help="text file to write")
 
 
-def _corpus(args: argparse.Namespace) -> int:
+def _corpus(args: argparse.Namespace) -> None:
     from gpt25.data.default_corpus import write_corpus_file
     from gpt25.data.sources import check_sources, iter_documents
 
@@ -158,7 +155,6 @@ def _corpus(args: argparse.Namespace) -> int:
         os.remove(args.out)
         raise ValueError(f"the sources {args.source} yielded no documents; check --source, --doc_split and --text_field")
     print(f"{args.out}: {num_documents:,} documents, {num_bytes:,} bytes of text")
-    return 0
 
 
 def _register_chat_corpus(commands: argparse._SubParsersAction) -> None:
@@ -173,14 +169,13 @@ def _register_chat_corpus(commands: argparse._SubParsersAction) -> None:
                         help="count the conversations `gpt25 sft` holds out at this share (default: 0.05)")
 
 
-def _chat_corpus(args: argparse.Namespace) -> int:
+def _chat_corpus(args: argparse.Namespace) -> None:
     from gpt25.data.conversations import write_chat_set
 
     sizes = write_chat_set(args.out, args.tokenizer, args.val_fraction)
     tokens = f", {sizes['tokens']:,} tokens ({sizes['assistant_tokens']:,} trained)" if args.tokenizer else ""
     print(f"{args.out}: {sizes['conversations']:,} conversations ({sizes['validation']:,} held out at "
           f"--val_fraction {args.val_fraction:g}), {sizes['messages']:,} messages{tokens}")
-    return 0
 
 
 def _register_info(commands: argparse._SubParsersAction) -> None:

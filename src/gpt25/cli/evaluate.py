@@ -1,25 +1,14 @@
 """`gpt25 eval` (validation loss / perplexity / bits per byte, HellaSwag, CORE) and `gpt25 generate` (sampling).
-
-    gpt25 eval --checkpoint runs/124m --tokenizer tok --data data/ --hellaswag download
-    gpt25 eval --checkpoint runs/124m --core --core_limit 500
-    gpt25 generate --checkpoint runs/124m --tokenizer tok --prompt "Once upon a time, " --stream
-"""
+Manual: docs/evaluation.md, docs/sampling.md."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 
 from gpt25.cli.flags import add_command, add_model_arguments, add_sampling_arguments, model_inputs, one_line_warnings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    register_eval(subparsers)
-    register_generate(subparsers)
-
-
-def register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "eval", run_eval,
         help="validation loss, perplexity, bits per byte, HellaSwag and CORE of a checkpoint",
@@ -48,9 +37,10 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
         "--batch_size", type=int, default=8,
         help="context windows per forward pass (default 8); HellaSwag packs 4x as many of its short sequences",
     )
+    register_generate(subparsers)
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run_eval(args: argparse.Namespace) -> None:
     import torch
 
     from gpt25.eval.run import format_table, run_evaluation
@@ -61,7 +51,6 @@ def run_eval(args: argparse.Namespace) -> int:
                              max_tokens=args.max_tokens, out=args.out, batch_size=args.batch_size, device=device,
                              autocast_dtype=None if dtype == torch.float32 else dtype)
     print(format_table(results))
-    return 0
 
 
 def register_generate(subparsers: argparse._SubParsersAction) -> None:
@@ -80,7 +69,7 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no_cache", action="store_true", help="recompute the whole prefix each step (slow)")
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def run_generate(args: argparse.Namespace) -> None:
     from gpt25.checkpoint import load_for_inference
     from gpt25.engine import validate_sampling
     from gpt25.sample import generate
@@ -89,7 +78,14 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.stream and args.num_samples != 1:
         raise ValueError("--stream prints one sample as it is produced; drop --stream or use --num_samples 1")
     model, tokenizer, _ = load_for_inference(*model_inputs(args))
-    print_piece = stream_printer(args.prompt)
+    # --stream writes the prompt together with the first text, so that the settings `generate` checks first
+    # (e.g. max_new_tokens against the context) fail on a clean line.
+    pending = [args.prompt]
+
+    def print_piece(_sample_index: int, text: str) -> None:
+        print("".join(pending) + text, end="", flush=True)
+        pending.clear()
+
     with one_line_warnings("generate"):
         samples = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -103,18 +99,4 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         for index, sample in enumerate(samples, 1):
             print(f"--- sample {index} ---\n{args.prompt}{sample}")
-    return 0
-
-
-def stream_printer(prompt: str) -> Callable[[int, str], None]:
-    """on_token for --stream: writes the prompt together with the first text, so that the settings
-    `generate` checks first (e.g. max_new_tokens against the context) fail on a clean line."""
-    pending = [prompt]
-
-    def print_piece(_sample_index: int, text: str) -> None:
-        sys.stdout.write("".join(pending) + text)
-        sys.stdout.flush()
-        pending.clear()
-
-    return print_piece
 

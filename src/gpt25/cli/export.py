@@ -1,10 +1,5 @@
-"""`gpt25 export`: to Hugging Face `transformers` folders (Llama for the recipe, GPT-2 for its preset) and the Hub;
-`gpt25 checkpoint import` reads them back.
-
-    gpt25 export hf --checkpoint runs/124m --tokenizer runs/tokenizer --out exports/gpt25-124m
-    gpt25 export hub-upload --dir exports/gpt25-124m --repo your-name/gpt25-124m
-    gpt25 export hub-download --repo your-name/gpt25-124m --out downloads/gpt25-124m
-"""
+"""`gpt25 export hf|hub-upload|hub-download`: to Hugging Face `transformers` folders and the Hub.
+Manual: docs/export.md."""
 
 from __future__ import annotations
 
@@ -42,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download.add_argument("--out", required=True, help="local folder")
 
 
-def run_export_hf(args: argparse.Namespace) -> int:
+def run_export_hf(args: argparse.Namespace) -> None:
     from gpt25.interop import export_hf
 
     checkpoint, tokenizer, _, dtype = model_inputs(args, tokenizer_required=False)
@@ -51,18 +46,15 @@ def run_export_hf(args: argparse.Namespace) -> int:
               "config only", file=sys.stderr)
     out = export_hf(checkpoint, tokenizer, args.out, dtype=dtype, overwrite=args.force)
     print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")
-    return 0
 
 
-def run_hub_upload(args: argparse.Namespace) -> int:
+def run_hub_upload(args: argparse.Namespace) -> None:
     from gpt25.interop import upload_to_hub
 
     print(f"uploaded to {upload_to_hub(args.dir, args.repo, private=args.private)}")
-    return 0
 
 
-def run_hub_download(args: argparse.Namespace) -> int:
+def run_hub_download(args: argparse.Namespace) -> None:
     from gpt25.data.sources import download_repo
 
     print(f"downloaded to {download_repo(args.repo, 'model', args.out)}")
-    return 0

@@ -1,11 +1,5 @@
-"""What every command shares: one way to declare it, the flags several take, one flag style, one-line warnings.
-
-`add_model_arguments` / `model_inputs` are the one preamble of every command that loads a model for
-inference (generate, chat, serve, eval, export): the checkpoint, its tokenizer (default: the run's),
-the device and the dtype. Flags are spelled `--vocab_size`, as the recipe's TrainConfig fields are;
-each multi-word flag also accepts its dashed spelling (`--vocab-size`), so commands written before
-the style was settled keep working; help lists only the first spelling of each flag.
-"""
+"""What every command shares: `add_command`, the inference preamble (`add_model_arguments` / `model_inputs`),
+the sampling flags, the flag style (`FlagParser`) and one-line warnings. Manual: docs/sampling.md (Options)."""
 
 from __future__ import annotations
 
@@ -22,9 +16,8 @@ if TYPE_CHECKING:
     import torch
 
 
-def add_command(subparsers: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], int],
+def add_command(subparsers: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], int | None],
                 help: str, description: str) -> argparse.ArgumentParser:
-    """The parser of the sub-command `name`, which runs `handler(args)`."""
     parser = subparsers.add_parser(name, help=help, description=description)
     parser.set_defaults(handler=handler)
     return parser
@@ -32,10 +25,9 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, handler: Call
 
 @contextlib.contextmanager
 def one_line_warnings(command: str, every_time: bool = False) -> Iterator[None]:
-    """Show warnings (a prompt cut to fit the context, non-UTF-8 lines, ...) as `gpt25 COMMAND: warning: ...` on
-    stderr; with `every_time`, each time one is raised, not once per place (a chat's many replies would repeat
-    one that every reply raises, such as a failed CUDA-graph capture)."""
+    """Show warnings as `gpt25 COMMAND: warning: ...` on stderr; with `every_time`, each time one is raised."""
     with warnings.catch_warnings():
+        # Not for chat: its many replies would repeat one that every reply raises (a failed CUDA-graph capture).
         if every_time:
             warnings.simplefilter("always")
         warnings.showwarning = lambda message, *_: print(f"gpt25 {command}: warning: {message}", file=sys.stderr,
@@ -45,7 +37,6 @@ def one_line_warnings(command: str, every_time: bool = False) -> Iterator[None]:
 
 def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True,
                         dtype_help: str = "weights and KV cache dtype") -> None:
-    """--checkpoint --tokenizer [--device] --dtype: what `model_inputs` reads."""
     parser.add_argument("--checkpoint", required=True,
                         help="run dir (its newest checkpoint), step dir or .safetensors file")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder the model was trained with "
@@ -58,8 +49,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True,
 
 def model_inputs(args: argparse.Namespace, tokenizer_required: bool = True) -> tuple[str, str | None, torch.device,
                                                                                      torch.dtype]:
-    """(checkpoint, tokenizer folder, device, dtype) from `add_model_arguments`' flags, each checked in one line.
-    Without --tokenizer, the run's; with none found, None where `tokenizer_required` is false."""
+    """`add_model_arguments`' flags, checked; without --tokenizer, the run's (or None if not `tokenizer_required`)."""
     import torch
 
     from gpt25.checkpoint import find_tokenizer_dir
@@ -84,7 +74,6 @@ def model_inputs(args: argparse.Namespace, tokenizer_required: bool = True) -> t
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int | None = 50,
                            max_new_tokens_help: str = "per sample (default 50)") -> None:
-    """--max_new_tokens --temperature --top_p --top_k --seed --no_cuda_graph, as `generate` and `chat` take them."""
     parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens,
                         help=f"tokens to generate {max_new_tokens_help}")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
@@ -113,7 +102,7 @@ class FlagParser(argparse.ArgumentParser):
 
     def _add_action(self, action: argparse.Action) -> argparse.Action:
         # Here rather than in add_argument: flags added through a mutually exclusive group arrive here too.
-        names = action.option_strings
+        names = action.option_strings  # spelled as TrainConfig's fields; dashed aliases keep older commands working
         dashed = [f"--{name[2:].replace('_', '-')}" for name in names if name.startswith("--") and "_" in name]
         action.option_strings = names + [name for name in dashed if name not in names]
         return super()._add_action(action)

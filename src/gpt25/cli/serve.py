@@ -1,7 +1,4 @@
-"""`gpt25 serve`: an OpenAI-compatible API and a chat page for a checkpoint, batching concurrent requests.
-
-    gpt25 serve --checkpoint runs/chat --tokenizer tok --port 8000 --api_key SECRET
-"""
+"""`gpt25 serve`: an OpenAI-compatible API and a chat page for a checkpoint. Manual: docs/serve.md."""
 
 from __future__ import annotations
 
@@ -29,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' on every /v1 route")
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from gpt25.serve.api import Limits, create_app, load_served
@@ -46,4 +43,3 @@ def run_serve(args: argparse.Namespace) -> int:
 
     limits = Limits(args.api_key, args.max_body_bytes, args.max_prompt_tokens, args.max_tokens)
     uvicorn.run(create_app(load, limits), host=args.host, port=args.port, log_level="info")
-    return 0

@@ -1,11 +1,5 @@
 """`gpt25 tokenizer train|import|encode|decode|info`: train a byte-level BPE and use it from the shell.
-
-    gpt25 tokenizer train --input data/*.txt --vocab_size 8192 --special_token "<|endoftext|>" --out tok/
-    gpt25 tokenizer import --vocab vocab.json --merges merges.txt --out gpt2/   # GPT-2's own files
-    echo "Hello world" | gpt25 tokenizer encode --tokenizer tok/      # prints ids separated by spaces
-    echo "Hello world" | gpt25 tokenizer encode --tokenizer tok/ | gpt25 tokenizer decode --tokenizer tok/
-    gpt25 tokenizer info tok/
-"""
+Manual: docs/tokenizer.md (Commands)."""
 
 from __future__ import annotations
 
@@ -64,7 +58,7 @@ def _add_output_arguments(parser: argparse.ArgumentParser, special_token_help: s
                         help="replace DIR if it is empty or holds a gpt25 tokenizer (a folder with other files is refused)")
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_train(args: argparse.Namespace) -> None:
     from gpt25.tokenizer import Tokenizer, train_bpe
 
     special_tokens = _special_tokens(args)
@@ -83,10 +77,9 @@ def run_train(args: argparse.Namespace) -> int:
         tokenizer.save(staging)
     print(f"trained {tokenizer.vocab_size} tokens ({len(merges)} merges) in "
           f"{time.perf_counter() - started:.1f} s -> {args.out}", file=sys.stderr)
-    return 0
 
 
-def run_import(args: argparse.Namespace) -> int:
+def run_import(args: argparse.Namespace) -> None:
     from gpt25.tokenizer import Tokenizer
 
     _check_out(args.out, args.force, [args.vocab, args.merges])
@@ -94,7 +87,6 @@ def run_import(args: argparse.Namespace) -> int:
     with atomic_folder(args.out) as staging:  # DIR is never left half-written
         tokenizer.save(staging)
     print(f"imported {tokenizer.vocab_size} tokens ({len(tokenizer.merges)} merges) -> {args.out}", file=sys.stderr)
-    return 0
 
 
 def _special_tokens(args: argparse.Namespace) -> list[str]:
@@ -102,32 +94,26 @@ def _special_tokens(args: argparse.Namespace) -> list[str]:
 
 
 def _check_out(out: Path, force: bool, inputs: list[Path]) -> None:
-    """Refuse an --out that cannot be written or replaced, with a one-line reason and fix."""
+    """Refuse an --out that cannot be written, or replaced (with --force) as it is neither empty nor a tokenizer."""
+    from gpt25.tokenizer.io import MERGES_FILE, META_FILE, VOCAB_FILE
+
     for path in inputs:
         if path.resolve().is_relative_to(out.resolve()):
             raise ValueError(f"input {path} is inside --out {out}, which would be replaced; choose another --out")
     if out.is_symlink():
         raise ValueError(f"--out {out} is a symbolic link; pass the folder itself or choose another --out")
-    if out.is_dir():
-        _check_replaceable(out, force)
-    elif out.exists():
+    if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
-    _check_parent(out)
-
-
-def _check_replaceable(out: Path, force: bool) -> None:
-    """An existing folder may be replaced (with --force) only if it is empty or holds just a gpt25 tokenizer."""
-    from gpt25.tokenizer.io import MERGES_FILE, META_FILE, VOCAB_FILE
-
-    names = sorted(entry.name for entry in out.iterdir())
+    names = sorted(entry.name for entry in out.iterdir()) if out.is_dir() else []
     foreign = [name for name in names if name not in (META_FILE, VOCAB_FILE, MERGES_FILE) or not (out / name).is_file()]
     if not foreign and names and META_FILE not in names:
         foreign = names  # GPT-2's own vocab.json + merges.txt, say: not a gpt25 tokenizer
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise FileExistsError(f"{out} holds files that are not a gpt25 tokenizer ({shown}); choose another --out")
-    if not force:
+    if out.is_dir() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    _check_parent(out)
 
 
 def _check_parent(out: Path) -> None:
@@ -152,16 +138,14 @@ def _read_stdin_text() -> str:
         raise ValueError(f"stdin: invalid UTF-8 at byte offset {error.start}") from None
 
 
-def run_encode(args: argparse.Namespace) -> int:
+def run_encode(args: argparse.Namespace) -> None:
     from gpt25.tokenizer import Tokenizer
 
-    tokenizer = Tokenizer.load(args.tokenizer)
-    ids = tokenizer.encode(_read_stdin_text())
+    ids = Tokenizer.load(args.tokenizer).encode(_read_stdin_text())
     sys.stdout.write(" ".join(map(str, ids)) + "\n")
-    return 0
 
 
-def run_decode(args: argparse.Namespace) -> int:
+def run_decode(args: argparse.Namespace) -> None:
     from gpt25.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(args.tokenizer)
@@ -173,10 +157,9 @@ def run_decode(args: argparse.Namespace) -> int:
             raise ValueError(f"stdin: {word!r} is not a token id (expected integers separated by spaces)") from None
     sys.stdout.buffer.write(tokenizer.decode(ids).encode("utf-8"))
     sys.stdout.flush()
-    return 0
 
 
-def run_info(args: argparse.Namespace) -> int:
+def run_info(args: argparse.Namespace) -> None:
     from gpt25.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(args.tokenizer_dir)
@@ -192,4 +175,3 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"longest tokens ({len(longest)}):")
     for token_id, token in longest:
         print(f"  {token_id:>7}  {len(token):>3} bytes  {token.decode('utf-8', errors='replace')!r}")
-    return 0

@@ -1,12 +1,5 @@
-"""CLI commands `gpt25 train`, `gpt25 sft` (fine-tune a base checkpoint into a chat model) and `gpt25 plot`.
-
-    gpt25 train --config configs/cpu-small.toml --data data/ --out runs/small
-    torchrun --nproc_per_node 4 -m gpt25 train --config configs/gpt25-124m.toml --data data/
-    gpt25 sft --checkpoint runs/small --tokenizer data/tokenizer --data python-docs-chat --out runs/chat
-    gpt25 sft --config configs/sft-smoltalk.toml --checkpoint runs/base --tokenizer tok/ --out runs/chat
-    gpt25 sft --checkpoint latest --out runs/chat --data python-docs-chat    # resume
-    gpt25 plot runs/small runs/other --out curves.png
-"""
+"""`gpt25 train`, `gpt25 sft` (fine-tune a base checkpoint into a chat model) and `gpt25 plot`.
+Manual: docs/training.md, docs/chat.md."""
 
 from __future__ import annotations
 
@@ -68,17 +61,15 @@ def run_sft(args: argparse.Namespace) -> int:
 
 
 def stop_status(stopped_by: str | None) -> int:
-    """0 for a finished run; 128 + the signal's number (130 SIGINT, 143 SIGTERM) for one stopped by a
-    signal, as a shell reports a killed command, so `gpt25 train ... && gpt25 eval ...` stops there.
-    A rank stopped because another rank got the signal reports SIGTERM."""
+    """0 for a finished run, else 128 + the signal's number (130 SIGINT; 143 SIGTERM, also for a rank stopped
+    by another's signal), as a shell reports a killed command: `gpt25 train ... && gpt25 eval ...` stops there."""
     if stopped_by is None:
         return 0
     return 128 + signal.Signals.__members__.get(stopped_by, signal.SIGTERM)
 
 
-def run_plot(args: argparse.Namespace) -> int:
+def run_plot(args: argparse.Namespace) -> None:
     from gpt25.train.plot import plot_runs
 
     out = args.out or str(Path(args.run_dirs[0]) / "curves.png")
     print(plot_runs(args.run_dirs, out))
-    return 0
