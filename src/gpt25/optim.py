@@ -1,10 +1,6 @@
 """Loss, optimizers and schedules, written by hand: cross_entropy, AdamW, Muon, cosine_lr, wsd_lr, clip_grad_norm.
 
-AdamW follows Loshchilov & Hutter (decoupled weight decay) with bias correction, in the same
-operation order as `torch.optim.AdamW`, so the two trajectories agree to float32 rounding. It
-updates all tensors of a group at once with `torch._foreach_*` ops (one kernel launch per op and
-group on GPU instead of one per parameter). Muon (modded-nanogpt's) is AdamW plus groups marked
-"muon", whose matrices step along their Nesterov momentum orthogonalised by a Newton-Schulz iteration.
+Manual: docs/model.md ("Optimizer, schedule, FLOPs")
 """
 
 from __future__ import annotations
@@ -20,10 +16,8 @@ from torch.optim import Optimizer
 class _CrossEntropyFunction(torch.autograd.Function):
     """Mean cross entropy over (rows, vocab) logits with a hand-written backward: softmax - one_hot.
 
-    The forward keeps exp(logits - max) (what a log_softmax would keep), so the backward is a single
-    scaled copy plus a scatter at the targets: five passes over the logits in all, where plain
-    autograd through logsumexp and gather takes about nine.
-    """
+    The forward keeps exp(logits - max), so the backward is one scaled copy plus a scatter at the targets: five
+    passes over the logits in all, where autograd through logsumexp and gather takes about nine."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -55,11 +49,8 @@ class _CrossEntropyFunction(torch.autograd.Function):
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
-    """Mean of -log softmax(logits)[target] over all positions, stable via log-sum-exp.
-
-    logits (..., vocab) any float dtype (computed in float32), targets (...) int; positions whose
-    target equals `ignore_index` are left out of the mean.
-    """
+    """Mean of -log softmax(logits)[target] over the positions whose target is not `ignore_index`.
+    logits (..., vocab) any float dtype (computed in float32), targets (...) int."""
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} plus a vocab dim")
     flat_logits = logits.reshape(-1, logits.shape[-1])  # (rows, vocab)
@@ -74,6 +65,10 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
 
 class AdamW(Optimizer):
     """Adam with decoupled weight decay: p -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)."""
+
+    # Loshchilov & Hutter with bias correction, in `torch.optim.AdamW`'s operation order, so the two trajectories agree
+    # to float32 rounding; a group's tensors are updated together by `torch._foreach_*` ops (one kernel launch per op
+    # and group on GPU instead of one per parameter).
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01) -> None:
@@ -156,12 +151,8 @@ def orthogonalise(update: torch.Tensor) -> torch.Tensor:
 
 
 class Muon(AdamW):
-    """Muon for the groups marked {"muon": True} (the hidden 2-D matrices), AdamW for the rest.
-
-    Per matrix W (rows, cols) with gradient g: m = momentum m + (1 - momentum) g; the Nesterov update
-    u = (1 - momentum) g + momentum m is orthogonalised, then W <- W (1 - lr wd) - lr sqrt(max(1, rows/cols)) NS(u).
-    A Muon group's lr is its own; `lr_ratio` (its lr / the AdamW lr) lets one schedule drive both.
-    """
+    """Muon (modded-nanogpt's) for the groups marked {"muon": True} (the hidden 2-D matrices), AdamW for the rest.
+    A Muon group's lr is its own; `lr_ratio` (its lr / the AdamW lr) lets one schedule drive both."""
 
     def __init__(self, params: Iterable, lr: float = 1e-3, muon_lr: float = 0.04, momentum: float = 0.95,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01) -> None:
@@ -192,7 +183,6 @@ class Muon(AdamW):
 
 
 def learning_rate(schedule: str, step: int, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
-    """`schedule` (cosine or wsd) at `step` of `total_steps`."""
     return (wsd_lr if schedule == "wsd" else cosine_lr)(step, max_lr, min_lr, warmup_steps, total_steps)
 
 
@@ -225,10 +215,8 @@ def cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, cosine
 
 @torch.no_grad()
 def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-    """Scale all gradients by max_norm / (norm + 1e-6) when their global L2 norm exceeds max_norm.
-
-    Returns the norm before clipping as a 0-dim float32 tensor (no device sync; `float()` it to log).
-    """
+    """Scale all gradients by max_norm / (norm + 1e-6) when their global L2 norm exceeds max_norm; returns the norm
+    before clipping as a 0-dim float32 tensor (no device sync; `float()` it to log)."""
     grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
     if not grads:
         return torch.tensor(0.0)

@@ -1,8 +1,7 @@
 """Causal multi-head self-attention, with rotary positions (or none: GPT-2 adds learned ones to its input).
 
-The model attends with PyTorch's fused `torch.nn.functional.scaled_dot_product_attention` (the flash
-path); the hand-written `scaled_dot_product_attention` (explicit scores, mask and softmax) says what it
-computes, and the tests hold the two to the same numbers.
+The model attends with PyTorch's fused SDPA (the flash path); the hand-written `scaled_dot_product_attention`
+says what it computes, and the tests hold the two to the same numbers. Manual: docs/model.md
 """
 
 from __future__ import annotations
@@ -37,13 +36,8 @@ def causal_mask(num_queries: int, num_keys: int, device: torch.device | None = N
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Causal self-attention; RoPE on q and k per head (when given); q/k/v/output_proj (d_model, d_model) each,
-    with biases when `bias`; `std`/`output_std` initialise the input and output projections as Linear's;
-    `qk_norm`: RMSNorm (a gain per head dim, shared by the heads) on each head's q and k before RoPE.
-
-    The three input projections are concatenated at compute time into one (3 d_model, d_model)
-    matmul, which keeps checkpoints stable while doing a single large GEMM.
-    """
+    """Causal self-attention; `std`/`output_std` initialise the input and output projections as Linear's;
+    `qk_norm`: RMSNorm (a gain per head dim, shared by the heads) on each head's q and k before RoPE."""
 
     def __init__(self, d_model: int, num_heads: int, rope: RotaryEmbedding | None = None, layer_index: int = 0,
                  bias: bool = False, std: float | None = None, output_std: float | None = None, qk_norm: bool = False,
@@ -72,6 +66,7 @@ class MultiHeadSelfAttention(nn.Module):
 
     def qkv_weight(self) -> torch.Tensor:
         """The q, k and v weights stacked: (3 d_model, d_model)."""
+        # Concatenated at compute time, not stored so: the checkpoints keep q/k/v_proj, the matmul is one large GEMM.
         return torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
 
     def forward(self, x: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:

@@ -1,8 +1,5 @@
-"""The model's architecture hyper-parameters, checked on construction and saved with every checkpoint.
-
-Each component is chosen independently, so each difference between GPT-2 and the GPT 2.5 recipe, and
-each of modded-nanogpt's changes to it, can be switched on its own; `ARCHITECTURES` names the complete sets. The defaults are the
-recipe, so a checkpoint whose meta predates these fields loads as what it is.
+"""The model's hyper-parameters (`ModelConfig`), checked on construction and saved with every checkpoint, and the
+named architectures (`ARCHITECTURES`), each component switchable on its own. Manual: docs/model.md
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ ARCHITECTURES = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture hyper-parameters; saved with every checkpoint. The defaults are the GPT 2.5 recipe."""
+    """The defaults are the GPT 2.5 recipe, so a checkpoint whose meta predates a component loads as what it is."""
 
     vocab_size: int
     context_length: int

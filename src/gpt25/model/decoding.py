@@ -1,8 +1,7 @@
 """What the model asks of a decoding state: the small interface a KV cache (`gpt25.engine`) implements.
 
-`TransformerLM.forward(token_ids, kv_cache)` hands the state down to every attention block, so one forward
-can continue a sequence from where the last one stopped. The model only calls these methods and
-never imports an implementation: training passes no state and reads none of it.
+`TransformerLM.forward(token_ids, kv_cache)` hands it to every attention block, so a forward continues where the
+last one stopped; the model never imports an implementation. Manual: docs/model.md
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """Hand-written building blocks: Linear, Embedding, RMSNorm, LayerNorm, the MLP (SwiGLU, GELU or ReLU²),
-rotary embedding, silu, gelu_tanh, softmax.
+rotary embedding, silu, gelu_tanh, softmax. Manual: docs/model.md
 
-Only tensors, autograd and `nn.Parameter` / `nn.Module` are used; every formula is written here.
 Initialisation lives in each module's `reset_parameters()` so a model built on the meta device can
 be materialised (`to_empty`) and then initialised in place.
 """
@@ -37,7 +36,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:
-    """x * sigmoid(x)."""
     return x * torch.sigmoid(x)
 
 
@@ -54,11 +52,7 @@ def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class Linear(nn.Module):
-    """y = x W^T (+ b); `weight` is (out_features, in_features).
-
-    Initialisation: with `std` None (the recipe), N(0, 2 / (in + out)) cut at 3 std; with a number
-    (GPT-2), plain N(0, std^2) (0: zeros). The bias, when there is one, starts at zero.
-    """
+    """y = x W^T (+ b); `weight` is (out_features, in_features), initialised by `init_normal_` (`std` 0: zeros)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, std: float | None = None,
                  device=None, dtype=None) -> None:
@@ -80,8 +74,7 @@ class Linear(nn.Module):
 
 
 class Embedding(nn.Module):
-    """Lookup table `weight` (num_embeddings, embedding_dim), initialised N(0, 1) cut at +-3, or with
-    `std` given (GPT-2) plain N(0, std^2)."""
+    """Lookup table `weight` (num_embeddings, embedding_dim), initialised by `init_normal_` with fan_std 1."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, std: float | None = None,
                  device=None, dtype=None) -> None:
@@ -99,8 +92,7 @@ class Embedding(nn.Module):
 
 
 class Norm(nn.Module):
-    """What RMSNorm and LayerNorm share: a gain `weight` (d_model,) starting at ones and, when the class
-    `has_bias`, a `bias` starting at zeros; the subclass's forward normalises."""
+    """What RMSNorm and LayerNorm share: the gain `weight` (d_model,) and, when the class `has_bias`, a `bias`."""
 
     has_bias = False
 
@@ -167,12 +159,8 @@ class MLP(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoFormer rotary position embedding: rotates each pair (x[2i], x[2i+1]) by position * theta^(-2i/d_k).
-
-    cos/sin tables of shape (max_seq_len, d_k / 2) are computed once in float32 and kept in
-    non-persistent buffers (not in the state dict); `reset_parameters()` recomputes them after a
-    meta-device build.
-    """
+    """RoFormer rotary position embedding's cos/sin tables (max_seq_len, d_k / 2), float32, not in the state dict:
+    pair (x[2i], x[2i+1]) at a position turns by position * theta^(-2i/d_k) (`apply_rotary`)."""
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None) -> None:
         super().__init__()  # an even d_k is ModelConfig's to check
@@ -207,12 +195,8 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x (..., d_k) by angles given as cos/sin (..., d_k / 2), broadcastable.
-
-    Each pair (x[2i], x[2i+1]) is read as the complex number x[2i] + i x[2i+1] and multiplied by
-    cos + i sin: one complex multiply (one kernel forward, one backward) instead of six real ones
-    in eager mode. Done in float32 whatever x's dtype, and returned in x's dtype.
-    """
+    """Rotate interleaved pairs of x (..., d_k) by angles given as cos/sin (..., d_k / 2), broadcastable; computed in
+    float32, returned in x's dtype."""
     x_float = x.float()
     if torch.compiler.is_compiling():
         # Inductor has no complex code generation; in real arithmetic the rotation fuses into one kernel.
@@ -222,6 +206,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
         return rotated.flatten(-2).to(x.dtype)
     if x_float.stride(-1) != 1 or any(stride % 2 for stride in x_float.stride()[:-1]):
         x_float = x_float.contiguous()
+    # Pair (x[2i], x[2i+1]) as the complex x[2i] + i x[2i+1], times cos + i sin: one complex multiply (one kernel
+    # forward, one backward) instead of six real ones in eager mode.
     pairs = torch.view_as_complex(x_float.unflatten(-1, (-1, 2)))  # (..., d_k / 2) complex
     rotation = torch.complex(cos.float(), sin.float())
     return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)

@@ -1,17 +1,7 @@
 """The decoder, GPT 2.5's or GPT-2's: pre-norm block, language model, parameter counts, FLOPs and decay groups.
 
-Which norm, MLP, positions, biases and head the model has is the ModelConfig's choice (`config.py`);
-each combination builds. Initialisation (each module's `reset_parameters`, re-run by
-`TransformerLM.init_weights()`), by `config.init` (`zero`: gpt25's, with attn.output_proj and ffn.w2 zero):
-
-| parameter                                    | gpt25                                 | gpt2                        |
-|----------------------------------------------|---------------------------------------|-----------------------------|
-| token_embeddings.weight (vocab, d)           | N(0, 1) truncated at +-3              | N(0, 0.02^2)                |
-| position_embeddings.weight (context, d)      | N(0, 1) truncated at +-3              | N(0, 0.02^2)                |
-| attn.{q,k,v}_proj, ffn.w1/w3 weights         | N(0, 2/(in+out)) truncated at +-3 std | N(0, 0.02^2)                |
-| attn.output_proj, ffn.w2 weights             | N(0, 2/(in+out)) truncated at +-3 std | N(0, 0.02^2 / (2 layers))   |
-| lm_head.weight (vocab, d), untied            | N(0, 2/(d+vocab)) truncated at +-3 std| N(0, 0.02^2)                |
-| Linear biases; norm gains / LayerNorm biases | zeros; ones / zeros                   | zeros; ones / zeros         |
+Which norm, MLP, positions, biases and head the model has is the ModelConfig's choice; each combination builds.
+Manual: docs/model.md; its "Initialisation" table is `config.init`'s, applied by each module's `reset_parameters`.
 """
 
 from __future__ import annotations
@@ -64,11 +54,8 @@ class TransformerBlock(nn.Module):
 
 
 class TransformerLM(nn.Module):
-    """Decoder-only LM: token (+ learned position) embedding, `num_layers` blocks, final norm, output head.
-
-    With `tie_embeddings` there is no `lm_head` module: the head multiplies by the token embedding,
-    so the state dict holds that matrix once.
-    """
+    """Decoder-only LM: token (+ learned position) embedding, `num_layers` blocks, final norm, output head (with
+    `tie_embeddings`, no `lm_head` module: the head multiplies by the token embedding, held once in the state dict)."""
 
     def __init__(self, config: ModelConfig, device: torch.device | str | None = None, dtype=None) -> None:
         super().__init__()
@@ -136,8 +123,7 @@ class TransformerLM(nn.Module):
         self.config = dataclasses.replace(self.config, vocab_size=vocab_size)
 
     def check_inputs(self, token_ids: torch.Tensor, kv_cache: DecodingState | None) -> None:
-        """Shape, dtype and length checks (free); the id-range check only for ids on the CPU, since on
-        an accelerator it would cost a device sync on every forward (and is skipped inside torch.compile)."""
+        """ValueError for a bad shape, dtype or length; and for ids outside the vocab, when they are on the CPU."""
         if not isinstance(token_ids, torch.Tensor) or token_ids.dim() != 2:
             shape = tuple(token_ids.shape) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__
             raise ValueError(f"token_ids must be a (batch, seq) tensor, got {shape}")
@@ -151,6 +137,7 @@ class TransformerLM(nn.Module):
                              f"(context_length={self.config.context_length}); crop the input or reset the cache")
         if kv_cache is not None and token_ids.shape[0] != kv_cache.batch_size:
             raise ValueError(f"batch {token_ids.shape[0]} != KVCache batch_size {kv_cache.batch_size}")
+        # On an accelerator the id-range check would cost a device sync on every forward (and torch.compile skips it).
         if token_ids.device.type == "cpu" and not torch.compiler.is_compiling():
             low, high = (int(value) for value in torch.aminmax(token_ids))
             if low < 0 or high >= self.config.vocab_size:
@@ -167,16 +154,13 @@ class TransformerLM(nn.Module):
         return total
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token (forward + backward) for MFU.
-
-        6 * N + 12 * num_layers * d_model * seq_len, with N the parameters excluding the token and position
-        embeddings (lookups, not matmuls) but including the head's (vocab, d_model) matmul, tied or not. The second
-        term is the attention scores and weighted sum (2 matmuls of 2 * seq * d_model FLOPs per token, x3 for
-        backward), counted over the full seq x seq square as in PaLM / nanoGPT, not halved for causality.
-        """
+        """Training FLOPs per token (forward + backward) for MFU: 6 N + 12 num_layers d_model seq_len."""
         seq_len = seq_len or self.config.context_length
         config = self.config
+        # N: the parameters but the embeddings (lookups, not matmuls), with the head's (vocab, d_model) matmul tied or not
         head = config.vocab_size * config.d_model if config.tie_embeddings else 0  # else counted in num_params
+        # Attention's scores and weighted sum: 2 matmuls of 2 seq d_model FLOPs per token, x3 with the backward, over
+        # the full seq x seq square as in PaLM / nanoGPT (not halved for causality).
         return 6 * (self.num_params(include_embeddings=False) + head) + 12 * config.num_layers * config.d_model * seq_len
 
 

@@ -1,11 +1,6 @@
-"""Training: TrainConfig, the loop (`train`), FSDP/DDP wrapping, tracking and plots.
+"""Training: TrainConfig, the loop (`train`), FSDP/DDP wrapping, tracking and plots (`plot_runs`).
 
-    from gpt25.train import TrainConfig, train, plot_runs
-    summary = train(TrainConfig(data="data/", out="runs/small", train_steps=200))
-    plot_runs([summary["run_dir"]], "runs/small/curves.png")
-
-`train` and `plot_runs` are imported on first use, so reading TrainConfig (as the `gpt25 train`
-parser does) does not import torch.
+Manual: docs/training.md
 """
 
 import importlib
@@ -14,6 +9,7 @@ from typing import Any
 from gpt25.train.config import TrainConfig
 
 __all__ = ["TrainConfig", "plot_runs", "train"]
+# Imported on first use, so reading TrainConfig (as the `gpt25 train` parser does) does not import torch.
 _LAZY = {"train": "gpt25.train.trainer", "plot_runs": "gpt25.train.plot"}  # name -> the module that defines it
 
 

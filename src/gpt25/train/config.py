@@ -1,11 +1,7 @@
-"""The settings of a run, in dataclasses, and the flags made from them: RunConfig holds what every run of
-the training loop takes (output, batch, optimisation, evaluation, execution); TrainConfig adds pretraining's
-data and model shape (`gpt25 train`), SFTConfig fine-tuning's conversations and epochs (`gpt25 sft`, whose
-model shape comes from the base checkpoint).
+"""A run's settings as dataclasses (RunConfig, TrainConfig for `gpt25 train`, SFTConfig for `gpt25 sft`), each field
+with its help text, and the flags and TOML settings made from them (`add_train_arguments`, `resolve_config`).
 
-Each field's help text lives beside it in `metadata`; `add_train_arguments` turns the fields into
-argparse flags of the same name. Precedence when resolving: dataclass defaults < `--config
-FILE.toml` < flags given on the command line.
+Manual: docs/training.md (and docs/chat.md for `gpt25 sft`)
 """
 
 from __future__ import annotations
@@ -125,8 +121,7 @@ class RunConfig:
                 raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
 
     def accumulation_for(self, world_size: int) -> int:
-        """The micro-batches per step: --total_batch_tokens / tokens per micro-batch of all ranks when it is set;
-        a ValueError naming the nearest values that divide evenly when it does not."""
+        """Micro-batches per step: from --total_batch_tokens when set (a ValueError naming the nearest that divide)."""
         if not self.total_batch_tokens:
             return self.grad_accum_steps
         micro = world_size * self.batch_size * self.context_length
@@ -139,7 +134,6 @@ class RunConfig:
         return steps
 
     def compiles_on(self, device_type: str) -> bool:
-        """Whether the training forward is compiled on this device type: auto means on for CUDA only."""
         return self.compile == "on" or self.compile == "auto" and device_type == "cuda"
 
     @property
@@ -209,7 +203,6 @@ class TrainConfig(RunConfig):
             self.d_ff = default_d_ff(self.d_model, self.mlp)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        """The ModelConfig these settings describe, for a tokenizer of `vocab_size` tokens."""
         from gpt25.model import ARCHITECTURES, ModelConfig
 
         components = {name: getattr(self, name) == "on" if name in SWITCHES else getattr(self, name)
@@ -220,19 +213,16 @@ class TrainConfig(RunConfig):
 
 
 def _field_types(config_class: type[RunConfig]) -> dict[str, type]:
-    """Each field's name and type: the flags and TOML keys of `config_class`."""
     hints = typing.get_type_hints(config_class)
     return {config_field.name: hints[config_field.name] for config_field in dataclasses.fields(config_class)}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, config_class: type[RunConfig] = TrainConfig) -> None:
-    """Add one `--name` flag per field of `config_class`, plus `--config FILE.toml`.
-
-    Defaults are argparse.SUPPRESS so that only flags typed on the command line appear in the
-    namespace; `resolve_config` layers them over the TOML file and the dataclass defaults.
-    """
+    """Add one `--name` flag per field of `config_class`, plus `--config FILE.toml`."""
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file of settings; flags override it")
     types = _field_types(config_class)
+    # Defaults are argparse.SUPPRESS so that only the flags typed appear in the namespace: `resolve_config` layers
+    # them over the TOML file and the dataclass defaults.
     for config_field in dataclasses.fields(config_class):
         unset = config_field.default == ""  # --data, --checkpoint, ...: "(default: '')" would say nothing
         help_text = config_field.metadata["help"] + ("" if unset else f" (default: {config_field.default!r})")
@@ -267,7 +257,6 @@ def read_toml_settings(path: str | Path, config_class: type[RunConfig] = TrainCo
 
 
 def _renamed(settings: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The settings with the old names in RENAMED replaced by the new ones."""
     for old, new in RENAMED.items():
         if old in settings and new in settings:
             raise ValueError(f"{path}: {old} is the old name of {new}; give only {new}")
@@ -293,8 +282,7 @@ def resolve_config(args: argparse.Namespace, config_class: type[RunConfig] = Tra
 
 @dataclass
 class SFTConfig(RunConfig):
-    """Settings of one fine-tuning run (`gpt25 sft --help`): the model's shape comes from the base checkpoint,
-    the data is a conversation source, and the defaults are the GPT 2.5 recipe's (configs/sft-smoltalk.toml)."""
+    """`gpt25 sft`'s settings: the model's shape comes from the base checkpoint; defaults are the GPT 2.5 recipe's."""
 
     COMMAND: ClassVar[str] = "sft"
 

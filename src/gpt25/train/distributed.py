@@ -1,10 +1,7 @@
-"""Process-group setup and model wrapping (FSDP2 or DDP) for training under torchrun.
+"""Process-group setup, model wrapping (FSDP2 or DDP) and the trainer's collective helpers, for runs under torchrun.
 
-The model itself knows nothing of parallelism: this module takes a plain TransformerLM and
-applies `fully_shard` per TransformerBlock and then to the root (FSDP2), or wraps it in DDP.
-It also owns the small collective helpers the trainer needs. At world size 1 every helper is a
-no-op, so the training loop runs unchanged in one CPU process, and FSDP (whose import pulls in
-DTensor and takes seconds) is imported only when a model is sharded.
+The model knows nothing of parallelism; at world size 1 every helper is a no-op, so the loop runs unchanged in one
+process. Manual: docs/training.md ("Parallelism and precision")
 """
 
 from __future__ import annotations
@@ -24,8 +21,6 @@ from gpt25.model import ModelConfig, TransformerLM
 
 @dataclass(frozen=True)
 class DistributedContext:
-    """Where this process sits: its rank among world_size processes and its device."""
-
     rank: int
     world_size: int
     device: torch.device
@@ -40,10 +35,7 @@ class DistributedContext:
 
 
 def init_distributed(device: str) -> DistributedContext:
-    """Join the process group torchrun describes in the environment (NCCL on cuda, gloo on cpu).
-
-    Without torchrun's WORLD_SIZE (or with WORLD_SIZE=1) this is a single process and no group is made.
-    """
+    """Join the process group torchrun's environment describes (NCCL on cuda, gloo on cpu); none at WORLD_SIZE 1."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     resolved = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -57,12 +49,9 @@ def init_distributed(device: str) -> DistributedContext:
 
 def build_model(model_config: ModelConfig, context: DistributedContext, parallel: str,
                 dtype: torch.dtype) -> torch.nn.Module:
-    """The model ready to train: built, initialised, placed and wrapped as `parallel` says ("none" in one process).
-
-    On GPUs the model is built on the meta device, sharded, then materialised with `to_empty` +
-    `init_weights`, so no rank ever holds the full fp32 model. On CPU it is built for real from the
-    same seed on every rank, which keeps the weights identical to a single-process run.
-    """
+    """The model ready to train: built, initialised, placed and wrapped as `parallel` says ("none" in one process)."""
+    # GPUs: built on the meta device, sharded, then materialised, so no rank ever holds the full fp32 model. CPU: built
+    # for real from the same seed on every rank, which keeps the weights identical to a single-process run.
     on_meta = parallel == "fsdp" and context.device.type == "cuda"
     model = TransformerLM(model_config, device=torch.device("meta") if on_meta else context.device)
     model = parallelize(model, context, parallel, dtype)
@@ -79,7 +68,7 @@ def parallelize(model: TransformerLM, context: DistributedContext, parallel: str
         return model
     if parallel == "ddp":
         return DistributedDataParallel(model, device_ids=[context.device] if context.device.type == "cuda" else None)
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # here: pulls in DTensor, takes seconds
 
     # Each TransformerBlock is one all-gather unit, so only one block's full weights exist at a time; the root
     # holds the rest. Gradients are reduced in float32: summed in bfloat16 across ranks, small ones are lost.
@@ -109,7 +98,6 @@ def gradient_sync(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
 
 
 def all_reduce_mean(value: torch.Tensor, context: DistributedContext) -> torch.Tensor:
-    """Mean of a tensor over ranks (identity in one process)."""
     if context.is_distributed:
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)

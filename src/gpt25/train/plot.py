@@ -1,7 +1,6 @@
 """Training curves like the recipe's results figure, several runs overlaid, as one image (PNG, PDF or SVG).
 
-Panels: train and validation loss, validation perplexity, learning rate, throughput (tokens/s),
-validation bits per byte, and HellaSwag accuracy with a smoothed line (one evaluation is noisy) beside CORE.
+Manual: docs/training.md ("Plots")
 """
 
 from __future__ import annotations
@@ -37,8 +36,7 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
-    """Draw every run's metrics.jsonl onto one figure and write it (atomically) to `out`, in the
-    format its suffix names (.png, .pdf or .svg)."""
+    """Draw every run's metrics.jsonl onto one figure, written atomically in the format `out`'s suffix names."""
     out = Path(out)
     image_format = out.suffix.lower().lstrip(".")
     if image_format not in IMAGE_FORMATS:
@@ -60,7 +58,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
                 if not steps:
                     continue
                 style = "--" if key.startswith("val") and title == "loss" else "-"
-                if key.startswith("hellaswag"):
+                if key.startswith("hellaswag"):  # one evaluation is noisy: points and a smoothed line
                     axis.plot(steps, values, "o", color=color, alpha=0.3, markersize=3)
                     axis.plot(steps, smooth(values), style, color=color, label=f"{name} (smoothed)")
                 else:

@@ -1,12 +1,7 @@
-"""Supervised fine-tuning: a base checkpoint trained on conversations into a chat model (`gpt25 sft`).
+"""Supervised fine-tuning (`gpt25 sft`): `FineTuning`, the trainer's task that trains a base checkpoint on packed
+conversations (assistant tokens only) into a chat model, saving its extended tokenizer as RUN_DIR/tokenizer.
 
-`FineTuning` is the trainer's task for it: the model starts from the base checkpoint (its tokenizer
-gains the role tokens and the model the matching rows, `grow_vocab`), the batches are packed
-conversation rows whose untrained targets (everything but the assistant's) are left out of the loss,
-and evaluation scores the held-out conversations' assistant tokens (loss and mean token accuracy).
-The loop, FSDP/DDP, bf16, checkpoints, `--checkpoint latest` resume, the NaN guard, signals and
-metrics.jsonl are the trainer's own. The run saves the extended tokenizer as RUN_DIR/tokenizer, the
-one `gpt25 chat`, `eval` and `export` take with the run's checkpoints.
+Manual: docs/chat.md ("`gpt25 sft`")
 """
 
 from __future__ import annotations
@@ -41,7 +36,7 @@ def sft(config: SFTConfig) -> dict[str, Any]:
 
 
 class FineTuning(Task):
-    """The trainer's task on packed conversations, from a base checkpoint (see the module docstring)."""
+    """The trainer's task on packed conversations, from a base checkpoint (its tokenizer gains the role tokens)."""
 
     ignore_index = IGNORE_INDEX  # only the assistant's tokens are trained on
 

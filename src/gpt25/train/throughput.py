@@ -1,9 +1,6 @@
-"""Peak FLOP/s for MFU: a table of dense bf16 tensor-core peaks for known GPUs, else a measured ceiling.
+"""Peak FLOP/s for MFU: a table of dense bf16 tensor-core peaks for known GPUs, else a measured matmul ceiling.
 
-MFU = achieved model FLOP/s / peak FLOP/s of the hardware. For GPUs we know, the peak is the
-vendor's dense (no sparsity) number for the compute dtype. For anything else (CPUs, unknown
-GPUs) we time a large matmul in the compute dtype and use that as the ceiling, so MFU there
-reads "fraction of what this machine's matmul reaches".
+Manual: docs/training.md ("MFU")
 """
 
 from __future__ import annotations
@@ -34,16 +31,13 @@ FLOAT32_FRACTION = 0.5
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 0.3) -> float:
-    """FLOP/s of the fastest (size x size) @ (size x size) matmul among those run in `seconds`
-    (at least two per layout): a ceiling for MFU, which a noisy moment on a shared machine must not lower.
-
-    The layouts are those training runs: x @ W.t() (forward) and x.t() @ g (weight gradients). A plain
-    bfloat16 x @ W takes a fallback some 20 times slower on CPUs without bf16 instructions; timed as
-    the ceiling, it made bf16 MFU read over 100%.
-    """
+    """FLOP/s of the fastest (size x size) @ (size x size) matmul run in `seconds` (at least two per layout): the
+    best, not the mean, as a noisy moment on a shared machine must not lower the MFU ceiling."""
     left = torch.randn(size, size, device=device, dtype=dtype)
     right = torch.randn(size, size, device=device, dtype=dtype)
     fastest = math.inf
+    # The layouts training runs, x @ W.t() (forward) and x.t() @ g (weight gradients): a plain bfloat16 x @ W takes a
+    # fallback some 20 times slower on CPUs without bf16 instructions; timed as the ceiling, it made MFU read over 100%.
     for product in (lambda: left @ right.t(), lambda: left.t() @ right):
         product()  # warm-up: kernel selection, thread pool start
         count, start = 0, time.perf_counter()

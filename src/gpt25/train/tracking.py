@@ -1,9 +1,6 @@
-"""Metrics tracking: RUN_DIR/metrics.jsonl always, TensorBoard or Weights & Biases by flag.
+"""Metrics tracking on rank 0: RUN_DIR/metrics.jsonl always, TensorBoard or Weights & Biases by flag.
 
-One `Tracker` lives on rank 0. Each `log(step, metrics)` appends one JSON row (floats written in
-full precision, so resumed runs can be compared bit for bit; NaN and inf as null, so the file stays
-strict JSON) and forwards the numbers to the optional backend. W&B runs offline unless
-WANDB_MODE says otherwise or WANDB_API_KEY is set.
+Manual: docs/training.md ("What a run writes and shows")
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ def finite_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def json_line(row: dict[str, Any]) -> str:
+    # json writes floats in full (repr) precision: resumed runs can be compared bit for bit
     return json.dumps(finite_row(row), allow_nan=False) + "\n"
 
 

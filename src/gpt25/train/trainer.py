@@ -1,16 +1,8 @@
-"""The training loop: shards in, checkpoints, metrics and a summary out; one process or many.
+"""The training loop, `train(config)`: data in, checkpoints, metrics and a summary out; one process or many.
 
-`train(config)` runs unchanged in one CPU process and under torchrun (FSDP2 or DDP, see
-`distributed`). Each optimizer step accumulates `grad_accum_steps` micro-batches (gradients are
-synchronised on the last one only), clips the global gradient norm, sets the learning rate (cosine or
-warmup-stable-decay) and steps the optimizer (AdamW or Muon). Around the loop: periodic evaluation
-(validation loss, perplexity, bits per byte, optional HellaSwag and CORE), periodic checkpoints, exact
-resume, a NaN/inf guard that stops before a bad update reaches the weights, and SIGTERM / SIGINT handling that saves a checkpoint and stops.
-
-What a run trains on is a `Task` the trainer is given, not a subclass: `Pretraining` (token shards,
-`gpt25 train`) here, `gpt25.train.sft.FineTuning` (packed conversations from a base checkpoint,
-`gpt25 sft`) there. A task names the tokenizer and model, the loader, the loss mask and the
-evaluation; the loop, optimizer, checkpoints and resume are the trainer's alone.
+What a run trains on is a `Task` the trainer is given, not a subclass: `Pretraining` here, `sft.FineTuning` there.
+A task names the tokenizer and model, the loader, the loss mask and the evaluation; the loop, optimizer, checkpoints
+and resume are the trainer's alone. Manual: docs/training.md
 """
 
 from __future__ import annotations
@@ -53,9 +45,8 @@ class TrainingDiverged(ValueError):
 
 
 def train(config: RunConfig, task: Task | None = None) -> dict[str, Any]:
-    """Run (or resume) one training run (pretraining unless `task` says otherwise); returns a summary of
-    losses, speed and paths. Under torchrun this joins (and afterwards leaves) the process group, unless
-    the caller made it."""
+    """Run (or resume) one run, pretraining unless `task` says otherwise; returns its summary (losses, speed, paths).
+    Under torchrun this joins (and afterwards leaves) the process group, unless the caller made it."""
     caller_owns_group = torch.distributed.is_initialized()
     context = distributed.init_distributed(config.device)
     try:
@@ -128,7 +119,6 @@ class Task:
         raise NotImplementedError
 
     def summary(self, trainer: Trainer) -> dict[str, Any]:
-        """What this task adds to the run's summary."""
         return {}
 
 
@@ -296,7 +286,6 @@ class Trainer:
         return summary
 
     def loop(self, tracker: Tracker | None, signals: list[str]) -> dict[str, Any]:
-        """The training loop, top to bottom; returns the run's summary."""
         start_step, started = self.step, time.perf_counter()
         timed_seconds, stopped, train_loss = 0.0, False, float("nan")
         window_seconds, window_steps = 0.0, 0  # since the last metrics row
@@ -372,17 +361,12 @@ class Trainer:
     # ----- what the loop calls: one optimizer step, evaluation, checkpoint -----
 
     def model_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the model's next-token predictions (over the targets the task keeps);
-        inputs, targets (batch, seq)."""
+        """Mean next-token cross-entropy over the targets the task keeps; inputs, targets (batch, seq)."""
         return cross_entropy(self.model(inputs), targets, ignore_index=self.task.ignore_index)
 
     def train_step(self, stop_requested: bool) -> tuple[float, float, float, bool]:
-        """One optimizer step over grad_accum_steps micro-batches.
-
-        Returns (loss averaged over micro-batches and ranks, grad norm, lr, whether any rank was
-        asked to stop). Loss, grad norm and stop flag share one all-reduce and one device sync, made
-        before the optimizer step so that a NaN/inf never reaches the weights (`check_finite`).
-        """
+        """One optimizer step over grad_accum_steps micro-batches: (loss averaged over micro-batches and ranks,
+        grad norm, lr, whether any rank was asked to stop)."""
         # Update number step + 1: the first update already gets a non-zero warmup lr.
         lr = learning_rate(self.config.schedule, self.step + 1, self.config.lr, self.config.min_lr,
                            self.config.warmup_steps, self.config.train_steps)
@@ -398,6 +382,8 @@ class Trainer:
             loss_sum += loss.detach().float()
         # --max_grad_norm 0 clips at infinity: nothing is scaled, but the norm is still measured for the log.
         grad_norm = clip_grad_norm(self.model.parameters(), self.config.max_grad_norm or math.inf)
+        # One all-reduce and one device sync for loss, grad norm and stop flag, made before the optimizer step so that
+        # a NaN/inf never reaches the weights (`check_finite`).
         stats = torch.stack([loss_sum / num_micro, grad_norm.to(loss_sum.device),
                              torch.tensor(float(stop_requested), device=loss_sum.device)])
         mean_loss, mean_grad_norm, stop_fraction = distributed.all_reduce_mean(stats, self.context).tolist()
@@ -424,10 +410,8 @@ class Trainer:
         return self.model if self.sharded else self.lm
 
     def save(self) -> Path:
-        """Checkpoint the current step (collective: every rank calls it), then drop old ones.
-
-        Finite grads can still overflow the weights (a huge lr times weight decay): those are never saved.
-        """
+        """Checkpoint the current step (collective: every rank calls it), then drop old ones."""
+        # Finite grads can still overflow the weights (a huge lr times weight decay): those are never saved.
         if not distributed.all_finite(self.model.parameters(), self.context):
             raise self.diverged(f"weights became non-finite at step {self.step}; they were not saved")
         rank_states = distributed.gather_objects(
