@@ -1,13 +1,5 @@
-"""The body of `gpt25 eval`: checkpoint + tokenizer -> scores.
-
-`run_evaluation` scores the whole validation split (or `--limit` examples / `max_tokens` tokens)
-and HellaSwag, prints a table and writes eval.json beside the checkpoint:
-
-    {"val_loss", "val_perplexity", "val_bpb", "val_tokens",
-     "hellaswag": {"acc", "acc_norm", "n"},
-     "core": {"core", "tasks": {label: {"acc", "centered", "n", "kind", "shots"}}}, "checkpoint", "step"}
-
-Parts not asked for are null.
+"""The body of `gpt25 eval` (`run_evaluation`): checkpoint + tokenizer -> eval.json and a table.
+Manual: docs/evaluation.md (`gpt25 eval`, Output).
 """
 
 from __future__ import annotations
@@ -55,7 +47,6 @@ def check_arguments(data_dir: str | Path | None, hellaswag: str | None, limit: i
 
 
 def format_table(results: dict) -> str:
-    """The results as an aligned two-column text table."""
     rows = [("checkpoint", str(results.get("checkpoint"))), ("step", str(results.get("step")))]
     if results["val_loss"] is not None:
         rows += [
