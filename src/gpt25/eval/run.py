@@ -17,14 +17,6 @@ from gpt25.eval.loss import evaluate_loss
 from gpt25.files import write_json_atomic
 
 
-def default_output_path(checkpoint: str | Path) -> Path:
-    """eval.json in the step folder (a run dir's newest), or <name>.eval.json beside a .safetensors file."""
-    checkpoint = resolve_checkpoint(checkpoint)
-    if checkpoint.is_file():
-        return checkpoint.with_name(f"{checkpoint.stem}.eval.json")
-    return checkpoint / "eval.json"
-
-
 def check_arguments(data_dir: str | Path | None, hellaswag: str | None, limit: int | None, max_tokens: int | None,
                     out: str | Path | None, batch_size: int, core: bool = False, core_bundle: str | Path | None = None,
                     core_limit: int | None = None) -> None:
@@ -102,7 +94,9 @@ def run_evaluation(checkpoint: str | Path, tokenizer_dir: str | Path, *, data_di
         if core_tasks is not None:
             results["core"] = evaluate_core(model, tokenizer, core_tasks, batch_size=batch_size * 4, device=device)
     results |= {"checkpoint": str(checkpoint), "step": meta.get("step")}
-    out = Path(out) if out else default_output_path(checkpoint)
+    if not out:  # eval.json in the step folder, or <name>.eval.json beside a .safetensors file
+        out = checkpoint.with_name(f"{checkpoint.stem}.eval.json") if checkpoint.is_file() else checkpoint / "eval.json"
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, results)
     return results
