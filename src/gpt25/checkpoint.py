@@ -1,17 +1,6 @@
-"""Checkpoints that describe themselves: save, resume, consolidate and load for inference.
-
-On disk, RUN_DIR/checkpoints/step_0000100/ holds a human-readable `meta.json` (format, version,
-step, model config, train config, tokenizer fingerprint, world size, sharded flag) plus either
-`model.safetensors` + `train_state.pt` (one process, or DDP where every rank holds the full model)
-or a `dcp/` torch.distributed.checkpoint folder + `train_state.pt` (FSDP, sharded; loadable on any
-number of ranks and in one process). `train_state.pt` holds the step, the optimizer state (unless
-sharded) and every rank's data-loader position and RNG states; it contains only tensors and plain
-containers, so it loads with `weights_only=True`.
-
-Every checkpoint is written under a temporary name and renamed into place, so a kill at any moment
-leaves the previous complete checkpoint valid. torch.distributed.checkpoint and its state-dict
-helpers are imported only on the sharded paths: they take seconds to import, and single-process
-training, evaluation and sampling never need them.
+"""Checkpoints that describe themselves: save (`save_checkpoint`, `save_sharded_checkpoint`), resume
+(`load_training_state`), load for inference (`load_model`, `load_for_inference`) and `consolidate`.
+Manual: docs/training.md (Checkpoint format: the files on disk, atomic writes, damaged files).
 """
 
 from __future__ import annotations
@@ -188,19 +177,14 @@ def write_checkpoint_files(folder: Path, train_state: dict, meta: dict, weights:
 def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, iteration: int,
                     out: str | os.PathLike, *, meta: dict | None = None,
                     rank_states: list[dict] | None = None) -> Path:
-    """Save the weights, optimizer state and iteration of any module; returns the folder written.
-
-    `out` becomes a checkpoint dir (model.safetensors, train_state.pt, meta.json). The model may
-    be wrapped by DDP (every rank holds the full model, so rank 0 alone calls this). The optimizer
-    state is stored keyed by parameter name (the layout of torch.distributed.checkpoint's full
-    optimizer state dict), so FSDP runs can resume from it too. The model's config goes into the
-    metadata when it has one (a TransformerLM); load_model needs it, load_checkpoint does not.
-    """
+    """Save any module's weights, optimizer state and iteration as checkpoint dir `out`; returns it.
+    Under DDP rank 0 alone calls this (every rank holds the full model)."""
     model = model.module if hasattr(model, "module") else model
     weights = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    # Keyed by parameter name, the layout of DCP's full optimizer state dict, so FSDP runs can resume from it too.
     optimizer_state = named_optimizer_state(model, optimizer) if optimizer else None
     train_state = {"step": iteration, "optimizer": optimizer_state, "ranks": rank_states or []}
-    config = getattr(model, "config", None)
+    config = getattr(model, "config", None)  # a TransformerLM's: load_model needs it, load_checkpoint does not
     meta = meta or make_meta(iteration, config if isinstance(config, ModelConfig) else None)
     with atomic_folder(Path(out)) as temporary:
         write_checkpoint_files(temporary, train_state, meta, weights)
@@ -210,6 +194,7 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
 def save_sharded_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
                             path: str | Path, *, meta: dict, rank_states: list[dict], rank: int) -> Path:
     """Collective save of an FSDP model with torch.distributed.checkpoint; every rank calls this."""
+    # DCP is imported on the sharded paths only: it takes seconds, and one-process runs never need it.
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -228,12 +213,8 @@ def save_sharded_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optim
 
 def load_checkpoint(src: str | os.PathLike, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None) -> int:
-    """Load weights (and optimizer state when given) from any training checkpoint; returns its step.
-
-    `src` is a step dir, or a run dir for its newest checkpoint. It works across layouts: a sharded
-    (FSDP) checkpoint loads into one process or any number of FSDP ranks, and a single-process
-    checkpoint loads into an FSDP model.
-    """
+    """Load weights (and optimizer state when given) from a step dir or a run dir (its newest checkpoint),
+    sharded or not, into one process or FSDP ranks; returns its step."""
     return load_training_state(src, model, optimizer)["step"]
 
 
@@ -276,8 +257,7 @@ def _load_with_state_dict_api(path: Path, meta: dict, train_state: dict, model: 
 
 
 def load_dcp(state: dict[str, Any], folder: Path) -> None:
-    """Fill `state` in place from a torch.distributed.checkpoint folder, resharding to this layout (one
-    process: no group needed)."""
+    """Fill `state` in place from a DCP folder, resharding to this layout (in one process too)."""
     import torch.distributed.checkpoint as dcp
 
     with warnings.catch_warnings():
@@ -335,13 +315,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
 def load_for_inference(checkpoint: str | Path | torch.nn.Module, tokenizer: str | Path | Tokenizer | None,
                        device: str | torch.device | None = None,
                        dtype: torch.dtype | None = None) -> tuple[TransformerLM, Tokenizer | None, dict]:
-    """(model, tokenizer, checkpoint meta) for eval, sampling and export, the tokenizer checked to be
-    the model's (vocab size, and the fingerprint the checkpoint records); one-line errors otherwise.
-
-    `checkpoint` is a step dir, a run dir (newest checkpoint) or a .safetensors file, loaded in eval
-    mode on `device` (default cpu) in `dtype`, or a model in memory (meta {}), moved only
-    when a device or dtype is given. `tokenizer` is a saved folder or a Tokenizer; None skips it.
-    """
+    """(model, tokenizer, meta), the tokenizer checked against the model (ValueError otherwise; None skips it).
+    A model in memory gets meta {} and is moved only when a device or dtype is given."""
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = Tokenizer.load(tokenizer)
     if isinstance(checkpoint, torch.nn.Module):
@@ -371,14 +346,15 @@ def find_tokenizer_dir(checkpoint: str | Path) -> Path:
 
 
 def consolidate(path: str | Path, out_file: str | Path) -> Path:
-    """Write one safetensors file of full weights (+ <name>.json metadata sidecar) from any checkpoint,
-    each under a temporary name and renamed, so load_model never sees half a file."""
+    """Write one safetensors file of full weights (+ <name>.json metadata sidecar) from any checkpoint."""
     out_file = Path(out_file)
     if out_file.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {out_file}")
     model, meta = load_model(path)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_file) as temporary:  # the sidecar is renamed first, the weights on leaving
+    # Each file under a temporary name, the sidecar renamed first and the weights on leaving, so
+    # load_model never sees half a file.
+    with atomic_path(out_file) as temporary:
         save_weights({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, temporary)
         write_json_atomic(out_file.with_suffix(".json"),
                           dict(meta, sharded=False, consolidated_from=str(resolve_checkpoint(path))))

@@ -1,16 +1,6 @@
-"""`gpt25 checkpoint import`: turn another project's checkpoint into a gpt25 checkpoint directory.
-
-A *layout* is one way a model can lie on disk. Each has a name, `detect(path)` (is SRC in this
-layout?) and `read(path, settings)` returning an `Imported`: a ModelConfig, weights under gpt25's
-names and, when the source has them, the optimizer state (in `named_optimizer_state`'s layout), the
-step and the source's own tokenizer. `LAYOUTS` lists them in the order they are tried; a new one is
-a detect and a read function plus one entry there.
-
-The GPT 2.5 seed's model is gpt25's architecture under other names (gpt25.interop's `SEED` column): the
-same RMSNorm, interleaved RoPE pairs and SwiGLU, so its weights are copied, not transformed. Its
-AdamW keeps per-parameter `t`, `m`, `v` and `epsilon`; they become gpt25's `step`, `exp_avg`,
-`exp_avg_sq` and `eps`, in one group holding every parameter (the seed decays them all; train with
-`--decay_all` to keep that grouping and its settings).
+"""`gpt25 checkpoint import`: turn another project's checkpoint into a gpt25 checkpoint directory
+(`import_checkpoint`), reading whichever of `LAYOUTS` the source is in.
+Manual: docs/import.md (the layouts, the seed's optimizer state, adding a layout).
 """
 
 from __future__ import annotations
@@ -265,7 +255,6 @@ def read_tokenizer_json(file: Path) -> Tokenizer | None:
 # ----- a transformers Llama or GPT-2 folder (what `gpt25 export hf` writes; OpenAI's gpt2) -----
 
 def read_transformers(path: Path, settings: dict[str, Any]) -> Imported:
-    """config.json (model_type "llama" or "gpt2") + weights, via gpt25.interop."""
     config, weights = read_hf_folder(path)
     return Imported(config, weights, tokenizer=read_hf_tokenizer(path))
 
@@ -305,8 +294,7 @@ def choose_tokenizer(imported: Imported, tokenizer_dir: str | Path | None) -> To
 
 def import_checkpoint(source: str | Path, out: str | Path, *, tokenizer_dir: str | Path | None = None,
                       force: bool = False, settings: dict[str, Any] | None = None) -> tuple[Path, Layout, dict]:
-    """Read `source` in whichever layout it is and write a gpt25 checkpoint directory (model.safetensors,
-    train_state.pt, meta.json, tokenizer/) to `out`; returns (out, the layout, the meta written)."""
+    """Write `source` as a gpt25 checkpoint directory (with tokenizer/) to `out`; returns (out, layout, meta)."""
     source, out = Path(source), Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")

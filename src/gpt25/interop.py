@@ -1,13 +1,6 @@
-"""Hugging Face interop: export a gpt25 model as a `transformers` folder (LlamaForCausalLM for the recipe,
-GPT2LMHeadModel for GPT-2), import one back, and upload a folder to the Hub (downloads:
-gpt25.data.sources.download_repo, `gpt25 data download`).
-
-The recipe matches Llama one to one (RMSNorm eps 1e-5, SwiGLU, RoPE, no biases, untied head) except
-for the RoPE layout: gpt25 rotates interleaved pairs (x[2i], x[2i+1]) while transformers rotates
-halves (x[i], x[i + head_dim/2]). Permuting the rows of q_proj and k_proj within each head maps
-one onto the other exactly (`interleaved_to_halves`), since q.k is unchanged when both are permuted.
-GPT-2 matches GPT2LMHeadModel up to layout: its Conv1D layers store weights (in, out), and its
-attention computes q, k and v by one fused `c_attn`.
+"""Hugging Face interop: export a gpt25 model as a `transformers` folder (`export_hf`: LlamaForCausalLM
+or GPT2LMHeadModel), read one back (`read_hf_folder`, `import_hf`) and upload a folder to the Hub.
+Manual: docs/export.md.
 """
 
 from __future__ import annotations
@@ -101,6 +94,8 @@ def hf_class(config: ModelConfig) -> str:
 
 def interleaved_to_halves(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Reorder q/k output rows per head from pairs (2i, 2i+1) to halves (i, i + head_dim/2)."""
+    # gpt25 rotates interleaved pairs, transformers rotates halves; permuting the rows of q and k alike
+    # maps one onto the other exactly, since q.k is unchanged when both are permuted.
     d_out, d_in = weight.shape
     head_dim = d_out // num_heads
     # (heads, head_dim/2, 2, d_in) -> (heads, 2, head_dim/2, d_in)
@@ -270,11 +265,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
 
 def export_hf(checkpoint: str | Path | TransformerLM, tokenizer_dir: str | Path | None, out_dir: str | Path, *,
               dtype: torch.dtype = torch.float32, overwrite: bool = False) -> Path:
-    """Write a LlamaForCausalLM or GPT2LMHeadModel folder (config.json, model.safetensors, tokenizer files) to
-    `out_dir`, assembled under a temporary name and renamed into place (a failure leaves nothing behind).
-
-    `checkpoint` and `tokenizer_dir` (None: no tokenizer) are as gpt25.checkpoint.load_for_inference takes them.
-    """
+    """Write a LlamaForCausalLM or GPT2LMHeadModel folder to `out_dir` (atomically); `checkpoint` and
+    `tokenizer_dir` (None: no tokenizer) as gpt25.checkpoint.load_for_inference takes them."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --force")
@@ -285,7 +277,6 @@ def export_hf(checkpoint: str | Path | TransformerLM, tokenizer_dir: str | Path 
 
 
 def _write_hf_folder(model: TransformerLM, tokenizer: Tokenizer | None, folder: Path, dtype: torch.dtype) -> None:
-    """config.json, generation_config.json, model.safetensors and (with a tokenizer) its two files into `folder`."""
     gpt2 = hf_class(model.config) == "GPT2LMHeadModel"
     eot_id = _write_tokenizer(tokenizer, folder) if tokenizer is not None else None
     convert = to_gpt2_state_dict if gpt2 else to_hf_state_dict
@@ -301,8 +292,7 @@ def _write_hf_folder(model: TransformerLM, tokenizer: Tokenizer | None, folder: 
 
 
 def _write_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> int | None:
-    """tokenizer.json (via gpt25's Tokenizer.save_huggingface, every special token an added special token)
-    + tokenizer_config.json, with the chat template for a chat model; returns the EOT id."""
+    """tokenizer.json + tokenizer_config.json (with the chat template for a chat model); returns the EOT id."""
     tokenizer.save_huggingface(out_dir / "tokenizer.json")
     eot_id = tokenizer.token_id(END_OF_TEXT) if END_OF_TEXT in tokenizer.special_tokens else None
     settings = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
@@ -343,8 +333,7 @@ def read_hf_weights(hf_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_hf_folder(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(ModelConfig, gpt25 state dict) of a transformers Llama or GPT-2 folder, such as `gpt25 export hf` writes
-    or OpenAI's `gpt2` from the Hub; load the state with `TransformerLM(config).load_state_dict(state)`."""
+    """(ModelConfig, gpt25 state dict) of a transformers Llama or GPT-2 folder."""
     hf = read_hf_config(hf_dir)
     gpt2 = hf.get("model_type") == "gpt2"
     config = gpt2_model_config(hf) if gpt2 else config_from_hf(hf)

@@ -1,23 +1,6 @@
-"""CORE: the DCLM paper's in-context-learning score, rendered and scored exactly as nanochat does.
-
-The bundle (nanochat's eval_bundle.zip, unpacked) holds `core.yaml` (the tasks: label, dataset_uri,
-icl_task_type, num_fewshot, continuation_delimiter), `eval_meta_data.csv` (each task's random
-baseline, in percent) and `eval_data/*.jsonl`. Per task, as nanochat's core_eval.py and base_eval.py:
-
-- the examples are shuffled with random.Random(1337); a limit keeps the first N of that order;
-- example i gets `num_fewshot` examples drawn with random.Random(1234 + i).sample from the others;
-- prompts: few-shot examples as "<context><delimiter><answer>\\n\\n", then the example itself.
-  multiple_choice: one prompt per choice (query + delimiter + choice); schema: one prompt per
-  context option, all ending in the same continuation; language_modeling: the context (stripped) +
-  delimiter, without and with the continuation;
-- each prompt is encoded with <|endoftext|> in front; the scored tokens are where the choices'
-  token lists part (multiple choice), the shared suffix (schema), or the tokens the continuation
-  adds (language modelling); a prompt longer than the context keeps its last context_length tokens;
-- multiple_choice / schema: correct when the gold option has the lowest mean loss over its scored
-  tokens; language_modeling: correct when greedy decoding reproduces every continuation token.
-
-centred = (accuracy - 0.01 * baseline) / (1 - 0.01 * baseline); CORE is the mean over the tasks.
-Under torch.distributed every rank must call `evaluate_core`; examples are split across ranks.
+"""CORE: the DCLM paper's in-context-learning score, rendered and scored exactly as nanochat does
+(`load_core_tasks`, `evaluate_core`: under torch.distributed every rank must call it).
+Manual: docs/evaluation.md (CORE: the bundle, order, prompts, tokens, scoring).
 """
 
 from __future__ import annotations

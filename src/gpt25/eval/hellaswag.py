@@ -1,16 +1,6 @@
-"""HellaSwag: pick the most likely of four endings, scored the way lm-evaluation-harness scores it.
-
-Each ending is scored by the summed log-likelihood of the tokens of `" " + ending` given the tokens
-of `ctx`, the two encoded separately. `acc` picks the ending with the highest sum; `acc_norm`
-divides each sum by the ending's length in UTF-8 bytes first (lm-evaluation-harness divides by
-characters, the same for HellaSwag's ASCII text), which removes the bias toward short endings.
-The `ctx` and `endings` fields are used as the original jsonl gives them; lm-evaluation-harness's
-`hellaswag` task also rewrites WikiHow's `[title]`/`[header]` markers, so its numbers differ
-slightly (run it through `gpt25.eval.lm_eval_adapter` to get those).
-
-The loader reads the original jsonl format (`ctx`, `endings`, `label` on each line), from a local
-file or downloaded from the HellaSwag repository. Under torch.distributed every rank must call
-`evaluate_hellaswag`; the examples are split across ranks and the counts all-reduced.
+"""HellaSwag: pick the most likely of four endings, scored the way lm-evaluation-harness scores it
+(`load_hellaswag`, `evaluate_hellaswag`: under torch.distributed every rank must call it).
+Manual: docs/evaluation.md (HellaSwag).
 """
 
 from __future__ import annotations
@@ -78,10 +68,8 @@ def load_hellaswag(source: str | Path) -> list[dict]:
 
 
 def scoring_rows(tokenizer, examples: list[dict], context_length: int) -> list[tuple[int, int, list[int], int]]:
-    """(example index, ending index, token ids, number of ending tokens) for every ending.
-
-    The ids are ctx + " " + ending, cut from the left to context_length + 1 tokens if needed.
-    """
+    """(example index, ending index, token ids of ctx + " " + ending cut from the left to context_length + 1,
+    number of ending tokens) for every ending."""
     rows = []
     for example_index, example in enumerate(examples):
         context_ids = tokenizer.encode(example["ctx"]) or [tokenizer.eot_id]
@@ -94,10 +82,7 @@ def scoring_rows(tokenizer, examples: list[dict], context_length: int) -> list[t
 
 def evaluate_hellaswag(model: torch.nn.Module, tokenizer, examples: list[dict], *, batch_size: int,
                        device: torch.device | str, limit: int | None = None) -> dict:
-    """Accuracy on the first `limit` examples (all by default): {"acc", "acc_norm", "n"}.
-
-    `batch_size` counts sequences (one per ending) per forward pass.
-    """
+    """{"acc", "acc_norm", "n"} on the first `limit` examples; `batch_size` counts endings per forward pass."""
     examples = examples[:limit] if limit is not None else examples
     if not examples:
         raise ValueError("no HellaSwag examples to score (empty file or --limit 0)")
@@ -111,6 +96,7 @@ def evaluate_hellaswag(model: torch.nn.Module, tokenizer, examples: list[dict], 
         ending_scores[example_index][ending_index] = score
     num_correct = num_correct_norm = 0
     for example, sums in zip(my_examples, ending_scores, strict=True):
+        # acc_norm divides by the ending's UTF-8 bytes: it removes the bias toward short endings.
         ending_bytes = [max(len(ending.encode("utf-8")), 1) for ending in example["endings"]]
         num_correct += int(np.argmax(sums)) == example["label"]
         num_correct_norm += int(np.argmax(np.array(sums) / ending_bytes)) == example["label"]

@@ -1,19 +1,6 @@
-"""lm-evaluation-harness adapter: run any of its tasks on a gpt25 checkpoint.
-
-Importing this module registers the model type "gpt25" with lm-eval. From the shell, this module
-is lm-eval's own command line with gpt25 registered (`--model gpt25` is the default):
-
-    python -m gpt25.eval.lm_eval_adapter --model_args checkpoint=runs/124m,tokenizer=tok \\
-        --tasks hellaswag,lambada_openai --device cuda --batch_size 32
-
-From Python, pass a model object (or checkpoint path) to `lm_eval.simple_evaluate`:
-
-    lm = GPT25LM(model=model, tokenizer=tokenizer, batch_size=32)      # or checkpoint=..., tokenizer="tok"
-    results = lm_eval.simple_evaluate(model=lm, tasks=["hellaswag"])
-
-Scoring follows lm-eval's Hugging Face backend: contexts and continuations are encoded together
-and split (lm-eval's TemplateLM), inputs longer than the context are cut from the left, greedy
-generation stops at any of the task's `until` strings or end-of-text. Runs in one process.
+"""lm-evaluation-harness adapter: importing it registers the model type "gpt25" (`GPT25LM`); run as a
+module it is lm-eval's command line with `--model gpt25` implied.
+Manual: docs/evaluation.md (lm-evaluation-harness).
 """
 
 from __future__ import annotations
@@ -37,7 +24,8 @@ DEFAULT_BATCH_SIZE = 16
 
 
 class GPT25LM(TemplateLM):
-    """A gpt25 TransformerLM behind lm-eval's LM interface (loglikelihood, rolling, generate_until)."""
+    """A gpt25 TransformerLM behind lm-eval's LM interface (loglikelihood, rolling, generate_until).
+    As lm-eval's Hugging Face backend, TemplateLM encodes context and continuation together and splits them."""
 
     def __init__(self, checkpoint: str | None = None, tokenizer: str | Tokenizer | None = None,
                  model: torch.nn.Module | None = None, device: str | None = None,
@@ -145,7 +133,6 @@ if __name__ != "__main__":
 
 
 def main(argv: list[str] | None = None) -> None:
-    """lm-eval's command line with the "gpt25" model registered; `--model gpt25` is implied."""
     from lm_eval.__main__ import cli_evaluate
 
     arguments = list(sys.argv[1:] if argv is None else argv)

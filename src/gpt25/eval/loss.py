@@ -1,19 +1,6 @@
-"""Validation loss, perplexity and bits per byte over a token array, the same number every time.
-
-The tokens are cut into fixed, non-overlapping windows of `context_length` predictions: window i
-reads tokens[i*L : i*L + L] and predicts tokens[i*L + 1 : i*L + L + 1]. The windows are batched in
-order and a last, shorter window takes the remainder, so every token but the first is predicted
-exactly once, with no sampling and no overlap.
-
-Bits per byte is the one figure comparable across tokenizers:
-
-    val_bpb = sum over text targets of loss_in_nats / ln(2)  /  sum over text targets of len(vocab[id])
-
-where `len(vocab[id])` is the UTF-8 byte length of the text the token decodes to. Special tokens
-(`<|endoftext|>` and friends) are markup, not text: as targets they count zero bytes and their
-loss is left out of bpb (they still count in val_loss and perplexity, which are plain per-token
-means). Under torch.distributed every rank must call this; windows are split across ranks and
-the sums all-reduced.
+"""Validation loss, perplexity and bits per byte over a token array in fixed windows, the same number
+every time (`evaluate_loss`; `evaluate_assistant_loss` for chat rows). Under torch.distributed every
+rank must call them. Manual: docs/evaluation.md (Validation loss, perplexity, bits per byte).
 """
 
 from __future__ import annotations
@@ -86,11 +73,8 @@ def sums_over_batches(model: torch.nn.Module, batches: list, make_batch: Callabl
 def evaluate_loss(model: torch.nn.Module, tokens: np.ndarray, tokenizer, *, batch_size: int, context_length: int,
                   device: torch.device | str, max_tokens: int | None = None,
                   autocast_dtype: torch.dtype | None = None) -> dict:
-    """Score `tokens` (the whole array, or its first `max_tokens` predictions) in fixed windows.
-
-    Returns {"val_loss" (nats/token), "val_perplexity", "val_bpb" (None without a tokenizer),
-    "tokens" (number of predictions scored)}.
-    """
+    """{"val_loss" (nats/token), "val_perplexity", "val_bpb" (None without a tokenizer), "tokens" (predictions
+    scored)} over `tokens` (the whole array, or its first `max_tokens` predictions)."""
     if context_length > model.config.context_length:
         raise ValueError(f"context_length {context_length} is longer than the model's {model.config.context_length}")
     if max_tokens is not None:
@@ -120,12 +104,9 @@ def evaluate_loss(model: torch.nn.Module, tokens: np.ndarray, tokenizer, *, batc
 
 def evaluate_assistant_loss(model: torch.nn.Module, rows, *, batch_size: int, device: torch.device | str,
                             max_rows: int | None = None, autocast_dtype: torch.dtype | None = None) -> dict:
-    """Loss and mean token accuracy on the trained (assistant) targets of packed conversation rows
-    (`gpt25.data.conversations.PackedRows`, the first `max_rows` of them), as the GPT 2.5 project reports.
-
-    Returns {"val_loss" (nats per assistant token), "val_perplexity", "val_accuracy" (share of assistant
-    tokens that are the model's top prediction), "tokens" (assistant tokens scored)}.
-    """
+    """{"val_loss" (nats per assistant token), "val_perplexity", "val_accuracy" (share of assistant tokens that
+    are the top prediction), "tokens"} on the first `max_rows` packed conversation rows (PackedRows), as the
+    GPT 2.5 project reports."""
     num_rows = len(rows) if max_rows is None else min(len(rows), max_rows)
     batches = [np.arange(first, min(first + batch_size, num_rows)) for first in range(0, num_rows, batch_size)]
 

@@ -1,13 +1,5 @@
-"""The body of `gpt25 eval`: checkpoint + tokenizer -> scores.
-
-`run_evaluation` scores the whole validation split (or `--limit` examples / `max_tokens` tokens)
-and HellaSwag, prints a table and writes eval.json beside the checkpoint:
-
-    {"val_loss", "val_perplexity", "val_bpb", "val_tokens",
-     "hellaswag": {"acc", "acc_norm", "n"},
-     "core": {"core", "tasks": {label: {"acc", "centered", "n", "kind", "shots"}}}, "checkpoint", "step"}
-
-Parts not asked for are null.
+"""The body of `gpt25 eval` (`run_evaluation`): checkpoint + tokenizer -> eval.json and a table.
+Manual: docs/evaluation.md (`gpt25 eval`, Output).
 """
 
 from __future__ import annotations
@@ -23,14 +15,6 @@ from gpt25.eval.core import evaluate_core, load_core_tasks
 from gpt25.eval.hellaswag import evaluate_hellaswag, load_hellaswag
 from gpt25.eval.loss import evaluate_loss
 from gpt25.files import write_json_atomic
-
-
-def default_output_path(checkpoint: str | Path) -> Path:
-    """eval.json in the step folder (a run dir's newest), or <name>.eval.json beside a .safetensors file."""
-    checkpoint = resolve_checkpoint(checkpoint)
-    if checkpoint.is_file():
-        return checkpoint.with_name(f"{checkpoint.stem}.eval.json")
-    return checkpoint / "eval.json"
 
 
 def check_arguments(data_dir: str | Path | None, hellaswag: str | None, limit: int | None, max_tokens: int | None,
@@ -55,7 +39,6 @@ def check_arguments(data_dir: str | Path | None, hellaswag: str | None, limit: i
 
 
 def format_table(results: dict) -> str:
-    """The results as an aligned two-column text table."""
     rows = [("checkpoint", str(results.get("checkpoint"))), ("step", str(results.get("step")))]
     if results["val_loss"] is not None:
         rows += [
@@ -111,7 +94,9 @@ def run_evaluation(checkpoint: str | Path, tokenizer_dir: str | Path, *, data_di
         if core_tasks is not None:
             results["core"] = evaluate_core(model, tokenizer, core_tasks, batch_size=batch_size * 4, device=device)
     results |= {"checkpoint": str(checkpoint), "step": meta.get("step")}
-    out = Path(out) if out else default_output_path(checkpoint)
+    if not out:  # eval.json in the step folder, or <name>.eval.json beside a .safetensors file
+        out = checkpoint.with_name(f"{checkpoint.stem}.eval.json") if checkpoint.is_file() else checkpoint / "eval.json"
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, results)
     return results

@@ -1,12 +1,6 @@
-"""What every evaluation shares: per-token loss, the split of the work across ranks, and the
-log-likelihood of the last tokens of many sequences in one padded forward pass.
-
-Under torchrun (and FSDP) each rank scores its share of the work, then the sums are all-reduced;
-in a single process every collective here is a no-op. FSDP needs every rank to run the same
-number of forward passes, so ranks with less work pad with forwards whose results they drop
-(`padded_share`). HellaSwag (the ending given the context), CORE (each task's continuations) and
-the lm-evaluation-harness adapter (any continuation given any context) score sequences right-padded
-with zeros: a causal model never looks to the right, so the padding changes no scored position.
+"""What every evaluation shares: per-token loss, the split of the work across ranks (each scores its
+share, then the sums are all-reduced; no-ops in one process), and the log-likelihood of the last
+tokens of many sequences in one padded forward pass (`score_rows`). Manual: docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -65,6 +59,7 @@ def per_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def padded_batch(sequences: list[list[int]], num_scored: list[int],
                  device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(inputs, targets, scored mask), each (len(sequences), longest - 1); mask: the last num_scored targets."""
+    # Right-padded with zeros: a causal model never looks to the right, so the padding changes no scored position.
     rows = torch.zeros(len(sequences), max(len(token_ids) for token_ids in sequences), dtype=torch.long)
     mask = torch.zeros(len(sequences), rows.shape[1] - 1, dtype=torch.bool)
     for row, (token_ids, count) in enumerate(zip(sequences, num_scored, strict=True)):
@@ -90,9 +85,9 @@ def score_sequences(model: torch.nn.Module, sequences: list[list[int]], num_scor
 
 def score_rows(model: torch.nn.Module, rows: list[tuple], *, batch_size: int, device, desc: str,
                show_progress: bool) -> tuple[list[float], list[bool]]:
-    """score_sequences, in eval mode, over rows whose last two items are (token ids, number scored),
-    `batch_size` rows per forward, longest first (less padding; an OOM shows at once); the results
-    in the rows' order. Every rank runs as many forwards as the busiest one."""
+    """score_sequences in eval mode over rows ending in (token ids, number scored), results in the rows' order.
+    Every rank must call it: each runs as many forwards as the busiest one."""
+    # Longest first: less padding, and an out-of-memory error shows at once.
     order = sorted(range(len(rows)), key=lambda index: -len(rows[index][-2]))
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     sums, greedy = [0.0] * len(rows), [False] * len(rows)
