@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+from serve_helpers import live_server, loader, post, wait_until_idle
 
 from gpt25.chat import chat, trim_history
 from gpt25.checkpoint import load_for_inference
@@ -17,8 +18,6 @@ from gpt25.cli import main
 from gpt25.sample import generate
 from gpt25.serve.api import Limits
 from gpt25.tokenizer.chat_format import render_prompt
-
-from conftest import live_server, loader, post, wait_until_idle
 
 PROMPTS = ["Hello", "The cat sat on the", "x", "Once upon a time, there", "1, 2, 3,", "zz", "A longer prompt, yes.", "?"]
 

@@ -6,11 +6,10 @@ import threading
 
 import pytest
 import torch
+from serve_helpers import byte_tokenizer, tiny_lm
 
 from gpt25.engine import generate_tokens
 from gpt25.serve.engine import Engine, QueueFull, Request, held_back
-
-from conftest import byte_tokenizer, tiny_lm
 
 
 def request(prompt: bytes, max_tokens: int, temperature: float = 0.0, **settings) -> Request:

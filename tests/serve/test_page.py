@@ -11,11 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serve_helpers import live_server, loader, post, wait_until_idle
 from websockets.sync.client import connect
 
 from gpt25.serve.api import Limits
-
-from conftest import live_server, loader, post, wait_until_idle
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")

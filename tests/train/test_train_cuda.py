@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from train_helpers import TINY_MODEL, run_command
 
 from gpt25.checkpoint import load_model
 from gpt25.data.shards import load_split
@@ -16,8 +17,6 @@ from gpt25.eval.loss import evaluate_loss
 from gpt25.tokenizer import Tokenizer
 from gpt25.train import train
 from gpt25.train.tracking import read_metrics
-
-from conftest import TINY_MODEL, run_command
 
 pytestmark = pytest.mark.cuda
 

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import TINY_MODEL, run_command
 
 from gpt25.checkpoint import list_checkpoints, load_model, read_meta
 from gpt25.cli import main
 from gpt25.train import train
 from gpt25.train.tracking import read_metrics
-
-from conftest import TINY_MODEL, run_command
 
 STEPS = ["--train_steps", "6", "--save_every", "3", "--eval_every", "6"]
 

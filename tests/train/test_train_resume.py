@@ -11,12 +11,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from train_helpers import SUBPROCESS_ENV
+
 from gpt25.checkpoint import list_checkpoints, load_checkpoint, read_meta
 from gpt25.model import ModelConfig, TransformerLM
 from gpt25.train import train
 from gpt25.train.tracking import read_metrics
-
-from conftest import SUBPROCESS_ENV
 
 LONG_RUN = ["--train_steps", "100000", "--warmup_steps", "50"]  # never finishes: it gets killed
 
