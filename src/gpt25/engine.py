@@ -108,6 +108,8 @@ def sample_rows(logits: torch.Tensor, settings: list[tuple[float, int | None, fl
             picked = chosen.argmax(dim=-1).tolist()
         else:
             probabilities = sampling_probabilities(chosen, temperature, top_k, top_p)
+            # One draw per row from its own generator: a seeded request gets the tokens `generate` gives it,
+            # whatever else is in the batch (one multinomial over the rows would share one random stream).
             picked = [int(torch.multinomial(probabilities[index : index + 1], 1, generator=generators[row]))
                       for index, row in enumerate(rows)]
         for row, token in zip(rows, picked, strict=True):
@@ -370,6 +372,8 @@ def decode(
             next_token = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                                            generator=generator)  # (batch,)
             if stop_ids:
+                # A finished row keeps repeating its stop token: the batch goes on as one tensor, with no
+                # per-row bookkeeping on the host, and the caller cuts each row at its first stop.
                 next_token = torch.where(finished, last_token, next_token)
                 finished |= torch.isin(next_token, stops)
                 last_token = next_token
