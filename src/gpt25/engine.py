@@ -26,12 +26,9 @@ SPLIT_MAX_ROWS = 64  # on the CPU, decoding's products with at most this many ro
 
 
 def split_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x W^T (..., out_features), W's rows split into one block per thread and multiplied as a batch (bmm).
-
-    A decoding step's product has few rows: it is memory-bound, and BLAS runs it on one core; one
-    block per thread spreads the weight reads over every core. On 2 idle cores it decoded 1.25-1.48x
-    faster (docs/sampling.md); with autograd on, or many rows, it is the plain matmul.
-    """
+    """x W^T (..., out_features), W's rows cut into one block per thread and multiplied as a batch (bmm)."""
+    # A decoding step's product has few rows: memory-bound, and BLAS runs it on one core; a block per thread
+    # spreads the weight reads over every core (1.25-1.48x faster on 2 idle cores, docs/sampling.md).
     rows = x.numel() // x.shape[-1]
     threads = torch.get_num_threads()
     out_features, in_features = weight.shape
@@ -128,8 +125,7 @@ def exponential_noise(probabilities: torch.Tensor, generator: torch.Generator | 
 
 
 def race(probabilities: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """argmax(p / q), q ~ Exp(1): a draw from p (the Gumbel-max trick with exp applied), as torch.multinomial
-    takes one sample; written out so that rows drawn from their own generators share one division and argmax."""
+    """argmax(p / q), q ~ Exp(1): one draw from p, as torch.multinomial takes it (the Gumbel-max trick, exp applied)."""
     return (probabilities / noise).argmax(dim=-1)
 
 

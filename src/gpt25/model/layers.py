@@ -16,11 +16,7 @@ from torch import nn
 
 
 class Products(threading.local):
-    """How `linear` multiplies in this thread: `few_rows` (x, W) -> x W^T replaces the plain matmul while set.
-
-    The model knows nothing of decoding; the engine (`gpt25.engine.decoding`) sets a faster product for
-    its few-row steps on the CPU and restores this afterwards.
-    """
+    """How `linear` multiplies in this thread: `few_rows(x, W)` instead of the matmul while the engine sets it."""
 
     few_rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 

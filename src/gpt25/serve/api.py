@@ -355,12 +355,9 @@ async def answer(request: Request, served: Served, body: dict, prompt_ids: list[
 
 
 class Mailbox:
-    """The engine thread's events for one request, taken by the request's coroutine.
-
-    `post` (the engine's thread) wakes the event loop only when the coroutine waits for it, so the
-    tokens that arrive while it is busy writing cost no wake-up each, and `take` hands them over
-    together: the loop's work per token stays small beside the decoding step it shares the GIL with.
-    """
+    """The engine thread's events for one request, taken by the request's coroutine."""
+    # `post` wakes the event loop only when the coroutine waits, and `take` hands over every event so far:
+    # tokens that come while it writes cost no wake-up each, and its work stays small beside the decoding.
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -423,11 +420,9 @@ async def cancel_on_disconnect(request: Request, generation: GenerationRequest) 
 
 async def stream_events(events: Mailbox, generation: GenerationRequest, meta: dict,
                         shape: CompletionShape | ChatShape) -> AsyncIterator[str]:
-    """Server-sent events: a chunk per piece of text, a last chunk with finish_reason and usage, [DONE].
-
-    The chunks of the pieces taken together go out in one write. Starlette cancels this generator
-    when the client goes away; the finally then cancels the row.
-    """
+    """Server-sent events: a chunk per piece of text (those taken together in one write), a last chunk with
+    finish_reason and usage, [DONE]. Starlette cancels this generator when the client goes away: the finally
+    then cancels the row."""
     try:
         chunk = meta | {"object": shape.chunk_object}
         finish_reason = None

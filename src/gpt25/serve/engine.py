@@ -126,22 +126,11 @@ def held_back(text: str, stops: tuple[str, ...]) -> int:
 
 
 class Engine:
-    """Runs `model` in one background thread, decoding up to `max_batch` requests together.
+    """Runs `model` in one background thread, decoding up to `max_batch` requests together; `submit` queues one
+    (QueueFull beyond `max_queue` waiting). `vocab_size` (the tokenizer's) bounds the ids sampled."""
 
-    `submit` queues a request (QueueFull beyond `max_queue` waiting); the thread admits waiting
-    requests at each step boundary, steps every active row once, and drops finished or cancelled
-    rows. `vocab_size` (the tokenizer's) bounds the ids sampled; `token_bytes` maps ids to bytes.
-    """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        token_bytes: dict[int, bytes],
-        vocab_size: int,
-        *,
-        max_batch: int = 16,
-        max_queue: int = 64,
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, token_bytes: dict[int, bytes], vocab_size: int, *,
+                 max_batch: int = 16, max_queue: int = 64) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.model = model.eval()
