@@ -183,7 +183,7 @@ class Engine:
     def _loop(self) -> None:
         """Admit, drop cancelled rows, step; on stop (or an error, which the thread then reports) cancel the rest."""
         try:
-            with torch.inference_mode(), decoding(self.device):
+            with torch.inference_mode(), decoding():
                 while self._wait_for_work():
                     self._admit()
                     self._drop_cancelled()
