@@ -137,7 +137,7 @@ def test_bad_input_is_one_line_and_writes_nothing(base_run, corpus_data, chats, 
 def test_fsdp_two_ranks_fine_tune_and_resume_in_one_process(base_run, corpus_data, chats, tmp_path) -> None:
     import sys
 
-    from conftest import run_command
+    from train_helpers import run_command
 
     out = tmp_path / "fsdp"
     run_command([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
