@@ -177,9 +177,11 @@ def test_chat_in_a_pseudo_terminal(chat_run) -> None:
     command = [sys.executable, "-m", "gpt25", "chat", "--checkpoint", str(chat_run), "--temperature", "0"]
     pid, controller = pty.fork()  # the child's controlling terminal is the pty, so Ctrl-C there is a SIGINT
     if pid == 0:
-        # An ignored SIGINT survives exec, and Python then installs no KeyboardInterrupt handler: a test that ran
-        # earlier in this process may have left it ignored.
+        # An ignored SIGINT survives exec, and Python then installs no KeyboardInterrupt handler; a blocked one
+        # survives it too, and the Ctrl-C then never arrives (the terminal only discards the typed line): a test
+        # or library that ran earlier in this process may have left either behind.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         os.execv(sys.executable, command)
     exit_code = None
     try:

@@ -182,10 +182,15 @@ def test_wandb_tracker_runs_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert read_metrics(tmp_path) == [{"step": 1, "train_loss": 2.0}]
 
 
-def test_the_demo_times_the_trainers_own_step(tiny_config, tmp_path) -> None:
+def test_the_demo_times_the_trainers_own_step(tiny_config, tmp_path, monkeypatch) -> None:
     from gpt25.demo import time_training_step
+    from gpt25.train.trainer import Trainer
 
+    steps = []
+    own_step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda trainer, stop_requested: steps.append(
+        (trainer.config.grad_accum_steps, stop_requested)) or own_step(trainer, stop_requested))
     config = tiny_config(tmp_path / "timed", batch_size=2)
-    seconds = time_training_step(config, repeats=1)
+    seconds = time_training_step(dataclasses.replace(config, grad_accum_steps=3), repeats=2)
     assert 0 < seconds < 60 and not (tmp_path / "timed").exists()  # timed, nothing written
-    assert time_training_step(dataclasses.replace(config, grad_accum_steps=3), repeats=1) > seconds
+    assert steps == [(3, False)] * 3  # the trainer's own step with the run's settings: a warm-up, then 2 timed
