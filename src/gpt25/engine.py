@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -21,13 +20,6 @@ from gpt25.model import ModelConfig, causal_mask
 # Decoding's attention kernels leave out cuDNN's, PyTorch's first choice on H100s with a recent
 # cuDNN: it builds a plan for every new key length, and decoding changes that every token or call.
 DECODING_ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-
-
-@contextmanager
-def decoding() -> Iterator[None]:
-    """What every decoding forward runs under: attention without cuDNN's kernel."""
-    with sdpa_kernel(DECODING_ATTENTION_BACKENDS):
-        yield
 
 
 def check_fits(prompt_len: int, max_new_tokens: int, context_length: int, name: str = "max_new_tokens") -> None:
@@ -374,7 +366,7 @@ def decode(
     was_training = model.training
     model.eval()
     try:
-        with decoding():
+        with sdpa_kernel(DECODING_ATTENTION_BACKENDS):
             if use_cache:
                 static_decode = device.type == "cuda" if static_decode is None else static_decode
                 cache = (StaticKVCache if static_decode else KVCache)(
@@ -399,7 +391,7 @@ def decode(
             yield next_token
             if index == max_new_tokens - 1 or (stop_ids and index % 8 == 7 and bool(finished.all())):
                 return
-            with decoding():
+            with sdpa_kernel(DECODING_ATTENTION_BACKENDS):
                 if use_cache:
                     logits = step(next_token)
                 else:

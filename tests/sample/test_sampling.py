@@ -159,3 +159,15 @@ def test_defaults_are_the_recipes() -> None:
     defaults = {name: p.default for name, p in inspect.signature(generate).parameters.items()}
     assert (defaults["temperature"], defaults["top_p"], defaults["max_new_tokens"]) == (0.8, 0.9, 50)
     assert math.isclose(defaults["top_p"], 0.9) and defaults["top_k"] is None
+
+
+def test_sampling_draws_what_torch_multinomial_draws_for_the_same_seed() -> None:
+    """The written-out exponential race takes the same tokens torch.multinomial took before it (seeded runs repeat)."""
+    from gpt25.engine import sample_next_token, sampling_probabilities
+
+    logits = torch.randn(200, 3, 500, generator=torch.Generator().manual_seed(0)) * 3
+    for seed, rows in enumerate(logits):
+        ours = sample_next_token(rows, temperature=0.8, top_p=0.9, generator=torch.Generator().manual_seed(seed))
+        probabilities = sampling_probabilities(rows, 0.8, None, 0.9)
+        theirs = torch.multinomial(probabilities, 1, generator=torch.Generator().manual_seed(seed)).squeeze(-1)
+        assert torch.equal(ours, theirs)
