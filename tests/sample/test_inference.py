@@ -7,8 +7,9 @@ import warnings
 import pytest
 import torch
 
-from gpt25.engine import DecodeStep, KVCache, StaticKVCache, generate_tokens
+from gpt25.engine import DecodeStep, KVCache, StaticKVCache, decoding, generate_tokens, split_linear
 from gpt25.model import ModelConfig, TransformerLM
+from gpt25.model.layers import PRODUCTS, linear
 
 CONFIG = ModelConfig(vocab_size=97, context_length=32, d_model=64, num_layers=2, num_heads=4, d_ff=96)
 
@@ -171,3 +172,28 @@ def test_captured_decoding_on_a_gpu_gives_the_ids_of_recomputing_the_prefix(rand
     held = {weight.data_ptr() for weight in step.graph_inputs}
     assert len(held) == model.config.num_layers and not held & {block.data_ptr() for block in overwrite}
 
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_split_product_equals_the_matmul_and_is_set_only_while_decoding_on_the_cpu(threads: int) -> None:
+    """split_linear gives x W^T for every shape (few rows split, many rows / odd widths / autograd plain), and
+    decoding() installs it for `linear` only on the CPU, only inside the block."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        for shape, out_features in (((1, 1, 64), 96), ((3, 5, 64), 96), ((2, 40, 64), 96), ((1, 1, 64), 97)):
+            x, weight = torch.randn(shape, generator=generator), torch.randn(out_features, 64, generator=generator)
+            with torch.no_grad():
+                torch.testing.assert_close(split_linear(x, weight), x @ weight.t())
+    finally:
+        torch.set_num_threads(previous)
+    assert PRODUCTS.few_rows is None
+    with decoding(torch.device("cpu")):
+        assert PRODUCTS.few_rows is split_linear
+        with decoding(torch.device("meta")):
+            assert PRODUCTS.few_rows is split_linear  # not the CPU: left as it was
+    assert PRODUCTS.few_rows is None
+    x = torch.randn(2, 8, requires_grad=True)
+    with decoding(torch.device("cpu")):
+        linear(x, torch.randn(4, 8)).sum().backward()  # with autograd on, the plain product
+    assert x.grad is not None

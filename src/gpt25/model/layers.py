@@ -8,9 +8,20 @@ be materialised (`to_empty`) and then initialised in place.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+
+class Products(threading.local):
+    """How `linear` multiplies in this thread: `few_rows(x, W)` instead of the matmul while the engine sets it."""
+
+    few_rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+
+PRODUCTS = Products()
 
 
 def init_normal_(tensor: torch.Tensor, std: float | None, fan_std: float, cutoff: float = 3.0) -> None:
@@ -32,6 +43,9 @@ def init_normal_(tensor: torch.Tensor, std: float | None, fan_std: float, cutoff
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x W^T for x (..., in_features) and W (out_features, in_features)."""
+    # is_compiling first: a compiled graph never reads the thread-local (nor guards on it).
+    if not torch.compiler.is_compiling() and PRODUCTS.few_rows is not None:
+        return PRODUCTS.few_rows(x, weight)
     return torch.matmul(x, weight.t())
 
 

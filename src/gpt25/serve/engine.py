@@ -13,13 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn.attention import sdpa_kernel
 
 from gpt25.engine import (
-    DECODING_ATTENTION_BACKENDS,
     BatchKVCache,
     TextStream,
     check_fits,
+    decoding,
     sample_rows,
     seeded_generator,
     validate_sampling,
@@ -184,7 +183,7 @@ class Engine:
     def _loop(self) -> None:
         """Admit, drop cancelled rows, step; on stop (or an error, which the thread then reports) cancel the rest."""
         try:
-            with torch.inference_mode(), sdpa_kernel(DECODING_ATTENTION_BACKENDS):
+            with torch.inference_mode(), decoding(self.device):
                 while self._wait_for_work():
                     self._admit()
                     self._drop_cancelled()
