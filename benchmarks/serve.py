@@ -10,15 +10,17 @@ the machine's two cores with the server, not its interpreter), over plain asynci
 generator's lean client, which parses every event's JSON but leaves the cores to the server. The baseline serves the same
 requests one at a time through `gpt25.sample.generate` (a lock around it, the GPT 2.5 project's
 design), in-process, without HTTP, which only favours it.
-Aggregate tokens/s = all generated tokens / wall time of the level.
+Aggregate tokens/s = all generated tokens / wall time of the level. Each level runs --rounds times
+(one client's, a second long, 4x as many), server and baseline alternating (which goes first alternates too): the speed-up is the median of
+the rounds' paired ratios, since a shared machine's speed drifts by 20% or more between runs.
 
 Then a soak: --soak requests from 16 clients, a quarter of them cancelled mid-stream, a quarter
 abandoned (a whole-reply request whose client gives up after 50 ms), the rest answered; it checks
 every request was answered or cancelled, that no row or waiting request is left in the engine, and
 prints the resident memory after warm-up and at the end (the target: within 10%).
 
-    uv run python benchmarks/serve.py            # 4 requests per client, a soak of 500
-    uv run python benchmarks/serve.py --quick    # 1 request per client, a soak of 100
+    uv run python benchmarks/serve.py            # 4 requests per client, 3 rounds, a soak of 500
+    uv run python benchmarks/serve.py --quick    # 1 request per client, 1 round, a soak of 100
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import asyncio
 import json
 import multiprocessing
 import random
+import statistics
 import threading
 import time
 import tomllib
@@ -168,14 +171,26 @@ def baseline_level(model, tokenizer, requests: list[list[dict]], max_tokens: int
 
 
 def summary(results: list[dict], seconds: float) -> dict:
-    def percentile(key: str, fraction: float) -> float:
-        values = sorted(result[key] for result in results)
-        return values[min(len(values) - 1, round(fraction * (len(values) - 1)))]
-
-    return {"tokens_per_s": sum(result["tokens"] for result in results) / seconds,
-            "ttft_p50": percentile("ttft", 0.5), "ttft_p95": percentile("ttft", 0.95),
-            "latency_p50": percentile("latency", 0.5), "latency_p95": percentile("latency", 0.95),
+    return {"results": results, "tokens_per_s": sum(result["tokens"] for result in results) / seconds,
             "tokens": sum(result["tokens"] for result in results)}
+
+
+def percentiles(runs: list[dict], key: str) -> str:
+    """p50 / p95 of `key` over every request of `runs`."""
+    values = sorted(result[key] for run in runs for result in run["results"])
+    p50, p95 = (values[min(len(values) - 1, round(fraction * (len(values) - 1)))] for fraction in (0.5, 0.95))
+    return f"{p50:.3f} / {p95:.3f} s"
+
+
+def print_level(clients: int, served: list[dict], base: list[dict]) -> None:
+    """One table row: median tokens/s of each side, the median paired ratio (its range), pooled percentiles."""
+    assert all(run["tokens"] == base[0]["tokens"] for run in served + base), "both sides generate the same tokens"
+    ratios = sorted(own["tokens_per_s"] / other["tokens_per_s"] for own, other in zip(served, base, strict=True))
+    spread = f" ({ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""
+    print(f"| {clients} | {statistics.median(run['tokens_per_s'] for run in served):.0f} | "
+          f"{statistics.median(run['tokens_per_s'] for run in base):.0f} | {statistics.median(ratios):.2f}x{spread} | "
+          f"{percentiles(served, 'ttft')} | {percentiles(base, 'ttft')} | {percentiles(served, 'latency')} | "
+          f"{percentiles(base, 'latency')} |", flush=True)
 
 
 def resident_mib() -> float:
@@ -234,8 +249,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4, help="requests per client (default 4)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request (default 64)")
     parser.add_argument("--soak", type=int, default=500, help="requests in the soak (default 500)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating server / baseline runs per level (default 3)")
     args = parser.parse_args()
-    per_client, soak_total = (1, 100) if args.quick else (args.requests, args.soak)
+    per_client, soak_total, rounds = (1, 100, 1) if args.quick else (args.requests, args.soak, args.rounds)
     model = demo_size_model()
     tokenizer = Tokenizer({index: bytes([index]) for index in range(256)}, [], [])  # no end-of-text: no early stop
     engine = Engine(model, tokenizer.vocab, tokenizer.vocab_size, max_batch=16, max_queue=512).start()
@@ -243,19 +259,21 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}; {per_client} request(s) per client of {args.max_tokens} tokens")
     clients_process = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     clients_process.submit(run_clients, url, workload(2, 1, seed=99), args.max_tokens).result()  # warm-up
+    print(f"{rounds} round(s) per level ({rounds * 4} with one client); tokens/s: the median round; speed-up: the median of the rounds' ratios (range)")
     print("| clients | server tok/s | baseline tok/s | speed-up | TTFT p50 / p95 server | TTFT p50 / p95 baseline "
           "| latency p50 / p95 server | latency p50 / p95 baseline |")
     print("|---|---|---|---|---|---|---|---|")
     for clients in (1, 4, 16):
         requests = workload(clients, per_client, seed=clients)
-        served = summary(*clients_process.submit(run_clients, url, requests, args.max_tokens).result())
-        base = summary(*baseline_level(model, tokenizer, requests, args.max_tokens))
-        assert served["tokens"] == base["tokens"], (served["tokens"], base["tokens"])
-        print(f"| {clients} | {served['tokens_per_s']:.0f} | {base['tokens_per_s']:.0f} | "
-              f"{served['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
-              f"{served['ttft_p50']:.3f} / {served['ttft_p95']:.3f} s | {base['ttft_p50']:.3f} / {base['ttft_p95']:.3f} s"
-              f" | {served['latency_p50']:.2f} / {served['latency_p95']:.2f} s | "
-              f"{base['latency_p50']:.2f} / {base['latency_p95']:.2f} s |", flush=True)
+        served, base = [], []
+        for round_index in range(rounds * 4 if clients == 1 else rounds):  # one client's level is short: more rounds
+            # Alternating which side goes first: a shared machine's speed drifts, and paired runs cancel the drift.
+            for side in ("served", "base") if round_index % 2 == 0 else ("base", "served"):
+                if side == "served":
+                    served.append(clients_process.submit(run_clients, url, requests, args.max_tokens).result())
+                else:
+                    base.append(baseline_level(model, tokenizer, requests, args.max_tokens))
+        print_level(clients, [summary(*run) for run in served], [summary(*run) for run in base])
     clients_process.shutdown()
     result = asyncio.run(soak(url, engine, soak_total, warmup=min(50, soak_total // 5)))
     growth = result["rss_end_mib"] / result["rss_after_warmup_mib"] - 1

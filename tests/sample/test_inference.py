@@ -197,3 +197,24 @@ def test_split_product_equals_the_matmul_and_is_set_only_while_decoding_on_the_c
     with decoding(torch.device("cpu")):
         linear(x, torch.randn(4, 8)).sum().backward()  # with autograd on, the plain product
     assert x.grad is not None
+
+
+def test_decoding_on_two_threads_with_the_split_product_gives_the_ids_of_one_thread(model: TransformerLM) -> None:
+    """The split product (taken with 2+ threads) decodes the same greedy and seeded ids as the plain matmul (1 thread)."""
+    prompt = torch.randint(0, CONFIG.vocab_size, (3, 6), generator=torch.Generator().manual_seed(1))
+
+    def decode_both() -> tuple[torch.Tensor, torch.Tensor]:
+        greedy = generate_tokens(model, prompt, max_new_tokens=20)
+        sampled = generate_tokens(model, prompt, max_new_tokens=20, temperature=1.0,
+                                  generator=torch.Generator().manual_seed(2))
+        return greedy, sampled
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        plain = decode_both()
+        torch.set_num_threads(2)
+        split = decode_both()
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(split[0], plain[0]) and torch.equal(split[1], plain[1])
