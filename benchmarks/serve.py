@@ -7,12 +7,13 @@ exactly --max-tokens tokens on both sides. For 1, 4 and 16 concurrent clients, e
 0.8, a seed each) to a live server on 127.0.0.1 and records the time to the first token and the
 total latency. The clients run in a process of their own, as a server's clients do (they share
 the machine's two cores with the server, not its interpreter), over plain asyncio streams: a load
-generator's lean client, which parses every event's JSON but leaves the cores to the server. The baseline serves the same
-requests one at a time through `gpt25.sample.generate` (a lock around it, the GPT 2.5 project's
-design), in-process, without HTTP, which only favours it.
+generator's lean client, which parses every event's JSON but leaves the cores to the server. The
+baseline serves the same requests one at a time through `gpt25.sample.generate` (a lock around it,
+the GPT 2.5 project's design), in-process, without HTTP, which only favours it.
 Aggregate tokens/s = all generated tokens / wall time of the level. Each level runs --rounds times
-(one client's, a second long, 4x as many), server and baseline alternating (which goes first alternates too): the speed-up is the median of
-the rounds' paired ratios, since a shared machine's speed drifts by 20% or more between runs.
+(one client's, a second long, 4x as many), server and baseline alternating (which goes first
+alternates too): the speed-up is the median of the rounds' paired ratios, since a shared machine's
+speed drifts by 20% or more between runs.
 
 Then a soak: --soak requests from 16 clients, a quarter of them cancelled mid-stream, a quarter
 abandoned (a whole-reply request whose client gives up after 50 ms), the rest answered; it checks

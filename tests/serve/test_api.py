@@ -200,10 +200,14 @@ def test_the_api_key_is_required_on_every_api_route(base_model) -> None:
 
 
 def test_a_full_queue_is_429_with_retry_after(base_model) -> None:
-    with live_server(loader(base_model, max_queue=0)) as (url, _):
-        reply = post(url, "/v1/completions", {"prompt": "a", "max_tokens": 2})
-        error_of(reply, 429)
-        assert reply.headers["retry-after"] == "1"
+    """One row and no queue: while a (slowed) reply streams, a second request is refused."""
+    with live_server(loader(base_model, max_batch=1, max_queue=0, step_delay=0.05)) as (url, _):
+        body = {"prompt": "a", "max_tokens": 200, "stream": True, "temperature": 0}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as first:
+            next(first.iter_lines())
+            reply = post(url, "/v1/completions", {"prompt": "a", "max_tokens": 2})
+            error_of(reply, 429)
+            assert reply.headers["retry-after"] == "1"
 
 
 def test_still_loading_is_503_and_health_says_so(base_model) -> None:
