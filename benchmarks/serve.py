@@ -260,7 +260,8 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}; {per_client} request(s) per client of {args.max_tokens} tokens")
     clients_process = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     clients_process.submit(run_clients, url, workload(2, 1, seed=99), args.max_tokens).result()  # warm-up
-    print(f"{rounds} round(s) per level ({rounds * 4} with one client); tokens/s: the median round; speed-up: the median of the rounds' ratios (range)")
+    print(f"{rounds} round(s) per level ({rounds * 4} with one client); tokens/s: the median round; "
+          "speed-up: the median of the rounds' ratios (range)")
     print("| clients | server tok/s | baseline tok/s | speed-up | TTFT p50 / p95 server | TTFT p50 / p95 baseline "
           "| latency p50 / p95 server | latency p50 / p95 baseline |")
     print("|---|---|---|---|---|---|---|---|")

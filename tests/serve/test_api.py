@@ -204,9 +204,10 @@ def test_a_full_queue_is_429_with_retry_after(base_model) -> None:
     with live_server(loader(base_model, max_batch=1, max_queue=0, step_delay=0.05)) as (url, _):
         body = {"prompt": "a", "max_tokens": 200, "stream": True, "temperature": 0}
         with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as first:
-            next(first.iter_lines())
+            lines = first.iter_lines()  # kept: a dropped iterator closes the stream, and the reply is cancelled
+            next(lines)
             reply = post(url, "/v1/completions", {"prompt": "a", "max_tokens": 2})
-            error_of(reply, 429)
+            assert "1 rows are busy and 0 requests wait" in error_of(reply, 429)["message"]
             assert reply.headers["retry-after"] == "1"
 
 

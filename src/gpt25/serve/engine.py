@@ -162,7 +162,7 @@ class Engine:
         return self.model.config.context_length
 
     def submit(self, request: Request) -> None:
-        """Queue `request` for the next step boundary; QueueFull when `max_queue` requests already wait for a row."""
+        """Queue `request` for the next step boundary; QueueFull when `max_queue` requests already wait for rows."""
         validate_sampling(request.temperature, request.top_p, request.top_k)
         check_fits(len(request.prompt_ids), request.max_tokens, self.context_length)
         if request.max_tokens < 1:
@@ -171,7 +171,7 @@ class Engine:
             if self.stopped:
                 raise QueueFull("the engine has stopped")
             if len(self.rows) + len(self.waiting) >= self.cache.max_rows + self.max_queue:
-                raise QueueFull(f"{len(self.waiting)} requests are already waiting")
+                raise QueueFull(f"{len(self.rows)} rows are busy and {len(self.waiting)} requests wait for one")
             self.waiting.append(request)
             self.wakeup.notify()
 
