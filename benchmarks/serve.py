@@ -249,8 +249,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 request per client, a soak of 100")
     parser.add_argument("--requests", type=int, default=4, help="requests per client (default 4)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request (default 64)")
-    parser.add_argument("--soak", type=int, default=500, help="requests in the soak (default 500)")
+    parser.add_argument("--soak", type=int, default=500, help="requests in the soak (default 500; 0: none)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating server / baseline runs per level (default 3)")
+    parser.add_argument("--clients", default="1,4,16", help="the levels: concurrent clients, comma-separated")
     args = parser.parse_args()
     per_client, soak_total, rounds = (1, 100, 1) if args.quick else (args.requests, args.soak, args.rounds)
     model = demo_size_model()
@@ -265,7 +266,7 @@ def main() -> None:
     print("| clients | server tok/s | baseline tok/s | speed-up | TTFT p50 / p95 server | TTFT p50 / p95 baseline "
           "| latency p50 / p95 server | latency p50 / p95 baseline |")
     print("|---|---|---|---|---|---|---|---|")
-    for clients in (1, 4, 16):
+    for clients in map(int, args.clients.split(",")):
         requests = workload(clients, per_client, seed=clients)
         served, base = [], []
         for round_index in range(rounds * 4 if clients == 1 else rounds):  # one client's level is short: more rounds
@@ -277,11 +278,12 @@ def main() -> None:
                     base.append(baseline_level(model, tokenizer, requests, args.max_tokens))
         print_level(clients, [summary(*run) for run in served], [summary(*run) for run in base])
     clients_process.shutdown()
-    result = asyncio.run(soak(url, engine, soak_total, warmup=min(50, soak_total // 5)))
-    growth = result["rss_end_mib"] / result["rss_after_warmup_mib"] - 1
-    print(f"soak: {result['requests']} requests, {result['answered']} answered, {result['cancelled']} cancelled, "
-          f"left in the engine (active, waiting) {result['left_in_engine']}; RSS after warm-up "
-          f"{result['rss_after_warmup_mib']:.0f} MiB, at the end {result['rss_end_mib']:.0f} MiB ({growth:+.1%})")
+    if soak_total:
+        result = asyncio.run(soak(url, engine, soak_total, warmup=max(1, min(50, soak_total // 5))))
+        growth = result["rss_end_mib"] / result["rss_after_warmup_mib"] - 1
+        print(f"soak: {result['requests']} requests, {result['answered']} answered, {result['cancelled']} cancelled, "
+              f"left in the engine (active, waiting) {result['left_in_engine']}; RSS after warm-up "
+              f"{result['rss_after_warmup_mib']:.0f} MiB, at the end {result['rss_end_mib']:.0f} MiB ({growth:+.1%})")
     server.should_exit = True
     thread.join(30)
 

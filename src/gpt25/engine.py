@@ -116,12 +116,23 @@ def sample_next_token(
     if temperature == 0:
         return logits.argmax(dim=-1)
     probabilities = sampling_probabilities(logits, temperature, top_k, top_p)
-    return race(probabilities, exponential_noise(probabilities, generator))  # (batch,)
+    return race(probabilities, exponential_noise(probabilities, [generator]))  # (batch,)
 
 
-def exponential_noise(probabilities: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Exp(1) draws shaped like `probabilities`: the random numbers torch.multinomial draws for one sample."""
-    return torch.empty_like(probabilities).exponential_(1.0, generator=generator)
+def exponential_noise(probabilities: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
+    """Exp(1) draws shaped like `probabilities` (rows, vocab), row i's from generators[i] (a lone generator draws
+    every row): the random numbers torch.multinomial draws for one sample."""
+    rows_each = probabilities.shape[0] // len(generators)  # every row, or one
+    if probabilities.device.type != "cpu":
+        return torch.cat([torch.empty_like(part).exponential_(1.0, generator=generator)
+                          for part, generator in zip(probabilities.split(rows_each), generators, strict=True)])
+    # The CPU's exponential_ is -log1p(-u) of a float64 uniform u, taken one element at a time (~27 ns each, half a
+    # 16-row serving step's sampling); the same uniforms from rand, transformed over the whole tensor, are the
+    # same numbers (tests/sample/test_sampling.py) in half the time.
+    uniform = torch.empty(probabilities.shape, dtype=torch.float64)
+    for part, generator in zip(uniform.split(rows_each), generators, strict=True):
+        torch.rand(part.shape, dtype=torch.float64, generator=generator, out=part)
+    return uniform.neg_().log1p_().neg_().to(probabilities.dtype)
 
 
 def race(probabilities: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -151,8 +162,7 @@ def sample_rows(logits: torch.Tensor, settings: list[tuple[float, int | None, fl
             probabilities = sampling_probabilities(chosen, temperature, top_k, top_p)
             # Each row's noise from its own generator: a seeded request gets the tokens `generate` gives it,
             # whatever else is in the batch (one draw over the rows would share one random stream).
-            noise = torch.cat([exponential_noise(probabilities[index : index + 1], generators[row])
-                               for index, row in enumerate(rows)])  # (len(rows), vocab)
+            noise = exponential_noise(probabilities, [generators[row] for row in rows])  # (len(rows), vocab)
             picked = race(probabilities, noise).tolist()
         for row, token in zip(rows, picked, strict=True):
             tokens[row] = token
@@ -461,9 +471,9 @@ class BatchKVCache(KVCache):
     """Keys and values of up to `max_rows` sequences of different lengths, padded to the context length.
 
     Slots [0, batch_size) are the active rows; `lengths[i]` counts the positions slot i holds.
-    `prefill` adds right-padded prompts in one causal forward (a padded position is overwritten by
-    its row before the row reads that far); `step` feeds one token per row at the row's own position,
-    under a mask of its filled positions. A lone row takes `KVCache`'s plain path.
+    `prefill` adds prompts packed into as few sequences of at most the context length as hold them,
+    each token attending to its own prompt only, in one forward; `step` feeds one token per row at
+    the row's own position, under a mask of its filled positions. A lone row takes `KVCache`'s plain path.
     """
 
     def __init__(self, config: ModelConfig, max_rows: int, device: torch.device, dtype: torch.dtype) -> None:
@@ -471,40 +481,58 @@ class BatchKVCache(KVCache):
         self.max_rows = max_rows
         self.batch_size = 0
         self.lengths = [0] * max_rows
-        self.prefill_slots: slice | None = None  # the slots a prefill writes; None while stepping
         self.key_positions = torch.arange(config.context_length, device=device)  # (context,)
-        self.step_positions = torch.zeros(0, dtype=torch.long, device=device)  # (rows,) this step's positions
-        self.step_rows = self.step_positions  # (rows,) 0 .. rows - 1
-        self.step_mask = torch.zeros(0, 1, 1, 0, dtype=torch.bool, device=device)  # (rows, 1, 1, keys) filled ones
+        # What a forward of several rows writes and reads, made once per forward: every layer does the same.
+        self.packed = False  # a prefill: attend over the new keys themselves, not the cache's
+        self.positions = self.key_positions[:0, None]  # (batch, seq) each new token's position in its row
+        self.write_to = self.key_positions[:0]  # (heads * tokens,) rows of a layer's cache viewed as (-1, head_dim)
+        self.write_from: torch.Tensor | None = None  # (heads * tokens,) rows of k viewed so; None: all, in order
+        self.mask: torch.Tensor | None = None  # (batch, 1, seq, keys) what each token sees
+        self.angles: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin of `positions`, from the first layer
 
     def prefill(self, model: torch.nn.Module, prompts: list[list[int]], vocab_size: int) -> torch.Tensor:
         """Add `prompts` as new rows, prefilled in one forward; returns each one's next-token logits (new rows, vocab)."""
-        start, longest = self.batch_size, max(map(len, prompts))
-        tokens = torch.zeros(len(prompts), longest, dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            tokens[row, : len(prompt)] = torch.tensor(prompt)
-        self.prefill_slots, self.batch_size, self.position = slice(start, start + len(prompts)), len(prompts), 0
+        tokens, positions, segments, ends = pack_prompts(prompts, self.max_seq_len)  # (sequences, width) each
+        sequence, column = (segments >= 0).nonzero(as_tuple=True)  # (tokens,) each
+        start, heads, width = self.batch_size, self.keys[0].shape[1], tokens.shape[1]
+        head = torch.arange(heads)[:, None]  # k viewed as (-1, head_dim) is ordered (sequence, head, column)
+        write_from = ((sequence * heads + head) * width + column).flatten()
+        slot = start + segments[sequence, column]
+        write_to = ((slot * heads + head) * self.max_seq_len + positions[sequence, column]).flatten()
+        device = self.key_positions.device
+        mask = None  # one prompt: plainly causal, without a mask
+        if len(prompts) > 1:
+            same_prompt = segments[:, None, :, None] == segments[:, None, None, :]  # (sequences, 1, width, width)
+            mask = (same_prompt & (positions[:, None, :, None] >= positions[:, None, None, :])).to(device)
+        self.plan(positions.to(device), write_to.to(device), write_from.to(device), mask, True)
+        self.batch_size, self.position = len(tokens), 0
         try:
-            logits = model(tokens.to(self.key_positions.device), kv_cache=self)  # (new rows, longest, vocab)
+            logits = model(tokens.to(device), kv_cache=self)  # (sequences, width, vocab)
         finally:
-            self.prefill_slots, self.batch_size = None, start
-        ends = torch.tensor([len(prompt) - 1 for prompt in prompts], device=logits.device)
+            self.batch_size, self.packed = start, False
         self.lengths[start : start + len(prompts)] = [len(prompt) for prompt in prompts]
         self.batch_size += len(prompts)
-        return logits[torch.arange(len(prompts), device=logits.device), ends, :vocab_size]
+        ends = ends.to(device)
+        return logits[ends[:, 0], ends[:, 1], :vocab_size]
 
     def step(self, model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """Feed one token per active row, `tokens` (rows,); returns the logits after them (rows, vocab)."""
         lengths = self.lengths[: self.batch_size]
         self.position = max(lengths)  # the model checks position + 1 fits the context
         if self.batch_size > 1:
-            # Made once a step, not once a layer: every layer writes and masks the same positions.
             device = self.key_positions.device
-            self.step_positions = torch.tensor(lengths, device=device)
-            self.step_rows = torch.arange(self.batch_size, device=device)
-            visible = self.key_positions[None, : self.position + 1] <= self.step_positions[:, None]  # (rows, keys)
-            self.step_mask = visible[:, None, None, :]
+            positions = torch.tensor(lengths, device=device)[:, None]  # (rows, 1)
+            row_heads = torch.arange(self.batch_size * self.keys[0].shape[1], device=device).view(self.batch_size, -1)
+            visible = self.key_positions[None, : self.position + 1] <= positions  # (rows, keys)
+            self.plan(positions, (row_heads * self.max_seq_len + positions).flatten(), None, visible[:, None, None, :],
+                      False)
         return model(tokens[:, None], kv_cache=self)[:, -1, :vocab_size]
+
+    def plan(self, positions: torch.Tensor, write_to: torch.Tensor, write_from: torch.Tensor | None,
+             mask: torch.Tensor | None, packed: bool) -> None:
+        """Set what the next forward of several rows writes where, and what each of its tokens sees."""
+        self.positions, self.write_to, self.write_from, self.mask, self.packed = positions, write_to, write_from, mask, packed
+        self.angles = None
 
     def remove_row(self, slot: int) -> None:
         """Free `slot`: the last active row moves into it (its keys, values and length), so the active rows stay
@@ -519,40 +547,76 @@ class BatchKVCache(KVCache):
         self.batch_size = last
 
     def token_positions(self, seq_len: int) -> torch.Tensor:
-        """(seq,) for a prefill or a lone row; (rows, 1) each row's own position (broadcast as (rows, 1, d_model))."""
-        if self.prefill_slots is not None or self.batch_size == 1:
-            return super().token_positions(seq_len)
-        return self.step_positions[:, None]
+        """(seq,) for a lone row; else (batch, seq) each token's own position (broadcast as (batch, seq, d_model))."""
+        return super().token_positions(seq_len) if self.lone_row() else self.positions
 
     def rotary_angles(self, cos: torch.Tensor, sin: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """As KVCache's, or (rows, 1, 1, 1, head_dim / 2): each row's angles, broadcast over q/k (rows, 1, 2, heads, ...)."""
-        if self.prefill_slots is not None or self.batch_size == 1:
+        """As KVCache's, or (batch, seq, 1, 1, head_dim / 2): each token's angles, broadcast over q/k (batch, seq, 2,
+        heads, ...)."""
+        if self.lone_row():
             return super().rotary_angles(cos, sin, seq_len)
-        return cos[self.step_positions, None, None, None, :], sin[self.step_positions, None, None, None, :]
+        if self.angles is None:
+            self.angles = cos[self.positions][:, :, None, None, :], sin[self.positions][:, :, None, None, :]
+        return self.angles
 
     def update(self, layer_index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (rows, heads, seq, head_dim); return the keys/values (rows, heads, keys, head_dim) to attend over."""
+        """Store k, v (batch, heads, seq, head_dim); return the keys/values (batch, heads, keys, head_dim) to attend over."""
         keys, values = self.keys[layer_index], self.values[layer_index]
-        if self.prefill_slots is not None:
-            keys[self.prefill_slots, :, : k.shape[2]] = k
-            values[self.prefill_slots, :, : k.shape[2]] = v
-            return k, v
-        end = self.position + 1
-        if self.batch_size == 1:
+        if self.lone_row():
             keys[:1, :, self.position] = k[:, :, 0]
             values[:1, :, self.position] = v[:, :, 0]
-        else:
-            keys[self.step_rows, :, self.step_positions] = k[:, :, 0]  # (rows, heads, head_dim)
-            values[self.step_rows, :, self.step_positions] = v[:, :, 0]
-        return keys[: self.batch_size, :, :end], values[: self.batch_size, :, :end]
+        else:  # each token's keys at its row's own position: one copy into flat views, not a scatter
+            for cache, new in ((keys, k), (values, v)):
+                new = new.reshape(-1, new.shape[-1])  # (batch * heads * seq, head_dim)
+                new = new if self.write_from is None else new.index_select(0, self.write_from)
+                cache.view(-1, new.shape[-1]).index_copy_(0, self.write_to, new)
+        if self.packed:
+            return k, v
+        return keys[: self.batch_size, :, : self.position + 1], values[: self.batch_size, :, : self.position + 1]
 
     def attention_mask(self, seq_len: int) -> tuple[torch.Tensor | None, bool]:
-        """Causal for a prefill; none for a lone row; else (rows, 1, 1, keys): each row sees its own filled positions."""
-        if self.prefill_slots is not None or self.batch_size == 1:
-            return None, self.prefill_slots is not None
-        return self.step_mask, False
+        """None for a lone row; else (batch, 1, seq, keys): each token sees its own row's filled positions (None and
+        causal for a prefill of one prompt)."""
+        return (None, False) if self.lone_row() else (self.mask, self.mask is None)
+
+    def lone_row(self) -> bool:
+        return self.batch_size == 1 and not self.packed
 
     def advance(self, seq_len: int) -> None:
-        if self.prefill_slots is None:
+        if not self.packed:
             for slot in range(self.batch_size):
                 self.lengths[slot] += seq_len
+
+
+def pack_prompts(prompts: list[list[int]], capacity: int) -> tuple[torch.Tensor, ...]:
+    """`prompts` packed into sequences of at most `capacity` tokens: (tokens, each token's position in its prompt, its
+    prompt's index or -1 for padding), each (sequences, width), and each prompt's last token (prompts, 2) as
+    (sequence, column)."""
+    # Packed, not padded to the longest (prompts of 20-60 tokens waste a third of a padded forward), into
+    # sequences of the multiple of the longest prompt that leaves the least padding.
+    lengths = list(map(len, prompts))
+    filled, places = min((pack_lengths(lengths, width) for width in range(max(lengths), capacity + 1, max(lengths))),
+                         key=lambda packing: len(packing[0]) * max(packing[0]))
+    tokens, positions = (torch.zeros(len(filled), max(filled), dtype=torch.long) for _ in range(2))
+    segments = torch.full_like(tokens, -1)
+    ends = torch.zeros(len(prompts), 2, dtype=torch.long)
+    for index, (prompt, (sequence, offset)) in enumerate(zip(prompts, places, strict=True)):
+        span = slice(offset, offset + len(prompt))
+        tokens[sequence, span] = torch.tensor(prompt)
+        positions[sequence, span] = torch.arange(len(prompt))
+        segments[sequence, span] = index
+        ends[index] = torch.tensor([sequence, span.stop - 1])
+    return tokens, positions, segments, ends
+
+
+def pack_lengths(lengths: list[int], capacity: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """First-fit decreasing: the filled length of each sequence, and each length's (sequence, offset)."""
+    filled: list[int] = []
+    places = [(0, 0)] * len(lengths)
+    for index in sorted(range(len(lengths)), key=lambda index: -lengths[index]):
+        sequence = next((number for number, used in enumerate(filled) if used + lengths[index] <= capacity), len(filled))
+        if sequence == len(filled):
+            filled.append(0)
+        places[index] = (sequence, filled[sequence])
+        filled[sequence] += lengths[index]
+    return filled, places

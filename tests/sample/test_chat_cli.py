@@ -188,15 +188,21 @@ def test_chat_in_a_pseudo_terminal(chat_run) -> None:
         assert read_until(controller, b"> ").replace(b"\r", b"") == b"hello\nOK\n> "
         os.write(controller, b"/reset\n")
         assert b"(history cleared)" in read_until(controller, b"> ")
-        # Ctrl-C at the prompt drops the line, the chat goes on. It is sent once the line's echo shows that
-        # readline is waiting for keys: CPython's readline only notices a signal that interrupts its wait,
-        # so one that lands between printing the prompt and waiting is lost (a person never types that fast).
+        # Ctrl-C at the prompt drops the line, the chat goes on. CPython's readline only notices a signal that
+        # interrupts its wait for keys: one that lands while it redraws the line is lost until the next key (seen
+        # under load in CI). So Ctrl-C goes once the echo shows and a moment has passed, and, as a person would,
+        # again if nothing happened; a second prompt it may leave is read with the reply below.
         os.write(controller, b"never sent")
         read_until(controller, b"never sent")
+        time.sleep(0.2)
         os.write(controller, b"\x03")
-        read_until(controller, b"> ")
+        try:
+            read_until(controller, b"> ", timeout=10)
+        except AssertionError:
+            os.write(controller, b"\x03")
+            read_until(controller, b"> ")
         os.write(controller, b"again\n")
-        assert read_until(controller, b"> ").replace(b"\r", b"").endswith(b"again\nOK\n> ")
+        assert read_until(controller, b"OK\r\n> ").replace(b"\r", b"").endswith(b"again\nOK\n> ")
         os.write(controller, b"\x04")  # Ctrl-D
         exit_code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         assert exit_code == 0

@@ -171,3 +171,23 @@ def test_sampling_draws_what_torch_multinomial_draws_for_the_same_seed() -> None
         probabilities = sampling_probabilities(rows, 0.8, None, 0.9)
         theirs = torch.multinomial(probabilities, 1, generator=torch.Generator().manual_seed(seed)).squeeze(-1)
         assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("rows, width", [(1, 1), (1, 50257), (3, 7), (16, 4096)])
+def test_cpu_noise_is_torchs_exponential_bit_for_bit(rows: int, width: int) -> None:
+    """The vectorised CPU draw equals exponential_'s, from one generator per row and from a lone one, and leaves
+    each generator where exponential_ leaves it."""
+    from gpt25.engine import exponential_noise
+
+    probabilities = torch.zeros(rows, width)
+    for seed in range(5):
+        per_row = [torch.Generator().manual_seed(seed + row) for row in range(rows)]
+        theirs_per_row = [torch.Generator().manual_seed(seed + row) for row in range(rows)]
+        expected = torch.cat([torch.empty(1, width).exponential_(1.0, generator=generator)
+                              for generator in theirs_per_row])
+        assert torch.equal(exponential_noise(probabilities, per_row), expected)
+        lone, theirs_lone = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        assert torch.equal(exponential_noise(probabilities, [lone]),
+                           torch.empty(rows, width).exponential_(1.0, generator=theirs_lone))
+        for ours, theirs in zip([*per_row, lone], [*theirs_per_row, theirs_lone], strict=True):
+            assert torch.equal(torch.rand(3, generator=ours), torch.rand(3, generator=theirs))

@@ -6,9 +6,11 @@ import threading
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from serve_helpers import byte_tokenizer, tiny_lm
 
-from gpt25.engine import generate_tokens
+from gpt25.engine import generate_tokens, pack_lengths, pack_prompts
 from gpt25.serve.engine import Engine, QueueFull, Request, held_back
 
 
@@ -21,6 +23,16 @@ def request(prompt: bytes, max_tokens: int, temperature: float = 0.0, **settings
     return made
 
 
+def run_to_completion(engine: Engine, requests: list[Request]) -> None:
+    """Queue `requests` (the engine prefills those that fit together), start the engine, wait for all, stop it."""
+    for made in requests:
+        engine.submit(made)
+    engine.start()
+    for made in requests:
+        assert made.done.wait(30)
+    engine.stop()
+
+
 @pytest.mark.parametrize("arch", ["gpt25", "gpt2"])  # RoPE per row; learned positions per row
 def test_rows_that_join_and_leave_mid_batch_decode_as_if_alone(arch: str) -> None:
     model, tokenizer = tiny_lm(arch=arch), byte_tokenizer()
@@ -31,12 +43,7 @@ def test_rows_that_join_and_leave_mid_batch_decode_as_if_alone(arch: str) -> Non
     requests = [request(b"seeded", 15, temperature=0.9, seed=3), request(b"same settings", 9, temperature=0.9, seed=4),
                 request(b"Hello", 5), request(b"a longer prompt", 30), request(b"x", 12), request(b"12345", 20),
                 request(b"zz", 25)]
-    for made in requests:
-        engine.submit(made)
-    engine.start()
-    for made in requests:
-        assert made.done.wait(30)
-    engine.stop()
+    run_to_completion(engine, requests)
     for made in requests:
         generator = torch.Generator().manual_seed(made.seed) if made.seed is not None else None
         alone = generate_tokens(model, torch.tensor([made.prompt_ids]), max_new_tokens=made.max_tokens,
@@ -44,6 +51,33 @@ def test_rows_that_join_and_leave_mid_batch_decode_as_if_alone(arch: str) -> Non
         assert made.completion_ids == alone
         assert made.finish_reason == "length"
     assert engine.load() == (0, 0) and engine.cache.batch_size == 0
+
+
+@pytest.mark.parametrize("arch", ["gpt25", "gpt2"])
+def test_prompts_packed_together_decode_as_if_alone(arch: str) -> None:
+    """Prompts of 20, 15, 12, 9 and 3 tokens are prefilled as four sequences of 20 (the 3 after the 15, then
+    padding), each token seeing only its own prompt."""
+    model, tokenizer = tiny_lm(arch=arch, context_length=32), byte_tokenizer()
+    engine = Engine(model, tokenizer.vocab, tokenizer.vocab_size, max_batch=5)
+    lengths = (20, 15, 12, 9, 3)
+    segments = pack_prompts([[0] * length for length in lengths], 32)[2]
+    assert segments.tolist() == [[0] * 20, [1] * 15 + [4] * 3 + [-1] * 2, [2] * 12 + [-1] * 8, [3] * 9 + [-1] * 11]
+    requests = [request(bytes(range(65 + length, 65 + 2 * length)), 32 - length) for length in lengths]
+    run_to_completion(engine, requests)
+    for made in requests:
+        alone = generate_tokens(model, torch.tensor([made.prompt_ids]), max_new_tokens=made.max_tokens)[0].tolist()
+        assert made.completion_ids == alone
+
+
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=20))
+def test_packing_places_every_prompt_once_within_the_capacity(lengths: list[int]) -> None:
+    filled, places = pack_lengths(lengths, 40)
+    spans = sorted((sequence, offset, offset + length) for (sequence, offset), length in zip(places, lengths, strict=True))
+    for (sequence, _start, end), following in zip(spans, [*spans[1:], None], strict=True):
+        assert end <= filled[sequence] <= 40
+        assert following is None or following[0] != sequence or following[1] >= end  # no overlap
+    assert sum(filled) == sum(lengths) and all(filled)
+    assert len(filled) < 2 * -(-sum(lengths) // 40) + 1  # first fit: at most one sequence half empty or less
 
 
 def test_a_cancelled_request_finishes_as_cancelled_and_frees_its_row() -> None:
