@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gpt25.data.parallel import map_in_order
 from gpt25.data.shards import (
     MANIFEST_NAME,
     SPLITS,
@@ -42,6 +41,7 @@ from gpt25.data.sources import (
 )
 from gpt25.files import new_folders, write_json_atomic
 from gpt25.tokenizer import Tokenizer
+from gpt25.tokenizer.workers import map_in_order
 
 DEFAULT_VAL_FRACTION = 0.01
 BATCH_CHARS = 1 << 19  # text per worker task: large enough to amortise IPC, small enough to stay ordered

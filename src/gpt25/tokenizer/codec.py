@@ -26,7 +26,7 @@ from gpt25.tokenizer.pretokenize import (
     split_at_safe_cuts,
     split_on_specials,
 )
-from gpt25.tokenizer.workers import worker_pool
+from gpt25.tokenizer.workers import map_in_order
 
 END_OF_TEXT = "<|endoftext|>"
 # The encoder caches each pre-token's ids (25 MB of English has only about 100k distinct pre-tokens), so most
@@ -307,24 +307,22 @@ class Tokenizer:
     def encode_many(self, texts: list[str], num_workers: int = 1) -> list[list[int]]:
         """Encode each text; with num_workers > 1 the texts are shared out to a process pool."""
         if num_workers <= 1 or len(texts) < 2:
-            return [self.encode(text) for text in texts]
-        chunksize = max(1, len(texts) // (num_workers * 8))
-        with _worker_pool(self, num_workers) as pool:
-            return [ids.tolist() for ids in pool.imap(_encode_in_worker, texts, chunksize=chunksize)]
+            return _encode_texts(self, texts)
+        size = max(1, len(texts) // (num_workers * 8))  # texts per task: fewer, larger messages between processes
+        batches = (texts[start : start + size] for start in range(0, len(texts), size))
+        return [ids for _, encoded in map_in_order(_encode_texts, batches, num_workers, self) for ids in encoded]
 
     def encode_file(self, path: str | Path, num_workers: int = 1) -> Iterator[np.ndarray]:
         """Encode a UTF-8 text file of any size as one string would be; yields the ids in order as uint32 arrays."""
         chunks = plan_chunks(Path(path), FILE_CHUNK_BYTES, [], SAFE_BYTE_CUT)  # byte ranges no pre-token spans
         # a special token with whitespace in it may span a planned cut: then the text is cut again, after decoding
         recut = any(character.isspace() for special in self.special_tokens for character in special)
-        texts = self._safe_text_chunks(map(read_chunk, chunks), FILE_CHUNK_BYTES) if recut else map(read_chunk, chunks)
-        if num_workers <= 1:
-            for text in texts:
-                yield self._ids_array((text,)).astype(np.uint32)
-            return
-        with _worker_pool(self, num_workers) as pool:
-            # without a recut this process only plans byte ranges: the workers read and decode them
-            yield from pool.imap(_encode_in_worker, texts) if recut else pool.imap(_encode_chunk_in_worker, chunks)
+        if recut:
+            function, tasks = _encode_text, self._safe_text_chunks(map(read_chunk, chunks), FILE_CHUNK_BYTES)
+        else:  # this process only plans byte ranges: the workers read and decode them
+            function, tasks = _encode_chunk, iter(chunks)
+        for _, ids in map_in_order(function, tasks, max(1, num_workers), self):
+            yield ids
 
     # ---- decoding ----------------------------------------------------------------------------
 
@@ -358,23 +356,13 @@ def text_groups(texts: Iterable[str], min_chars: int) -> Iterator[list[str]]:
         yield group
 
 
-_WORKER_TOKENIZER: Tokenizer | None = None
+def _encode_texts(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    return [tokenizer.encode(text) for text in texts]
 
 
-def _set_worker_tokenizer(tokenizer: Tokenizer) -> None:
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = tokenizer
+def _encode_text(tokenizer: Tokenizer, text: str) -> np.ndarray:
+    return tokenizer._ids_array((text,)).astype(np.uint32)
 
 
-def _encode_in_worker(text: str) -> np.ndarray:
-    assert _WORKER_TOKENIZER is not None
-    return _WORKER_TOKENIZER._ids_array((text,)).astype(np.uint32)
-
-
-def _encode_chunk_in_worker(chunk: Chunk) -> np.ndarray:
-    return _encode_in_worker(read_chunk(chunk))
-
-
-def _worker_pool(tokenizer: Tokenizer, num_workers: int):
-    """A process pool whose workers each hold a copy of `tokenizer` (and ignore Ctrl-C; see worker_pool)."""
-    return worker_pool(num_workers, _set_worker_tokenizer, (tokenizer,))
+def _encode_chunk(tokenizer: Tokenizer, chunk: Chunk) -> np.ndarray:
+    return _encode_text(tokenizer, read_chunk(chunk))

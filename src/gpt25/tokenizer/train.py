@@ -6,8 +6,6 @@ Manual: docs/tokenizer.md ("How it is fast")
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import heapq
 import os
 from collections import Counter, defaultdict
@@ -26,7 +24,7 @@ from gpt25.tokenizer.pretokenize import (
     special_token_regex,
     split_on_specials,
 )
-from gpt25.tokenizer.workers import worker_pool
+from gpt25.tokenizer.workers import map_in_order
 
 try:
     from gpt25.tokenizer._bpe import merge_pairs as c_merge_pairs
@@ -97,21 +95,20 @@ def count_pretokens(
     chunk_bytes = min(MAX_CHUNK_BYTES, max(1 << 20, total_bytes // (max(num_workers, 1) * 4)))
     specials_bytes = [token.encode("utf-8") for token in special_tokens]
     chunks = [chunk for path in paths for chunk in plan_chunks(path, chunk_bytes, specials_bytes)]
-    count = functools.partial(_count_chunk, special_tokens=special_tokens)
     counts: Counter[str] = Counter()  # its update() of an empty Counter takes the first dict whole
-    pool = worker_pool(num_workers) if parallel else contextlib.nullcontext()
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pre-tokenizing", disable=not progress) as bar, pool:
-        for (_, start, end), chunk_counts in pool.imap_unordered(count, chunks) if parallel else map(count, chunks):
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pre-tokenizing", disable=not progress) as bar:
+        for (_, start, end), chunk_counts in map_in_order(_count_chunk, iter(chunks), num_workers if parallel else 1,
+                                                          special_tokens):
             counts.update(chunk_counts)
             bar.update(end - start)
     return counts
 
 
-def _count_chunk(chunk: Chunk, special_tokens: list[str]) -> tuple[Chunk, dict[str, int]]:
+def _count_chunk(special_tokens: list[str], chunk: Chunk) -> dict[str, int]:
     text = read_chunk(chunk)
     table = new_pretoken_table()  # numbers the pre-tokens: counting is then a bincount of the numbers
     slots = np.frombuffer(table.scan(split_on_specials(text, special_token_regex(special_tokens))[::2]), dtype=np.int32)
-    return chunk, dict(zip(table.take_pending(), np.bincount(slots, minlength=len(table)).tolist(), strict=False))
+    return dict(zip(table.take_pending(), np.bincount(slots, minlength=len(table)).tolist(), strict=False))
 
 
 # ---- merging ---------------------------------------------------------------------------------

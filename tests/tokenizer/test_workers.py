@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from gpt25.data import parallel
-from gpt25.data.parallel import RemoteTraceback, map_in_order
+from gpt25.tokenizer import workers
+from gpt25.tokenizer.workers import RemoteTraceback, map_in_order
 
 
 def scaled(factor: int, task: int) -> np.ndarray:
@@ -77,13 +77,13 @@ def test_a_killed_worker_is_an_error_not_a_hang() -> None:
 def record_workers(monkeypatch: pytest.MonkeyPatch) -> list:
     """The processes map_in_order starts from now on, as it starts them."""
     started = []
-    original = parallel._Worker.__init__
+    original = workers._Worker.__init__
 
     def remember(self, *args) -> None:
         original(self, *args)
         started.append(self.process)
 
-    monkeypatch.setattr(parallel._Worker, "__init__", remember)
+    monkeypatch.setattr(workers._Worker, "__init__", remember)
     return started
 
 
