@@ -97,8 +97,9 @@ def count_pretokens(
     chunks = [chunk for path in paths for chunk in plan_chunks(path, chunk_bytes, specials_bytes)]
     counts: Counter[str] = Counter()  # its update() of an empty Counter takes the first dict whole
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pre-tokenizing", disable=not progress) as bar:
+        # no warm-up: each chunk counts into a table of its own, there is no cache for the workers to inherit
         for (_, start, end), chunk_counts in map_in_order(_count_chunk, iter(chunks), num_workers if parallel else 1,
-                                                          special_tokens):
+                                                          special_tokens, warm_up=0):
             counts.update(chunk_counts)
             bar.update(end - start)
     return counts

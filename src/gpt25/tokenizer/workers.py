@@ -27,11 +27,12 @@ Result = TypeVar("Result")
 
 
 def map_in_order(
-    function: Callable[[Any, Task], Result], tasks: Iterator[Task], workers: int, shared: Any
+    function: Callable[[Any, Task], Result], tasks: Iterator[Task], workers: int, shared: Any,
+    warm_up: int = WARM_UP_TASKS,
 ) -> Iterator[tuple[Task, Result]]:
     """(task, function(shared, task)) for each task, in input order; one worker runs in-process. Every worker holds
     `shared` (the tokenizer, say); `function` must be module-level (sent by name); a worker's exception is raised
-    here, its traceback as the cause."""
+    here, its traceback as the cause. The first `warm_up` tasks run in this process before the workers start."""
     tasks = iter(tasks)
     if workers == 1:
         for task in tasks:
@@ -39,7 +40,7 @@ def map_in_order(
         return
     # the parent runs the first tasks: workers forked after it start with the pre-token cache they filled
     # (the commonest pre-tokens) instead of each merging them again
-    for task in itertools.islice(tasks, WARM_UP_TASKS):
+    for task in itertools.islice(tasks, warm_up):
         yield task, function(shared, task)
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     # Our own processes, each with its own pipes, not multiprocessing.Pool: its worker-handler thread wakes whenever
