@@ -471,9 +471,9 @@ class BatchKVCache(KVCache):
     """Keys and values of up to `max_rows` sequences of different lengths, padded to the context length.
 
     Slots [0, batch_size) are the active rows; `lengths[i]` counts the positions slot i holds.
-    `prefill` adds prompts packed into as few sequences of at most the context length as hold them,
-    each token attending to its own prompt only, in one forward; `step` feeds one token per row at
-    the row's own position, under a mask of its filled positions. A lone row takes `KVCache`'s plain path.
+    `prefill` adds prompts packed into sequences of at most the context length (`pack_prompts`), each
+    token attending to its own prompt only, in one forward; `step` feeds one token per row at the
+    row's own position, under a mask of its filled positions. A lone row takes `KVCache`'s plain path.
     """
 
     def __init__(self, config: ModelConfig, max_rows: int, device: torch.device, dtype: torch.dtype) -> None:
