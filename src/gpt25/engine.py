@@ -482,13 +482,12 @@ class BatchKVCache(KVCache):
         self.batch_size = 0
         self.lengths = [0] * max_rows
         self.key_positions = torch.arange(config.context_length, device=device)  # (context,)
-        # What a forward of several rows writes and reads, made once per forward: every layer does the same.
-        self.packed = False  # a prefill: attend over the new keys themselves, not the cache's
-        self.positions = self.key_positions[:0, None]  # (batch, seq) each new token's position in its row
-        self.write_to = self.key_positions[:0]  # (heads * tokens,) rows of a layer's cache viewed as (-1, head_dim)
-        self.write_from: torch.Tensor | None = None  # (heads * tokens,) rows of k viewed so; None: all, in order
-        self.mask: torch.Tensor | None = None  # (batch, 1, seq, keys) what each token sees
-        self.angles: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin of `positions`, from the first layer
+        # What a forward of several rows writes and reads, set by prefill and step once for every layer: each new
+        # token's position in its row (batch, seq); where its keys go and which of k's rows they are, in a layer
+        # viewed as (-1, head_dim) (None: all, in order); the mask (batch, 1, seq, keys); cos and sin, made by the
+        # first layer. `packed`: a prefill, which attends over the new keys themselves, not the cache's.
+        self.positions = self.write_to = self.write_from = self.mask = self.angles = None
+        self.packed = False
 
     def prefill(self, model: torch.nn.Module, prompts: list[list[int]], vocab_size: int) -> torch.Tensor:
         """Add `prompts` as new rows, prefilled in one forward; returns each one's next-token logits (new rows, vocab)."""
@@ -504,8 +503,8 @@ class BatchKVCache(KVCache):
         if len(prompts) > 1:
             same_prompt = segments[:, None, :, None] == segments[:, None, None, :]  # (sequences, 1, width, width)
             mask = (same_prompt & (positions[:, None, :, None] >= positions[:, None, None, :])).to(device)
-        self.plan(positions.to(device), write_to.to(device), write_from.to(device), mask, True)
-        self.batch_size, self.position = len(tokens), 0
+        self.positions, self.write_to, self.write_from = positions.to(device), write_to.to(device), write_from.to(device)
+        self.mask, self.packed, self.angles, self.batch_size, self.position = mask, True, None, len(tokens), 0
         try:
             logits = model(tokens.to(device), kv_cache=self)  # (sequences, width, vocab)
         finally:
@@ -521,18 +520,12 @@ class BatchKVCache(KVCache):
         self.position = max(lengths)  # the model checks position + 1 fits the context
         if self.batch_size > 1:
             device = self.key_positions.device
-            positions = torch.tensor(lengths, device=device)[:, None]  # (rows, 1)
+            self.positions = torch.tensor(lengths, device=device)[:, None]  # (rows, 1)
             row_heads = torch.arange(self.batch_size * self.keys[0].shape[1], device=device).view(self.batch_size, -1)
-            visible = self.key_positions[None, : self.position + 1] <= positions  # (rows, keys)
-            self.plan(positions, (row_heads * self.max_seq_len + positions).flatten(), None, visible[:, None, None, :],
-                      False)
+            self.write_to, self.write_from = (row_heads * self.max_seq_len + self.positions).flatten(), None
+            visible = self.key_positions[None, : self.position + 1] <= self.positions  # (rows, keys)
+            self.mask, self.packed, self.angles = visible[:, None, None, :], False, None
         return model(tokens[:, None], kv_cache=self)[:, -1, :vocab_size]
-
-    def plan(self, positions: torch.Tensor, write_to: torch.Tensor, write_from: torch.Tensor | None,
-             mask: torch.Tensor | None, packed: bool) -> None:
-        """Set what the next forward of several rows writes where, and what each of its tokens sees."""
-        self.positions, self.write_to, self.write_from, self.mask, self.packed = positions, write_to, write_from, mask, packed
-        self.angles = None
 
     def remove_row(self, slot: int) -> None:
         """Free `slot`: the last active row moves into it (its keys, values and length), so the active rows stay
@@ -599,13 +592,13 @@ def pack_prompts(prompts: list[list[int]], capacity: int) -> tuple[torch.Tensor,
                          key=lambda packing: len(packing[0]) * max(packing[0]))
     tokens, positions = (torch.zeros(len(filled), max(filled), dtype=torch.long) for _ in range(2))
     segments = torch.full_like(tokens, -1)
-    ends = torch.zeros(len(prompts), 2, dtype=torch.long)
     for index, (prompt, (sequence, offset)) in enumerate(zip(prompts, places, strict=True)):
         span = slice(offset, offset + len(prompt))
         tokens[sequence, span] = torch.tensor(prompt)
         positions[sequence, span] = torch.arange(len(prompt))
         segments[sequence, span] = index
-        ends[index] = torch.tensor([sequence, span.stop - 1])
+    ends = torch.tensor([(sequence, offset + len(prompt) - 1)
+                         for prompt, (sequence, offset) in zip(prompts, places, strict=True)])
     return tokens, positions, segments, ends
 
 

@@ -18,8 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--max_batch", type=int, default=16, help="requests decoded together at most (default 16)")
-    parser.add_argument("--max_queue", type=int, default=64,
-                        help="requests waiting for a row at most; more get 429 (default 64)")
+    parser.add_argument("--max_queue", type=int, default=64, help="requests waiting for a row; more get 429 (default 64)")
     parser.add_argument("--max_tokens", type=int, default=512, help="cap on max_tokens per request (default 512)")
     parser.add_argument("--max_prompt_tokens", type=int, default=None,
                         help="cap on prompt tokens (default: the context length less one)")

@@ -317,12 +317,9 @@ class Tokenizer:
         chunks = plan_chunks(Path(path), FILE_CHUNK_BYTES, [], SAFE_BYTE_CUT)  # byte ranges no pre-token spans
         # a special token with whitespace in it may span a planned cut: then the text is cut again, after decoding
         recut = any(character.isspace() for special in self.special_tokens for character in special)
-        if recut:
-            function, tasks = _encode_text, self._safe_text_chunks(map(read_chunk, chunks), FILE_CHUNK_BYTES)
-        else:  # this process only plans byte ranges: the workers read and decode them
-            function, tasks = _encode_chunk, iter(chunks)
-        for _, ids in map_in_order(function, tasks, max(1, num_workers), self):
-            yield ids
+        function, tasks = ((_encode_text, self._safe_text_chunks(map(read_chunk, chunks), FILE_CHUNK_BYTES)) if recut
+                           else (_encode_chunk, iter(chunks)))  # without a recut the workers read the byte ranges
+        yield from (ids for _, ids in map_in_order(function, tasks, max(1, num_workers), self))
 
     # ---- decoding ----------------------------------------------------------------------------
 

@@ -34,14 +34,12 @@ def map_in_order(
     `shared` (the tokenizer, say); `function` must be module-level (sent by name); a worker's exception is raised
     here, its traceback as the cause. The first `warm_up` tasks run in this process before the workers start."""
     tasks = iter(tasks)
-    if workers == 1:
-        for task in tasks:
-            yield task, function(shared, task)
-        return
-    # the parent runs the first tasks: workers forked after it start with the pre-token cache they filled
-    # (the commonest pre-tokens) instead of each merging them again
-    for task in itertools.islice(tasks, warm_up):
+    # the parent runs the first tasks (all of them with one worker): workers forked after it start with the
+    # pre-token cache they filled (the commonest pre-tokens) instead of each merging them again
+    for task in itertools.islice(tasks, None if workers == 1 else warm_up):
         yield task, function(shared, task)
+    if workers == 1:
+        return
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     # Our own processes, each with its own pipes, not multiprocessing.Pool: its worker-handler thread wakes whenever
     # result bytes wait in its pipe, spending the main process's CPU while results are large; and its terminate()
