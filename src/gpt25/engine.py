@@ -250,6 +250,10 @@ class KVCache:
             return None, self.position == 0
         return causal_mask(seq_len, self.position + seq_len, device=self.keys[0].device), False
 
+    def select_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The last position's: (batch, 1, d_model), all a decoder reads."""
+        return x[:, -1:]
+
     def advance(self, seq_len: int) -> None:
         """Count `seq_len` more positions as filled (called by the model after each forward)."""
         self.position += seq_len
@@ -485,8 +489,9 @@ class BatchKVCache(KVCache):
         # What a forward of several rows writes and reads, set by prefill and step once for every layer: each new
         # token's position in its row (batch, seq); where its keys go and which of k's rows they are, in a layer
         # viewed as (-1, head_dim) (None: all, in order); the mask (batch, 1, seq, keys); cos and sin, made by the
-        # first layer. `packed`: a prefill, which attends over the new keys themselves, not the cache's.
-        self.positions = self.write_to = self.write_from = self.mask = self.angles = None
+        # first layer. `packed`: a prefill, which attends over the new keys themselves, not the cache's; `ends`:
+        # its prompts' last tokens (prompts, 2) as (sequence, column), the only positions it takes logits of.
+        self.positions = self.write_to = self.write_from = self.mask = self.angles = self.ends = None
         self.packed = False
 
     def prefill(self, model: torch.nn.Module, prompts: list[list[int]], vocab_size: int) -> torch.Tensor:
@@ -505,14 +510,14 @@ class BatchKVCache(KVCache):
             mask = (same_prompt & (positions[:, None, :, None] >= positions[:, None, None, :])).to(device)
         self.positions, self.write_to, self.write_from = positions.to(device), write_to.to(device), write_from.to(device)
         self.mask, self.packed, self.angles, self.batch_size, self.position = mask, True, None, len(tokens), 0
+        self.ends = ends.to(device)
         try:
-            logits = model(tokens.to(device), kv_cache=self)  # (sequences, width, vocab)
+            logits = model(tokens.to(device), kv_cache=self)  # (prompts, 1, vocab)
         finally:
             self.batch_size, self.packed = start, False
         self.lengths[start : start + len(prompts)] = [len(prompt) for prompt in prompts]
         self.batch_size += len(prompts)
-        ends = ends.to(device)
-        return logits[ends[:, 0], ends[:, 1], :vocab_size]
+        return logits[:, -1, :vocab_size]
 
     def step(self, model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """Feed one token per active row, `tokens` (rows,); returns the logits after them (rows, vocab)."""
@@ -571,6 +576,10 @@ class BatchKVCache(KVCache):
         """None for a lone row; else (batch, 1, seq, keys): each token sees its own row's filled positions (None and
         causal for a prefill of one prompt)."""
         return (None, False) if self.lone_row() else (self.mask, self.mask is None)
+
+    def select_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """A prefill's: each prompt's last token, (prompts, 1, d_model); a step's: x, one token per row."""
+        return x[self.ends[:, 0], self.ends[:, 1]][:, None] if self.packed else x
 
     def lone_row(self) -> bool:
         return self.batch_size == 1 and not self.packed

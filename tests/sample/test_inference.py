@@ -43,18 +43,20 @@ def test_cache_chunks_match_full_forward_and_reset(model: TransformerLM) -> None
     with torch.no_grad():
         full = model(ids)
         cache = KVCache(CONFIG, batch_size=1, max_seq_len=24)
-        chunks = [model(ids[:, start:end], cache) for start, end in ((0, 9), (9, 10), (10, 17), (17, 24))]
-        torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-5)
+        ends = (9, 10, 17, 24)
+        chunks = [model(ids[:, start:end], cache) for start, end in zip((0, *ends[:-1]), ends)]
+        assert [tuple(chunk.shape) for chunk in chunks] == [(1, 1, CONFIG.vocab_size)] * 4  # no head over the rest
+        torch.testing.assert_close(torch.cat(chunks, dim=1), full[:, [end - 1 for end in ends]], atol=1e-5, rtol=1e-5)
         with pytest.raises(ValueError, match="reset the cache"):
             model(ids[:, :1], cache)
         cache.reset()
-        torch.testing.assert_close(model(ids[:, :6], cache), full[:, :6], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(ids[:, :6], cache), full[:, 5:6], atol=1e-5, rtol=1e-5)
         assert set(cache.qkv_weights) == set(range(CONFIG.num_layers))  # built once, reused by later steps
         changed = model.layers[0].attn.k_proj.weight
         original = changed.clone()
         changed.mul_(0.5)  # reset() must drop the concatenated weights made from the old values
         cache.reset()
-        torch.testing.assert_close(model(ids[:, :6], cache), model(ids[:, :6]), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(ids[:, :6], cache), model(ids[:, :6])[:, -1:], atol=1e-5, rtol=1e-5)
         changed.copy_(original)
     with pytest.raises(ValueError, match="max_seq_len"):
         KVCache(CONFIG, batch_size=1, max_seq_len=CONFIG.context_length + 1)
@@ -67,7 +69,7 @@ def test_static_cache_steps_match_the_full_forward(model: TransformerLM) -> None
         full = model(ids)
         cache = StaticKVCache(CONFIG, batch_size=2, max_seq_len=20)
         for start, end in chunks:
-            torch.testing.assert_close(model(ids[:, start:end], cache), full[:, start:end], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(model(ids[:, start:end], cache), full[:, end - 1 : end], atol=1e-5, rtol=1e-5)
             assert cache.position == int(cache.position_tensor) == end
         cache.reset()
         assert cache.position == int(cache.position_tensor) == 0

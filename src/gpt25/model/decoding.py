@@ -34,5 +34,8 @@ class DecodingState(Protocol):
     def attention_mask(self, seq_len: int) -> tuple[torch.Tensor | None, bool]:
         """(boolean mask (seq, keys) or None, is_causal) for `seq` new queries over the keys `update` returned."""
 
+    def select_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Of the last layer's output x (batch, seq, d_model), the positions whose logits the forward returns."""
+
     def advance(self, seq_len: int) -> None:
         """Count `seq_len` more positions as filled (called by the model after each forward)."""

@@ -84,7 +84,8 @@ class TransformerLM(nn.Module):
                 module.reset_parameters()
 
     def forward(self, token_ids: torch.Tensor, kv_cache: DecodingState | None = None) -> torch.Tensor:
-        """token_ids (batch, seq) int -> logits (batch, seq, vocab); with a cache, positions continue from it."""
+        """token_ids (batch, seq) int -> logits (batch, seq, vocab); with a cache, positions continue from it and the
+        logits are those of the positions it selects (the caches of `gpt25.engine`: each sequence's last)."""
         self.check_inputs(token_ids, kv_cache)
         x = self.token_embeddings(token_ids)  # (batch, seq, d_model)
         if self.position_embeddings is not None:
@@ -93,6 +94,8 @@ class TransformerLM(nn.Module):
             x = x + self.position_embeddings.weight[positions]  # (seq, d_model) or a cache's (batch, seq, d_model)
         for layer in self.layers:
             x = layer(x, kv_cache)
+        if kv_cache is not None:  # decoding reads the next token's logits only: no head over the rest of a prompt
+            x = kv_cache.select_outputs(x)
         logits = self.head(self.ln_final(x))  # (batch, seq, vocab)
         if self.config.logit_softcap:  # bounds the logits smoothly, so no token's grows without limit
             logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
