@@ -44,7 +44,7 @@ def test_cache_chunks_match_full_forward_and_reset(model: TransformerLM) -> None
         full = model(ids)
         cache = KVCache(CONFIG, batch_size=1, max_seq_len=24)
         ends = (9, 10, 17, 24)
-        chunks = [model(ids[:, start:end], cache) for start, end in zip((0, *ends[:-1]), ends)]
+        chunks = [model(ids[:, start:end], cache) for start, end in zip((0, *ends[:-1]), ends, strict=True)]
         assert [tuple(chunk.shape) for chunk in chunks] == [(1, 1, CONFIG.vocab_size)] * 4  # no head over the rest
         torch.testing.assert_close(torch.cat(chunks, dim=1), full[:, [end - 1 for end in ends]], atol=1e-5, rtol=1e-5)
         with pytest.raises(ValueError, match="reset the cache"):
