@@ -143,8 +143,8 @@ async def served_level(url: str, requests: list[list[dict]], max_tokens: int) ->
 
 
 def run_clients(url: str, requests: list[list[dict]], max_tokens: int) -> tuple[list[dict], float]:
-    """`served_level` in the clients' process, on uvloop (the server's loop too): a fifth less of the cores' time per
-    streamed token than asyncio's own loop (266-286 against 192-236 us, measured by the process's CPU time)."""
+    """`served_level` in the clients' process, on uvloop (the server's loop too), which leaves more of the shared
+    cores to the server than asyncio's own loop (docs/serve.md, "What one client pays")."""
     return uvloop.run(served_level(url, requests, max_tokens))
 
 

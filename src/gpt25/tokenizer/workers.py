@@ -84,9 +84,7 @@ class _Worker:
     def __init__(self, context: Any, function: Callable, shared: Any) -> None:
         task_reader, self.task_writer = context.Pipe(duplex=False)
         self.result_reader, result_writer = context.Pipe(duplex=False)
-        self.process = context.Process(
-            target=_serve, args=(task_reader, result_writer, function, shared), daemon=True
-        )
+        self.process = context.Process(target=_serve, args=(task_reader, result_writer, function, shared), daemon=True)
         self.process.start()
         task_reader.close()
         result_writer.close()
@@ -96,10 +94,8 @@ class _Worker:
             result = self.result_reader.recv()
         except EOFError:
             self.process.join(timeout=5)
-            raise RuntimeError(
-                f"worker process {self.process.pid} died (exit code {self.process.exitcode}); "
-                "if it ran out of memory, use fewer --workers"
-            ) from None
+            raise RuntimeError(f"worker process {self.process.pid} died (exit code {self.process.exitcode}); "
+                               "if it ran out of memory, use fewer --workers") from None
         if isinstance(result, _Failure):
             raise result.error from RemoteTraceback(result.traceback)
         return result
