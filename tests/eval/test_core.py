@@ -207,6 +207,34 @@ def test_the_bundle_downloads_once_into_the_cache_and_offline_says_what_to_do(tm
     assert len(load_core_tasks(limit=2)[0].examples) == 2
 
 
+@pytest.mark.parametrize("moment", ["while this rank downloads", "between this rank's check and its rename"])
+def test_a_rank_that_unpacks_second_keeps_the_bundle_another_rank_put_in_place(tmp_path, bundle, monkeypatch,
+                                                                               moment) -> None:
+    monkeypatch.setenv("GPT25_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / "eval_bundle.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(bundle.rglob("*")):
+            zipped.write(path, Path("eval_bundle") / path.relative_to(bundle))
+    cached = tmp_path / "cache" / "eval_bundle"
+
+    def other_rank_finishes() -> None:  # the other rank's bundle, which it is now reading
+        (cached / "eval_data").mkdir(parents=True)
+        (cached / "core.yaml").write_text("the other rank's copy")
+        (cached / "eval_data" / "open.jsonl").write_text("{}\n")
+
+    if moment == "while this rank downloads":
+        download = core.download_file
+        monkeypatch.setattr(core, "download_file", lambda *args: (other_rank_finishes(), download(*args))[1])
+    else:
+        remove = core.shutil.rmtree
+        monkeypatch.setattr(core.shutil, "rmtree", lambda path, **options: (
+            remove(path, **options), Path(path) == cached and other_rank_finishes()))
+    monkeypatch.setattr(core, "BUNDLE_URL", archive.as_uri())
+    assert core.fetch_bundle() == cached
+    assert (cached / "core.yaml").read_text() == "the other rank's copy" and (cached / "eval_data" / "open.jsonl").is_file()
+    assert [path.name for path in cached.parent.iterdir()] == ["eval_bundle"]  # no unpacked copy left behind
+
+
 def test_gpt25_eval_core_prints_a_table_and_writes_the_json(tmp_path, bundle, byte_tokenizer, random_lm, capsys) -> None:
     from gpt25.checkpoint import make_meta, save_checkpoint
     from gpt25.cli import main

@@ -51,8 +51,14 @@ def fetch_bundle() -> Path:
         archive = download_file(BUNDLE_URL, Path(temporary) / "eval_bundle.zip", offline_hint())
         with zipfile.ZipFile(archive) as unpacked:
             unpacked.extractall(temporary)
-        shutil.rmtree(bundle, ignore_errors=True)
-        Path(temporary, "eval_bundle").rename(bundle)  # one rename: readers never see half a bundle
+        if (bundle / "core.yaml").is_file():  # another process (a rank beside this one) unpacked it meanwhile
+            return bundle
+        shutil.rmtree(bundle, ignore_errors=True)  # a folder left without core.yaml
+        try:
+            Path(temporary, "eval_bundle").rename(bundle)  # one rename: readers never see half a bundle
+        except OSError:  # another process renamed its copy there first: keep that one, which ranks may be reading
+            if not (bundle / "core.yaml").is_file():
+                raise
     return bundle
 
 
