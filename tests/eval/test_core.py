@@ -207,31 +207,37 @@ def test_the_bundle_downloads_once_into_the_cache_and_offline_says_what_to_do(tm
     assert len(load_core_tasks(limit=2)[0].examples) == 2
 
 
-@pytest.mark.parametrize("moment", ["while this rank downloads", "between this rank's check and its rename"])
-def test_a_rank_that_unpacks_second_keeps_the_bundle_another_rank_put_in_place(tmp_path, bundle, monkeypatch,
-                                                                               moment) -> None:
+@pytest.mark.parametrize("in_place", ["another rank's bundle", "an empty folder", "a folder of other files"])
+def test_the_unpacked_bundle_is_renamed_in_and_never_replaces_another_ranks(tmp_path, bundle, monkeypatch,
+                                                                           in_place) -> None:
     monkeypatch.setenv("GPT25_CACHE", str(tmp_path / "cache"))
     archive = tmp_path / "eval_bundle.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         for path in sorted(bundle.rglob("*")):
             zipped.write(path, Path("eval_bundle") / path.relative_to(bundle))
     cached = tmp_path / "cache" / "eval_bundle"
+    download = core.download_file
 
-    def other_rank_finishes() -> None:  # the other rank's bundle, which it is now reading
-        (cached / "eval_data").mkdir(parents=True)
-        (cached / "core.yaml").write_text("the other rank's copy")
-        (cached / "eval_data" / "open.jsonl").write_text("{}\n")
+    def download_while_a_folder_appears(*args) -> Path:  # e.g. the rank beside this one renames its copy in
+        cached.mkdir(parents=True)
+        if in_place == "another rank's bundle":
+            (cached / "core.yaml").write_text("the other rank's copy, which its neighbours are reading")
+        elif in_place == "a folder of other files":
+            (cached / "notes.txt").write_text("mine")
+        return download(*args)
 
-    if moment == "while this rank downloads":
-        download = core.download_file
-        monkeypatch.setattr(core, "download_file", lambda *args: (other_rank_finishes(), download(*args))[1])
-    else:
-        remove = core.shutil.rmtree
-        monkeypatch.setattr(core.shutil, "rmtree", lambda path, **options: (
-            remove(path, **options), Path(path) == cached and other_rank_finishes()))
     monkeypatch.setattr(core, "BUNDLE_URL", archive.as_uri())
-    assert core.fetch_bundle() == cached
-    assert (cached / "core.yaml").read_text() == "the other rank's copy" and (cached / "eval_data" / "open.jsonl").is_file()
+    monkeypatch.setattr(core, "download_file", download_while_a_folder_appears)
+    if in_place == "a folder of other files":
+        with pytest.raises(FileExistsError, match=r"^\S+eval_bundle is not a CORE bundle \(no core.yaml\) and is in "
+                                                  r"the way; remove it or pass --core_bundle DIR$"):
+            core.fetch_bundle()
+        assert [path.name for path in cached.iterdir()] == ["notes.txt"]
+    else:
+        assert core.fetch_bundle() == cached
+        kept = in_place == "another rank's bundle"
+        assert (cached / "core.yaml").read_text().startswith("the other rank's copy") == kept
+        assert (cached / "eval_meta_data.csv").is_file() != kept
     assert [path.name for path in cached.parent.iterdir()] == ["eval_bundle"]  # no unpacked copy left behind
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -51,14 +50,12 @@ def fetch_bundle() -> Path:
         archive = download_file(BUNDLE_URL, Path(temporary) / "eval_bundle.zip", offline_hint())
         with zipfile.ZipFile(archive) as unpacked:
             unpacked.extractall(temporary)
-        if (bundle / "core.yaml").is_file():  # another process (a rank beside this one) unpacked it meanwhile
-            return bundle
-        shutil.rmtree(bundle, ignore_errors=True)  # a folder left without core.yaml
-        try:
-            Path(temporary, "eval_bundle").rename(bundle)  # one rename: readers never see half a bundle
-        except OSError:  # another process renamed its copy there first: keep that one, which ranks may be reading
+        try:  # one rename: readers never see half a bundle, and nothing a reader may hold is deleted
+            Path(temporary, "eval_bundle").rename(bundle)
+        except OSError:  # a folder is there: the copy another rank renamed in first, kept, or something else
             if not (bundle / "core.yaml").is_file():
-                raise
+                raise FileExistsError(f"{bundle} is not a CORE bundle (no core.yaml) and is in the way; remove it "
+                                      "or pass --core_bundle DIR") from None
     return bundle
 
 
