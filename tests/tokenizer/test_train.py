@@ -199,6 +199,25 @@ def test_chunks_end_at_special_tokens(tmp_path, fixtures_dir):
     assert train.count_pretokens([path], [EOT], num_workers=1) == expected
 
 
+@pytest.mark.parametrize(("special", "cut"), [("<|turn end|>\n", pretokenize.SAFE_BYTE_CUT_AT_NEWLINE),
+                                              ("<|end of turn|>", pretokenize.SAFE_BYTE_CUT)])
+def test_no_chunk_starts_inside_a_special_token_with_whitespace(tmp_path, monkeypatch, special, cut):
+    data = special.encode().join(f"line {index} says hello to the world.\n".encode() for index in range(400))
+    path = write(tmp_path, data)
+    inside = {start + offset for start in range(len(data)) if data.startswith(special.encode(), start)
+              for offset in range(1, len(special))}
+    for chunk_bytes in range(300, 400):  # targets land on every byte of some special token
+        chunks = pretokenize.plan_chunks(path, chunk_bytes, [special.encode()], cut)
+        assert not {start for _, start, _ in chunks} & inside, chunk_bytes
+        assert chunks[0][1] == 0 and all(a[2] == b[1] for a, b in itertools.pairwise(chunks))
+        assert chunks[-1][2] == len(data)
+    monkeypatch.setattr(train, "MAX_CHUNK_BYTES", 347)
+    text = data.decode("utf-8")
+    pieces = split_on_specials(text, special_token_regex([special]))[::2]
+    assert train.count_pretokens([path], [special], num_workers=1) == Counter(
+        token for piece in pieces for token in GPT2_REGEX.findall(piece))
+
+
 def test_missing_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt: input file not found"):
         train_bpe(tmp_path / "nope.txt", 300, [EOT])

@@ -83,10 +83,13 @@ def plan_chunks(
 ) -> list[Chunk]:
     """Byte ranges covering `path`, each ending where text can be cut without changing pre-tokens."""
     boundaries = [0]
+    overlap = max([len(token) - 1 for token in specials_bytes] + [1])  # a special token may straddle a position
     with open_input(path) as handle:
         size = path.stat().st_size
         while boundaries[-1] + chunk_bytes < size:
-            boundary = _next_boundary(handle, boundaries[-1] + chunk_bytes, specials_bytes, cut)
+            target = boundaries[-1] + chunk_bytes
+            boundary = _next_boundary(handle, max(boundaries[-1] + 1, target - overlap), target, specials_bytes, cut,
+                                      overlap)
             if boundary is None:
                 break
             boundaries.append(boundary)
@@ -94,22 +97,24 @@ def plan_chunks(
     return [(str(path), start, end) for start, end in itertools.pairwise(boundaries) if end > start]
 
 
-def _next_boundary(handle: BinaryIO, position: int, specials_bytes: list[bytes], cut: re.Pattern) -> int | None:
-    """The first cut point at or after `position` in the first window that has one: where a special
-    token starts, or else after a match of `cut`. None at the end of the file."""
-    overlap = max([len(token) - 1 for token in specials_bytes] + [1])  # a match may straddle windows
+def _next_boundary(handle: BinaryIO, start: int, target: int, specials_bytes: list[bytes], cut: re.Pattern,
+                   overlap: int) -> int | None:
+    """The first cut point in the first window that has one: where a special token starts at or after
+    `start` (`overlap` bytes before `target`: one straddling `target` is found whole), or else after a
+    match of `cut` at or after `target`. None at the end of the file. Windows overlap by `overlap`
+    bytes, so that a special token straddling two is found in the second."""
     while True:
-        handle.seek(position)
+        handle.seek(start)
         window = handle.read(BOUNDARY_SEARCH_BYTES)
         found = [index for index in (window.find(token) for token in specials_bytes) if index >= 0]
         if found:
-            return position + min(found)
-        match = cut.search(window)
+            return start + min(found)
+        match = cut.search(window, max(0, target - start))
         if match is not None:
-            return position + match.end()
+            return start + match.end()
         if len(window) < BOUNDARY_SEARCH_BYTES:
             return None
-        position += len(window) - overlap
+        start += len(window) - overlap
 
 
 def read_chunk(chunk: Chunk) -> str:
