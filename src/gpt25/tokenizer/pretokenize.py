@@ -83,13 +83,10 @@ def plan_chunks(
 ) -> list[Chunk]:
     """Byte ranges covering `path`, each ending where text can be cut without changing pre-tokens."""
     boundaries = [0]
-    overlap = max([len(token) - 1 for token in specials_bytes] + [1])  # a special token may straddle a position
     with open_input(path) as handle:
         size = path.stat().st_size
         while boundaries[-1] + chunk_bytes < size:
-            target = boundaries[-1] + chunk_bytes
-            boundary = _next_boundary(handle, max(boundaries[-1] + 1, target - overlap), target, specials_bytes, cut,
-                                      overlap)
+            boundary = _next_boundary(handle, boundaries[-1], boundaries[-1] + chunk_bytes, specials_bytes, cut)
             if boundary is None:
                 break
             boundaries.append(boundary)
@@ -97,12 +94,13 @@ def plan_chunks(
     return [(str(path), start, end) for start, end in itertools.pairwise(boundaries) if end > start]
 
 
-def _next_boundary(handle: BinaryIO, start: int, target: int, specials_bytes: list[bytes], cut: re.Pattern,
-                   overlap: int) -> int | None:
-    """The first cut point in the first window that has one: where a special token starts at or after
-    `start` (`overlap` bytes before `target`: one straddling `target` is found whole), or else after a
-    match of `cut` at or after `target`. None at the end of the file. Windows overlap by `overlap`
-    bytes, so that a special token straddling two is found in the second."""
+def _next_boundary(handle: BinaryIO, previous: int, target: int, specials_bytes: list[bytes],
+                   cut: re.Pattern) -> int | None:
+    """The first cut point after `previous` in the first window that has one: where a special token
+    starts (one straddling `target` too), or else after a match of `cut` at or after `target`. None at
+    the end of the file."""
+    overlap = max([len(token) - 1 for token in specials_bytes] + [1])  # a special token may straddle a window's end
+    start = max(previous + 1, target - overlap)  # from before `target`: a special token straddling it is found whole
     while True:
         handle.seek(start)
         window = handle.read(BOUNDARY_SEARCH_BYTES)
