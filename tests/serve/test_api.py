@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -16,7 +17,7 @@ from gpt25.chat import chat, trim_history
 from gpt25.checkpoint import load_for_inference
 from gpt25.cli import main
 from gpt25.sample import generate
-from gpt25.serve.api import Limits
+from gpt25.serve.api import Limits, Mailbox
 from gpt25.tokenizer.chat_format import render_prompt
 
 PROMPTS = ["Hello", "The cat sat on the", "x", "Once upon a time, there", "1, 2, 3,", "zz", "A longer prompt, yes.", "?"]
@@ -131,6 +132,27 @@ def test_a_closed_stream_frees_its_row_and_the_others_go_on(base_model) -> None:
                 next(reply.iter_lines())  # the first piece arrived; the client then goes away
             assert other.result() == expected
         assert wait_until_idle(app, timeout=1.5) == (0, 0)  # long before the stream's 100 steps of 50 ms
+
+
+def test_a_whole_replys_tokens_wake_nothing_its_done_event_wakes_it() -> None:
+    """A whole reply's coroutine waits on `post_done`: the engine thread's tokens leave nothing to take."""
+    async def take_while_the_engine_posts() -> list[tuple[str, str]]:
+        events = Mailbox(asyncio.get_running_loop())
+        taking = asyncio.ensure_future(events.take())
+        await asyncio.sleep(0)  # take() now waits for a post
+
+        def engine_thread() -> None:
+            for piece in ("a", "b", "c"):
+                events.post_done("text", piece)
+            events.post_done("done", "length")
+
+        thread = threading.Thread(target=engine_thread)
+        thread.start()
+        taken = await taking
+        thread.join()
+        return taken
+
+    assert asyncio.run(take_while_the_engine_posts()) == [("done", "length")]
 
 
 def test_a_disconnect_while_waiting_for_a_whole_reply_frees_its_row(base_model) -> None:

@@ -343,7 +343,8 @@ async def answer(request: Request, served: Served, body: dict, prompt_ids: list[
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", param="stream")
     events = Mailbox(asyncio.get_running_loop())
-    generation = GenerationRequest(prompt_ids, max_tokens, events.post, stop_ids=stop_ids, **fields)
+    generation = GenerationRequest(prompt_ids, max_tokens, events.post if stream else events.post_done,
+                                   stop_ids=stop_ids, **fields)
     try:
         served.engine.submit(generation)
     except QueueFull as error:
@@ -372,6 +373,11 @@ class Mailbox:
         if waiter is not None:
             self.loop.call_soon_threadsafe(wake, waiter)
 
+    def post_done(self, kind: str, value: str) -> None:
+        """`post` for the done event alone: a whole reply reads the text at the end, so no token wakes the loop."""
+        if kind == "done":
+            self.post(kind, value)
+
     async def take(self) -> list[tuple[str, str]]:
         """Every event posted so far (waiting for one when there is none), oldest first."""
         while True:
@@ -398,9 +404,7 @@ async def whole_reply(request: Request, events: Mailbox, generation: GenerationR
     """Wait for the end of the generation, cancelling it if the client disconnects meanwhile."""
     watcher = asyncio.create_task(cancel_on_disconnect(request, generation))
     try:
-        finish_reason = None
-        while finish_reason is None:
-            finish_reason = next((value for kind, value in await events.take() if kind == "done"), None)
+        [(_, finish_reason)] = await events.take()  # the done event, the one it is posted
     finally:
         watcher.cancel()
         if generation.finish_reason is None:
