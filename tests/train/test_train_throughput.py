@@ -7,7 +7,8 @@ import time
 import pytest
 import torch
 
-from gpt25.train.throughput import measure_matmul_flops
+from gpt25.train import throughput
+from gpt25.train.throughput import measure_matmul_flops, peak_flops
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -26,3 +27,15 @@ def timed(work) -> float:
     began = time.perf_counter()
     work()
     return time.perf_counter() - began
+
+
+def test_a_ceiling_is_measured_once_and_again_only_when_training_beats_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    measured = iter([5e9, 8e9, 6e9])
+    monkeypatch.setattr(throughput, "MEASURED_PEAKS", {})
+    monkeypatch.setattr(throughput, "measure_matmul_flops", lambda device, dtype: next(measured))
+    cpu = torch.device("cpu")
+    assert peak_flops(cpu, torch.float32) == (5e9, "measured torch.float32 matmul on cpu")
+    assert peak_flops(cpu, torch.float32, beaten_by=4e9)[0] == 5e9  # not beaten: kept, not measured
+    assert peak_flops(cpu, torch.float32, beaten_by=7e9)[0] == 8e9  # beaten: measured again
+    assert peak_flops(cpu, torch.float32, beaten_by=9e9)[0] == 9e9  # measured 6e9: at least what training reached
+    assert peak_flops(cpu, torch.float32)[0] == 9e9  # later runs in the process start from it

@@ -437,7 +437,13 @@ class Trainer:
         return self.step == self.config.train_steps or (every > 0 and self.step % every == 0)
 
     def mfu(self, tokens_per_second: float) -> float:
-        return self.flops_per_token * tokens_per_second / (self.peak_flops * self.context.world_size)
+        achieved = self.flops_per_token * tokens_per_second / self.context.world_size  # FLOP/s per device
+        if achieved > self.peak_flops:  # a measured ceiling, taken while other work had the cores: measured again
+            peak, self.peak_source = peak_flops(self.context.device, self.dtype, beaten_by=achieved)
+            if peak != self.peak_flops:
+                self.peak_flops = peak
+                self.log_line(f"MFU peak measured again: {peak / 1e12:.3g} TFLOP/s (training beat the last one)")
+        return achieved / self.peak_flops
 
     def memory_gb(self) -> float | None:
         if self.context.device.type != "cuda":
