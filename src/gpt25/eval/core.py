@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import tempfile
 import zipfile
@@ -102,22 +103,15 @@ def render_prompts(task: CoreTask, index: int) -> list[str]:
     return [without.strip(), without + example["continuation"]]
 
 
-def common_prefix_length(sequences: list[list[int]]) -> int:
-    length = 0
-    while all(len(sequence) > length for sequence in sequences) and len({s[length] for s in sequences}) == 1:
-        length += 1
-    return length
-
-
 def scored_sequences(tokenizer, task: CoreTask, index: int, max_length: int) -> list[tuple[list[int], int]]:
     """(token ids, number of scored tokens at the end) per option, each cut to its last max_length tokens."""
-    prompts = render_prompts(task, index)
-    encoded = [[tokenizer.eot_id, *tokenizer.encode_ordinary(prompt)] for prompt in prompts]
+    encoded = [[tokenizer.eot_id, *tokenizer.encode_ordinary(prompt)] for prompt in render_prompts(task, index)]
+    # os.path.commonprefix compares any sequences element by element: here lists of token ids.
     if task.kind == "multiple_choice":
-        start = common_prefix_length(encoded)
+        start = len(os.path.commonprefix(encoded))
         rows = [(ids, len(ids) - start) for ids in encoded]
     elif task.kind == "schema":
-        suffix = common_prefix_length([ids[::-1] for ids in encoded])
+        suffix = len(os.path.commonprefix([ids[::-1] for ids in encoded]))
         rows = [(ids, suffix) for ids in encoded]
     else:
         without, with_answer = encoded
