@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
 from gpt25.cli.flags import add_command, add_model_arguments, model_inputs
 
@@ -36,10 +37,6 @@ def run_serve(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in 1-65535, got {args.port}")
-    checkpoint, tokenizer, device, dtype = model_inputs(args)
-
-    def load():
-        return load_served(checkpoint, tokenizer, device, dtype, max_batch=args.max_batch, max_queue=args.max_queue)
-
+    load = functools.partial(load_served, *model_inputs(args), max_batch=args.max_batch, max_queue=args.max_queue)
     limits = Limits(args.api_key, args.max_body_bytes, args.max_prompt_tokens, args.max_tokens)
     uvicorn.run(create_app(load, limits), host=args.host, port=args.port, log_level="info")
