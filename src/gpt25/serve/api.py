@@ -163,8 +163,7 @@ def add_routes(app: FastAPI) -> None:
         body = await read_json(request)
         messages = [dict(message, content=text_content(message)) if isinstance(message, dict) else message
                     for message in body.get("messages") or []] or None
-        problem = message_problem(messages)
-        if problem:
+        if problem := message_problem(messages):
             raise ApiError(400, f"{problem}; send messages as [{{\"role\": \"user\", \"content\": \"...\"}}]",
                            param="messages")
         fitted = {}
@@ -302,9 +301,9 @@ def fit_context(served: Served, limits: Limits, messages: list[dict], body: dict
 
 
 class CompletionShape:
-    """OpenAI's /v1/completions response objects."""
+    """OpenAI's /v1/completions response objects (and the request field a too long prompt is blamed on)."""
 
-    object, chunk_object, id_prefix = "text_completion", "text_completion", "cmpl-"
+    object, chunk_object, id_prefix, prompt_param = "text_completion", "text_completion", "cmpl-", "prompt"
 
     def choice(self, text: str, finish_reason: str | None) -> dict:
         return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
@@ -316,7 +315,7 @@ class CompletionShape:
 class ChatShape:
     """OpenAI's /v1/chat/completions response objects (one per request: its first chunk names the role)."""
 
-    object, chunk_object, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl-"
+    object, chunk_object, id_prefix, prompt_param = "chat.completion", "chat.completion.chunk", "chatcmpl-", "messages"
 
     def __init__(self) -> None:
         self.role_sent = False
@@ -337,8 +336,7 @@ async def answer(request: Request, served: Served, body: dict, prompt_ids: list[
     """Check the request's fields, queue the generation, and answer whole or as a stream."""
     limits: Limits = request.app.state.limits
     fields = sampling_fields(body)
-    prompt_param = "messages" if isinstance(shape, ChatShape) else "prompt"
-    max_tokens = token_budget(body, len(prompt_ids), limits, served.engine.context_length, prompt_param)
+    max_tokens = token_budget(body, len(prompt_ids), limits, served.engine.context_length, shape.prompt_param)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", param="stream")
