@@ -33,10 +33,9 @@ def init_normal_(tensor: torch.Tensor, std: float | None, fan_std: float, cutoff
         if std is not None:
             tensor.normal_(0.0, std)
             return
-        # Uniform in [cdf(-cutoff), cdf(cutoff)] mapped back through the inverse normal CDF.
-        low = 0.5 * (1.0 + math.erf(-cutoff / math.sqrt(2.0)))
-        high = 0.5 * (1.0 + math.erf(cutoff / math.sqrt(2.0)))
-        tensor.uniform_(2.0 * low - 1.0, 2.0 * high - 1.0)
+        # Uniform in [2 cdf(-cutoff) - 1, 2 cdf(cutoff) - 1] = +-erf(cutoff / sqrt 2), mapped back through erfinv.
+        bound = math.erf(cutoff / math.sqrt(2.0))
+        tensor.uniform_(-bound, bound)
         tensor.erfinv_().mul_(fan_std * math.sqrt(2.0))
         tensor.clamp_(-cutoff * fan_std, cutoff * fan_std)
 
@@ -193,9 +192,8 @@ class RotaryEmbedding(nn.Module):
         inverse_frequencies = self.theta**-exponents  # (d_k / 2,)
         positions = torch.arange(self.max_seq_len, device=device, dtype=torch.float64)
         angles = torch.outer(positions, inverse_frequencies)  # (max_seq_len, d_k / 2)
-        with torch.no_grad():
-            self.cos.copy_(torch.cos(angles))
-            self.sin.copy_(torch.sin(angles))
+        self.cos.copy_(torch.cos(angles))  # buffers: no autograd to keep out
+        self.sin.copy_(torch.sin(angles))
 
     def _apply(self, fn, recurse: bool = True):
         """Move the tables with the module but keep them float32: `model.to(torch.bfloat16)` would round
