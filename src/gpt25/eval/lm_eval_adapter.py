@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from gpt25.checkpoint import load_for_inference
 from gpt25.device import resolve_device
-from gpt25.engine import generate_tokens, validate_sampling
+from gpt25.engine import generate_tokens
 from gpt25.eval.scoring import score_rows
 from gpt25.tokenizer import Tokenizer
 
@@ -108,8 +108,7 @@ class GPT25LM(TemplateLM):
         max_new_tokens = min(int(options.pop("max_gen_toks")), self.max_length - 1)
         temperature = float(options.get("temperature", 0.0)) if options.get("do_sample") else 0.0
         top_p = float(options.get("top_p") or 1.0)
-        top_k = options.get("top_k")
-        validate_sampling(temperature, top_p, top_k)
+        top_k = options.get("top_k")  # the settings are checked by `decode` before its first step
         context_ids = (self.tok_encode(context) or [self.eot_token_id])[-(self.max_length - max_new_tokens) :]
         new_ids: list[int] = []
 
