@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import TextIO
 
@@ -123,10 +124,8 @@ class ChatSession:
 def read_line(stdin: TextIO, stdout: TextIO) -> str | None:
     """One line typed after the prompt (with line editing on a terminal), or None at end of input (Ctrl-D)."""
     if stdin is sys.stdin and stdin.isatty():
-        try:
+        with contextlib.suppress(ImportError):
             import readline  # noqa: F401  (imported for its side effect: input() gains line editing and history)
-        except ImportError:
-            pass
         try:
             return input("> ")
         except EOFError:

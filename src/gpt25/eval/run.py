@@ -47,8 +47,7 @@ def format_table(results: dict) -> str:
             ("val_bpb", "n/a" if results["val_bpb"] is None else f"{results['val_bpb']:.4f}"),
             ("val_tokens", f"{results['val_tokens']:,}"),
         ]
-    if results["hellaswag"] is not None:
-        hellaswag = results["hellaswag"]
+    if (hellaswag := results["hellaswag"]) is not None:
         rows += [
             ("hellaswag_acc", f"{hellaswag['acc']:.4f}"),
             ("hellaswag_acc_norm", f"{hellaswag['acc_norm']:.4f}"),

@@ -84,8 +84,7 @@ class ModelConfig:
     def from_dict(cls, data: dict) -> ModelConfig:
         """Build from a dict (e.g. a checkpoint's meta); unknown keys are a ValueError, missing components the recipe's."""
         known = {field.name for field in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
+        if unknown := set(data) - known:
             raise ValueError(f"unknown ModelConfig keys {sorted(unknown)}; expected a subset of {sorted(known)}")
         values = dict(data)
         for name in ("rope_theta", "logit_softcap"):
