@@ -196,6 +196,14 @@ def test_bad_fields_are_400(base_server, body: dict, param: str) -> None:
     assert error_of(post(url, "/v1/completions", body), 400)["param"] == param
 
 
+def test_a_prompt_that_fills_the_context_is_400_whatever_max_prompt_tokens_allows(base_model) -> None:
+    """With --max_prompt_tokens at or above the context, a full-context prompt left no token to generate: a 500."""
+    with live_server(loader(base_model), Limits(max_prompt_tokens=1000)) as (url, _):
+        error = error_of(post(url, "/v1/completions", {"prompt": "a" * 256}), 400)
+        assert error["param"] == "prompt" and error["code"] == "context_length_exceeded"
+        assert "more than the 255 allowed" in error["message"]
+
+
 def test_bad_json_bad_messages_and_chat_on_a_base_model_are_400(base_server, chat_server) -> None:
     assert "JSON" in error_of(post(base_server[0], "/v1/completions", b"{nope"), 400)["message"]
     assert error_of(post(base_server[0], "/v1/chat/completions", {"messages": []}), 400)["code"] == "model_not_chat"

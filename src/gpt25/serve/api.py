@@ -266,7 +266,7 @@ def int_field(body: dict, name: str, default: int | None, low: int | None) -> in
 
 def token_budget(body: dict, prompt_len: int, limits: Limits, context_length: int, prompt_param: str) -> int:
     """max_tokens for the request (default: what fits, up to the cap); 400 when the prompt is too long."""
-    max_prompt = limits.max_prompt_tokens or context_length - 1
+    max_prompt = min(limits.max_prompt_tokens or context_length, context_length - 1)  # one token left to generate
     if prompt_len > max_prompt:
         raise ApiError(400, f"the prompt has {prompt_len} tokens, more than the {max_prompt} allowed; shorten it",
                        param=prompt_param, code="context_length_exceeded")
