@@ -115,7 +115,6 @@ class PythonEncoder:
     def clear(self) -> None:
         """Forget every pre-token; each special id keeps a slot of its own."""
         self.table.clear()
-        self.num_slots = 0
         self.starts = np.zeros(0, dtype=np.int64)
         self.lengths = np.zeros(0, dtype=np.int64)
         self.ids = np.zeros(0, dtype=np.int32)
@@ -141,10 +140,10 @@ class PythonEncoder:
         return merge_word([self.byte_ids[byte] for byte in pretoken.encode("utf-8")], self.merge_values)
 
     def _store(self, encoded: list[tuple[int, ...]]) -> None:
-        """Store the ids of the next slots, in order."""
+        """Store the ids of the table's last len(encoded) slots (those just taken as pending), in order."""
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
         ids = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64)
-        first_slot, end_slot = self.num_slots, self.num_slots + len(lengths)
+        first_slot, end_slot = len(self.table) - len(lengths), len(self.table)
         self.starts = _grown(self.starts, end_slot)
         self.lengths = _grown(self.lengths, end_slot)
         self.ids = _grown(self.ids, self.num_ids + len(ids))
@@ -152,7 +151,6 @@ class PythonEncoder:
         self.lengths[first_slot:end_slot] = lengths
         self.ids[self.num_ids : self.num_ids + len(ids)] = ids
         self.num_ids += len(ids)
-        self.num_slots = end_slot
 
     def _ids_of(self, slots: np.ndarray) -> np.ndarray:
         lengths = self.lengths[slots]  # (units,)
