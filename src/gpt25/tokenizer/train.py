@@ -219,8 +219,9 @@ class _BpeMerger:
         self.vocab[new_id] = self.vocab[ord(a)] + self.vocab[ord(b)]
         self.keys.append(self.keys[ord(a)][:-2] + self.keys[ord(b)])  # a's key without its end mark, then b's
         pair_counts, words, counts = self.pair_counts, self.words, self.counts
-        # Pairs containing the new token are all new: gather [count, word index, word index, ...] here.
-        gained: dict[str, list[int]] = {}
+        # Pairs containing the new token are all new: gather their counts and word indexes here.
+        gained_counts: dict[str, int] = defaultdict(int)
+        gained_words: dict[str, list[int]] = defaultdict(list)
         for index in self.pair_words.pop(pair):
             word = words[index]
             position = word.find(pair)
@@ -236,27 +237,23 @@ class _BpeMerger:
                     pair_counts[before + a] -= count
                     # right after the previous occurrence ("aaaa"), `before` is that merged token now
                     left_pair = (merged if position == previous_end else before) + merged
-                    entry = gained.setdefault(left_pair, [0])
-                    entry[0] += count
-                    entry.append(index)
+                    gained_counts[left_pair] += count
+                    gained_words[left_pair].append(index)
                 previous_end = position + 2
                 # an occurrence right after this one counts the (merged, merged) pair as its left pair
                 if position + 2 <= last and next_position != previous_end:
                     after = word[position + 2]
                     pair_counts[b + after] -= count
-                    right_pair = merged + after
-                    entry = gained.setdefault(right_pair, [0])
-                    entry[0] += count
-                    entry.append(index)
+                    gained_counts[merged + after] += count
+                    gained_words[merged + after].append(index)
                 position = next_position
             words[index] = word.replace(pair, merged)  # left to right, no overlaps: the occurrences found above
         del pair_counts[pair]
-        keys, heap, pair_words = self.keys, self.heap, self.pair_words
+        pair_counts.update(gained_counts)
+        self.pair_words.update(gained_words)
+        keys, heap = self.keys, self.heap
         merged_key = keys[new_id]
-        for new_pair, entry in gained.items():
-            pair_count = pair_counts[new_pair] = entry[0]
-            del entry[0]  # what is left is the pair's word list
-            pair_words[new_pair] = entry
+        for new_pair, pair_count in gained_counts.items():
             first, second = new_pair
             key = merged_key + keys[ord(second)] if first == merged else keys[ord(first)] + merged_key
             heapq.heappush(heap, (-pair_count, key, new_pair))
