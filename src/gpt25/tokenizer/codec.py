@@ -41,25 +41,15 @@ class Tokenizer:
     """Byte-level BPE tokenizer: `vocab` maps ids 0..N-1 to bytes, `merges` are in rank order; special tokens
     not already in `vocab` get the next free ids, in the order given."""
 
-    def __init__(
-        self,
-        vocab: dict[int, bytes],
-        merges: list[tuple[bytes, bytes]],
-        special_tokens: list[str] | None = None,
-    ) -> None:
+    def __init__(self, vocab: io.Vocab, merges: io.Merges, special_tokens: list[str] | None = None) -> None:
         self._setup(
             {int(token_id): bytes(token) for token_id, token in vocab.items()},
             [(bytes(a), bytes(b)) for a, b in merges],
             list(dict.fromkeys(special_tokens or [])),
         )
 
-    def _setup(
-        self,
-        vocab: dict[int, bytes],
-        merges: list[tuple[bytes, bytes]],
-        special_tokens: list[str],
-        merge_ids: np.ndarray | None = None,
-    ) -> None:
+    def _setup(self, vocab: io.Vocab, merges: io.Merges, special_tokens: list[str],
+               merge_ids: np.ndarray | None = None) -> None:
         """Build the lookup tables from vocab and merges, which become this tokenizer's own (no copy)."""
         self.vocab, self.merges, self.special_tokens = vocab, merges, special_tokens
         self._token_to_id = self._build_token_index()
@@ -128,13 +118,8 @@ class Tokenizer:
         return tokenizer
 
     @classmethod
-    def _from_parts(
-        cls,
-        vocab: dict[int, bytes],
-        merges: list[tuple[bytes, bytes]],
-        special_tokens: list[str],
-        merge_ids: np.ndarray,
-    ) -> Tokenizer:
+    def _from_parts(cls, vocab: io.Vocab, merges: io.Merges, special_tokens: list[str],
+                    merge_ids: np.ndarray) -> Tokenizer:
         """A tokenizer around already-checked parts and their merge ids (no copies, no id lookups again)."""
         tokenizer = cls.__new__(cls)
         tokenizer._setup(vocab, merges, special_tokens, merge_ids)
