@@ -210,11 +210,9 @@ def _join(parts: list[str]) -> str:
 
 def _topic_questions() -> list[tuple[str, str]]:
     """One question per pydoc topic with a title line, e.g. 'Explain the "if" statement in Python.'"""
-    from pydoc_data.topics import topics
-
     pairs = []
-    for name in sorted(topics):
-        lines = topics[name].strip().splitlines()
+    for document in iter_pydoc_topics():
+        lines = document.partition("\n\n")[2].splitlines()  # the topic's text, after its name
         if len(lines) > 2 and set(lines[1]) <= set("*=-") and lines[1]:
             title, body = lines[0].strip(), "\n".join(lines[2:])
             answer = first_paragraph(body)
