@@ -167,8 +167,7 @@ def _module_questions(entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _function_questions(heading: str, summary: str) -> list[tuple[str, str]]:
-    name, _, arguments = heading.partition("(")
-    arguments = arguments[:-1]  # the heading ends with ")"
+    name, _, arguments = heading[:-1].partition("(")  # the heading ends with ")"
     pairs = [(f"What does `{name}` do?", f"`{name}({arguments})`: {summary}"),
              (f"What arguments does `{name}` take?", describe_arguments(name, arguments))]
     first_word, _, task = _SENTENCE_END.split(summary, 1)[0].rstrip(".").partition(" ")
