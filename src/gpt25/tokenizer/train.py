@@ -161,7 +161,7 @@ class _BpeMerger:
 
     def __init__(self, word_counts: dict[str, int], vocab: dict[int, bytes]) -> None:
         self.vocab = vocab
-        self.keys = [_inverted_key(vocab[token_id]) for token_id in range(len(vocab))]
+        self.keys = keys = [_inverted_key(vocab[token_id]) for token_id in range(len(vocab))]
         self.words: list[str] = []
         self.counts: list[int] = []
         for word, count in word_counts.items():
@@ -170,7 +170,8 @@ class _BpeMerger:
                 self.words.append(encoded.decode("latin-1"))  # byte b -> chr(b), i.e. token id b
                 self.counts.append(count)
         self.pair_counts, self.pair_words = self._index_byte_pairs()
-        self.heap = [(-count, self._pair_key(pair), pair) for pair, count in self.pair_counts.items()]
+        self.heap = [(-count, keys[ord(pair[0])] + keys[ord(pair[1])], pair)
+                     for pair, count in self.pair_counts.items()]
         heapq.heapify(self.heap)
 
     def _index_byte_pairs(self) -> tuple[dict[str, int], dict[str, list[int]]]:
@@ -183,9 +184,6 @@ class _BpeMerger:
                 pair_counts[pair] += count
                 pair_words[pair].append(index)
         return pair_counts, pair_words
-
-    def _pair_key(self, pair: str) -> bytes:
-        return self.keys[ord(pair[0])] + self.keys[ord(pair[1])]
 
     def run(self, vocab_size: int, progress: bool = False) -> list[tuple[bytes, bytes]]:
         merges: list[tuple[bytes, bytes]] = []
