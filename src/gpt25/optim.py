@@ -88,11 +88,8 @@ class AdamW(Optimizer):
         return loss
 
     def _step_group(self, group: dict) -> None:
-        for (step, _device, _dtype), tensors in self._buckets(group).items():
-            self._update(group, step, *tensors)
-
-    def _buckets(self, group: dict) -> dict[tuple, tuple[list, list, list, list]]:
-        """Advance each parameter's step and bucket (param, grad, m, v) by (step, device, dtype) for foreach ops."""
+        """Advance each parameter's step, then update (param, grad, m, v) bucketed by (step, device, dtype), a
+        bucket's tensors together by foreach ops."""
         buckets: dict[tuple, tuple[list, list, list, list]] = defaultdict(lambda: ([], [], [], []))
         for param in group["params"]:
             if param.grad is None:
@@ -106,7 +103,8 @@ class AdamW(Optimizer):
             bucket = buckets[(state["step"], param.device, param.dtype)]
             for values, item in zip(bucket, (param, param.grad, state["exp_avg"], state["exp_avg_sq"]), strict=True):
                 values.append(item)
-        return buckets
+        for (step, _device, _dtype), tensors in buckets.items():
+            self._update(group, step, *tensors)
 
     @staticmethod
     def _update(group: dict, step: int, params: list, grads: list, exp_avgs: list, exp_avg_sqs: list) -> None:
