@@ -170,7 +170,7 @@ def train_model(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
     config.sft_steps = config.sft_steps or max(MIN_TRAIN_STEPS, round(config.train_steps * SFT_STEPS_PER_TRAIN_STEP))
     settings |= {"train_steps": config.train_steps, "eval_every": max(1, config.train_steps // 8),
                  "save_every": max(1, config.train_steps // 4)}
-    if finished and read_step(finished[-1]) >= config.train_steps:
+    if finished and read_meta(finished[-1])["step"] >= config.train_steps:
         return {"reused": True, "checkpoint": str(finished[-1]), "train_steps": config.train_steps}
     if finished:
         settings["checkpoint"] = "latest"
@@ -203,10 +203,6 @@ def time_training_step(train_config: TrainConfig, repeats: int = 2) -> float:
     return min(timings[1:])
 
 
-def read_step(checkpoint: Path) -> int:
-    return int(read_meta(checkpoint)["step"])
-
-
 def unigram_loss(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: int) -> float:
     """Cross-entropy (nats/token) on val of the add-one-smoothed token frequencies of train."""
     counts = np.bincount(np.asarray(train_tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64) + 1.0
@@ -232,10 +228,10 @@ def sample_model(paths: dict[str, Path], config: DemoConfig) -> list[str]:
 
 def fine_tune(paths: dict[str, Path], config: DemoConfig) -> dict[str, Any]:
     base = list_checkpoints(paths["run"])[-1]
-    made_from(paths, "sft", {"base": str(base), "base_step": read_step(base), "device": config.device,
+    made_from(paths, "sft", {"base": str(base), "base_step": read_meta(base)["step"], "device": config.device,
                              "tokenizer": Tokenizer.load(paths["tokenizer"]).fingerprint()}, paths["sft"])
     finished = list_checkpoints(paths["sft"])
-    if finished and read_step(finished[-1]) >= config.sft_steps:
+    if finished and read_meta(finished[-1])["step"] >= config.sft_steps:
         return {"reused": True, "checkpoint": str(finished[-1]), "train_steps": config.sft_steps}
     settings = SFT_SETTINGS | {
         "checkpoint": "latest" if finished else str(paths["run"]), "tokenizer": str(paths["tokenizer"]),

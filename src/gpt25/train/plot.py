@@ -5,6 +5,7 @@ Manual: docs/training.md ("Plots")
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from gpt25.files import atomic_path
@@ -21,18 +22,13 @@ PANELS = (
 )
 
 
-def smooth(values: list[float], weight: float = 0.8) -> list[float]:
+def smooth(values: Sequence[float], weight: float = 0.8) -> list[float]:
     """Exponential moving average with bias correction, as TensorBoard draws it."""
     smoothed, average = [], 0.0
     for index, value in enumerate(values, start=1):
         average = weight * average + (1 - weight) * value
         smoothed.append(average / (1 - weight**index))
     return smoothed
-
-
-def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
-    points = [(row["step"], row[key]) for row in rows if isinstance(row.get(key), (int, float))]
-    return [step for step, _ in points], [value for _, value in points]
 
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
@@ -54,9 +50,10 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
         for run_index, (name, rows) in enumerate(runs):
             color = f"C{run_index}"
             for key in keys:
-                steps, values = _series(rows, key)
-                if not steps:
+                points = [(row["step"], row[key]) for row in rows if isinstance(row.get(key), (int, float))]
+                if not points:
                     continue
+                steps, values = zip(*points, strict=True)
                 style = "--" if key.startswith("val") and title == "loss" else "-"
                 if key.startswith("hellaswag"):  # one evaluation is noisy: points and a smoothed line
                     axis.plot(steps, values, "o", color=color, alpha=0.3, markersize=3)
