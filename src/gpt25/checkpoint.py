@@ -192,7 +192,7 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
 
 
 def save_sharded_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
-                            path: str | Path, *, meta: dict, rank_states: list[dict], rank: int) -> Path:
+                            path: str | Path, *, meta: dict, rank_states: list[dict], rank: int) -> None:
     """Collective save of an FSDP model with torch.distributed.checkpoint; every rank calls this."""
     # DCP is imported on the sharded paths only: it takes seconds, and one-process runs never need it.
     import torch.distributed as dist
@@ -208,7 +208,6 @@ def save_sharded_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optim
         write_checkpoint_files(temporary, {"step": iteration, "optimizer": None, "ranks": rank_states}, meta)
         replace_folder(temporary, final)
     dist.barrier()
-    return final
 
 
 def load_checkpoint(src: str | os.PathLike, model: torch.nn.Module,

@@ -58,8 +58,7 @@ class FineTuning(Task):
         config = dataclasses.replace(config, tokenizer=str(self.run_dir / "tokenizer"), context_length=context_length)
         rows_per_step = config.batch_size * config.accumulation_for(context.world_size) * context.world_size
         train_steps = config.train_steps or math.ceil(config.epochs * len(self.train_rows) / rows_per_step)
-        config = dataclasses.replace(config, train_steps=train_steps)
-        return config, self.tokenizer, model_config
+        return dataclasses.replace(config, train_steps=train_steps), self.tokenizer, model_config
 
     def source_checkpoint(self, config: SFTConfig) -> tuple[Path | None, dict]:
         """(base checkpoint to load, or None when resuming; the metadata giving the model's shape)."""

@@ -37,8 +37,6 @@ from gpt25.train.config import RunConfig, TrainConfig
 from gpt25.train.throughput import peak_flops
 from gpt25.train.tracking import Tracker
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
 
 class TrainingDiverged(ValueError):
     """The loss, gradient norm or weights became NaN or inf; the last good checkpoint is left as it was."""
@@ -179,7 +177,7 @@ class Trainer:
                                           grad_accum_steps=config.accumulation_for(context.world_size),
                                           parallel=parallel, compile=compile_setting)
         self.run_dir = Path(config.out)
-        self.dtype = DTYPES[config.dtype]
+        self.dtype = getattr(torch, config.dtype)  # float32 or bfloat16, as --dtype's choices allow
         # Seeded before the model is built: every rank initialises the same weights (CPU) and a run repeats exactly.
         random.seed(config.seed)
         np.random.seed(config.seed)
@@ -213,13 +211,13 @@ class Trainer:
     def resume(self) -> None:
         """Load --checkpoint (a path, or 'latest' in --out; 'latest' with none there starts fresh)."""
         source = self.task.resume_source(self.config)
+        found = ckpt.list_checkpoints(self.run_dir)
         if not source:
-            if ckpt.list_checkpoints(self.run_dir):
+            if found:
                 raise FileExistsError(f"{self.run_dir} already holds checkpoints; pass --checkpoint latest to resume "
                                       "them or choose a new --out")
             return
         if source == "latest":
-            found = ckpt.list_checkpoints(self.run_dir)
             if not found:
                 self.log_line(f"no checkpoint in {self.run_dir}; starting from scratch")
                 return
@@ -279,11 +277,10 @@ class Trainer:
                           f"MFU peak {self.peak_flops / 1e12:.3g} TFLOP/s ({self.peak_source})")
         try:
             with stop_signals() as received:
-                summary = self.loop(tracker, received)
+                return self.loop(tracker, received)
         finally:
             if tracker is not None:
                 tracker.close()
-        return summary
 
     def loop(self, tracker: Tracker | None, signals: list[str]) -> dict[str, Any]:
         start_step, started = self.step, time.perf_counter()
@@ -409,7 +406,7 @@ class Trainer:
         """The model evaluation runs: FSDP's wrapper (it gathers the shards), else the uncompiled, unwrapped model."""
         return self.model if self.sharded else self.lm
 
-    def save(self) -> Path:
+    def save(self) -> None:
         """Checkpoint the current step (collective: every rank calls it), then drop old ones."""
         # Finite grads can still overflow the weights (a huge lr times weight decay): those are never saved.
         if not distributed.all_finite(self.model.parameters(), self.context):
@@ -429,7 +426,6 @@ class Trainer:
         if self.context.is_main:
             ckpt.remove_old_checkpoints(self.run_dir, self.config.keep_checkpoints)
         self.last_checkpoint = path
-        return path
 
     # ----- small helpers -----
 
