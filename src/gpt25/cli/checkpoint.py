@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from gpt25.cli.flags import add_command
 
@@ -62,7 +61,7 @@ def run_info(args: argparse.Namespace) -> None:
 
     path = resolve_checkpoint(args.path)
     meta = read_meta(path)
-    others = [found.name for found in list_checkpoints(args.path)] if Path(args.path).is_dir() else []
+    others = [found.name for found in list_checkpoints(args.path)]  # none for a step dir or a file
     tokenizer_dir = path / TOKENIZER_DIR if path.is_dir() and (path / TOKENIZER_DIR).is_dir() else None
     imported = {"imported_from": meta["imported_from"], "source_settings": meta["train_config"]} \
         if meta.get("imported_from") else {}

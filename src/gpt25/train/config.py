@@ -193,10 +193,8 @@ class TrainConfig(RunConfig):
         """Fill the components left empty from --arch, and d_ff 0 from the MLP, so the saved config is explicit."""
         from gpt25.model.config import ARCHITECTURES, default_d_ff
 
-        preset = ARCHITECTURES.get(self.arch)
-        if preset is None:
-            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
-        for name, value in preset.items():
+        # An unknown --arch fills nothing here; RunConfig's check of CHOICES then refuses it, naming the choices.
+        for name, value in ARCHITECTURES.get(self.arch, {}).items():
             if getattr(self, name) == "" or name == "logit_softcap" and self.logit_softcap < 0:
                 setattr(self, name, ("on" if value else "off") if name in SWITCHES else value)
         if self.d_ff == 0 and self.mlp in CHOICES["mlp"]:
