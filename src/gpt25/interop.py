@@ -326,10 +326,7 @@ def read_hf_weights(hf_dir: str | Path) -> dict[str, torch.Tensor]:
         return torch.load(hf_dir / HF_TORCH_WEIGHTS_FILE, map_location="cpu", weights_only=True)  # tensors only
     else:
         raise FileNotFoundError(f"no {HF_WEIGHTS_FILE}, {HF_INDEX_FILE} or {HF_TORCH_WEIGHTS_FILE} in {hf_dir}")
-    hf_state: dict[str, torch.Tensor] = {}
-    for name in shard_names:
-        hf_state.update(read_weights(hf_dir / name))
-    return hf_state
+    return {name: tensor for shard in shard_names for name, tensor in read_weights(hf_dir / shard).items()}
 
 
 def read_hf_folder(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
