@@ -60,9 +60,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
                     axis.plot(steps, smooth(values), style, color=color, label=f"{name} (smoothed)")
                 else:
                     axis.plot(steps, values, style, color=color, label=f"{name} {key}" if len(keys) > 1 else name)
-        axis.set_title(title)
-        axis.set_xlabel("step")
-        axis.set_ylabel(ylabel)
+        axis.set(title=title, xlabel="step", ylabel=ylabel)
         axis.grid(alpha=0.3)
         if axis.has_data():
             axis.legend(fontsize=8)

@@ -79,12 +79,10 @@ class Tracker:
         self.handle.write(json_line(row))
         self.handle.flush()
         numbers = {name: value for name, value in row.items() if isinstance(value, (int, float)) and name != "step"}
-        if self.backend is None:
-            return
-        if hasattr(self.backend, "add_scalar"):
+        if hasattr(self.backend, "add_scalar"):  # TensorBoard
             for name, value in numbers.items():
                 self.backend.add_scalar(name, value, step)
-        else:
+        elif self.backend is not None:  # W&B
             self.backend.log(numbers, step=step)
 
     def close(self) -> None:
