@@ -402,7 +402,7 @@ async def whole_reply(request: Request, events: Mailbox, generation: GenerationR
     """Wait for the end of the generation, cancelling it if the client disconnects meanwhile."""
     watcher = asyncio.create_task(cancel_on_disconnect(request, generation))
     try:
-        [(_, finish_reason)] = await events.take()  # the done event, the one it is posted
+        [(_, finish_reason)] = await events.take()  # post_done lets the done event alone through
     finally:
         watcher.cancel()
         if generation.finish_reason is None:

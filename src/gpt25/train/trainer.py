@@ -211,13 +211,13 @@ class Trainer:
     def resume(self) -> None:
         """Load --checkpoint (a path, or 'latest' in --out; 'latest' with none there starts fresh)."""
         source = self.task.resume_source(self.config)
-        found = ckpt.list_checkpoints(self.run_dir)
         if not source:
-            if found:
+            if ckpt.list_checkpoints(self.run_dir):
                 raise FileExistsError(f"{self.run_dir} already holds checkpoints; pass --checkpoint latest to resume "
                                       "them or choose a new --out")
             return
         if source == "latest":
+            found = ckpt.list_checkpoints(self.run_dir)
             if not found:
                 self.log_line(f"no checkpoint in {self.run_dir}; starting from scratch")
                 return
